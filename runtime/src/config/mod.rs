@@ -1,0 +1,405 @@
+//! The `cluster.toml` schema: typed, unknown keys refused, errors that name the field path and value.
+
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, HumanDuration};
+
+/// The default topology, embedded in the binary: one node, every role, one CPU worker.
+pub const DEFAULT_CLUSTER_TOML: &str = include_str!("../../../cluster.toml");
+
+/// A configuration error: where (file, field path, line) and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// Where the text came from (a file path or "embedded cluster.toml").
+    pub origin: String,
+    /// The field path, e.g. `nodes[1].workers[0].kv_blocks`; empty for the whole document.
+    pub path: String,
+    /// 1-based line in the source, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl ConfigError {
+    pub fn new(origin: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { origin: origin.to_string(), path: path.into(), line: None, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub model: ModelSection,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub router: RouterSection,
+    #[serde(default)]
+    pub supervision: SupervisionSection,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub name: String,
+    /// Control-plane cookie; `ARMATURE_COOKIE` overrides it.
+    pub cookie: String,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    /// Control addresses to join; empty means every other node's `control` address.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// How long a starting node waits for its first seed before giving up.
+    #[serde(default = "default_join_timeout")]
+    pub join_timeout: HumanDuration,
+    /// How often a node tells its peers it is alive.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: HumanDuration,
+    /// A peer not heard from for this long is marked dead.
+    #[serde(default = "default_lease")]
+    pub lease_timeout: HumanDuration,
+    /// On SIGTERM, how long in-flight work may run before the node stops.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: HumanDuration,
+}
+
+fn default_block_size() -> u32 {
+    16
+}
+fn default_join_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::from_millis(500)
+}
+fn default_lease() -> HumanDuration {
+    HumanDuration::from_secs(3)
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+/// Which model the workers run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// `test` selects the deterministic test executor (no weights). Real model sources arrive with
+    /// the engine.
+    pub source: String,
+    /// The id clients send as `model`; defaults to the source's own name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Largest prompt + completion, in tokens; defaults to the model's own.
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    /// Completion length when a request gives no `max_tokens`.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+    /// Settings of the test executor.
+    #[serde(default)]
+    pub test: TestExecutorSection,
+}
+
+fn default_max_tokens() -> u32 {
+    256
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            source: "test".into(),
+            name: None,
+            context_length: None,
+            default_max_tokens: default_max_tokens(),
+            test: TestExecutorSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestExecutorSection {
+    /// Simulated time of one decode step (one token for every running sequence).
+    #[serde(default = "default_step_delay")]
+    pub step_delay: HumanDuration,
+}
+
+fn default_step_delay() -> HumanDuration {
+    HumanDuration::from_millis(2)
+}
+
+impl Default for TestExecutorSection {
+    fn default() -> Self {
+        Self { step_delay: default_step_delay() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Largest request body accepted; larger bodies get 413.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// How many times a request that failed before its first token is placed again.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Longest a worker may stay silent about a running request before the gateway gives up.
+    #[serde(default = "default_worker_timeout")]
+    pub worker_timeout: HumanDuration,
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize::mib(4)
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_worker_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self { max_body: default_max_body(), retries: default_retries(), worker_timeout: default_worker_timeout() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingPolicy {
+    RoundRobin,
+    #[default]
+    LeastLoaded,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSection {
+    #[serde(default)]
+    pub policy: RoutingPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSection {
+    /// First restart delay; doubles with each failure in the window.
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: HumanDuration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+    /// More failures than this within `restart_window` escalate: the node stops.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_restart_window")]
+    pub restart_window: HumanDuration,
+}
+
+fn default_backoff_initial() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+fn default_backoff_max() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_restart_window() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+
+impl Default for SupervisionSection {
+    fn default() -> Self {
+        Self {
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            max_restarts: default_max_restarts(),
+            restart_window: default_restart_window(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// `text` or `json` (one JSON object per line). `ARMATURE_LOG_FORMAT` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Gateway,
+    Router,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Control-plane (ractor_cluster) listen address, `host:port`.
+    pub control: String,
+    /// HTTP listen address of the gateway, when the node has the gateway role.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerRole {
+    #[default]
+    Aggregated,
+    Prefill,
+    Decode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    #[serde(default)]
+    pub role: WorkerRole,
+    /// KV blocks in this worker's pool.
+    #[serde(default = "default_kv_blocks")]
+    pub kv_blocks: u32,
+    /// Most sequences decoded together.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// Most requests waiting for a batch slot; more are refused with 429.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+}
+
+fn default_kv_blocks() -> u32 {
+    2048
+}
+fn default_max_batch() -> u32 {
+    8
+}
+fn default_max_queue() -> u32 {
+    64
+}
+
+impl ClusterConfig {
+    /// Parse and validate TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+            origin: origin.into(),
+            path: String::new(),
+            line: e.span().map(|s| line_of(s.start)),
+            message: first_line(e.message()),
+        })?;
+        let config: ClusterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                origin: origin.into(),
+                path: if path == "." { String::new() } else { path },
+                line: inner.span().map(|s| line_of(s.start)),
+                message: first_line(inner.message()),
+            }
+        })?;
+        config.validate().map_err(|(path, message)| ConfigError::new(origin, path, message))?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&origin, "", format!("cannot read: {e}")))?;
+        Self::parse(&text, &origin)
+    }
+
+    /// The embedded default topology.
+    pub fn embedded_default() -> Self {
+        Self::parse(DEFAULT_CLUSTER_TOML, "embedded cluster.toml").expect("the embedded cluster.toml is valid")
+    }
+
+    /// The cookie, with `ARMATURE_COOKIE` taking precedence.
+    pub fn cookie(&self) -> String {
+        std::env::var("ARMATURE_COOKIE").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| self.cluster.cookie.clone())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The model id clients use.
+    pub fn model_name(&self) -> String {
+        self.model.name.clone().unwrap_or_else(|| match self.model.source.as_str() {
+            "test" => "armature-test".to_string(),
+            other => other.to_string(),
+        })
+    }
+
+    /// The seed addresses `node` joins, each with the field path that named it (for errors).
+    pub fn seeds_for(&self, node: &str) -> Vec<(String, String)> {
+        if !self.cluster.seeds.is_empty() {
+            return self
+                .cluster
+                .seeds
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("cluster.seeds[{i}]"), s.clone()))
+                .filter(|(_, s)| self.node(node).is_none_or(|n| &n.control != s))
+                .collect();
+        }
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.name != node)
+            .map(|(i, n)| (format!("nodes[{i}].control"), n.control.clone()))
+            .collect()
+    }
+
+    /// Worker count by node name, for summaries.
+    pub fn workers_by_node(&self) -> BTreeMap<String, usize> {
+        self.nodes.iter().map(|n| (n.name.clone(), n.workers.len())).collect()
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,51 @@
+//! Discovery through process groups: the group names each role joins, synced across nodes by
+//! ractor_cluster.
+
+use ractor::ActorCell;
+use ractor::pg;
+
+use crate::ids::WorkerId;
+
+/// Every worker, on every node.
+pub const WORKERS: &str = "workers";
+/// Every node agent (one per node), for heartbeats.
+pub const NODE_AGENTS: &str = "node-agents";
+const WORKER_PREFIX: &str = "worker/";
+
+/// The group that holds exactly one worker, so its identity is known without asking it.
+pub fn worker_group(id: &WorkerId) -> String {
+    format!("{WORKER_PREFIX}{id}")
+}
+
+/// Join the groups of a worker.
+pub fn join_worker(id: &WorkerId, cell: ActorCell) {
+    pg::join(WORKERS.to_string(), vec![cell.clone()]);
+    pg::join(worker_group(id), vec![cell]);
+}
+
+/// Every worker visible from this node (local and remote), with its id.
+pub fn workers() -> Vec<(WorkerId, ActorCell)> {
+    let mut found: Vec<(WorkerId, ActorCell)> = pg::which_groups()
+        .into_iter()
+        .filter_map(|g| {
+            let id = WorkerId::parse(g.strip_prefix(WORKER_PREFIX)?)?;
+            let cell = pg::get_members(&g).into_iter().next()?;
+            Some((id, cell))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_group_names_parse_back() {
+        let id = WorkerId::new("n3", "cuda:1");
+        let g = worker_group(&id);
+        assert_eq!(g, "worker/n3/cuda:1");
+        assert_eq!(WorkerId::parse(g.strip_prefix(WORKER_PREFIX).unwrap()), Some(id));
+    }
+}

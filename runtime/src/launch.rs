@@ -1,0 +1,122 @@
+//! `armature launch`: every node of a topology as a child process on this machine, with each
+//! node's log lines prefixed by its name, restarts with backoff, and a clean stop on a signal.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use crate::supervision::{RestartDecision, RestartPolicy, RestartTracker};
+
+/// What to launch.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    /// The `armature` binary.
+    pub exe: PathBuf,
+    pub config: PathBuf,
+    pub nodes: Vec<String>,
+    pub restart: RestartPolicy,
+    /// How long a node may take to stop after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
+}
+
+/// Run until `shutdown` turns true, then stop every node.
+pub async fn run(spec: LaunchSpec, shutdown: watch::Receiver<bool>) {
+    let tasks: Vec<_> = spec
+        .nodes
+        .iter()
+        .map(|name| tokio::spawn(keep_node_running(spec.clone(), name.clone(), shutdown.clone())))
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    println!("[launch] all nodes stopped");
+}
+
+async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::Receiver<bool>) {
+    let mut tracker = RestartTracker::new(spec.restart);
+    let epoch = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut child = match spawn_node(&spec, &name) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("[launch] cannot start node {name}: {e}");
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        println!("[launch] started node {name} (pid {pid})");
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let after = match tracker.on_failure(&name, epoch.elapsed()) {
+                    RestartDecision::Restart { after, .. } => after,
+                    RestartDecision::Escalate { .. } => spec.restart.backoff_max,
+                };
+                println!("[launch] node {name} (pid {pid}) exited: {status}; restarting in {after:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => {
+                stop_child(&mut child, pid, &name, spec.stop_timeout).await;
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_node(spec: &LaunchSpec, name: &str) -> std::io::Result<Child> {
+    let mut child = Command::new(&spec.exe)
+        .arg("node")
+        .arg("--name")
+        .arg(name)
+        .arg("--config")
+        .arg(&spec.config)
+        .arg("--exit-on-stdin-close")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(prefix_lines(out, name.to_string(), false));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(prefix_lines(err, name.to_string(), true));
+    }
+    Ok(child)
+}
+
+async fn prefix_lines(stream: impl AsyncRead + Unpin, name: String, to_stderr: bool) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if to_stderr {
+            eprintln!("[{name}] {line}");
+        } else {
+            println!("[{name}] {line}");
+        }
+    }
+}
+
+async fn stop_child(child: &mut Child, pid: u32, name: &str, timeout: Duration) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    }
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => println!("[launch] node {name} stopped: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())),
+        Err(_) => {
+            println!("[launch] node {name} did not stop within {timeout:?}; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}

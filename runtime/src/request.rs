@@ -1,0 +1,123 @@
+//! What a gateway asks a worker to generate, and what comes back, as plain serializable types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RequestId;
+
+/// How to pick tokens. Produced by the gateway from OpenAI parameters, already validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus mass in (0, 1].
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: u32,
+    /// Seed of this request's sampler; the gateway picks one when the client gives none.
+    pub seed: u64,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+    /// Generation ends before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new() }
+    }
+}
+
+/// A request as a worker sees it: tokens in, tokens out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub id: RequestId,
+    pub prompt_tokens: Vec<u32>,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of sequence or a stop string.
+    Stop,
+    /// `max_tokens` or the context length was reached.
+    Length,
+    /// The client went away or the request was cancelled.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling.
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::Cancelled => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// Why a worker could not finish a request, classified by what the caller should do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WorkerFailure {
+    /// The worker or its engine died; another worker may succeed.
+    #[error("worker failed: {0}")]
+    Crashed(String),
+    /// The worker does not know this request (it restarted, or the request finished long ago).
+    #[error("the worker does not know request {0}")]
+    UnknownRequest(String),
+    /// The request itself cannot be served (too long for the context, for example).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl WorkerFailure {
+    /// Whether placing the request again elsewhere may succeed.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, WorkerFailure::Invalid(_))
+    }
+}
+
+/// One step of a request's output stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StreamEvent {
+    /// New text, and how many tokens produced it (text may lag tokens at a UTF-8 or stop-string edge).
+    Delta { text: String, tokens: u32 },
+    Finished { reason: FinishReason, usage: Usage },
+    Failed(WorkerFailure),
+}
+
+impl StreamEvent {
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, StreamEvent::Delta { .. })
+    }
+}
+
+/// A worker's answer to a submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Admission {
+    Accepted,
+    /// The worker's queue is full; try later or elsewhere.
+    Overloaded { queued: u32 },
+    /// The request can never run here.
+    Rejected(String),
+}
+
+/// Ask for a request's new output, waiting up to `max_wait` for some.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PollRequest {
+    pub id: RequestId,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct PollReply {
+    pub events: Vec<StreamEvent>,
+}
+
+crate::wire_message!(GenerateRequest, PollRequest, PollReply, Admission, RequestId);
