@@ -54,23 +54,21 @@ async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::
         };
         let pid = child.id().unwrap_or(0);
         println!("[launch] started node {name} (pid {pid})");
-        tokio::select! {
-            status = child.wait() => {
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                let after = match tracker.on_failure(&name, epoch.elapsed()) {
-                    RestartDecision::Restart { after, .. } => after,
-                    RestartDecision::Escalate { .. } => spec.restart.backoff_max,
-                };
-                println!("[launch] node {name} (pid {pid}) exited: {status}; restarting in {after:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(after) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
-            }
-            _ = shutdown.wait_for(|s| *s) => {
+        let status = tokio::select! {
+            status = child.wait() => status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            _ = stopping(&mut shutdown) => {
                 stop_child(&mut child, pid, &name, spec.stop_timeout).await;
                 return;
             }
+        };
+        let after = match tracker.on_failure(&name, epoch.elapsed()) {
+            RestartDecision::Restart { after, .. } => after,
+            RestartDecision::Escalate { .. } => spec.restart.backoff_max,
+        };
+        println!("[launch] node {name} (pid {pid}) exited: {status}; restarting in {after:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(after) => {}
+            _ = stopping(&mut shutdown) => return,
         }
     }
 }
@@ -119,4 +117,8 @@ async fn stop_child(child: &mut Child, pid: u32, name: &str, timeout: Duration) 
             let _ = child.kill().await;
         }
     }
+}
+
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
