@@ -1,1 +1,238 @@
-fn main() {}
+//! The `armature` binary: serve, node and launch.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::node::{NodePlan, NodeState, children};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ractor::Actor;
+use runtime::config::ClusterConfig;
+use runtime::node::{ControlPlane, NodeError, Seed};
+use runtime::supervision::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorExit};
+use tokio::sync::{mpsc, watch};
+
+/// Exit code for bad configuration (including an unreachable seed or a busy port).
+const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "armature", version, about = "Distributed LLM inference server with an OpenAI-compatible API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role of the topology in this one process (the embedded cluster.toml by default).
+    Serve {
+        /// Topology file; without it, the embedded default (one node, every role, one CPU worker).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the gateway's HTTP port.
+        #[arg(long)]
+        http_port: Option<u16>,
+    },
+    /// Run one node of a multi-node topology; it joins the others through the seed addresses.
+    Node {
+        /// The node's name in the topology.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Override the gateway's HTTP port (when this node has the gateway role).
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// Stop when standard input closes (used by `armature launch`, so nodes never outlive it).
+        #[arg(long, hide = true)]
+        exit_on_stdin_close: bool,
+    },
+    /// Start every node of a topology as a child process on this machine and keep them running.
+    Launch {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match run(cli.command).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn load(path: Option<&PathBuf>) -> Result<ClusterConfig, ExitCode> {
+    let loaded = match path {
+        Some(p) => ClusterConfig::load(p),
+        None => Ok(ClusterConfig::embedded_default()),
+    };
+    loaded.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config, http_port } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            runtime::telemetry::init_logging(config.telemetry.log_format);
+            let plan = NodePlan::whole(&config, http_port);
+            run_node(config, plan, None, None).await
+        }
+        Command::Node { name, config: path, http_port, exit_on_stdin_close } => {
+            let config = match load(Some(&path)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            runtime::telemetry::init_logging(config.telemetry.log_format);
+            let plan = match NodePlan::node(&config, &name, http_port) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let mut stdin_rx = None;
+            if exit_on_stdin_close {
+                let (stdin_tx, rx) = mpsc::channel(1);
+                stdin_rx = Some(rx);
+                std::thread::spawn(move || {
+                    let mut sink = [0u8; 256];
+                    let mut stdin = std::io::stdin();
+                    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+                    let _ = stdin_tx.blocking_send(());
+                });
+            }
+            run_node(config, plan, Some(name), stdin_rx).await
+        }
+        Command::Launch { config: path } => {
+            let config = match load(Some(&path)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let spec = runtime::launch::LaunchSpec {
+                exe: std::env::current_exe().context("locating the armature binary")?,
+                config: path,
+                nodes: config.nodes.iter().map(|n| n.name.clone()).collect(),
+                restart: RestartPolicy::from(&config.supervision),
+                stop_timeout: config.cluster.shutdown_grace.get() + Duration::from_secs(2),
+            };
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                println!("[launch] stopping all nodes");
+                let _ = tx.send(true);
+            });
+            runtime::launch::run(spec, rx).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
+/// run until a signal, stdin closing, or the supervisor giving up.
+async fn run_node(config: ClusterConfig, plan: NodePlan, control_of: Option<String>, mut stdin_closed: Option<mpsc::Receiver<()>>) -> anyhow::Result<ExitCode> {
+    let state = Arc::new(NodeState::default());
+    let mut control = None;
+    if let Some(name) = &control_of {
+        let index = config.nodes.iter().position(|n| &n.name == name).context("node in topology")?;
+        let listen = config.nodes[index].control.parse().context("validated control address")?;
+        let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
+            Ok(cp) => cp,
+            Err(e) => return Ok(config_exit(e)),
+        };
+        control = Some(cp);
+    }
+    let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
+    let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
+    let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };
+    let (supervisor, handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting node {}: {e}", plan.name))?;
+    if let (Some(cp), Some(name)) = (&control, &control_of) {
+        let by_addr: std::collections::HashMap<&str, &str> = config.nodes.iter().map(|n| (n.control.as_str(), n.name.as_str())).collect();
+        let seeds: Vec<Seed> = config
+            .seeds_for(name)
+            .into_iter()
+            .map(|(path, addr)| Seed { node: by_addr.get(addr.as_str()).map(|n| n.to_string()), path, addr })
+            .collect();
+        if let Err(e) = cp.join(&seeds, config.cluster.join_timeout.get()).await {
+            supervisor.stop(None);
+            return Ok(config_exit(e));
+        }
+        cp.spawn_reconnect(seeds, Duration::from_secs(1));
+    }
+    tracing::info!(node = %plan.name, roles = ?plan.roles, workers = plan.workers.len(), "node up");
+    let escalated = tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("signal received: stopping");
+            false
+        }
+        _ = async { match stdin_closed.as_mut() { Some(rx) => { rx.recv().await; } None => std::future::pending().await } } => {
+            tracing::info!("standard input closed: stopping");
+            false
+        }
+        _ = exit_rx.wait_for(|e| *e != SupervisorExit::Running) => true,
+    };
+    if !escalated {
+        drain(&state, config.cluster.shutdown_grace.get()).await;
+        supervisor.stop(Some("shutdown".into()));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+    let exit = exit_rx.borrow().clone();
+    Ok(match exit {
+        SupervisorExit::Escalated { child, reason } => {
+            eprintln!("error: node {} stopped: {child} kept failing ({reason})", plan.name);
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn config_exit(e: NodeError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Stop taking requests and let in-flight ones finish, up to `grace`.
+async fn drain(state: &NodeState, grace: Duration) {
+    state.start_draining();
+    let start = Instant::now();
+    let inflight = state.inflight();
+    tracing::info!(inflight, grace_ms = grace.as_millis() as u64, "draining");
+    while state.inflight() > 0 && start.elapsed() < grace {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if state.inflight() > 0 {
+        tracing::warn!(inflight = state.inflight(), "grace period over; stopping with requests in flight");
+    }
+}

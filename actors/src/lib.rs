@@ -1,1 +1,10 @@
-//! placeholder
+//! The roles as actors: gateway (OpenAI HTTP API), router (placement), worker (one per device),
+//! and the assembly of a node's children under its supervisor. Each role keeps its decisions in a
+//! plain struct and its actor thin.
+
+pub mod gateway;
+pub mod node;
+pub mod router;
+pub mod worker;
+
+pub use node::{NodePlan, NodeState};

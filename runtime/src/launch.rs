@@ -52,6 +52,9 @@ async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::
                 return;
             }
         };
+        // `Child::wait` closes a stdin it still holds; keep ours open so the node keeps running
+        // (it exits when this pipe closes, that is when launch itself goes away).
+        let _stdin = child.stdin.take();
         let pid = child.id().unwrap_or(0);
         println!("[launch] started node {name} (pid {pid})");
         let status = tokio::select! {

@@ -104,6 +104,8 @@ pub enum Admission {
     Accepted,
     /// The worker's queue is full; try later or elsewhere.
     Overloaded { queued: u32 },
+    /// The worker is failing or stopping; another worker may take it.
+    Unavailable(String),
     /// The request can never run here.
     Rejected(String),
 }

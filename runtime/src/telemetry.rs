@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Install the tracing subscriber once. `RUST_LOG` filters (default `info`); `ARMATURE_LOG_FORMAT`
+/// Install the tracing subscriber and the Prometheus recorder once. `RUST_LOG` filters (default `info`); `ARMATURE_LOG_FORMAT`
 /// (`text` or `json`) overrides `format`. Logs go to stderr.
 pub fn init_logging(format: LogFormat) {
     let format = match std::env::var("ARMATURE_LOG_FORMAT").as_deref() {
@@ -16,7 +16,9 @@ pub fn init_logging(format: LogFormat) {
         _ => format,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    prometheus();
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -44,8 +44,13 @@ struct SessionLog {
     failed_auth: Arc<AtomicU32>,
 }
 
+/// ractor_cluster names a peer `name@host`; the topology knows it as `name`.
+fn node_name(full: &str) -> String {
+    full.split_once('@').map_or(full, |(n, _)| n).to_string()
+}
+
 fn peer(ses: &NodeServerSessionInformation) -> String {
-    ses.peer_name.as_ref().map(|n| n.name.clone()).unwrap_or_else(|| ses.peer_addr.clone())
+    ses.peer_name.as_ref().map(|n| node_name(&n.name)).unwrap_or_else(|| ses.peer_addr.clone())
 }
 
 impl NodeEventSubscription for SessionLog {
@@ -91,7 +96,7 @@ impl ControlPlane {
     /// Names of the peers with an authenticated session.
     pub async fn peers(&self) -> HashSet<String> {
         match ractor::call_t!(self.server, NodeServerMessage::GetSessions, 1_000) {
-            Ok(sessions) => sessions.values().filter_map(|s| s.peer_name.as_ref().map(|n| n.name.clone())).collect(),
+            Ok(sessions) => sessions.values().filter_map(|s| s.peer_name.as_ref().map(|n| node_name(&n.name))).collect(),
             Err(_) => HashSet::new(),
         }
     }

@@ -1,0 +1,262 @@
+//! HTTP routes and handlers: body limits, OpenAI responses (whole or SSE), health, metrics and the
+//! `x-request-id` header.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream;
+use ractor::call_t;
+use runtime::ids::RequestId;
+use runtime::request::{FinishReason, GenerateRequest, StreamEvent, Usage};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::Gateway;
+use super::driver::{self, EventTx};
+use super::error::ApiError;
+use super::openai::{self, Endpoint, ResponseMeta};
+use crate::router::RouterMsg;
+
+type EventRx = mpsc::Receiver<Result<StreamEvent, ApiError>>;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(fallback)
+        .layer(middleware::from_fn(request_id))
+        .with_state(gw)
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 200)
+        .map(str::to_string)
+        .unwrap_or_else(|| RequestId::new_random().0);
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %path);
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+    let path = if known.contains(&path.as_str()) { path } else { "other".into() };
+    metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string()).increment(1);
+    resp
+}
+
+async fn chat(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    complete(gw, Endpoint::Chat, headers, body).await
+}
+
+async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    complete(gw, Endpoint::Completion, headers, body).await
+}
+
+async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = gw.config.max_body.bytes();
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| ApiError::too_large(limit))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    if gw.node.is_draining() {
+        return ApiError::unavailable("This node is draining; retry on another.").into_response();
+    }
+    let bytes = match read_body(&gw, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let parsed = match openai::parse(endpoint, &bytes, &gw.model) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let id = RequestId::new_random();
+    let meta = ResponseMeta {
+        id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
+        created: unix_now(),
+        model: gw.model.name.clone(),
+        endpoint,
+    };
+    tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
+    let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
+    let req = GenerateRequest { id, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
+    tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
+    let first = match rx.recv().await {
+        Some(Ok(ev)) => ev,
+        Some(Err(e)) => return e.into_response(),
+        None => return ApiError::unavailable("The request ended without a result.").into_response(),
+    };
+    let timing = Timing { started, first_token: false };
+    if parsed.stream {
+        sse(meta, parsed.include_usage, first, rx, timing).into_response()
+    } else {
+        whole(meta, first, rx, timing).await
+    }
+}
+
+struct Timing {
+    started: Instant,
+    first_token: bool,
+}
+
+impl Timing {
+    fn saw(&mut self, ev: &StreamEvent) {
+        match ev {
+            StreamEvent::Delta { tokens, .. } => {
+                if !self.first_token {
+                    self.first_token = true;
+                    metrics::histogram!("armature_time_to_first_token_seconds").record(self.started.elapsed().as_secs_f64());
+                }
+                metrics::counter!("armature_generated_tokens_total").increment(u64::from(*tokens));
+            }
+            StreamEvent::Finished { .. } => {
+                metrics::histogram!("armature_request_duration_seconds").record(self.started.elapsed().as_secs_f64());
+            }
+            StreamEvent::Failed(_) => {}
+        }
+    }
+}
+
+async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
+    let mut text = String::new();
+    let mut next: Option<Result<StreamEvent, ApiError>> = Some(Ok(first));
+    while let Some(item) = next {
+        match item {
+            Ok(ev) => {
+                timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text: t, .. } => text.push_str(&t),
+                    StreamEvent::Finished { reason, usage } => return axum::Json(meta.full(&text, reason, usage)).into_response(),
+                    StreamEvent::Failed(f) => return ApiError::unavailable(f.to_string()).into_response(),
+                }
+            }
+            Err(e) => return e.into_response(),
+        }
+        next = rx.recv().await;
+    }
+    ApiError::unavailable("The request ended without a result.").into_response()
+}
+
+struct SseState {
+    meta: ResponseMeta,
+    include_usage: bool,
+    rx: EventRx,
+    queue: VecDeque<Event>,
+    done: bool,
+    timing: Timing,
+}
+
+fn data(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+impl SseState {
+    /// Turn one item from the driver into SSE events.
+    fn push(&mut self, item: Result<StreamEvent, ApiError>) {
+        match item {
+            Ok(ev) => {
+                self.timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text, .. } => self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage))),
+                    StreamEvent::Finished { reason, usage } => self.finish(reason, usage),
+                    StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason, usage: Usage) {
+        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage)));
+        if self.include_usage {
+            self.queue.push_back(data(&self.meta.usage_chunk(usage)));
+        }
+        self.queue.push_back(Event::default().data("[DONE]"));
+        self.done = true;
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        self.queue.push_back(data(&e.body()));
+        self.done = true;
+    }
+}
+
+fn sse(meta: ResponseMeta, include_usage: bool, first: StreamEvent, rx: EventRx, timing: Timing) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing };
+    if state.meta.endpoint == Endpoint::Chat {
+        let opener = data(&state.meta.chunk(None, None, include_usage));
+        state.queue.push_back(opener);
+    }
+    state.push(Ok(first));
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(ev) = s.queue.pop_front() {
+                return Some((Ok(ev), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(item) => s.push(item),
+                None => s.fail(ApiError::unavailable("The request ended without a result.")),
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{ "id": gw.model.name, "object": "model", "created": gw.node.started_unix, "owned_by": "armature" }],
+    }))
+    .into_response()
+}
+
+async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.node.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "draining" }))).into_response();
+    }
+    let workers = match driver::router() {
+        Some(r) => call_t!(r, RouterMsg::Status, 1_000).map(|s| s.live_workers).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
+    let status = if names.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let word = if names.is_empty() { "no_workers" } else { "ok" };
+    (status, axum::Json(json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() }))).into_response()
+}
+
+async fn metrics_text() -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], runtime::telemetry::prometheus().render()).into_response()
+}
+
+async fn fallback(req: Request) -> Response {
+    ApiError::not_found(req.uri().path()).into_response()
+}

@@ -1,0 +1,26 @@
+//! The gateway role: the OpenAI-compatible HTTP API (chat and text completions, models, SSE),
+//! health and metrics.
+
+mod actor;
+mod driver;
+mod error;
+mod http;
+mod openai;
+
+use std::sync::Arc;
+
+use gpu::model::ModelFrontend;
+use runtime::config::GatewaySection;
+
+pub use actor::{GatewayActor, GatewayArgs, GatewayMsg};
+pub use error::ApiError;
+pub use http::router as http_router;
+
+use crate::node::NodeState;
+
+/// What every HTTP handler shares.
+pub struct Gateway {
+    pub model: ModelFrontend,
+    pub node: Arc<NodeState>,
+    pub config: GatewaySection,
+}

@@ -1,0 +1,336 @@
+//! OpenAI request bodies: parsing, validation into a worker request, and response bodies.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use gpu::chat::ChatMessage;
+use gpu::model::ModelFrontend;
+use runtime::request::{FinishReason, SamplingParams, Usage};
+
+use super::error::ApiError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+/// Fields shared by both endpoints. Unknown fields are accepted and ignored, as OpenAI's own
+/// clients send extras; fields we cannot honour are refused by `refuse_unsupported`.
+#[derive(Debug, Deserialize)]
+struct Body {
+    model: String,
+    #[serde(default)]
+    messages: Option<Vec<Message>>,
+    #[serde(default)]
+    prompt: Option<Prompt>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    top_k: Option<i64>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    stop: Option<StopField>,
+    #[serde(default)]
+    seed: Option<i64>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+/// A validated request, ready for a worker.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    pub prompt_tokens: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+const MAX_STOPS: usize = 4;
+
+/// Parse and validate a body for `endpoint` against the served model.
+pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let param = (path != ".").then_some(path.as_str());
+        let what = if inner.is_syntax() || inner.is_eof() { "Malformed JSON body" } else { "Invalid request body" };
+        ApiError::bad_request(format!("{what}: {inner}"), param)
+    })?;
+    if body.model != model.name {
+        return Err(ApiError::unknown_model(&body.model, &model.name));
+    }
+    refuse_unsupported(&body.rest)?;
+    if let Some(n) = body.n {
+        if n != 1 {
+            return Err(ApiError::bad_request(format!("n = {n} is not supported: this server returns exactly one choice (n = 1)."), Some("n")));
+        }
+    }
+    let temperature = body.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad_request(format!("temperature = {temperature} is outside [0, 2]."), Some("temperature")));
+    }
+    let top_p = body.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
+    }
+    let top_k = match body.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => u32::try_from(k).unwrap_or(u32::MAX),
+        Some(k) => return Err(ApiError::bad_request(format!("top_k = {k} must be positive, or -1 for none."), Some("top_k"))),
+    };
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::bad_request(format!("At most {MAX_STOPS} stop sequences are allowed; got {}.", stop.len()), Some("stop")));
+    }
+    let prompt_tokens = match endpoint {
+        Endpoint::Chat => {
+            if body.prompt.is_some() {
+                return Err(ApiError::bad_request("Chat completions take `messages`, not `prompt`.", Some("prompt")));
+            }
+            let messages = body.messages.ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
+            model.tokenizer.encode(&model.render_chat(&chat_messages(messages)?))
+        }
+        Endpoint::Completion => match body.prompt {
+            None => return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt"))),
+            Some(Prompt::Text(t)) => model.tokenizer.encode(&t),
+            Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode(&v[0]),
+            Some(Prompt::Texts(v)) => {
+                return Err(ApiError::bad_request(format!("Batched prompts are not supported: got {} prompts, send one.", v.len()), Some("prompt")));
+            }
+            Some(Prompt::Tokens(ids)) => ids,
+        },
+    };
+    if let Some(bad) = prompt_tokens.iter().find(|&&t| t as usize >= model.tokenizer.vocab_size()) {
+        return Err(ApiError::bad_request(format!("Token id {bad} is outside the vocabulary."), Some("prompt")));
+    }
+    if prompt_tokens.is_empty() {
+        return Err(ApiError::bad_request("The prompt is empty.", Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" })));
+    }
+    let default_max = match endpoint {
+        Endpoint::Chat => model.default_max_tokens,
+        Endpoint::Completion => 16,
+    };
+    let (max_tokens, param) = match (body.max_completion_tokens, body.max_tokens) {
+        (Some(m), _) => (m, "max_completion_tokens"),
+        (None, Some(m)) => (m, "max_tokens"),
+        (None, None) => (default_max, "max_tokens"),
+    };
+    if max_tokens == 0 {
+        return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
+    }
+    let context = model.context_length as usize;
+    if prompt_tokens.len() >= context {
+        return Err(ApiError::bad_request(
+            format!("This model's maximum context length is {context} tokens; the prompt has {} tokens.", prompt_tokens.len()),
+            Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let explicit_max = body.max_completion_tokens.or(body.max_tokens).is_some();
+    if explicit_max && prompt_tokens.len() + max_tokens as usize > context {
+        return Err(ApiError::bad_request(
+            format!(
+                "This model's maximum context length is {context} tokens; the prompt has {} and {param} asks for {max_tokens}.",
+                prompt_tokens.len()
+            ),
+            Some(param),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let max_tokens = max_tokens.min((context - prompt_tokens.len()) as u32);
+    let stream = body.stream.unwrap_or(false);
+    Ok(ParsedRequest {
+        prompt_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            seed: body.seed.map_or_else(rand::random, |s| s as u64),
+            max_tokens,
+            stop,
+        },
+        stream,
+        include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),
+    })
+}
+
+fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let set = |k: &str| rest.get(k).filter(|v| !v.is_null());
+    for key in ["tools", "functions", "logit_bias", "suffix"] {
+        if set(key).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty())) {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
+        }
+    }
+    for key in ["logprobs", "echo"] {
+        if set(key).is_some_and(|v| v != &Value::Bool(false)) {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
+        }
+    }
+    for key in ["presence_penalty", "frequency_penalty"] {
+        if set(key).and_then(Value::as_f64).is_some_and(|v| v != 0.0) {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server; leave it at 0."), Some(key)));
+        }
+    }
+    if let Some(rf) = set("response_format") {
+        if rf.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(ApiError::bad_request("Only response_format {\"type\": \"text\"} is supported.", Some("response_format")));
+        }
+    }
+    Ok(())
+}
+
+fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("`messages` must not be empty.", Some("messages")));
+    }
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
+                return Err(ApiError::bad_request(format!("Unknown role `{}`.", m.role), Some(&format!("messages[{i}].role"))));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t,
+                Some(Content::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.into_iter().enumerate() {
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::bad_request(
+                                    format!("Content part type `{kind}` is not supported; send text."),
+                                    Some(&format!("messages[{i}].content[{j}]")),
+                                ));
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(ChatMessage { role: m.role, content })
+        })
+        .collect()
+}
+
+pub fn usage_json(u: Usage) -> Value {
+    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens })
+}
+
+/// Identity of one response, shared by all its chunks.
+#[derive(Clone, Debug)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub endpoint: Endpoint,
+}
+
+impl ResponseMeta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.endpoint, chunk) {
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+
+    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage) -> Value {
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": null }),
+            Endpoint::Completion => json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": null }),
+        };
+        json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(usage) })
+    }
+
+    /// A streamed chunk: text (or the assistant role opener when `text` is None and it is a chat)
+    /// and, on the last one, the finish reason.
+    pub fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, with_usage_field: bool) -> Value {
+        let finish = reason.map(FinishReason::as_openai);
+        let choice = match self.endpoint {
+            Endpoint::Chat => {
+                let delta = match (text, reason) {
+                    (Some(t), _) => json!({ "content": t }),
+                    (None, None) => json!({ "role": "assistant", "content": "" }),
+                    (None, Some(_)) => json!({}),
+                };
+                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null })
+            }
+            Endpoint::Completion => json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null }),
+        };
+        let mut v = json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] });
+        if with_usage_field {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+
+    /// The usage chunk of `stream_options.include_usage`.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [], "usage": usage_json(usage) })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! A node's plan (which roles and workers this process runs) and its children under the
+//! `NodeSupervisor`, plus the state its actors share (draining, in-flight count, liveness view).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gpu::model::{ModelError, ModelFrontend};
+use ractor::Actor;
+use runtime::config::{ClusterConfig, ConfigError, Role, WorkerConfig};
+use runtime::ids::WorkerId;
+use runtime::node::{AgentArgs, ClusterView, NodeAgent};
+use runtime::supervision::ChildSpec;
+
+use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
+use crate::router::{RouterActor, RouterArgs};
+use crate::worker::{WorkerActor, WorkerArgs};
+
+/// The registered name of a node's router (gateways find it by name).
+pub const ROUTER_NAME: &str = "router";
+
+/// State shared by the actors of one node.
+#[derive(Debug)]
+pub struct NodeState {
+    draining: AtomicBool,
+    inflight: AtomicUsize,
+    pub view: Arc<ClusterView>,
+    pub started_unix: u64,
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            view: Arc::default(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+}
+
+/// Counts a request as in flight until dropped.
+pub struct InflightGuard<'a>(&'a AtomicUsize);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl NodeState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Take no new requests; `/health` answers 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn inflight_guard(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(&self.inflight)
+    }
+}
+
+/// Heartbeat settings of a node that is part of a multi-node cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub lease_timeout: Duration,
+}
+
+/// What one process runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePlan {
+    pub name: String,
+    pub roles: BTreeSet<Role>,
+    pub gateway: Option<SocketAddr>,
+    pub workers: Vec<(WorkerId, WorkerConfig)>,
+    pub heartbeat: Option<Heartbeat>,
+}
+
+fn with_port(addr: &str, port: Option<u16>) -> Option<SocketAddr> {
+    let mut a: SocketAddr = addr.parse().ok()?;
+    if let Some(p) = port {
+        a.set_port(p);
+    }
+    Some(a)
+}
+
+impl NodePlan {
+    /// Node `name` of the topology, as `armature node` runs it.
+    pub fn node(config: &ClusterConfig, name: &str, http_port: Option<u16>) -> Result<Self, ConfigError> {
+        let node = config.node(name).ok_or_else(|| {
+            let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+            ConfigError::new("--name", "", format!("no node \"{name}\" in the topology (nodes: {})", names.join(", ")))
+        })?;
+        Ok(Self {
+            name: node.name.clone(),
+            roles: node.roles.iter().copied().collect(),
+            gateway: node.gateway.as_deref().and_then(|g| with_port(g, http_port)),
+            workers: node.workers.iter().map(|w| (WorkerId::new(&node.name, &w.device), w.clone())).collect(),
+            heartbeat: Some(Heartbeat { interval: config.cluster.heartbeat_interval.get(), lease_timeout: config.cluster.lease_timeout.get() }),
+        })
+    }
+
+    /// The whole topology in one process, as `armature serve` runs it: every role and every
+    /// worker, the first gateway address, no control-plane networking.
+    pub fn whole(config: &ClusterConfig, http_port: Option<u16>) -> Self {
+        let gateway = config.nodes.iter().find_map(|n| n.gateway.as_deref()).and_then(|g| with_port(g, http_port));
+        Self {
+            name: config.nodes[0].name.clone(),
+            roles: config.nodes.iter().flat_map(|n| n.roles.iter().copied()).collect(),
+            gateway,
+            workers: config
+                .nodes
+                .iter()
+                .flat_map(|n| n.workers.iter().map(move |w| (WorkerId::new(&n.name, &w.device), w.clone())))
+                .collect(),
+            heartbeat: None,
+        }
+    }
+}
+
+/// The supervised children of a node, in start order: agent, router, workers, gateway.
+pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ModelError> {
+    let mut specs = Vec::new();
+    if let Some(hb) = plan.heartbeat {
+        let (node, view) = (plan.name.clone(), state.view.clone());
+        specs.push(ChildSpec::new("node-agent", move |sup| {
+            let args = AgentArgs { node: node.clone(), interval: hb.interval, lease_timeout: hb.lease_timeout, view: view.clone() };
+            Box::pin(async move { Ok(Actor::spawn_linked(Some("node-agent".into()), NodeAgent, args, sup).await?.0.get_cell()) })
+        }));
+    }
+    if plan.roles.contains(&Role::Router) {
+        let (policy, view) = (config.router.policy, state.view.clone());
+        specs.push(ChildSpec::new("router", move |sup| {
+            let args = RouterArgs { policy, view: view.clone() };
+            Box::pin(async move { Ok(Actor::spawn_linked(Some(ROUTER_NAME.into()), RouterActor, args, sup).await?.0.get_cell()) })
+        }));
+    }
+    for (id, worker) in &plan.workers {
+        let (id, worker, model) = (id.clone(), worker.clone(), config.model.clone());
+        let name = format!("worker {id}");
+        specs.push(ChildSpec::new(name.clone(), move |sup| {
+            let args = WorkerArgs { id: id.clone(), config: worker.clone(), model: model.clone() };
+            let name = name.clone();
+            Box::pin(async move { Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell()) })
+        }));
+    }
+    if let (true, Some(addr)) = (plan.roles.contains(&Role::Gateway), plan.gateway) {
+        let gateway = Arc::new(Gateway {
+            model: ModelFrontend::load(&config.model, config.model_name())?,
+            node: state,
+            config: config.gateway.clone(),
+        });
+        specs.push(ChildSpec::new("gateway", move |sup| {
+            let args = GatewayArgs { addr, gateway: gateway.clone() };
+            Box::pin(async move { Ok(Actor::spawn_linked(Some("gateway".into()), GatewayActor, args, sup).await?.0.get_cell()) })
+        }));
+    }
+    Ok(specs)
+}

@@ -1,0 +1,128 @@
+//! `WorkerActor`: admission (queue limit, context check), submit and cancel into the engine thread,
+//! and long-poll replies. It panics when its engine dies, so its supervisor restarts it fresh.
+
+use std::time::Duration;
+
+use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use runtime::config::{ModelSection, WorkerConfig};
+use runtime::discovery;
+use runtime::ids::{RequestId, WorkerId};
+use runtime::request::{Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure};
+
+/// Longest a poll may wait for output before answering with nothing.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(RactorClusterMessage)]
+pub enum WorkerMsg {
+    /// Queue a request.
+    #[rpc]
+    Submit(GenerateRequest, RpcReplyPort<Admission>),
+    /// New output of a request, waiting up to `max_wait_ms` for some.
+    #[rpc]
+    Poll(PollRequest, RpcReplyPort<PollReply>),
+    /// Stop a request and free what it holds.
+    Cancel(RequestId),
+    /// From the engine thread: it ended (with why).
+    EngineExited(String),
+}
+
+pub struct WorkerArgs {
+    pub id: WorkerId,
+    pub config: WorkerConfig,
+    pub model: ModelSection,
+}
+
+pub struct WorkerActor;
+
+pub struct WorkerState {
+    id: WorkerId,
+    engine: EngineHandle,
+    capacity: usize,
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
+        let model = LoadedModel::load(&args.model)?;
+        let info = model.executor.info();
+        let limits = EngineLimits {
+            max_batch: args.config.max_batch as usize,
+            max_queue: args.config.max_queue as usize,
+            context_length: info.context_length,
+        };
+        let engine = Engine::new(model.executor, model.tokenizer, limits);
+        let me = myself.clone();
+        let handle = EngineHandle::spawn(engine, &args.id.to_string(), move |why| {
+            let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
+        })?;
+        discovery::join_worker(&args.id, myself.get_cell());
+        tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, "worker started");
+        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue })
+    }
+
+    async fn handle(&self, _myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Submit(req, reply) => {
+                let _ = reply.send(state.admit(req));
+            }
+            WorkerMsg::Poll(poll, reply) => state.poll(poll, reply),
+            WorkerMsg::Cancel(id) => {
+                if state.engine.cancel(&id) {
+                    tracing::debug!(worker = %state.id, request = %id, "request cancelled");
+                }
+            }
+            WorkerMsg::EngineExited(why) => {
+                // Let the supervisor restart this worker with a fresh engine.
+                panic!("worker {}: engine thread ended: {why}", state.id);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WorkerState {
+    fn admit(&self, req: GenerateRequest) -> Admission {
+        let open = self.engine.outputs().open_requests();
+        if open >= self.capacity {
+            metrics::counter!("armature_worker_overloaded_total").increment(1);
+            return Admission::Overloaded { queued: open as u32 };
+        }
+        if let Err(reason) = Engine::check(&self.engine.limits(), &req) {
+            return Admission::Rejected(reason);
+        }
+        match self.engine.submit(req) {
+            Ok(()) => Admission::Accepted,
+            Err(reason) => Admission::Unavailable(reason),
+        }
+    }
+
+    fn poll(&self, poll: PollRequest, reply: RpcReplyPort<PollReply>) {
+        let unknown = |id: &RequestId| PollReply { events: vec![StreamEvent::Failed(WorkerFailure::UnknownRequest(id.0.clone()))] };
+        match self.engine.outputs().take(&poll.id) {
+            Taken::Events(events) => {
+                let _ = reply.send(PollReply { events });
+            }
+            Taken::Unknown => {
+                let _ = reply.send(unknown(&poll.id));
+            }
+            Taken::Pending(notify) => {
+                let outputs = self.engine.outputs().clone();
+                let wait = Duration::from_millis(poll.max_wait_ms).min(MAX_POLL_WAIT);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(wait, notify.notified()).await;
+                    let answer = match outputs.take(&poll.id) {
+                        Taken::Events(events) => PollReply { events },
+                        Taken::Pending(_) => PollReply::default(),
+                        Taken::Unknown => unknown(&poll.id),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+    }
+}
