@@ -162,35 +162,23 @@ async fn shutdown_signal() {
 /// run until a signal, stdin closing, or the supervisor giving up.
 async fn run_node(config: ClusterConfig, plan: NodePlan, control_of: Option<String>, mut stdin_closed: Option<mpsc::Receiver<()>>) -> anyhow::Result<ExitCode> {
     let state = Arc::new(NodeState::default());
-    let mut control = None;
-    if let Some(name) = &control_of {
-        let index = config.nodes.iter().position(|n| &n.name == name).context("node in topology")?;
-        let listen = config.nodes[index].control.parse().context("validated control address")?;
-        let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
-            Ok(cp) => cp,
-            Err(e) => return Ok(config_exit(e)),
-        };
-        control = Some(cp);
-    }
+    // Keep the control plane alive as long as the node runs.
+    let _control = match &control_of {
+        Some(name) => match join_cluster(&config, name).await? {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        None => None,
+    };
     let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
     let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };
     let (supervisor, handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("starting node {}: {e}", plan.name))?;
-    if let (Some(cp), Some(name)) = (&control, &control_of) {
-        let by_addr: std::collections::HashMap<&str, &str> = config.nodes.iter().map(|n| (n.control.as_str(), n.name.as_str())).collect();
-        let seeds: Vec<Seed> = config
-            .seeds_for(name)
-            .into_iter()
-            .map(|(path, addr)| Seed { node: by_addr.get(addr.as_str()).map(|n| n.to_string()), path, addr })
-            .collect();
-        if let Err(e) = cp.join(&seeds, config.cluster.join_timeout.get()).await {
-            supervisor.stop(None);
-            return Ok(config_exit(e));
-        }
-        cp.spawn_reconnect(seeds, Duration::from_secs(1));
-    }
     tracing::info!(node = %plan.name, roles = ?plan.roles, workers = plan.workers.len(), "node up");
     let escalated = tokio::select! {
         _ = shutdown_signal() => {
@@ -218,9 +206,26 @@ async fn run_node(config: ClusterConfig, plan: NodePlan, control_of: Option<Stri
     })
 }
 
-fn config_exit(e: NodeError) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::from(EXIT_CONFIG)
+/// Start node `name`'s control plane and join its seeds. The inner error is a configuration
+/// problem (busy port, unreachable seed).
+async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Result<ControlPlane, NodeError>> {
+    let index = config.nodes.iter().position(|n| n.name == name).context("node in topology")?;
+    let listen = config.nodes[index].control.parse().context("validated control address")?;
+    let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
+        Ok(cp) => cp,
+        Err(e) => return Ok(Err(e)),
+    };
+    let by_addr: std::collections::HashMap<&str, &str> = config.nodes.iter().map(|n| (n.control.as_str(), n.name.as_str())).collect();
+    let seeds: Vec<Seed> = config
+        .seeds_for(name)
+        .into_iter()
+        .map(|(path, addr)| Seed { node: by_addr.get(addr.as_str()).map(|n| n.to_string()), path, addr })
+        .collect();
+    if let Err(e) = cp.join(&seeds, config.cluster.join_timeout.get()).await {
+        return Ok(Err(e));
+    }
+    cp.spawn_reconnect(seeds, Duration::from_secs(1));
+    Ok(Ok(cp))
 }
 
 /// Stop taking requests and let in-flight ones finish, up to `grace`.

@@ -108,9 +108,11 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
     let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let param = (path != ".").then_some(path.as_str());
-        let what = if inner.is_syntax() || inner.is_eof() { "Malformed JSON body" } else { "Invalid request body" };
-        ApiError::bad_request(format!("{what}: {inner}"), param)
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request(format!("Malformed JSON body: {inner}"), None);
+        }
+        let param = (path != "." && path != "?").then_some(path.as_str());
+        ApiError::bad_request(format!("Invalid request body: {inner}"), param)
     })?;
     if body.model != model.name {
         return Err(ApiError::unknown_model(&body.model, &model.name));

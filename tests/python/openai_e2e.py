@@ -1,0 +1,172 @@
+"""End-to-end checks of an armature gateway with the official `openai` client.
+
+Usage: python openai_e2e.py BASE_URL MODEL
+Each check asserts values; the last line printed is a summary the Rust test reads.
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import openai
+
+base_url, model = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+checks = []
+
+
+def check(name):
+    def wrap(fn):
+        fn()
+        checks.append(name)
+        print(f"ok {name}", flush=True)
+        return fn
+
+    return wrap
+
+
+def assert_usage(usage, completion_tokens=None):
+    assert usage is not None, "usage missing"
+    assert usage.prompt_tokens > 0, usage
+    assert usage.completion_tokens > 0, usage
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, usage
+    if completion_tokens is not None:
+        assert usage.completion_tokens == completion_tokens, (usage, completion_tokens)
+
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Describe a harbor at dawn."},
+]
+PARAMS = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=0.8, top_p=0.95, seed=1234)
+state = {}
+
+
+@check("models")
+def _():
+    ids = [m.id for m in client.models.list().data]
+    assert ids == [model], ids
+
+
+@check("chat")
+def _():
+    r = client.chat.completions.create(**PARAMS)
+    assert r.object == "chat.completion"
+    assert r.model == model
+    assert len(r.choices) == 1
+    c = r.choices[0]
+    assert c.message.role == "assistant"
+    assert isinstance(c.message.content, str) and len(c.message.content) > 0, c
+    assert c.finish_reason in ("stop", "length"), c.finish_reason
+    assert_usage(r.usage)
+    state["chat"] = r
+
+
+@check("chat-stream-matches")
+def _():
+    r = state["chat"]
+    stream = client.chat.completions.create(**PARAMS, stream=True, stream_options={"include_usage": True})
+    text, finish, usage, chunks, roles = "", None, None, 0, []
+    for chunk in stream:
+        chunks += 1
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            assert chunk.choices == [], chunk
+            usage = chunk.usage
+            continue
+        delta = chunk.choices[0].delta
+        if delta.role:
+            roles.append(delta.role)
+        text += delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert roles == ["assistant"], roles
+    assert chunks >= 3, chunks
+    assert text == r.choices[0].message.content, (text, r.choices[0].message.content)
+    assert finish == r.choices[0].finish_reason, (finish, r.choices[0].finish_reason)
+    assert_usage(usage, r.usage.completion_tokens)
+    assert usage.prompt_tokens == r.usage.prompt_tokens
+
+
+@check("stream-without-usage")
+def _():
+    stream = client.chat.completions.create(**PARAMS, stream=True)
+    usages = [c.usage for c in stream]
+    assert all(u is None for u in usages), usages
+
+
+@check("completion")
+def _():
+    r = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0)
+    assert r.object == "text_completion"
+    c = r.choices[0]
+    assert len(c.text) > 0 and c.finish_reason in ("stop", "length"), c
+    assert_usage(r.usage)
+    assert r.usage.prompt_tokens == len("Once upon a time".encode())
+    # Greedy is deterministic, streamed or not.
+    s = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stream=True)
+    assert "".join(ch.choices[0].text for ch in s if ch.choices) == c.text
+    state["completion"] = c.text
+
+
+@check("stop-sequence")
+def _():
+    full = state["completion"]
+    words = full.split(" ")
+    assert len(words) >= 3, full
+    stop = words[1] + " "
+    r = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[: full.index(stop)], (r.choices[0].text, full, stop)
+    assert r.choices[0].finish_reason == "stop"
+
+
+@check("max-completion-tokens")
+def _():
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_completion_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length", r
+
+
+@check("n-rejected")
+def _():
+    try:
+        client.chat.completions.create(**PARAMS, n=2)
+    except openai.BadRequestError as e:
+        assert e.status_code == 400
+        assert e.body["param"] == "n", e.body
+        assert "n = 2" in e.body["message"], e.body
+    else:
+        raise AssertionError("n=2 was accepted")
+
+
+@check("unknown-model")
+def _():
+    try:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+    else:
+        raise AssertionError("unknown model was accepted")
+
+
+@check("malformed-json")
+def _():
+    req = urllib.request.Request(base_url + "/chat/completions", data=b'{"model": "x", "messages": [', headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+    except urllib.error.HTTPError as e:
+        assert e.code == 400, e.code
+        body = json.loads(e.read())
+        assert body["error"]["type"] == "invalid_request_error", body
+        assert body["error"]["message"].startswith("Malformed JSON body"), body
+    else:
+        raise AssertionError("malformed JSON was accepted")
+
+
+@check("request-id")
+def _():
+    raw = client.chat.completions.with_raw_response.create(**PARAMS, extra_headers={"x-request-id": "e2e-42"})
+    assert raw.headers["x-request-id"] == "e2e-42", dict(raw.headers)
+    assert raw.parse().choices[0].message.content == state["chat"].choices[0].message.content
+
+
+print(json.dumps({"passed": checks}))

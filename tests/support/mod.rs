@@ -1,0 +1,197 @@
+//! Helpers for end-to-end tests: real `armature` processes on loopback, a small HTTP client, and
+//! a Python venv with the official `openai` client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_armature"))
+}
+
+/// A fresh directory under cargo's per-test temp folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+}
+
+/// A child process, killed when dropped; its output goes to a log file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file clone");
+        let child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn armature");
+        Proc { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// Poll `f` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One HTTP/1.1 exchange with `Connection: close`. Returns (status, headers, body); status 0 when
+/// the server cannot be reached.
+pub fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> (u16, String, String) {
+    http_with(method, port, path, body, &[])
+}
+
+pub fn http_with(method: &str, port: u16, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new(), String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_err() {
+        return (0, String::new(), String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        return (0, text, String::new());
+    };
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    (status, head.to_string(), body)
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Wait until `/health` answers `status`.
+pub fn wait_health(port: u16, status: u16, timeout: Duration) -> bool {
+    wait_until(timeout, || http("GET", port, "/health", None).0 == status)
+}
+
+/// The value of a Prometheus sample whose line starts with `prefix`, summed over matches.
+pub fn metric(port: u16, prefix: &str) -> f64 {
+    let (_, _, text) = http("GET", port, "/metrics", None);
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A Python interpreter with the `openai` package: `ARMATURE_TEST_PYTHON` if set, else a venv
+/// under `target/` made on first use (`python3 -m venv`, `pip install openai`).
+pub fn python_with_openai() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("ARMATURE_TEST_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
+        let py = venv.join("bin/python");
+        let has_openai = || Command::new(&py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+        if !has_openai() {
+            let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+            assert!(ok, "python3 -m venv failed: install python3-venv");
+            let ok = Command::new(&py).args(["-m", "pip", "install", "--quiet", "openai>=1.40"]).status().is_ok_and(|s| s.success());
+            assert!(ok, "pip install openai failed (needs PyPI)");
+        }
+        py
+    })
+    .clone()
+}
+
+/// Read a launch log until a line `[launch] started node NAME (pid N)` appears after `skip`
+/// such lines; returns N.
+pub fn started_pid(proc: &Proc, node: &str, skip: usize, timeout: Duration) -> Option<i32> {
+    let needle = format!("[launch] started node {node} (pid ");
+    let mut found = None;
+    wait_until(timeout, || {
+        let file = std::fs::File::open(&proc.log).ok();
+        let pids: Vec<i32> = file
+            .map(|f| {
+                BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter_map(|l| l.strip_prefix(&needle).and_then(|r| r.trim_end_matches(')').parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found = pids.get(skip).copied();
+        found.is_some()
+    });
+    found
+}
