@@ -161,9 +161,7 @@ async fn shutdown_signal() {
 /// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
 /// run until a signal, stdin closing, or the supervisor giving up.
 async fn run_node(config: ClusterConfig, plan: NodePlan, control_of: Option<String>, mut stdin_closed: Option<mpsc::Receiver<()>>) -> anyhow::Result<ExitCode> {
-    let state = Arc::new(NodeState::default());
-    // Keep the control plane alive as long as the node runs.
-    let _control = match &control_of {
+    let control = match &control_of {
         Some(name) => match join_cluster(&config, name).await? {
             Ok(cp) => Some(cp),
             Err(e) => {
@@ -173,6 +171,7 @@ async fn run_node(config: ClusterConfig, plan: NodePlan, control_of: Option<Stri
         },
         None => None,
     };
+    let state = Arc::new(NodeState::new(control));
     let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
     let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };

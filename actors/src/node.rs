@@ -11,7 +11,7 @@ use gpu::model::{ModelError, ModelFrontend};
 use ractor::Actor;
 use runtime::config::{ClusterConfig, ConfigError, Role, WorkerConfig};
 use runtime::ids::WorkerId;
-use runtime::node::{AgentArgs, ClusterView, NodeAgent};
+use runtime::node::{AgentArgs, ClusterView, ControlPlane, NodeAgent};
 use runtime::supervision::ChildSpec;
 
 use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
@@ -22,23 +22,13 @@ use crate::worker::{WorkerActor, WorkerArgs};
 pub const ROUTER_NAME: &str = "router";
 
 /// State shared by the actors of one node.
-#[derive(Debug)]
 pub struct NodeState {
     draining: AtomicBool,
     inflight: AtomicUsize,
     pub view: Arc<ClusterView>,
     pub started_unix: u64,
-}
-
-impl Default for NodeState {
-    fn default() -> Self {
-        Self {
-            draining: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            view: Arc::default(),
-            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        }
-    }
+    /// The control plane, when this node is part of a multi-node cluster.
+    pub control: Option<ControlPlane>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -51,6 +41,16 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl NodeState {
+    pub fn new(control: Option<ControlPlane>) -> Self {
+        Self {
+            control,
+            draining: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            view: Arc::default(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -133,9 +133,9 @@ impl NodePlan {
 pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ModelError> {
     let mut specs = Vec::new();
     if let Some(hb) = plan.heartbeat {
-        let (node, view) = (plan.name.clone(), state.view.clone());
+        let (node, view, control) = (plan.name.clone(), state.view.clone(), state.control.clone());
         specs.push(ChildSpec::new("node-agent", move |sup| {
-            let args = AgentArgs { node: node.clone(), interval: hb.interval, lease_timeout: hb.lease_timeout, view: view.clone() };
+            let args = AgentArgs { node: node.clone(), control: control.clone(), interval: hb.interval, lease_timeout: hb.lease_timeout, view: view.clone() };
             Box::pin(async move { Ok(Actor::spawn_linked(Some("node-agent".into()), NodeAgent, args, sup).await?.0.get_cell()) })
         }));
     }

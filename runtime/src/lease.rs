@@ -30,6 +30,12 @@ impl LeaseTable {
         (!known || revived).then(|| PeerChange::Up(peer.to_string()))
     }
 
+    /// Start a lease for a peer known by other means (a control-plane session) but not heard from
+    /// yet, so that it dies if it never speaks. No change is reported.
+    pub fn expect(&mut self, peer: &str, now: Duration) {
+        self.last_heard.entry(peer.to_string()).or_insert(now);
+    }
+
     /// Mark every peer whose lease ran out by `now` as dead; returns the newly dead ones.
     pub fn expire(&mut self, now: Duration) -> Vec<PeerChange> {
         let mut changes = Vec::new();
@@ -68,6 +74,16 @@ mod tests {
         assert_eq!(t.expire(ms(3000)), vec![]);
         assert_eq!(t.heard("n1", ms(3100)), Some(PeerChange::Up("n1".into())));
         assert_eq!(t.alive().collect::<Vec<_>>(), vec!["n1"]);
+    }
+
+    #[test]
+    fn expected_peer_that_never_speaks_dies() {
+        let ms = Duration::from_millis;
+        let mut t = LeaseTable::new(ms(100));
+        t.expect("quiet", ms(0));
+        t.expect("quiet", ms(90)); // does not renew
+        assert_eq!(t.expire(ms(150)), vec![PeerChange::Down("quiet".into())]);
+        assert_eq!(t.heard("quiet", ms(200)), Some(PeerChange::Up("quiet".into())));
     }
 
     #[test]

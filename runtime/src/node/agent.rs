@@ -45,6 +45,8 @@ pub enum AgentMsg {
 
 pub struct AgentArgs {
     pub node: String,
+    /// This node's control plane: peers with a session get a lease even before their first heartbeat.
+    pub control: Option<super::ControlPlane>,
     pub interval: Duration,
     pub lease_timeout: Duration,
     pub view: Arc<ClusterView>,
@@ -54,6 +56,7 @@ pub struct NodeAgent;
 
 pub struct AgentState {
     node: String,
+    control: Option<super::ControlPlane>,
     leases: LeaseTable,
     epoch: Instant,
     view: Arc<ClusterView>,
@@ -68,7 +71,7 @@ impl Actor for NodeAgent {
     async fn pre_start(&self, myself: ActorRef<AgentMsg>, args: AgentArgs) -> Result<AgentState, ActorProcessingErr> {
         pg::join(NODE_AGENTS.to_string(), vec![myself.get_cell()]);
         let timer = myself.send_interval(args.interval, || AgentMsg::Tick);
-        Ok(AgentState { node: args.node, leases: LeaseTable::new(args.lease_timeout), epoch: Instant::now(), view: args.view, timer })
+        Ok(AgentState { node: args.node, control: args.control, leases: LeaseTable::new(args.lease_timeout), epoch: Instant::now(), view: args.view, timer })
     }
 
     async fn post_stop(&self, _: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
@@ -81,6 +84,11 @@ impl Actor for NodeAgent {
         let changes = match msg {
             AgentMsg::Heartbeat(peer) => state.leases.heard(&peer, now).into_iter().collect(),
             AgentMsg::Tick => {
+                if let Some(cp) = &state.control {
+                    for peer in cp.peers().await {
+                        state.leases.expect(&peer, now);
+                    }
+                }
                 for cell in pg::get_members(&NODE_AGENTS.to_string()) {
                     if !cell.get_id().is_local() {
                         let _ = ActorRef::<AgentMsg>::from(cell).cast(AgentMsg::Heartbeat(state.node.clone()));
