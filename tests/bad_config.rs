@@ -10,9 +10,20 @@ const GOOD: &str = include_str!("../examples/two-nodes.toml");
 
 /// Run `armature ARGS` and return (exit code, stderr lines).
 fn run(args: &[&str]) -> (Option<i32>, Vec<String>) {
-    let out = Command::new(bin()).args(args).env("RUST_LOG", "error").output().expect("run armature");
+    let out = Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run armature");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), stderr.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+    (
+        out.status.code(),
+        stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 fn check(name: &str, text: &str, field: &str, also: &str) {
@@ -20,34 +31,70 @@ fn check(name: &str, text: &str, field: &str, also: &str) {
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
     let p = path.to_str().unwrap();
-    for args in [vec!["serve", "--config", p], vec!["node", "--name", "n0", "--config", p], vec!["launch", "--config", p]] {
+    for args in [
+        vec!["serve", "--config", p],
+        vec!["node", "--name", "n0", "--config", p],
+        vec!["launch", "--config", p],
+    ] {
         let (code, lines) = run(&args);
         assert_eq!(code, Some(2), "{name} {args:?}: {lines:?}");
-        assert_eq!(lines.len(), 1, "{name} {args:?}: want one line, got {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{name} {args:?}: want one line, got {lines:?}"
+        );
         assert!(lines[0].starts_with("error: "), "{lines:?}");
-        assert!(lines[0].contains(field), "{name}: {:?} does not name {field}", lines[0]);
-        assert!(lines[0].contains(also), "{name}: {:?} does not say {also}", lines[0]);
+        assert!(
+            lines[0].contains(field),
+            "{name}: {:?} does not name {field}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(also),
+            "{name}: {:?} does not say {also}",
+            lines[0]
+        );
     }
 }
 
 #[test]
 fn unknown_key() {
-    check("unknown", &GOOD.replace("kv_blocks = 2048", "kv_blocks = 2048, gpus = 8"), "nodes[1].workers[0].gpus", "unknown field `gpus`");
+    check(
+        "unknown",
+        &GOOD.replace("kv_blocks = 2048", "kv_blocks = 2048, gpus = 8"),
+        "nodes[1].workers[0].gpus",
+        "unknown field `gpus`",
+    );
 }
 
 #[test]
 fn wrong_type() {
-    check("type", &GOOD.replace("kv_blocks = 2048", "kv_blocks = \"plenty\""), "nodes[1].workers[0].kv_blocks", "\"plenty\"");
+    check(
+        "type",
+        &GOOD.replace("kv_blocks = 2048", "kv_blocks = \"plenty\""),
+        "nodes[1].workers[0].kv_blocks",
+        "\"plenty\"",
+    );
 }
 
 #[test]
 fn duplicate_node_name() {
-    check("dup", &GOOD.replace("name = \"n1\"", "name = \"n0\""), "nodes[1].name", "duplicate node name \"n0\"");
+    check(
+        "dup",
+        &GOOD.replace("name = \"n1\"", "name = \"n0\""),
+        "nodes[1].name",
+        "duplicate node name \"n0\"",
+    );
 }
 
 #[test]
 fn bad_duration_unit() {
-    check("unit", &GOOD.replace("lease_timeout = \"2s\"", "lease_timeout = \"2 weeks\""), "cluster.lease_timeout", "weeks");
+    check(
+        "unit",
+        &GOOD.replace("lease_timeout = \"2s\"", "lease_timeout = \"2 weeks\""),
+        "cluster.lease_timeout",
+        "weeks",
+    );
 }
 
 #[test]
@@ -58,7 +105,10 @@ fn unreachable_seed() {
         .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
         .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
         .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
-        .replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\njoin_timeout = \"1s\"");
+        .replace(
+            "lease_timeout = \"2s\"",
+            "lease_timeout = \"2s\"\njoin_timeout = \"1s\"",
+        );
     let dir = temp_dir("badcfg-seed");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
@@ -66,7 +116,10 @@ fn unreachable_seed() {
     assert_eq!(code, Some(2), "{lines:?}");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("nodes[1].control"), "{lines:?}");
-    assert!(lines[0].contains(&format!("seed 127.0.0.1:{c1} unreachable")), "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("seed 127.0.0.1:{c1} unreachable")),
+        "{lines:?}"
+    );
 }
 
 #[test]
@@ -76,7 +129,10 @@ fn unknown_node_name() {
     std::fs::write(&path, GOOD).unwrap();
     let (code, lines) = run(&["node", "--name", "n9", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert_eq!(lines, ["error: --name: no node \"n9\" in the topology (nodes: n0, n1)"]);
+    assert_eq!(
+        lines,
+        ["error: --name: no node \"n9\" in the topology (nodes: n0, n1)"]
+    );
 }
 
 #[test]

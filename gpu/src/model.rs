@@ -54,7 +54,10 @@ impl LoadedModel {
     pub fn load(section: &ModelSection) -> Result<Self, ModelError> {
         match section.source.as_str() {
             "test" => Ok(Self {
-                executor: Box::new(TestExecutor::new(section.test.step_delay.get(), section.context_length.unwrap_or(TEST_CONTEXT_LENGTH))),
+                executor: Box::new(TestExecutor::new(
+                    section.test.step_delay.get(),
+                    section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
+                )),
                 tokenizer: Arc::new(TestTokenizer::default()),
             }),
             other => Err(ModelError::UnsupportedSource(other.to_string())),

@@ -15,7 +15,12 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: &SamplingParams) -> Self {
-        Self { temperature: params.temperature, top_p: params.top_p, top_k: params.top_k, rng: StdRng::seed_from_u64(params.seed) }
+        Self {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            top_k: params.top_k,
+            rng: StdRng::seed_from_u64(params.seed),
+        }
     }
 
     /// The next token. Non-finite logits are never picked; all of them non-finite picks token 0.
@@ -79,7 +84,13 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: u32, seed: u64) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, seed, ..Default::default() }
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            ..Default::default()
+        }
     }
 
     const LOGITS: [f32; 5] = [1.0, 3.0, f32::NEG_INFINITY, 2.5, 0.0];

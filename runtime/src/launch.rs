@@ -30,7 +30,13 @@ pub async fn run(spec: LaunchSpec, shutdown: watch::Receiver<bool>) {
     let tasks: Vec<_> = spec
         .nodes
         .iter()
-        .map(|name| tokio::spawn(keep_node_running(spec.clone(), name.clone(), shutdown.clone())))
+        .map(|name| {
+            tokio::spawn(keep_node_running(
+                spec.clone(),
+                name.clone(),
+                shutdown.clone(),
+            ))
+        })
         .collect();
     for t in tasks {
         let _ = t.await;
@@ -114,7 +120,12 @@ async fn stop_child(child: &mut Child, pid: u32, name: &str, timeout: Duration) 
         let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
     }
     match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => println!("[launch] node {name} stopped: {}", status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())),
+        Ok(status) => println!(
+            "[launch] node {name} stopped: {}",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string())
+        ),
         Err(_) => {
             println!("[launch] node {name} did not stop within {timeout:?}; killing it");
             let _ = child.kill().await;

@@ -23,7 +23,14 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new() }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            max_tokens: 16,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -87,8 +94,14 @@ impl WorkerFailure {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum StreamEvent {
     /// New text, and how many tokens produced it (text may lag tokens at a UTF-8 or stop-string edge).
-    Delta { text: String, tokens: u32 },
-    Finished { reason: FinishReason, usage: Usage },
+    Delta {
+        text: String,
+        tokens: u32,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
     Failed(WorkerFailure),
 }
 
@@ -103,7 +116,9 @@ impl StreamEvent {
 pub enum Admission {
     Accepted,
     /// The worker's queue is full; try later or elsewhere.
-    Overloaded { queued: u32 },
+    Overloaded {
+        queued: u32,
+    },
     /// The worker is failing or stopping; another worker may take it.
     Unavailable(String),
     /// The request can never run here.
@@ -122,4 +137,10 @@ pub struct PollReply {
     pub events: Vec<StreamEvent>,
 }
 
-crate::wire_message!(GenerateRequest, PollRequest, PollReply, Admission, RequestId);
+crate::wire_message!(
+    GenerateRequest,
+    PollRequest,
+    PollReply,
+    Admission,
+    RequestId
+);

@@ -22,7 +22,8 @@ macro_rules! wire_message {
 
 /// Encode a payload.
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_else(|e| panic!("{} cannot be encoded: {e}", std::any::type_name::<T>()))
+    serde_json::to_vec(value)
+        .unwrap_or_else(|e| panic!("{} cannot be encoded: {e}", std::any::type_name::<T>()))
 }
 
 /// Decode a payload; see the module docs for why a malformed one panics.
@@ -32,7 +33,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 
 /// Decode a payload, returning the error.
 pub fn try_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("{} ({} bytes): {e}", std::any::type_name::<T>(), bytes.len()))
+    serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "{} ({} bytes): {e}",
+            std::any::type_name::<T>(),
+            bytes.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -40,20 +47,34 @@ mod tests {
     use ractor::BytesConvertable;
 
     use crate::ids::RequestId;
-    use crate::request::{GenerateRequest, PollReply, SamplingParams, StreamEvent, Usage, FinishReason};
+    use crate::request::{
+        FinishReason, GenerateRequest, PollReply, SamplingParams, StreamEvent, Usage,
+    };
 
     #[test]
     fn payloads_round_trip() {
         let req = GenerateRequest {
             id: RequestId("r1".into()),
             prompt_tokens: vec![1, 2, 3],
-            sampling: SamplingParams { stop: vec!["\n".into()], ..Default::default() },
+            sampling: SamplingParams {
+                stop: vec!["\n".into()],
+                ..Default::default()
+            },
         };
         assert_eq!(GenerateRequest::from_bytes(req.clone().into_bytes()), req);
         let reply = PollReply {
             events: vec![
-                StreamEvent::Delta { text: "hé".into(), tokens: 2 },
-                StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 3, completion_tokens: 2 } },
+                StreamEvent::Delta {
+                    text: "hé".into(),
+                    tokens: 2,
+                },
+                StreamEvent::Finished {
+                    reason: FinishReason::Length,
+                    usage: Usage {
+                        prompt_tokens: 3,
+                        completion_tokens: 2,
+                    },
+                },
             ],
         };
         assert_eq!(PollReply::from_bytes(reply.clone().into_bytes()), reply);

@@ -23,7 +23,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A child process, killed when dropped; its output goes to a log file.
@@ -38,7 +42,10 @@ impl Proc {
         let err = out.try_clone().expect("log file clone");
         let child = Command::new(bin())
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -73,7 +80,11 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- log of {} ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- log of {} ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
     }
 }
@@ -96,18 +107,30 @@ pub fn http(method: &str, port: u16, path: &str, body: Option<&str>) -> (u16, St
     http_with(method, port, path, body, &[])
 }
 
-pub fn http_with(method: &str, port: u16, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String, String) {
+pub fn http_with(
+    method: &str,
+    port: u16,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new(), String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    if s.write_all(req.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_err() {
+    if s.write_all(req.as_bytes())
+        .and_then(|_| s.write_all(body.as_bytes()))
+        .is_err()
+    {
         return (0, String::new(), String::new());
     }
     let mut raw = Vec::new();
@@ -116,15 +139,28 @@ pub fn http_with(method: &str, port: u16, path: &str, body: Option<&str>, header
     let Some((head, rest)) = text.split_once("\r\n\r\n") else {
         return (0, text, String::new());
     };
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     (status, head.to_string(), body)
 }
 
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -162,11 +198,23 @@ pub fn python_with_openai() -> PathBuf {
         }
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
         let py = venv.join("bin/python");
-        let has_openai = || Command::new(&py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+        let has_openai = || {
+            Command::new(&py)
+                .args(["-c", "import openai"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         if !has_openai() {
-            let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "python3 -m venv failed: install python3-venv");
-            let ok = Command::new(&py).args(["-m", "pip", "install", "--quiet", "openai>=1.40"]).status().is_ok_and(|s| s.success());
+            let ok = Command::new(&py)
+                .args(["-m", "pip", "install", "--quiet", "openai>=1.40"])
+                .status()
+                .is_ok_and(|s| s.success());
             assert!(ok, "pip install openai failed (needs PyPI)");
         }
         py
@@ -186,7 +234,10 @@ pub fn started_pid(proc: &Proc, node: &str, skip: usize, timeout: Duration) -> O
                 BufReader::new(f)
                     .lines()
                     .map_while(Result::ok)
-                    .filter_map(|l| l.strip_prefix(&needle).and_then(|r| r.trim_end_matches(')').parse().ok()))
+                    .filter_map(|l| {
+                        l.strip_prefix(&needle)
+                            .and_then(|r| r.trim_end_matches(')').parse().ok())
+                    })
                     .collect()
             })
             .unwrap_or_default();

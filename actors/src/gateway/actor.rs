@@ -30,8 +30,14 @@ impl Actor for GatewayActor {
     type State = GatewayState;
     type Arguments = GatewayArgs;
 
-    async fn pre_start(&self, myself: ActorRef<GatewayMsg>, args: GatewayArgs) -> Result<GatewayState, ActorProcessingErr> {
-        let listener = tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("gateway cannot listen on {}: {e}", args.addr))?;
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GatewayMsg>,
+        args: GatewayArgs,
+    ) -> Result<GatewayState, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| format!("gateway cannot listen on {}: {e}", args.addr))?;
         let app = super::http_router(args.gateway);
         tracing::info!(addr = %args.addr, "gateway listening: http://{}/v1", args.addr);
         let server = tokio::spawn(async move {
@@ -44,12 +50,21 @@ impl Actor for GatewayActor {
         Ok(GatewayState { server })
     }
 
-    async fn post_stop(&self, _: ActorRef<GatewayMsg>, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<GatewayMsg>,
+        state: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
         state.server.abort();
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<GatewayMsg>, msg: GatewayMsg, _: &mut GatewayState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<GatewayMsg>,
+        msg: GatewayMsg,
+        _: &mut GatewayState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             GatewayMsg::ServerExited(why) => Err(format!("HTTP server ended: {why}").into()),
         }

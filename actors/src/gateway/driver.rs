@@ -35,7 +35,7 @@ enum AttemptEnd {
 }
 
 pub fn router() -> Option<ActorRef<RouterMsg>> {
-    ActorRef::<RouterMsg>::where_is(crate::node::ROUTER_NAME.to_string())
+    ActorRef::<RouterMsg>::where_is(crate::node::ROUTER_NAME)
 }
 
 /// Drive `req` to its end, sending events (or one error) to `tx`.
@@ -46,7 +46,11 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
     let mut attempt = 0u32;
     loop {
         let Some(placement) = place(&avoid).await else {
-            let _ = tx.send(Err(ApiError::unavailable("No worker is available to serve this request; retry later."))).await;
+            let _ = tx
+                .send(Err(ApiError::unavailable(
+                    "No worker is available to serve this request; retry later.",
+                )))
+                .await;
             return;
         };
         let worker = placement.worker_id.clone();
@@ -60,7 +64,11 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                 tracing::warn!(request = %req.id, %worker, attempt, delivered, "attempt failed: {why}");
                 metrics::counter!("armature_request_attempt_failures_total").increment(1);
                 if delivered || attempt >= gw.config.retries {
-                    let _ = tx.send(Err(ApiError::unavailable(format!("The worker serving this request failed: {why}")))).await;
+                    let _ = tx
+                        .send(Err(ApiError::unavailable(format!(
+                            "The worker serving this request failed: {why}"
+                        ))))
+                        .await;
                     return;
                 }
                 attempt += 1;
@@ -76,10 +84,17 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
 async fn place(avoid: &[WorkerId]) -> Option<Placement> {
     let start = Instant::now();
     loop {
-        if let Some(r) = router() {
-            if let Ok(Some(p)) = call_t!(r, |reply| RouterMsg::Place { avoid: avoid.to_vec(), reply }, 2_000) {
-                return Some(p);
-            }
+        if let Some(r) = router()
+            && let Ok(Some(p)) = call_t!(
+                r,
+                |reply| RouterMsg::Place {
+                    avoid: avoid.to_vec(),
+                    reply
+                },
+                2_000
+            )
+        {
+            return Some(p);
         }
         if start.elapsed() >= PLACEMENT_WAIT {
             return None;
@@ -88,7 +103,13 @@ async fn place(avoid: &[WorkerId]) -> Option<Placement> {
     }
 }
 
-async fn run_attempt(gw: &Gateway, req: &GenerateRequest, placement: &Placement, tx: &EventTx, delivered: &mut bool) -> AttemptEnd {
+async fn run_attempt(
+    gw: &Gateway,
+    req: &GenerateRequest,
+    placement: &Placement,
+    tx: &EventTx,
+    delivered: &mut bool,
+) -> AttemptEnd {
     let timeout_ms = gw.config.worker_timeout.get().as_millis() as u64;
     let worker = &placement.worker;
     match call_t!(worker, WorkerMsg::Submit, timeout_ms, req.clone()) {
@@ -105,7 +126,10 @@ async fn run_attempt(gw: &Gateway, req: &GenerateRequest, placement: &Placement,
         }
     }
     loop {
-        let poll = PollRequest { id: req.id.clone(), max_wait_ms: POLL_WAIT.as_millis() as u64 };
+        let poll = PollRequest {
+            id: req.id.clone(),
+            max_wait_ms: POLL_WAIT.as_millis() as u64,
+        };
         let reply = tokio::select! {
             _ = tx.closed() => {
                 let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));

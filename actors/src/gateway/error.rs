@@ -16,7 +16,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), kind: "invalid_request_error", param: param.map(str::to_string), code: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
     }
 
     pub fn with_code(mut self, code: &'static str) -> Self {
@@ -45,15 +51,33 @@ impl ApiError {
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: format!("Unknown path {path}."), kind: "invalid_request_error", param: None, code: Some("not_found") }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: format!("Unknown path {path}."),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+        }
     }
 
     pub fn overloaded(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::TOO_MANY_REQUESTS, message: message.into(), kind: "server_overloaded", param: None, code: Some("overloaded") }
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            kind: "server_overloaded",
+            param: None,
+            code: Some("overloaded"),
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), kind: "service_unavailable", param: None, code: Some("unavailable") }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "service_unavailable",
+            param: None,
+            code: Some("unavailable"),
+        }
     }
 
     pub fn body(&self) -> serde_json::Value {
@@ -64,8 +88,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
-        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            resp.headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
         resp
     }

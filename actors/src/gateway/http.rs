@@ -56,8 +56,18 @@ async fn request_id(req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
-    let path = if known.contains(&path.as_str()) { path } else { "other".into() };
+    let known = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/health",
+        "/metrics",
+    ];
+    let path = if known.contains(&path.as_str()) {
+        path
+    } else {
+        "other".into()
+    };
     metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string()).increment(1);
     resp
 }
@@ -70,20 +80,37 @@ async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
     complete(gw, Endpoint::Completion, headers, body).await
 }
 
-async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
     let limit = gw.config.max_body.bytes();
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await.map_err(|_| ApiError::too_large(limit))
+    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .await
+        .map_err(|_| ApiError::too_large(limit))
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
-async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn complete(
+    gw: Arc<Gateway>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     if gw.node.is_draining() {
         return ApiError::unavailable("This node is draining; retry on another.").into_response();
@@ -98,21 +125,37 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
     };
     let id = RequestId::new_random();
     let meta = ResponseMeta {
-        id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
+        id: format!(
+            "{}-{id}",
+            if endpoint == Endpoint::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            }
+        ),
         created: unix_now(),
         model: gw.model.name.clone(),
         endpoint,
     };
     tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
-    let req = GenerateRequest { id, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
+    let req = GenerateRequest {
+        id,
+        prompt_tokens: parsed.prompt_tokens,
+        sampling: parsed.sampling,
+    };
     tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
     let first = match rx.recv().await {
         Some(Ok(ev)) => ev,
         Some(Err(e)) => return e.into_response(),
-        None => return ApiError::unavailable("The request ended without a result.").into_response(),
+        None => {
+            return ApiError::unavailable("The request ended without a result.").into_response();
+        }
     };
-    let timing = Timing { started, first_token: false };
+    let timing = Timing {
+        started,
+        first_token: false,
+    };
     if parsed.stream {
         sse(meta, parsed.include_usage, first, rx, timing).into_response()
     } else {
@@ -131,19 +174,26 @@ impl Timing {
             StreamEvent::Delta { tokens, .. } => {
                 if !self.first_token {
                     self.first_token = true;
-                    metrics::histogram!("armature_time_to_first_token_seconds").record(self.started.elapsed().as_secs_f64());
+                    metrics::histogram!("armature_time_to_first_token_seconds")
+                        .record(self.started.elapsed().as_secs_f64());
                 }
                 metrics::counter!("armature_generated_tokens_total").increment(u64::from(*tokens));
             }
             StreamEvent::Finished { .. } => {
-                metrics::histogram!("armature_request_duration_seconds").record(self.started.elapsed().as_secs_f64());
+                metrics::histogram!("armature_request_duration_seconds")
+                    .record(self.started.elapsed().as_secs_f64());
             }
             StreamEvent::Failed(_) => {}
         }
     }
 }
 
-async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
+async fn whole(
+    meta: ResponseMeta,
+    first: StreamEvent,
+    mut rx: EventRx,
+    mut timing: Timing,
+) -> Response {
     let mut text = String::new();
     let mut next: Option<Result<StreamEvent, ApiError>> = Some(Ok(first));
     while let Some(item) = next {
@@ -152,8 +202,12 @@ async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timi
                 timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text: t, .. } => text.push_str(&t),
-                    StreamEvent::Finished { reason, usage } => return axum::Json(meta.full(&text, reason, usage)).into_response(),
-                    StreamEvent::Failed(f) => return ApiError::unavailable(f.to_string()).into_response(),
+                    StreamEvent::Finished { reason, usage } => {
+                        return axum::Json(meta.full(&text, reason, usage)).into_response();
+                    }
+                    StreamEvent::Failed(f) => {
+                        return ApiError::unavailable(f.to_string()).into_response();
+                    }
                 }
             }
             Err(e) => return e.into_response(),
@@ -183,7 +237,9 @@ impl SseState {
             Ok(ev) => {
                 self.timing.saw(&ev);
                 match ev {
-                    StreamEvent::Delta { text, .. } => self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage))),
+                    StreamEvent::Delta { text, .. } => self.queue.push_back(data(
+                        &self.meta.chunk(Some(&text), None, self.include_usage),
+                    )),
                     StreamEvent::Finished { reason, usage } => self.finish(reason, usage),
                     StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
                 }
@@ -193,7 +249,11 @@ impl SseState {
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
-        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage)));
+        self.queue.push_back(data(&self.meta.chunk(
+            None,
+            Some(reason),
+            self.include_usage,
+        )));
         if self.include_usage {
             self.queue.push_back(data(&self.meta.usage_chunk(usage)));
         }
@@ -207,8 +267,21 @@ impl SseState {
     }
 }
 
-fn sse(meta: ResponseMeta, include_usage: bool, first: StreamEvent, rx: EventRx, timing: Timing) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing };
+fn sse(
+    meta: ResponseMeta,
+    include_usage: bool,
+    first: StreamEvent,
+    rx: EventRx,
+    timing: Timing,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let mut state = SseState {
+        meta,
+        include_usage,
+        rx,
+        queue: VecDeque::new(),
+        done: false,
+        timing,
+    };
     if state.meta.endpoint == Endpoint::Chat {
         let opener = data(&state.meta.chunk(None, None, include_usage));
         state.queue.push_back(opener);
@@ -241,20 +314,40 @@ async fn models(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.node.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "draining" }))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "draining" })),
+        )
+            .into_response();
     }
     let workers = match driver::router() {
-        Some(r) => call_t!(r, RouterMsg::Status, 1_000).map(|s| s.live_workers).unwrap_or_default(),
+        Some(r) => call_t!(r, RouterMsg::Status, 1_000)
+            .map(|s| s.live_workers)
+            .unwrap_or_default(),
         None => Vec::new(),
     };
     let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
-    let status = if names.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if names.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     let word = if names.is_empty() { "no_workers" } else { "ok" };
-    (status, axum::Json(json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() }))).into_response()
+    (
+        status,
+        axum::Json(
+            json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() }),
+        ),
+    )
+        .into_response()
 }
 
 async fn metrics_text() -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], runtime::telemetry::prometheus().render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        runtime::telemetry::prometheus().render(),
+    )
+        .into_response()
 }
 
 async fn fallback(req: Request) -> Response {

@@ -103,7 +103,11 @@ pub struct ParsedRequest {
 const MAX_STOPS: usize = 4;
 
 /// Parse and validate a body for `endpoint` against the served model.
-pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
+pub fn parse(
+    endpoint: Endpoint,
+    bytes: &[u8],
+    model: &ModelFrontend,
+) -> Result<ParsedRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -118,23 +122,36 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         return Err(ApiError::unknown_model(&body.model, &model.name));
     }
     refuse_unsupported(&body.rest)?;
-    if let Some(n) = body.n {
-        if n != 1 {
-            return Err(ApiError::bad_request(format!("n = {n} is not supported: this server returns exactly one choice (n = 1)."), Some("n")));
-        }
+    if let Some(n) = body.n
+        && n != 1
+    {
+        let message =
+            format!("n = {n} is not supported: this server returns exactly one choice (n = 1).");
+        return Err(ApiError::bad_request(message, Some("n")));
     }
     let temperature = body.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad_request(format!("temperature = {temperature} is outside [0, 2]."), Some("temperature")));
+        return Err(ApiError::bad_request(
+            format!("temperature = {temperature} is outside [0, 2]."),
+            Some("temperature"),
+        ));
     }
     let top_p = body.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
+        return Err(ApiError::bad_request(
+            format!("top_p = {top_p} is outside (0, 1]."),
+            Some("top_p"),
+        ));
     }
     let top_k = match body.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => u32::try_from(k).unwrap_or(u32::MAX),
-        Some(k) => return Err(ApiError::bad_request(format!("top_k = {k} must be positive, or -1 for none."), Some("top_k"))),
+        Some(k) => {
+            return Err(ApiError::bad_request(
+                format!("top_k = {k} must be positive, or -1 for none."),
+                Some("top_k"),
+            ));
+        }
     };
     let stop = match body.stop {
         None => Vec::new(),
@@ -142,31 +159,68 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         Some(StopField::Many(v)) => v,
     };
     if stop.len() > MAX_STOPS {
-        return Err(ApiError::bad_request(format!("At most {MAX_STOPS} stop sequences are allowed; got {}.", stop.len()), Some("stop")));
+        return Err(ApiError::bad_request(
+            format!(
+                "At most {MAX_STOPS} stop sequences are allowed; got {}.",
+                stop.len()
+            ),
+            Some("stop"),
+        ));
     }
     let prompt_tokens = match endpoint {
         Endpoint::Chat => {
             if body.prompt.is_some() {
-                return Err(ApiError::bad_request("Chat completions take `messages`, not `prompt`.", Some("prompt")));
+                return Err(ApiError::bad_request(
+                    "Chat completions take `messages`, not `prompt`.",
+                    Some("prompt"),
+                ));
             }
-            let messages = body.messages.ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
-            model.tokenizer.encode(&model.render_chat(&chat_messages(messages)?))
+            let messages = body.messages.ok_or_else(|| {
+                ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages"))
+            })?;
+            model
+                .tokenizer
+                .encode(&model.render_chat(&chat_messages(messages)?))
         }
         Endpoint::Completion => match body.prompt {
-            None => return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt"))),
+            None => {
+                return Err(ApiError::bad_request(
+                    "Missing required parameter: 'prompt'.",
+                    Some("prompt"),
+                ));
+            }
             Some(Prompt::Text(t)) => model.tokenizer.encode(&t),
             Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode(&v[0]),
             Some(Prompt::Texts(v)) => {
-                return Err(ApiError::bad_request(format!("Batched prompts are not supported: got {} prompts, send one.", v.len()), Some("prompt")));
+                return Err(ApiError::bad_request(
+                    format!(
+                        "Batched prompts are not supported: got {} prompts, send one.",
+                        v.len()
+                    ),
+                    Some("prompt"),
+                ));
             }
             Some(Prompt::Tokens(ids)) => ids,
         },
     };
-    if let Some(bad) = prompt_tokens.iter().find(|&&t| t as usize >= model.tokenizer.vocab_size()) {
-        return Err(ApiError::bad_request(format!("Token id {bad} is outside the vocabulary."), Some("prompt")));
+    if let Some(bad) = prompt_tokens
+        .iter()
+        .find(|&&t| t as usize >= model.tokenizer.vocab_size())
+    {
+        return Err(ApiError::bad_request(
+            format!("Token id {bad} is outside the vocabulary."),
+            Some("prompt"),
+        ));
     }
     if prompt_tokens.is_empty() {
-        return Err(ApiError::bad_request("The prompt is empty.", Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" })));
+        return Err(ApiError::bad_request(
+            "The prompt is empty.",
+            Some(if endpoint == Endpoint::Chat {
+                "messages"
+            } else {
+                "prompt"
+            }),
+        ));
     }
     let default_max = match endpoint {
         Endpoint::Chat => model.default_max_tokens,
@@ -178,7 +232,10 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         (None, None) => (default_max, "max_tokens"),
     };
     if max_tokens == 0 {
-        return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
+        return Err(ApiError::bad_request(
+            format!("{param} must be at least 1."),
+            Some(param),
+        ));
     }
     let context = model.context_length as usize;
     if prompt_tokens.len() >= context {
@@ -219,38 +276,60 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
 fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let set = |k: &str| rest.get(k).filter(|v| !v.is_null());
     for key in ["tools", "functions", "logit_bias", "suffix"] {
-        if set(key).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty())) {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
+        if set(key).is_some_and(|v| {
+            v.as_array().is_none_or(|a| !a.is_empty())
+                && v.as_object().is_none_or(|o| !o.is_empty())
+        }) {
+            return Err(ApiError::bad_request(
+                format!("`{key}` is not supported by this server."),
+                Some(key),
+            ));
         }
     }
     for key in ["logprobs", "echo"] {
         if set(key).is_some_and(|v| v != &Value::Bool(false)) {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
+            return Err(ApiError::bad_request(
+                format!("`{key}` is not supported by this server."),
+                Some(key),
+            ));
         }
     }
     for key in ["presence_penalty", "frequency_penalty"] {
         if set(key).and_then(Value::as_f64).is_some_and(|v| v != 0.0) {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server; leave it at 0."), Some(key)));
+            return Err(ApiError::bad_request(
+                format!("`{key}` is not supported by this server; leave it at 0."),
+                Some(key),
+            ));
         }
     }
-    if let Some(rf) = set("response_format") {
-        if rf.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::bad_request("Only response_format {\"type\": \"text\"} is supported.", Some("response_format")));
-        }
+    if let Some(rf) = set("response_format")
+        && rf.get("type").and_then(Value::as_str) != Some("text")
+    {
+        let message = "Only response_format {\"type\": \"text\"} is supported.";
+        return Err(ApiError::bad_request(message, Some("response_format")));
     }
     Ok(())
 }
 
 fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::bad_request("`messages` must not be empty.", Some("messages")));
+        return Err(ApiError::bad_request(
+            "`messages` must not be empty.",
+            Some("messages"),
+        ));
     }
     messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
-                return Err(ApiError::bad_request(format!("Unknown role `{}`.", m.role), Some(&format!("messages[{i}].role"))));
+            if !matches!(
+                m.role.as_str(),
+                "system" | "developer" | "user" | "assistant" | "tool"
+            ) {
+                return Err(ApiError::bad_request(
+                    format!("Unknown role `{}`.", m.role),
+                    Some(&format!("messages[{i}].role")),
+                ));
             }
             let content = match m.content {
                 None => String::new(),
@@ -262,7 +341,9 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                             ("text", Some(t)) => text.push_str(&t),
                             (kind, _) => {
                                 return Err(ApiError::bad_request(
-                                    format!("Content part type `{kind}` is not supported; send text."),
+                                    format!(
+                                        "Content part type `{kind}` is not supported; send text."
+                                    ),
                                     Some(&format!("messages[{i}].content[{j}]")),
                                 ));
                             }
@@ -271,7 +352,10 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
-            Ok(ChatMessage { role: m.role, content })
+            Ok(ChatMessage {
+                role: m.role,
+                content,
+            })
         })
         .collect()
 }
@@ -300,15 +384,24 @@ impl ResponseMeta {
 
     pub fn full(&self, text: &str, reason: FinishReason, usage: Usage) -> Value {
         let choice = match self.endpoint {
-            Endpoint::Chat => json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": null }),
-            Endpoint::Completion => json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": null }),
+            Endpoint::Chat => {
+                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": null })
+            }
+            Endpoint::Completion => {
+                json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": null })
+            }
         };
         json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(usage) })
     }
 
     /// A streamed chunk: text (or the assistant role opener when `text` is None and it is a chat)
     /// and, on the last one, the finish reason.
-    pub fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, with_usage_field: bool) -> Value {
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        reason: Option<FinishReason>,
+        with_usage_field: bool,
+    ) -> Value {
         let finish = reason.map(FinishReason::as_openai);
         let choice = match self.endpoint {
             Endpoint::Chat => {
@@ -319,7 +412,9 @@ impl ResponseMeta {
                 };
                 json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null })
             }
-            Endpoint::Completion => json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null }),
+            Endpoint::Completion => {
+                json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null })
+            }
         };
         let mut v = json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] });
         if with_usage_field {

@@ -27,7 +27,10 @@ pub struct RouterStatus {
 #[derive(RactorMessage)]
 pub enum RouterMsg {
     /// Pick a worker, avoiding `avoid` when another one is available.
-    Place { avoid: Vec<WorkerId>, reply: RpcReplyPort<Option<Placement>> },
+    Place {
+        avoid: Vec<WorkerId>,
+        reply: RpcReplyPort<Option<Placement>>,
+    },
     /// A request placed earlier is over.
     Finished(WorkerId),
     Status(RpcReplyPort<RouterStatus>),
@@ -64,16 +67,36 @@ impl Actor for RouterActor {
     type State = RouterState;
     type Arguments = RouterArgs;
 
-    async fn pre_start(&self, _: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
-        Ok(RouterState { placer: Placer::new(args.policy), view: args.view })
+    async fn pre_start(
+        &self,
+        _: ActorRef<RouterMsg>,
+        args: RouterArgs,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Ok(RouterState {
+            placer: Placer::new(args.policy),
+            view: args.view,
+        })
     }
 
-    async fn handle(&self, _: ActorRef<RouterMsg>, msg: RouterMsg, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Place { avoid, reply } => {
                 let live = state.live();
-                let preferred: Vec<WorkerId> = live.iter().map(|(id, _)| id.clone()).filter(|id| !avoid.contains(id)).collect();
-                let candidates = if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
+                let preferred: Vec<WorkerId> = live
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .filter(|id| !avoid.contains(id))
+                    .collect();
+                let candidates = if preferred.is_empty() {
+                    live.iter().map(|(id, _)| id.clone()).collect()
+                } else {
+                    preferred
+                };
                 let placement = state.placer.place(&candidates).and_then(|chosen| {
                     let worker = live.iter().find(|(id, _)| *id == chosen)?.1.clone();
                     tracing::debug!(worker = %chosen, load = state.placer.load(&chosen), candidates = candidates.len(), "placed request");

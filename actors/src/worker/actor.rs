@@ -9,7 +9,9 @@ use ractor_cluster::RactorClusterMessage;
 use runtime::config::{ModelSection, WorkerConfig};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::request::{Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure};
+use runtime::request::{
+    Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure,
+};
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
@@ -47,7 +49,11 @@ impl Actor for WorkerActor {
     type State = WorkerState;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<WorkerMsg>, args: WorkerArgs) -> Result<WorkerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
         let model = LoadedModel::load(&args.model)?;
         let info = model.executor.info();
         let limits = EngineLimits {
@@ -58,14 +64,25 @@ impl Actor for WorkerActor {
         let engine = Engine::new(model.executor, model.tokenizer, limits);
         let me = myself.clone();
         let handle = EngineHandle::spawn(engine, &args.id.to_string(), move |why| {
-            let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
+            let _ = me.cast(WorkerMsg::EngineExited(
+                why.unwrap_or_else(|| "stopped".into()),
+            ));
         })?;
         discovery::join_worker(&args.id, myself.get_cell());
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, "worker started");
-        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue })
+        Ok(WorkerState {
+            id: args.id,
+            engine: handle,
+            capacity: limits.max_batch + limits.max_queue,
+        })
     }
 
-    async fn handle(&self, _myself: ActorRef<WorkerMsg>, msg: WorkerMsg, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Submit(req, reply) => {
                 let _ = reply.send(state.admit(req));
@@ -90,7 +107,9 @@ impl WorkerState {
         let open = self.engine.outputs().open_requests();
         if open >= self.capacity {
             metrics::counter!("armature_worker_overloaded_total").increment(1);
-            return Admission::Overloaded { queued: open as u32 };
+            return Admission::Overloaded {
+                queued: open as u32,
+            };
         }
         if let Err(reason) = Engine::check(&self.engine.limits(), &req) {
             return Admission::Rejected(reason);
@@ -102,7 +121,11 @@ impl WorkerState {
     }
 
     fn poll(&self, poll: PollRequest, reply: RpcReplyPort<PollReply>) {
-        let unknown = |id: &RequestId| PollReply { events: vec![StreamEvent::Failed(WorkerFailure::UnknownRequest(id.0.clone()))] };
+        let unknown = |id: &RequestId| PollReply {
+            events: vec![StreamEvent::Failed(WorkerFailure::UnknownRequest(
+                id.0.clone(),
+            ))],
+        };
         match self.engine.outputs().take(&poll.id) {
             Taken::Events(events) => {
                 let _ = reply.send(PollReply { events });

@@ -42,7 +42,10 @@ impl Sequence {
     }
 
     fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_len as u32, completion_tokens: self.generated() }
+        Usage {
+            prompt_tokens: self.prompt_len as u32,
+            completion_tokens: self.generated(),
+        }
     }
 }
 
@@ -55,8 +58,18 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(executor: Box<dyn Executor>, tokenizer: Arc<dyn Tokenizer>, limits: EngineLimits) -> Self {
-        Self { executor, tokenizer, limits, waiting: VecDeque::new(), running: Vec::new() }
+    pub fn new(
+        executor: Box<dyn Executor>,
+        tokenizer: Arc<dyn Tokenizer>,
+        limits: EngineLimits,
+    ) -> Self {
+        Self {
+            executor,
+            tokenizer,
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        }
     }
 
     pub fn limits(&self) -> EngineLimits {
@@ -81,7 +94,9 @@ impl Engine {
     /// Queue a request. Returns an immediate failure event when it can never run.
     pub fn submit(&mut self, req: GenerateRequest) -> Option<StreamEvent> {
         if let Err(reason) = Self::check(&self.limits, &req) {
-            return Some(StreamEvent::Failed(runtime::request::WorkerFailure::Invalid(reason)));
+            return Some(StreamEvent::Failed(
+                runtime::request::WorkerFailure::Invalid(reason),
+            ));
         }
         let prompt_len = req.prompt_tokens.len();
         self.waiting.push_back(Sequence {
@@ -128,11 +143,21 @@ impl Engine {
         if self.running.is_empty() {
             return Ok(Vec::new());
         }
-        let views: Vec<SequenceView<'_>> =
-            self.running.iter().map(|s| SequenceView { tokens: &s.tokens, prompt_len: s.prompt_len }).collect();
+        let views: Vec<SequenceView<'_>> = self
+            .running
+            .iter()
+            .map(|s| SequenceView {
+                tokens: &s.tokens,
+                prompt_len: s.prompt_len,
+            })
+            .collect();
         let logits = self.executor.forward(&views)?;
         if logits.len() != self.running.len() {
-            return Err(ExecutorError::Forward(format!("{} logit rows for a batch of {}", logits.len(), self.running.len())));
+            return Err(ExecutorError::Forward(format!(
+                "{} logit rows for a batch of {}",
+                logits.len(),
+                self.running.len()
+            )));
         }
         let mut events = Vec::new();
         let mut finished = Vec::new();
@@ -149,7 +174,9 @@ impl Engine {
                 emit(&mut events, seq, out.emit);
                 if out.stopped {
                     Some(FinishReason::Stop)
-                } else if seq.generated() >= seq.max_tokens || seq.tokens.len() >= self.limits.context_length as usize {
+                } else if seq.generated() >= seq.max_tokens
+                    || seq.tokens.len() >= self.limits.context_length as usize
+                {
                     Some(FinishReason::Length)
                 } else {
                     None
@@ -162,7 +189,13 @@ impl Engine {
                     rest.push_str(&seq.stop.finish());
                     emit(&mut events, seq, rest);
                 }
-                events.push((seq.id.clone(), StreamEvent::Finished { reason, usage: seq.usage() }));
+                events.push((
+                    seq.id.clone(),
+                    StreamEvent::Finished {
+                        reason,
+                        usage: seq.usage(),
+                    },
+                ));
                 finished.push(i);
             }
         }
@@ -175,7 +208,13 @@ impl Engine {
 
 fn emit(events: &mut Vec<(RequestId, StreamEvent)>, seq: &mut Sequence, text: String) {
     if !text.is_empty() {
-        events.push((seq.id.clone(), StreamEvent::Delta { text, tokens: seq.unreported }));
+        events.push((
+            seq.id.clone(),
+            StreamEvent::Delta {
+                text,
+                tokens: seq.unreported,
+            },
+        ));
         seq.unreported = 0;
     }
 }

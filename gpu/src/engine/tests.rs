@@ -10,12 +10,24 @@ fn engine(max_batch: usize) -> Engine {
 }
 
 fn engine_with_delay(max_batch: usize, step: Duration) -> Engine {
-    let limits = EngineLimits { max_batch, max_queue: 16, context_length: 64 };
-    Engine::new(Box::new(TestExecutor::new(step, 64)), Arc::new(TestTokenizer::default()), limits)
+    let limits = EngineLimits {
+        max_batch,
+        max_queue: 16,
+        context_length: 64,
+    };
+    Engine::new(
+        Box::new(TestExecutor::new(step, 64)),
+        Arc::new(TestTokenizer::default()),
+        limits,
+    )
 }
 
 fn req(id: &str, prompt: &str, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest { id: RequestId(id.into()), prompt_tokens: TestTokenizer::default().encode(prompt), sampling }
+    GenerateRequest {
+        id: RequestId(id.into()),
+        prompt_tokens: TestTokenizer::default().encode(prompt),
+        sampling,
+    }
 }
 
 /// Run to completion; returns per-request (text, finish event).
@@ -30,7 +42,10 @@ fn drain(e: &mut Engine) -> HashMap<String, (String, StreamEvent)> {
             match ev {
                 StreamEvent::Delta { text: t, .. } => text.entry(id.0).or_default().push_str(&t),
                 other => {
-                    done.insert(id.0.clone(), (text.remove(&id.0).unwrap_or_default(), other));
+                    done.insert(
+                        id.0.clone(),
+                        (text.remove(&id.0).unwrap_or_default(), other),
+                    );
                 }
             }
         }
@@ -42,7 +57,10 @@ use std::collections::HashMap;
 
 #[test]
 fn greedy_is_deterministic_and_batch_independent() {
-    let greedy = SamplingParams { max_tokens: 20, ..Default::default() };
+    let greedy = SamplingParams {
+        max_tokens: 20,
+        ..Default::default()
+    };
     let mut alone = engine(1);
     alone.submit(req("a", "hello there", greedy.clone()));
     let alone = drain(&mut alone);
@@ -58,11 +76,24 @@ fn greedy_is_deterministic_and_batch_independent() {
 #[test]
 fn max_tokens_gives_length_and_usage() {
     let mut e = engine(2);
-    e.submit(req("a", "count", SamplingParams { max_tokens: 3, ..Default::default() }));
+    e.submit(req(
+        "a",
+        "count",
+        SamplingParams {
+            max_tokens: 3,
+            ..Default::default()
+        },
+    ));
     let out = drain(&mut e);
     assert_eq!(
         out["a"].1,
-        StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 5, completion_tokens: 3 } }
+        StreamEvent::Finished {
+            reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 5,
+                completion_tokens: 3
+            }
+        }
     );
 }
 
@@ -70,7 +101,16 @@ fn max_tokens_gives_length_and_usage() {
 fn seeded_sampling_repeats_and_seeds_differ() {
     let run = |seed| {
         let mut e = engine(1);
-        e.submit(req("a", "hi", SamplingParams { temperature: 1.0, seed, max_tokens: 30, ..Default::default() }));
+        e.submit(req(
+            "a",
+            "hi",
+            SamplingParams {
+                temperature: 1.0,
+                seed,
+                max_tokens: 30,
+                ..Default::default()
+            },
+        ));
         drain(&mut e)["a"].0.clone()
     };
     assert_eq!(run(1), run(1));
@@ -79,7 +119,10 @@ fn seeded_sampling_repeats_and_seeds_differ() {
 
 #[test]
 fn stop_string_cuts_output() {
-    let greedy = SamplingParams { max_tokens: 40, ..Default::default() };
+    let greedy = SamplingParams {
+        max_tokens: 40,
+        ..Default::default()
+    };
     let mut e = engine(1);
     e.submit(req("a", "hi", greedy.clone()));
     let full = drain(&mut e)["a"].0.clone();
@@ -87,17 +130,37 @@ fn stop_string_cuts_output() {
     let word = full.split(' ').nth(1).unwrap().to_string();
     assert!(!word.is_empty(), "{full}");
     let mut e = engine(1);
-    e.submit(req("a", "hi", SamplingParams { stop: vec![word.clone()], ..greedy }));
+    e.submit(req(
+        "a",
+        "hi",
+        SamplingParams {
+            stop: vec![word.clone()],
+            ..greedy
+        },
+    ));
     let (text, fin) = drain(&mut e).remove("a").unwrap();
     assert_eq!(text, full[..full.find(&word).unwrap()]);
-    assert!(matches!(fin, StreamEvent::Finished { reason: FinishReason::Stop, .. }));
+    assert!(matches!(
+        fin,
+        StreamEvent::Finished {
+            reason: FinishReason::Stop,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn batch_is_capped_and_queue_is_fifo() {
     let mut e = engine(2);
     for id in ["a", "b", "c"] {
-        e.submit(req(id, "x", SamplingParams { max_tokens: 2, ..Default::default() }));
+        e.submit(req(
+            id,
+            "x",
+            SamplingParams {
+                max_tokens: 2,
+                ..Default::default()
+            },
+        ));
     }
     e.step().unwrap();
     assert_eq!((e.running(), e.waiting()), (2, 1));
@@ -112,7 +175,9 @@ fn prompt_too_long_is_refused() {
     let mut e = engine(1);
     let long = "x".repeat(100);
     match e.submit(req("a", &long, SamplingParams::default())) {
-        Some(StreamEvent::Failed(runtime::request::WorkerFailure::Invalid(m))) => assert!(m.contains("context length is 64"), "{m}"),
+        Some(StreamEvent::Failed(runtime::request::WorkerFailure::Invalid(m))) => {
+            assert!(m.contains("context length is 64"), "{m}")
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -120,9 +185,25 @@ fn prompt_too_long_is_refused() {
 #[tokio::test]
 async fn thread_fails_open_requests_when_the_engine_panics() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = EngineHandle::spawn(engine_with_delay(2, Duration::from_millis(5)), "t", move |why| tx.send(why).unwrap()).unwrap();
-    handle.submit(req("ok", "fine", SamplingParams { max_tokens: 1000, ..Default::default() })).unwrap();
-    handle.submit(req("boom", TEST_PANIC_MARKER, SamplingParams::default())).unwrap();
+    let handle = EngineHandle::spawn(
+        engine_with_delay(2, Duration::from_millis(5)),
+        "t",
+        move |why| tx.send(why).unwrap(),
+    )
+    .unwrap();
+    handle
+        .submit(req(
+            "ok",
+            "fine",
+            SamplingParams {
+                max_tokens: 1000,
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    handle
+        .submit(req("boom", TEST_PANIC_MARKER, SamplingParams::default()))
+        .unwrap();
     let why = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert!(why.contains("asked for a panic"), "{why}");
     let mut last = None;
@@ -133,6 +214,18 @@ async fn thread_fails_open_requests_when_the_engine_panics() {
             Taken::Unknown => break,
         }
     }
-    assert!(matches!(last, Some(StreamEvent::Failed(runtime::request::WorkerFailure::Crashed(_)))), "{last:?}");
-    assert!(handle.submit(req("late", "x", SamplingParams::default())).is_err());
+    assert!(
+        matches!(
+            last,
+            Some(StreamEvent::Failed(
+                runtime::request::WorkerFailure::Crashed(_)
+            ))
+        ),
+        "{last:?}"
+    );
+    assert!(
+        handle
+            .submit(req("late", "x", SamplingParams::default()))
+            .is_err()
+    );
 }

@@ -59,7 +59,14 @@ impl Outputs {
         if let Some(reason) = &inner.closed {
             return Err(reason.clone());
         }
-        inner.boxes.insert(id.clone(), Outbox { events: Vec::new(), done: false, notify: Arc::new(Notify::new()) });
+        inner.boxes.insert(
+            id.clone(),
+            Outbox {
+                events: Vec::new(),
+                done: false,
+                notify: Arc::new(Notify::new()),
+            },
+        );
         Ok(())
     }
 
@@ -83,7 +90,9 @@ impl Outputs {
         for b in inner.boxes.values_mut() {
             if !b.done {
                 b.done = true;
-                b.events.push(StreamEvent::Failed(WorkerFailure::Crashed(reason.to_string())));
+                b.events.push(StreamEvent::Failed(WorkerFailure::Crashed(
+                    reason.to_string(),
+                )));
                 b.notify.notify_one();
             }
         }
@@ -121,22 +130,34 @@ pub struct EngineHandle {
 impl EngineHandle {
     /// Start `engine` on its own thread. `on_exit` runs on that thread when it ends, with the panic
     /// message if the engine panicked.
-    pub fn spawn(mut engine: Engine, name: &str, on_exit: impl FnOnce(Option<String>) + Send + 'static) -> std::io::Result<Self> {
+    pub fn spawn(
+        mut engine: Engine,
+        name: &str,
+        on_exit: impl FnOnce(Option<String>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let outputs = Arc::new(Outputs::default());
         let out = outputs.clone();
         let limits = engine.limits();
-        std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut engine, &rx, &out)));
-            let failure = match result {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(payload) => Some(panic_message(payload.as_ref())),
-            };
-            out.close(failure.as_deref().unwrap_or("the worker stopped"));
-            on_exit(failure);
-        })?;
-        Ok(Self { commands: tx, outputs, limits })
+        std::thread::Builder::new()
+            .name(format!("engine-{name}"))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&mut engine, &rx, &out)
+                }));
+                let failure = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(payload) => Some(panic_message(payload.as_ref())),
+                };
+                out.close(failure.as_deref().unwrap_or("the worker stopped"));
+                on_exit(failure);
+            })?;
+        Ok(Self {
+            commands: tx,
+            outputs,
+            limits,
+        })
     }
 
     pub fn limits(&self) -> super::EngineLimits {

@@ -41,7 +41,12 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     pub fn new(origin: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { origin: origin.to_string(), path: path.into(), line: None, message: message.into() }
+        Self {
+            origin: origin.to_string(),
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -154,7 +159,9 @@ fn default_step_delay() -> HumanDuration {
 
 impl Default for TestExecutorSection {
     fn default() -> Self {
-        Self { step_delay: default_step_delay() }
+        Self {
+            step_delay: default_step_delay(),
+        }
     }
 }
 
@@ -184,7 +191,11 @@ fn default_worker_timeout() -> HumanDuration {
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self { max_body: default_max_body(), retries: default_retries(), worker_timeout: default_worker_timeout() }
+        Self {
+            max_body: default_max_body(),
+            retries: default_retries(),
+            worker_timeout: default_worker_timeout(),
+        }
     }
 }
 
@@ -337,7 +348,9 @@ impl ClusterConfig {
                 message: first_line(inner.message()),
             }
         })?;
-        config.validate().map_err(|(path, message)| ConfigError::new(origin, path, message))?;
+        config
+            .validate()
+            .map_err(|(path, message)| ConfigError::new(origin, path, message))?;
         Ok(config)
     }
 
@@ -351,12 +364,16 @@ impl ClusterConfig {
 
     /// The embedded default topology.
     pub fn embedded_default() -> Self {
-        Self::parse(DEFAULT_CLUSTER_TOML, "embedded cluster.toml").expect("the embedded cluster.toml is valid")
+        Self::parse(DEFAULT_CLUSTER_TOML, "embedded cluster.toml")
+            .expect("the embedded cluster.toml is valid")
     }
 
     /// The cookie, with `ARMATURE_COOKIE` taking precedence.
     pub fn cookie(&self) -> String {
-        std::env::var("ARMATURE_COOKIE").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| self.cluster.cookie.clone())
+        std::env::var("ARMATURE_COOKIE")
+            .ok()
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| self.cluster.cookie.clone())
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
@@ -365,10 +382,13 @@ impl ClusterConfig {
 
     /// The model id clients use.
     pub fn model_name(&self) -> String {
-        self.model.name.clone().unwrap_or_else(|| match self.model.source.as_str() {
-            "test" => "armature-test".to_string(),
-            other => other.to_string(),
-        })
+        self.model
+            .name
+            .clone()
+            .unwrap_or_else(|| match self.model.source.as_str() {
+                "test" => "armature-test".to_string(),
+                other => other.to_string(),
+            })
     }
 
     /// The seed addresses `node` joins, each with the field path that named it (for errors).
@@ -393,7 +413,10 @@ impl ClusterConfig {
 
     /// Worker count by node name, for summaries.
     pub fn workers_by_node(&self) -> BTreeMap<String, usize> {
-        self.nodes.iter().map(|n| (n.name.clone(), n.workers.len())).collect()
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.workers.len()))
+            .collect()
     }
 }
 

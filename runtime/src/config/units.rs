@@ -41,10 +41,14 @@ impl FromStr for HumanDuration {
             "s" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            other => return Err(format!("unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m or h)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m or h)"
+                ));
+            }
         };
         let secs = value * scale;
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
             return Err(format!("duration \"{s}\" is out of range"));
         }
         Ok(Self(Duration::from_secs_f64(secs)))
@@ -54,7 +58,7 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -96,7 +100,11 @@ impl FromStr for ByteSize {
             "MiB" => 1024.0 * 1024.0,
             "GiB" => 1024.0 * 1024.0 * 1024.0,
             "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-            other => return Err(format!("unknown size unit \"{other}\" in \"{s}\" (use B, KiB, MiB, GiB, TiB, KB, MB, GB)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit \"{other}\" in \"{s}\" (use B, KiB, MiB, GiB, TiB, KB, MB, GB)"
+                ));
+            }
         };
         let bytes = value * scale;
         if !bytes.is_finite() || bytes > u64::MAX as f64 {
@@ -108,9 +116,14 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
             }
         }
@@ -141,13 +154,19 @@ impl<T: FromStr<Err = String>> Visitor<'_> for UnitVisitor<T> {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a duration such as \"500ms\" or \"30s\""))
+        d.deserialize_any(UnitVisitor(
+            std::marker::PhantomData,
+            "a duration such as \"500ms\" or \"30s\"",
+        ))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a size such as \"4MiB\" or a byte count"))
+        d.deserialize_any(UnitVisitor(
+            std::marker::PhantomData,
+            "a size such as \"4MiB\" or a byte count",
+        ))
     }
 }
 
@@ -180,13 +199,28 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(text.parse::<HumanDuration>().unwrap().get(), want, "{text}");
         }
-        assert!("30".parse::<HumanDuration>().unwrap_err().contains("no unit"));
-        assert!("3 fortnights".parse::<HumanDuration>().unwrap_err().contains("fortnights"));
+        assert!(
+            "30".parse::<HumanDuration>()
+                .unwrap_err()
+                .contains("no unit")
+        );
+        assert!(
+            "3 fortnights"
+                .parse::<HumanDuration>()
+                .unwrap_err()
+                .contains("fortnights")
+        );
     }
 
     #[test]
     fn sizes_parse_with_units() {
-        let cases = [("4MiB", 4 << 20), ("2GiB", 2 << 30), ("1000", 1000), ("1.5KiB", 1536), ("3MB", 3_000_000)];
+        let cases = [
+            ("4MiB", 4 << 20),
+            ("2GiB", 2 << 30),
+            ("1000", 1000),
+            ("1.5KiB", 1536),
+            ("3MB", 3_000_000),
+        ];
         for (text, want) in cases {
             assert_eq!(text.parse::<ByteSize>().unwrap().bytes(), want, "{text}");
         }

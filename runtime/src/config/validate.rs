@@ -18,15 +18,24 @@ impl ClusterConfig {
             return Err(("cluster.cookie".into(), "must not be empty".into()));
         }
         if c.block_size == 0 || !c.block_size.is_power_of_two() || c.block_size > 4096 {
-            return Err(("cluster.block_size".into(), format!("{} is not a power of two in 1..=4096", c.block_size)));
+            return Err((
+                "cluster.block_size".into(),
+                format!("{} is not a power of two in 1..=4096", c.block_size),
+            ));
         }
         if c.heartbeat_interval.get().is_zero() {
-            return Err(("cluster.heartbeat_interval".into(), "must be above zero".into()));
+            return Err((
+                "cluster.heartbeat_interval".into(),
+                "must be above zero".into(),
+            ));
         }
         if c.lease_timeout.get() < c.heartbeat_interval.get() * 2 {
             return Err((
                 "cluster.lease_timeout".into(),
-                format!("{} must be at least twice cluster.heartbeat_interval ({})", c.lease_timeout, c.heartbeat_interval),
+                format!(
+                    "{} must be at least twice cluster.heartbeat_interval ({})",
+                    c.lease_timeout, c.heartbeat_interval
+                ),
             ));
         }
         for (i, seed) in c.seeds.iter().enumerate() {
@@ -35,7 +44,10 @@ impl ClusterConfig {
         if self.model.source != "test" {
             return Err((
                 "model.source".into(),
-                format!("\"{}\" is not available in this build: only \"test\" (the deterministic test executor) is", self.model.source),
+                format!(
+                    "\"{}\" is not available in this build: only \"test\" (the deterministic test executor) is",
+                    self.model.source
+                ),
             ));
         }
         if self.model.context_length == Some(0) {
@@ -43,7 +55,13 @@ impl ClusterConfig {
         }
         let s = &self.supervision;
         if s.backoff_initial.get() > s.backoff_max.get() {
-            return Err(("supervision.backoff_initial".into(), format!("{} exceeds supervision.backoff_max ({})", s.backoff_initial, s.backoff_max)));
+            return Err((
+                "supervision.backoff_initial".into(),
+                format!(
+                    "{} exceeds supervision.backoff_max ({})",
+                    s.backoff_initial, s.backoff_max
+                ),
+            ));
         }
         if self.nodes.is_empty() {
             return Err(("nodes".into(), "at least one node is needed".into()));
@@ -58,11 +76,28 @@ impl ClusterConfig {
         let mut gateways = 0usize;
         for (i, node) in self.nodes.iter().enumerate() {
             let at = |field: &str| format!("nodes[{i}].{field}");
-            if node.name.is_empty() || !node.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-                return Err((at("name"), format!("\"{}\" must be non-empty letters, digits, '-' or '_'", node.name)));
+            if node.name.is_empty()
+                || !node
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            {
+                return Err((
+                    at("name"),
+                    format!(
+                        "\"{}\" must be non-empty letters, digits, '-' or '_'",
+                        node.name
+                    ),
+                ));
             }
             if let Some(first) = names.insert(&node.name, i) {
-                return Err((at("name"), format!("duplicate node name \"{}\" (also nodes[{first}].name)", node.name)));
+                return Err((
+                    at("name"),
+                    format!(
+                        "duplicate node name \"{}\" (also nodes[{first}].name)",
+                        node.name
+                    ),
+                ));
             }
             let mut listen = vec![(at("control"), node.control.as_str())];
             if let Some(g) = &node.gateway {
@@ -71,7 +106,10 @@ impl ClusterConfig {
             for (path, addr) in listen {
                 check_socket_addr(addr).map_err(|m| (path.clone(), m))?;
                 if let Some(other) = addrs.insert(addr, path.clone()) {
-                    return Err((path, format!("address \"{addr}\" is already used by {other}")));
+                    return Err((
+                        path,
+                        format!("address \"{addr}\" is already used by {other}"),
+                    ));
                 }
             }
             let has = |r: Role| node.roles.contains(&r);
@@ -81,19 +119,38 @@ impl ClusterConfig {
                     return Err((at("gateway"), "a node with the gateway role needs a gateway address, e.g. \"127.0.0.1:8000\"".into()));
                 }
                 if !has(Role::Router) {
-                    return Err((at("roles"), "the gateway role needs the router role on the same node".into()));
+                    return Err((
+                        at("roles"),
+                        "the gateway role needs the router role on the same node".into(),
+                    ));
                 }
             } else if node.gateway.is_some() {
-                return Err((at("gateway"), "set only on a node with the gateway role".into()));
+                return Err((
+                    at("gateway"),
+                    "set only on a node with the gateway role".into(),
+                ));
             }
             for (w, worker) in node.workers.iter().enumerate() {
                 let wat = |field: &str| format!("nodes[{i}].workers[{w}].{field}");
                 check_device(&worker.device).map_err(|m| (wat("device"), m))?;
                 if node.workers[..w].iter().any(|o| o.device == worker.device) {
-                    return Err((wat("device"), format!("device \"{}\" is already used by another worker on this node", worker.device)));
+                    return Err((
+                        wat("device"),
+                        format!(
+                            "device \"{}\" is already used by another worker on this node",
+                            worker.device
+                        ),
+                    ));
                 }
                 if worker.role != WorkerRole::Aggregated {
-                    return Err((wat("role"), format!("{:?} workers are not available in this build: use \"aggregated\"", worker.role).to_lowercase()));
+                    return Err((
+                        wat("role"),
+                        format!(
+                            "{:?} workers are not available in this build: use \"aggregated\"",
+                            worker.role
+                        )
+                        .to_lowercase(),
+                    ));
                 }
                 if worker.kv_blocks == 0 {
                     return Err((wat("kv_blocks"), "must be above zero".into()));
@@ -115,9 +172,9 @@ impl ClusterConfig {
 }
 
 fn check_socket_addr(addr: &str) -> Result<(), String> {
-    addr.parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| format!("\"{addr}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\""))
+    addr.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
+        format!("\"{addr}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\"")
+    })
 }
 
 fn check_host_port(addr: &str) -> Result<(), String> {
@@ -132,7 +189,11 @@ fn check_device(device: &str) -> Result<(), String> {
         return Ok(());
     }
     match device.strip_prefix("cuda:").map(str::parse::<u32>) {
-        Some(Ok(_)) => Err(format!("\"{device}\": the CUDA backend is not available in this build; use \"cpu\"")),
-        _ => Err(format!("\"{device}\" is not a device: use \"cpu\" or \"cuda:N\"")),
+        Some(Ok(_)) => Err(format!(
+            "\"{device}\": the CUDA backend is not available in this build; use \"cpu\""
+        )),
+        _ => Err(format!(
+            "\"{device}\" is not a device: use \"cpu\" or \"cuda:N\""
+        )),
     }
 }

@@ -23,7 +23,12 @@ impl ClusterView {
     }
 
     pub fn dead_nodes(&self) -> Vec<String> {
-        self.dead.read().expect("cluster view lock").iter().cloned().collect()
+        self.dead
+            .read()
+            .expect("cluster view lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     fn apply(&self, change: &PeerChange) {
@@ -68,18 +73,38 @@ impl Actor for NodeAgent {
     type State = AgentState;
     type Arguments = AgentArgs;
 
-    async fn pre_start(&self, myself: ActorRef<AgentMsg>, args: AgentArgs) -> Result<AgentState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AgentMsg>,
+        args: AgentArgs,
+    ) -> Result<AgentState, ActorProcessingErr> {
         pg::join(NODE_AGENTS.to_string(), vec![myself.get_cell()]);
         let timer = myself.send_interval(args.interval, || AgentMsg::Tick);
-        Ok(AgentState { node: args.node, control: args.control, leases: LeaseTable::new(args.lease_timeout), epoch: Instant::now(), view: args.view, timer })
+        Ok(AgentState {
+            node: args.node,
+            control: args.control,
+            leases: LeaseTable::new(args.lease_timeout),
+            epoch: Instant::now(),
+            view: args.view,
+            timer,
+        })
     }
 
-    async fn post_stop(&self, _: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _: ActorRef<AgentMsg>,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
         Ok(())
     }
 
-    async fn handle(&self, _myself: ActorRef<AgentMsg>, msg: AgentMsg, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<AgentMsg>,
+        msg: AgentMsg,
+        state: &mut AgentState,
+    ) -> Result<(), ActorProcessingErr> {
         let now = state.epoch.elapsed();
         let changes = match msg {
             AgentMsg::Heartbeat(peer) => state.leases.heard(&peer, now).into_iter().collect(),
@@ -91,7 +116,8 @@ impl Actor for NodeAgent {
                 }
                 for cell in pg::get_members(&NODE_AGENTS.to_string()) {
                     if !cell.get_id().is_local() {
-                        let _ = ActorRef::<AgentMsg>::from(cell).cast(AgentMsg::Heartbeat(state.node.clone()));
+                        let _ = ActorRef::<AgentMsg>::from(cell)
+                            .cast(AgentMsg::Heartbeat(state.node.clone()));
                     }
                 }
                 state.leases.expire(now)

@@ -10,17 +10,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
-use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, node::NodeConnectionMode, node::NodeServerSessionInformation};
+use ractor_cluster::{
+    NodeEventSubscription, NodeServer, NodeServerMessage, node::NodeConnectionMode,
+    node::NodeServerSessionInformation,
+};
 
 pub use agent::{AgentArgs, AgentMsg, ClusterView, NodeAgent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{path}: cannot listen on {addr}: {detail}")]
-    Listen { path: String, addr: String, detail: String },
+    Listen {
+        path: String,
+        addr: String,
+        detail: String,
+    },
     /// No seed answered within the join timeout.
     #[error("{path}: seed {addr} unreachable after {waited:?}: {detail}")]
-    Unreachable { path: String, addr: String, waited: Duration, detail: String },
+    Unreachable {
+        path: String,
+        addr: String,
+        waited: Duration,
+        detail: String,
+    },
 }
 
 /// A seed to join: the config field that named it, its address and, when it is a node of the
@@ -50,7 +62,10 @@ fn node_name(full: &str) -> String {
 }
 
 fn peer(ses: &NodeServerSessionInformation) -> String {
-    ses.peer_name.as_ref().map(|n| node_name(&n.name)).unwrap_or_else(|| ses.peer_addr.clone())
+    ses.peer_name
+        .as_ref()
+        .map(|n| node_name(&n.name))
+        .unwrap_or_else(|| ses.peer_addr.clone())
 }
 
 impl NodeEventSubscription for SessionLog {
@@ -76,27 +91,54 @@ impl NodeEventSubscription for SessionLog {
 
 impl ControlPlane {
     /// Start the control-plane server for node `name`, listening on `listen` (field `path`).
-    pub async fn start(name: &str, listen: SocketAddr, path: &str, cookie: String) -> Result<Self, NodeError> {
-        let listen_err = |detail: String| NodeError::Listen { path: path.to_string(), addr: listen.to_string(), detail };
+    pub async fn start(
+        name: &str,
+        listen: SocketAddr,
+        path: &str,
+        cookie: String,
+    ) -> Result<Self, NodeError> {
+        let listen_err = |detail: String| NodeError::Listen {
+            path: path.to_string(),
+            addr: listen.to_string(),
+            detail,
+        };
         // Bind once ourselves first: ractor_cluster's listener failure is less specific.
         std::net::TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
-        let server = NodeServer::new(listen.port(), cookie, name.to_string(), "localhost".into(), None, Some(NodeConnectionMode::Transitive))
-            .with_listen_addr(listen.ip());
-        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| listen_err(e.to_string()))?;
+        let server = NodeServer::new(
+            listen.port(),
+            cookie,
+            name.to_string(),
+            "localhost".into(),
+            None,
+            Some(NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(listen.ip());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| listen_err(e.to_string()))?;
         let failed_auth = Arc::new(AtomicU32::new(0));
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "armature-session-log".into(),
-                subscription: Box::new(SessionLog { failed_auth: failed_auth.clone() }),
+                subscription: Box::new(SessionLog {
+                    failed_auth: failed_auth.clone(),
+                }),
             })
             .map_err(|e| listen_err(e.to_string()))?;
-        Ok(Self { server, name: name.to_string(), failed_auth })
+        Ok(Self {
+            server,
+            name: name.to_string(),
+            failed_auth,
+        })
     }
 
     /// Names of the peers with an authenticated session.
     pub async fn peers(&self) -> HashSet<String> {
         match ractor::call_t!(self.server, NodeServerMessage::GetSessions, 1_000) {
-            Ok(sessions) => sessions.values().filter_map(|s| s.peer_name.as_ref().map(|n| node_name(&n.name))).collect(),
+            Ok(sessions) => sessions
+                .values()
+                .filter_map(|s| s.peer_name.as_ref().map(|n| node_name(&n.name)))
+                .collect(),
             Err(_) => HashSet::new(),
         }
     }
@@ -122,7 +164,8 @@ impl ControlPlane {
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
+                        detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before
+                        {
                             "connected, but the peer refused our cookie".into()
                         } else {
                             "connected, but no session was established".into()
@@ -132,7 +175,12 @@ impl ControlPlane {
                 }
             }
             if start.elapsed() >= timeout {
-                return Err(NodeError::Unreachable { path: first.path.clone(), addr: first.addr.clone(), waited: timeout, detail });
+                return Err(NodeError::Unreachable {
+                    path: first.path.clone(),
+                    addr: first.addr.clone(),
+                    waited: timeout,
+                    detail,
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -140,7 +188,11 @@ impl ControlPlane {
 
     /// Keep reconnecting to seeds whose node has no session (a peer that restarted, or one that
     /// was not up when this node started).
-    pub fn spawn_reconnect(&self, seeds: Vec<Seed>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_reconnect(
+        &self,
+        seeds: Vec<Seed>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
             loop {
@@ -151,10 +203,13 @@ impl ControlPlane {
                         Some(name) => !peers.contains(name),
                         None => peers.is_empty(),
                     };
-                    if missing {
-                        if let Err(e) = ractor_cluster::client_connect(&cp.server, seed.addr.as_str()).await {
-                            tracing::debug!(seed = %seed.addr, "reconnect failed: {e:?}");
-                        }
+                    if !missing {
+                        continue;
+                    }
+                    if let Err(e) =
+                        ractor_cluster::client_connect(&cp.server, seed.addr.as_str()).await
+                    {
+                        tracing::debug!(seed = %seed.addr, "reconnect failed: {e:?}");
                     }
                 }
             }
