@@ -1,6 +1,7 @@
 //! The cluster runtime and the shared vocabulary: config, ids, request and stream types, node
 //! bootstrap on ractor_cluster, supervision, discovery, leases and telemetry.
 
+pub mod blocks;
 pub mod config;
 pub mod discovery;
 pub mod ids;
