@@ -117,7 +117,9 @@ fn unreachable_seed() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("nodes[1].control"), "{lines:?}");
     assert!(
-        lines[0].contains(&format!("seed 127.0.0.1:{c1} unreachable")),
+        lines[0].contains(&format!(
+            "cannot join seed 127.0.0.1:{c1} within 1s: unreachable"
+        )),
         "{lines:?}"
     );
 }
@@ -141,4 +143,39 @@ fn missing_file() {
     assert_eq!(code, Some(2));
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("cannot read"), "{lines:?}");
+}
+
+#[test]
+fn wrong_cookie_is_refused() {
+    let (c0, c1, g) = (free_port(), free_port(), free_port());
+    let text = GOOD
+        .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
+        .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
+        .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
+        .replace(
+            "lease_timeout = \"2s\"",
+            "lease_timeout = \"2s\"\njoin_timeout = \"3s\"",
+        );
+    let dir = temp_dir("badcfg-cookie");
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let _n0 = Proc::spawn(&["node", "--name", "n0", "--config", p], dir.join("n0.log"));
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", c0)).is_ok()
+    }));
+    let out = Command::new(bin())
+        .args(["node", "--name", "n1", "--config", p])
+        .env("RUST_LOG", "error")
+        .env("ARMATURE_COOKIE", "not-the-cluster-cookie")
+        .output()
+        .expect("run armature");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(out.status.code(), Some(2), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("nodes[0].control") && lines[0].contains("refused our cookie"),
+        "{lines:?}"
+    );
 }

@@ -3,6 +3,8 @@
 //! that runs on its own OS thread.
 
 pub mod chat;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod executor;
 pub mod model;

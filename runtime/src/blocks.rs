@@ -20,12 +20,18 @@ impl BlockHasher {
     /// The unsalted scheme (the test vectors' one).
     pub fn new(block_size: usize) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        Self { block_size, seed: BLOCK_HASH_SEED }
+        Self {
+            block_size,
+            seed: BLOCK_HASH_SEED,
+        }
     }
 
     /// A salted scheme: the seed is XXH3-64(1337, le(salt)).
     pub fn salted(block_size: usize, salt: u64) -> Self {
-        Self { seed: xxh3_64_with_seed(&salt.to_le_bytes(), BLOCK_HASH_SEED), ..Self::new(block_size) }
+        Self {
+            seed: xxh3_64_with_seed(&salt.to_le_bytes(), BLOCK_HASH_SEED),
+            ..Self::new(block_size)
+        }
     }
 
     pub fn block_size(&self) -> usize {
@@ -99,8 +105,18 @@ mod tests {
         assert_eq!(v.cases.len(), 4);
         for case in v.cases {
             let h = BlockHasher::new(case.block_size);
-            assert_eq!(h.local_hashes(&case.tokens), case.local_hashes, "{}", case.name);
-            assert_eq!(h.sequence_hashes(&case.tokens), case.sequence_hashes, "{}", case.name);
+            assert_eq!(
+                h.local_hashes(&case.tokens),
+                case.local_hashes,
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                h.sequence_hashes(&case.tokens),
+                case.sequence_hashes,
+                "{}",
+                case.name
+            );
         }
     }
 

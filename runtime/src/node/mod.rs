@@ -25,8 +25,8 @@ pub enum NodeError {
         addr: String,
         detail: String,
     },
-    /// No seed answered within the join timeout.
-    #[error("{path}: seed {addr} unreachable after {waited:?}: {detail}")]
+    /// No seed let this node join within the join timeout.
+    #[error("{path}: cannot join seed {addr} within {waited:?}: {detail}")]
     Unreachable {
         path: String,
         addr: String,
@@ -54,6 +54,7 @@ pub struct ControlPlane {
 
 struct SessionLog {
     failed_auth: Arc<AtomicU32>,
+    authenticated: std::sync::Mutex<HashSet<ractor_cluster::NodeId>>,
 }
 
 /// ractor_cluster names a peer `name@host`; the topology knows it as `name`.
@@ -73,7 +74,12 @@ impl NodeEventSubscription for SessionLog {
         tracing::debug!(peer = %ses.peer_addr, incoming = ses.is_server, "control-plane session opened");
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        if ses.peer_name.is_none() {
+        let was_authenticated = self
+            .authenticated
+            .lock()
+            .map(|mut a| a.remove(&ses.node_id))
+            .unwrap_or(true);
+        if !was_authenticated {
             self.failed_auth.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %ses.peer_addr, "control-plane session closed before authentication (wrong cookie?)");
         } else {
@@ -82,6 +88,9 @@ impl NodeEventSubscription for SessionLog {
         metrics::counter!("armature_control_sessions_closed_total").increment(1);
     }
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        if let Ok(mut a) = self.authenticated.lock() {
+            a.insert(ses.node_id);
+        }
         tracing::info!(peer = %peer(&ses), addr = %ses.peer_addr, "control-plane peer authenticated");
     }
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
@@ -122,6 +131,7 @@ impl ControlPlane {
                 id: "armature-session-log".into(),
                 subscription: Box::new(SessionLog {
                     failed_auth: failed_auth.clone(),
+                    authenticated: Default::default(),
                 }),
             })
             .map_err(|e| listen_err(e.to_string()))?;
@@ -166,12 +176,12 @@ impl ControlPlane {
                         }
                         detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before
                         {
-                            "connected, but the peer refused our cookie".into()
+                            "the peer refused our cookie (authentication failed)".into()
                         } else {
                             "connected, but no session was established".into()
                         };
                     }
-                    Err(e) => detail = format!("{e:?}"),
+                    Err(e) => detail = connect_error(&e),
                 }
             }
             if start.elapsed() >= timeout {
@@ -214,5 +224,12 @@ impl ControlPlane {
                 }
             }
         })
+    }
+}
+
+fn connect_error(e: &ractor_cluster::ClientConnectErr) -> String {
+    match e {
+        ractor_cluster::ClientConnectErr::Socket(io) => format!("unreachable ({io})"),
+        other => format!("{other:?}"),
     }
 }
