@@ -38,6 +38,9 @@ impl Default for SamplingParams {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub id: RequestId,
+    /// The client's `x-request-id`, carried for logs on every node the request touches.
+    #[serde(default)]
+    pub tag: Option<String>,
     pub prompt_tokens: Vec<u32>,
     pub sampling: SamplingParams,
 }

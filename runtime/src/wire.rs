@@ -55,6 +55,7 @@ mod tests {
     fn payloads_round_trip() {
         let req = GenerateRequest {
             id: RequestId("r1".into()),
+            tag: Some("client-7".into()),
             prompt_tokens: vec![1, 2, 3],
             sampling: SamplingParams {
                 stop: vec!["\n".into()],

@@ -42,7 +42,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-async fn request_id(req: Request, next: Next) -> Response {
+async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -50,6 +50,10 @@ async fn request_id(req: Request, next: Next) -> Response {
         .filter(|s| !s.is_empty() && s.len() <= 200)
         .map(str::to_string)
         .unwrap_or_else(|| RequestId::new_random().0);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        // Handlers read it from here, whether the client sent it or not.
+        req.headers_mut().insert("x-request-id", v);
+    }
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %path);
     let mut resp = next.run(req).instrument(span).await;
@@ -139,8 +143,13 @@ async fn complete(
     };
     tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
+    let tag = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let req = GenerateRequest {
         id,
+        tag,
         prompt_tokens: parsed.prompt_tokens,
         sampling: parsed.sampling,
     };

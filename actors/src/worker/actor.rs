@@ -85,7 +85,10 @@ impl Actor for WorkerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerMsg::Submit(req, reply) => {
-                let _ = reply.send(state.admit(req));
+                let (id, tag) = (req.id.clone(), req.tag.clone());
+                let admission = state.admit(req);
+                tracing::debug!(worker = %state.id, request = %id, tag = tag.as_deref().unwrap_or(""), ?admission, "submit");
+                let _ = reply.send(admission);
             }
             WorkerMsg::Poll(poll, reply) => state.poll(poll, reply),
             WorkerMsg::Cancel(id) => {

@@ -25,6 +25,7 @@ fn engine_with_delay(max_batch: usize, step: Duration) -> Engine {
 fn req(id: &str, prompt: &str, sampling: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         id: RequestId(id.into()),
+        tag: None,
         prompt_tokens: TestTokenizer::default().encode(prompt),
         sampling,
     }
