@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod engine;
 pub mod executor;
 pub mod model;
+pub mod pool;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;

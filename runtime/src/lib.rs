@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod config;
 pub mod discovery;
 pub mod ids;
+pub mod kv;
 pub mod launch;
 pub mod lease;
 pub mod node;
