@@ -19,11 +19,7 @@ use tokio::sync::{mpsc, watch};
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(
-    name = "armature",
-    version,
-    about = "Distributed LLM inference server with an OpenAI-compatible API"
-)]
+#[command(name = "armature", version, about = "Distributed LLM inference server with an OpenAI-compatible API")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,10 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -107,12 +100,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let plan = NodePlan::whole(&config, http_port);
             run_node(config, plan, None, None).await
         }
-        Command::Node {
-            name,
-            config: path,
-            http_port,
-            exit_on_stdin_close,
-        } => {
+        Command::Node { name, config: path, http_port, exit_on_stdin_close } => {
             let config = match load(Some(&path)) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -191,11 +179,7 @@ async fn run_node(
     let state = Arc::new(NodeState::new(control));
     let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
-    let args = SupervisorArgs {
-        children: specs,
-        policy: RestartPolicy::from(&config.supervision),
-        exit: exit_tx,
-    };
+    let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };
     let (supervisor, handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, args)
         .await
         .map_err(|e| anyhow::anyhow!("starting node {}: {e}", plan.name))?;
@@ -219,10 +203,7 @@ async fn run_node(
     let exit = exit_rx.borrow().clone();
     Ok(match exit {
         SupervisorExit::Escalated { child, reason } => {
-            eprintln!(
-                "error: node {} stopped: {child} kept failing ({reason})",
-                plan.name
-            );
+            eprintln!("error: node {} stopped: {child} kept failing ({reason})", plan.name);
             ExitCode::FAILURE
         }
         _ => ExitCode::SUCCESS,
@@ -231,43 +212,19 @@ async fn run_node(
 
 /// Start node `name`'s control plane and join its seeds. The inner error is a configuration
 /// problem (busy port, unreachable seed).
-async fn join_cluster(
-    config: &ClusterConfig,
-    name: &str,
-) -> anyhow::Result<Result<ControlPlane, NodeError>> {
-    let index = config
-        .nodes
-        .iter()
-        .position(|n| n.name == name)
-        .context("node in topology")?;
-    let listen = config.nodes[index]
-        .control
-        .parse()
-        .context("validated control address")?;
-    let cp = match ControlPlane::start(
-        name,
-        listen,
-        &format!("nodes[{index}].control"),
-        config.cookie(),
-    )
-    .await
-    {
+async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Result<ControlPlane, NodeError>> {
+    let index = config.nodes.iter().position(|n| n.name == name).context("node in topology")?;
+    let listen = config.nodes[index].control.parse().context("validated control address")?;
+    let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
         Ok(cp) => cp,
         Err(e) => return Ok(Err(e)),
     };
-    let by_addr: std::collections::HashMap<&str, &str> = config
-        .nodes
-        .iter()
-        .map(|n| (n.control.as_str(), n.name.as_str()))
-        .collect();
+    let by_addr: std::collections::HashMap<&str, &str> =
+        config.nodes.iter().map(|n| (n.control.as_str(), n.name.as_str())).collect();
     let seeds: Vec<Seed> = config
         .seeds_for(name)
         .into_iter()
-        .map(|(path, addr)| Seed {
-            node: by_addr.get(addr.as_str()).map(|n| n.to_string()),
-            path,
-            addr,
-        })
+        .map(|(path, addr)| Seed { node: by_addr.get(addr.as_str()).map(|n| n.to_string()), path, addr })
         .collect();
     if let Err(e) = cp.join(&seeds, config.cluster.join_timeout.get()).await {
         return Ok(Err(e));
@@ -286,9 +243,6 @@ async fn drain(state: &NodeState, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if state.inflight() > 0 {
-        tracing::warn!(
-            inflight = state.inflight(),
-            "grace period over; stopping with requests in flight"
-        );
+        tracing::warn!(inflight = state.inflight(), "grace period over; stopping with requests in flight");
     }
 }

@@ -10,20 +10,9 @@ const GOOD: &str = include_str!("../examples/two-nodes.toml");
 
 /// Run `armature ARGS` and return (exit code, stderr lines).
 fn run(args: &[&str]) -> (Option<i32>, Vec<String>) {
-    let out = Command::new(bin())
-        .args(args)
-        .env("RUST_LOG", "error")
-        .output()
-        .expect("run armature");
+    let out = Command::new(bin()).args(args).env("RUST_LOG", "error").output().expect("run armature");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    (
-        out.status.code(),
-        stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+    (out.status.code(), stderr.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
 }
 
 fn check(name: &str, text: &str, field: &str, also: &str) {
@@ -31,29 +20,15 @@ fn check(name: &str, text: &str, field: &str, also: &str) {
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
     let p = path.to_str().unwrap();
-    for args in [
-        vec!["serve", "--config", p],
-        vec!["node", "--name", "n0", "--config", p],
-        vec!["launch", "--config", p],
-    ] {
+    for args in
+        [vec!["serve", "--config", p], vec!["node", "--name", "n0", "--config", p], vec!["launch", "--config", p]]
+    {
         let (code, lines) = run(&args);
         assert_eq!(code, Some(2), "{name} {args:?}: {lines:?}");
-        assert_eq!(
-            lines.len(),
-            1,
-            "{name} {args:?}: want one line, got {lines:?}"
-        );
+        assert_eq!(lines.len(), 1, "{name} {args:?}: want one line, got {lines:?}");
         assert!(lines[0].starts_with("error: "), "{lines:?}");
-        assert!(
-            lines[0].contains(field),
-            "{name}: {:?} does not name {field}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains(also),
-            "{name}: {:?} does not say {also}",
-            lines[0]
-        );
+        assert!(lines[0].contains(field), "{name}: {:?} does not name {field}", lines[0]);
+        assert!(lines[0].contains(also), "{name}: {:?} does not say {also}", lines[0]);
     }
 }
 
@@ -79,12 +54,7 @@ fn wrong_type() {
 
 #[test]
 fn duplicate_node_name() {
-    check(
-        "dup",
-        &GOOD.replace("name = \"n1\"", "name = \"n0\""),
-        "nodes[1].name",
-        "duplicate node name \"n0\"",
-    );
+    check("dup", &GOOD.replace("name = \"n1\"", "name = \"n0\""), "nodes[1].name", "duplicate node name \"n0\"");
 }
 
 #[test]
@@ -105,10 +75,7 @@ fn unreachable_seed() {
         .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
         .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
         .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
-        .replace(
-            "lease_timeout = \"2s\"",
-            "lease_timeout = \"2s\"\njoin_timeout = \"1s\"",
-        );
+        .replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\njoin_timeout = \"1s\"");
     let dir = temp_dir("badcfg-seed");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
@@ -116,12 +83,7 @@ fn unreachable_seed() {
     assert_eq!(code, Some(2), "{lines:?}");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("nodes[1].control"), "{lines:?}");
-    assert!(
-        lines[0].contains(&format!(
-            "cannot join seed 127.0.0.1:{c1} within 1s: unreachable"
-        )),
-        "{lines:?}"
-    );
+    assert!(lines[0].contains(&format!("cannot join seed 127.0.0.1:{c1} within 1s: unreachable")), "{lines:?}");
 }
 
 #[test]
@@ -131,10 +93,7 @@ fn unknown_node_name() {
     std::fs::write(&path, GOOD).unwrap();
     let (code, lines) = run(&["node", "--name", "n9", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(2));
-    assert_eq!(
-        lines,
-        ["error: --name: no node \"n9\" in the topology (nodes: n0, n1)"]
-    );
+    assert_eq!(lines, ["error: --name: no node \"n9\" in the topology (nodes: n0, n1)"]);
 }
 
 #[test]
@@ -152,10 +111,7 @@ fn wrong_cookie_is_refused() {
         .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
         .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
         .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
-        .replace(
-            "lease_timeout = \"2s\"",
-            "lease_timeout = \"2s\"\njoin_timeout = \"3s\"",
-        );
+        .replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\njoin_timeout = \"3s\"");
     let dir = temp_dir("badcfg-cookie");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
@@ -174,8 +130,5 @@ fn wrong_cookie_is_refused() {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(out.status.code(), Some(2), "{lines:?}");
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("nodes[0].control") && lines[0].contains("refused our cookie"),
-        "{lines:?}"
-    );
+    assert!(lines[0].contains("nodes[0].control") && lines[0].contains("refused our cookie"), "{lines:?}");
 }

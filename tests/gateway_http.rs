@@ -40,32 +40,20 @@ fn start(name: &str) -> (Proc, u16) {
     let dir = temp_dir(name);
     let path = dir.join("cluster.toml");
     std::fs::write(&path, config(port)).unwrap();
-    let p = Proc::spawn(
-        &["serve", "--config", path.to_str().unwrap()],
-        dir.join("serve.log"),
-    );
-    assert!(
-        wait_health(port, 200, Duration::from_secs(30)),
-        "not healthy"
-    );
+    let p = Proc::spawn(&["serve", "--config", path.to_str().unwrap()], dir.join("serve.log"));
+    assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy");
     (p, port)
 }
 
 /// Open a streaming completion and read its first bytes; returns the open socket.
 fn open_stream(port: u16, max_tokens: u32) -> TcpStream {
-    let body = format!(
-        r#"{{"model":"armature-test","prompt":"hello","max_tokens":{max_tokens},"stream":true}}"#
-    );
+    let body = format!(r#"{{"model":"armature-test","prompt":"hello","max_tokens":{max_tokens},"stream":true}}"#);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
     s
 }
 
@@ -78,72 +66,46 @@ fn limits_overload_disconnect_health_and_metrics() {
     assert_eq!(status, 200);
     assert_eq!(json(&body)["workers"], serde_json::json!(["n0/cpu"]));
     let (status, _, body) = http("GET", port, "/v1/models", None);
-    assert_eq!(
-        (status, json(&body)["data"][0]["id"].as_str()),
-        (200, Some("armature-test"))
-    );
+    assert_eq!((status, json(&body)["data"][0]["id"].as_str()), (200, Some("armature-test")));
 
     // 413 for a body over max_body (2 KiB), with an OpenAI error body.
-    let big = format!(
-        r#"{{"model":"armature-test","prompt":"{}"}}"#,
-        "a".repeat(4096)
-    );
+    let big = format!(r#"{{"model":"armature-test","prompt":"{}"}}"#, "a".repeat(4096));
     let (status, _, body) = http("POST", port, "/v1/completions", Some(&big));
     assert_eq!(status, 413);
     assert_eq!(json(&body)["error"]["code"], "request_too_large");
 
     // 404 with an OpenAI body for an unknown path.
     let (status, _, body) = http("GET", port, "/v2/nothing", None);
-    assert_eq!(
-        (status, json(&body)["error"]["type"].as_str()),
-        (404, Some("invalid_request_error"))
-    );
+    assert_eq!((status, json(&body)["error"]["type"].as_str()), (404, Some("invalid_request_error")));
 
     // The only batch slot is taken and nothing may queue: a second request gets 429.
     let stream = open_stream(port, 4000);
-    let (status, head, body) = http(
-        "POST",
-        port,
-        "/v1/completions",
-        Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2}"#),
-    );
+    let (status, head, body) =
+        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2}"#));
     assert_eq!(status, 429, "{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
     assert_eq!(json(&body)["error"]["code"], "overloaded");
 
     // The client goes away: the worker cancels the request and frees the slot.
     drop(stream);
     assert!(
-        wait_until(Duration::from_secs(10), || metric(
-            port,
-            "armature_requests_cancelled_total"
-        ) >= 1.0),
+        wait_until(Duration::from_secs(10), || metric(port, "armature_requests_cancelled_total") >= 1.0),
         "no cancellation counted"
     );
-    let (status, _, body) = http(
-        "POST",
-        port,
-        "/v1/completions",
-        Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2}"#),
-    );
+    let (status, _, body) =
+        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2}"#));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["usage"]["completion_tokens"], 2);
 
+    // The same prompt again reuses its cached KV blocks.
+    let long = r#"{"model":"armature-test","prompt":"a prompt that fills a few KV blocks of sixteen tokens each","max_tokens":2}"#;
+    assert_eq!(http("POST", port, "/v1/completions", Some(long)).0, 200);
+    assert_eq!(metric(port, "armature_prefix_cache_tokens_total"), 0.0);
+    assert_eq!(http("POST", port, "/v1/completions", Some(long)).0, 200);
+    assert_eq!(metric(port, "armature_prefix_cache_tokens_total"), 48.0, "three full 16-token blocks from the cache");
+
     // Metrics count what happened.
-    assert!(
-        metric(
-            port,
-            "armature_http_requests_total{path=\"/v1/completions\",status=\"429\"}"
-        ) >= 1.0
-    );
-    assert!(
-        metric(
-            port,
-            "armature_http_requests_total{path=\"/v1/completions\",status=\"413\"}"
-        ) >= 1.0
-    );
+    assert!(metric(port, "armature_http_requests_total{path=\"/v1/completions\",status=\"429\"}") >= 1.0);
+    assert!(metric(port, "armature_http_requests_total{path=\"/v1/completions\",status=\"413\"}") >= 1.0);
     assert!(metric(port, "armature_generated_tokens_total") >= 2.0);
 }

@@ -14,53 +14,30 @@ fn sigterm_drains_then_exits() {
     let port = free_port();
     let dir = temp_dir("shutdown");
     let config = dir.join("cluster.toml");
-    let text = include_str!("../cluster.toml").replace(
-        "source = \"test\"",
-        "source = \"test\"\ntest = { step_delay = \"50ms\" }",
-    );
+    let text = include_str!("../cluster.toml")
+        .replace("source = \"test\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
     std::fs::write(&config, text).unwrap();
     let mut serve = Proc::spawn(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--http-port",
-            &port.to_string(),
-        ],
+        &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],
         dir.join("serve.log"),
     );
     assert!(wait_health(port, 200, Duration::from_secs(30)));
 
     let body = r#"{"model":"armature-test","prompt":"drain me","max_tokens":24,"temperature":0,"stream":true}"#;
     let in_flight = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(body)));
-    assert!(wait_until(Duration::from_secs(5), || metric(
-        port,
-        "armature_generated_tokens_total"
-    ) >= 1.0));
+    assert!(wait_until(Duration::from_secs(5), || metric(port, "armature_generated_tokens_total") >= 1.0));
 
     kill(Pid::from_raw(serve.pid()), Signal::SIGTERM).unwrap();
-    assert!(
-        wait_health(port, 503, Duration::from_secs(2)),
-        "health did not report draining"
-    );
+    assert!(wait_health(port, 503, Duration::from_secs(2)), "health did not report draining");
     let (_, _, health) = http("GET", port, "/health", None);
     assert_eq!(json(&health)["status"], "draining");
-    let (status, _, refused) = http(
-        "POST",
-        port,
-        "/v1/completions",
-        Some(r#"{"model":"armature-test","prompt":"late"}"#),
-    );
+    let (status, _, refused) =
+        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"late"}"#));
     assert_eq!(status, 503, "{refused}");
 
     let (status, _, sse) = in_flight.join().unwrap();
     assert_eq!(status, 200);
-    assert!(
-        sse.contains("data: [DONE]"),
-        "the in-flight stream was cut: {sse}"
-    );
-    let exit = serve
-        .wait_exit(Duration::from_secs(15))
-        .expect("serve did not exit");
+    assert!(sse.contains("data: [DONE]"), "the in-flight stream was cut: {sse}");
+    let exit = serve.wait_exit(Duration::from_secs(15)).expect("serve did not exit");
     assert!(exit.success(), "{exit}");
 }

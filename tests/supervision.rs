@@ -13,19 +13,11 @@ fn panicking_worker_is_restarted_and_the_request_fails_cleanly() {
     let dir = temp_dir("supervision");
     // Slow steps (50 ms), so the long request is still running when the worker dies.
     let config = dir.join("cluster.toml");
-    let text = include_str!("../cluster.toml").replace(
-        "source = \"test\"",
-        "source = \"test\"\ntest = { step_delay = \"50ms\" }",
-    );
+    let text = include_str!("../cluster.toml")
+        .replace("source = \"test\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
     std::fs::write(&config, text).unwrap();
     let _serve = Proc::spawn(
-        &[
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--http-port",
-            &port.to_string(),
-        ],
+        &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],
         dir.join("serve.log"),
     );
     assert!(wait_health(port, 200, Duration::from_secs(30)));
@@ -43,43 +35,25 @@ fn panicking_worker_is_restarted_and_the_request_fails_cleanly() {
         "/v1/completions",
         Some(r#"{"model":"armature-test","prompt":"<<armature-test-panic>>","max_tokens":4}"#),
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the failed request hung"
-    );
+    assert!(started.elapsed() < Duration::from_secs(20), "the failed request hung");
     assert_eq!(status, 503, "{body}");
     let err = json(&body);
     assert_eq!(err["error"]["type"], "service_unavailable");
-    assert!(
-        err["error"]["message"].as_str().unwrap().contains("worker"),
-        "{body}"
-    );
+    assert!(err["error"]["message"].as_str().unwrap().contains("worker"), "{body}");
 
     // The stream that was running when the worker died ends with an error event, not a hang.
     let (status, _, sse) = streaming.join().unwrap();
     assert_eq!(status, 200);
     let last = sse.lines().rfind(|l| l.starts_with("data: ")).unwrap_or("");
-    assert!(
-        last.contains("\"error\""),
-        "stream did not end with an error: {last}"
-    );
+    assert!(last.contains("\"error\""), "stream did not end with an error: {last}");
     assert!(!sse.contains("[DONE]"));
 
     // The supervisor restarted the worker; requests succeed again.
     assert!(wait_health(port, 200, Duration::from_secs(10)));
-    let (status, _, body) = http(
-        "POST",
-        port,
-        "/v1/completions",
-        Some(r#"{"model":"armature-test","prompt":"after","max_tokens":3}"#),
-    );
+    let (status, _, body) =
+        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"after","max_tokens":3}"#));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["usage"]["completion_tokens"], 3);
-    assert!(
-        metric(
-            port,
-            "armature_actor_restarts_total{child=\"worker n0/cpu\"}"
-        ) >= 1.0
-    );
+    assert!(metric(port, "armature_actor_restarts_total{child=\"worker n0/cpu\"}") >= 1.0);
     assert!(metric(port, "armature_request_retries_total") >= 1.0);
 }

@@ -20,18 +20,9 @@ fn topology(gateway: u16) -> String {
 }
 
 fn complete(port: u16, prompt: &str) -> (u16, serde_json::Value) {
-    let body = format!(
-        r#"{{"model":"armature-test","prompt":"{prompt}","max_tokens":6,"temperature":0}}"#
-    );
+    let body = format!(r#"{{"model":"armature-test","prompt":"{prompt}","max_tokens":6,"temperature":0}}"#);
     let (status, _, text) = http("POST", port, "/v1/completions", Some(&body));
-    (
-        status,
-        if status == 0 {
-            serde_json::Value::Null
-        } else {
-            json(&text)
-        },
-    )
+    (status, if status == 0 { serde_json::Value::Null } else { json(&text) })
 }
 
 fn signal(pid: i32, sig: Signal) {
@@ -44,14 +35,8 @@ fn two_nodes_serve_survive_sigkill_and_expire_a_silent_node() {
     let dir = temp_dir("two-nodes");
     let config = dir.join("cluster.toml");
     std::fs::write(&config, topology(port)).unwrap();
-    let mut launch = Proc::spawn(
-        &["launch", "--config", config.to_str().unwrap()],
-        dir.join("launch.log"),
-    );
-    assert!(
-        wait_health(port, 200, Duration::from_secs(30)),
-        "cluster did not become healthy"
-    );
+    let mut launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
+    assert!(wait_health(port, 200, Duration::from_secs(30)), "cluster did not become healthy");
 
     // Served across nodes: the only worker is n1's.
     let (_, _, health) = http("GET", port, "/health", None);
@@ -60,36 +45,21 @@ fn two_nodes_serve_survive_sigkill_and_expire_a_silent_node() {
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["usage"]["completion_tokens"], 6);
     let log = launch.log_text();
-    assert!(
-        log.contains("[n0] ") && log.contains("[n1] "),
-        "launch prefixes node output"
-    );
+    assert!(log.contains("[n0] ") && log.contains("[n1] "), "launch prefixes node output");
 
     // SIGKILL the worker node: health shows the outage, launch restarts it, requests work again.
     let n1 = started_pid(&launch, "n1", 0, Duration::from_secs(5)).expect("n1 pid");
     signal(n1, Signal::SIGKILL);
-    assert!(
-        wait_health(port, 503, Duration::from_secs(5)),
-        "outage not visible in /health"
-    );
+    assert!(wait_health(port, 503, Duration::from_secs(5)), "outage not visible in /health");
     let (_, _, body) = http("GET", port, "/health", None);
     assert_eq!(json(&body)["status"], "no_workers");
     let n1_again = started_pid(&launch, "n1", 1, Duration::from_secs(15)).expect("n1 restarted");
     assert_ne!(n1, n1_again);
-    assert!(
-        wait_health(port, 200, Duration::from_secs(30)),
-        "no recovery after restart"
-    );
+    assert!(wait_health(port, 200, Duration::from_secs(30)), "no recovery after restart");
     let (status, again) = complete(port, "across");
     assert_eq!(status, 200, "{again}");
-    assert_eq!(
-        again["choices"][0]["text"], first["choices"][0]["text"],
-        "greedy output is the same after the restart"
-    );
-    assert!(
-        launch.log_text().contains("[launch] node n1 ("),
-        "launch reports the exit"
-    );
+    assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"], "greedy output is the same after the restart");
+    assert!(launch.log_text().contains("[launch] node n1 ("), "launch reports the exit");
 
     // SIGSTOP the worker node: its TCP session stays open, so only the lease (2 s) notices.
     signal(n1_again, Signal::SIGSTOP);
@@ -99,21 +69,13 @@ fn two_nodes_serve_survive_sigkill_and_expire_a_silent_node() {
     });
     signal(n1_again, Signal::SIGCONT);
     assert!(dead, "lease did not mark the silent node dead");
-    assert!(
-        wait_health(port, 200, Duration::from_secs(10)),
-        "node did not come back after SIGCONT"
-    );
+    assert!(wait_health(port, 200, Duration::from_secs(10)), "node did not come back after SIGCONT");
     assert_eq!(complete(port, "back").0, 200);
 
     // SIGTERM stops launch and every node cleanly.
     signal(launch.pid(), Signal::SIGTERM);
-    let status = launch
-        .wait_exit(Duration::from_secs(30))
-        .expect("launch did not stop");
+    let status = launch.wait_exit(Duration::from_secs(30)).expect("launch did not stop");
     assert!(status.success(), "{status}");
     let log = launch.log_text();
-    assert!(
-        log.contains("[launch] node n0 stopped") && log.contains("[launch] node n1 stopped"),
-        "{log}"
-    );
+    assert!(log.contains("[launch] node n0 stopped") && log.contains("[launch] node n1 stopped"), "{log}");
 }

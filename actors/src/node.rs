@@ -47,10 +47,7 @@ impl NodeState {
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             view: Arc::default(),
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         }
     }
 
@@ -100,34 +97,16 @@ fn with_port(addr: &str, port: Option<u16>) -> Option<SocketAddr> {
 
 impl NodePlan {
     /// Node `name` of the topology, as `armature node` runs it.
-    pub fn node(
-        config: &ClusterConfig,
-        name: &str,
-        http_port: Option<u16>,
-    ) -> Result<Self, ConfigError> {
+    pub fn node(config: &ClusterConfig, name: &str, http_port: Option<u16>) -> Result<Self, ConfigError> {
         let node = config.node(name).ok_or_else(|| {
             let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
-            ConfigError::new(
-                "--name",
-                "",
-                format!(
-                    "no node \"{name}\" in the topology (nodes: {})",
-                    names.join(", ")
-                ),
-            )
+            ConfigError::new("--name", "", format!("no node \"{name}\" in the topology (nodes: {})", names.join(", ")))
         })?;
         Ok(Self {
             name: node.name.clone(),
             roles: node.roles.iter().copied().collect(),
-            gateway: node
-                .gateway
-                .as_deref()
-                .and_then(|g| with_port(g, http_port)),
-            workers: node
-                .workers
-                .iter()
-                .map(|w| (WorkerId::new(&node.name, &w.device), w.clone()))
-                .collect(),
+            gateway: node.gateway.as_deref().and_then(|g| with_port(g, http_port)),
+            workers: node.workers.iter().map(|w| (WorkerId::new(&node.name, &w.device), w.clone())).collect(),
             heartbeat: Some(Heartbeat {
                 interval: config.cluster.heartbeat_interval.get(),
                 lease_timeout: config.cluster.lease_timeout.get(),
@@ -138,27 +117,15 @@ impl NodePlan {
     /// The whole topology in one process, as `armature serve` runs it: every role and every
     /// worker, the first gateway address, no control-plane networking.
     pub fn whole(config: &ClusterConfig, http_port: Option<u16>) -> Self {
-        let gateway = config
-            .nodes
-            .iter()
-            .find_map(|n| n.gateway.as_deref())
-            .and_then(|g| with_port(g, http_port));
+        let gateway = config.nodes.iter().find_map(|n| n.gateway.as_deref()).and_then(|g| with_port(g, http_port));
         Self {
             name: config.nodes[0].name.clone(),
-            roles: config
-                .nodes
-                .iter()
-                .flat_map(|n| n.roles.iter().copied())
-                .collect(),
+            roles: config.nodes.iter().flat_map(|n| n.roles.iter().copied()).collect(),
             gateway,
             workers: config
                 .nodes
                 .iter()
-                .flat_map(|n| {
-                    n.workers
-                        .iter()
-                        .map(move |w| (WorkerId::new(&n.name, &w.device), w.clone()))
-                })
+                .flat_map(|n| n.workers.iter().map(move |w| (WorkerId::new(&n.name, &w.device), w.clone())))
                 .collect(),
             heartbeat: None,
         }
@@ -166,11 +133,7 @@ impl NodePlan {
 }
 
 /// The supervised children of a node, in start order: agent, router, workers, gateway.
-pub fn children(
-    plan: &NodePlan,
-    config: &ClusterConfig,
-    state: Arc<NodeState>,
-) -> Result<Vec<ChildSpec>, ModelError> {
+pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ModelError> {
     let mut specs = Vec::new();
     if let Some(hb) = plan.heartbeat {
         let (node, view, control) = (plan.name.clone(), state.view.clone(), state.control.clone());
@@ -183,48 +146,27 @@ pub fn children(
                 view: view.clone(),
             };
             Box::pin(async move {
-                Ok(
-                    Actor::spawn_linked(Some("node-agent".into()), NodeAgent, args, sup)
-                        .await?
-                        .0
-                        .get_cell(),
-                )
+                Ok(Actor::spawn_linked(Some("node-agent".into()), NodeAgent, args, sup).await?.0.get_cell())
             })
         }));
     }
     if plan.roles.contains(&Role::Router) {
         let (policy, view) = (config.router.policy, state.view.clone());
         specs.push(ChildSpec::new("router", move |sup| {
-            let args = RouterArgs {
-                policy,
-                view: view.clone(),
-            };
+            let args = RouterArgs { policy, view: view.clone() };
             Box::pin(async move {
-                Ok(
-                    Actor::spawn_linked(Some(ROUTER_NAME.into()), RouterActor, args, sup)
-                        .await?
-                        .0
-                        .get_cell(),
-                )
+                Ok(Actor::spawn_linked(Some(ROUTER_NAME.into()), RouterActor, args, sup).await?.0.get_cell())
             })
         }));
     }
     for (id, worker) in &plan.workers {
-        let (id, worker, model) = (id.clone(), worker.clone(), config.model.clone());
+        let (id, worker, model, block_size) =
+            (id.clone(), worker.clone(), config.model.clone(), config.cluster.block_size);
         let name = format!("worker {id}");
         specs.push(ChildSpec::new(name.clone(), move |sup| {
-            let args = WorkerArgs {
-                id: id.clone(),
-                config: worker.clone(),
-                model: model.clone(),
-            };
+            let args = WorkerArgs { id: id.clone(), block_size, config: worker.clone(), model: model.clone() };
             let name = name.clone();
-            Box::pin(async move {
-                Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup)
-                    .await?
-                    .0
-                    .get_cell())
-            })
+            Box::pin(async move { Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell()) })
         }));
     }
     if let (true, Some(addr)) = (plan.roles.contains(&Role::Gateway), plan.gateway) {
@@ -234,17 +176,9 @@ pub fn children(
             config: config.gateway.clone(),
         });
         specs.push(ChildSpec::new("gateway", move |sup| {
-            let args = GatewayArgs {
-                addr,
-                gateway: gateway.clone(),
-            };
+            let args = GatewayArgs { addr, gateway: gateway.clone() };
             Box::pin(async move {
-                Ok(
-                    Actor::spawn_linked(Some("gateway".into()), GatewayActor, args, sup)
-                        .await?
-                        .0
-                        .get_cell(),
-                )
+                Ok(Actor::spawn_linked(Some("gateway".into()), GatewayActor, args, sup).await?.0.get_cell())
             })
         }));
     }

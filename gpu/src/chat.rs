@@ -31,14 +31,8 @@ mod tests {
     #[test]
     fn chatml_layout() {
         let msgs = [
-            ChatMessage {
-                role: "system".into(),
-                content: "Be brief.".into(),
-            },
-            ChatMessage {
-                role: "user".into(),
-                content: "Hi".into(),
-            },
+            ChatMessage { role: "system".into(), content: "Be brief.".into() },
+            ChatMessage { role: "user".into(), content: "Hi".into() },
         ];
         assert_eq!(
             render_chatml(&msgs, true),

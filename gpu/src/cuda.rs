@@ -74,10 +74,7 @@ mod tests {
                 if gpu_machine() {
                     assert!(!found.is_empty(), "ARMATURE_GPU_TESTS=1 but no device");
                     for d in &found {
-                        assert!(
-                            !d.name.is_empty() && d.total_memory > 0 && d.compute_capability.0 >= 5,
-                            "{d:?}"
-                        );
+                        assert!(!d.name.is_empty() && d.total_memory > 0 && d.compute_capability.0 >= 5, "{d:?}");
                         println!(
                             "cuda:{} {} sm_{}{} {} MiB",
                             d.index,
@@ -94,10 +91,7 @@ mod tests {
                 );
             }
             Err(e) => {
-                assert!(
-                    !gpu_machine(),
-                    "ARMATURE_GPU_TESTS=1 but discovery failed: {e}"
-                );
+                assert!(!gpu_machine(), "ARMATURE_GPU_TESTS=1 but discovery failed: {e}");
                 assert!(matches!(e, CudaError::NoDriver), "{e}");
                 assert!(matches!(device(0), Err(CudaError::NoDriver)));
             }

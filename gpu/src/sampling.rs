@@ -84,13 +84,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, top_p: f32, top_k: u32, seed: u64) -> SamplingParams {
-        SamplingParams {
-            temperature,
-            top_p,
-            top_k,
-            seed,
-            ..Default::default()
-        }
+        SamplingParams { temperature, top_p, top_k, seed, ..Default::default() }
     }
 
     const LOGITS: [f32; 5] = [1.0, 3.0, f32::NEG_INFINITY, 2.5, 0.0];

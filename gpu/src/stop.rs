@@ -17,41 +17,24 @@ pub struct StopOutput {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            pending: String::new(),
-        }
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutput {
         if self.stops.is_empty() {
-            return StopOutput {
-                emit: text.to_string(),
-                stopped: false,
-            };
+            return StopOutput { emit: text.to_string(), stopped: false };
         }
         self.pending.push_str(text);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
             let emit = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutput {
-                emit,
-                stopped: true,
-            };
+            return StopOutput { emit, stopped: true };
         }
         let hold = self.held_suffix_len();
         let cut = self.pending.len() - hold;
         let emit = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        StopOutput {
-            emit,
-            stopped: false,
-        }
+        StopOutput { emit, stopped: false }
     }
 
     /// Text held back at the end of generation (it was not a stop string after all).
@@ -67,9 +50,7 @@ impl StopMatcher {
             .filter(|&n| p.is_char_boundary(p.len() - n))
             .find(|&n| {
                 let suffix = &p[p.len() - n..];
-                self.stops
-                    .iter()
-                    .any(|s| s.len() > n && s.starts_with(suffix))
+                self.stops.iter().any(|s| s.len() > n && s.starts_with(suffix))
             })
             .unwrap_or(0)
     }
@@ -96,53 +77,26 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_is_found() {
-        assert_eq!(
-            run(&["END"], &["hello E", "N", "D world"]),
-            ("hello ".to_string(), true)
-        );
+        assert_eq!(run(&["END"], &["hello E", "N", "D world"]), ("hello ".to_string(), true));
     }
 
     #[test]
     fn near_miss_is_released() {
-        assert_eq!(
-            run(&["END"], &["hello EN", "X"]),
-            ("hello ENX".to_string(), false)
-        );
+        assert_eq!(run(&["END"], &["hello EN", "X"]), ("hello ENX".to_string(), false));
         assert_eq!(run(&["END"], &["tail E"]), ("tail E".to_string(), false));
     }
 
     #[test]
     fn earliest_of_several_stops_wins() {
-        assert_eq!(
-            run(&["world", "lo"], &["hello world"]),
-            ("hel".to_string(), true)
-        );
+        assert_eq!(run(&["world", "lo"], &["hello world"]), ("hel".to_string(), true));
     }
 
     #[test]
     fn held_text_is_not_emitted_early() {
         let mut m = StopMatcher::new(&["\n\n".to_string()]);
-        assert_eq!(
-            m.push("a\n"),
-            StopOutput {
-                emit: "a".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("b"),
-            StopOutput {
-                emit: "\nb".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("é\n"),
-            StopOutput {
-                emit: "é".into(),
-                stopped: false
-            }
-        );
+        assert_eq!(m.push("a\n"), StopOutput { emit: "a".into(), stopped: false });
+        assert_eq!(m.push("b"), StopOutput { emit: "\nb".into(), stopped: false });
+        assert_eq!(m.push("é\n"), StopOutput { emit: "é".into(), stopped: false });
     }
 
     #[test]

@@ -10,10 +10,7 @@ pub trait Tokenizer: Send + Sync {
     fn eos_tokens(&self) -> &[u32];
 
     fn decode(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens
-            .iter()
-            .flat_map(|&t| self.token_bytes(t).iter().copied())
-            .collect();
+        let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.token_bytes(t).iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

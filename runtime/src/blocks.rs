@@ -20,18 +20,12 @@ impl BlockHasher {
     /// The unsalted scheme (the test vectors' one).
     pub fn new(block_size: usize) -> Self {
         assert!(block_size > 0, "block size must be positive");
-        Self {
-            block_size,
-            seed: BLOCK_HASH_SEED,
-        }
+        Self { block_size, seed: BLOCK_HASH_SEED }
     }
 
     /// A salted scheme: the seed is XXH3-64(1337, le(salt)).
     pub fn salted(block_size: usize, salt: u64) -> Self {
-        Self {
-            seed: xxh3_64_with_seed(&salt.to_le_bytes(), BLOCK_HASH_SEED),
-            ..Self::new(block_size)
-        }
+        Self { seed: xxh3_64_with_seed(&salt.to_le_bytes(), BLOCK_HASH_SEED), ..Self::new(block_size) }
     }
 
     pub fn block_size(&self) -> usize {
@@ -40,15 +34,13 @@ impl BlockHasher {
 
     /// Local hashes of every full block of `tokens`.
     pub fn local_hashes(&self, tokens: &[u32]) -> Vec<u64> {
-        let mut bytes = Vec::with_capacity(self.block_size * 4);
-        tokens
-            .chunks_exact(self.block_size)
-            .map(|block| {
-                bytes.clear();
-                bytes.extend(block.iter().flat_map(|t| t.to_le_bytes()));
-                xxh3_64_with_seed(&bytes, self.seed)
-            })
-            .collect()
+        tokens.chunks_exact(self.block_size).map(|block| self.local_hash(block)).collect()
+    }
+
+    /// The local hash of one block's tokens.
+    pub fn local_hash(&self, block: &[u32]) -> u64 {
+        let bytes: Vec<u8> = block.iter().flat_map(|t| t.to_le_bytes()).collect();
+        xxh3_64_with_seed(&bytes, self.seed)
     }
 
     /// The sequence hash of a block given its parent's sequence hash (None for the first block).
@@ -105,18 +97,8 @@ mod tests {
         assert_eq!(v.cases.len(), 4);
         for case in v.cases {
             let h = BlockHasher::new(case.block_size);
-            assert_eq!(
-                h.local_hashes(&case.tokens),
-                case.local_hashes,
-                "{}",
-                case.name
-            );
-            assert_eq!(
-                h.sequence_hashes(&case.tokens),
-                case.sequence_hashes,
-                "{}",
-                case.name
-            );
+            assert_eq!(h.local_hashes(&case.tokens), case.local_hashes, "{}", case.name);
+            assert_eq!(h.sequence_hashes(&case.tokens), case.sequence_hashes, "{}", case.name);
         }
     }
 

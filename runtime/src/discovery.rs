@@ -46,9 +46,6 @@ mod tests {
         let id = WorkerId::new("n3", "cuda:1");
         let g = worker_group(&id);
         assert_eq!(g, "worker/n3/cuda:1");
-        assert_eq!(
-            WorkerId::parse(g.strip_prefix(WORKER_PREFIX).unwrap()),
-            Some(id)
-        );
+        assert_eq!(WorkerId::parse(g.strip_prefix(WORKER_PREFIX).unwrap()), Some(id));
     }
 }

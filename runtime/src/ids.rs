@@ -31,10 +31,7 @@ pub struct WorkerId {
 
 impl WorkerId {
     pub fn new(node: &str, device: &str) -> Self {
-        Self {
-            node: node.to_string(),
-            device: device.to_string(),
-        }
+        Self { node: node.to_string(), device: device.to_string() }
     }
 
     /// Parse `node/device`.

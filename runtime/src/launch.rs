@@ -30,13 +30,7 @@ pub async fn run(spec: LaunchSpec, shutdown: watch::Receiver<bool>) {
     let tasks: Vec<_> = spec
         .nodes
         .iter()
-        .map(|name| {
-            tokio::spawn(keep_node_running(
-                spec.clone(),
-                name.clone(),
-                shutdown.clone(),
-            ))
-        })
+        .map(|name| tokio::spawn(keep_node_running(spec.clone(), name.clone(), shutdown.clone())))
         .collect();
     for t in tasks {
         let _ = t.await;
@@ -122,9 +116,7 @@ async fn stop_child(child: &mut Child, pid: u32, name: &str, timeout: Duration) 
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => println!(
             "[launch] node {name} stopped: {}",
-            status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string())
+            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
         ),
         Err(_) => {
             println!("[launch] node {name} did not stop within {timeout:?}; killing it");

@@ -20,11 +20,7 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     pub fn new(timeout: Duration) -> Self {
-        Self {
-            timeout,
-            last_heard: BTreeMap::new(),
-            dead: BTreeSet::new(),
-        }
+        Self { timeout, last_heard: BTreeMap::new(), dead: BTreeSet::new() }
     }
 
     /// A heartbeat from `peer` arrived at `now`. Returns `Up` when the peer is new or was dead.
@@ -57,10 +53,7 @@ impl LeaseTable {
 
     /// Peers currently alive.
     pub fn alive(&self) -> impl Iterator<Item = &str> {
-        self.last_heard
-            .keys()
-            .filter(|p| !self.dead.contains(*p))
-            .map(String::as_str)
+        self.last_heard.keys().filter(|p| !self.dead.contains(*p)).map(String::as_str)
     }
 }
 
@@ -90,10 +83,7 @@ mod tests {
         t.expect("quiet", ms(0));
         t.expect("quiet", ms(90)); // does not renew
         assert_eq!(t.expire(ms(150)), vec![PeerChange::Down("quiet".into())]);
-        assert_eq!(
-            t.heard("quiet", ms(200)),
-            Some(PeerChange::Up("quiet".into()))
-        );
+        assert_eq!(t.heard("quiet", ms(200)), Some(PeerChange::Up("quiet".into())));
     }
 
     #[test]

@@ -23,14 +23,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: 0,
-            max_tokens: 16,
-            stop: Vec::new(),
-        }
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new() }
     }
 }
 
@@ -140,10 +133,4 @@ pub struct PollReply {
     pub events: Vec<StreamEvent>,
 }
 
-crate::wire_message!(
-    GenerateRequest,
-    PollRequest,
-    PollReply,
-    Admission,
-    RequestId
-);
+crate::wire_message!(GenerateRequest, PollRequest, PollReply, Admission, RequestId);

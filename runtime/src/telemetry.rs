@@ -17,10 +17,7 @@ pub fn init_logging(format: LogFormat) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     prometheus();
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -34,9 +31,7 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ])
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             .expect("static bucket list is valid")
             .build_recorder();
         let handle = recorder.handle();
@@ -53,9 +48,6 @@ mod tests {
         let handle = super::prometheus();
         metrics::counter!("armature_test_total", "kind" => "unit").increment(3);
         let text = handle.render();
-        assert!(
-            text.contains("armature_test_total{kind=\"unit\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("armature_test_total{kind=\"unit\"} 3"), "{text}");
     }
 }

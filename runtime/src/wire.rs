@@ -22,8 +22,7 @@ macro_rules! wire_message {
 
 /// Encode a payload.
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value)
-        .unwrap_or_else(|e| panic!("{} cannot be encoded: {e}", std::any::type_name::<T>()))
+    serde_json::to_vec(value).unwrap_or_else(|e| panic!("{} cannot be encoded: {e}", std::any::type_name::<T>()))
 }
 
 /// Decode a payload; see the module docs for why a malformed one panics.
@@ -33,13 +32,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 
 /// Decode a payload, returning the error.
 pub fn try_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "{} ({} bytes): {e}",
-            std::any::type_name::<T>(),
-            bytes.len()
-        )
-    })
+    serde_json::from_slice(bytes).map_err(|e| format!("{} ({} bytes): {e}", std::any::type_name::<T>(), bytes.len()))
 }
 
 #[cfg(test)]
@@ -47,9 +40,7 @@ mod tests {
     use ractor::BytesConvertable;
 
     use crate::ids::RequestId;
-    use crate::request::{
-        FinishReason, GenerateRequest, PollReply, SamplingParams, StreamEvent, Usage,
-    };
+    use crate::request::{FinishReason, GenerateRequest, PollReply, SamplingParams, StreamEvent, Usage};
 
     #[test]
     fn payloads_round_trip() {
@@ -57,24 +48,15 @@ mod tests {
             id: RequestId("r1".into()),
             tag: Some("client-7".into()),
             prompt_tokens: vec![1, 2, 3],
-            sampling: SamplingParams {
-                stop: vec!["\n".into()],
-                ..Default::default()
-            },
+            sampling: SamplingParams { stop: vec!["\n".into()], ..Default::default() },
         };
         assert_eq!(GenerateRequest::from_bytes(req.clone().into_bytes()), req);
         let reply = PollReply {
             events: vec![
-                StreamEvent::Delta {
-                    text: "hé".into(),
-                    tokens: 2,
-                },
+                StreamEvent::Delta { text: "hé".into(), tokens: 2 },
                 StreamEvent::Finished {
                     reason: FinishReason::Length,
-                    usage: Usage {
-                        prompt_tokens: 3,
-                        completion_tokens: 2,
-                    },
+                    usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
                 },
             ],
         };

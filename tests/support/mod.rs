@@ -23,11 +23,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
 }
 
 /// A child process, killed when dropped; its output goes to a log file.
@@ -42,10 +38,7 @@ impl Proc {
         let err = out.try_clone().expect("log file clone");
         let child = Command::new(bin())
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -80,11 +73,7 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "---- log of {} ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("---- log of {} ----\n{}", self.log.display(), self.log_text());
         }
     }
 }
@@ -127,10 +116,7 @@ pub fn http_with(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    if s.write_all(req.as_bytes())
-        .and_then(|_| s.write_all(body.as_bytes()))
-        .is_err()
-    {
+    if s.write_all(req.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).is_err() {
         return (0, String::new(), String::new());
     }
     let mut raw = Vec::new();
@@ -139,19 +125,9 @@ pub fn http_with(
     let Some((head, rest)) = text.split_once("\r\n\r\n") else {
         return (0, text, String::new());
     };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
     (status, head.to_string(), body)
 }
 
@@ -182,10 +158,7 @@ pub fn wait_health(port: u16, status: u16, timeout: Duration) -> bool {
 /// The value of a Prometheus sample whose line starts with `prefix`, summed over matches.
 pub fn metric(port: u16, prefix: &str) -> f64 {
     let (_, _, text) = http("GET", port, "/metrics", None);
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// A Python interpreter with the `openai` package: `ARMATURE_TEST_PYTHON` if set, else a venv
@@ -198,18 +171,9 @@ pub fn python_with_openai() -> PathBuf {
         }
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
         let py = venv.join("bin/python");
-        let has_openai = || {
-            Command::new(&py)
-                .args(["-c", "import openai"])
-                .status()
-                .is_ok_and(|s| s.success())
-        };
+        let has_openai = || Command::new(&py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
         if !has_openai() {
-            let ok = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
             assert!(ok, "python3 -m venv failed: install python3-venv");
             let ok = Command::new(&py)
                 .args(["-m", "pip", "install", "--quiet", "openai>=1.40"])
@@ -234,10 +198,7 @@ pub fn started_pid(proc: &Proc, node: &str, skip: usize, timeout: Duration) -> O
                 BufReader::new(f)
                     .lines()
                     .map_while(Result::ok)
-                    .filter_map(|l| {
-                        l.strip_prefix(&needle)
-                            .and_then(|r| r.trim_end_matches(')').parse().ok())
-                    })
+                    .filter_map(|l| l.strip_prefix(&needle).and_then(|r| r.trim_end_matches(')').parse().ok()))
                     .collect()
             })
             .unwrap_or_default();

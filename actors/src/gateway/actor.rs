@@ -50,11 +50,7 @@ impl Actor for GatewayActor {
         Ok(GatewayState { server })
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<GatewayMsg>,
-        state: &mut GatewayState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _: ActorRef<GatewayMsg>, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
         state.server.abort();
         Ok(())
     }

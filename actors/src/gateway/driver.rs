@@ -46,11 +46,8 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
     let mut attempt = 0u32;
     loop {
         let Some(placement) = place(&avoid).await else {
-            let _ = tx
-                .send(Err(ApiError::unavailable(
-                    "No worker is available to serve this request; retry later.",
-                )))
-                .await;
+            let _ =
+                tx.send(Err(ApiError::unavailable("No worker is available to serve this request; retry later."))).await;
             return;
         };
         let worker = placement.worker_id.clone();
@@ -65,9 +62,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                 metrics::counter!("armature_request_attempt_failures_total").increment(1);
                 if delivered || attempt >= gw.config.retries {
                     let _ = tx
-                        .send(Err(ApiError::unavailable(format!(
-                            "The worker serving this request failed: {why}"
-                        ))))
+                        .send(Err(ApiError::unavailable(format!("The worker serving this request failed: {why}"))))
                         .await;
                     return;
                 }
@@ -85,14 +80,7 @@ async fn place(avoid: &[WorkerId]) -> Option<Placement> {
     let start = Instant::now();
     loop {
         if let Some(r) = router()
-            && let Ok(Some(p)) = call_t!(
-                r,
-                |reply| RouterMsg::Place {
-                    avoid: avoid.to_vec(),
-                    reply
-                },
-                2_000
-            )
+            && let Ok(Some(p)) = call_t!(r, |reply| RouterMsg::Place { avoid: avoid.to_vec(), reply }, 2_000)
         {
             return Some(p);
         }
@@ -117,7 +105,11 @@ async fn run_attempt(
         Ok(Admission::Accepted) => {}
         Ok(Admission::Unavailable(why)) => return AttemptEnd::Retriable(why),
         Ok(Admission::Overloaded { queued }) => {
-            let _ = tx.send(Err(ApiError::overloaded(format!("The server is at capacity ({queued} requests queued on the chosen worker); retry later.")))).await;
+            let _ = tx
+                .send(Err(ApiError::overloaded(format!(
+                    "The server is at capacity ({queued} requests queued on the chosen worker); retry later."
+                ))))
+                .await;
             return AttemptEnd::Done;
         }
         Ok(Admission::Rejected(why)) => {
@@ -126,10 +118,7 @@ async fn run_attempt(
         }
     }
     loop {
-        let poll = PollRequest {
-            id: req.id.clone(),
-            max_wait_ms: POLL_WAIT.as_millis() as u64,
-        };
+        let poll = PollRequest { id: req.id.clone(), max_wait_ms: POLL_WAIT.as_millis() as u64 };
         let reply = tokio::select! {
             _ = tx.closed() => {
                 let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));

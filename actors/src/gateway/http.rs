@@ -60,19 +60,10 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let known = [
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/models",
-        "/health",
-        "/metrics",
-    ];
-    let path = if known.contains(&path.as_str()) {
-        path
-    } else {
-        "other".into()
-    };
-    metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string()).increment(1);
+    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+    let path = if known.contains(&path.as_str()) { path } else { "other".into() };
+    metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string())
+        .increment(1);
     resp
 }
 
@@ -84,16 +75,10 @@ async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
     complete(gw, Endpoint::Completion, headers, body).await
 }
 
-async fn read_body(
-    gw: &Gateway,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = gw.config.max_body.bytes();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
@@ -103,18 +88,10 @@ async fn read_body(
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-async fn complete(
-    gw: Arc<Gateway>,
-    endpoint: Endpoint,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     if gw.node.is_draining() {
         return ApiError::unavailable("This node is draining; retry on another.").into_response();
@@ -129,30 +106,15 @@ async fn complete(
     };
     let id = RequestId::new_random();
     let meta = ResponseMeta {
-        id: format!(
-            "{}-{id}",
-            if endpoint == Endpoint::Chat {
-                "chatcmpl"
-            } else {
-                "cmpl"
-            }
-        ),
+        id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
         created: unix_now(),
         model: gw.model.name.clone(),
         endpoint,
     };
     tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
-    let tag = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let req = GenerateRequest {
-        id,
-        tag,
-        prompt_tokens: parsed.prompt_tokens,
-        sampling: parsed.sampling,
-    };
+    let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let req = GenerateRequest { id, tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
     tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
     let first = match rx.recv().await {
         Some(Ok(ev)) => ev,
@@ -161,10 +123,7 @@ async fn complete(
             return ApiError::unavailable("The request ended without a result.").into_response();
         }
     };
-    let timing = Timing {
-        started,
-        first_token: false,
-    };
+    let timing = Timing { started, first_token: false };
     if parsed.stream {
         sse(meta, parsed.include_usage, first, rx, timing).into_response()
     } else {
@@ -189,20 +148,14 @@ impl Timing {
                 metrics::counter!("armature_generated_tokens_total").increment(u64::from(*tokens));
             }
             StreamEvent::Finished { .. } => {
-                metrics::histogram!("armature_request_duration_seconds")
-                    .record(self.started.elapsed().as_secs_f64());
+                metrics::histogram!("armature_request_duration_seconds").record(self.started.elapsed().as_secs_f64());
             }
             StreamEvent::Failed(_) => {}
         }
     }
 }
 
-async fn whole(
-    meta: ResponseMeta,
-    first: StreamEvent,
-    mut rx: EventRx,
-    mut timing: Timing,
-) -> Response {
+async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
     let mut text = String::new();
     let mut next: Option<Result<StreamEvent, ApiError>> = Some(Ok(first));
     while let Some(item) = next {
@@ -246,9 +199,9 @@ impl SseState {
             Ok(ev) => {
                 self.timing.saw(&ev);
                 match ev {
-                    StreamEvent::Delta { text, .. } => self.queue.push_back(data(
-                        &self.meta.chunk(Some(&text), None, self.include_usage),
-                    )),
+                    StreamEvent::Delta { text, .. } => {
+                        self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage)))
+                    }
                     StreamEvent::Finished { reason, usage } => self.finish(reason, usage),
                     StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
                 }
@@ -258,11 +211,7 @@ impl SseState {
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
-        self.queue.push_back(data(&self.meta.chunk(
-            None,
-            Some(reason),
-            self.include_usage,
-        )));
+        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage)));
         if self.include_usage {
             self.queue.push_back(data(&self.meta.usage_chunk(usage)));
         }
@@ -283,14 +232,7 @@ fn sse(
     rx: EventRx,
     timing: Timing,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let mut state = SseState {
-        meta,
-        include_usage,
-        rx,
-        queue: VecDeque::new(),
-        done: false,
-        timing,
-    };
+    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing };
     if state.meta.endpoint == Endpoint::Chat {
         let opener = data(&state.meta.chunk(None, None, include_usage));
         state.queue.push_back(opener);
@@ -323,40 +265,21 @@ async fn models(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.node.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({ "status": "draining" })),
-        )
-            .into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "draining" }))).into_response();
     }
     let workers = match driver::router() {
-        Some(r) => call_t!(r, RouterMsg::Status, 1_000)
-            .map(|s| s.live_workers)
-            .unwrap_or_default(),
+        Some(r) => call_t!(r, RouterMsg::Status, 1_000).map(|s| s.live_workers).unwrap_or_default(),
         None => Vec::new(),
     };
     let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
-    let status = if names.is_empty() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
+    let status = if names.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let word = if names.is_empty() { "no_workers" } else { "ok" };
-    (
-        status,
-        axum::Json(
-            json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() }),
-        ),
-    )
+    (status, axum::Json(json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() })))
         .into_response()
 }
 
 async fn metrics_text() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        runtime::telemetry::prometheus().render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], runtime::telemetry::prometheus().render()).into_response()
 }
 
 async fn fallback(req: Request) -> Response {

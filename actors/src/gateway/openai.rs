@@ -103,11 +103,7 @@ pub struct ParsedRequest {
 const MAX_STOPS: usize = 4;
 
 /// Parse and validate a body for `endpoint` against the served model.
-pub fn parse(
-    endpoint: Endpoint,
-    bytes: &[u8],
-    model: &ModelFrontend,
-) -> Result<ParsedRequest, ApiError> {
+pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -125,8 +121,7 @@ pub fn parse(
     if let Some(n) = body.n
         && n != 1
     {
-        let message =
-            format!("n = {n} is not supported: this server returns exactly one choice (n = 1).");
+        let message = format!("n = {n} is not supported: this server returns exactly one choice (n = 1).");
         return Err(ApiError::bad_request(message, Some("n")));
     }
     let temperature = body.temperature.unwrap_or(1.0);
@@ -138,19 +133,13 @@ pub fn parse(
     }
     let top_p = body.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::bad_request(
-            format!("top_p = {top_p} is outside (0, 1]."),
-            Some("top_p"),
-        ));
+        return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
     }
     let top_k = match body.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => u32::try_from(k).unwrap_or(u32::MAX),
         Some(k) => {
-            return Err(ApiError::bad_request(
-                format!("top_k = {k} must be positive, or -1 for none."),
-                Some("top_k"),
-            ));
+            return Err(ApiError::bad_request(format!("top_k = {k} must be positive, or -1 for none."), Some("top_k")));
         }
     };
     let stop = match body.stop {
@@ -160,66 +149,42 @@ pub fn parse(
     };
     if stop.len() > MAX_STOPS {
         return Err(ApiError::bad_request(
-            format!(
-                "At most {MAX_STOPS} stop sequences are allowed; got {}.",
-                stop.len()
-            ),
+            format!("At most {MAX_STOPS} stop sequences are allowed; got {}.", stop.len()),
             Some("stop"),
         ));
     }
     let prompt_tokens = match endpoint {
         Endpoint::Chat => {
             if body.prompt.is_some() {
-                return Err(ApiError::bad_request(
-                    "Chat completions take `messages`, not `prompt`.",
-                    Some("prompt"),
-                ));
+                return Err(ApiError::bad_request("Chat completions take `messages`, not `prompt`.", Some("prompt")));
             }
-            let messages = body.messages.ok_or_else(|| {
-                ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages"))
-            })?;
-            model
-                .tokenizer
-                .encode(&model.render_chat(&chat_messages(messages)?))
+            let messages = body
+                .messages
+                .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
+            model.tokenizer.encode(&model.render_chat(&chat_messages(messages)?))
         }
         Endpoint::Completion => match body.prompt {
             None => {
-                return Err(ApiError::bad_request(
-                    "Missing required parameter: 'prompt'.",
-                    Some("prompt"),
-                ));
+                return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt")));
             }
             Some(Prompt::Text(t)) => model.tokenizer.encode(&t),
             Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode(&v[0]),
             Some(Prompt::Texts(v)) => {
                 return Err(ApiError::bad_request(
-                    format!(
-                        "Batched prompts are not supported: got {} prompts, send one.",
-                        v.len()
-                    ),
+                    format!("Batched prompts are not supported: got {} prompts, send one.", v.len()),
                     Some("prompt"),
                 ));
             }
             Some(Prompt::Tokens(ids)) => ids,
         },
     };
-    if let Some(bad) = prompt_tokens
-        .iter()
-        .find(|&&t| t as usize >= model.tokenizer.vocab_size())
-    {
-        return Err(ApiError::bad_request(
-            format!("Token id {bad} is outside the vocabulary."),
-            Some("prompt"),
-        ));
+    if let Some(bad) = prompt_tokens.iter().find(|&&t| t as usize >= model.tokenizer.vocab_size()) {
+        return Err(ApiError::bad_request(format!("Token id {bad} is outside the vocabulary."), Some("prompt")));
     }
     if prompt_tokens.is_empty() {
         return Err(ApiError::bad_request(
             "The prompt is empty.",
-            Some(if endpoint == Endpoint::Chat {
-                "messages"
-            } else {
-                "prompt"
-            }),
+            Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }),
         ));
     }
     let default_max = match endpoint {
@@ -232,15 +197,15 @@ pub fn parse(
         (None, None) => (default_max, "max_tokens"),
     };
     if max_tokens == 0 {
-        return Err(ApiError::bad_request(
-            format!("{param} must be at least 1."),
-            Some(param),
-        ));
+        return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
     }
     let context = model.context_length as usize;
     if prompt_tokens.len() >= context {
         return Err(ApiError::bad_request(
-            format!("This model's maximum context length is {context} tokens; the prompt has {} tokens.", prompt_tokens.len()),
+            format!(
+                "This model's maximum context length is {context} tokens; the prompt has {} tokens.",
+                prompt_tokens.len()
+            ),
             Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }),
         )
         .with_code("context_length_exceeded"));
@@ -276,22 +241,15 @@ pub fn parse(
 fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let set = |k: &str| rest.get(k).filter(|v| !v.is_null());
     for key in ["tools", "functions", "logit_bias", "suffix"] {
-        if set(key).is_some_and(|v| {
-            v.as_array().is_none_or(|a| !a.is_empty())
-                && v.as_object().is_none_or(|o| !o.is_empty())
-        }) {
-            return Err(ApiError::bad_request(
-                format!("`{key}` is not supported by this server."),
-                Some(key),
-            ));
+        if set(key)
+            .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty()))
+        {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
         }
     }
     for key in ["logprobs", "echo"] {
         if set(key).is_some_and(|v| v != &Value::Bool(false)) {
-            return Err(ApiError::bad_request(
-                format!("`{key}` is not supported by this server."),
-                Some(key),
-            ));
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
         }
     }
     for key in ["presence_penalty", "frequency_penalty"] {
@@ -313,19 +271,13 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
 
 fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "`messages` must not be empty.",
-            Some("messages"),
-        ));
+        return Err(ApiError::bad_request("`messages` must not be empty.", Some("messages")));
     }
     messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            if !matches!(
-                m.role.as_str(),
-                "system" | "developer" | "user" | "assistant" | "tool"
-            ) {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
                 return Err(ApiError::bad_request(
                     format!("Unknown role `{}`.", m.role),
                     Some(&format!("messages[{i}].role")),
@@ -341,9 +293,7 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                             ("text", Some(t)) => text.push_str(&t),
                             (kind, _) => {
                                 return Err(ApiError::bad_request(
-                                    format!(
-                                        "Content part type `{kind}` is not supported; send text."
-                                    ),
+                                    format!("Content part type `{kind}` is not supported; send text."),
                                     Some(&format!("messages[{i}].content[{j}]")),
                                 ));
                             }
@@ -352,10 +302,7 @@ fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
                     text
                 }
             };
-            Ok(ChatMessage {
-                role: m.role,
-                content,
-            })
+            Ok(ChatMessage { role: m.role, content })
         })
         .collect()
 }
@@ -396,12 +343,7 @@ impl ResponseMeta {
 
     /// A streamed chunk: text (or the assistant role opener when `text` is None and it is a chat)
     /// and, on the last one, the finish reason.
-    pub fn chunk(
-        &self,
-        text: Option<&str>,
-        reason: Option<FinishReason>,
-        with_usage_field: bool,
-    ) -> Value {
+    pub fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, with_usage_field: bool) -> Value {
         let finish = reason.map(FinishReason::as_openai);
         let choice = match self.endpoint {
             Endpoint::Chat => {

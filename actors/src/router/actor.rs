@@ -67,15 +67,8 @@ impl Actor for RouterActor {
     type State = RouterState;
     type Arguments = RouterArgs;
 
-    async fn pre_start(
-        &self,
-        _: ActorRef<RouterMsg>,
-        args: RouterArgs,
-    ) -> Result<RouterState, ActorProcessingErr> {
-        Ok(RouterState {
-            placer: Placer::new(args.policy),
-            view: args.view,
-        })
+    async fn pre_start(&self, _: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
+        Ok(RouterState { placer: Placer::new(args.policy), view: args.view })
     }
 
     async fn handle(
@@ -87,16 +80,10 @@ impl Actor for RouterActor {
         match msg {
             RouterMsg::Place { avoid, reply } => {
                 let live = state.live();
-                let preferred: Vec<WorkerId> = live
-                    .iter()
-                    .map(|(id, _)| id.clone())
-                    .filter(|id| !avoid.contains(id))
-                    .collect();
-                let candidates = if preferred.is_empty() {
-                    live.iter().map(|(id, _)| id.clone()).collect()
-                } else {
-                    preferred
-                };
+                let preferred: Vec<WorkerId> =
+                    live.iter().map(|(id, _)| id.clone()).filter(|id| !avoid.contains(id)).collect();
+                let candidates =
+                    if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
                 let placement = state.placer.place(&candidates).and_then(|chosen| {
                     let worker = live.iter().find(|(id, _)| *id == chosen)?.1.clone();
                     tracing::debug!(worker = %chosen, load = state.placer.load(&chosen), candidates = candidates.len(), "placed request");

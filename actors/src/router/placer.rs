@@ -15,11 +15,7 @@ pub struct Placer {
 
 impl Placer {
     pub fn new(policy: RoutingPolicy) -> Self {
-        Self {
-            policy,
-            next: 0,
-            inflight: HashMap::new(),
-        }
+        Self { policy, next: 0, inflight: HashMap::new() }
     }
 
     /// Pick among `candidates` (sorted, unique) and count the request as in flight there.
@@ -62,9 +58,7 @@ mod tests {
     use super::*;
 
     fn ws(n: usize) -> Vec<WorkerId> {
-        (0..n)
-            .map(|i| WorkerId::new(&format!("n{i}"), "cpu"))
-            .collect()
+        (0..n).map(|i| WorkerId::new(&format!("n{i}"), "cpu")).collect()
     }
 
     #[test]
@@ -83,11 +77,7 @@ mod tests {
         let b = p.place(&w).unwrap();
         assert_ne!(a, b, "two requests spread over two idle workers");
         p.finished(&a);
-        assert_eq!(
-            p.place(&w).unwrap(),
-            a,
-            "a finished, so it is the least loaded"
-        );
+        assert_eq!(p.place(&w).unwrap(), a, "a finished, so it is the least loaded");
         assert_eq!((p.load(&a), p.load(&b)), (1, 1));
     }
 

@@ -9,9 +9,7 @@ use ractor_cluster::RactorClusterMessage;
 use runtime::config::{ModelSection, WorkerConfig};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::request::{
-    Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure,
-};
+use runtime::request::{Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure};
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
@@ -32,6 +30,8 @@ pub enum WorkerMsg {
 
 pub struct WorkerArgs {
     pub id: WorkerId,
+    /// Tokens per KV block (`cluster.block_size`).
+    pub block_size: u32,
     pub config: WorkerConfig,
     pub model: ModelSection,
 }
@@ -60,21 +60,18 @@ impl Actor for WorkerActor {
             max_batch: args.config.max_batch as usize,
             max_queue: args.config.max_queue as usize,
             context_length: info.context_length,
+            block_size: args.block_size as usize,
+            kv_blocks: args.config.kv_blocks as usize,
+            max_batch_tokens: args.config.max_batch_tokens as usize,
         };
         let engine = Engine::new(model.executor, model.tokenizer, limits);
         let me = myself.clone();
         let handle = EngineHandle::spawn(engine, &args.id.to_string(), move |why| {
-            let _ = me.cast(WorkerMsg::EngineExited(
-                why.unwrap_or_else(|| "stopped".into()),
-            ));
+            let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
         })?;
         discovery::join_worker(&args.id, myself.get_cell());
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, "worker started");
-        Ok(WorkerState {
-            id: args.id,
-            engine: handle,
-            capacity: limits.max_batch + limits.max_queue,
-        })
+        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue })
     }
 
     async fn handle(
@@ -110,9 +107,7 @@ impl WorkerState {
         let open = self.engine.outputs().open_requests();
         if open >= self.capacity {
             metrics::counter!("armature_worker_overloaded_total").increment(1);
-            return Admission::Overloaded {
-                queued: open as u32,
-            };
+            return Admission::Overloaded { queued: open as u32 };
         }
         if let Err(reason) = Engine::check(&self.engine.limits(), &req) {
             return Admission::Rejected(reason);
@@ -125,9 +120,7 @@ impl WorkerState {
 
     fn poll(&self, poll: PollRequest, reply: RpcReplyPort<PollReply>) {
         let unknown = |id: &RequestId| PollReply {
-            events: vec![StreamEvent::Failed(WorkerFailure::UnknownRequest(
-                id.0.clone(),
-            ))],
+            events: vec![StreamEvent::Failed(WorkerFailure::UnknownRequest(id.0.clone()))],
         };
         match self.engine.outputs().take(&poll.id) {
             Taken::Events(events) => {

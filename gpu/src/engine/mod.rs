@@ -1,19 +1,26 @@
-//! The continuous-batching engine core: admits waiting requests into a running batch (FIFO, up to
-//! `max_batch`), runs one forward step for the whole batch, samples, detokenizes, applies stop
-//! strings and limits, and reports stream events. No threads or clocks inside; `thread.rs` drives it.
+//! The continuous-batching engine core. Each step it plans a batch under a token budget: running
+//! sequences first, oldest first (a decode needs one token, a prefill takes a chunk of what is
+//! left), then waiting ones in arrival order, reusing cached prefix blocks from the pool. When
+//! blocks run out, the youngest running sequence is preempted: its blocks are released (the full
+//! ones stay cached) and it is recomputed later. After the forward pass it registers newly full
+//! blocks, samples, detokenizes, applies stop strings and limits, and reports stream events.
+//! No threads or clocks inside; `thread.rs` drives it.
 
+mod sequence;
 mod thread;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use runtime::blocks::BlockHasher;
 use runtime::ids::RequestId;
-use runtime::request::{FinishReason, GenerateRequest, StreamEvent, Usage};
+use runtime::kv::KvEventRecord;
+use runtime::request::{FinishReason, GenerateRequest, StreamEvent, WorkerFailure};
 
 use crate::executor::{Executor, ExecutorError, SequenceView};
-use crate::sampling::Sampler;
-use crate::stop::StopMatcher;
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::pool::{BlockPool, PoolStats};
+use crate::tokenizer::Tokenizer;
+use sequence::Sequence;
 
 pub use thread::{EngineHandle, Outputs, Taken};
 
@@ -22,53 +29,53 @@ pub struct EngineLimits {
     pub max_batch: usize,
     pub max_queue: usize,
     pub context_length: u32,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Blocks in the KV pool.
+    pub kv_blocks: usize,
+    /// Most tokens computed in one step: one per decoding sequence plus prefill chunks.
+    pub max_batch_tokens: usize,
 }
 
-struct Sequence {
-    id: RequestId,
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    max_tokens: u32,
-    sampler: Sampler,
-    decoder: IncrementalDecoder,
-    stop: StopMatcher,
-    /// Tokens generated since the last text was emitted.
-    unreported: u32,
-}
-
-impl Sequence {
-    fn generated(&self) -> u32 {
-        (self.tokens.len() - self.prompt_len) as u32
-    }
-
-    fn usage(&self) -> Usage {
-        Usage {
-            prompt_tokens: self.prompt_len as u32,
-            completion_tokens: self.generated(),
-        }
-    }
+/// Counters since the engine started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Tokens whose KV was computed (prompt, recomputation, and each decode step's input).
+    pub computed_tokens: u64,
+    /// Prompt tokens whose KV came from the prefix cache instead.
+    pub cached_tokens: u64,
+    pub preemptions: u64,
+    pub pool: PoolStats,
 }
 
 pub struct Engine {
     executor: Box<dyn Executor>,
     tokenizer: Arc<dyn Tokenizer>,
     limits: EngineLimits,
+    pool: BlockPool,
+    hasher: BlockHasher,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
+    stats: EngineStats,
+}
+
+/// One sequence's share of a step: compute its tokens up to `end`.
+struct Planned {
+    index: usize,
+    end: usize,
 }
 
 impl Engine {
-    pub fn new(
-        executor: Box<dyn Executor>,
-        tokenizer: Arc<dyn Tokenizer>,
-        limits: EngineLimits,
-    ) -> Self {
+    pub fn new(executor: Box<dyn Executor>, tokenizer: Arc<dyn Tokenizer>, limits: EngineLimits) -> Self {
         Self {
             executor,
             tokenizer,
+            pool: BlockPool::new(limits.kv_blocks),
+            hasher: BlockHasher::new(limits.block_size),
             limits,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            stats: EngineStats::default(),
         }
     }
 
@@ -78,14 +85,22 @@ impl Engine {
 
     /// Why a request can never run here, if it cannot.
     pub fn check(limits: &EngineLimits, req: &GenerateRequest) -> Result<(), String> {
-        if req.prompt_tokens.is_empty() {
+        let prompt = req.prompt_tokens.len();
+        if prompt == 0 {
             return Err("the prompt is empty".into());
         }
-        if req.prompt_tokens.len() >= limits.context_length as usize {
+        if prompt >= limits.context_length as usize {
             return Err(format!(
-                "the prompt has {} tokens; this model's context length is {}",
-                req.prompt_tokens.len(),
+                "the prompt has {prompt} tokens; this model's context length is {}",
                 limits.context_length
+            ));
+        }
+        let longest = (prompt + req.sampling.max_tokens.max(1) as usize).min(limits.context_length as usize);
+        let blocks = longest.div_ceil(limits.block_size);
+        if blocks > limits.kv_blocks {
+            return Err(format!(
+                "the request needs up to {longest} tokens of KV cache ({blocks} blocks); this worker's pool has {} blocks",
+                limits.kv_blocks
             ));
         }
         Ok(())
@@ -94,30 +109,24 @@ impl Engine {
     /// Queue a request. Returns an immediate failure event when it can never run.
     pub fn submit(&mut self, req: GenerateRequest) -> Option<StreamEvent> {
         if let Err(reason) = Self::check(&self.limits, &req) {
-            return Some(StreamEvent::Failed(
-                runtime::request::WorkerFailure::Invalid(reason),
-            ));
+            return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason)));
         }
-        let prompt_len = req.prompt_tokens.len();
-        self.waiting.push_back(Sequence {
-            id: req.id,
-            max_tokens: req.sampling.max_tokens.max(1),
-            sampler: Sampler::new(&req.sampling),
-            stop: StopMatcher::new(&req.sampling.stop),
-            tokens: req.prompt_tokens,
-            prompt_len,
-            decoder: IncrementalDecoder::default(),
-            unreported: 0,
-        });
+        self.waiting.push_back(Sequence::new(req));
         None
     }
 
-    /// Drop a request wherever it is. Returns whether it was known.
+    /// Drop a request wherever it is and free its blocks. Returns whether it was known.
     pub fn cancel(&mut self, id: &RequestId) -> bool {
-        let before = self.waiting.len() + self.running.len();
-        self.waiting.retain(|s| &s.id != id);
-        self.running.retain(|s| &s.id != id);
-        before != self.waiting.len() + self.running.len()
+        if let Some(i) = self.waiting.iter().position(|s| &s.id == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        if let Some(i) = self.running.iter().position(|s| &s.id == id) {
+            let seq = self.running.remove(i);
+            self.pool.release(&seq.blocks);
+            return true;
+        }
+        false
     }
 
     pub fn has_work(&self) -> bool {
@@ -132,90 +141,138 @@ impl Engine {
         self.waiting.len()
     }
 
-    /// One engine iteration: admit, forward the batch, sample one token per sequence.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats { pool: self.pool.stats(), ..self.stats }
+    }
+
+    /// KV events of the pool since the last call.
+    pub fn take_kv_events(&mut self) -> Vec<KvEventRecord> {
+        self.pool.take_events()
+    }
+
+    /// One engine iteration: plan, forward the batch, register blocks, sample.
     pub fn step(&mut self) -> Result<Vec<(RequestId, StreamEvent)>, ExecutorError> {
-        while self.running.len() < self.limits.max_batch {
-            match self.waiting.pop_front() {
-                Some(seq) => self.running.push(seq),
-                None => break,
-            }
-        }
-        if self.running.is_empty() {
+        let plan = self.plan();
+        if plan.is_empty() {
             return Ok(Vec::new());
         }
-        let views: Vec<SequenceView<'_>> = self
-            .running
+        let views: Vec<SequenceView<'_>> = plan
             .iter()
-            .map(|s| SequenceView {
-                tokens: &s.tokens,
-                prompt_len: s.prompt_len,
+            .map(|p| {
+                let s = &self.running[p.index];
+                SequenceView {
+                    tokens: &s.tokens[..p.end],
+                    start: s.computed,
+                    prompt_len: s.prompt_len,
+                    blocks: &s.blocks,
+                    wants_logits: p.end == s.tokens.len(),
+                }
             })
             .collect();
         let logits = self.executor.forward(&views)?;
-        if logits.len() != self.running.len() {
-            return Err(ExecutorError::Forward(format!(
-                "{} logit rows for a batch of {}",
-                logits.len(),
-                self.running.len()
-            )));
+        if logits.len() != plan.len() {
+            return Err(ExecutorError::Forward(format!("{} results for a batch of {}", logits.len(), plan.len())));
         }
         let mut events = Vec::new();
         let mut finished = Vec::new();
-        for (i, (seq, row)) in self.running.iter_mut().zip(logits).enumerate() {
-            let token = seq.sampler.sample(&row);
-            seq.tokens.push(token);
-            seq.unreported += 1;
-            let tok = &*self.tokenizer;
-            let reason = if tok.eos_tokens().contains(&token) {
-                Some(FinishReason::Stop)
-            } else {
-                let text = seq.decoder.push(tok, token);
-                let out = seq.stop.push(&text);
-                emit(&mut events, seq, out.emit);
-                if out.stopped {
-                    Some(FinishReason::Stop)
-                } else if seq.generated() >= seq.max_tokens
-                    || seq.tokens.len() >= self.limits.context_length as usize
-                {
-                    Some(FinishReason::Length)
-                } else {
-                    None
-                }
-            };
-            if let Some(reason) = reason {
-                if !matches!(reason, FinishReason::Stop) || tok.eos_tokens().contains(&token) {
-                    let tail = seq.decoder.finish();
-                    let mut rest = seq.stop.push(&tail).emit;
-                    rest.push_str(&seq.stop.finish());
-                    emit(&mut events, seq, rest);
-                }
-                events.push((
-                    seq.id.clone(),
-                    StreamEvent::Finished {
-                        reason,
-                        usage: seq.usage(),
-                    },
-                ));
-                finished.push(i);
+        for (p, row) in plan.iter().zip(logits) {
+            let seq = &mut self.running[p.index];
+            self.stats.computed_tokens += (p.end - seq.computed) as u64;
+            seq.computed = p.end;
+            seq.register_full_blocks(&mut self.pool, &self.hasher);
+            if p.end < seq.tokens.len() {
+                continue; // a prefill chunk: no token yet
+            }
+            let row = row.ok_or_else(|| ExecutorError::Forward("no logits for a sequence that needed them".into()))?;
+            if let Some(reason) = seq.advance(&*self.tokenizer, &row, self.limits.context_length as usize, &mut events)
+            {
+                events.push((seq.id.clone(), StreamEvent::Finished { reason, usage: seq.usage() }));
+                finished.push(p.index);
             }
         }
+        finished.sort_unstable();
         for i in finished.into_iter().rev() {
-            self.running.swap_remove(i);
+            let seq = self.running.remove(i);
+            self.pool.release(&seq.blocks);
         }
         Ok(events)
     }
+
+    /// Choose this step's work and make sure every chosen sequence has the blocks it needs.
+    fn plan(&mut self) -> Vec<Planned> {
+        let bs = self.limits.block_size;
+        let mut budget = self.limits.max_batch_tokens.max(1);
+        let mut plan = Vec::new();
+        let mut preempted = false;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &self.running[i];
+            let end = seq.computed + (seq.tokens.len() - seq.computed).min(budget);
+            let needed = end.div_ceil(bs).saturating_sub(seq.blocks.len());
+            if needed > self.pool.available() {
+                // Make room by recomputing the youngest running sequence later (maybe this one).
+                let victim = self.running.len() - 1;
+                self.preempt(victim);
+                preempted = true;
+                continue;
+            }
+            let fresh = self.pool.allocate(needed).expect("checked available");
+            let seq = &mut self.running[i];
+            seq.blocks.extend(fresh);
+            budget -= end - seq.computed;
+            plan.push(Planned { index: i, end });
+            i += 1;
+        }
+        // Admit waiting sequences in arrival order, unless this step already had to make room.
+        while !preempted && budget > 0 && self.running.len() < self.limits.max_batch {
+            let Some(seq) = self.waiting.front() else { break };
+            let hashes = self.hasher.sequence_hashes(&seq.tokens);
+            // Leave at least one token to compute: its logits are the next token's.
+            let reusable = (seq.tokens.len() - 1) / bs;
+            let cached = self.pool.acquire_prefix(&hashes[..reusable.min(hashes.len())]);
+            let computed = cached.len() * bs;
+            let end = computed + (seq.tokens.len() - computed).min(budget);
+            let needed = end.div_ceil(bs) - cached.len();
+            if needed > self.pool.available() {
+                self.pool.release(&cached);
+                break;
+            }
+            let fresh = self.pool.allocate(needed).expect("checked available");
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            seq.admit(cached, fresh, &hashes, bs);
+            self.stats.cached_tokens += computed as u64;
+            budget -= end - seq.computed;
+            self.running.push(seq);
+            plan.push(Planned { index: self.running.len() - 1, end });
+        }
+        plan
+    }
+
+    /// Release a running sequence's blocks and queue it first for recomputation.
+    fn preempt(&mut self, index: usize) {
+        let mut seq = self.running.remove(index);
+        self.pool.release(&seq.blocks);
+        seq.reset_kv();
+        self.stats.preemptions += 1;
+        self.waiting.push_front(seq);
+    }
 }
 
-fn emit(events: &mut Vec<(RequestId, StreamEvent)>, seq: &mut Sequence, text: String) {
-    if !text.is_empty() {
-        events.push((
-            seq.id.clone(),
-            StreamEvent::Delta {
-                text,
-                tokens: seq.unreported,
-            },
-        ));
-        seq.unreported = 0;
+/// Why a sequence stops after its newest token, if it does.
+fn finish_reason(
+    is_eos: bool,
+    stopped: bool,
+    generated: u32,
+    max_tokens: u32,
+    len: usize,
+    context: usize,
+) -> Option<FinishReason> {
+    if is_eos || stopped {
+        Some(FinishReason::Stop)
+    } else if generated >= max_tokens || len >= context {
+        Some(FinishReason::Length)
+    } else {
+        None
     }
 }
 

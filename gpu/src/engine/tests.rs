@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use runtime::request::SamplingParams;
+use runtime::request::{SamplingParams, Usage};
 
 use super::*;
 use crate::executor::{TEST_PANIC_MARKER, TestExecutor, TestTokenizer};
@@ -14,12 +14,15 @@ fn engine_with_delay(max_batch: usize, step: Duration) -> Engine {
         max_batch,
         max_queue: 16,
         context_length: 64,
+        block_size: 4,
+        kv_blocks: 256,
+        max_batch_tokens: 512,
     };
-    Engine::new(
-        Box::new(TestExecutor::new(step, 64)),
-        Arc::new(TestTokenizer::default()),
-        limits,
-    )
+    engine_with(limits, step)
+}
+
+fn engine_with(limits: EngineLimits, step: Duration) -> Engine {
+    Engine::new(Box::new(TestExecutor::new(step, limits.context_length)), Arc::new(TestTokenizer::default()), limits)
 }
 
 fn req(id: &str, prompt: &str, sampling: SamplingParams) -> GenerateRequest {
@@ -43,10 +46,7 @@ fn drain(e: &mut Engine) -> HashMap<String, (String, StreamEvent)> {
             match ev {
                 StreamEvent::Delta { text: t, .. } => text.entry(id.0).or_default().push_str(&t),
                 other => {
-                    done.insert(
-                        id.0.clone(),
-                        (text.remove(&id.0).unwrap_or_default(), other),
-                    );
+                    done.insert(id.0.clone(), (text.remove(&id.0).unwrap_or_default(), other));
                 }
             }
         }
@@ -58,10 +58,7 @@ use std::collections::HashMap;
 
 #[test]
 fn greedy_is_deterministic_and_batch_independent() {
-    let greedy = SamplingParams {
-        max_tokens: 20,
-        ..Default::default()
-    };
+    let greedy = SamplingParams { max_tokens: 20, ..Default::default() };
     let mut alone = engine(1);
     alone.submit(req("a", "hello there", greedy.clone()));
     let alone = drain(&mut alone);
@@ -77,24 +74,11 @@ fn greedy_is_deterministic_and_batch_independent() {
 #[test]
 fn max_tokens_gives_length_and_usage() {
     let mut e = engine(2);
-    e.submit(req(
-        "a",
-        "count",
-        SamplingParams {
-            max_tokens: 3,
-            ..Default::default()
-        },
-    ));
+    e.submit(req("a", "count", SamplingParams { max_tokens: 3, ..Default::default() }));
     let out = drain(&mut e);
     assert_eq!(
         out["a"].1,
-        StreamEvent::Finished {
-            reason: FinishReason::Length,
-            usage: Usage {
-                prompt_tokens: 5,
-                completion_tokens: 3
-            }
-        }
+        StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 5, completion_tokens: 3 } }
     );
 }
 
@@ -102,16 +86,7 @@ fn max_tokens_gives_length_and_usage() {
 fn seeded_sampling_repeats_and_seeds_differ() {
     let run = |seed| {
         let mut e = engine(1);
-        e.submit(req(
-            "a",
-            "hi",
-            SamplingParams {
-                temperature: 1.0,
-                seed,
-                max_tokens: 30,
-                ..Default::default()
-            },
-        ));
+        e.submit(req("a", "hi", SamplingParams { temperature: 1.0, seed, max_tokens: 30, ..Default::default() }));
         drain(&mut e)["a"].0.clone()
     };
     assert_eq!(run(1), run(1));
@@ -120,10 +95,7 @@ fn seeded_sampling_repeats_and_seeds_differ() {
 
 #[test]
 fn stop_string_cuts_output() {
-    let greedy = SamplingParams {
-        max_tokens: 40,
-        ..Default::default()
-    };
+    let greedy = SamplingParams { max_tokens: 40, ..Default::default() };
     let mut e = engine(1);
     e.submit(req("a", "hi", greedy.clone()));
     let full = drain(&mut e)["a"].0.clone();
@@ -131,37 +103,17 @@ fn stop_string_cuts_output() {
     let word = full.split(' ').nth(1).unwrap().to_string();
     assert!(!word.is_empty(), "{full}");
     let mut e = engine(1);
-    e.submit(req(
-        "a",
-        "hi",
-        SamplingParams {
-            stop: vec![word.clone()],
-            ..greedy
-        },
-    ));
+    e.submit(req("a", "hi", SamplingParams { stop: vec![word.clone()], ..greedy }));
     let (text, fin) = drain(&mut e).remove("a").unwrap();
     assert_eq!(text, full[..full.find(&word).unwrap()]);
-    assert!(matches!(
-        fin,
-        StreamEvent::Finished {
-            reason: FinishReason::Stop,
-            ..
-        }
-    ));
+    assert!(matches!(fin, StreamEvent::Finished { reason: FinishReason::Stop, .. }));
 }
 
 #[test]
 fn batch_is_capped_and_queue_is_fifo() {
     let mut e = engine(2);
     for id in ["a", "b", "c"] {
-        e.submit(req(
-            id,
-            "x",
-            SamplingParams {
-                max_tokens: 2,
-                ..Default::default()
-            },
-        ));
+        e.submit(req(id, "x", SamplingParams { max_tokens: 2, ..Default::default() }));
     }
     e.step().unwrap();
     assert_eq!((e.running(), e.waiting()), (2, 1));
@@ -186,25 +138,11 @@ fn prompt_too_long_is_refused() {
 #[tokio::test]
 async fn thread_fails_open_requests_when_the_engine_panics() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let handle = EngineHandle::spawn(
-        engine_with_delay(2, Duration::from_millis(5)),
-        "t",
-        move |why| tx.send(why).unwrap(),
-    )
-    .unwrap();
-    handle
-        .submit(req(
-            "ok",
-            "fine",
-            SamplingParams {
-                max_tokens: 1000,
-                ..Default::default()
-            },
-        ))
-        .unwrap();
-    handle
-        .submit(req("boom", TEST_PANIC_MARKER, SamplingParams::default()))
-        .unwrap();
+    let handle =
+        EngineHandle::spawn(engine_with_delay(2, Duration::from_millis(5)), "t", move |why| tx.send(why).unwrap())
+            .unwrap();
+    handle.submit(req("ok", "fine", SamplingParams { max_tokens: 1000, ..Default::default() })).unwrap();
+    handle.submit(req("boom", TEST_PANIC_MARKER, SamplingParams::default())).unwrap();
     let why = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert!(why.contains("asked for a panic"), "{why}");
     let mut last = None;
@@ -215,18 +153,142 @@ async fn thread_fails_open_requests_when_the_engine_panics() {
             Taken::Unknown => break,
         }
     }
-    assert!(
-        matches!(
-            last,
-            Some(StreamEvent::Failed(
-                runtime::request::WorkerFailure::Crashed(_)
-            ))
-        ),
-        "{last:?}"
-    );
-    assert!(
-        handle
-            .submit(req("late", "x", SamplingParams::default()))
-            .is_err()
-    );
+    assert!(matches!(last, Some(StreamEvent::Failed(runtime::request::WorkerFailure::Crashed(_)))), "{last:?}");
+    assert!(handle.submit(req("late", "x", SamplingParams::default())).is_err());
+}
+
+fn limits(kv_blocks: usize, max_batch: usize, max_batch_tokens: usize) -> EngineLimits {
+    EngineLimits { max_batch, max_queue: 64, context_length: 256, block_size: 4, kv_blocks, max_batch_tokens }
+}
+
+fn assert_no_leak(e: &Engine) {
+    let p = e.stats().pool;
+    assert_eq!(p.active, 0, "{p:?}");
+    assert_eq!(p.free + p.inactive, p.total, "{p:?}");
+}
+
+const PROMPTS: [&str; 8] = [
+    "a",
+    "hello there",
+    "the quick brown fox",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "0123456789abcdefghij",
+    "some much longer prompt that spans many blocks of four tokens",
+    "x y z",
+    "é日本語",
+];
+
+fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams { max_tokens, ..Default::default() }
+}
+
+/// Each prompt run alone on a roomy engine: the reference outputs.
+fn alone(max_tokens: u32) -> Vec<(String, StreamEvent)> {
+    PROMPTS
+        .iter()
+        .map(|p| {
+            let mut e = engine_with(limits(256, 1, 512), Duration::ZERO);
+            e.submit(req("r", p, greedy(max_tokens)));
+            drain(&mut e).remove("r").unwrap()
+        })
+        .collect()
+}
+
+fn together(e: &mut Engine, max_tokens: u32) -> Vec<(String, StreamEvent)> {
+    for (i, p) in PROMPTS.iter().enumerate() {
+        e.submit(req(&i.to_string(), p, greedy(max_tokens)));
+    }
+    let mut out = drain(e);
+    (0..PROMPTS.len()).map(|i| out.remove(&i.to_string()).unwrap()).collect()
+}
+
+#[test]
+fn eight_concurrent_sequences_match_each_run_alone() {
+    let reference = alone(24);
+    let mut e = engine_with(limits(256, 8, 512), Duration::ZERO);
+    assert_eq!(together(&mut e, 24), reference);
+    assert_eq!(e.stats().preemptions, 0);
+    assert_no_leak(&e);
+}
+
+#[test]
+fn chunked_prefill_gives_the_same_tokens() {
+    let reference = alone(16);
+    // Five tokens a step: long prompts take several steps of prefill, shared with decodes.
+    let mut e = engine_with(limits(256, 8, 5), Duration::ZERO);
+    assert_eq!(together(&mut e, 16), reference);
+    assert_no_leak(&e);
+}
+
+#[test]
+fn tiny_pool_preempts_and_still_completes_every_sequence() {
+    let reference = alone(24);
+    // 24 blocks of 4 tokens: not enough for eight sequences of up to ~90 tokens at once.
+    let mut e = engine_with(limits(24, 8, 512), Duration::ZERO);
+    assert_eq!(together(&mut e, 24), reference);
+    assert!(e.stats().preemptions > 0, "{:?}", e.stats());
+    assert_no_leak(&e);
+}
+
+#[test]
+fn repeated_prompt_hits_the_prefix_cache() {
+    let prompt = "a prompt long enough to fill several blocks";
+    let mut e = engine_with(limits(256, 4, 512), Duration::ZERO);
+    e.submit(req("first", prompt, greedy(8)));
+    let first = drain(&mut e).remove("first").unwrap();
+    let cold = e.stats();
+    assert_eq!(cold.cached_tokens, 0);
+    e.submit(req("second", prompt, greedy(8)));
+    let second = drain(&mut e).remove("second").unwrap();
+    let warm = e.stats();
+    assert_eq!(first, second);
+    // All full blocks but the one holding the last prompt token come from the cache.
+    let prompt_len = TestTokenizer::default().encode(prompt).len();
+    let reusable = ((prompt_len - 1) / 4 * 4) as u64;
+    assert_eq!(warm.cached_tokens, reusable);
+    assert_eq!(warm.computed_tokens - cold.computed_tokens, cold.computed_tokens - reusable);
+    assert_eq!(warm.pool.prefix_hits, reusable / 4);
+    assert_no_leak(&e);
+}
+
+#[test]
+fn kv_events_describe_the_registered_blocks() {
+    let mut e = engine_with(limits(8, 1, 512), Duration::ZERO);
+    e.submit(req("a", "0123456789abcdef", greedy(4)));
+    drain(&mut e);
+    let events = e.take_kv_events();
+    let stored: Vec<u64> = events
+        .iter()
+        .flat_map(|r| match &r.event {
+            runtime::kv::KvEvent::Stored { hashes, .. } => hashes.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    // 16 prompt + 4 generated tokens: the 5 full blocks (the last one holds generated tokens).
+    let tokens: Vec<u32> = TestTokenizer::default().encode("0123456789abcdef");
+    let hasher = runtime::blocks::BlockHasher::new(4);
+    assert_eq!(stored[..4], hasher.sequence_hashes(&tokens)[..]);
+    assert!(stored.len() == 4 || stored.len() == 5, "{stored:?}");
+    assert_eq!(events.iter().map(|r| r.id).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn request_larger_than_the_pool_is_refused() {
+    let mut e = engine_with(limits(4, 1, 512), Duration::ZERO);
+    match e.submit(req("big", "0123456789", greedy(20))) {
+        Some(StreamEvent::Failed(runtime::request::WorkerFailure::Invalid(m))) => {
+            assert!(m.contains("4 blocks"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cancel_frees_blocks() {
+    let mut e = engine_with(limits(64, 2, 512), Duration::ZERO);
+    e.submit(req("a", "some prompt here", greedy(50)));
+    e.step().unwrap();
+    assert!(e.stats().pool.active > 0);
+    assert!(e.cancel(&RequestId("a".into())));
+    assert_no_leak(&e);
 }

@@ -59,14 +59,7 @@ impl Outputs {
         if let Some(reason) = &inner.closed {
             return Err(reason.clone());
         }
-        inner.boxes.insert(
-            id.clone(),
-            Outbox {
-                events: Vec::new(),
-                done: false,
-                notify: Arc::new(Notify::new()),
-            },
-        );
+        inner.boxes.insert(id.clone(), Outbox { events: Vec::new(), done: false, notify: Arc::new(Notify::new()) });
         Ok(())
     }
 
@@ -90,9 +83,7 @@ impl Outputs {
         for b in inner.boxes.values_mut() {
             if !b.done {
                 b.done = true;
-                b.events.push(StreamEvent::Failed(WorkerFailure::Crashed(
-                    reason.to_string(),
-                )));
+                b.events.push(StreamEvent::Failed(WorkerFailure::Crashed(reason.to_string())));
                 b.notify.notify_one();
             }
         }
@@ -139,25 +130,19 @@ impl EngineHandle {
         let outputs = Arc::new(Outputs::default());
         let out = outputs.clone();
         let limits = engine.limits();
-        std::thread::Builder::new()
-            .name(format!("engine-{name}"))
-            .spawn(move || {
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(&mut engine, &rx, &out)
-                }));
-                let failure = match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(payload) => Some(panic_message(payload.as_ref())),
-                };
-                out.close(failure.as_deref().unwrap_or("the worker stopped"));
-                on_exit(failure);
-            })?;
-        Ok(Self {
-            commands: tx,
-            outputs,
-            limits,
-        })
+        let worker = name.to_string();
+        std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || {
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut engine, &rx, &out, &worker)));
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(payload) => Some(panic_message(payload.as_ref())),
+            };
+            out.close(failure.as_deref().unwrap_or("the worker stopped"));
+            on_exit(failure);
+        })?;
+        Ok(Self { commands: tx, outputs, limits })
     }
 
     pub fn limits(&self) -> super::EngineLimits {
@@ -192,7 +177,7 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs) -> Result<(), String> {
+fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs, name: &str) -> Result<(), String> {
     loop {
         if !engine.has_work() {
             match rx.recv() {
@@ -218,9 +203,25 @@ fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs) -> Resu
         for (id, event) in engine.step().map_err(|e| e.to_string())? {
             out.push(&id, event);
         }
-        metrics::gauge!("armature_engine_running").set(engine.running() as f64);
-        metrics::gauge!("armature_engine_waiting").set(engine.waiting() as f64);
+        // Nothing subscribes to KV events yet (the KV-aware router does); count and drop them so
+        // they do not pile up.
+        let events = engine.take_kv_events();
+        metrics::counter!("armature_kv_events_total").increment(events.len() as u64);
+        publish(engine, name);
     }
+}
+
+fn publish(engine: &Engine, worker: &str) {
+    let s = engine.stats();
+    metrics::gauge!("armature_engine_running", "worker" => worker.to_string()).set(engine.running() as f64);
+    metrics::gauge!("armature_engine_waiting", "worker" => worker.to_string()).set(engine.waiting() as f64);
+    metrics::gauge!("armature_kv_blocks_active", "worker" => worker.to_string()).set(s.pool.active as f64);
+    metrics::gauge!("armature_kv_blocks_cached", "worker" => worker.to_string()).set(s.pool.inactive as f64);
+    metrics::gauge!("armature_kv_blocks_free", "worker" => worker.to_string()).set(s.pool.free as f64);
+    metrics::counter!("armature_tokens_computed_total", "worker" => worker.to_string()).absolute(s.computed_tokens);
+    metrics::counter!("armature_prefix_cache_tokens_total", "worker" => worker.to_string()).absolute(s.cached_tokens);
+    metrics::counter!("armature_preemptions_total", "worker" => worker.to_string()).absolute(s.preemptions);
+    metrics::counter!("armature_kv_evictions_total", "worker" => worker.to_string()).absolute(s.pool.evictions);
 }
 
 /// Apply one command; false means stop.

@@ -13,11 +13,19 @@ pub struct ModelInfo {
     pub context_length: u32,
 }
 
-/// One sequence of a batch: all its tokens so far (prompt then generated).
+/// One sequence's share of a step: compute the KV of `tokens[start..]` (the KV of
+/// `tokens[..start]` is already in `blocks`), writing it into `blocks`.
 #[derive(Clone, Copy, Debug)]
 pub struct SequenceView<'a> {
+    /// The sequence up to the end of this step's chunk (prompt, then generated tokens).
     pub tokens: &'a [u32],
+    /// Tokens whose KV is already computed.
+    pub start: usize,
     pub prompt_len: usize,
+    /// KV blocks covering at least `tokens.len()` tokens, in order.
+    pub blocks: &'a [crate::pool::BlockId],
+    /// The chunk reaches the end of the sequence: return the next-token logits.
+    pub wants_logits: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +36,7 @@ pub enum ExecutorError {
 
 pub trait Executor: Send {
     fn info(&self) -> ModelInfo;
-    /// Next-token logits (length `vocab_size`) for each sequence, in batch order.
-    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Vec<f32>>, ExecutorError>;
+    /// Compute each sequence's chunk. For each, in batch order: the next-token logits (length
+    /// `vocab_size`) after its last token when `wants_logits`, else None (a prefill chunk).
+    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError>;
 }

@@ -13,13 +13,12 @@ use crate::tokenizer::Tokenizer;
 pub const TEST_PANIC_MARKER: &str = "<<armature-test-panic>>";
 
 const WORDS: [&str; 64] = [
-    "the ", "quick ", "river ", "stone ", "light ", "bright ", "cloud ", "forest ", "green ",
-    "silver ", "wind ", "calm ", "morning ", "over ", "under ", "and ", "a ", "small ", "garden ",
-    "song ", "bird ", "field ", "north ", "south ", "blue ", "old ", "new ", "tower ", "road ",
-    "rain ", "sun ", "moon ", "star ", "sea ", "ship ", "sail ", "harbor ", "bridge ", "city ",
-    "lamp ", "door ", "window ", "quiet ", "loud ", "fast ", "slow ", "warm ", "cold ", "snow ",
-    "hill ", "valley ", "path ", "stream ", "leaf ", "tree ", "root ", "seed ", "flower ", "Hello",
-    ", ", ". ", "!\n", "é", "日本 ",
+    "the ", "quick ", "river ", "stone ", "light ", "bright ", "cloud ", "forest ", "green ", "silver ", "wind ",
+    "calm ", "morning ", "over ", "under ", "and ", "a ", "small ", "garden ", "song ", "bird ", "field ", "north ",
+    "south ", "blue ", "old ", "new ", "tower ", "road ", "rain ", "sun ", "moon ", "star ", "sea ", "ship ", "sail ",
+    "harbor ", "bridge ", "city ", "lamp ", "door ", "window ", "quiet ", "loud ", "fast ", "slow ", "warm ", "cold ",
+    "snow ", "hill ", "valley ", "path ", "stream ", "leaf ", "tree ", "root ", "seed ", "flower ", "Hello", ", ",
+    ". ", "!\n", "é", "日本 ",
 ];
 
 const BYTES: u32 = 256;
@@ -27,11 +26,7 @@ pub const ENDOFTEXT: u32 = 256;
 pub const IM_START: u32 = 257;
 pub const IM_END: u32 = 258;
 const FIRST_WORD: u32 = 259;
-const SPECIALS: [(&str, u32); 3] = [
-    ("<|endoftext|>", ENDOFTEXT),
-    ("<|im_start|>", IM_START),
-    ("<|im_end|>", IM_END),
-];
+const SPECIALS: [(&str, u32); 3] = [("<|endoftext|>", ENDOFTEXT), ("<|im_start|>", IM_START), ("<|im_end|>", IM_END)];
 
 /// Bytes for input; whole words for output; ChatML specials.
 #[derive(Debug)]
@@ -90,11 +85,7 @@ pub struct TestExecutor {
 impl TestExecutor {
     pub fn new(step_delay: Duration, context_length: u32) -> Self {
         let panic_marker = TestTokenizer::default().encode(TEST_PANIC_MARKER);
-        Self {
-            step_delay,
-            context_length,
-            panic_marker,
-        }
+        Self { step_delay, context_length, panic_marker }
     }
 }
 
@@ -115,7 +106,7 @@ impl Executor for TestExecutor {
         }
     }
 
-    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Vec<f32>>, ExecutorError> {
+    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError> {
         if !self.step_delay.is_zero() {
             std::thread::sleep(self.step_delay);
         }
@@ -123,25 +114,21 @@ impl Executor for TestExecutor {
         Ok(batch
             .iter()
             .map(|seq| {
-                if seq.tokens.len() == seq.prompt_len
-                    && seq
-                        .tokens
-                        .windows(self.panic_marker.len())
-                        .any(|w| w == self.panic_marker)
-                {
+                if seq.start == 0 && seq.tokens.windows(self.panic_marker.len()).any(|w| w == self.panic_marker) {
                     panic!("test executor: the prompt asked for a panic");
                 }
+                if !seq.wants_logits {
+                    return None;
+                }
                 let ctx = &seq.tokens[seq.tokens.len().saturating_sub(4)..];
-                let h = ctx
-                    .iter()
-                    .fold(mix(seq.tokens.len() as u64), |h, &t| mix(h ^ u64::from(t)));
+                let h = ctx.iter().fold(mix(seq.tokens.len() as u64), |h, &t| mix(h ^ u64::from(t)));
                 let mut logits = vec![f32::NEG_INFINITY; vocab];
                 for id in FIRST_WORD..vocab as u32 {
                     logits[id as usize] = (mix(h ^ u64::from(id)) % 1000) as f32 / 100.0;
                 }
-                let generated = (seq.tokens.len() - seq.prompt_len) as f32;
+                let generated = seq.tokens.len().saturating_sub(seq.prompt_len) as f32;
                 logits[IM_END as usize] = 6.0 + 0.08 * generated;
-                logits
+                Some(logits)
             })
             .collect())
     }
@@ -163,22 +150,22 @@ mod tests {
         assert_eq!(ids.len(), 1 + "user\nHéllo 日本".len() + 1 + 1);
     }
 
+    fn view(t: &[u32]) -> SequenceView<'_> {
+        SequenceView { tokens: t, start: 0, prompt_len: t.len(), blocks: &[], wants_logits: true }
+    }
+
     #[test]
     fn logits_are_a_function_of_context_only() {
         let mut e = TestExecutor::new(Duration::ZERO, 4096);
-        let view = |t: &'static [u32]| SequenceView {
-            tokens: t,
-            prompt_len: t.len(),
-        };
         let l1 = e.forward(&[view(&[1, 2, 3, 4, 5])]).unwrap();
         let l2 = e.forward(&[view(&[1, 2, 3, 4, 5]), view(&[7, 7])]).unwrap();
         assert_eq!(l1[0], l2[0]);
         assert_ne!(l2[0], l2[1]);
-        assert_eq!(l1[0].len(), 259 + 64);
-        assert!(
-            l1[0][..259].iter().filter(|l| l.is_finite()).count() == 1,
-            "only end-of-turn among specials and bytes"
-        );
+        let l = l1[0].as_ref().unwrap();
+        assert_eq!(l.len(), 259 + 64);
+        assert_eq!(l[..259].iter().filter(|l| l.is_finite()).count(), 1, "only end-of-turn among specials and bytes");
+        let chunk = SequenceView { wants_logits: false, ..view(&[1, 2, 3]) };
+        assert_eq!(e.forward(&[chunk]).unwrap(), vec![None]);
     }
 
     #[test]
@@ -186,12 +173,7 @@ mod tests {
         let t = TestTokenizer::default();
         let prompt = t.encode(&format!("hi {TEST_PANIC_MARKER}"));
         let mut e = TestExecutor::new(Duration::ZERO, 4096);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            e.forward(&[SequenceView {
-                tokens: &prompt,
-                prompt_len: prompt.len(),
-            }])
-        }));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.forward(&[view(&prompt)])));
         assert!(r.is_err());
     }
 }

@@ -123,7 +123,11 @@ fn randomized_workload_keeps_invariants_and_events_reproduce_the_pool() {
             if step % 50 == 0 {
                 let dump = pool.dump();
                 assert_eq!(dump.last_event_id, replay.last);
-                assert_eq!(dump.blocks.iter().map(|&(_, h)| h).collect::<BTreeSet<_>>(), replay.set, "seed {seed} step {step}");
+                assert_eq!(
+                    dump.blocks.iter().map(|&(_, h)| h).collect::<BTreeSet<_>>(),
+                    replay.set,
+                    "seed {seed} step {step}"
+                );
             }
         }
         for blocks in held.drain(..) {

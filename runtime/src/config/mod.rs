@@ -41,12 +41,7 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     pub fn new(origin: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            origin: origin.to_string(),
-            path: path.into(),
-            line: None,
-            message: message.into(),
-        }
+        Self { origin: origin.to_string(), path: path.into(), line: None, message: message.into() }
     }
 }
 
@@ -159,9 +154,7 @@ fn default_step_delay() -> HumanDuration {
 
 impl Default for TestExecutorSection {
     fn default() -> Self {
-        Self {
-            step_delay: default_step_delay(),
-        }
+        Self { step_delay: default_step_delay() }
     }
 }
 
@@ -191,11 +184,7 @@ fn default_worker_timeout() -> HumanDuration {
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self {
-            max_body: default_max_body(),
-            retries: default_retries(),
-            worker_timeout: default_worker_timeout(),
-        }
+        Self { max_body: default_max_body(), retries: default_retries(), worker_timeout: default_worker_timeout() }
     }
 }
 
@@ -316,6 +305,13 @@ pub struct WorkerConfig {
     /// Most requests waiting for a batch slot; more are refused with 429.
     #[serde(default = "default_max_queue")]
     pub max_queue: u32,
+    /// Most tokens computed in one engine step (decodes plus prefill chunks).
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: u32,
+}
+
+fn default_max_batch_tokens() -> u32 {
+    512
 }
 
 fn default_kv_blocks() -> u32 {
@@ -348,32 +344,26 @@ impl ClusterConfig {
                 message: first_line(inner.message()),
             }
         })?;
-        config
-            .validate()
-            .map_err(|(path, message)| ConfigError::new(origin, path, message))?;
+        config.validate().map_err(|(path, message)| ConfigError::new(origin, path, message))?;
         Ok(config)
     }
 
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(&origin, "", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(&origin, "", format!("cannot read: {e}")))?;
         Self::parse(&text, &origin)
     }
 
     /// The embedded default topology.
     pub fn embedded_default() -> Self {
-        Self::parse(DEFAULT_CLUSTER_TOML, "embedded cluster.toml")
-            .expect("the embedded cluster.toml is valid")
+        Self::parse(DEFAULT_CLUSTER_TOML, "embedded cluster.toml").expect("the embedded cluster.toml is valid")
     }
 
     /// The cookie, with `ARMATURE_COOKIE` taking precedence.
     pub fn cookie(&self) -> String {
-        std::env::var("ARMATURE_COOKIE")
-            .ok()
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| self.cluster.cookie.clone())
+        std::env::var("ARMATURE_COOKIE").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| self.cluster.cookie.clone())
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {
@@ -382,13 +372,10 @@ impl ClusterConfig {
 
     /// The model id clients use.
     pub fn model_name(&self) -> String {
-        self.model
-            .name
-            .clone()
-            .unwrap_or_else(|| match self.model.source.as_str() {
-                "test" => "armature-test".to_string(),
-                other => other.to_string(),
-            })
+        self.model.name.clone().unwrap_or_else(|| match self.model.source.as_str() {
+            "test" => "armature-test".to_string(),
+            other => other.to_string(),
+        })
     }
 
     /// The seed addresses `node` joins, each with the field path that named it (for errors).
@@ -413,10 +400,7 @@ impl ClusterConfig {
 
     /// Worker count by node name, for summaries.
     pub fn workers_by_node(&self) -> BTreeMap<String, usize> {
-        self.nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.workers.len()))
-            .collect()
+        self.nodes.iter().map(|n| (n.name.clone(), n.workers.len())).collect()
     }
 }
 

@@ -13,28 +13,16 @@ fn embedded_default_has_one_node_with_every_role() {
     assert_eq!(c.nodes[0].roles, vec![Role::Gateway, Role::Router]);
     assert_eq!(c.nodes[0].workers.len(), 1);
     assert_eq!(c.nodes[0].workers[0].device, "cpu");
-    assert_eq!(
-        c.cluster.join_timeout.get(),
-        std::time::Duration::from_secs(30)
-    );
+    assert_eq!(c.cluster.join_timeout.get(), std::time::Duration::from_secs(30));
     assert_eq!(c.model_name(), "armature-test");
 }
 
 #[test]
 fn two_node_example_parses_and_seeds_point_at_the_other_node() {
     let c = ClusterConfig::parse(TWO_NODES, "two").unwrap();
-    assert_eq!(
-        c.seeds_for("n0"),
-        vec![("nodes[1].control".to_string(), "127.0.0.1:7411".to_string())]
-    );
-    assert_eq!(
-        c.seeds_for("n1"),
-        vec![("nodes[0].control".to_string(), "127.0.0.1:7410".to_string())]
-    );
-    assert_eq!(
-        c.cluster.lease_timeout.get(),
-        std::time::Duration::from_secs(2)
-    );
+    assert_eq!(c.seeds_for("n0"), vec![("nodes[1].control".to_string(), "127.0.0.1:7411".to_string())]);
+    assert_eq!(c.seeds_for("n1"), vec![("nodes[0].control".to_string(), "127.0.0.1:7410".to_string())]);
+    assert_eq!(c.cluster.lease_timeout.get(), std::time::Duration::from_secs(2));
 }
 
 #[test]
@@ -67,46 +55,14 @@ fn duplicate_node_name_is_refused() {
 #[test]
 fn cross_field_checks_name_the_field() {
     let cases = [
-        (
-            "control = \"127.0.0.1:7411\"",
-            "control = \"127.0.0.1:7410\"",
-            "nodes[1].control",
-        ),
-        (
-            "control = \"127.0.0.1:7411\"",
-            "control = \"localhost\"",
-            "nodes[1].control",
-        ),
-        (
-            "roles = [\"gateway\", \"router\"]",
-            "roles = [\"gateway\"]",
-            "nodes[0].roles",
-        ),
-        (
-            "device = \"cpu\"",
-            "device = \"tpu\"",
-            "nodes[1].workers[0].device",
-        ),
-        (
-            "role = \"aggregated\"",
-            "role = \"prefill\"",
-            "nodes[1].workers[0].role",
-        ),
-        (
-            "lease_timeout = \"2s\"",
-            "lease_timeout = \"300ms\"",
-            "cluster.lease_timeout",
-        ),
-        (
-            "source = \"test\"",
-            "source = \"/nowhere/model.gguf\"",
-            "model.source",
-        ),
-        (
-            "cookie = \"change-me\"",
-            "cookie = \"change-me\"\nseeds = [\"nocolon\"]",
-            "cluster.seeds[0]",
-        ),
+        ("control = \"127.0.0.1:7411\"", "control = \"127.0.0.1:7410\"", "nodes[1].control"),
+        ("control = \"127.0.0.1:7411\"", "control = \"localhost\"", "nodes[1].control"),
+        ("roles = [\"gateway\", \"router\"]", "roles = [\"gateway\"]", "nodes[0].roles"),
+        ("device = \"cpu\"", "device = \"tpu\"", "nodes[1].workers[0].device"),
+        ("role = \"aggregated\"", "role = \"prefill\"", "nodes[1].workers[0].role"),
+        ("lease_timeout = \"2s\"", "lease_timeout = \"300ms\"", "cluster.lease_timeout"),
+        ("source = \"test\"", "source = \"/nowhere/model.gguf\"", "model.source"),
+        ("cookie = \"change-me\"", "cookie = \"change-me\"\nseeds = [\"nocolon\"]", "cluster.seeds[0]"),
     ];
     for (from, to, path) in cases {
         let e = err(&TWO_NODES.replace(from, to));

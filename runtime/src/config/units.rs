@@ -31,9 +31,7 @@ impl FromStr for HumanDuration {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .ok_or_else(|| format!("\"{s}\" has no unit (use ms, s, m or h, e.g. \"500ms\")"))?;
         let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not a number followed by a unit"))?;
+        let value: f64 = num.parse().map_err(|_| format!("\"{s}\" is not a number followed by a unit"))?;
         let scale = match unit.trim() {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -42,9 +40,7 @@ impl FromStr for HumanDuration {
             "m" | "min" => 60.0,
             "h" => 3600.0,
             other => {
-                return Err(format!(
-                    "unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m or h)"
-                ));
+                return Err(format!("unknown duration unit \"{other}\" in \"{s}\" (use ms, s, m or h)"));
             }
         };
         let secs = value * scale;
@@ -58,11 +54,7 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms.is_multiple_of(1000) {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }
 
@@ -83,13 +75,9 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not a size such as \"512MiB\""))?;
+        let value: f64 = num.parse().map_err(|_| format!("\"{s}\" is not a size such as \"512MiB\""))?;
         let scale: f64 = match unit.trim() {
             "" | "B" => 1.0,
             "KB" | "kB" => 1e3,
@@ -116,12 +104,7 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (name, size) in UNITS {
             if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{name}", self.0 / size);
@@ -154,19 +137,13 @@ impl<T: FromStr<Err = String>> Visitor<'_> for UnitVisitor<T> {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(
-            std::marker::PhantomData,
-            "a duration such as \"500ms\" or \"30s\"",
-        ))
+        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a duration such as \"500ms\" or \"30s\""))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(
-            std::marker::PhantomData,
-            "a size such as \"4MiB\" or a byte count",
-        ))
+        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a size such as \"4MiB\" or a byte count"))
     }
 }
 
@@ -199,28 +176,13 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(text.parse::<HumanDuration>().unwrap().get(), want, "{text}");
         }
-        assert!(
-            "30".parse::<HumanDuration>()
-                .unwrap_err()
-                .contains("no unit")
-        );
-        assert!(
-            "3 fortnights"
-                .parse::<HumanDuration>()
-                .unwrap_err()
-                .contains("fortnights")
-        );
+        assert!("30".parse::<HumanDuration>().unwrap_err().contains("no unit"));
+        assert!("3 fortnights".parse::<HumanDuration>().unwrap_err().contains("fortnights"));
     }
 
     #[test]
     fn sizes_parse_with_units() {
-        let cases = [
-            ("4MiB", 4 << 20),
-            ("2GiB", 2 << 30),
-            ("1000", 1000),
-            ("1.5KiB", 1536),
-            ("3MB", 3_000_000),
-        ];
+        let cases = [("4MiB", 4 << 20), ("2GiB", 2 << 30), ("1000", 1000), ("1.5KiB", 1536), ("3MB", 3_000_000)];
         for (text, want) in cases {
             assert_eq!(text.parse::<ByteSize>().unwrap().bytes(), want, "{text}");
         }

@@ -18,16 +18,10 @@ impl ClusterConfig {
             return Err(("cluster.cookie".into(), "must not be empty".into()));
         }
         if c.block_size == 0 || !c.block_size.is_power_of_two() || c.block_size > 4096 {
-            return Err((
-                "cluster.block_size".into(),
-                format!("{} is not a power of two in 1..=4096", c.block_size),
-            ));
+            return Err(("cluster.block_size".into(), format!("{} is not a power of two in 1..=4096", c.block_size)));
         }
         if c.heartbeat_interval.get().is_zero() {
-            return Err((
-                "cluster.heartbeat_interval".into(),
-                "must be above zero".into(),
-            ));
+            return Err(("cluster.heartbeat_interval".into(), "must be above zero".into()));
         }
         if c.lease_timeout.get() < c.heartbeat_interval.get() * 2 {
             return Err((
@@ -57,10 +51,7 @@ impl ClusterConfig {
         if s.backoff_initial.get() > s.backoff_max.get() {
             return Err((
                 "supervision.backoff_initial".into(),
-                format!(
-                    "{} exceeds supervision.backoff_max ({})",
-                    s.backoff_initial, s.backoff_max
-                ),
+                format!("{} exceeds supervision.backoff_max ({})", s.backoff_initial, s.backoff_max),
             ));
         }
         if self.nodes.is_empty() {
@@ -76,28 +67,12 @@ impl ClusterConfig {
         let mut gateways = 0usize;
         for (i, node) in self.nodes.iter().enumerate() {
             let at = |field: &str| format!("nodes[{i}].{field}");
-            if node.name.is_empty()
-                || !node
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+            if node.name.is_empty() || !node.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
             {
-                return Err((
-                    at("name"),
-                    format!(
-                        "\"{}\" must be non-empty letters, digits, '-' or '_'",
-                        node.name
-                    ),
-                ));
+                return Err((at("name"), format!("\"{}\" must be non-empty letters, digits, '-' or '_'", node.name)));
             }
             if let Some(first) = names.insert(&node.name, i) {
-                return Err((
-                    at("name"),
-                    format!(
-                        "duplicate node name \"{}\" (also nodes[{first}].name)",
-                        node.name
-                    ),
-                ));
+                return Err((at("name"), format!("duplicate node name \"{}\" (also nodes[{first}].name)", node.name)));
             }
             let mut listen = vec![(at("control"), node.control.as_str())];
             if let Some(g) = &node.gateway {
@@ -106,29 +81,23 @@ impl ClusterConfig {
             for (path, addr) in listen {
                 check_socket_addr(addr).map_err(|m| (path.clone(), m))?;
                 if let Some(other) = addrs.insert(addr, path.clone()) {
-                    return Err((
-                        path,
-                        format!("address \"{addr}\" is already used by {other}"),
-                    ));
+                    return Err((path, format!("address \"{addr}\" is already used by {other}")));
                 }
             }
             let has = |r: Role| node.roles.contains(&r);
             if has(Role::Gateway) {
                 gateways += 1;
                 if node.gateway.is_none() {
-                    return Err((at("gateway"), "a node with the gateway role needs a gateway address, e.g. \"127.0.0.1:8000\"".into()));
-                }
-                if !has(Role::Router) {
                     return Err((
-                        at("roles"),
-                        "the gateway role needs the router role on the same node".into(),
+                        at("gateway"),
+                        "a node with the gateway role needs a gateway address, e.g. \"127.0.0.1:8000\"".into(),
                     ));
                 }
+                if !has(Role::Router) {
+                    return Err((at("roles"), "the gateway role needs the router role on the same node".into()));
+                }
             } else if node.gateway.is_some() {
-                return Err((
-                    at("gateway"),
-                    "set only on a node with the gateway role".into(),
-                ));
+                return Err((at("gateway"), "set only on a node with the gateway role".into()));
             }
             for (w, worker) in node.workers.iter().enumerate() {
                 let wat = |field: &str| format!("nodes[{i}].workers[{w}].{field}");
@@ -136,24 +105,21 @@ impl ClusterConfig {
                 if node.workers[..w].iter().any(|o| o.device == worker.device) {
                     return Err((
                         wat("device"),
-                        format!(
-                            "device \"{}\" is already used by another worker on this node",
-                            worker.device
-                        ),
+                        format!("device \"{}\" is already used by another worker on this node", worker.device),
                     ));
                 }
                 if worker.role != WorkerRole::Aggregated {
                     return Err((
                         wat("role"),
-                        format!(
-                            "{:?} workers are not available in this build: use \"aggregated\"",
-                            worker.role
-                        )
-                        .to_lowercase(),
+                        format!("{:?} workers are not available in this build: use \"aggregated\"", worker.role)
+                            .to_lowercase(),
                     ));
                 }
                 if worker.kv_blocks == 0 {
                     return Err((wat("kv_blocks"), "must be above zero".into()));
+                }
+                if worker.max_batch_tokens == 0 {
+                    return Err((wat("max_batch_tokens"), "must be above zero".into()));
                 }
                 if worker.max_batch == 0 {
                     return Err((wat("max_batch"), "must be above zero".into()));
@@ -172,9 +138,9 @@ impl ClusterConfig {
 }
 
 fn check_socket_addr(addr: &str) -> Result<(), String> {
-    addr.parse::<SocketAddr>().map(|_| ()).map_err(|_| {
-        format!("\"{addr}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\"")
-    })
+    addr.parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("\"{addr}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\""))
 }
 
 fn check_host_port(addr: &str) -> Result<(), String> {
@@ -189,11 +155,7 @@ fn check_device(device: &str) -> Result<(), String> {
         return Ok(());
     }
     match device.strip_prefix("cuda:").map(str::parse::<u32>) {
-        Some(Ok(_)) => Err(format!(
-            "\"{device}\": the CUDA backend is not available in this build; use \"cpu\""
-        )),
-        _ => Err(format!(
-            "\"{device}\" is not a device: use \"cpu\" or \"cuda:N\""
-        )),
+        Some(Ok(_)) => Err(format!("\"{device}\": the CUDA backend is not available in this build; use \"cpu\"")),
+        _ => Err(format!("\"{device}\" is not a device: use \"cpu\" or \"cuda:N\"")),
     }
 }

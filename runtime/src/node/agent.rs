@@ -23,12 +23,7 @@ impl ClusterView {
     }
 
     pub fn dead_nodes(&self) -> Vec<String> {
-        self.dead
-            .read()
-            .expect("cluster view lock")
-            .iter()
-            .cloned()
-            .collect()
+        self.dead.read().expect("cluster view lock").iter().cloned().collect()
     }
 
     fn apply(&self, change: &PeerChange) {
@@ -73,11 +68,7 @@ impl Actor for NodeAgent {
     type State = AgentState;
     type Arguments = AgentArgs;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<AgentMsg>,
-        args: AgentArgs,
-    ) -> Result<AgentState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<AgentMsg>, args: AgentArgs) -> Result<AgentState, ActorProcessingErr> {
         pg::join(NODE_AGENTS.to_string(), vec![myself.get_cell()]);
         let timer = myself.send_interval(args.interval, || AgentMsg::Tick);
         Ok(AgentState {
@@ -90,11 +81,7 @@ impl Actor for NodeAgent {
         })
     }
 
-    async fn post_stop(
-        &self,
-        _: ActorRef<AgentMsg>,
-        state: &mut AgentState,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _: ActorRef<AgentMsg>, state: &mut AgentState) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
         Ok(())
     }
@@ -116,8 +103,7 @@ impl Actor for NodeAgent {
                 }
                 for cell in pg::get_members(&NODE_AGENTS.to_string()) {
                     if !cell.get_id().is_local() {
-                        let _ = ActorRef::<AgentMsg>::from(cell)
-                            .cast(AgentMsg::Heartbeat(state.node.clone()));
+                        let _ = ActorRef::<AgentMsg>::from(cell).cast(AgentMsg::Heartbeat(state.node.clone()));
                     }
                 }
                 state.leases.expire(now)

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{
-    NodeEventSubscription, NodeServer, NodeServerMessage, node::NodeConnectionMode,
-    node::NodeServerSessionInformation,
+    NodeEventSubscription, NodeServer, NodeServerMessage, node::NodeConnectionMode, node::NodeServerSessionInformation,
 };
 
 pub use agent::{AgentArgs, AgentMsg, ClusterView, NodeAgent};
@@ -20,19 +19,10 @@ pub use agent::{AgentArgs, AgentMsg, ClusterView, NodeAgent};
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{path}: cannot listen on {addr}: {detail}")]
-    Listen {
-        path: String,
-        addr: String,
-        detail: String,
-    },
+    Listen { path: String, addr: String, detail: String },
     /// No seed let this node join within the join timeout.
     #[error("{path}: cannot join seed {addr} within {waited:?}: {detail}")]
-    Unreachable {
-        path: String,
-        addr: String,
-        waited: Duration,
-        detail: String,
-    },
+    Unreachable { path: String, addr: String, waited: Duration, detail: String },
 }
 
 /// A seed to join: the config field that named it, its address and, when it is a node of the
@@ -63,10 +53,7 @@ fn node_name(full: &str) -> String {
 }
 
 fn peer(ses: &NodeServerSessionInformation) -> String {
-    ses.peer_name
-        .as_ref()
-        .map(|n| node_name(&n.name))
-        .unwrap_or_else(|| ses.peer_addr.clone())
+    ses.peer_name.as_ref().map(|n| node_name(&n.name)).unwrap_or_else(|| ses.peer_addr.clone())
 }
 
 impl NodeEventSubscription for SessionLog {
@@ -74,11 +61,7 @@ impl NodeEventSubscription for SessionLog {
         tracing::debug!(peer = %ses.peer_addr, incoming = ses.is_server, "control-plane session opened");
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let was_authenticated = self
-            .authenticated
-            .lock()
-            .map(|mut a| a.remove(&ses.node_id))
-            .unwrap_or(true);
+        let was_authenticated = self.authenticated.lock().map(|mut a| a.remove(&ses.node_id)).unwrap_or(true);
         if !was_authenticated {
             self.failed_auth.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %ses.peer_addr, "control-plane session closed before authentication (wrong cookie?)");
@@ -100,17 +83,9 @@ impl NodeEventSubscription for SessionLog {
 
 impl ControlPlane {
     /// Start the control-plane server for node `name`, listening on `listen` (field `path`).
-    pub async fn start(
-        name: &str,
-        listen: SocketAddr,
-        path: &str,
-        cookie: String,
-    ) -> Result<Self, NodeError> {
-        let listen_err = |detail: String| NodeError::Listen {
-            path: path.to_string(),
-            addr: listen.to_string(),
-            detail,
-        };
+    pub async fn start(name: &str, listen: SocketAddr, path: &str, cookie: String) -> Result<Self, NodeError> {
+        let listen_err =
+            |detail: String| NodeError::Listen { path: path.to_string(), addr: listen.to_string(), detail };
         // Bind once ourselves first: ractor_cluster's listener failure is less specific.
         std::net::TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
         let server = NodeServer::new(
@@ -122,9 +97,7 @@ impl ControlPlane {
             Some(NodeConnectionMode::Transitive),
         )
         .with_listen_addr(listen.ip());
-        let (server, _) = Actor::spawn(None, server, ())
-            .await
-            .map_err(|e| listen_err(e.to_string()))?;
+        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| listen_err(e.to_string()))?;
         let failed_auth = Arc::new(AtomicU32::new(0));
         server
             .cast(NodeServerMessage::SubscribeToEvents {
@@ -135,20 +108,15 @@ impl ControlPlane {
                 }),
             })
             .map_err(|e| listen_err(e.to_string()))?;
-        Ok(Self {
-            server,
-            name: name.to_string(),
-            failed_auth,
-        })
+        Ok(Self { server, name: name.to_string(), failed_auth })
     }
 
     /// Names of the peers with an authenticated session.
     pub async fn peers(&self) -> HashSet<String> {
         match ractor::call_t!(self.server, NodeServerMessage::GetSessions, 1_000) {
-            Ok(sessions) => sessions
-                .values()
-                .filter_map(|s| s.peer_name.as_ref().map(|n| node_name(&n.name)))
-                .collect(),
+            Ok(sessions) => {
+                sessions.values().filter_map(|s| s.peer_name.as_ref().map(|n| node_name(&n.name))).collect()
+            }
             Err(_) => HashSet::new(),
         }
     }
@@ -174,8 +142,7 @@ impl ControlPlane {
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before
-                        {
+                        detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
                             "the peer refused our cookie (authentication failed)".into()
                         } else {
                             "connected, but no session was established".into()
@@ -198,11 +165,7 @@ impl ControlPlane {
 
     /// Keep reconnecting to seeds whose node has no session (a peer that restarted, or one that
     /// was not up when this node started).
-    pub fn spawn_reconnect(
-        &self,
-        seeds: Vec<Seed>,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_reconnect(&self, seeds: Vec<Seed>, every: Duration) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
             loop {
@@ -216,9 +179,7 @@ impl ControlPlane {
                     if !missing {
                         continue;
                     }
-                    if let Err(e) =
-                        ractor_cluster::client_connect(&cp.server, seed.addr.as_str()).await
-                    {
+                    if let Err(e) = ractor_cluster::client_connect(&cp.server, seed.addr.as_str()).await {
                         tracing::debug!(seed = %seed.addr, "reconnect failed: {e:?}");
                     }
                 }

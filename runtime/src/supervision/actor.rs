@@ -13,8 +13,7 @@ use tokio::sync::watch;
 use super::policy::{RestartDecision, RestartPolicy, RestartTracker};
 
 /// Starts one child, linked to the supervisor cell it is given.
-pub type StartFn =
-    Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
+pub type StartFn = Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
 /// A child: a stable name (for logs, metrics and the restart history) and how to start it.
 #[derive(Clone)]
@@ -28,10 +27,7 @@ impl ChildSpec {
     where
         F: Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync + 'static,
     {
-        Self {
-            name: name.into(),
-            start: Arc::new(start),
-        }
+        Self { name: name.into(), start: Arc::new(start) }
     }
 }
 
@@ -80,34 +76,20 @@ impl SupervisorState {
     fn schedule_restart(&mut self, myself: &ActorRef<SupervisorMsg>, name: String, reason: String) {
         metrics::counter!("armature_actor_failures_total", "child" => name.clone()).increment(1);
         match self.tracker.on_failure(&name, self.epoch.elapsed()) {
-            RestartDecision::Restart {
-                after,
-                failures_in_window,
-            } => {
+            RestartDecision::Restart { after, failures_in_window } => {
                 tracing::warn!(child = %name, %reason, failures_in_window, after_ms = after.as_millis() as u64, "child failed; restarting");
                 myself.send_after(after, move || SupervisorMsg::Restart(name));
             }
             RestartDecision::Escalate { failures_in_window } => {
                 tracing::error!(child = %name, %reason, failures_in_window, "child keeps failing; escalating: the node stops");
-                self.exit.send_replace(SupervisorExit::Escalated {
-                    child: name,
-                    reason,
-                });
+                self.exit.send_replace(SupervisorExit::Escalated { child: name, reason });
                 myself.stop(Some("escalated".into()));
             }
         }
     }
 
-    async fn start(
-        &mut self,
-        myself: &ActorRef<SupervisorMsg>,
-        name: &str,
-    ) -> Result<(), SpawnErr> {
-        let spec = self
-            .specs
-            .get(name)
-            .expect("restart of a known child")
-            .clone();
+    async fn start(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) -> Result<(), SpawnErr> {
+        let spec = self.specs.get(name).expect("restart of a known child").clone();
         let cell = (spec.start)(myself.get_cell()).await?;
         self.running.insert(cell.get_id(), (name.to_string(), cell));
         Ok(())
@@ -126,35 +108,21 @@ impl Actor for NodeSupervisor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let order: Vec<String> = args.children.iter().map(|c| c.name.clone()).collect();
         let mut state = SupervisorState {
-            specs: args
-                .children
-                .into_iter()
-                .map(|c| (c.name.clone(), c))
-                .collect(),
+            specs: args.children.into_iter().map(|c| (c.name.clone(), c)).collect(),
             running: HashMap::new(),
             tracker: RestartTracker::new(args.policy),
             epoch: Instant::now(),
             exit: args.exit,
         };
         for name in order {
-            state
-                .start(&myself, &name)
-                .await
-                .map_err(|e| format!("starting {name}: {e}"))?;
+            state.start(&myself, &name).await.map_err(|e| format!("starting {name}: {e}"))?;
         }
         Ok(state)
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
         for (_, (name, cell)) in state.running.drain() {
-            if let Err(e) = cell
-                .stop_and_wait(Some("node stopping".into()), Some(Duration::from_secs(5)))
-                .await
-            {
+            if let Err(e) = cell.stop_and_wait(Some("node stopping".into()), Some(Duration::from_secs(5))).await {
                 tracing::warn!(child = %name, "child did not stop cleanly: {e}");
             }
         }
@@ -179,8 +147,7 @@ impl Actor for NodeSupervisor {
                 if let Err(e) = state.start(&myself, &name).await {
                     state.schedule_restart(&myself, name, format!("restart failed: {e}"));
                 } else {
-                    metrics::counter!("armature_actor_restarts_total", "child" => name.clone())
-                        .increment(1);
+                    metrics::counter!("armature_actor_restarts_total", "child" => name.clone()).increment(1);
                     tracing::info!(child = %name, "child restarted");
                 }
             }
@@ -201,10 +168,7 @@ impl Actor for NodeSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => state.child_exited(
                 &myself,
                 cell.get_id(),
-                format!(
-                    "terminated: {}",
-                    reason.unwrap_or_else(|| "no reason".into())
-                ),
+                format!("terminated: {}", reason.unwrap_or_else(|| "no reason".into())),
             ),
             _ => {}
         }
@@ -229,20 +193,11 @@ mod tests {
         type Msg = FlakyMsg;
         type State = ();
         type Arguments = Arc<AtomicU32>;
-        async fn pre_start(
-            &self,
-            _: ActorRef<FlakyMsg>,
-            starts: Arc<AtomicU32>,
-        ) -> Result<(), ActorProcessingErr> {
+        async fn pre_start(&self, _: ActorRef<FlakyMsg>, starts: Arc<AtomicU32>) -> Result<(), ActorProcessingErr> {
             starts.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
-        async fn handle(
-            &self,
-            _: ActorRef<FlakyMsg>,
-            _: FlakyMsg,
-            _: &mut (),
-        ) -> Result<(), ActorProcessingErr> {
+        async fn handle(&self, _: ActorRef<FlakyMsg>, _: FlakyMsg, _: &mut ()) -> Result<(), ActorProcessingErr> {
             panic!("flaky child crashes on purpose");
         }
     }
@@ -251,9 +206,7 @@ mod tests {
         ChildSpec::new("flaky", move |sup| {
             let starts = starts.clone();
             Box::pin(async move {
-                let (r, _) =
-                    Actor::spawn_linked(Some("flaky-test-child".into()), Flaky, starts, sup)
-                        .await?;
+                let (r, _) = Actor::spawn_linked(Some("flaky-test-child".into()), Flaky, starts, sup).await?;
                 Ok(r.get_cell())
             })
         })
@@ -282,33 +235,21 @@ mod tests {
         let (sup, handle) = Actor::spawn(
             None,
             NodeSupervisor,
-            SupervisorArgs {
-                children: vec![flaky_spec(starts.clone())],
-                policy,
-                exit: tx,
-            },
+            SupervisorArgs { children: vec![flaky_spec(starts.clone())], policy, exit: tx },
         )
         .await
         .unwrap();
         assert_eq!(starts.load(Ordering::SeqCst), 1);
         for round in 2..=3 {
-            ActorRef::<FlakyMsg>::where_is("flaky-test-child")
-                .unwrap()
-                .cast(FlakyMsg::Crash)
-                .unwrap();
+            ActorRef::<FlakyMsg>::where_is("flaky-test-child").unwrap().cast(FlakyMsg::Crash).unwrap();
             wait_for(|| starts.load(Ordering::SeqCst) == round).await;
             wait_for(|| ActorRef::<FlakyMsg>::where_is("flaky-test-child").is_some()).await;
         }
         // The third failure in the window exceeds max_restarts = 2: the supervisor stops.
-        ActorRef::<FlakyMsg>::where_is("flaky-test-child")
-            .unwrap()
-            .cast(FlakyMsg::Crash)
-            .unwrap();
+        ActorRef::<FlakyMsg>::where_is("flaky-test-child").unwrap().cast(FlakyMsg::Crash).unwrap();
         handle.await.unwrap();
         assert_eq!(starts.load(Ordering::SeqCst), 3);
-        assert!(
-            matches!(&*rx.borrow(), SupervisorExit::Escalated { child, .. } if child == "flaky")
-        );
+        assert!(matches!(&*rx.borrow(), SupervisorExit::Escalated { child, .. } if child == "flaky"));
         drop(sup);
     }
 }

@@ -28,10 +28,7 @@ impl From<&SupervisionSection> for RestartPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RestartDecision {
     /// Start the child again after this delay.
-    Restart {
-        after: Duration,
-        failures_in_window: u32,
-    },
+    Restart { after: Duration, failures_in_window: u32 },
     /// The child keeps failing: stop restarting and fail the supervisor.
     Escalate { failures_in_window: u32 },
 }
@@ -45,38 +42,23 @@ pub struct RestartTracker {
 
 impl RestartTracker {
     pub fn new(policy: RestartPolicy) -> Self {
-        Self {
-            policy,
-            failures: HashMap::new(),
-        }
+        Self { policy, failures: HashMap::new() }
     }
 
     /// Record that `child` failed at `now` (time since any fixed origin) and decide what to do.
     pub fn on_failure(&mut self, child: &str, now: Duration) -> RestartDecision {
         let history = self.failures.entry(child.to_string()).or_default();
-        while history
-            .front()
-            .is_some_and(|&t| now.saturating_sub(t) > self.policy.window)
-        {
+        while history.front().is_some_and(|&t| now.saturating_sub(t) > self.policy.window) {
             history.pop_front();
         }
         history.push_back(now);
         let n = history.len() as u32;
         if n > self.policy.max_restarts {
-            return RestartDecision::Escalate {
-                failures_in_window: n,
-            };
+            return RestartDecision::Escalate { failures_in_window: n };
         }
         let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        let after = self
-            .policy
-            .backoff_initial
-            .saturating_mul(factor)
-            .min(self.policy.backoff_max);
-        RestartDecision::Restart {
-            after,
-            failures_in_window: n,
-        }
+        let after = self.policy.backoff_initial.saturating_mul(factor).min(self.policy.backoff_max);
+        RestartDecision::Restart { after, failures_in_window: n }
     }
 }
 
@@ -102,25 +84,11 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                RestartDecision::Restart {
-                    after: ms(100),
-                    failures_in_window: 1
-                },
-                RestartDecision::Restart {
-                    after: ms(200),
-                    failures_in_window: 2
-                },
-                RestartDecision::Restart {
-                    after: ms(400),
-                    failures_in_window: 3
-                },
-                RestartDecision::Restart {
-                    after: ms(500),
-                    failures_in_window: 4
-                },
-                RestartDecision::Escalate {
-                    failures_in_window: 5
-                },
+                RestartDecision::Restart { after: ms(100), failures_in_window: 1 },
+                RestartDecision::Restart { after: ms(200), failures_in_window: 2 },
+                RestartDecision::Restart { after: ms(400), failures_in_window: 3 },
+                RestartDecision::Restart { after: ms(500), failures_in_window: 4 },
+                RestartDecision::Escalate { failures_in_window: 5 },
             ]
         );
     }
@@ -134,10 +102,7 @@ mod tests {
         // 30 s later the old failures have aged out: back to the first delay.
         assert_eq!(
             t.on_failure("w", Duration::from_secs(40)),
-            RestartDecision::Restart {
-                after: Duration::from_millis(100),
-                failures_in_window: 1
-            }
+            RestartDecision::Restart { after: Duration::from_millis(100), failures_in_window: 1 }
         );
     }
 
@@ -149,10 +114,7 @@ mod tests {
         }
         assert!(matches!(
             t.on_failure("b", Duration::from_secs(5)),
-            RestartDecision::Restart {
-                failures_in_window: 1,
-                ..
-            }
+            RestartDecision::Restart { failures_in_window: 1, .. }
         ));
     }
 }

@@ -30,17 +30,10 @@ fn chat_renders_the_template_and_maps_parameters() {
         Endpoint::Chat,
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Hi"}]}],"max_completion_tokens":5,"temperature":0.5,"top_p":0.9,"seed":7,"stop":"x","stream":true,"stream_options":{"include_usage":true},"user":"ignored"}"#,
     );
-    let expected =
-        TestTokenizer::default().encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    let expected = TestTokenizer::default().encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     assert_eq!(p.prompt_tokens, expected);
     assert_eq!(
-        (
-            p.sampling.max_tokens,
-            p.sampling.temperature,
-            p.sampling.top_p,
-            p.sampling.seed,
-            p.sampling.stop.clone()
-        ),
+        (p.sampling.max_tokens, p.sampling.temperature, p.sampling.top_p, p.sampling.seed, p.sampling.stop.clone()),
         (5, 0.5, 0.9, 7, vec!["x".to_string()])
     );
     assert!(p.stream && p.include_usage);
@@ -50,24 +43,11 @@ fn chat_renders_the_template_and_maps_parameters() {
 fn completion_defaults_follow_openai() {
     let p = ok(Endpoint::Completion, r#"{"model":"m","prompt":"abc"}"#);
     assert_eq!(p.prompt_tokens, vec![97, 98, 99]);
-    assert_eq!(
-        (
-            p.sampling.max_tokens,
-            p.sampling.temperature,
-            p.sampling.top_p
-        ),
-        (16, 1.0, 1.0)
-    );
+    assert_eq!((p.sampling.max_tokens, p.sampling.temperature, p.sampling.top_p), (16, 1.0, 1.0));
     assert!(!p.stream && !p.include_usage);
     // Token prompts pass through; a one-element batch is one prompt.
-    assert_eq!(
-        ok(Endpoint::Completion, r#"{"model":"m","prompt":[5,6]}"#).prompt_tokens,
-        vec![5, 6]
-    );
-    assert_eq!(
-        ok(Endpoint::Completion, r#"{"model":"m","prompt":["ab"]}"#).prompt_tokens,
-        vec![97, 98]
-    );
+    assert_eq!(ok(Endpoint::Completion, r#"{"model":"m","prompt":[5,6]}"#).prompt_tokens, vec![5, 6]);
+    assert_eq!(ok(Endpoint::Completion, r#"{"model":"m","prompt":["ab"]}"#).prompt_tokens, vec![97, 98]);
     // Without an explicit max, the completion is clipped to the context.
     let long = format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(60));
     assert_eq!(ok(Endpoint::Completion, &long).sampling.max_tokens, 4);
@@ -77,24 +57,9 @@ fn completion_defaults_follow_openai() {
 fn bad_requests_name_the_parameter() {
     let cases: [(Endpoint, &str, StatusCode, Option<&str>); 14] = [
         (Endpoint::Chat, "{not json", StatusCode::BAD_REQUEST, None),
-        (
-            Endpoint::Chat,
-            r#"{"model":"m"}"#,
-            StatusCode::BAD_REQUEST,
-            Some("messages"),
-        ),
-        (
-            Endpoint::Chat,
-            r#"{"model":"other","messages":[]}"#,
-            StatusCode::NOT_FOUND,
-            Some("model"),
-        ),
-        (
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[]}"#,
-            StatusCode::BAD_REQUEST,
-            Some("messages"),
-        ),
+        (Endpoint::Chat, r#"{"model":"m"}"#, StatusCode::BAD_REQUEST, Some("messages")),
+        (Endpoint::Chat, r#"{"model":"other","messages":[]}"#, StatusCode::NOT_FOUND, Some("model")),
+        (Endpoint::Chat, r#"{"model":"m","messages":[]}"#, StatusCode::BAD_REQUEST, Some("messages")),
         (
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
@@ -143,12 +108,7 @@ fn bad_requests_name_the_parameter() {
             StatusCode::BAD_REQUEST,
             Some("tools"),
         ),
-        (
-            Endpoint::Completion,
-            r#"{"model":"m","prompt":["a","b"]}"#,
-            StatusCode::BAD_REQUEST,
-            Some("prompt"),
-        ),
+        (Endpoint::Completion, r#"{"model":"m","prompt":["a","b"]}"#, StatusCode::BAD_REQUEST, Some("prompt")),
         (
             Endpoint::Completion,
             r#"{"model":"m","prompt":"x","max_tokens":64}"#,
@@ -158,23 +118,11 @@ fn bad_requests_name_the_parameter() {
     ];
     for (endpoint, body, status, param) in cases {
         let e = bad(endpoint, body);
-        assert_eq!(
-            (e.status, e.param.as_deref()),
-            (status, param),
-            "{body}: {}",
-            e.message
-        );
+        assert_eq!((e.status, e.param.as_deref()), (status, param), "{body}: {}", e.message);
     }
-    let e = bad(
-        Endpoint::Completion,
-        &format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(64)),
-    );
+    let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(64)));
     assert_eq!(e.code, Some("context_length_exceeded"));
-    assert!(
-        bad(Endpoint::Chat, "{not json")
-            .message
-            .starts_with("Malformed JSON body")
-    );
+    assert!(bad(Endpoint::Chat, "{not json").message.starts_with("Malformed JSON body"));
 }
 
 #[test]
@@ -188,32 +136,15 @@ fn error_body_has_openai_shape() {
 
 #[test]
 fn response_bodies() {
-    let meta = ResponseMeta {
-        id: "chatcmpl-1".into(),
-        created: 5,
-        model: "m".into(),
-        endpoint: Endpoint::Chat,
-    };
-    let usage = Usage {
-        prompt_tokens: 3,
-        completion_tokens: 2,
-    };
+    let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into(), endpoint: Endpoint::Chat };
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 2 };
     let full = meta.full("hi", FinishReason::Length, usage);
     assert_eq!(full["choices"][0]["message"]["content"], "hi");
     assert_eq!(full["choices"][0]["finish_reason"], "length");
     assert_eq!(full["usage"]["total_tokens"], 5);
-    assert_eq!(
-        meta.chunk(None, None, false)["choices"][0]["delta"]["role"],
-        "assistant"
-    );
+    assert_eq!(meta.chunk(None, None, false)["choices"][0]["delta"]["role"], "assistant");
     assert_eq!(meta.chunk(Some("x"), None, true)["usage"], Value::Null);
     assert_eq!(meta.usage_chunk(usage)["choices"], serde_json::json!([]));
-    let text = ResponseMeta {
-        endpoint: Endpoint::Completion,
-        ..meta
-    };
-    assert_eq!(
-        text.chunk(Some("x"), None, false)["object"],
-        "text_completion"
-    );
+    let text = ResponseMeta { endpoint: Endpoint::Completion, ..meta };
+    assert_eq!(text.chunk(Some("x"), None, false)["object"], "text_completion");
 }

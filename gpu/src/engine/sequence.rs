@@ -1,0 +1,122 @@
+//! One sequence in the engine: its tokens, its KV blocks, and its sampling and output state.
+
+use runtime::blocks::BlockHasher;
+use runtime::ids::RequestId;
+use runtime::request::{FinishReason, GenerateRequest, StreamEvent, Usage};
+
+use super::finish_reason;
+use crate::pool::{BlockId, BlockPool};
+use crate::sampling::Sampler;
+use crate::stop::StopMatcher;
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+pub(super) struct Sequence {
+    pub id: RequestId,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    max_tokens: u32,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    /// Tokens generated since the last text was emitted.
+    unreported: u32,
+    /// KV blocks, in token order.
+    pub blocks: Vec<BlockId>,
+    /// Tokens whose KV is in `blocks`.
+    pub computed: usize,
+    /// Sequence hashes of the leading blocks that are registered in the pool.
+    hashes: Vec<u64>,
+}
+
+impl Sequence {
+    pub fn new(req: GenerateRequest) -> Self {
+        Self {
+            id: req.id,
+            prompt_len: req.prompt_tokens.len(),
+            max_tokens: req.sampling.max_tokens.max(1),
+            sampler: Sampler::new(&req.sampling),
+            stop: StopMatcher::new(&req.sampling.stop),
+            tokens: req.prompt_tokens,
+            decoder: IncrementalDecoder::default(),
+            unreported: 0,
+            blocks: Vec::new(),
+            computed: 0,
+            hashes: Vec::new(),
+        }
+    }
+
+    pub fn generated(&self) -> u32 {
+        (self.tokens.len() - self.prompt_len) as u32
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage { prompt_tokens: self.prompt_len as u32, completion_tokens: self.generated() }
+    }
+
+    /// Start running with `cached` prefix blocks (already registered, under `hashes`) and `fresh`
+    /// blank ones.
+    pub fn admit(&mut self, cached: Vec<BlockId>, fresh: Vec<BlockId>, hashes: &[u64], block_size: usize) {
+        self.hashes = hashes[..cached.len()].to_vec();
+        self.computed = cached.len() * block_size;
+        self.blocks = cached;
+        self.blocks.extend(fresh);
+    }
+
+    /// Forget all KV state (after preemption); generated tokens are kept and recomputed.
+    pub fn reset_kv(&mut self) {
+        self.blocks.clear();
+        self.hashes.clear();
+        self.computed = 0;
+    }
+
+    /// Register every block that became full.
+    pub fn register_full_blocks(&mut self, pool: &mut BlockPool, hasher: &BlockHasher) {
+        let bs = hasher.block_size();
+        let full = self.computed / bs;
+        while self.hashes.len() < full {
+            let b = self.hashes.len();
+            let parent = self.hashes.last().copied();
+            let hash = hasher.chain(parent, hasher.local_hash(&self.tokens[b * bs..(b + 1) * bs]));
+            pool.register(self.blocks[b], parent, hash);
+            self.hashes.push(hash);
+        }
+    }
+
+    /// Sample the next token from `logits`, emit its text, and say whether the sequence is done.
+    pub fn advance(
+        &mut self,
+        tokenizer: &dyn Tokenizer,
+        logits: &[f32],
+        context: usize,
+        events: &mut Vec<(RequestId, StreamEvent)>,
+    ) -> Option<FinishReason> {
+        let token = self.sampler.sample(logits);
+        self.tokens.push(token);
+        self.unreported += 1;
+        let is_eos = tokenizer.eos_tokens().contains(&token);
+        let mut stopped = false;
+        if !is_eos {
+            let text = self.decoder.push(tokenizer, token);
+            let out = self.stop.push(&text);
+            stopped = out.stopped;
+            self.emit(events, out.emit);
+        }
+        let reason = finish_reason(is_eos, stopped, self.generated(), self.max_tokens, self.tokens.len(), context)?;
+        if !stopped {
+            // Release text held back for a UTF-8 or stop-string edge.
+            let tail = self.decoder.finish();
+            let mut rest = self.stop.push(&tail).emit;
+            rest.push_str(&self.stop.finish());
+            self.emit(events, rest);
+        }
+        Some(reason)
+    }
+
+    fn emit(&mut self, events: &mut Vec<(RequestId, StreamEvent)>, text: String) {
+        if !text.is_empty() {
+            events.push((self.id.clone(), StreamEvent::Delta { text, tokens: self.unreported }));
+            self.unreported = 0;
+        }
+    }
+}
