@@ -1,7 +1,10 @@
 //! The `Executor` seam: one forward step over a batch of sequences, giving next-token logits.
 //! A real model backend and the deterministic test executor sit behind it.
 
+mod simulated;
 mod test_model;
+
+pub use simulated::{SimulatedExecutor, TimingModel};
 
 pub use test_model::{TEST_PANIC_MARKER, TestExecutor, TestTokenizer};
 
