@@ -8,7 +8,7 @@ use support::*;
 
 #[test]
 fn openai_python_client_end_to_end() {
-    let py = python_with_openai();
+    let py = python_venv();
     let port = free_port();
     let dir = temp_dir("openai");
     let _serve = Proc::spawn(&["serve", "--http-port", &port.to_string()], dir.join("serve.log"));

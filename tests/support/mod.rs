@@ -161,9 +161,12 @@ pub fn metric(port: u16, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// A Python interpreter with the `openai` package: `ARMATURE_TEST_PYTHON` if set, else a venv
-/// under `target/` made on first use (`python3 -m venv`, `pip install openai`).
-pub fn python_with_openai() -> PathBuf {
+/// Packages the Python side of the tests needs.
+const PY_PACKAGES: [&str; 3] = ["openai>=1.40", "gguf==0.19.0", "numpy>=1.26"];
+
+/// A Python interpreter with `openai`, `gguf` and `numpy`: `ARMATURE_TEST_PYTHON` if set, else a
+/// venv under `target/` made on first use (`python3 -m venv`, `pip install`).
+pub fn python_venv() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
         if let Ok(p) = std::env::var("ARMATURE_TEST_PYTHON") {
@@ -171,15 +174,16 @@ pub fn python_with_openai() -> PathBuf {
         }
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
         let py = venv.join("bin/python");
-        let has_openai = || Command::new(&py).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
-        if !has_openai() {
+        let ready = || Command::new(&py).args(["-c", "import openai, gguf, numpy"]).status().is_ok_and(|s| s.success());
+        if !ready() {
             let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
             assert!(ok, "python3 -m venv failed: install python3-venv");
             let ok = Command::new(&py)
-                .args(["-m", "pip", "install", "--quiet", "openai>=1.40"])
+                .args(["-m", "pip", "install", "--quiet"])
+                .args(PY_PACKAGES)
                 .status()
                 .is_ok_and(|s| s.success());
-            assert!(ok, "pip install openai failed (needs PyPI)");
+            assert!(ok, "pip install {PY_PACKAGES:?} failed (needs PyPI)");
         }
         py
     })

@@ -1,5 +1,8 @@
 //! Loading what `[model]` names: the executor a worker runs and the tokenizer a gateway uses.
 
+pub mod gguf;
+pub mod quant;
+
 use std::sync::Arc;
 
 use runtime::config::ModelSection;

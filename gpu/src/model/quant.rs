@@ -1,0 +1,163 @@
+//! ggml tensor types and dequantization of the block formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+
+use std::fmt;
+
+/// A ggml tensor type by its id in the GGUF file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgmlType {
+    F32,
+    F16,
+    Q4_0,
+    Q4_1,
+    Q8_0,
+    BF16,
+    /// Any other id (k-quants, i-quants, ...): readable as metadata, not as data.
+    Other(u32),
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Self {
+        match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            30 => Self::BF16,
+            other => Self::Other(other),
+        }
+    }
+
+    /// (elements per block, bytes per block), for the types this build reads.
+    pub fn block(self) -> Option<(u64, u64)> {
+        match self {
+            Self::F32 => Some((1, 4)),
+            Self::F16 | Self::BF16 => Some((1, 2)),
+            Self::Q4_0 => Some((32, 18)),
+            Self::Q4_1 => Some((32, 20)),
+            Self::Q8_0 => Some((32, 34)),
+            Self::Other(_) => None,
+        }
+    }
+
+    /// Bytes of `elements` values; None for unreadable types or a count not a whole number of blocks.
+    pub fn byte_size(self, elements: u64) -> Option<u64> {
+        let (per_block, bytes) = self.block()?;
+        elements.is_multiple_of(per_block).then(|| elements / per_block * bytes)
+    }
+}
+
+impl fmt::Display for GgmlType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Other(id) => write!(f, "ggml type {id}"),
+            known => write!(f, "{known:?}"),
+        }
+    }
+}
+
+fn f16(b: &[u8]) -> f32 {
+    half_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// IEEE half to f32, subnormals and specials included.
+pub fn half_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h >> 15) << 31;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: normalise.
+            let shift = m.leading_zeros() - 21;
+            let m = (m << shift) & 0x3ff;
+            sign | ((113 - shift) << 23) | (m << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 112) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// `count` values of `dtype` from `bytes` (exactly `byte_size(count)` long), or None for a type
+/// this build cannot read or a length mismatch.
+pub fn dequantize(dtype: GgmlType, bytes: &[u8], count: usize) -> Option<Vec<f32>> {
+    if dtype.byte_size(count as u64)? != bytes.len() as u64 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    match dtype {
+        GgmlType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        GgmlType::F16 => out.extend(bytes.chunks_exact(2).map(f16)),
+        GgmlType::BF16 => {
+            out.extend(bytes.chunks_exact(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)))
+        }
+        GgmlType::Q8_0 => {
+            for block in bytes.chunks_exact(34) {
+                let d = f16(&block[..2]);
+                out.extend(block[2..].iter().map(|&q| f32::from(q as i8) * d));
+            }
+        }
+        GgmlType::Q4_0 => {
+            for block in bytes.chunks_exact(18) {
+                let d = f16(&block[..2]);
+                let qs = &block[2..];
+                out.extend(qs.iter().map(|&q| (f32::from(q & 0x0f) - 8.0) * d));
+                out.extend(qs.iter().map(|&q| (f32::from(q >> 4) - 8.0) * d));
+            }
+        }
+        GgmlType::Q4_1 => {
+            for block in bytes.chunks_exact(20) {
+                let (d, m) = (f16(&block[..2]), f16(&block[2..4]));
+                let qs = &block[4..];
+                out.extend(qs.iter().map(|&q| f32::from(q & 0x0f) * d + m));
+                out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
+            }
+        }
+        GgmlType::Other(_) => return None,
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_conversion_covers_the_edges() {
+        let cases = [
+            (0x0000, 0.0),
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x0400, 6.103_515_6e-5),
+            (0x3555, 0.333_251_95),
+        ];
+        for (h, want) in cases {
+            assert_eq!(half_to_f32(h), want, "{h:#06x}");
+        }
+        assert!(half_to_f32(0x7c00).is_infinite());
+        assert!(half_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn q4_1_block_layout() {
+        // d = 0.5, m = -1: low nibbles are elements 0..16, high nibbles 16..32.
+        let mut block = vec![0x00, 0x38, 0x00, 0xbc];
+        block.extend((0..16u8).map(|i| i | ((15 - i) << 4)));
+        let v = dequantize(GgmlType::Q4_1, &block, 32).unwrap();
+        assert_eq!(v[0], -1.0);
+        assert_eq!(v[15], 6.5);
+        assert_eq!(v[16], 6.5);
+        assert_eq!(v[31], -1.0);
+    }
+
+    #[test]
+    fn length_mismatch_and_unknown_types_are_refused() {
+        assert_eq!(dequantize(GgmlType::Q8_0, &[0; 33], 32), None);
+        assert_eq!(dequantize(GgmlType::Q4_0, &[0; 18], 16), None);
+        assert_eq!(dequantize(GgmlType::Other(12), &[0; 144], 256), None);
+        assert_eq!(GgmlType::Other(12).to_string(), "ggml type 12");
+    }
+}
