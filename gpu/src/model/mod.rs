@@ -1,5 +1,6 @@
 //! Loading what `[model]` names: the executor a worker runs and the tokenizer a gateway uses.
 
+pub mod fetch;
 pub mod gguf;
 pub mod quant;
 
