@@ -147,7 +147,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let cache = cache_dir.unwrap_or_else(gpu::model::fetch::cache_dir);
             let mut last = u64::MAX;
             let mut report = |done: u64, total: u64| {
-                let pct = if total == 0 { 100 } else { done * 100 / total };
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
                 if pct / 10 != last / 10 {
                     last = pct;
                     eprintln!("extracting model: {pct:>3}% ({} of {} MiB)", done >> 20, total >> 20);
