@@ -1,5 +1,7 @@
-//! Chat messages and the ChatML prompt format used by the test model (and by SmolLM2).
+//! Chat messages and chat templates: Hugging Face's Jinja templates rendered with minijinja (with
+//! Python string methods, `tojson` and `raise_exception`), and ChatML for the test model.
 
+use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -8,35 +10,84 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// Render messages as ChatML, ending with the assistant's turn opened when `add_generation_prompt`.
-pub fn render_chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
-    let mut out = String::new();
-    for m in messages {
-        out.push_str("<|im_start|>");
-        out.push_str(&m.role);
-        out.push('\n');
-        out.push_str(&m.content);
-        out.push_str("<|im_end|>\n");
+/// ChatML, the format of the test model (and SmolLM2's own template, less its default system turn).
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// A compiled chat template and the special-token strings it may use.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
     }
-    if add_generation_prompt {
-        out.push_str("<|im_start|>assistant\n");
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, String> {
+        let mut env = Environment::new();
+        // As transformers' apply_chat_template renders.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_template_owned("chat", source.to_string()).map_err(|e| e.to_string())?;
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
     }
-    out
+
+    /// The prompt for `messages`, ending with the assistant's turn opened when asked.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, String> {
+        let t = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        t.render(context! {
+            messages => minijinja::value::Serde(messages),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            if let Some(detail) = e.detail() {
+                msg = format!("{msg}: {detail}");
+            }
+            msg
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
+        pairs.iter().map(|(r, c)| ChatMessage { role: r.to_string(), content: c.to_string() }).collect()
+    }
+
     #[test]
     fn chatml_layout() {
-        let msgs = [
-            ChatMessage { role: "system".into(), content: "Be brief.".into() },
-            ChatMessage { role: "user".into(), content: "Hi".into() },
-        ];
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
         assert_eq!(
-            render_chatml(&msgs, true),
+            t.render(&msgs(&[("system", "Be brief."), ("user", "Hi")]), true).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+        assert_eq!(t.render(&msgs(&[("user", "Hi")]), false).unwrap(), "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn hugging_face_idioms_work() {
+        let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}[{{ m['content'].strip() | upper }}]{% if loop.last %}{{ messages | length | tojson }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+        assert_eq!(t.render(&msgs(&[("user", "  hi "), ("assistant", "yo")]), false).unwrap(), "<s>[HI][YO]2");
+        let err = t.render(&msgs(&[("wizard", "x")]), false).unwrap_err();
+        assert!(err.contains("bad role wizard"), "{err}");
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
     }
 }

@@ -161,7 +161,10 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let messages = body
                 .messages
                 .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
-            model.tokenizer.encode(&model.render_chat(&chat_messages(messages)?))
+            let prompt = model.render_chat(&chat_messages(messages)?).map_err(|e| {
+                ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some("messages"))
+            })?;
+            model.tokenizer.encode(&prompt)
         }
         Endpoint::Completion => match body.prompt {
             None => {

@@ -1,5 +1,6 @@
 //! Loading what `[model]` names: the executor a worker runs and the tokenizer a gateway uses.
 
+pub mod bpe;
 pub mod fetch;
 pub mod gguf;
 pub mod quant;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use runtime::config::ModelSection;
 
-use crate::chat::{ChatMessage, render_chatml};
+use crate::chat::{CHATML, ChatMessage, ChatTemplate};
 use crate::executor::{Executor, TestExecutor, TestTokenizer};
 use crate::tokenizer::Tokenizer;
 
@@ -18,6 +19,15 @@ const TEST_CONTEXT_LENGTH: u32 = 4096;
 pub enum ModelError {
     #[error("model.source = \"{0}\" is not supported by this build (only \"test\")")]
     UnsupportedSource(String),
+    /// An architecture, tensor type or tokenizer this build cannot run, named.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("model metadata: {0}")]
+    Metadata(String),
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error("chat template: {0}")]
+    Template(String),
 }
 
 /// What a gateway needs of a model: its id, tokenizer, chat format and context length.
@@ -25,16 +35,42 @@ pub enum ModelError {
 pub struct ModelFrontend {
     pub name: String,
     pub tokenizer: Arc<dyn Tokenizer>,
+    pub chat: Arc<ChatTemplate>,
     pub context_length: u32,
     pub default_max_tokens: u32,
 }
 
 impl ModelFrontend {
+    /// Tokenizer and chat template from a GGUF file's metadata.
+    pub fn from_gguf(
+        g: &gguf::GgufFile,
+        name: String,
+        context_length: Option<u32>,
+        default_max_tokens: u32,
+    ) -> Result<Self, ModelError> {
+        let tokenizer = bpe::BpeTokenizer::from_gguf(g)?;
+        let text = |key: &str| -> String {
+            g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).unwrap_or("").to_string()
+        };
+        let (bos, eos) = (text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"));
+        let template = g.get_str("tokenizer.chat_template").unwrap_or(CHATML);
+        let chat = ChatTemplate::new(template, &bos, &eos).map_err(ModelError::Template)?;
+        let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
+        Ok(Self {
+            name,
+            tokenizer: Arc::new(tokenizer),
+            chat: Arc::new(chat),
+            context_length: context_length.or(native.map(|n| n as u32)).unwrap_or(2048),
+            default_max_tokens,
+        })
+    }
+
     pub fn load(section: &ModelSection, name: String) -> Result<Self, ModelError> {
         match section.source.as_str() {
             "test" => Ok(Self {
                 name,
                 tokenizer: Arc::new(TestTokenizer::default()),
+                chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
                 default_max_tokens: section.default_max_tokens,
             }),
@@ -42,9 +78,9 @@ impl ModelFrontend {
         }
     }
 
-    /// The prompt text for a chat.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> String {
-        render_chatml(messages, true)
+    /// The prompt text for a chat, with the assistant's turn opened.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, String> {
+        self.chat.render(messages, true)
     }
 }
 

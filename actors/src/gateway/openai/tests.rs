@@ -11,6 +11,7 @@ fn model() -> ModelFrontend {
     ModelFrontend {
         name: "m".into(),
         tokenizer: Arc::new(TestTokenizer::default()),
+        chat: Arc::new(gpu::chat::ChatTemplate::new(gpu::chat::CHATML, "", "<|im_end|>").unwrap()),
         context_length: 64,
         default_max_tokens: 20,
     }

@@ -1,0 +1,184 @@
+//! Byte-level BPE tokenizers (GPT-2 style, as SmolLM2, Llama 3 and Qwen2 use), built from GGUF
+//! metadata: vocabulary, merges, token types, and the pre-tokenizer llama.cpp names.
+
+use std::collections::HashMap;
+
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper};
+
+use super::ModelError;
+use super::gguf::{GgufFile, GgufValue};
+use crate::tokenizer::Tokenizer;
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_CONTROL: i64 = 3;
+const TOKEN_USER_DEFINED: i64 = 4;
+
+/// Texts of tokens that end a turn, besides the declared end-of-sequence token.
+const END_OF_TURN: [&str; 4] = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>"];
+
+pub struct BpeTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Bytes each token stands for in generated text; empty for special tokens.
+    bytes: Vec<Vec<u8>>,
+    eos: Vec<u32>,
+    pub bos: Option<u32>,
+    tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for BpeTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpeTokenizer").field("vocab", &self.bytes.len()).field("eos", &self.eos).finish()
+    }
+}
+
+/// GPT-2's reversible map from bytes to printable characters, inverted.
+fn byte_level_decoder() -> HashMap<char, u8> {
+    let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
+    printable.extend(u32::from('¡')..=u32::from('¬'));
+    printable.extend(u32::from('®')..=u32::from('ÿ'));
+    let mut map = HashMap::new();
+    let mut extra = 0;
+    for b in 0..=255u32 {
+        let ch = if printable.contains(&b) {
+            b
+        } else {
+            extra += 1;
+            255 + extra
+        };
+        map.insert(char::from_u32(ch).expect("valid scalar"), b as u8);
+    }
+    map
+}
+
+fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>, ModelError> {
+    match g.get(key)? {
+        GgufValue::Array(items) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ModelError::Metadata(format!("{key}: {v} is not a string")))
+            })
+            .collect(),
+        other => Err(ModelError::Metadata(format!("{key}: {other} is not an array"))),
+    }
+}
+
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
+    let byte_level = ByteLevel::new(false, true, true);
+    Ok(match pre {
+        // llama.cpp: digits one by one, then the GPT-2 pattern.
+        "smollm" | "starcoder" | "refact" | "codeshell" => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        "gpt2" | "default" => byte_level.into(),
+        other => return Err(ModelError::Unsupported(format!("tokenizer pre-tokenizer \"{other}\""))),
+    })
+}
+
+impl BpeTokenizer {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let model = g.get_str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(ModelError::Unsupported(format!("tokenizer model \"{model}\" (byte-level BPE, \"gpt2\", is)")));
+        }
+        let tokens = strings(g, "tokenizer.ggml.tokens")?;
+        let merges: Vec<(String, String)> = strings(g, "tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| ModelError::Metadata(format!("tokenizer.ggml.merges: \"{m}\" is not a pair")))
+            })
+            .collect::<Result<_, _>>()?;
+        let types: Vec<i64> = match g.metadata.get("tokenizer.ggml.token_type") {
+            Some(GgufValue::Array(v)) => v.iter().map(|t| t.as_u64().map_or(1, |t| t as i64)).collect(),
+            _ => vec![1; tokens.len()],
+        };
+        let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| ModelError::Metadata(format!("tokenizer: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+        let special = |i: usize| matches!(types.get(i), Some(&TOKEN_CONTROL) | Some(&TOKEN_USER_DEFINED));
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| special(i))
+            .map(|(_, t)| AddedToken::from(t.clone(), true))
+            .collect();
+        inner.add_special_tokens(added).map_err(|e| ModelError::Metadata(format!("tokenizer special tokens: {e}")))?;
+        let decode = byte_level_decoder();
+        let bytes = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if special(i) {
+                    Vec::new()
+                } else {
+                    t.chars().map(|c| decode.get(&c).copied().unwrap_or(b'?')).collect()
+                }
+            })
+            .collect();
+        let mut eos: Vec<u32> = g.get_u64("tokenizer.ggml.eos_token_id").ok().map(|e| e as u32).into_iter().collect();
+        eos.extend(
+            tokens
+                .iter()
+                .enumerate()
+                .filter(|&(i, t)| special(i) && END_OF_TURN.contains(&t.as_str()))
+                .map(|(i, _)| i as u32),
+        );
+        eos.sort_unstable();
+        eos.dedup();
+        let bos = g.get_u64("tokenizer.ggml.bos_token_id").ok().map(|b| b as u32);
+        Ok(Self { inner, bytes, eos, bos, tokens })
+    }
+
+    /// The text of a token as the vocabulary spells it (for templates: bos and eos strings).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+}
+
+impl Tokenizer for BpeTokenizer {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        // Encoding plain text with a loaded vocabulary cannot fail; an empty result is the
+        // fallback should the library ever report an error.
+        self.inner.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    }
+
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id as usize).map_or(&[], Vec::as_slice)
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn eos_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn byte_level_alphabet_is_a_bijection() {
+        let d = super::byte_level_decoder();
+        assert_eq!(d.len(), 256);
+        assert_eq!(d[&'Ġ'], b' ');
+        assert_eq!(d[&'Ċ'], b'\n');
+        assert_eq!(d[&'a'], b'a');
+        let mut bytes: Vec<u8> = d.values().copied().collect();
+        bytes.sort_unstable();
+        bytes.dedup();
+        assert_eq!(bytes.len(), 256);
+    }
+}
