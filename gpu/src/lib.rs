@@ -3,6 +3,7 @@
 //! that runs on its own OS thread.
 
 pub mod chat;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine;

@@ -1,0 +1,274 @@
+//! The Llama-family model on CPU: configuration and weights from GGUF (Llama 2/3, SmolLM,
+//! Mistral; Qwen2 with its q/k/v biases), and the forward pass over a batch of sequence chunks
+//! with attention reading K and V from the paged cache.
+
+use crate::executor::SequenceView;
+use crate::model::ModelError;
+use crate::model::gguf::GgufFile;
+
+use super::kernels::{RopeStyle, dot, matmul, rms_norm, rope, silu, softmax};
+use super::kv::KvCache;
+
+/// Shapes and constants of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub arch: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    pub rope_style: RopeStyle,
+    pub context_length: usize,
+}
+
+impl LlamaConfig {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g.get_str("general.architecture")?.to_string();
+        if !matches!(arch.as_str(), "llama" | "qwen2" | "mistral") {
+            return Err(ModelError::Unsupported(format!("architecture \"{arch}\" (llama, qwen2 and mistral are)")));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);
+        let heads = u("attention.head_count")?;
+        let hidden = u("embedding_length")?;
+        if heads == 0 || hidden % heads != 0 {
+            return Err(ModelError::Metadata(format!("{hidden} hidden units do not split into {heads} heads")));
+        }
+        let head_dim = hidden / heads;
+        let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(ModelError::Metadata(format!("{heads} heads do not group over {kv_heads} KV heads")));
+        }
+        if let Ok(rot) = u("rope.dimension_count")
+            && rot != head_dim
+        {
+            return Err(ModelError::Unsupported(format!("partial rotary embeddings ({rot} of {head_dim} dimensions)")));
+        }
+        if let Ok(kind) = g.get_str(&key("rope.scaling.type"))
+            && kind != "none"
+        {
+            return Err(ModelError::Unsupported(format!("RoPE scaling \"{kind}\"")));
+        }
+        let vocab = match g.get("tokenizer.ggml.tokens")? {
+            crate::model::gguf::GgufValue::Array(v) => v.len(),
+            _ => return Err(ModelError::Metadata("tokenizer.ggml.tokens is not an array".into())),
+        };
+        Ok(Self {
+            layers: u("block_count")?,
+            ffn: u("feed_forward_length")?,
+            eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            rope_base: g.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
+            // GGUF conversions permute Llama's q/k rows for interleaved rotation; Qwen2 keeps halves.
+            rope_style: if arch == "qwen2" { RopeStyle::Halves } else { RopeStyle::Interleaved },
+            context_length: u("context_length").unwrap_or(2048),
+            arch,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+        })
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// A dense f32 matrix `rows × cols`, row-major, with an optional bias per row.
+pub struct Linear {
+    pub w: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
+        let t = g.tensor(&format!("{name}.weight"))?;
+        if t.shape() != [rows, cols] {
+            return Err(ModelError::Metadata(format!(
+                "{name}.weight has shape {:?}, expected [{rows}, {cols}]",
+                t.shape()
+            )));
+        }
+        let w = g.dequantize(&t.name)?;
+        let bias = match g.tensor(&format!("{name}.bias")) {
+            Ok(b) => Some(g.dequantize(&b.name)?),
+            Err(_) => None,
+        };
+        if bias.as_ref().is_some_and(|b| b.len() != rows) {
+            return Err(ModelError::Metadata(format!("{name}.bias does not have {rows} values")));
+        }
+        Ok(Self { w, rows, cols, bias })
+    }
+
+    /// `out = x · Wᵀ (+ b)` for `n` input rows.
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        matmul(x, n, &self.w, self.rows, self.cols, self.bias.as_deref(), out);
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct LlamaModel {
+    pub config: LlamaConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// The output projection; None when tied to the embeddings.
+    output: Option<Linear>,
+    inv_freq: Vec<f32>,
+}
+
+fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let v = g.dequantize(name)?;
+    if v.len() != len {
+        return Err(ModelError::Metadata(format!("{name} has {} values, expected {len}", v.len())));
+    }
+    Ok(v)
+}
+
+impl LlamaModel {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let c = LlamaConfig::from_gguf(g)?;
+        let (h, kvw) = (c.hidden, c.kv_width());
+        let embed = g.dequantize("token_embd.weight")?;
+        if embed.len() != c.vocab * h {
+            return Err(ModelError::Metadata(format!(
+                "token_embd.weight has {} values, expected {}",
+                embed.len(),
+                c.vocab * h
+            )));
+        }
+        let layers = (0..c.layers)
+            .map(|i| {
+                let p = format!("blk.{i}");
+                Ok(Layer {
+                    attn_norm: vector(g, &format!("{p}.attn_norm.weight"), h)?,
+                    q: Linear::load(g, &format!("{p}.attn_q"), h, h)?,
+                    k: Linear::load(g, &format!("{p}.attn_k"), kvw, h)?,
+                    v: Linear::load(g, &format!("{p}.attn_v"), kvw, h)?,
+                    o: Linear::load(g, &format!("{p}.attn_output"), h, h)?,
+                    ffn_norm: vector(g, &format!("{p}.ffn_norm.weight"), h)?,
+                    gate: Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h)?,
+                    up: Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h)?,
+                    down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let output = match g.tensor("output.weight") {
+            Ok(_) => Some(Linear::load(g, "output", c.vocab, h)?),
+            Err(_) => None,
+        };
+        let half = c.head_dim / 2;
+        let inv_freq = (0..half).map(|i| c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32)).collect();
+        Ok(Self { embed, layers, norm: vector(g, "output_norm.weight", h)?, output, inv_freq, config: c })
+    }
+
+    /// Run each sequence's chunk `tokens[start..]`, writing K and V into `kv` at the sequence's
+    /// blocks, and return next-token logits for the sequences that want them.
+    pub fn forward(&self, batch: &[SequenceView<'_>], kv: &mut KvCache) -> Vec<Option<Vec<f32>>> {
+        let c = &self.config;
+        let (h, kvw, hd) = (c.hidden, c.kv_width(), c.head_dim);
+        // Flatten the batch: one row per new token, remembering its sequence and position.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (s, view) in batch.iter().enumerate() {
+            rows.extend((view.start..view.tokens.len()).map(|p| (s, p)));
+        }
+        let n = rows.len();
+        let mut x = vec![0.0f32; n * h];
+        for (r, &(s, p)) in rows.iter().enumerate() {
+            let tok = batch[s].tokens[p] as usize;
+            x[r * h..(r + 1) * h].copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
+        }
+        let mut xn = vec![0.0f32; n * h];
+        let (mut q, mut k, mut v) = (vec![0.0f32; n * h], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
+        let mut attn = vec![0.0f32; n * h];
+        let mut proj = vec![0.0f32; n * h];
+        let (mut gate, mut up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * c.ffn]);
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut scores = Vec::new();
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
+            layer.q.forward(&xn, n, &mut q);
+            layer.k.forward(&xn, n, &mut k);
+            layer.v.forward(&xn, n, &mut v);
+            for (r, &(s, p)) in rows.iter().enumerate() {
+                for head in q[r * h..(r + 1) * h].chunks_exact_mut(hd) {
+                    rope(head, p, &self.inv_freq, c.rope_style);
+                }
+                for head in k[r * kvw..(r + 1) * kvw].chunks_exact_mut(hd) {
+                    rope(head, p, &self.inv_freq, c.rope_style);
+                }
+                kv.write(li, batch[s].blocks, p, &k[r * kvw..(r + 1) * kvw], &v[r * kvw..(r + 1) * kvw]);
+            }
+            // Attention: each new token attends to every position up to its own, from the cache.
+            for (r, &(s, p)) in rows.iter().enumerate() {
+                let blocks = batch[s].blocks;
+                for head in 0..c.heads {
+                    let kvh = head / group;
+                    let qh = &q[r * h + head * hd..r * h + (head + 1) * hd];
+                    scores.clear();
+                    scores.extend((0..=p).map(|t| dot(qh, kv.key(li, blocks, t, kvh)) * scale));
+                    softmax(&mut scores);
+                    let out = &mut attn[r * h + head * hd..r * h + (head + 1) * hd];
+                    out.fill(0.0);
+                    for (t, &w) in scores.iter().enumerate() {
+                        for (o, &vv) in out.iter_mut().zip(kv.value(li, blocks, t, kvh)) {
+                            *o += w * vv;
+                        }
+                    }
+                }
+            }
+            layer.o.forward(&attn, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
+            layer.gate.forward(&xn, n, &mut gate);
+            layer.up.forward(&xn, n, &mut up);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+            layer.down.forward(&gate, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        // Logits only for the last token of sequences that want them.
+        let mut out = vec![None; batch.len()];
+        let wanted: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.wants_logits)
+            .map(|(s, v)| (s, rows.iter().position(|&(rs, rp)| rs == s && rp == v.tokens.len() - 1).expect("last row")))
+            .collect();
+        if wanted.is_empty() {
+            return out;
+        }
+        let mut last = vec![0.0f32; wanted.len() * h];
+        for (i, &(_, r)) in wanted.iter().enumerate() {
+            rms_norm(&x[r * h..(r + 1) * h], &self.norm, c.eps, &mut last[i * h..(i + 1) * h]);
+        }
+        let mut logits = vec![0.0f32; wanted.len() * c.vocab];
+        match &self.output {
+            Some(o) => o.forward(&last, wanted.len(), &mut logits),
+            None => matmul(&last, wanted.len(), &self.embed, c.vocab, h, None, &mut logits),
+        }
+        for (i, &(s, _)) in wanted.iter().enumerate() {
+            out[s] = Some(logits[i * c.vocab..(i + 1) * c.vocab].to_vec());
+        }
+        out
+    }
+}

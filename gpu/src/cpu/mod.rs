@@ -1,0 +1,51 @@
+//! The CPU backend: `ModelExecutor` runs a Llama-family model from GGUF with its KV cache paged
+//! in host memory, behind the `Executor` seam.
+
+pub mod kernels;
+pub mod kv;
+pub mod llama;
+
+use std::path::Path;
+
+use crate::executor::{Executor, ExecutorError, ModelInfo, SequenceView};
+use crate::model::ModelError;
+use crate::model::gguf::GgufFile;
+use kv::KvCache;
+use llama::LlamaModel;
+
+pub struct ModelExecutor {
+    name: String,
+    model: LlamaModel,
+    kv: KvCache,
+}
+
+impl ModelExecutor {
+    /// Load a GGUF model with a KV cache of `kv_blocks` blocks of `block_size` positions.
+    pub fn from_gguf(g: &GgufFile, name: &str, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+        let model = LlamaModel::from_gguf(g)?;
+        let c = &model.config;
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
+        Ok(Self { name: name.to_string(), model, kv })
+    }
+
+    pub fn open(path: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+        let g = GgufFile::open(path)?;
+        let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        Self::from_gguf(&g, &name, kv_blocks, block_size)
+    }
+
+    pub fn config(&self) -> &llama::LlamaConfig {
+        &self.model.config
+    }
+}
+
+impl Executor for ModelExecutor {
+    fn info(&self) -> ModelInfo {
+        let c = &self.model.config;
+        ModelInfo { name: self.name.clone(), vocab_size: c.vocab, context_length: c.context_length as u32 }
+    }
+
+    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError> {
+        Ok(self.model.forward(batch, &mut self.kv))
+    }
+}
