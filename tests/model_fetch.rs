@@ -9,7 +9,7 @@ use support::*;
 
 #[test]
 fn fetches_checks_and_caches_the_default_model() {
-    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("model-cache");
+    let cache = model_cache();
     let out = Command::new(bin()).args(["model", "fetch", "--cache-dir"]).arg(&cache).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

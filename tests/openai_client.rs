@@ -1,4 +1,5 @@
-//! `armature serve` (the embedded default topology) against the official `openai` Python client.
+//! `armature serve` (the embedded default topology, serving SmolLM2) against the official `openai`
+//! Python client.
 
 mod support;
 
@@ -17,7 +18,7 @@ fn openai_python_client_end_to_end() {
     let out = std::process::Command::new(py)
         .arg(script)
         .arg(format!("http://127.0.0.1:{port}/v1"))
-        .arg("armature-test")
+        .arg("SmolLM2-135M-Instruct")
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -15,7 +15,7 @@ fn sigterm_drains_then_exits() {
     let dir = temp_dir("shutdown");
     let config = dir.join("cluster.toml");
     let text = include_str!("../cluster.toml")
-        .replace("source = \"test\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
+        .replace("source = \"default\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
     std::fs::write(&config, text).unwrap();
     let mut serve = Proc::spawn(
         &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],

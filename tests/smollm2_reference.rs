@@ -11,7 +11,7 @@ use gpu::model::gguf::GgufFile;
 const REFERENCE: &str = include_str!("reference/smollm2.json");
 
 fn model() -> GgufFile {
-    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("model-cache");
+    let cache = support::model_cache();
     let path = fetch(&DEFAULT_MODEL, &cache, &mut |_, _| {}).expect("fetch the default model");
     GgufFile::open(&path).unwrap()
 }

@@ -14,7 +14,7 @@ fn panicking_worker_is_restarted_and_the_request_fails_cleanly() {
     // Slow steps (50 ms), so the long request is still running when the worker dies.
     let config = dir.join("cluster.toml");
     let text = include_str!("../cluster.toml")
-        .replace("source = \"test\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
+        .replace("source = \"default\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
     std::fs::write(&config, text).unwrap();
     let _serve = Proc::spawn(
         &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],

@@ -20,7 +20,7 @@ fn topology(gateway: u16) -> String {
 }
 
 fn complete(port: u16, prompt: &str) -> (u16, serde_json::Value) {
-    let body = format!(r#"{{"model":"armature-test","prompt":"{prompt}","max_tokens":6,"temperature":0}}"#);
+    let body = format!(r#"{{"model":"SmolLM2-135M-Instruct","prompt":"{prompt}","max_tokens":6,"temperature":0}}"#);
     let (status, _, text) = http("POST", port, "/v1/completions", Some(&body));
     (status, if status == 0 { serde_json::Value::Null } else { json(&text) })
 }

@@ -102,7 +102,7 @@ def _():
     c = r.choices[0]
     assert len(c.text) > 0 and c.finish_reason in ("stop", "length"), c
     assert_usage(r.usage)
-    assert r.usage.prompt_tokens == len("Once upon a time".encode())
+    assert 0 < r.usage.prompt_tokens <= len("Once upon a time".encode())
     # Greedy is deterministic, streamed or not.
     s = client.completions.create(model=model, prompt="Once upon a time", max_tokens=12, temperature=0, stream=True)
     assert "".join(ch.choices[0].text for ch in s if ch.choices) == c.text

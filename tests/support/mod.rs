@@ -22,6 +22,11 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The model cache shared by every test (the default model is fetched into it once).
+pub fn model_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("model-cache")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
 }
@@ -38,6 +43,7 @@ impl Proc {
         let err = out.try_clone().expect("log file clone");
         let child = Command::new(bin())
             .args(args)
+            .env("ARMATURE_CACHE_DIR", model_cache())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(out)

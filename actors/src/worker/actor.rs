@@ -54,7 +54,7 @@ impl Actor for WorkerActor {
         myself: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        let model = LoadedModel::load(&args.model)?;
+        let model = LoadedModel::load(&args.model, args.config.kv_blocks as usize, args.block_size as usize)?;
         let info = model.executor.info();
         let limits = EngineLimits {
             max_batch: args.config.max_batch as usize,

@@ -34,6 +34,11 @@ impl ModelExecutor {
         Self::from_gguf(&g, &name, kv_blocks, block_size)
     }
 
+    /// Serve at most `tokens` of context (less than the model's own, to bound the KV cache).
+    pub fn limit_context(&mut self, tokens: usize) {
+        self.model.config.context_length = self.model.config.context_length.min(tokens);
+    }
+
     pub fn config(&self) -> &llama::LlamaConfig {
         &self.model.config
     }

@@ -17,8 +17,6 @@ const TEST_CONTEXT_LENGTH: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("model.source = \"{0}\" is not supported by this build (only \"test\")")]
-    UnsupportedSource(String),
     /// An architecture, tensor type or tokenizer this build cannot run, named.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -28,6 +26,8 @@ pub enum ModelError {
     Gguf(#[from] gguf::GgufError),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("fetching the default model: {0}")]
+    Fetch(String),
 }
 
 /// What a gateway needs of a model: its id, tokenizer, chat format and context length.
@@ -41,6 +41,19 @@ pub struct ModelFrontend {
 }
 
 impl ModelFrontend {
+    pub fn load(section: &ModelSection, name: String) -> Result<Self, ModelError> {
+        match section.source.as_str() {
+            "test" => Ok(Self {
+                name,
+                tokenizer: Arc::new(TestTokenizer::default()),
+                chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
+                context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
+                default_max_tokens: section.default_max_tokens,
+            }),
+            _ => Self::from_gguf(&open_source(section)?, name, section.context_length, section.default_max_tokens),
+        }
+    }
+
     /// Tokenizer and chat template from a GGUF file's metadata.
     pub fn from_gguf(
         g: &gguf::GgufFile,
@@ -60,22 +73,13 @@ impl ModelFrontend {
             name,
             tokenizer: Arc::new(tokenizer),
             chat: Arc::new(chat),
-            context_length: context_length.or(native.map(|n| n as u32)).unwrap_or(2048),
+            context_length: match (context_length, native) {
+                (Some(c), Some(n)) => c.min(n as u32),
+                (Some(c), None) => c,
+                (None, n) => n.map_or(2048, |n| n as u32),
+            },
             default_max_tokens,
         })
-    }
-
-    pub fn load(section: &ModelSection, name: String) -> Result<Self, ModelError> {
-        match section.source.as_str() {
-            "test" => Ok(Self {
-                name,
-                tokenizer: Arc::new(TestTokenizer::default()),
-                chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
-                context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
-                default_max_tokens: section.default_max_tokens,
-            }),
-            other => Err(ModelError::UnsupportedSource(other.to_string())),
-        }
     }
 
     /// The prompt text for a chat, with the assistant's turn opened.
@@ -91,7 +95,9 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    pub fn load(section: &ModelSection) -> Result<Self, ModelError> {
+    /// The executor and tokenizer for `section`, with a KV cache of `kv_blocks` blocks of
+    /// `block_size` positions.
+    pub fn load(section: &ModelSection, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
         match section.source.as_str() {
             "test" => Ok(Self {
                 executor: Box::new(TestExecutor::new(
@@ -100,7 +106,34 @@ impl LoadedModel {
                 )),
                 tokenizer: Arc::new(TestTokenizer::default()),
             }),
-            other => Err(ModelError::UnsupportedSource(other.to_string())),
+            source => {
+                let g = open_source(section)?;
+                let tokenizer = Arc::new(bpe::BpeTokenizer::from_gguf(&g)?);
+                let mut exec = crate::cpu::ModelExecutor::from_gguf(&g, source, kv_blocks, block_size)?;
+                if let Some(limit) = section.context_length {
+                    exec.limit_context(limit as usize);
+                }
+                Ok(Self { executor: Box::new(exec), tokenizer })
+            }
         }
     }
+}
+
+/// The GGUF file `section` names, fetching the default model on first use.
+fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError> {
+    let path = match section.source.as_str() {
+        "default" => {
+            let mut last = 0;
+            fetch::fetch(&fetch::DEFAULT_MODEL, &fetch::cache_dir(), &mut |done, total| {
+                let pct = (done * 100).checked_div(total).unwrap_or(100);
+                if pct >= last + 25 {
+                    last = pct;
+                    tracing::info!(pct, "extracting the default model");
+                }
+            })
+            .map_err(|e| ModelError::Fetch(e.to_string()))?
+        }
+        path => std::path::PathBuf::from(path),
+    };
+    Ok(gguf::GgufFile::open(&path)?)
 }

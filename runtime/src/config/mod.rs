@@ -107,8 +107,8 @@ fn default_grace() -> HumanDuration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// `test` selects the deterministic test executor (no weights). Real model sources arrive with
-    /// the engine.
+    /// `default` (SmolLM2-135M-Instruct, fetched on first use), a path to a `.gguf` file, or `test`
+    /// (the deterministic test executor, no weights).
     pub source: String,
     /// The id clients send as `model`; defaults to the source's own name.
     #[serde(default)]
@@ -374,7 +374,10 @@ impl ClusterConfig {
     pub fn model_name(&self) -> String {
         self.model.name.clone().unwrap_or_else(|| match self.model.source.as_str() {
             "test" => "armature-test".to_string(),
-            other => other.to_string(),
+            "default" => "SmolLM2-135M-Instruct".to_string(),
+            path => std::path::Path::new(path)
+                .file_stem()
+                .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned()),
         })
     }
 

@@ -14,7 +14,7 @@ fn embedded_default_has_one_node_with_every_role() {
     assert_eq!(c.nodes[0].workers.len(), 1);
     assert_eq!(c.nodes[0].workers[0].device, "cpu");
     assert_eq!(c.cluster.join_timeout.get(), std::time::Duration::from_secs(30));
-    assert_eq!(c.model_name(), "armature-test");
+    assert_eq!(c.model_name(), "SmolLM2-135M-Instruct");
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn cross_field_checks_name_the_field() {
         ("device = \"cpu\"", "device = \"tpu\"", "nodes[1].workers[0].device"),
         ("role = \"aggregated\"", "role = \"prefill\"", "nodes[1].workers[0].role"),
         ("lease_timeout = \"2s\"", "lease_timeout = \"300ms\"", "cluster.lease_timeout"),
-        ("source = \"test\"", "source = \"/nowhere/model.gguf\"", "model.source"),
+        ("source = \"default\"", "source = \"/some/hf-folder\"", "model.source"),
         ("cookie = \"change-me\"", "cookie = \"change-me\"\nseeds = [\"nocolon\"]", "cluster.seeds[0]"),
     ];
     for (from, to, path) in cases {

@@ -35,12 +35,12 @@ impl ClusterConfig {
         for (i, seed) in c.seeds.iter().enumerate() {
             check_host_port(seed).map_err(|m| (format!("cluster.seeds[{i}]"), m))?;
         }
-        if self.model.source != "test" {
+        let source = self.model.source.as_str();
+        if !matches!(source, "test" | "default") && !source.ends_with(".gguf") {
             return Err((
                 "model.source".into(),
                 format!(
-                    "\"{}\" is not available in this build: only \"test\" (the deterministic test executor) is",
-                    self.model.source
+                    "\"{source}\" is not a model source: use \"default\", a path to a .gguf file, or \"test\" (Hugging Face folders are not supported yet)"
                 ),
             ));
         }
