@@ -55,10 +55,36 @@ enum Command {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
+    /// Measure performance.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage model files.
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// The engine and the model executor directly (no HTTP): prefill tok/s for one long prompt,
+    /// and decode tok/s at each concurrency (medians of --repeats runs).
+    Engine {
+        /// `default`, a path to a .gguf file, or `test`.
+        #[arg(long, default_value = "default")]
+        model: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 16)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 512)]
+        prefill_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
     },
 }
 
@@ -141,6 +167,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 });
             }
             run_node(config, plan, Some(name), stdin_rx).await
+        }
+        Command::Bench {
+            command: BenchCommand::Engine { model, concurrency, prompt_tokens, max_tokens, prefill_tokens, repeats },
+        } => {
+            runtime::telemetry::init_logging(Default::default());
+            let section = runtime::config::ModelSection { source: model, ..Default::default() };
+            let bench = gpu::bench::EngineBench {
+                concurrency,
+                prompt_tokens,
+                max_tokens,
+                prefill_tokens,
+                repeats: repeats.max(1),
+                block_size: 16,
+            };
+            let mut load = |blocks: usize| {
+                let m = gpu::model::LoadedModel::load(&section, blocks, 16)?;
+                Ok((m.executor, m.tokenizer))
+            };
+            let report = bench.run(&mut load).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("threads: {}", report.threads);
+            println!("prefill {} tokens: {:.1} tok/s", report.prefill_tokens, report.prefill_tok_s);
+            for d in &report.decode {
+                println!(
+                    "decode x{:<3} aggregate {:>8.1} tok/s   per stream {:>7.1} tok/s",
+                    d.concurrency, d.aggregate_tok_s, d.per_stream_tok_s
+                );
+            }
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Model { command: ModelCommand::Fetch { cache_dir } } => {
             runtime::telemetry::init_logging(Default::default());

@@ -2,6 +2,7 @@
 //! the deterministic test executor), sampling, stop strings, and the continuous-batching engine
 //! that runs on its own OS thread.
 
+pub mod bench;
 pub mod chat;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -19,11 +19,14 @@ pub struct SamplingParams {
     pub max_tokens: u32,
     /// Generation ends before the first occurrence of any of these strings.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks want fixed lengths).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new() }
+        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new(), ignore_eos: false }
     }
 }
 

@@ -87,6 +87,9 @@ struct Body {
     stop: Option<StopField>,
     #[serde(default)]
     seed: Option<i64>,
+    /// Extension (as in vLLM): keep generating past end-of-sequence, for benchmarks.
+    #[serde(default)]
+    ignore_eos: Option<bool>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -235,6 +238,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             seed: body.seed.map_or_else(rand::random, |s| s as u64),
             max_tokens,
             stop,
+            ignore_eos: body.ignore_eos.unwrap_or(false),
         },
         stream,
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),

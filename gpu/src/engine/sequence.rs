@@ -16,6 +16,7 @@ pub(super) struct Sequence {
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
     max_tokens: u32,
+    ignore_eos: bool,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
@@ -35,6 +36,7 @@ impl Sequence {
             id: req.id,
             prompt_len: req.prompt_tokens.len(),
             max_tokens: req.sampling.max_tokens.max(1),
+            ignore_eos: req.sampling.ignore_eos,
             sampler: Sampler::new(&req.sampling),
             stop: StopMatcher::new(&req.sampling.stop),
             tokens: req.prompt_tokens,
@@ -94,7 +96,7 @@ impl Sequence {
         let token = self.sampler.sample(logits);
         self.tokens.push(token);
         self.unreported += 1;
-        let is_eos = tokenizer.eos_tokens().contains(&token);
+        let is_eos = !self.ignore_eos && tokenizer.eos_tokens().contains(&token);
         let mut stopped = false;
         if !is_eos {
             let text = self.decoder.push(tokenizer, token);

@@ -120,7 +120,7 @@ impl LoadedModel {
 }
 
 /// The GGUF file `section` names, fetching the default model on first use.
-fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError> {
+pub fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError> {
     let path = match section.source.as_str() {
         "default" => {
             let mut last = 0;

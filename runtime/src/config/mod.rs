@@ -131,7 +131,7 @@ fn default_max_tokens() -> u32 {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            source: "test".into(),
+            source: "default".into(),
             name: None,
             context_length: None,
             default_max_tokens: default_max_tokens(),

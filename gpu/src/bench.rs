@@ -1,0 +1,135 @@
+//! `armature bench engine`: the engine and an executor measured directly, without HTTP: prefill
+//! throughput for one long prompt, and decode throughput at several concurrencies.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use runtime::ids::RequestId;
+use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineLimits};
+use crate::executor::Executor;
+use crate::model::ModelError;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct EngineBench {
+    pub concurrency: Vec<usize>,
+    /// Prompt length of each decoding sequence.
+    pub prompt_tokens: usize,
+    /// Tokens generated per sequence (end-of-sequence ignored).
+    pub max_tokens: u32,
+    /// Prompt length of the prefill measurement.
+    pub prefill_tokens: usize,
+    pub repeats: usize,
+    pub block_size: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeFigure {
+    pub concurrency: usize,
+    /// Median over repeats of generated tokens per second, all sequences together.
+    pub aggregate_tok_s: f64,
+    pub per_stream_tok_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineReport {
+    pub prefill_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode: Vec<DecodeFigure>,
+    pub threads: usize,
+}
+
+/// Makes a fresh executor (with its own KV cache of the given number of blocks) and tokenizer.
+pub type Loader<'a> = &'a mut dyn FnMut(usize) -> Result<(Box<dyn Executor>, Arc<dyn Tokenizer>), ModelError>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn prompt(tokenizer: &dyn Tokenizer, i: usize, len: usize) -> Vec<u32> {
+    let text = format!("Request {i}. The quick brown fox jumps over the lazy dog near the river bank at dawn. ")
+        .repeat(len / 8 + 2);
+    let mut ids = tokenizer.encode(&text);
+    ids.truncate(len);
+    ids
+}
+
+fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        id: RequestId(format!("bench-{id}")),
+        tag: None,
+        prompt_tokens,
+        sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
+    }
+}
+
+impl EngineBench {
+    fn limits(&self, batch: usize, tokens: usize, context: u32) -> EngineLimits {
+        let blocks = batch * tokens.div_ceil(self.block_size) + batch;
+        EngineLimits {
+            max_batch: batch,
+            max_queue: batch,
+            context_length: context,
+            block_size: self.block_size,
+            kv_blocks: blocks,
+            max_batch_tokens: tokens.max(batch * self.prompt_tokens).max(512),
+        }
+    }
+
+    pub fn run(&self, load: Loader<'_>) -> Result<EngineReport, ModelError> {
+        let mut prefill = Vec::new();
+        for _ in 0..self.repeats {
+            let limits = self.limits(1, self.prefill_tokens + 1, 1 << 20);
+            let (exec, tok) = load(limits.kv_blocks)?;
+            let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
+            let mut engine = Engine::new(exec, tok.clone(), limits);
+            engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1));
+            let start = Instant::now();
+            while engine.has_work() {
+                engine.step().map_err(|e| ModelError::Metadata(e.to_string()))?;
+            }
+            prefill.push(self.prefill_tokens as f64 / start.elapsed().as_secs_f64());
+        }
+        let mut decode = Vec::new();
+        for &c in &self.concurrency {
+            let mut runs = Vec::new();
+            for _ in 0..self.repeats {
+                let limits = self.limits(c, self.prompt_tokens + self.max_tokens as usize, 1 << 20);
+                let (exec, tok) = load(limits.kv_blocks)?;
+                let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
+                let mut engine = Engine::new(exec, tok.clone(), limits);
+                for i in 0..c {
+                    engine.submit(request(i, prompt(&*tok, i + 1, self.prompt_tokens), self.max_tokens));
+                }
+                // The first step prefills every prompt and samples each first token; time the rest.
+                engine.step().map_err(|e| ModelError::Metadata(e.to_string()))?;
+                let start = Instant::now();
+                let mut generated = 0u64;
+                while engine.has_work() {
+                    for (_, ev) in engine.step().map_err(|e| ModelError::Metadata(e.to_string()))? {
+                        if let StreamEvent::Finished { usage, .. } = ev {
+                            generated += u64::from(usage.completion_tokens.saturating_sub(1));
+                        }
+                    }
+                }
+                runs.push(generated as f64 / start.elapsed().as_secs_f64());
+            }
+            let aggregate = median(runs);
+            decode.push(DecodeFigure {
+                concurrency: c,
+                aggregate_tok_s: aggregate,
+                per_stream_tok_s: aggregate / c as f64,
+            });
+        }
+        Ok(EngineReport {
+            prefill_tokens: self.prefill_tokens,
+            prefill_tok_s: median(prefill),
+            decode,
+            threads: crate::cpu::kernels::threads(),
+        })
+    }
+}
