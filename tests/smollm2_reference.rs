@@ -50,50 +50,59 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
 }
 
-#[test]
-fn logits_match_llama_cpp() {
+fn last_logits(exec: &mut gpu::cpu::ModelExecutor, tokens: &[u32]) -> Vec<f32> {
     use gpu::executor::{Executor, SequenceView};
-    use gpu::pool::BlockId;
+    let table: Vec<gpu::pool::BlockId> = (0..64).map(gpu::pool::BlockId).collect();
+    let view = SequenceView { tokens, start: 0, prompt_len: tokens.len(), blocks: &table, wants_logits: true };
+    exec.forward(&[view]).unwrap().remove(0).unwrap()
+}
 
+#[test]
+fn exact_precision_matches_an_f32_numpy_forward_pass() {
+    let reference = support::json(REFERENCE);
+    let g = model();
+    let mut exec = gpu::cpu::ModelExecutor::with_precision(&g, "smollm2", 64, 16, gpu::cpu::Precision::Exact).unwrap();
+    for case in reference["logits"].as_array().unwrap() {
+        let logits = last_logits(&mut exec, &ids(&case["ids"]));
+        let exact: Vec<f32> =
+            case["numpy_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(exact.len(), logits.len());
+        let worst = logits.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        println!(
+            "{:?}: exact vs numpy f32, all {} logits: {worst:.5}",
+            &case["text"].as_str().unwrap()[..12],
+            exact.len()
+        );
+        // The reference is rounded to 1e-4.
+        assert!(worst < 5e-4, "logits differ from the f32 reference by up to {worst}");
+    }
+}
+
+#[test]
+fn fast_precision_matches_llama_cpp() {
     let reference = support::json(REFERENCE);
     let g = model();
     let mut exec = gpu::cpu::ModelExecutor::from_gguf(&g, "smollm2", 64, 16).unwrap();
-    let table: Vec<BlockId> = (0..64).map(BlockId).collect();
-    let (mut worst, mut worst_exact) = (0.0f32, 0.0f32);
     for case in reference["logits"].as_array().unwrap() {
-        let tokens = ids(&case["ids"]);
-        let view =
-            SequenceView { tokens: &tokens, start: 0, prompt_len: tokens.len(), blocks: &table, wants_logits: true };
-        let logits = exec.forward(&[view]).unwrap().remove(0).unwrap();
+        let logits = last_logits(&mut exec, &ids(&case["ids"]));
         let top: Vec<(usize, f32)> = case["last_top20"]
             .as_array()
             .unwrap()
             .iter()
             .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
             .collect();
-        let ours_top = gpu::sampling::argmax(&logits) as usize;
-        assert_eq!(ours_top, top[0].0, "top-1 of {:?}", case["text"]);
         // Compare after removing each side's mean over the top 20 (softmax does not see a shift).
         let ours_mean = top.iter().map(|&(id, _)| logits[id]).sum::<f32>() / top.len() as f32;
         let ref_mean = top.iter().map(|&(_, w)| w).sum::<f32>() / top.len() as f32;
-        let raw = top.iter().map(|&(id, w)| (logits[id] - w).abs()).fold(0.0f32, f32::max);
         let centered =
             top.iter().map(|&(id, w)| ((logits[id] - ours_mean) - (w - ref_mean)).abs()).fold(0.0f32, f32::max);
-        let exact: Vec<f32> =
-            case["numpy_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        assert_eq!(exact.len(), logits.len());
-        let vs_numpy = logits.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        println!(
-            "{:?}: vs llama.cpp top-20 raw {raw:.3} centered {centered:.3}; vs numpy f32, all {} logits: {vs_numpy:.5}",
-            case["text"].as_str().unwrap().chars().take(20).collect::<String>(),
-            exact.len()
-        );
-        worst = worst.max(centered);
-        worst_exact = worst_exact.max(vs_numpy);
+        println!("{:?}: fast vs llama.cpp, top 20 centered: {centered:.3}", &case["text"].as_str().unwrap()[..12]);
+        assert!(centered < 0.4, "top-20 logits differ from llama.cpp's by up to {centered} (after centering)");
+        // The same best token wherever llama.cpp's choice is clear (top-1/top-2 margin above 0.5).
+        if top[0].1 - top[1].1 > 0.5 {
+            assert_eq!(gpu::sampling::argmax(&logits) as usize, top[0].0, "top-1 of {:?}", case["text"]);
+        }
     }
-    // llama.cpp quantizes activations to 8 bits for its quantized matrix products; numpy does not.
-    assert!(worst < 0.4, "top-20 logits differ from llama.cpp's by up to {worst} (after centering)");
-    assert!(worst_exact < 5e-4, "logits differ from the exact f32 reference by up to {worst_exact}");
 }
 
 #[test]

@@ -6,8 +6,9 @@ use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 
-use super::kernels::{RopeStyle, dot, matmul, rms_norm, rope, silu, softmax};
+use super::kernels::{RopeStyle, dot, rms_norm, rope, silu, softmax};
 use super::kv::KvCache;
+use super::matrix::{Matrix, Precision};
 
 /// Shapes and constants of a model.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,24 +81,24 @@ impl LlamaConfig {
     }
 }
 
-/// A dense f32 matrix `rows × cols`, row-major, with an optional bias per row.
+/// A weight matrix `rows × cols` (kept quantized where a kernel exists) with an optional bias.
 pub struct Linear {
-    pub w: Vec<f32>,
-    pub rows: usize,
-    pub cols: usize,
+    pub w: Matrix,
     pub bias: Option<Vec<f32>>,
 }
 
+fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize, precision: Precision) -> Result<Matrix, ModelError> {
+    let t = g.tensor(name)?;
+    if t.shape() != [rows, cols] {
+        return Err(ModelError::Metadata(format!("{name} has shape {:?}, expected [{rows}, {cols}]", t.shape())));
+    }
+    Matrix::from_ggml(t.dtype, g.tensor_bytes(t)?, rows, cols, precision)
+        .ok_or_else(|| ModelError::Unsupported(format!("tensor `{name}` of type {}", t.dtype)))
+}
+
 impl Linear {
-    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Self, ModelError> {
-        let t = g.tensor(&format!("{name}.weight"))?;
-        if t.shape() != [rows, cols] {
-            return Err(ModelError::Metadata(format!(
-                "{name}.weight has shape {:?}, expected [{rows}, {cols}]",
-                t.shape()
-            )));
-        }
-        let w = g.dequantize(&t.name)?;
+    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, p: Precision) -> Result<Self, ModelError> {
+        let w = matrix(g, &format!("{name}.weight"), rows, cols, p)?;
         let bias = match g.tensor(&format!("{name}.bias")) {
             Ok(b) => Some(g.dequantize(&b.name)?),
             Err(_) => None,
@@ -105,12 +106,12 @@ impl Linear {
         if bias.as_ref().is_some_and(|b| b.len() != rows) {
             return Err(ModelError::Metadata(format!("{name}.bias does not have {rows} values")));
         }
-        Ok(Self { w, rows, cols, bias })
+        Ok(Self { w, bias })
     }
 
     /// `out = x · Wᵀ (+ b)` for `n` input rows.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        matmul(x, n, &self.w, self.rows, self.cols, self.bias.as_deref(), out);
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+        self.w.matmul(x, n, self.bias.as_deref(), out, scratch);
     }
 }
 
@@ -128,7 +129,7 @@ struct Layer {
 
 pub struct LlamaModel {
     pub config: LlamaConfig,
-    embed: Vec<f32>,
+    embed: Matrix,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     /// The output projection; None when tied to the embeddings.
@@ -145,35 +146,28 @@ fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> 
 }
 
 impl LlamaModel {
-    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+    pub fn from_gguf(g: &GgufFile, precision: Precision) -> Result<Self, ModelError> {
         let c = LlamaConfig::from_gguf(g)?;
         let (h, kvw) = (c.hidden, c.kv_width());
-        let embed = g.dequantize("token_embd.weight")?;
-        if embed.len() != c.vocab * h {
-            return Err(ModelError::Metadata(format!(
-                "token_embd.weight has {} values, expected {}",
-                embed.len(),
-                c.vocab * h
-            )));
-        }
+        let embed = matrix(g, "token_embd.weight", c.vocab, h, precision)?;
         let layers = (0..c.layers)
             .map(|i| {
                 let p = format!("blk.{i}");
                 Ok(Layer {
                     attn_norm: vector(g, &format!("{p}.attn_norm.weight"), h)?,
-                    q: Linear::load(g, &format!("{p}.attn_q"), h, h)?,
-                    k: Linear::load(g, &format!("{p}.attn_k"), kvw, h)?,
-                    v: Linear::load(g, &format!("{p}.attn_v"), kvw, h)?,
-                    o: Linear::load(g, &format!("{p}.attn_output"), h, h)?,
+                    q: Linear::load(g, &format!("{p}.attn_q"), h, h, precision)?,
+                    k: Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
+                    v: Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
+                    o: Linear::load(g, &format!("{p}.attn_output"), h, h, precision)?,
                     ffn_norm: vector(g, &format!("{p}.ffn_norm.weight"), h)?,
-                    gate: Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h)?,
-                    up: Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h)?,
-                    down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn)?,
+                    gate: Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
+                    up: Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
+                    down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn, precision)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let output = match g.tensor("output.weight") {
-            Ok(_) => Some(Linear::load(g, "output", c.vocab, h)?),
+            Ok(_) => Some(Linear::load(g, "output", c.vocab, h, precision)?),
             Err(_) => None,
         };
         let half = c.head_dim / 2;
@@ -195,7 +189,7 @@ impl LlamaModel {
         let mut x = vec![0.0f32; n * h];
         for (r, &(s, p)) in rows.iter().enumerate() {
             let tok = batch[s].tokens[p] as usize;
-            x[r * h..(r + 1) * h].copy_from_slice(&self.embed[tok * h..(tok + 1) * h]);
+            self.embed.row(tok, &mut x[r * h..(r + 1) * h]);
         }
         let mut xn = vec![0.0f32; n * h];
         let (mut q, mut k, mut v) = (vec![0.0f32; n * h], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
@@ -205,11 +199,12 @@ impl LlamaModel {
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = Vec::new();
+        let mut scratch = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
-            layer.q.forward(&xn, n, &mut q);
-            layer.k.forward(&xn, n, &mut k);
-            layer.v.forward(&xn, n, &mut v);
+            layer.q.forward(&xn, n, &mut q, &mut scratch);
+            layer.k.forward(&xn, n, &mut k, &mut scratch);
+            layer.v.forward(&xn, n, &mut v, &mut scratch);
             for (r, &(s, p)) in rows.iter().enumerate() {
                 for head in q[r * h..(r + 1) * h].chunks_exact_mut(hd) {
                     rope(head, p, &self.inv_freq, c.rope_style);
@@ -237,13 +232,13 @@ impl LlamaModel {
                     }
                 }
             }
-            layer.o.forward(&attn, n, &mut proj);
+            layer.o.forward(&attn, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            layer.gate.forward(&xn, n, &mut gate);
-            layer.up.forward(&xn, n, &mut up);
+            layer.gate.forward(&xn, n, &mut gate, &mut scratch);
+            layer.up.forward(&xn, n, &mut up, &mut scratch);
             gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
-            layer.down.forward(&gate, n, &mut proj);
+            layer.down.forward(&gate, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
         // Logits only for the last token of sequences that want them.
@@ -263,8 +258,8 @@ impl LlamaModel {
         }
         let mut logits = vec![0.0f32; wanted.len() * c.vocab];
         match &self.output {
-            Some(o) => o.forward(&last, wanted.len(), &mut logits),
-            None => matmul(&last, wanted.len(), &self.embed, c.vocab, h, None, &mut logits),
+            Some(o) => o.forward(&last, wanted.len(), &mut logits, &mut scratch),
+            None => self.embed.matmul(&last, wanted.len(), None, &mut logits, &mut scratch),
         }
         for (i, &(s, _)) in wanted.iter().enumerate() {
             out[s] = Some(logits[i * c.vocab..(i + 1) * c.vocab].to_vec());

@@ -4,6 +4,7 @@
 pub mod kernels;
 pub mod kv;
 pub mod llama;
+pub mod matrix;
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 use kv::KvCache;
 use llama::LlamaModel;
+pub use matrix::Precision;
 
 pub struct ModelExecutor {
     name: String,
@@ -22,7 +24,18 @@ pub struct ModelExecutor {
 impl ModelExecutor {
     /// Load a GGUF model with a KV cache of `kv_blocks` blocks of `block_size` positions.
     pub fn from_gguf(g: &GgufFile, name: &str, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        let model = LlamaModel::from_gguf(g)?;
+        Self::with_precision(g, name, kv_blocks, block_size, Precision::Fast)
+    }
+
+    /// As `from_gguf`, choosing how matrix products are computed.
+    pub fn with_precision(
+        g: &GgufFile,
+        name: &str,
+        kv_blocks: usize,
+        block_size: usize,
+        p: Precision,
+    ) -> Result<Self, ModelError> {
+        let model = LlamaModel::from_gguf(g, p)?;
         let c = &model.config;
         let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
         Ok(Self { name: name.to_string(), model, kv })
