@@ -59,7 +59,7 @@ impl Matrix {
             _ if precision == Precision::Exact => {
                 Storage::F32(crate::model::quant::dequantize(dtype, bytes, rows * cols)?)
             }
-            GgmlType::Q4_1 if cols % QK == 0 && bytes.len() == blocks * 20 => {
+            GgmlType::Q4_1 if cols.is_multiple_of(QK) && bytes.len() == blocks * 20 => {
                 let mut dm = Vec::with_capacity(blocks);
                 let mut qs = Vec::with_capacity(blocks);
                 for b in bytes.chunks_exact(20) {
@@ -71,7 +71,7 @@ impl Matrix {
                 }
                 Storage::Q4_1 { dm, qs }
             }
-            GgmlType::Q8_0 if cols % QK == 0 && bytes.len() == blocks * 34 => {
+            GgmlType::Q8_0 if cols.is_multiple_of(QK) && bytes.len() == blocks * 34 => {
                 let mut d = Vec::with_capacity(blocks);
                 let mut qs = Vec::with_capacity(blocks);
                 for b in bytes.chunks_exact(34) {
@@ -192,10 +192,12 @@ fn dot_q4_1_q8(avx2: bool, dm: &[[f32; 2]], qs: &[[u8; 16]], x: &[Q8Block]) -> f
     let _ = avx2;
     let mut sum = 0.0f32;
     for ((&[d, m], q), xb) in dm.iter().zip(qs).zip(x) {
-        let mut isum = 0i32;
-        for j in 0..16 {
-            isum += i32::from(q[j] & 15) * i32::from(xb.q[j]) + i32::from(q[j] >> 4) * i32::from(xb.q[j + 16]);
-        }
+        let (lo, hi) = xb.q.split_at(16);
+        let isum: i32 = q
+            .iter()
+            .zip(lo.iter().zip(hi))
+            .map(|(&w, (&a, &b))| i32::from(w & 15) * i32::from(a) + i32::from(w >> 4) * i32::from(b))
+            .sum();
         sum += d * xb.d * isum as f32 + m * xb.s;
     }
     sum
