@@ -130,7 +130,25 @@ impl Matrix {
             for (i, cell) in chunk.chunks_exact_mut(n).enumerate() {
                 let o = task * ROWS_PER_TASK + i;
                 let b = bias.map_or(0.0, |b| b[o]);
-                for (t, c) in cell.iter_mut().enumerate() {
+                let mut t = 0;
+                // Four input rows at a time share each unpacked weight block.
+                if let Storage::Q4_1 { dm, qs } = &self.storage {
+                    let (dm, qs) = (&dm[o * nb..(o + 1) * nb], &qs[o * nb..(o + 1) * nb]);
+                    while t + 4 <= n {
+                        let xs = [
+                            &qx[t * nb..(t + 1) * nb],
+                            &qx[(t + 1) * nb..(t + 2) * nb],
+                            &qx[(t + 2) * nb..(t + 3) * nb],
+                            &qx[(t + 3) * nb..(t + 4) * nb],
+                        ];
+                        let v = dot_q4_1_q8_x4(avx2, dm, qs, xs);
+                        for (k, v) in v.into_iter().enumerate() {
+                            cell[t + k] = v + b;
+                        }
+                        t += 4;
+                    }
+                }
+                for (t, c) in cell.iter_mut().enumerate().skip(t) {
                     let v = match &self.storage {
                         Storage::F32(w) => kernel_f32(avx2, &w[o * cols..(o + 1) * cols], &x[t * cols..(t + 1) * cols]),
                         Storage::Q4_1 { dm, qs } => dot_q4_1_q8(
@@ -203,6 +221,16 @@ fn dot_q4_1_q8(avx2: bool, dm: &[[f32; 2]], qs: &[[u8; 16]], x: &[Q8Block]) -> f
     sum
 }
 
+/// `dot_q4_1_q8` for four activation rows at once.
+fn dot_q4_1_q8_x4(avx2: bool, dm: &[[f32; 2]], qs: &[[u8; 16]], x: [&[Q8Block]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reports AVX2 and FMA (`has_avx2_fma`).
+        return unsafe { avx2_kernels::dot_q4_1_q8_x4(dm, qs, x) };
+    }
+    x.map(|xr| dot_q4_1_q8(avx2, dm, qs, xr))
+}
+
 fn dot_q8_0_q8(avx2: bool, d: &[f32], qs: &[[i8; 32]], x: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
@@ -252,6 +280,29 @@ mod avx2_kernels {
             mins += m * xb.s;
         }
         hsum(acc) + mins
+    }
+
+    /// `dot_q4_1_q8` for four activation rows, unpacking each weight block once.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q4_1_q8_x4(dm: &[[f32; 2]], qs: &[[u8; 16]], x: [&[Q8Block]; 4]) -> [f32; 4] {
+        let mask = _mm_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut mins = [0.0f32; 4];
+        for (b, (&[d, m], q)) in dm.iter().zip(qs).enumerate() {
+            // SAFETY: `q` holds 16 bytes; the load is unaligned.
+            let raw = unsafe { _mm_loadu_si128(q.as_ptr().cast()) };
+            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+            for k in 0..4 {
+                let xb = &x[k][b];
+                // SAFETY: `xb.q` holds 32 bytes; the load is unaligned.
+                let xq = unsafe { _mm256_loadu_si256(xb.q.as_ptr().cast()) };
+                let ints = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones);
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(ints), acc[k]);
+                mins[k] += m * xb.s;
+            }
+        }
+        [hsum(acc[0]) + mins[0], hsum(acc[1]) + mins[1], hsum(acc[2]) + mins[2], hsum(acc[3]) + mins[3]]
     }
 
     /// Σ over blocks of `d·dx·Σ q·q8`.
@@ -370,6 +421,15 @@ mod tests {
             let scale = exact.iter().fold(0.0f32, |a, b| a.max(b.abs()));
             for (a, b) in out.iter().zip(&exact) {
                 assert!((a - b).abs() <= 1e-2 * scale, "{dtype}: {a} vs {b}");
+            }
+            // Batched rows give bit-identical results to one row alone (batch-invariant output).
+            let x4: Vec<f32> = (0..4).flat_map(|k| x[(k % n) * cols..(k % n + 1) * cols].to_vec()).collect();
+            let mut out4 = vec![0.0; 4 * rows];
+            m.matmul(&x4, 4, None, &mut out4, &mut Vec::new());
+            for k in 0..4 {
+                let mut one = vec![0.0; rows];
+                m.matmul(&x4[k * cols..(k + 1) * cols], 1, None, &mut one, &mut Vec::new());
+                assert_eq!(one, out4[k * rows..(k + 1) * rows], "{dtype}: row {k} of 4");
             }
             // The AVX2 and portable kernels compute the same integer sums.
             let qx = quantize_rows(&x[..cols]);
