@@ -55,6 +55,9 @@ impl LlamaConfig {
         {
             return Err(ModelError::Unsupported(format!("RoPE scaling \"{kind}\"")));
         }
+        if g.tensor("rope_freqs.weight").is_ok() {
+            return Err(ModelError::Unsupported("Llama 3 RoPE frequency scaling (tensor rope_freqs.weight)".into()));
+        }
         let vocab = match g.get("tokenizer.ggml.tokens")? {
             crate::model::gguf::GgufValue::Array(v) => v.len(),
             _ => return Err(ModelError::Metadata("tokenizer.ggml.tokens is not an array".into())),
