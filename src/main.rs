@@ -97,6 +97,16 @@ enum ModelCommand {
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
+    /// Write a GGUF model as a Hugging Face folder (config.json, f32 safetensors, tokenizer.json,
+    /// tokenizer_config.json with the chat template), so other tools can run the same weights.
+    Export {
+        /// Output folder.
+        #[arg(long)]
+        hf: PathBuf,
+        /// `default` or a path to a .gguf file.
+        #[arg(long, default_value = "default")]
+        model: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -195,6 +205,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model { command: ModelCommand::Export { hf, model } } => {
+            runtime::telemetry::init_logging(Default::default());
+            let section = runtime::config::ModelSection { source: model, ..Default::default() };
+            let g = gpu::model::open_source(&section).map_err(|e| anyhow::anyhow!("{e}"))?;
+            gpu::model::hf::export(&g, &hf).map_err(|e| anyhow::anyhow!("exporting to {}: {e}", hf.display()))?;
+            println!("{}", hf.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command: ModelCommand::Fetch { cache_dir } } => {

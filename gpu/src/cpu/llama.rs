@@ -90,25 +90,43 @@ pub struct Linear {
     pub bias: Option<Vec<f32>>,
 }
 
-fn matrix(g: &GgufFile, name: &str, rows: usize, cols: usize, precision: Precision) -> Result<Matrix, ModelError> {
-    let t = g.tensor(name)?;
-    if t.shape() != [rows, cols] {
-        return Err(ModelError::Metadata(format!("{name} has shape {:?}, expected [{rows}, {cols}]", t.shape())));
+/// Where a model's tensors come from, named as GGUF names them (`blk.0.attn_q.weight`).
+pub trait WeightSource {
+    /// A `rows × cols` matrix.
+    fn matrix(&self, name: &str, rows: usize, cols: usize, precision: Precision) -> Result<Matrix, ModelError>;
+    /// A vector of `len` values.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError>;
+    fn has(&self, name: &str) -> bool;
+}
+
+impl WeightSource for GgufFile {
+    fn matrix(&self, name: &str, rows: usize, cols: usize, precision: Precision) -> Result<Matrix, ModelError> {
+        let t = self.tensor(name)?;
+        if t.shape() != [rows, cols] {
+            return Err(ModelError::Metadata(format!("{name} has shape {:?}, expected [{rows}, {cols}]", t.shape())));
+        }
+        Matrix::from_ggml(t.dtype, self.tensor_bytes(t)?, rows, cols, precision)
+            .ok_or_else(|| ModelError::Unsupported(format!("tensor `{name}` of type {}", t.dtype)))
     }
-    Matrix::from_ggml(t.dtype, g.tensor_bytes(t)?, rows, cols, precision)
-        .ok_or_else(|| ModelError::Unsupported(format!("tensor `{name}` of type {}", t.dtype)))
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let v = self.dequantize(name)?;
+        if v.len() != len {
+            return Err(ModelError::Metadata(format!("{name} has {} values, expected {len}", v.len())));
+        }
+        Ok(v)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensor(name).is_ok()
+    }
 }
 
 impl Linear {
-    fn load(g: &GgufFile, name: &str, rows: usize, cols: usize, p: Precision) -> Result<Self, ModelError> {
-        let w = matrix(g, &format!("{name}.weight"), rows, cols, p)?;
-        let bias = match g.tensor(&format!("{name}.bias")) {
-            Ok(b) => Some(g.dequantize(&b.name)?),
-            Err(_) => None,
-        };
-        if bias.as_ref().is_some_and(|b| b.len() != rows) {
-            return Err(ModelError::Metadata(format!("{name}.bias does not have {rows} values")));
-        }
+    fn load(g: &dyn WeightSource, name: &str, rows: usize, cols: usize, p: Precision) -> Result<Self, ModelError> {
+        let w = g.matrix(&format!("{name}.weight"), rows, cols, p)?;
+        let bias_name = format!("{name}.bias");
+        let bias = if g.has(&bias_name) { Some(g.vector(&bias_name, rows)?) } else { None };
         Ok(Self { w, bias })
     }
 
@@ -140,42 +158,36 @@ pub struct LlamaModel {
     inv_freq: Vec<f32>,
 }
 
-fn vector(g: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-    let v = g.dequantize(name)?;
-    if v.len() != len {
-        return Err(ModelError::Metadata(format!("{name} has {} values, expected {len}", v.len())));
-    }
-    Ok(v)
-}
-
 impl LlamaModel {
     pub fn from_gguf(g: &GgufFile, precision: Precision) -> Result<Self, ModelError> {
-        let c = LlamaConfig::from_gguf(g)?;
+        Self::load(LlamaConfig::from_gguf(g)?, g, precision)
+    }
+
+    /// Build the model from `config` and tensors named as GGUF names them.
+    pub fn load(c: LlamaConfig, g: &dyn WeightSource, precision: Precision) -> Result<Self, ModelError> {
         let (h, kvw) = (c.hidden, c.kv_width());
-        let embed = matrix(g, "token_embd.weight", c.vocab, h, precision)?;
+        let embed = g.matrix("token_embd.weight", c.vocab, h, precision)?;
         let layers = (0..c.layers)
             .map(|i| {
                 let p = format!("blk.{i}");
                 Ok(Layer {
-                    attn_norm: vector(g, &format!("{p}.attn_norm.weight"), h)?,
+                    attn_norm: g.vector(&format!("{p}.attn_norm.weight"), h)?,
                     q: Linear::load(g, &format!("{p}.attn_q"), h, h, precision)?,
                     k: Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
                     v: Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
                     o: Linear::load(g, &format!("{p}.attn_output"), h, h, precision)?,
-                    ffn_norm: vector(g, &format!("{p}.ffn_norm.weight"), h)?,
+                    ffn_norm: g.vector(&format!("{p}.ffn_norm.weight"), h)?,
                     gate: Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
                     up: Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
                     down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn, precision)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let output = match g.tensor("output.weight") {
-            Ok(_) => Some(Linear::load(g, "output", c.vocab, h, precision)?),
-            Err(_) => None,
-        };
+        let output =
+            if g.has("output.weight") { Some(Linear::load(g, "output", c.vocab, h, precision)?) } else { None };
         let half = c.head_dim / 2;
         let inv_freq = (0..half).map(|i| c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32)).collect();
-        Ok(Self { embed, layers, norm: vector(g, "output_norm.weight", h)?, output, inv_freq, config: c })
+        Ok(Self { embed, layers, norm: g.vector("output_norm.weight", h)?, output, inv_freq, config: c })
     }
 
     /// Run each sequence's chunk `tokens[start..]`, writing K and V into `kv` at the sequence's

@@ -41,6 +41,16 @@ impl ModelExecutor {
         Ok(Self { name: name.to_string(), model, kv })
     }
 
+    /// Load a Hugging Face folder (its weights are used as f32).
+    pub fn from_hf(dir: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+        let hf = crate::model::hf::HfModel::open(dir)?;
+        let model = LlamaModel::load(hf.config.clone(), &hf, Precision::Exact)?;
+        let c = &model.config;
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
+        let name = dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Self { name, model, kv })
+    }
+
     pub fn open(path: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
         let g = GgufFile::open(path)?;
         let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());

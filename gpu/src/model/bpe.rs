@@ -107,38 +107,84 @@ impl BpeTokenizer {
             .map_err(|e| ModelError::Metadata(format!("tokenizer: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        let special = |i: usize| matches!(types.get(i), Some(&TOKEN_CONTROL) | Some(&TOKEN_USER_DEFINED));
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| special(i))
-            .map(|(_, t)| AddedToken::from(t.clone(), true))
+        let special: Vec<bool> = (0..tokens.len())
+            .map(|i| matches!(types.get(i), Some(&TOKEN_CONTROL) | Some(&TOKEN_USER_DEFINED)))
             .collect();
+        let added: Vec<AddedToken> =
+            tokens.iter().zip(&special).filter(|(_, s)| **s).map(|(t, _)| AddedToken::from(t.clone(), true)).collect();
         inner.add_special_tokens(added).map_err(|e| ModelError::Metadata(format!("tokenizer special tokens: {e}")))?;
+        inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+        let eos = g.get_u64("tokenizer.ggml.eos_token_id").ok().map(|e| e as u32);
+        let bos = g.get_u64("tokenizer.ggml.bos_token_id").ok().map(|b| b as u32);
+        Ok(Self::from_parts(inner, tokens, &special, eos, bos))
+    }
+
+    /// A Hugging Face `tokenizer.json` (byte-level BPE only); `eos_token` names the end-of-sequence
+    /// token as `tokenizer_config.json` does.
+    pub fn from_tokenizer_json(
+        path: &std::path::Path,
+        eos_token: Option<&str>,
+        bos_token: Option<&str>,
+    ) -> Result<Self, ModelError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ModelError::Metadata(format!("{}: {e}", path.display())))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Metadata(format!("{}: {e}", path.display())))?;
+        if !text.contains("\"ByteLevel\"") || json["model"]["type"] != "BPE" {
+            return Err(ModelError::Unsupported(format!("{}: only byte-level BPE tokenizers are", path.display())));
+        }
+        let inner = <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text)
+            .map_err(|e| ModelError::Metadata(format!("{}: {e}", path.display())))?;
+        let vocab = inner.get_vocab(true);
+        let mut tokens = vec![String::new(); vocab.values().map(|&i| i as usize + 1).max().unwrap_or(0)];
+        for (t, i) in vocab {
+            tokens[i as usize] = t;
+        }
+        let mut special = vec![false; tokens.len()];
+        for (id, t) in inner.get_added_tokens_decoder() {
+            if t.special && (id as usize) < special.len() {
+                special[id as usize] = true;
+            }
+        }
+        let id_of = |t: Option<&str>| t.and_then(|t| inner.token_to_id(t));
+        let (eos, bos) = (id_of(eos_token), id_of(bos_token));
+        Ok(Self::from_parts(inner, tokens, &special, eos, bos))
+    }
+
+    fn from_parts(
+        inner: tokenizers::Tokenizer,
+        tokens: Vec<String>,
+        special: &[bool],
+        eos: Option<u32>,
+        bos: Option<u32>,
+    ) -> Self {
         let decode = byte_level_decoder();
         let bytes = tokens
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if special(i) {
-                    Vec::new()
-                } else {
-                    t.chars().map(|c| decode.get(&c).copied().unwrap_or(b'?')).collect()
-                }
-            })
+            .zip(special)
+            .map(
+                |(t, &s)| {
+                    if s { Vec::new() } else { t.chars().map(|c| decode.get(&c).copied().unwrap_or(b'?')).collect() }
+                },
+            )
             .collect();
-        let mut eos: Vec<u32> = g.get_u64("tokenizer.ggml.eos_token_id").ok().map(|e| e as u32).into_iter().collect();
+        let mut eos: Vec<u32> = eos.into_iter().collect();
         eos.extend(
             tokens
                 .iter()
+                .zip(special)
                 .enumerate()
-                .filter(|&(i, t)| special(i) && END_OF_TURN.contains(&t.as_str()))
+                .filter(|(_, (t, s))| **s && END_OF_TURN.contains(&t.as_str()))
                 .map(|(i, _)| i as u32),
         );
         eos.sort_unstable();
         eos.dedup();
-        let bos = g.get_u64("tokenizer.ggml.bos_token_id").ok().map(|b| b as u32);
-        Ok(Self { inner, bytes, eos, bos, tokens })
+        Self { inner, bytes, eos, bos, tokens }
+    }
+
+    /// The underlying tokenizer, as `tokenizer.json` would hold it.
+    pub fn to_json(&self) -> Result<String, ModelError> {
+        self.inner.to_string(true).map_err(|e| ModelError::Metadata(format!("tokenizer: {e}")))
     }
 
     /// The text of a token as the vocabulary spells it (for templates: bos and eos strings).

@@ -3,8 +3,11 @@
 pub mod bpe;
 pub mod fetch;
 pub mod gguf;
+pub mod hf;
 pub mod quant;
+pub mod safetensors;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use runtime::config::ModelSection;
@@ -50,6 +53,19 @@ impl ModelFrontend {
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
                 default_max_tokens: section.default_max_tokens,
             }),
+            source if Path::new(source).is_dir() => {
+                let (tok, template, bos, eos) = hf::HfModel::tokenizer(Path::new(source))?;
+                let chat = ChatTemplate::new(template.as_deref().unwrap_or(CHATML), &bos, &eos)
+                    .map_err(ModelError::Template)?;
+                let native = hf::HfModel::open(Path::new(source))?.config.context_length as u32;
+                Ok(Self {
+                    name,
+                    tokenizer: Arc::new(tok),
+                    chat: Arc::new(chat),
+                    context_length: section.context_length.map_or(native, |c| c.min(native)),
+                    default_max_tokens: section.default_max_tokens,
+                })
+            }
             _ => Self::from_gguf(&open_source(section)?, name, section.context_length, section.default_max_tokens),
         }
     }
@@ -106,6 +122,15 @@ impl LoadedModel {
                 )),
                 tokenizer: Arc::new(TestTokenizer::default()),
             }),
+            source if Path::new(source).is_dir() => {
+                let dir = Path::new(source);
+                let (tok, ..) = hf::HfModel::tokenizer(dir)?;
+                let mut exec = crate::cpu::ModelExecutor::from_hf(dir, kv_blocks, block_size)?;
+                if let Some(limit) = section.context_length {
+                    exec.limit_context(limit as usize);
+                }
+                Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(tok) })
+            }
             source => {
                 let g = open_source(section)?;
                 let tokenizer = Arc::new(bpe::BpeTokenizer::from_gguf(&g)?);

@@ -61,7 +61,7 @@ fn cross_field_checks_name_the_field() {
         ("device = \"cpu\"", "device = \"tpu\"", "nodes[1].workers[0].device"),
         ("role = \"aggregated\"", "role = \"prefill\"", "nodes[1].workers[0].role"),
         ("lease_timeout = \"2s\"", "lease_timeout = \"300ms\"", "cluster.lease_timeout"),
-        ("source = \"default\"", "source = \"/some/hf-folder\"", "model.source"),
+        ("source = \"default\"", "source = \"\"", "model.source"),
         ("cookie = \"change-me\"", "cookie = \"change-me\"\nseeds = [\"nocolon\"]", "cluster.seeds[0]"),
     ];
     for (from, to, path) in cases {
