@@ -111,6 +111,12 @@ impl Engine {
         if let Err(reason) = Self::check(&self.limits, &req) {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason)));
         }
+        let vocab = self.executor.info().vocab_size;
+        if let Some(bad) = req.prompt_tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Some(StreamEvent::Failed(WorkerFailure::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))));
+        }
         self.waiting.push_back(Sequence::new(req));
         None
     }

@@ -273,6 +273,21 @@ fn kv_events_describe_the_registered_blocks() {
 }
 
 #[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    let mut e = engine(1);
+    let bad = GenerateRequest {
+        id: RequestId("bad".into()),
+        tag: None,
+        prompt_tokens: vec![5, 100_000],
+        sampling: greedy(2),
+    };
+    match e.submit(bad) {
+        Some(StreamEvent::Failed(runtime::request::WorkerFailure::Invalid(m))) => assert!(m.contains("100000"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn request_larger_than_the_pool_is_refused() {
     let mut e = engine_with(limits(4, 1, 512), Duration::ZERO);
     match e.submit(req("big", "0123456789", greedy(20))) {

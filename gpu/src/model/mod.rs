@@ -3,9 +3,11 @@
 pub mod bpe;
 pub mod fetch;
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
 pub mod quant;
 pub mod safetensors;
+pub mod tiny;
 
 use std::path::Path;
 use std::sync::Arc;
