@@ -36,6 +36,8 @@ class Model:
     def rope(self, x):  # x: [T, heads, HD]
         HD, T = self.HD, x.shape[0]
         inv = self.BASE ** (-np.arange(0, HD, 2, dtype=np.float64) / HD)
+        if "rope_freqs.weight" in self.W:  # Llama 3.1 frequency scaling, as llama.cpp stores it
+            inv = inv / self.W["rope_freqs.weight"].astype(np.float64)
         ang = np.arange(T)[:, None] * inv[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         x = x.astype(np.float64)

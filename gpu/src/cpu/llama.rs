@@ -25,6 +25,37 @@ pub struct LlamaConfig {
     pub rope_base: f32,
     pub rope_style: RopeStyle,
     pub context_length: usize,
+    /// Per-frequency divisors of RoPE (Llama 3.1's frequency scaling), `head_dim / 2` of them.
+    pub rope_freq_factors: Option<Vec<f32>>,
+}
+
+/// Llama 3.1 RoPE scaling: the divisor of each rotary frequency, as Hugging Face computes it
+/// (`rope_type = "llama3"`): long wavelengths are slowed by `factor`, short ones kept, and the
+/// band between interpolated.
+pub fn llama3_rope_factors(
+    head_dim: usize,
+    base: f32,
+    factor: f32,
+    low: f32,
+    high: f32,
+    original_context: f32,
+) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (original_context / low, original_context / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = base.powf(-(2.0 * i as f32) / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            let scaled = if wavelen < high_wavelen {
+                freq
+            } else if wavelen > low_wavelen {
+                freq / factor
+            } else {
+                let smooth = (original_context / wavelen - low) / (high - low);
+                (1.0 - smooth) * freq / factor + smooth * freq
+            };
+            freq / scaled
+        })
+        .collect()
 }
 
 impl LlamaConfig {
@@ -55,9 +86,11 @@ impl LlamaConfig {
         {
             return Err(ModelError::Unsupported(format!("RoPE scaling \"{kind}\"")));
         }
-        if g.tensor("rope_freqs.weight").is_ok() {
-            return Err(ModelError::Unsupported("Llama 3 RoPE frequency scaling (tensor rope_freqs.weight)".into()));
-        }
+        // llama.cpp stores Llama 3.1's frequency scaling as divisors in this tensor.
+        let rope_freq_factors = match g.tensor("rope_freqs.weight") {
+            Ok(_) => Some(g.vector("rope_freqs.weight", head_dim / 2)?),
+            Err(_) => None,
+        };
         let vocab = match g.get("tokenizer.ggml.tokens")? {
             crate::model::gguf::GgufValue::Array(v) => v.len(),
             _ => return Err(ModelError::Metadata("tokenizer.ggml.tokens is not an array".into())),
@@ -70,6 +103,7 @@ impl LlamaConfig {
             // GGUF conversions permute Llama's q/k rows for interleaved rotation; Qwen2 keeps halves.
             rope_style: if arch == "qwen2" { RopeStyle::Halves } else { RopeStyle::Interleaved },
             context_length: u("context_length").unwrap_or(2048),
+            rope_freq_factors,
             arch,
             hidden,
             heads,
@@ -186,7 +220,12 @@ impl LlamaModel {
         let output =
             if g.has("output.weight") { Some(Linear::load(g, "output", c.vocab, h, precision)?) } else { None };
         let half = c.head_dim / 2;
-        let inv_freq = (0..half).map(|i| c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32)).collect();
+        let inv_freq = (0..half)
+            .map(|i| {
+                let f = c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32);
+                c.rope_freq_factors.as_ref().map_or(f, |d| f / d[i])
+            })
+            .collect();
         Ok(Self { embed, layers, norm: g.vector("output_norm.weight", h)?, output, inv_freq, config: c })
     }
 

@@ -13,7 +13,7 @@ use super::bpe::BpeTokenizer;
 use super::gguf::GgufFile;
 use super::safetensors::{SafeTensors, write_f32};
 use crate::cpu::kernels::RopeStyle;
-use crate::cpu::llama::{LlamaConfig, WeightSource};
+use crate::cpu::llama::{LlamaConfig, WeightSource, llama3_rope_factors};
 use crate::cpu::matrix::{Matrix, Precision};
 
 #[derive(Debug, Deserialize)]
@@ -111,9 +111,28 @@ impl HfModel {
             Some("Qwen2ForCausalLM") => "qwen2",
             other => return Err(ModelError::Unsupported(format!("architecture {other:?} in config.json"))),
         };
-        if let Some(scaling) = c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            return Err(ModelError::Unsupported(format!("rope_scaling {scaling}")));
-        }
+        let head_dim = c.hidden_size / c.num_attention_heads.max(1);
+        let base = c.rope_theta.unwrap_or(10_000.0) as f32;
+        let rope_freq_factors = match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            None => None,
+            Some(s) if s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()) == Some("llama3") => {
+                let num = |k: &str| {
+                    s.get(k)
+                        .and_then(|v| v.as_f64())
+                        .map(|v| v as f32)
+                        .ok_or_else(|| ModelError::Metadata(format!("rope_scaling.{k} is missing")))
+                };
+                Some(llama3_rope_factors(
+                    head_dim,
+                    base,
+                    num("factor")?,
+                    num("low_freq_factor")?,
+                    num("high_freq_factor")?,
+                    num("original_max_position_embeddings")?,
+                ))
+            }
+            Some(other) => return Err(ModelError::Unsupported(format!("rope_scaling {other}"))),
+        };
         let heads = c.num_attention_heads;
         if heads == 0 || !c.hidden_size.is_multiple_of(heads) {
             return Err(ModelError::Metadata(format!(
@@ -146,9 +165,10 @@ impl HfModel {
             head_dim: c.hidden_size / heads,
             vocab: c.vocab_size,
             eps: c.rms_norm_eps as f32,
-            rope_base: c.rope_theta.unwrap_or(10_000.0) as f32,
+            rope_base: base,
             rope_style: RopeStyle::Halves,
             context_length: c.max_position_embeddings.unwrap_or(2048),
+            rope_freq_factors,
         };
         Ok(Self { dir: dir.to_path_buf(), config, shards })
     }
@@ -215,6 +235,11 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
     let c = LlamaConfig::from_gguf(g)?;
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut tensors = Vec::new();
+    if c.rope_freq_factors.is_some() {
+        return Err(ModelError::Unsupported(
+            "exporting RoPE frequency factors (their Hugging Face parameters are not in the GGUF)".into(),
+        ));
+    }
     for t in &g.tensors {
         let Some(name) = hf_name(&t.name) else {
             return Err(ModelError::Unsupported(format!("exporting tensor `{}`", t.name)));
@@ -276,6 +301,26 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llama3_rope_factors_follow_the_three_bands() {
+        // Llama 3.1: head_dim 128, base 500000, factor 8, low 1, high 4, original context 8192.
+        let f = llama3_rope_factors(128, 500_000.0, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0, "short wavelengths keep their frequency");
+        assert_eq!(f[63], 8.0, "long wavelengths are slowed by the factor");
+        // In between, the divisor rises monotonically from 1 to 8.
+        assert!(f.windows(2).all(|w| w[1] >= w[0]));
+        let mid: Vec<&f32> = f.iter().filter(|&&d| d > 1.0 && d < 8.0).collect();
+        assert!(!mid.is_empty(), "some frequencies fall in the smooth band");
+        // Check one smooth-band value by hand: i = 32.
+        let freq = 500_000f32.powf(-64.0 / 128.0);
+        let wavelen = 2.0 * std::f32::consts::PI / freq;
+        assert!(wavelen > 2048.0 && wavelen < 8192.0);
+        let smooth = (8192.0 / wavelen - 1.0) / 3.0;
+        let want = freq / ((1.0 - smooth) * freq / 8.0 + smooth * freq);
+        assert!((f[32] - want).abs() < 1e-5, "{} vs {want}", f[32]);
+    }
 
     #[test]
     fn names_map_both_ways_we_need() {

@@ -15,6 +15,8 @@ use crate::chat::CHATML;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TinyArch {
     Llama,
+    /// Llama with Llama 3.1 RoPE frequency scaling (a `rope_freqs.weight` tensor, as llama.cpp writes it).
+    Llama3,
     Qwen2,
 }
 
@@ -56,7 +58,7 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
     let mut types = vec![3i32; SPECIALS.len()];
     types.resize(vocab, 1);
     let name = match arch {
-        TinyArch::Llama => "llama",
+        TinyArch::Llama | TinyArch::Llama3 => "llama",
         TinyArch::Qwen2 => "qwen2",
     };
     let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
@@ -101,6 +103,11 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
         w.tensor(&format!("{p}.ffn_down.weight"), &[HIDDEN, FFN], rand(HIDDEN * FFN, 0.2));
     }
     w.tensor("output_norm.weight", &[HIDDEN], vec![1.0; HIDDEN]);
+    if arch == TinyArch::Llama3 {
+        // A short original context so that every band of the scaling occurs in 16 frequencies.
+        let factors = crate::cpu::llama::llama3_rope_factors(HIDDEN / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
+        w.tensor("rope_freqs.weight", &[factors.len()], factors);
+    }
     if arch == TinyArch::Qwen2 {
         // Untied output projection, to exercise that path too.
         w.tensor("output.weight", &[vocab, HIDDEN], rand(vocab * HIDDEN, 0.5));
