@@ -132,21 +132,26 @@ impl Matrix {
                 let b = bias.map_or(0.0, |b| b[o]);
                 let mut t = 0;
                 // Four input rows at a time share each unpacked weight block.
-                if let Storage::Q4_1 { dm, qs } = &self.storage {
-                    let (dm, qs) = (&dm[o * nb..(o + 1) * nb], &qs[o * nb..(o + 1) * nb]);
-                    while t + 4 <= n {
-                        let xs = [
-                            &qx[t * nb..(t + 1) * nb],
-                            &qx[(t + 1) * nb..(t + 2) * nb],
-                            &qx[(t + 2) * nb..(t + 3) * nb],
-                            &qx[(t + 3) * nb..(t + 4) * nb],
-                        ];
-                        let v = dot_q4_1_q8_x4(avx2, dm, qs, xs);
-                        for (k, v) in v.into_iter().enumerate() {
-                            cell[t + k] = v + b;
+                while t + 4 <= n && !matches!(self.storage, Storage::F32(_)) {
+                    let xs = [
+                        &qx[t * nb..(t + 1) * nb],
+                        &qx[(t + 1) * nb..(t + 2) * nb],
+                        &qx[(t + 2) * nb..(t + 3) * nb],
+                        &qx[(t + 3) * nb..(t + 4) * nb],
+                    ];
+                    let v = match &self.storage {
+                        Storage::Q4_1 { dm, qs } => {
+                            dot_q4_1_q8_x4(avx2, &dm[o * nb..(o + 1) * nb], &qs[o * nb..(o + 1) * nb], xs)
                         }
-                        t += 4;
+                        Storage::Q8_0 { d, qs } => {
+                            dot_q8_0_q8_x4(avx2, &d[o * nb..(o + 1) * nb], &qs[o * nb..(o + 1) * nb], xs)
+                        }
+                        Storage::F32(_) => unreachable!("excluded by the loop condition"),
+                    };
+                    for (k, v) in v.into_iter().enumerate() {
+                        cell[t + k] = v + b;
                     }
+                    t += 4;
                 }
                 for (t, c) in cell.iter_mut().enumerate().skip(t) {
                     let v = match &self.storage {
@@ -185,6 +190,20 @@ struct Q8Block {
 }
 
 fn quantize_rows(x: &[f32]) -> Vec<Q8Block> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        fn fast(x: &[f32]) -> Vec<Q8Block> {
+            quantize_rows_portable(x)
+        }
+        // SAFETY: the CPU reports AVX2 and FMA.
+        return unsafe { fast(x) };
+    }
+    quantize_rows_portable(x)
+}
+
+#[inline(always)]
+fn quantize_rows_portable(x: &[f32]) -> Vec<Q8Block> {
     x.chunks_exact(QK)
         .map(|c| {
             let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -229,6 +248,16 @@ fn dot_q4_1_q8_x4(avx2: bool, dm: &[[f32; 2]], qs: &[[u8; 16]], x: [&[Q8Block]; 
         return unsafe { avx2_kernels::dot_q4_1_q8_x4(dm, qs, x) };
     }
     x.map(|xr| dot_q4_1_q8(avx2, dm, qs, xr))
+}
+
+/// `dot_q8_0_q8` for four activation rows at once.
+fn dot_q8_0_q8_x4(avx2: bool, d: &[f32], qs: &[[i8; 32]], x: [&[Q8Block]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU reports AVX2 and FMA (`has_avx2_fma`).
+        return unsafe { avx2_kernels::dot_q8_0_q8_x4(d, qs, x) };
+    }
+    x.map(|xr| dot_q8_0_q8(avx2, d, qs, xr))
 }
 
 fn dot_q8_0_q8(avx2: bool, d: &[f32], qs: &[[i8; 32]], x: &[Q8Block]) -> f32 {
@@ -303,6 +332,26 @@ mod avx2_kernels {
             }
         }
         [hsum(acc[0]) + mins[0], hsum(acc[1]) + mins[1], hsum(acc[2]) + mins[2], hsum(acc[3]) + mins[3]]
+    }
+
+    /// `dot_q8_0_q8` for four activation rows, taking each weight block's sign apart once.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot_q8_0_q8_x4(d: &[f32], qs: &[[i8; 32]], x: [&[Q8Block]; 4]) -> [f32; 4] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (b, (&d, q)) in d.iter().zip(qs).enumerate() {
+            // SAFETY: `q` holds 32 bytes; the load is unaligned.
+            let w = unsafe { _mm256_loadu_si256(q.as_ptr().cast()) };
+            let aw = _mm256_sign_epi8(w, w);
+            for k in 0..4 {
+                let xb = &x[k][b];
+                // SAFETY: `xb.q` holds 32 bytes; the load is unaligned.
+                let xq = unsafe { _mm256_loadu_si256(xb.q.as_ptr().cast()) };
+                let ints = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq, w)), ones);
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), _mm256_cvtepi32_ps(ints), acc[k]);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
 
     /// Σ over blocks of `d·dx·Σ q·q8`.
