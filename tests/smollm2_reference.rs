@@ -219,6 +219,9 @@ fn run_engine(
         }
     }
     assert_eq!(done, prompts.len());
+    // No block leaks: everything is free or cached.
+    let pool = engine.stats().pool;
+    assert_eq!((pool.active, pool.free + pool.inactive), (0, pool.total), "{pool:?}");
     (text, engine.stats())
 }
 
