@@ -164,6 +164,15 @@ impl Linear {
         Ok(Self { w, bias })
     }
 
+    /// Several projections of the same input as one (their outputs side by side in each row).
+    fn stack(parts: Vec<Linear>) -> Self {
+        let bias = parts
+            .iter()
+            .any(|l| l.bias.is_some())
+            .then(|| parts.iter().flat_map(|l| l.bias.clone().unwrap_or_else(|| vec![0.0; l.w.rows])).collect());
+        Self { w: Matrix::stack(parts.into_iter().map(|l| l.w).collect()), bias }
+    }
+
     /// `out = x · Wᵀ (+ b)` for `n` input rows.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
         self.w.matmul(x, n, self.bias.as_deref(), out, scratch);
@@ -172,13 +181,12 @@ impl Linear {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v fused: each output row is `[q | k | v]`.
+    qkv: Linear,
     o: Linear,
     ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
+    /// gate and up fused: each output row is `[gate | up]`.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -206,13 +214,17 @@ impl LlamaModel {
                 let p = format!("blk.{i}");
                 Ok(Layer {
                     attn_norm: g.vector(&format!("{p}.attn_norm.weight"), h)?,
-                    q: Linear::load(g, &format!("{p}.attn_q"), h, h, precision)?,
-                    k: Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
-                    v: Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
+                    qkv: Linear::stack(vec![
+                        Linear::load(g, &format!("{p}.attn_q"), h, h, precision)?,
+                        Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
+                        Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
+                    ]),
                     o: Linear::load(g, &format!("{p}.attn_output"), h, h, precision)?,
                     ffn_norm: g.vector(&format!("{p}.ffn_norm.weight"), h)?,
-                    gate: Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
-                    up: Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
+                    gate_up: Linear::stack(vec![
+                        Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
+                        Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
+                    ]),
                     down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn, precision)?,
                 })
             })
@@ -249,16 +261,21 @@ impl LlamaModel {
         let (mut q, mut k, mut v) = (vec![0.0f32; n * h], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
         let mut attn = vec![0.0f32; n * h];
         let mut proj = vec![0.0f32; n * h];
-        let (mut gate, mut up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * c.ffn]);
+        let (mut gate, mut gate_up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * 2 * c.ffn]);
+        let mut qkv = vec![0.0f32; n * (h + 2 * kvw)];
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = Vec::new();
         let mut scratch = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
-            layer.q.forward(&xn, n, &mut q, &mut scratch);
-            layer.k.forward(&xn, n, &mut k, &mut scratch);
-            layer.v.forward(&xn, n, &mut v, &mut scratch);
+            layer.qkv.forward(&xn, n, &mut qkv, &mut scratch);
+            let width = h + 2 * kvw;
+            for (r, row) in qkv.chunks_exact(width).enumerate() {
+                q[r * h..(r + 1) * h].copy_from_slice(&row[..h]);
+                k[r * kvw..(r + 1) * kvw].copy_from_slice(&row[h..h + kvw]);
+                v[r * kvw..(r + 1) * kvw].copy_from_slice(&row[h + kvw..]);
+            }
             for (r, &(s, p)) in rows.iter().enumerate() {
                 for head in q[r * h..(r + 1) * h].chunks_exact_mut(hd) {
                     rope(head, p, &self.inv_freq, c.rope_style);
@@ -289,9 +306,13 @@ impl LlamaModel {
             layer.o.forward(&attn, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            layer.gate.forward(&xn, n, &mut gate, &mut scratch);
-            layer.up.forward(&xn, n, &mut up, &mut scratch);
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u);
+            layer.gate_up.forward(&xn, n, &mut gate_up, &mut scratch);
+            for (r, row) in gate_up.chunks_exact(2 * c.ffn).enumerate() {
+                let (g, u) = row.split_at(c.ffn);
+                for ((o, &g), &u) in gate[r * c.ffn..(r + 1) * c.ffn].iter_mut().zip(g).zip(u) {
+                    *o = silu(g) * u;
+                }
+            }
             layer.down.forward(&gate, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }

@@ -89,6 +89,48 @@ impl Matrix {
         Some(Self { storage, rows, cols })
     }
 
+    /// The rows of several matrices with the same column count, one after the other (fused
+    /// projections: one pass over the input for q, k and v). Mixed storage falls back to f32.
+    pub fn stack(parts: Vec<Matrix>) -> Matrix {
+        let cols = parts[0].cols;
+        assert!(parts.iter().all(|m| m.cols == cols), "stacked matrices share their column count");
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let storage = match &parts[0].storage {
+            Storage::Q4_1 { .. } if parts.iter().all(|m| matches!(m.storage, Storage::Q4_1 { .. })) => {
+                let (mut dm, mut qs) = (Vec::new(), Vec::new());
+                for m in parts {
+                    if let Storage::Q4_1 { dm: d, qs: q } = m.storage {
+                        dm.extend(d);
+                        qs.extend(q);
+                    }
+                }
+                Storage::Q4_1 { dm, qs }
+            }
+            Storage::Q8_0 { .. } if parts.iter().all(|m| matches!(m.storage, Storage::Q8_0 { .. })) => {
+                let (mut ds, mut qs) = (Vec::new(), Vec::new());
+                for m in parts {
+                    if let Storage::Q8_0 { d, qs: q } = m.storage {
+                        ds.extend(d);
+                        qs.extend(q);
+                    }
+                }
+                Storage::Q8_0 { d: ds, qs }
+            }
+            _ => {
+                let mut w = vec![0.0f32; rows * cols];
+                let mut at = 0;
+                for m in &parts {
+                    for r in 0..m.rows {
+                        m.row(r, &mut w[at * cols..(at + 1) * cols]);
+                        at += 1;
+                    }
+                }
+                Storage::F32(w)
+            }
+        };
+        Matrix { storage, rows, cols }
+    }
+
     /// Row `r` as f32 (embedding lookup).
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / QK;
