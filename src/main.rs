@@ -192,7 +192,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 block_size: 16,
             };
             let mut load = |blocks: usize| {
-                let m = gpu::model::LoadedModel::load(&section, blocks, 16)?;
+                let m = gpu::model::LoadedModel::load(&section, gpu::model::KvBudget::Blocks(blocks), 16)?;
                 Ok((m.executor, m.tokenizer))
             };
             let report = bench.run(&mut load).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
@@ -54,14 +55,18 @@ impl Actor for WorkerActor {
         myself: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        let model = LoadedModel::load(&args.model, args.config.kv_blocks as usize, args.block_size as usize)?;
+        let budget = match args.config.kv_memory {
+            Some(bytes) => KvBudget::Bytes(bytes.bytes()),
+            None => KvBudget::Blocks(args.config.kv_blocks as usize),
+        };
+        let model = LoadedModel::load(&args.model, budget, args.block_size as usize)?;
         let info = model.executor.info();
         let limits = EngineLimits {
             max_batch: args.config.max_batch as usize,
             max_queue: args.config.max_queue as usize,
             context_length: info.context_length,
             block_size: args.block_size as usize,
-            kv_blocks: args.config.kv_blocks as usize,
+            kv_blocks: model.kv_blocks,
             max_batch_tokens: args.config.max_batch_tokens as usize,
         };
         let engine = Engine::new(model.executor, model.tokenizer, limits);

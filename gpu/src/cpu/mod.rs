@@ -43,12 +43,24 @@ impl ModelExecutor {
 
     /// Load a Hugging Face folder (its weights are used as f32).
     pub fn from_hf(dir: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        let hf = crate::model::hf::HfModel::open(dir)?;
-        let model = LlamaModel::load(hf.config.clone(), &hf, Precision::Exact)?;
+        Self::from_hf_model(&crate::model::hf::HfModel::open(dir)?, kv_blocks, block_size)
+    }
+
+    pub fn from_hf_model(
+        hf: &crate::model::hf::HfModel,
+        kv_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        let model = LlamaModel::load(hf.config.clone(), hf, Precision::Exact)?;
         let c = &model.config;
         let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
-        let name = dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let name = hf.dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
         Ok(Self { name, model, kv })
+    }
+
+    /// Bytes of KV cache one block of `block_size` positions takes for a model of `config`.
+    pub fn kv_bytes_per_block(config: &llama::LlamaConfig, block_size: usize) -> u64 {
+        KvCache::bytes_per_block(config.layers, block_size, config.kv_heads, config.head_dim) as u64
     }
 
     pub fn open(path: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {

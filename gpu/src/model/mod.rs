@@ -110,12 +110,42 @@ impl ModelFrontend {
 pub struct LoadedModel {
     pub executor: Box<dyn Executor>,
     pub tokenizer: Arc<dyn Tokenizer>,
+    /// Blocks in the KV cache the executor allocated.
+    pub kv_blocks: usize,
+}
+
+/// How big a worker's KV cache is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvBudget {
+    Blocks(usize),
+    /// As many blocks as fit in this many bytes (K and V, all layers, f32).
+    Bytes(u64),
+}
+
+/// The test executor has no KV cache; it counts this many bytes per token of budget.
+const TEST_KV_BYTES_PER_TOKEN: u64 = 1024;
+
+impl KvBudget {
+    fn blocks(self, bytes_per_block: u64) -> Result<usize, ModelError> {
+        match self {
+            KvBudget::Blocks(n) => Ok(n),
+            KvBudget::Bytes(b) if b >= bytes_per_block => Ok((b / bytes_per_block) as usize),
+            KvBudget::Bytes(b) => Err(ModelError::Metadata(format!(
+                "a KV budget of {b} bytes holds no block: one block takes {bytes_per_block} bytes"
+            ))),
+        }
+    }
 }
 
 impl LoadedModel {
-    /// The executor and tokenizer for `section`, with a KV cache of `kv_blocks` blocks of
+    /// The executor and tokenizer for `section`, with a KV cache of the given budget in blocks of
     /// `block_size` positions.
-    pub fn load(section: &ModelSection, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
+    pub fn load(section: &ModelSection, budget: KvBudget, block_size: usize) -> Result<Self, ModelError> {
+        let limit = |exec: &mut crate::cpu::ModelExecutor| {
+            if let Some(limit) = section.context_length {
+                exec.limit_context(limit as usize);
+            }
+        };
         match section.source.as_str() {
             "test" => Ok(Self {
                 executor: Box::new(TestExecutor::new(
@@ -123,24 +153,25 @@ impl LoadedModel {
                     section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
                 )),
                 tokenizer: Arc::new(TestTokenizer::default()),
+                kv_blocks: budget.blocks(TEST_KV_BYTES_PER_TOKEN * block_size as u64)?,
             }),
             source if Path::new(source).is_dir() => {
                 let dir = Path::new(source);
                 let (tok, ..) = hf::HfModel::tokenizer(dir)?;
-                let mut exec = crate::cpu::ModelExecutor::from_hf(dir, kv_blocks, block_size)?;
-                if let Some(limit) = section.context_length {
-                    exec.limit_context(limit as usize);
-                }
-                Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(tok) })
+                let hf = hf::HfModel::open(dir)?;
+                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(&hf.config, block_size))?;
+                let mut exec = crate::cpu::ModelExecutor::from_hf_model(&hf, kv_blocks, block_size)?;
+                limit(&mut exec);
+                Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(tok), kv_blocks })
             }
             source => {
                 let g = open_source(section)?;
                 let tokenizer = Arc::new(bpe::BpeTokenizer::from_gguf(&g)?);
+                let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(&config, block_size))?;
                 let mut exec = crate::cpu::ModelExecutor::from_gguf(&g, source, kv_blocks, block_size)?;
-                if let Some(limit) = section.context_length {
-                    exec.limit_context(limit as usize);
-                }
-                Ok(Self { executor: Box::new(exec), tokenizer })
+                limit(&mut exec);
+                Ok(Self { executor: Box::new(exec), tokenizer, kv_blocks })
             }
         }
     }

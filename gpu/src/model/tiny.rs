@@ -193,3 +193,26 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::model::{KvBudget, LoadedModel};
+
+    #[test]
+    fn kv_budget_in_bytes_becomes_blocks() {
+        let dir = std::env::temp_dir().join(format!("armature-tiny-budget-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.gguf");
+        write_gguf(&path, TinyArch::Llama, 3).unwrap();
+        let section =
+            runtime::config::ModelSection { source: path.to_string_lossy().into_owned(), ..Default::default() };
+        // 2 layers × K and V × 4 positions × 2 KV heads × 16 dims × 4 bytes = 2048 bytes a block.
+        let m = LoadedModel::load(&section, KvBudget::Bytes(10_000), 4).unwrap();
+        assert_eq!(m.kv_blocks, 4);
+        assert_eq!(LoadedModel::load(&section, KvBudget::Blocks(7), 4).unwrap().kv_blocks, 7);
+        let err = LoadedModel::load(&section, KvBudget::Bytes(1000), 4).err().expect("too small");
+        assert!(err.to_string().contains("one block takes 2048 bytes"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

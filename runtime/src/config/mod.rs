@@ -299,6 +299,9 @@ pub struct WorkerConfig {
     /// KV blocks in this worker's pool.
     #[serde(default = "default_kv_blocks")]
     pub kv_blocks: u32,
+    /// The pool's size in bytes instead (K and V of every layer); overrides `kv_blocks`.
+    #[serde(default)]
+    pub kv_memory: Option<ByteSize>,
     /// Most sequences decoded together.
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,

@@ -45,6 +45,14 @@ fn wrong_type_names_its_path_and_value() {
 }
 
 #[test]
+fn kv_memory_takes_a_size() {
+    let c = ClusterConfig::parse(&TWO_NODES.replace("kv_blocks = 2048", "kv_memory = \"512MiB\""), "t").unwrap();
+    assert_eq!(c.nodes[1].workers[0].kv_memory, Some(ByteSize::mib(512)));
+    let e = err(&TWO_NODES.replace("kv_blocks = 2048", "kv_memory = 0"));
+    assert_eq!(e.path, "nodes[1].workers[0].kv_memory");
+}
+
+#[test]
 fn duplicate_node_name_is_refused() {
     let e = err(&TWO_NODES.replace("name = \"n1\"", "name = \"n0\""));
     assert_eq!(e.path, "nodes[1].name");

@@ -115,6 +115,9 @@ impl ClusterConfig {
                             .to_lowercase(),
                     ));
                 }
+                if worker.kv_memory.is_some_and(|m| m.bytes() == 0) {
+                    return Err((wat("kv_memory"), "must be above zero".into()));
+                }
                 if worker.kv_blocks == 0 {
                     return Err((wat("kv_blocks"), "must be above zero".into()));
                 }
