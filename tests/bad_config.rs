@@ -67,15 +67,21 @@ fn bad_duration_unit() {
     );
 }
 
-#[test]
-fn unreachable_seed() {
-    // n0's only seed is n1's control address, where nothing listens.
+/// The two-node example on free ports, with `join_timeout`. Returns (text, n0's and n1's control ports).
+fn on_free_ports(join_timeout: &str) -> (String, u16, u16) {
     let (c0, c1, g) = (free_port(), free_port(), free_port());
     let text = GOOD
         .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
         .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
         .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
-        .replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\njoin_timeout = \"1s\"");
+        .replace("lease_timeout = \"2s\"", &format!("lease_timeout = \"2s\"\njoin_timeout = \"{join_timeout}\""));
+    (text, c0, c1)
+}
+
+#[test]
+fn unreachable_seed() {
+    // n0's only seed is n1's control address, where nothing listens.
+    let (text, _, c1) = on_free_ports("1s");
     let dir = temp_dir("badcfg-seed");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();
@@ -106,12 +112,7 @@ fn missing_file() {
 
 #[test]
 fn wrong_cookie_is_refused() {
-    let (c0, c1, g) = (free_port(), free_port(), free_port());
-    let text = GOOD
-        .replace("127.0.0.1:7410", &format!("127.0.0.1:{c0}"))
-        .replace("127.0.0.1:7411", &format!("127.0.0.1:{c1}"))
-        .replace("127.0.0.1:8010", &format!("127.0.0.1:{g}"))
-        .replace("lease_timeout = \"2s\"", "lease_timeout = \"2s\"\njoin_timeout = \"3s\"");
+    let (text, c0, _) = on_free_ports("3s");
     let dir = temp_dir("badcfg-cookie");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();

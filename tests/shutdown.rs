@@ -11,16 +11,7 @@ use support::*;
 
 #[test]
 fn sigterm_drains_then_exits() {
-    let port = free_port();
-    let dir = temp_dir("shutdown");
-    let config = dir.join("cluster.toml");
-    let text = include_str!("../cluster.toml")
-        .replace("source = \"default\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
-    std::fs::write(&config, text).unwrap();
-    let mut serve = Proc::spawn(
-        &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],
-        dir.join("serve.log"),
-    );
+    let (mut serve, port) = serve_test_executor("shutdown", "50ms");
     assert!(wait_health(port, 200, Duration::from_secs(30)));
 
     let body = r#"{"model":"armature-test","prompt":"drain me","max_tokens":24,"temperature":0,"stream":true}"#;

@@ -9,17 +9,8 @@ use support::*;
 
 #[test]
 fn panicking_worker_is_restarted_and_the_request_fails_cleanly() {
-    let port = free_port();
-    let dir = temp_dir("supervision");
     // Slow steps (50 ms), so the long request is still running when the worker dies.
-    let config = dir.join("cluster.toml");
-    let text = include_str!("../cluster.toml")
-        .replace("source = \"default\"", "source = \"test\"\ntest = { step_delay = \"50ms\" }");
-    std::fs::write(&config, text).unwrap();
-    let _serve = Proc::spawn(
-        &["serve", "--config", config.to_str().unwrap(), "--http-port", &port.to_string()],
-        dir.join("serve.log"),
-    );
+    let (_serve, port) = serve_test_executor("supervision", "50ms");
     assert!(wait_health(port, 200, Duration::from_secs(30)));
 
     // A request that is running on the worker while it panics: starts streaming, then the panic.

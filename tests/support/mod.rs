@@ -84,6 +84,19 @@ impl Drop for Proc {
     }
 }
 
+/// `armature serve` of the default topology, but with the test executor taking `step_delay` per
+/// step, on a free port. Returns the process and the port.
+pub fn serve_test_executor(name: &str, step_delay: &str) -> (Proc, u16) {
+    let port = free_port();
+    let dir = temp_dir(name);
+    let config = dir.join("cluster.toml");
+    let text = include_str!("../../cluster.toml")
+        .replace("source = \"default\"", &format!("source = \"test\"\ntest = {{ step_delay = \"{step_delay}\" }}"));
+    std::fs::write(&config, text).expect("write config");
+    let args = ["serve", "--config", config.to_str().expect("utf-8 path"), "--http-port", &port.to_string()];
+    (Proc::spawn(&args, dir.join("serve.log")), port)
+}
+
 /// Poll `f` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
