@@ -1,4 +1,4 @@
-//! CPU kernels for the forward pass: a threaded matrix product against row-major weights, RMSNorm,
+//! CPU kernels for the forward pass besides the matrix products (`matrix.rs`): dot, RMSNorm,
 //! RoPE (interleaved pairs as llama.cpp lays out GGUF weights, or halves as Hugging Face does),
 //! SiLU and softmax. Plain loops written so LLVM vectorises them.
 
@@ -25,44 +25,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += a[i] * b[i];
     }
     sum
-}
-
-/// `out[t][o] = Σ_i x[t][i] · w[o][i]` (+ `bias[o]`) for `t` in `0..rows`: `x` is `rows × k`,
-/// `w` is `n × k` row-major, `out` is `rows × n`. Output rows are split across threads, so every
-/// weight row is read once per call whatever the number of input rows.
-pub fn matmul(x: &[f32], rows: usize, w: &[f32], n: usize, k: usize, bias: Option<&[f32]>, out: &mut [f32]) {
-    assert_eq!(x.len(), rows * k, "matmul input");
-    assert_eq!(w.len(), n * k, "matmul weight");
-    assert_eq!(out.len(), rows * n, "matmul output");
-    let threads = threads().min(n.div_ceil(64)).max(1);
-    let per = n.div_ceil(threads);
-    // Each thread computes a band of output columns into its own buffer; then they are scattered.
-    let bands: Vec<Vec<f32>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (lo, hi) = (t * per, ((t + 1) * per).min(n));
-                s.spawn(move || {
-                    let mut band = vec![0.0f32; rows * (hi - lo)];
-                    for o in lo..hi {
-                        let wr = &w[o * k..(o + 1) * k];
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for r in 0..rows {
-                            band[r * (hi - lo) + (o - lo)] = dot(&x[r * k..(r + 1) * k], wr) + b;
-                        }
-                    }
-                    band
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("matmul thread")).collect()
-    });
-    for (t, band) in bands.iter().enumerate() {
-        let (lo, hi) = (t * per, ((t + 1) * per).min(n));
-        let width = hi - lo;
-        for r in 0..rows {
-            out[r * n + lo..r * n + hi].copy_from_slice(&band[r * width..(r + 1) * width]);
-        }
-    }
 }
 
 /// `out = x / rms(x) · w`, one row of `w.len()` at a time.
@@ -121,22 +83,6 @@ pub fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn matmul_matches_the_naive_product() {
-        let (rows, n, k) = (3, 130, 37);
-        let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
-        let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-        let mut out = vec![0.0; rows * n];
-        matmul(&x, rows, &w, n, k, Some(&bias), &mut out);
-        for r in 0..rows {
-            for o in 0..n {
-                let want: f32 = (0..k).map(|i| x[r * k + i] * w[o * k + i]).sum::<f32>() + bias[o];
-                assert!((out[r * n + o] - want).abs() < 1e-4, "[{r}][{o}]");
-            }
-        }
-    }
 
     #[test]
     fn rms_norm_and_softmax() {

@@ -63,12 +63,6 @@ impl ModelExecutor {
         KvCache::bytes_per_block(config.layers, block_size, config.kv_heads, config.head_dim) as u64
     }
 
-    pub fn open(path: &Path, kv_blocks: usize, block_size: usize) -> Result<Self, ModelError> {
-        let g = GgufFile::open(path)?;
-        let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-        Self::from_gguf(&g, &name, kv_blocks, block_size)
-    }
-
     /// Serve at most `tokens` of context (less than the model's own, to bound the KV cache).
     pub fn limit_context(&mut self, tokens: usize) {
         self.model.config.context_length = self.model.config.context_length.min(tokens);

@@ -35,23 +35,28 @@ impl std::fmt::Debug for BpeTokenizer {
     }
 }
 
-/// GPT-2's reversible map from bytes to printable characters, inverted.
-fn byte_level_decoder() -> HashMap<char, u8> {
+/// GPT-2's reversible map from bytes to printable characters: entry `b` is byte `b`'s character.
+pub(crate) fn byte_chars() -> Vec<char> {
     let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
     printable.extend(u32::from('¡')..=u32::from('¬'));
     printable.extend(u32::from('®')..=u32::from('ÿ'));
-    let mut map = HashMap::new();
     let mut extra = 0;
-    for b in 0..=255u32 {
-        let ch = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        map.insert(char::from_u32(ch).expect("valid scalar"), b as u8);
-    }
-    map
+    (0..=255u32)
+        .map(|b| {
+            let c = if printable.contains(&b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            char::from_u32(c).expect("below 0x200, a valid scalar")
+        })
+        .collect()
+}
+
+/// The inverse of `byte_chars`.
+fn byte_level_decoder() -> HashMap<char, u8> {
+    byte_chars().into_iter().enumerate().map(|(b, c)| (c, b as u8)).collect()
 }
 
 fn strings(g: &GgufFile, key: &str) -> Result<Vec<String>, ModelError> {

@@ -29,30 +29,11 @@ const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const MERGES: [(&str, &str); 8] =
     [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s")];
 
-/// GPT-2's byte-to-character map.
-fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (u32::from('!')..=u32::from('~')).collect();
-    printable.extend(u32::from('¡')..=u32::from('¬'));
-    printable.extend(u32::from('®')..=u32::from('ÿ'));
-    let mut extra = 0;
-    (0..=255u32)
-        .map(|b| {
-            let c = if printable.contains(&b) {
-                b
-            } else {
-                extra += 1;
-                255 + extra
-            };
-            char::from_u32(c).expect("valid")
-        })
-        .collect()
-}
-
 /// Write the tiny model as GGUF at `path`.
 pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
-    tokens.extend(byte_chars().into_iter().map(String::from));
+    tokens.extend(super::bpe::byte_chars().into_iter().map(String::from));
     tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
     let vocab = tokens.len();
     let mut types = vec![3i32; SPECIALS.len()];
