@@ -129,7 +129,7 @@ impl EngineBench {
             prefill_tokens: self.prefill_tokens,
             prefill_tok_s: median(prefill),
             decode,
-            threads: crate::cpu::kernels::threads(),
+            threads: crate::cpu::threads::threads(),
         })
     }
 }

@@ -2,29 +2,25 @@
 //! RoPE (interleaved pairs as llama.cpp lays out GGUF weights, or halves as Hugging Face does),
 //! SiLU and softmax. Plain loops written so LLVM vectorises them.
 
-/// How many threads the matrix products use.
-pub fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(16)
-}
-
-/// Dot product with four independent accumulators (vectorises well).
-#[inline]
+/// Dot product with two independent eight-wide accumulators summed as a tree (vectorises well).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
+    let (mut acc0, mut acc1) = ([0.0f32; 8], [0.0f32; 8]);
+    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
         for j in 0..8 {
-            acc[j] += x[j] * y[j];
+            acc0[j] += x[j] * y[j];
+            acc1[j] += x[j + 8] * y[j + 8];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..n {
-        sum += a[i] * b[i];
-    }
-    sum
+    // A tree, not a chain: the additions of each level are independent (and vectorise).
+    let s8: [f32; 8] = std::array::from_fn(|j| acc0[j] + acc1[j]);
+    let s4: [f32; 4] = std::array::from_fn(|j| s8[j] + s8[j + 4]);
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1] + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
 }
 
 /// `out = x / rms(x) · w`, one row of `w.len()` at a time.
@@ -48,11 +44,15 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// Rotate one head vector in place for `pos`, using precomputed inverse frequencies.
-pub fn rope(head: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
-    let half = inv_freq.len();
-    for (i, &f) in inv_freq.iter().enumerate() {
-        let (sin, cos) = (pos as f32 * f).sin_cos();
+/// The `(sin, cos)` of each rotation angle at `pos`, from precomputed inverse frequencies.
+pub fn rotations(pos: usize, inv_freq: &[f32]) -> Vec<(f32, f32)> {
+    inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).collect()
+}
+
+/// Rotate one head vector in place by the angles of `rotations`.
+pub fn rope(head: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
+    let half = rot.len();
+    for (i, &(sin, cos)) in rot.iter().enumerate() {
         let (a, b) = match style {
             RopeStyle::Interleaved => (2 * i, 2 * i + 1),
             RopeStyle::Halves => (i, i + half),
@@ -68,6 +68,7 @@ pub fn silu(x: f32) -> f32 {
 }
 
 /// Softmax in place.
+#[inline]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
@@ -98,16 +99,16 @@ mod tests {
     fn rope_styles_rotate_the_same_pairs_differently_laid_out() {
         let inv = [1.0f32, 0.01];
         let mut a = [1.0, 0.0, 1.0, 0.0];
-        rope(&mut a, 1, &inv, RopeStyle::Interleaved);
+        rope(&mut a, &rotations(1, &inv), RopeStyle::Interleaved);
         // Halves layout of the same logical pairs: (x0, x2) and (x1, x3).
         let mut b = [1.0, 1.0, 0.0, 0.0];
-        rope(&mut b, 1, &inv, RopeStyle::Halves);
+        rope(&mut b, &rotations(1, &inv), RopeStyle::Halves);
         assert!((a[0] - b[0]).abs() < 1e-6 && (a[1] - b[2]).abs() < 1e-6);
         assert!((a[2] - b[1]).abs() < 1e-6 && (a[3] - b[3]).abs() < 1e-6);
         assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
         // Position 0 is the identity.
         let mut c = [0.3, -0.2, 0.5, 0.9];
-        rope(&mut c, 0, &inv, RopeStyle::Interleaved);
+        rope(&mut c, &rotations(0, &inv), RopeStyle::Interleaved);
         assert_eq!(c, [0.3, -0.2, 0.5, 0.9]);
     }
 }

@@ -10,7 +10,6 @@ pub struct KvCache {
     blocks: usize,
     block_size: usize,
     kv_width: usize,
-    head_dim: usize,
 }
 
 impl KvCache {
@@ -18,7 +17,7 @@ impl KvCache {
     pub fn new(layers: usize, blocks: usize, block_size: usize, kv_heads: usize, head_dim: usize) -> Self {
         let kv_width = kv_heads * head_dim;
         let len = layers * blocks * block_size * kv_width;
-        Self { keys: vec![0.0; len], values: vec![0.0; len], blocks, block_size, kv_width, head_dim }
+        Self { keys: vec![0.0; len], values: vec![0.0; len], blocks, block_size, kv_width }
     }
 
     /// Bytes of K and V per block, over all layers.
@@ -38,13 +37,20 @@ impl KvCache {
         self.values[o..o + self.kv_width].copy_from_slice(v);
     }
 
-    pub fn key(&self, layer: usize, table: &[BlockId], pos: usize, kv_head: usize) -> &[f32] {
-        let o = self.offset(layer, table, pos) + kv_head * self.head_dim;
-        &self.keys[o..o + self.head_dim]
+    /// Positions per block.
+    pub fn block_size(&self) -> usize {
+        self.block_size
     }
 
-    pub fn value(&self, layer: usize, table: &[BlockId], pos: usize, kv_head: usize) -> &[f32] {
-        let o = self.offset(layer, table, pos) + kv_head * self.head_dim;
-        &self.values[o..o + self.head_dim]
+    /// Width of one position's K (or V) row: KV heads × head size.
+    pub fn kv_width(&self) -> usize {
+        self.kv_width
+    }
+
+    /// Block `block`'s keys and values in `layer`: `block_size` rows of `kv_width` each.
+    pub fn block(&self, layer: usize, block: BlockId) -> (&[f32], &[f32]) {
+        let len = self.block_size * self.kv_width;
+        let o = (layer * self.blocks + block.0 as usize) * len;
+        (&self.keys[o..o + len], &self.values[o..o + len])
     }
 }

@@ -6,9 +6,11 @@ use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 
-use super::kernels::{RopeStyle, dot, rms_norm, rope, silu, softmax};
+use super::attention::{Heads, attend};
+use super::kernels::{RopeStyle, rms_norm, rope, rotations, silu};
 use super::kv::KvCache;
 use super::matrix::{Matrix, Precision};
+use super::threads::for_each_chunk_mut;
 
 /// Shapes and constants of a model.
 #[derive(Clone, Debug, PartialEq)]
@@ -263,9 +265,11 @@ impl LlamaModel {
         let mut proj = vec![0.0f32; n * h];
         let (mut gate, mut gate_up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * 2 * c.ffn]);
         let mut qkv = vec![0.0f32; n * (h + 2 * kvw)];
-        let group = c.heads / c.kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut scores = Vec::new();
+        // Rotation angles per row (the same in every layer and head), and each row's block table.
+        let half = self.inv_freq.len();
+        let rot: Vec<(f32, f32)> = rows.iter().flat_map(|&(_, p)| rotations(p, &self.inv_freq)).collect();
+        let tables: Vec<_> = rows.iter().map(|&(s, p)| (batch[s].blocks, p)).collect();
+        let shape = Heads { heads: c.heads, kv_heads: c.kv_heads, head_dim: hd };
         let mut scratch = Vec::new();
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
@@ -277,42 +281,26 @@ impl LlamaModel {
                 v[r * kvw..(r + 1) * kvw].copy_from_slice(&row[h + kvw..]);
             }
             for (r, &(s, p)) in rows.iter().enumerate() {
+                let rot = &rot[r * half..(r + 1) * half];
                 for head in q[r * h..(r + 1) * h].chunks_exact_mut(hd) {
-                    rope(head, p, &self.inv_freq, c.rope_style);
+                    rope(head, rot, c.rope_style);
                 }
                 for head in k[r * kvw..(r + 1) * kvw].chunks_exact_mut(hd) {
-                    rope(head, p, &self.inv_freq, c.rope_style);
+                    rope(head, rot, c.rope_style);
                 }
                 kv.write(li, batch[s].blocks, p, &k[r * kvw..(r + 1) * kvw], &v[r * kvw..(r + 1) * kvw]);
             }
-            // Attention: each new token attends to every position up to its own, from the cache.
-            for (r, &(s, p)) in rows.iter().enumerate() {
-                let blocks = batch[s].blocks;
-                for head in 0..c.heads {
-                    let kvh = head / group;
-                    let qh = &q[r * h + head * hd..r * h + (head + 1) * hd];
-                    scores.clear();
-                    scores.extend((0..=p).map(|t| dot(qh, kv.key(li, blocks, t, kvh)) * scale));
-                    softmax(&mut scores);
-                    let out = &mut attn[r * h + head * hd..r * h + (head + 1) * hd];
-                    out.fill(0.0);
-                    for (t, &w) in scores.iter().enumerate() {
-                        for (o, &vv) in out.iter_mut().zip(kv.value(li, blocks, t, kvh)) {
-                            *o += w * vv;
-                        }
-                    }
-                }
-            }
+            attend(shape, li, kv, &q, &tables, &mut attn);
             layer.o.forward(&attn, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
             layer.gate_up.forward(&xn, n, &mut gate_up, &mut scratch);
-            for (r, row) in gate_up.chunks_exact(2 * c.ffn).enumerate() {
-                let (g, u) = row.split_at(c.ffn);
-                for ((o, &g), &u) in gate[r * c.ffn..(r + 1) * c.ffn].iter_mut().zip(g).zip(u) {
+            for_each_chunk_mut(&mut gate, c.ffn, |r, out| {
+                let (g, u) = gate_up[r * 2 * c.ffn..(r + 1) * 2 * c.ffn].split_at(c.ffn);
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
                     *o = silu(g) * u;
                 }
-            }
+            });
             layer.down.forward(&gate, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }

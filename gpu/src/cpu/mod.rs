@@ -1,10 +1,12 @@
 //! The CPU backend: `ModelExecutor` runs a Llama-family model from GGUF with its KV cache paged
 //! in host memory, behind the `Executor` seam.
 
+mod attention;
 pub mod kernels;
 pub mod kv;
 pub mod llama;
 pub mod matrix;
+pub mod threads;
 
 use std::path::Path;
 
@@ -19,6 +21,12 @@ pub struct ModelExecutor {
     name: String,
     model: LlamaModel,
     kv: KvCache,
+    /// The forward pass runs on the calling thread with these workers spinning beside it.
+    pool: threads::ComputePool,
+}
+
+fn compute_pool() -> Result<threads::ComputePool, ModelError> {
+    threads::ComputePool::new(threads::threads()).map_err(ModelError::Threads)
 }
 
 impl ModelExecutor {
@@ -38,7 +46,7 @@ impl ModelExecutor {
         let model = LlamaModel::from_gguf(g, p)?;
         let c = &model.config;
         let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
-        Ok(Self { name: name.to_string(), model, kv })
+        Ok(Self { name: name.to_string(), model, kv, pool: compute_pool()? })
     }
 
     /// Load a Hugging Face folder (its weights are used as f32).
@@ -55,7 +63,7 @@ impl ModelExecutor {
         let c = &model.config;
         let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
         let name = hf.dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
-        Ok(Self { name, model, kv })
+        Ok(Self { name, model, kv, pool: compute_pool()? })
     }
 
     /// Bytes of KV cache one block of `block_size` positions takes for a model of `config`.
@@ -80,6 +88,7 @@ impl Executor for ModelExecutor {
     }
 
     fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError> {
-        Ok(self.model.forward(batch, &mut self.kv))
+        let (model, kv) = (&self.model, &mut self.kv);
+        Ok(self.pool.run(|| model.forward(batch, kv)))
     }
 }

@@ -33,6 +33,8 @@ pub enum ModelError {
     Template(String),
     #[error("fetching the default model: {0}")]
     Fetch(String),
+    #[error("starting the compute threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 /// What a gateway needs of a model: its id, tokenizer, chat format and context length.

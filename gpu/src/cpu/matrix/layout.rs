@@ -1,0 +1,177 @@
+//! Quantized weights regrouped eight rows at a time, so that one 256-bit vector holds the same
+//! four columns of eight rows and an integer dot-product instruction yields eight rows' partial
+//! sums side by side (no horizontal sums); and the activations quantized to 8 bits per block.
+
+use crate::cpu::threads::for_each_chunk_mut;
+use crate::model::quant::half_to_f32;
+
+/// Values per quantization block.
+pub const QK: usize = 32;
+/// Rows per interleaved group (the lanes of a 256-bit vector of i32/f32).
+pub const LANES: usize = 8;
+
+fn half(b: &[u8]) -> f32 {
+    half_to_f32(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// Q4_1 weights (`w = d·q + m`, `q` in 0..16). Entry `g·nb + b` holds block `b` of the eight rows
+/// of group `g`: their scales and minimums, and four 32-byte chunks where chunk `c` has, for row
+/// `r` at bytes `4r..4r+4`, bytes `4c..4c+4` of that row's GGUF block. Those bytes carry values
+/// `4c..4c+4` in their low nibbles and `16+4c..16+4c+4` in their high ones.
+#[derive(Debug, Default)]
+pub struct Q4_1Rows {
+    pub d: Vec<[f32; LANES]>,
+    pub m: Vec<[f32; LANES]>,
+    pub qs: Vec<[u8; 4 * 32]>,
+}
+
+/// Q8_0 weights (`w = d·q`, `q` signed). Entry `g·nb + b`: scales, eight 32-byte chunks where
+/// chunk `c` has row `r`'s values `4c..4c+4` at bytes `4r..4r+4`, and `128·Σq` per row (the
+/// correction for kernels that take the activations offset by 128 to make them unsigned).
+#[derive(Debug, Default)]
+pub struct Q8_0Rows {
+    pub d: Vec<[f32; LANES]>,
+    pub offset: Vec<[i32; LANES]>,
+    pub qs: Vec<[i8; 8 * 32]>,
+}
+
+impl Q4_1Rows {
+    /// From GGUF bytes (20 per block, rows one after the other); `rows` is a multiple of 8.
+    pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        let mut out = Self::default();
+        for g in 0..rows / LANES {
+            for b in 0..nb {
+                let (mut d, mut m, mut qs) = ([0.0; LANES], [0.0; LANES], [0u8; 128]);
+                for r in 0..LANES {
+                    let blk = &bytes[((g * LANES + r) * nb + b) * 20..][..20];
+                    (d[r], m[r]) = (half(&blk[0..2]), half(&blk[2..4]));
+                    for c in 0..4 {
+                        qs[32 * c + 4 * r..32 * c + 4 * r + 4].copy_from_slice(&blk[4 + 4 * c..8 + 4 * c]);
+                    }
+                }
+                out.d.push(d);
+                out.m.push(m);
+                out.qs.push(qs);
+            }
+        }
+        out
+    }
+
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let nb = out.len() / QK;
+        let (g, lane) = (r / LANES, r % LANES);
+        for b in 0..nb {
+            let i = g * nb + b;
+            let (d, m, o) = (self.d[i][lane], self.m[i][lane], &mut out[b * QK..(b + 1) * QK]);
+            for c in 0..4 {
+                for j in 0..4 {
+                    let byte = self.qs[i][32 * c + 4 * lane + j];
+                    o[4 * c + j] = f32::from(byte & 15) * d + m;
+                    o[16 + 4 * c + j] = f32::from(byte >> 4) * d + m;
+                }
+            }
+        }
+    }
+
+    pub fn append(&mut self, other: Self) {
+        self.d.extend(other.d);
+        self.m.extend(other.m);
+        self.qs.extend(other.qs);
+    }
+}
+
+impl Q8_0Rows {
+    /// From GGUF bytes (34 per block); `rows` is a multiple of 8.
+    pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        let mut out = Self::default();
+        for g in 0..rows / LANES {
+            for b in 0..nb {
+                let (mut d, mut offset, mut qs) = ([0.0; LANES], [0i32; LANES], [0i8; 256]);
+                for r in 0..LANES {
+                    let blk = &bytes[((g * LANES + r) * nb + b) * 34..][..34];
+                    d[r] = half(&blk[0..2]);
+                    for (e, &v) in blk[2..].iter().enumerate() {
+                        let q = v as i8;
+                        qs[32 * (e / 4) + 4 * r + e % 4] = q;
+                        offset[r] += 128 * i32::from(q);
+                    }
+                }
+                out.d.push(d);
+                out.offset.push(offset);
+                out.qs.push(qs);
+            }
+        }
+        out
+    }
+
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let nb = out.len() / QK;
+        let (g, lane) = (r / LANES, r % LANES);
+        for b in 0..nb {
+            let i = g * nb + b;
+            for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
+                *o = f32::from(self.qs[i][32 * (e / 4) + 4 * lane + e % 4]) * self.d[i][lane];
+            }
+        }
+    }
+
+    pub fn append(&mut self, other: Self) {
+        self.d.extend(other.d);
+        self.offset.extend(other.offset);
+        self.qs.extend(other.qs);
+    }
+}
+
+/// 32 activations as 8-bit integers: `x ≈ d·q`, `s = d·Σq` (for Q4_1's minimum term), and `u`,
+/// the same integers offset by 128 (unsigned, for the kernels that multiply unsigned by signed).
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub q: [i8; QK],
+    pub u: [u8; QK],
+}
+
+impl Q8Block {
+    pub(super) fn quantize(c: &[f32]) -> Self {
+        let amax = c.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        let (mut q, mut u) = ([0i8; QK], [0u8; QK]);
+        let mut sum = 0i32;
+        for ((o, ou), &v) in q.iter_mut().zip(&mut u).zip(c) {
+            // Round half away from zero without calling libm's `roundf`.
+            let r = v * inv;
+            *o = (r + 0.5f32.copysign(r)) as i8;
+            *ou = (*o as u8) ^ 0x80;
+            sum += i32::from(*o);
+        }
+        Self { d, s: d * sum as f32, q, u }
+    }
+}
+
+/// Quantize `n` rows of activations (their length a multiple of 32), block by block, the rows
+/// in parallel.
+pub fn quantize_rows(x: &[f32], n: usize) -> Vec<Q8Block> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let per_row = x.len() / n / QK;
+    let mut out = vec![Q8Block { d: 0.0, s: 0.0, q: [0; QK], u: [0; QK] }; n * per_row];
+    #[cfg(target_arch = "x86_64")]
+    let fast = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    for_each_chunk_mut(&mut out, per_row, |t, blocks| {
+        for (b, c) in blocks.iter_mut().zip(x[t * per_row * QK..(t + 1) * per_row * QK].chunks_exact(QK)) {
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: the CPU reports AVX2 and FMA.
+                *b = unsafe { super::x86::quantize_block(c) };
+                continue;
+            }
+            *b = Q8Block::quantize(c);
+        }
+    });
+    out
+}

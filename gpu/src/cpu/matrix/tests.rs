@@ -1,0 +1,140 @@
+//! Quantized products against dequantized f32 ones, each kernel against the portable loop, and
+//! batch invariance.
+
+use super::*;
+
+fn reference(m: &Matrix, x: &[f32], n: usize) -> Vec<f32> {
+    let mut row = vec![0.0; m.cols];
+    let mut out = vec![0.0; n * m.rows];
+    for o in 0..m.rows {
+        m.row(o, &mut row);
+        for t in 0..n {
+            out[t * m.rows + o] = (0..m.cols).map(|i| row[i] * x[t * m.cols + i]).sum();
+        }
+    }
+    out
+}
+
+/// GGUF bytes of a `rows × cols` matrix with a different scale per row and varied quants.
+fn q_bytes(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let per = if dtype == GgmlType::Q4_1 { 20 } else { 34 };
+    (0..rows * cols / QK)
+        .flat_map(|b| {
+            let mut block = vec![0u8; per];
+            let row = b / (cols / QK);
+            // d = 0.5 (0x3800) or 0.25 (0x3400) by row; m = -1.0 (0xbc00) for Q4_1.
+            let d: [u8; 2] = if row % 2 == 0 { [0x00, 0x38] } else { [0x00, 0x34] };
+            block[..2].copy_from_slice(&d);
+            if per == 20 {
+                block[2..4].copy_from_slice(&[0x00, 0xbc]);
+            }
+            for (j, v) in block[if per == 20 { 4 } else { 2 }..].iter_mut().enumerate() {
+                *v = ((b * 31 + j * 7) % 251) as u8;
+            }
+            block
+        })
+        .collect()
+}
+
+#[test]
+fn quantized_products_match_dequantized_ones() {
+    let (rows, cols, n) = (40, 96, 7);
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.1).collect();
+    for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let bytes = q_bytes(dtype, rows, cols);
+        let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
+        assert!(!matches!(m.storage, Storage::F32(_)), "{dtype} stays quantized");
+        // Rows decode as the shared dequantizer says.
+        let deq = crate::model::quant::dequantize(dtype, &bytes, rows * cols).unwrap();
+        let mut row = vec![0.0; cols];
+        for r in [0, 7, 13, rows - 1] {
+            m.row(r, &mut row);
+            assert_eq!(row, deq[r * cols..(r + 1) * cols], "{dtype} row {r}");
+        }
+        // 8-bit activations: within 1% of the scale of the f32 product, for every kernel.
+        let exact = reference(&m, &x, n);
+        let scale = exact.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+        let mut portable = vec![0.0; n * rows];
+        m.matmul_with(Isa::Portable, &x, n, None, &mut portable, &mut Vec::new());
+        for isa in Isa::available() {
+            let mut out = vec![0.0; n * rows];
+            m.matmul_with(isa, &x, n, None, &mut out, &mut Vec::new());
+            for (i, (a, b)) in out.iter().zip(&exact).enumerate() {
+                assert!((a - b).abs() <= 1e-2 * scale, "{dtype} {isa:?} [{i}]: {a} vs {b}");
+            }
+            // The same integer sums as the portable loop: only float rounding differs.
+            for (a, b) in out.iter().zip(&portable) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{dtype} {isa:?}: {a} vs portable {b}");
+            }
+            // Each row alone gives bit-identical results to the batch (batch-invariant output).
+            for t in 0..n {
+                let mut one = vec![0.0; rows];
+                m.matmul_with(isa, &x[t * cols..(t + 1) * cols], 1, None, &mut one, &mut Vec::new());
+                assert_eq!(one, out[t * rows..(t + 1) * rows], "{dtype} {isa:?}: row {t} of {n}");
+            }
+        }
+    }
+}
+
+#[test]
+fn stacked_and_unquantizable_matrices() {
+    let cols = 64;
+    let parts = |dtype| {
+        [16, 8].map(|rows| Matrix::from_ggml(dtype, &q_bytes(dtype, rows, cols), rows, cols, Precision::Fast).unwrap())
+    };
+    let x: Vec<f32> = (0..2 * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let [a, b] = parts(dtype);
+        let (mut oa, mut ob) = (vec![0.0; 2 * 16], vec![0.0; 2 * 8]);
+        a.matmul(&x, 2, None, &mut oa, &mut Vec::new());
+        b.matmul(&x, 2, None, &mut ob, &mut Vec::new());
+        let s = Matrix::stack(vec![a, b]);
+        assert!(!matches!(s.storage, Storage::F32(_)));
+        let mut os = vec![0.0; 2 * 24];
+        s.matmul(&x, 2, None, &mut os, &mut Vec::new());
+        for t in 0..2 {
+            assert_eq!(os[t * 24..t * 24 + 16], oa[t * 16..(t + 1) * 16]);
+            assert_eq!(os[t * 24 + 16..(t + 1) * 24], ob[t * 8..(t + 1) * 8]);
+        }
+    }
+    // 12 rows is not a multiple of 8: dequantized to f32, still correct.
+    let bytes = q_bytes(GgmlType::Q4_1, 12, cols);
+    let m = Matrix::from_ggml(GgmlType::Q4_1, &bytes, 12, cols, Precision::Fast).unwrap();
+    assert!(matches!(m.storage, Storage::F32(_)));
+    let mut out = vec![0.0; 2 * 12];
+    m.matmul(&x, 2, None, &mut out, &mut Vec::new());
+    for (a, b) in out.iter().zip(reference(&m, &x, 2)) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn f32_products_add_the_bias() {
+    let (rows, cols, n) = (40, 96, 3);
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.1).collect();
+    let f = Matrix::from_f32((0..rows * cols).map(|i| i as f32 * 1e-3).collect(), rows, cols);
+    let bias: Vec<f32> = (0..rows).map(|i| i as f32).collect();
+    let mut out = vec![0.0; n * rows];
+    f.matmul(&x, n, Some(&bias), &mut out, &mut Vec::new());
+    for (i, (a, b)) in out.iter().zip(reference(&f, &x, n)).enumerate() {
+        assert!((a - (b + bias[i % rows])).abs() < 1e-3, "f32 [{i}]");
+    }
+}
+
+#[test]
+fn vector_quantization_matches_the_portable_one() {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let blocks: Vec<Vec<f32>> = vec![
+            (0..32).map(|i| (i as f32 * 0.731).sin() * 3.0).collect(),
+            (0..32).map(|i| if i == 5 { -2.0 } else { i as f32 / 64.0 }).collect(),
+            // Ties: values that land on k + 0.5 after scaling round away from zero.
+            (0..32).map(|i| [127.0, 0.5, -0.5, 1.5, -2.5][i % 5]).collect(),
+            vec![0.0; 32],
+        ];
+        for c in &blocks {
+            let (p, v) = (layout::Q8Block::quantize(c), unsafe { x86::quantize_block(c) });
+            assert_eq!((p.d, p.s, p.q, p.u), (v.d, v.s, v.q, v.u), "{c:?}");
+        }
+    }
+}
