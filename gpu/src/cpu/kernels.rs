@@ -2,27 +2,6 @@
 //! RoPE (interleaved pairs as llama.cpp lays out GGUF weights, or halves as Hugging Face does),
 //! SiLU and softmax. Plain loops written so LLVM vectorises them.
 
-/// Dot product with two independent eight-wide accumulators summed as a tree (vectorises well).
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (mut acc0, mut acc1) = ([0.0f32; 8], [0.0f32; 8]);
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for j in 0..8 {
-            acc0[j] += x[j] * y[j];
-            acc1[j] += x[j + 8] * y[j + 8];
-        }
-    }
-    // A tree, not a chain: the additions of each level are independent (and vectorise).
-    let s8: [f32; 8] = std::array::from_fn(|j| acc0[j] + acc1[j]);
-    let s4: [f32; 4] = std::array::from_fn(|j| s8[j] + s8[j + 4]);
-    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
-    s2[0] + s2[1] + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
-}
-
 /// `out = x / rms(x) · w`, one row of `w.len()` at a time.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();

@@ -45,7 +45,7 @@ impl ModelExecutor {
     ) -> Result<Self, ModelError> {
         let model = LlamaModel::from_gguf(g, p)?;
         let c = &model.config;
-        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_width(), p.into());
         Ok(Self { name: name.to_string(), model, kv, pool: compute_pool()? })
     }
 
@@ -61,14 +61,14 @@ impl ModelExecutor {
     ) -> Result<Self, ModelError> {
         let model = LlamaModel::load(hf.config.clone(), hf, Precision::Exact)?;
         let c = &model.config;
-        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim);
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_width(), Precision::Exact.into());
         let name = hf.dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
         Ok(Self { name, model, kv, pool: compute_pool()? })
     }
 
     /// Bytes of KV cache one block of `block_size` positions takes for a model of `config`.
-    pub fn kv_bytes_per_block(config: &llama::LlamaConfig, block_size: usize) -> u64 {
-        KvCache::bytes_per_block(config.layers, block_size, config.kv_heads, config.head_dim) as u64
+    pub fn kv_bytes_per_block(config: &llama::LlamaConfig, block_size: usize, p: Precision) -> u64 {
+        KvCache::bytes_per_block(config.layers, block_size, config.kv_width(), p.into()) as u64
     }
 
     /// Serve at most `tokens` of context (less than the model's own, to bound the KV cache).

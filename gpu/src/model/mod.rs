@@ -15,6 +15,7 @@ use std::sync::Arc;
 use runtime::config::ModelSection;
 
 use crate::chat::{CHATML, ChatMessage, ChatTemplate};
+use crate::cpu::Precision;
 use crate::executor::{Executor, TestExecutor, TestTokenizer};
 use crate::tokenizer::Tokenizer;
 
@@ -161,7 +162,11 @@ impl LoadedModel {
                 let dir = Path::new(source);
                 let (tok, ..) = hf::HfModel::tokenizer(dir)?;
                 let hf = hf::HfModel::open(dir)?;
-                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(&hf.config, block_size))?;
+                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
+                    &hf.config,
+                    block_size,
+                    Precision::Exact,
+                ))?;
                 let mut exec = crate::cpu::ModelExecutor::from_hf_model(&hf, kv_blocks, block_size)?;
                 limit(&mut exec);
                 Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(tok), kv_blocks })
@@ -170,7 +175,11 @@ impl LoadedModel {
                 let g = open_source(section)?;
                 let tokenizer = Arc::new(bpe::BpeTokenizer::from_gguf(&g)?);
                 let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
-                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(&config, block_size))?;
+                let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
+                    &config,
+                    block_size,
+                    Precision::Fast,
+                ))?;
                 let mut exec = crate::cpu::ModelExecutor::from_gguf(&g, source, kv_blocks, block_size)?;
                 limit(&mut exec);
                 Ok(Self { executor: Box::new(exec), tokenizer, kv_blocks })

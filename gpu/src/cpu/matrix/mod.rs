@@ -3,7 +3,7 @@
 //! run on integers. Quantized rows are regrouped eight at a time at load (`layout`) so the
 //! x86 kernels (`x86`: AVX-VNNI, AVX-512 VNNI or AVX2, chosen at run time) produce eight rows per
 //! instruction; a portable loop computes the same integer sums elsewhere. Groups of rows are
-//! split over rayon's pool.
+//! split over the compute threads (`threads`).
 
 mod layout;
 #[cfg(target_arch = "x86_64")]
