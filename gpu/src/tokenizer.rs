@@ -9,6 +9,28 @@ pub trait Tokenizer: Send + Sync {
     /// Tokens that end generation.
     fn eos_tokens(&self) -> &[u32];
 
+    /// The token a prompt starts with, when the model asks for one (GGUF `add_bos_token`).
+    fn prompt_bos(&self) -> Option<u32> {
+        None
+    }
+
+    /// The text of a token as the vocabulary spells it (chat templates' `bos_token`).
+    fn token_text(&self, _id: u32) -> Option<&str> {
+        None
+    }
+
+    /// A prompt's tokens: `encode`, with the beginning-of-sequence token in front when the model
+    /// asks for one and the text (a rendered chat template, say) does not already start with it.
+    fn encode_prompt(&self, text: &str) -> Vec<u32> {
+        let mut ids = self.encode(text);
+        if let Some(bos) = self.prompt_bos()
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        ids
+    }
+
     fn decode(&self, tokens: &[u32]) -> String {
         let bytes: Vec<u8> = tokens.iter().flat_map(|&t| self.token_bytes(t).iter().copied()).collect();
         String::from_utf8_lossy(&bytes).into_owned()

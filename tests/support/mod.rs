@@ -181,9 +181,9 @@ pub fn metric(port: u16, prefix: &str) -> f64 {
 }
 
 /// Packages the Python side of the tests needs.
-const PY_PACKAGES: [&str; 3] = ["openai>=1.40", "gguf==0.19.0", "numpy>=1.26"];
+const PY_PACKAGES: [&str; 4] = ["openai>=1.40", "gguf==0.19.0", "numpy>=1.26", "sentencepiece==0.2.0"];
 
-/// A Python interpreter with `openai`, `gguf` and `numpy`: `ARMATURE_TEST_PYTHON` if set, else a
+/// A Python interpreter with `openai`, `gguf`, `numpy` and `sentencepiece`: `ARMATURE_TEST_PYTHON` if set, else a
 /// venv under `target/` made on first use (`python3 -m venv`, `pip install`).
 pub fn python_venv() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
@@ -193,7 +193,12 @@ pub fn python_venv() -> PathBuf {
         }
         let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-venv");
         let py = venv.join("bin/python");
-        let ready = || Command::new(&py).args(["-c", "import openai, gguf, numpy"]).status().is_ok_and(|s| s.success());
+        let ready = || {
+            Command::new(&py)
+                .args(["-c", "import openai, gguf, numpy, sentencepiece"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
         if !ready() {
             let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().is_ok_and(|s| s.success());
             assert!(ok, "python3 -m venv failed: install python3-venv");

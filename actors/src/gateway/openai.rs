@@ -167,14 +167,14 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let prompt = model.render_chat(&chat_messages(messages)?).map_err(|e| {
                 ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some("messages"))
             })?;
-            model.tokenizer.encode(&prompt)
+            model.tokenizer.encode_prompt(&prompt)
         }
         Endpoint::Completion => match body.prompt {
             None => {
                 return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt")));
             }
-            Some(Prompt::Text(t)) => model.tokenizer.encode(&t),
-            Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode(&v[0]),
+            Some(Prompt::Text(t)) => model.tokenizer.encode_prompt(&t),
+            Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode_prompt(&v[0]),
             Some(Prompt::Texts(v)) => {
                 return Err(ApiError::bad_request(
                     format!("Batched prompts are not supported: got {} prompts, send one.", v.len()),

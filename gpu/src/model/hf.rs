@@ -44,6 +44,8 @@ struct TokenizerConfig {
     bos_token: Option<serde_json::Value>,
     #[serde(default)]
     eos_token: Option<serde_json::Value>,
+    #[serde(default)]
+    add_bos_token: Option<bool>,
 }
 
 /// A special token as tokenizer_config.json spells it: a string, or an object with `content`.
@@ -183,7 +185,9 @@ impl HfModel {
     pub fn tokenizer(dir: &Path) -> Result<(BpeTokenizer, Option<String>, String, String), ModelError> {
         let tc: TokenizerConfig = read_json(&dir.join("tokenizer_config.json")).unwrap_or_default();
         let (bos, eos) = (token_text(&tc.bos_token), token_text(&tc.eos_token));
-        let tok = BpeTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), eos.as_deref(), bos.as_deref())?;
+        let add_bos = tc.add_bos_token.unwrap_or(false);
+        let tok =
+            BpeTokenizer::from_tokenizer_json(&dir.join("tokenizer.json"), eos.as_deref(), bos.as_deref(), add_bos)?;
         Ok((tok, tc.chat_template, bos.unwrap_or_default(), eos.unwrap_or_default()))
     }
 }

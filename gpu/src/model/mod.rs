@@ -7,6 +7,7 @@ pub mod gguf_write;
 pub mod hf;
 pub mod quant;
 pub mod safetensors;
+pub mod spm;
 pub mod tiny;
 
 use std::path::Path;
@@ -82,7 +83,7 @@ impl ModelFrontend {
         context_length: Option<u32>,
         default_max_tokens: u32,
     ) -> Result<Self, ModelError> {
-        let tokenizer = bpe::BpeTokenizer::from_gguf(g)?;
+        let tokenizer = tokenizer_from_gguf(g)?;
         let text = |key: &str| -> String {
             g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).unwrap_or("").to_string()
         };
@@ -92,7 +93,7 @@ impl ModelFrontend {
         let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
         Ok(Self {
             name,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer,
             chat: Arc::new(chat),
             context_length: match (context_length, native) {
                 (Some(c), Some(n)) => c.min(n as u32),
@@ -173,7 +174,7 @@ impl LoadedModel {
             }
             source => {
                 let g = open_source(section)?;
-                let tokenizer = Arc::new(bpe::BpeTokenizer::from_gguf(&g)?);
+                let tokenizer = tokenizer_from_gguf(&g)?;
                 let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
                 let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
                     &config,
@@ -185,6 +186,18 @@ impl LoadedModel {
                 Ok(Self { executor: Box::new(exec), tokenizer, kv_blocks })
             }
         }
+    }
+}
+
+/// The tokenizer a GGUF file describes: byte-level BPE (`gpt2`: SmolLM, Llama 3, Qwen2) or
+/// SentencePiece BPE (`llama`: Llama 2, Mistral).
+pub fn tokenizer_from_gguf(g: &gguf::GgufFile) -> Result<Arc<dyn Tokenizer>, ModelError> {
+    match g.get_str("tokenizer.ggml.model")? {
+        "gpt2" => Ok(Arc::new(bpe::BpeTokenizer::from_gguf(g)?)),
+        "llama" => Ok(Arc::new(spm::SpmTokenizer::from_gguf(g)?)),
+        other => Err(ModelError::Unsupported(format!(
+            "tokenizer model \"{other}\" (byte-level BPE, \"gpt2\", and SentencePiece BPE, \"llama\", are)"
+        ))),
     }
 }
 
