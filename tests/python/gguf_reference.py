@@ -40,6 +40,21 @@ for name, shape in shapes.items():
     w.add_tensor(f"t.{name}", data, raw_dtype=qtype)
     expected[f"t.{name}"] = {"type": name, "shape": list(shape), "values": ref.reshape(-1).astype(float).tolist()}
 
+# k-quants: gguf cannot quantize to these, so the blocks are random bytes with sane f16 scales,
+# and gguf's dequantizer gives the reference values.
+for name, (shape, block_bytes, scale_at) in {"Q4_K": ((2, 512), 144, (0, 2)), "Q6_K": ((3, 256), 210, (208,))}.items():
+    qtype = T[name]
+    blocks = rng.integers(0, 256, size=(shape[0] * shape[1] // 256, block_bytes), dtype=np.uint8)
+    for at in scale_at:
+        blocks[:, at : at + 2] = np.frombuffer(
+            rng.uniform(0.01, 0.1, size=len(blocks)).astype(np.float16).tobytes(), dtype=np.uint8
+        ).reshape(-1, 2)
+    data = blocks.reshape(shape[0], -1)
+    ref = quants.dequantize(data, qtype)
+    assert ref.shape == shape, ref.shape
+    w.add_tensor(f"t.{name}", data, raw_dtype=qtype)
+    expected[f"t.{name}"] = {"type": name, "shape": list(shape), "values": ref.reshape(-1).astype(float).tolist()}
+
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()

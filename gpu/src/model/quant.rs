@@ -1,8 +1,10 @@
-//! ggml tensor types and dequantization of the block formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
+//! ggml tensor types and dequantization of the block formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+//! and the k-quants Q4_K and Q6_K of 256-value super-blocks).
 
 use std::fmt;
 
-/// A ggml tensor type by its id in the GGUF file.
+/// A ggml tensor type by its id in the GGUF file (named as ggml names them).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
@@ -10,6 +12,8 @@ pub enum GgmlType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4_K,
+    Q6_K,
     BF16,
     /// Any other id (k-quants, i-quants, ...): readable as metadata, not as data.
     Other(u32),
@@ -23,6 +27,8 @@ impl GgmlType {
             2 => Self::Q4_0,
             3 => Self::Q4_1,
             8 => Self::Q8_0,
+            12 => Self::Q4_K,
+            14 => Self::Q6_K,
             30 => Self::BF16,
             other => Self::Other(other),
         }
@@ -36,6 +42,8 @@ impl GgmlType {
             Self::Q4_0 => Some((32, 18)),
             Self::Q4_1 => Some((32, 20)),
             Self::Q8_0 => Some((32, 34)),
+            Self::Q4_K => Some((256, 144)),
+            Self::Q6_K => Some((256, 210)),
             Self::Other(_) => None,
         }
     }
@@ -114,9 +122,56 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], count: usize) -> Option<Vec<f32
                 out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
             }
         }
+        GgmlType::Q4_K => bytes.chunks_exact(144).for_each(|b| dequantize_q4_k(b, &mut out)),
+        GgmlType::Q6_K => bytes.chunks_exact(210).for_each(|b| dequantize_q6_k(b, &mut out)),
         GgmlType::Other(_) => return None,
     }
     Some(out)
+}
+
+/// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and minimums for eight 32-value groups, and
+/// 128 bytes of nibbles (each 32 bytes: the low nibbles are one group, the high ones the next).
+fn dequantize_q4_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin, scales, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..144]);
+    // Group j's 6-bit scale and minimum (ggml's `get_scale_min_k4`).
+    let scale_min = |j: usize| -> (f32, f32) {
+        let (sc, m) = if j < 4 {
+            (scales[j] & 63, scales[j + 4] & 63)
+        } else {
+            ((scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
+        };
+        (d * f32::from(sc), dmin * f32::from(m))
+    };
+    for (pair, q) in qs.chunks_exact(32).enumerate() {
+        let ((d1, m1), (d2, m2)) = (scale_min(2 * pair), scale_min(2 * pair + 1));
+        out.extend(q.iter().map(|&v| d1 * f32::from(v & 0x0f) - m1));
+        out.extend(q.iter().map(|&v| d2 * f32::from(v >> 4) - m2));
+    }
+}
+
+/// Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed 8-bit scales (one per 16
+/// values) and `d` (f16); values are `d · scale · (q - 32)` with 6-bit `q`.
+fn dequantize_q6_k(b: &[u8], out: &mut Vec<f32>) {
+    let (ql, qh, scales, d) = (&b[0..128], &b[128..192], &b[192..208], f16(&b[208..210]));
+    let start = out.len();
+    out.resize(start + 256, 0.0);
+    let y = &mut out[start..];
+    for half in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &scales[8 * half..]);
+        let y = &mut y[128 * half..];
+        for l in 0..32 {
+            let is = l / 16;
+            let q = [
+                (ql[l] & 0x0f) | ((qh[l] & 3) << 4),
+                (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4),
+                (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+            ];
+            for (k, &q) in q.iter().enumerate() {
+                y[l + 32 * k] = d * f32::from(sc[is + 2 * k] as i8) * f32::from(q as i8 - 32);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,30 @@ impl Q8_0Rows {
         out
     }
 
+    /// Quantize f32 rows (`rows` a multiple of 8): for types without a kernel of their own.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        let mut out = Self::default();
+        for g in 0..rows / LANES {
+            for b in 0..nb {
+                let (mut d, mut offset, mut qs) = ([0.0; LANES], [0i32; LANES], [0i8; 256]);
+                for r in 0..LANES {
+                    let block = &values[(g * LANES + r) * cols + b * QK..][..QK];
+                    let q = Q8Block::quantize(block);
+                    d[r] = q.d;
+                    for (e, &v) in q.q.iter().enumerate() {
+                        qs[32 * (e / 4) + 4 * r + e % 4] = v;
+                        offset[r] += 128 * i32::from(v);
+                    }
+                }
+                out.d.push(d);
+                out.offset.push(offset);
+                out.qs.push(qs);
+            }
+        }
+        out
+    }
+
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let nb = out.len() / QK;
         let (g, lane) = (r / LANES, r % LANES);

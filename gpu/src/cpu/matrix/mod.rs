@@ -99,9 +99,10 @@ impl Matrix {
         Self { storage: Storage::F32(w), rows, cols }
     }
 
-    /// From a GGUF tensor's raw bytes; types without a kernel of their own (and row counts that
-    /// are not a multiple of 8) are dequantized to f32, and so is everything with
-    /// `Precision::Exact`.
+    /// From a GGUF tensor's raw bytes. Q4_0 and the k-quants have no kernel of their own: with
+    /// `Precision::Fast` they are requantized to Q8_0 (8 bits for weights that had 4 to 6). F32,
+    /// F16 and BF16, row counts that are not a multiple of 8, and everything with
+    /// `Precision::Exact`, are dequantized to f32.
     pub fn from_ggml(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize, precision: Precision) -> Option<Self> {
         let blocks = rows * cols / QK;
         let grouped = precision == Precision::Fast && cols.is_multiple_of(QK) && rows.is_multiple_of(LANES);
@@ -111,6 +112,10 @@ impl Matrix {
             }
             GgmlType::Q8_0 if grouped && bytes.len() == blocks * 34 => {
                 Storage::Q8_0(Q8_0Rows::from_ggml(bytes, rows, cols))
+            }
+            GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::Q6_K if grouped => {
+                let values = crate::model::quant::dequantize(dtype, bytes, rows * cols)?;
+                Storage::Q8_0(Q8_0Rows::from_f32(&values, rows, cols))
             }
             other => Storage::F32(crate::model::quant::dequantize(other, bytes, rows * cols)?),
         };

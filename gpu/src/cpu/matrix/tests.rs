@@ -138,3 +138,35 @@ fn vector_quantization_matches_the_portable_one() {
         }
     }
 }
+
+#[test]
+fn k_quants_run_requantized_to_8_bits() {
+    let (rows, cols, n) = (16, 512, 3);
+    // Random Q4_K and Q6_K blocks with small scales (bytes 0..4 of Q4_K, 208..210 of Q6_K).
+    let mut seed = 7u64;
+    let mut byte = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) as u8
+    };
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+    for (dtype, size, scales) in [(GgmlType::Q4_K, 144, 0..4), (GgmlType::Q6_K, 210, 208..210)] {
+        let mut bytes: Vec<u8> = (0..rows * cols / 256 * size).map(|_| byte()).collect();
+        for block in bytes.chunks_exact_mut(size) {
+            for (i, at) in scales.clone().enumerate() {
+                block[at] = if i % 2 == 0 { 0x00 } else { 0x20 }; // f16 0x2000 = 2^-7
+            }
+        }
+        let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
+        assert!(matches!(m.storage, Storage::Q8_0(_)), "{dtype} runs on the 8-bit kernels");
+        let exact = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Exact).unwrap();
+        assert!(matches!(exact.storage, Storage::F32(_)));
+        let want = reference(&exact, &x, n);
+        let mut got = vec![0.0; n * rows];
+        m.matmul(&x, n, None, &mut got, &mut Vec::new());
+        let scale = want.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+        assert!(scale > 0.0);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 2e-2 * scale, "{dtype}: {a} vs {b}");
+        }
+    }
+}
