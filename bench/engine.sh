@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MODEL=$(./target/release/armature model fetch)
 echo "== armature bench engine"
-./target/release/armature bench engine --model "$MODEL" --concurrency 1,4,16 --prompt-tokens 16 --max-tokens 64 --prefill-tokens 512 --repeats 3
+./target/release/armature bench engine --model "$MODEL" --concurrency 1,4,16 --prompt-tokens 16 --max-tokens 64 --prefill-tokens 512 --repeats 5
 echo "== llama.cpp (llama-cpp-python)"
-"$PY" bench/llama_cpp_bench.py "$MODEL" --threads 2 --prefill 512 --tokens 64 --repeats 3
+"$PY" bench/llama_cpp_bench.py "$MODEL" --threads 2 --prefill 512 --tokens 64 --repeats 5

@@ -1,10 +1,11 @@
 //! Attention over the paged KV cache: each new token attends to every position up to its own,
-//! reading K and V straight from the sequence's blocks. Work is split by token and KV head (the
-//! query heads that share a KV head go together) over the compute threads.
+//! reading K and V straight from the sequence's blocks. Work is split by KV head (the query heads
+//! that share one go together) and by tiles of up to `TILE` consecutive tokens of one sequence
+//! (prefill), which share each K and V row they read, over the compute threads.
 
 use super::kernels::softmax;
 use super::kv::KvCache;
-use super::threads::for_each_chunk_mut;
+use super::threads::{SharedMut, for_each_task};
 use crate::pool::BlockId;
 
 /// The shape of one layer's attention.
@@ -15,41 +16,64 @@ pub struct Heads {
     pub head_dim: usize,
 }
 
+/// Most consecutive tokens of one sequence that share a pass over its K and V.
+const TILE: usize = 16;
+
 /// `out[r]` = attention of `q[r]` (all heads, `heads · head_dim` wide) over positions `0..=pos`
 /// of the sequence whose block table and position are `rows[r]`, in layer `layer` of `kv`.
 pub fn attend(shape: Heads, layer: usize, kv: &KvCache, q: &[f32], rows: &[(&[BlockId], usize)], out: &mut [f32]) {
-    let group = shape.heads / shape.kv_heads;
-    let width = group * shape.head_dim;
+    let (hd, kv_heads) = (shape.head_dim, shape.kv_heads);
+    let width = shape.heads * hd;
+    let part_width = width / kv_heads;
+    // Tiles: runs of rows of one sequence at consecutive positions (a prefill chunk).
+    let mut tiles: Vec<(usize, usize)> = Vec::new();
+    for (r, &(table, pos)) in rows.iter().enumerate() {
+        match tiles.last_mut() {
+            Some((first, n))
+                if *n < TILE && std::ptr::eq(rows[*first].0, table) && rows[*first + *n - 1].1 + 1 == pos =>
+            {
+                *n += 1
+            }
+            _ => tiles.push((r, 1)),
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     let fast = std::is_x86_feature_detected!("avx2")
         && std::is_x86_feature_detected!("fma")
         && std::is_x86_feature_detected!("f16c");
-    for_each_chunk_mut(out, width, |i, out| {
-        let (r, kvh) = (i / shape.kv_heads, i % shape.kv_heads);
-        let q = &q[i * width..(i + 1) * width];
-        let (table, pos) = rows[r];
-        let part = Part { shape, layer, kvh, table, len: pos + 1 };
+    let out = SharedMut::new(out);
+    for_each_task(tiles.len() * kv_heads, &|i| {
+        let ((first, n), kvh) = (tiles[i / kv_heads], i % kv_heads);
+        let (table, pos) = rows[first];
+        let part = Part { shape, layer, kvh, table, first_pos: pos, rows: n };
+        let at = |r: usize| (first + r) * width + kvh * part_width;
+        let q: Vec<&[f32]> = (0..n).map(|r| &q[at(r)..at(r) + part_width]).collect();
+        // SAFETY: task (tile, kvh) alone writes these rows' parts for KV head `kvh`; tiles do not
+        // share rows.
+        let mut outs: Vec<&mut [f32]> = (0..n).map(|r| unsafe { out.slice(at(r), part_width) }).collect();
         #[cfg(target_arch = "x86_64")]
         if fast {
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn with_fma(part: Part<'_>, kv: &KvCache, q: &[f32], out: &mut [f32]) {
+            fn with_fma(part: Part<'_>, kv: &KvCache, q: &[&[f32]], out: &mut [&mut [f32]]) {
                 part.attend::<true>(kv, q, out)
             }
             // SAFETY: the CPU reports AVX2, FMA and F16C.
-            return unsafe { with_fma(part, kv, q, out) };
+            return unsafe { with_fma(part, kv, &q, &mut outs) };
         }
-        part.attend::<false>(kv, q, out)
+        part.attend::<false>(kv, &q, &mut outs)
     });
 }
 
-/// One token's query heads that share KV head `kvh`.
+/// The query heads that share KV head `kvh`, for `rows` consecutive tokens of one sequence from
+/// position `first_pos`.
 #[derive(Clone, Copy)]
 struct Part<'a> {
     shape: Heads,
     layer: usize,
     kvh: usize,
     table: &'a [BlockId],
-    len: usize,
+    first_pos: usize,
+    rows: usize,
 }
 
 /// `a·b + c`, fused where the caller was compiled with FMA (`FUSED`, which also means F16C for
@@ -61,37 +85,59 @@ fn fma<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 impl Part<'_> {
     #[inline(always)]
-    fn attend<const FUSED: bool>(&self, kv: &KvCache, q: &[f32], out: &mut [f32]) {
+    fn attend<const FUSED: bool>(&self, kv: &KvCache, q: &[&[f32]], out: &mut [&mut [f32]]) {
         let hd = self.shape.head_dim;
-        let group = q.len() / hd;
-        let (len, kvh) = (self.len, self.kvh);
+        let group = q[0].len() / hd;
+        let kvh = self.kvh;
+        // Row i sees positions 0..=first_pos + i; the last row sees them all.
+        let len = self.first_pos + self.rows;
         let (bs, kvw) = (kv.block_size(), kv.kv_width());
         let blocks = &self.table[..len.div_ceil(bs)];
         let scale = 1.0 / (hd as f32).sqrt();
-        // scores[g][t], walking the blocks (one table lookup per block).
-        let mut scores = vec![0.0f32; group * len];
-        let mut buf = vec![0.0f32; hd];
+        // Ask for every K and V row up front: they are short and spread over blocks, and waiting
+        // for each in turn (not bandwidth) is what bounds attention.
         for (bi, &block) in blocks.iter().enumerate() {
-            let (keys, _) = kv.block(self.layer, block);
+            kv.keys(self.layer, block, kvh).prefetch(0, hd * bs);
+            let values = kv.values(self.layer, block);
             for j in 0..bs.min(len - bi * bs) {
-                let k = keys.read::<FUSED>(kvw, j, kvh * hd, &mut buf);
+                values.prefetch(j * kvw + kvh * hd, hd);
+            }
+        }
+        // scores[i][g][t] for row i, head g of the group, position t: a block at a time, from
+        // the block's transposed keys.
+        let stride = group * len;
+        let mut scores = vec![0.0f32; self.rows * stride];
+        let mut buf = vec![0.0f32; hd * bs];
+        for (bi, &block) in blocks.iter().enumerate() {
+            let t0 = bi * bs;
+            let n = bs.min(len - t0);
+            let keys = kv.keys(self.layer, block, kvh).read::<FUSED>(0, &mut buf);
+            // Rows before the block's first position see none of it.
+            for i in t0.saturating_sub(self.first_pos)..self.rows {
                 for g in 0..group {
-                    scores[g * len + bi * bs + j] = dot::<FUSED>(&q[g * hd..(g + 1) * hd], k) * scale;
+                    let dst = &mut scores[i * stride + g * len + t0..][..n];
+                    block_scores::<FUSED>(&q[i][g * hd..(g + 1) * hd], keys, bs, scale, dst);
                 }
             }
         }
-        for g in 0..group {
-            softmax(&mut scores[g * len..(g + 1) * len]);
+        for i in 0..self.rows {
+            let seen = self.first_pos + i + 1;
+            for g in 0..group {
+                softmax(&mut scores[i * stride + g * len..][..seen]);
+            }
+            out[i].fill(0.0);
         }
-        out.fill(0.0);
         for (bi, &block) in blocks.iter().enumerate() {
-            let (_, values) = kv.block(self.layer, block);
+            let values = kv.values(self.layer, block);
             for j in 0..bs.min(len - bi * bs) {
-                let v = values.read::<FUSED>(kvw, j, kvh * hd, &mut buf);
-                for g in 0..group {
-                    let s = scores[g * len + bi * bs + j];
-                    for (o, &v) in out[g * hd..(g + 1) * hd].iter_mut().zip(v) {
-                        *o = fma::<FUSED>(s, v, *o);
+                let t = bi * bs + j;
+                let v = values.read::<FUSED>(j * kvw + kvh * hd, &mut buf[..hd]);
+                for i in t.saturating_sub(self.first_pos)..self.rows {
+                    for g in 0..group {
+                        let s = scores[i * stride + g * len + t];
+                        for (o, &v) in out[i][g * hd..(g + 1) * hd].iter_mut().zip(v) {
+                            *o = fma::<FUSED>(s, v, *o);
+                        }
                     }
                 }
             }
@@ -99,24 +145,40 @@ impl Part<'_> {
     }
 }
 
-/// Dot product with two eight-wide accumulators summed as a tree.
+/// `out[p] = scale · Σ_d q[d] · keys[d][p]` for the first `out.len()` positions of a block whose
+/// keys are stored transposed (`head_dim` rows of `bs`). The 16-position case keeps its sums in
+/// registers, four independent chains of them.
 #[inline(always)]
-fn dot<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let (mut acc0, mut acc1) = ([0.0f32; 8], [0.0f32; 8]);
-    let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for j in 0..8 {
-            acc0[j] = fma::<FUSED>(x[j], y[j], acc0[j]);
-            acc1[j] = fma::<FUSED>(x[j + 8], y[j + 8], acc1[j]);
+fn block_scores<const FUSED: bool>(q: &[f32], keys: &[f32], bs: usize, scale: f32, out: &mut [f32]) {
+    const B: usize = 16;
+    if bs == B {
+        let mut acc = [[0.0f32; B]; 4];
+        let chunks = q.len() / 4;
+        for c in 0..chunks {
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let d = 4 * c + u;
+                let (qd, row) = (q[d], &keys[d * B..(d + 1) * B]);
+                for p in 0..B {
+                    acc[p] = fma::<FUSED>(qd, row[p], acc[p]);
+                }
+            }
+        }
+        for d in 4 * chunks..q.len() {
+            let (qd, row) = (q[d], &keys[d * B..(d + 1) * B]);
+            for p in 0..B {
+                acc[0][p] = fma::<FUSED>(qd, row[p], acc[0][p]);
+            }
+        }
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = ((acc[0][p] + acc[1][p]) + (acc[2][p] + acc[3][p])) * scale;
+        }
+        return;
+    }
+    out.fill(0.0);
+    for (d, &qd) in q.iter().enumerate() {
+        for (o, &k) in out.iter_mut().zip(&keys[d * bs..(d + 1) * bs]) {
+            *o = fma::<FUSED>(qd, k, *o);
         }
     }
-    for j in 0..8 {
-        acc0[j] += acc1[j];
-    }
-    let s4 = [acc0[0] + acc0[4], acc0[1] + acc0[5], acc0[2] + acc0[6], acc0[3] + acc0[7]];
-    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
-    s2[0] + s2[1] + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
+    out.iter_mut().for_each(|o| *o *= scale);
 }

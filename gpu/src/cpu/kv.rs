@@ -55,6 +55,14 @@ impl Store {
         }
     }
 
+    /// `src[i]` to `at + i · stride`.
+    fn write_strided(&mut self, at: usize, stride: usize, src: &[f32]) {
+        match self {
+            Store::F16(v) => src.iter().enumerate().for_each(|(i, &x)| v[at + i * stride] = f16::from_f32(x)),
+            Store::F32(v) => src.iter().enumerate().for_each(|(i, &x)| v[at + i * stride] = x),
+        }
+    }
+
     fn slab(&self, at: usize, len: usize) -> Slab<'_> {
         match self {
             Store::F16(v) => Slab::F16(&v[at..at + len]),
@@ -63,7 +71,7 @@ impl Store {
     }
 }
 
-/// One block's K (or V) rows in one layer, as stored: `block_size` rows of `kv_width`.
+/// Part of one block of one layer, as stored.
 #[derive(Clone, Copy)]
 pub enum Slab<'a> {
     F16(&'a [f16]),
@@ -71,15 +79,34 @@ pub enum Slab<'a> {
 }
 
 impl<'a> Slab<'a> {
-    /// `row[start..start + buf.len()]` of row `j` as f32: borrowed when stored as f32, converted
-    /// into `buf` otherwise. With `F16C` the caller must have been compiled with (and the CPU
-    /// must have) AVX2 and F16C; the conversion is then inlined.
+    /// Ask for `[at, at + len)` to be brought into the cache.
     #[inline(always)]
-    pub fn read<'b, const F16C: bool>(&self, kv_width: usize, j: usize, start: usize, buf: &'b mut [f32]) -> &'b [f32]
+    pub fn prefetch(&self, at: usize, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (ptr, bytes) = match *self {
+                Slab::F16(v) => (v[at..at + len].as_ptr().cast::<i8>(), 2 * len),
+                Slab::F32(v) => (v[at..at + len].as_ptr().cast::<i8>(), 4 * len),
+            };
+            for line in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch never faults; the address is inside the slab anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.wrapping_add(line))
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, len);
+    }
+
+    /// `[at, at + buf.len())` as f32: borrowed when stored as f32, converted into `buf`
+    /// otherwise. With `F16C` the caller must have been compiled with (and the CPU must have)
+    /// AVX2 and F16C; the conversion is then inlined.
+    #[inline(always)]
+    pub fn read<'b, const F16C: bool>(&self, at: usize, buf: &'b mut [f32]) -> &'b [f32]
     where
         'a: 'b,
     {
-        let at = j * kv_width + start;
         match *self {
             Slab::F32(v) => &v[at..at + buf.len()],
             Slab::F16(v) => {
@@ -107,19 +134,31 @@ impl<'a> Slab<'a> {
     }
 }
 
+/// K and V of every layer and block. Keys are stored transposed within a block,
+/// `[layer][block][kv_head][dim][position]`, so that scores for a block's positions are
+/// vector products without horizontal sums; values as rows, `[layer][block][position][kv_width]`.
 pub struct KvCache {
     keys: Store,
     values: Store,
     blocks: usize,
     block_size: usize,
     kv_width: usize,
+    head_dim: usize,
 }
 
 impl KvCache {
-    /// Allocate (and touch) the whole cache once.
-    pub fn new(layers: usize, blocks: usize, block_size: usize, kv_width: usize, dtype: KvDtype) -> Self {
+    /// Allocate the whole cache once.
+    pub fn new(
+        layers: usize,
+        blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDtype,
+    ) -> Self {
+        let kv_width = kv_heads * head_dim;
         let len = layers * blocks * block_size * kv_width;
-        Self { keys: Store::new(dtype, len), values: Store::new(dtype, len), blocks, block_size, kv_width }
+        Self { keys: Store::new(dtype, len), values: Store::new(dtype, len), blocks, block_size, kv_width, head_dim }
     }
 
     /// Bytes of K and V per block, over all layers.
@@ -128,11 +167,15 @@ impl KvCache {
     }
 
     pub fn write(&mut self, layer: usize, table: &[BlockId], pos: usize, k: &[f32], v: &[f32]) {
-        let block = table[pos / self.block_size].0 as usize;
+        let (bs, kvw) = (self.block_size, self.kv_width);
+        let block = table[pos / bs].0 as usize;
         debug_assert!(block < self.blocks);
-        let at = ((layer * self.blocks + block) * self.block_size + pos % self.block_size) * self.kv_width;
-        self.keys.write(at, k);
-        self.values.write(at, v);
+        let base = (layer * self.blocks + block) * bs * kvw;
+        let p = pos % bs;
+        self.values.write(base + p * kvw, v);
+        // Column `p` of the transposed block: K's element e (head e / head_dim, dimension
+        // e % head_dim) goes to row e.
+        self.keys.write_strided(base + p, bs, k);
     }
 
     /// Positions per block.
@@ -145,11 +188,17 @@ impl KvCache {
         self.kv_width
     }
 
-    /// Block `block`'s keys and values in `layer`.
-    pub fn block(&self, layer: usize, block: BlockId) -> (Slab<'_>, Slab<'_>) {
+    /// KV head `kv_head`'s keys in `block` of `layer`: `head_dim` rows of `block_size` positions.
+    pub fn keys(&self, layer: usize, block: BlockId, kv_head: usize) -> Slab<'_> {
+        let (bs, hd) = (self.block_size, self.head_dim);
+        let at = (layer * self.blocks + block.0 as usize) * bs * self.kv_width + kv_head * hd * bs;
+        self.keys.slab(at, hd * bs)
+    }
+
+    /// The values of `block` in `layer`: `block_size` rows of `kv_width`.
+    pub fn values(&self, layer: usize, block: BlockId) -> Slab<'_> {
         let len = self.block_size * self.kv_width;
-        let at = (layer * self.blocks + block.0 as usize) * len;
-        (self.keys.slab(at, len), self.values.slab(at, len))
+        self.values.slab((layer * self.blocks + block.0 as usize) * len, len)
     }
 }
 
@@ -160,17 +209,20 @@ mod tests {
     #[test]
     fn rows_read_back_in_either_precision() {
         for dtype in [KvDtype::F16, KvDtype::F32] {
-            let mut kv = KvCache::new(2, 4, 2, 3, dtype);
+            // 2 layers, 4 blocks of 2 positions, 2 KV heads of 3 dimensions.
+            let mut kv = KvCache::new(2, 4, 2, 2, 3, dtype);
             let table = [BlockId(3), BlockId(1)];
-            let (k, v) = ([0.5f32, -1.25, 3.0], [1.0f32, 2.0, -0.125]);
-            kv.write(1, &table, 2, &k, &v);
-            let (ks, vs) = kv.block(1, BlockId(1));
-            let mut buf = [0.0f32; 2];
-            assert_eq!(ks.read::<false>(3, 0, 1, &mut buf), &k[1..]);
-            assert_eq!(vs.read::<false>(3, 0, 0, &mut buf), &v[..2]);
+            let (k, v) = ([0.5f32, -1.25, 3.0, 4.0, 5.0, 6.0], [1.0f32, 2.0, -0.125, 0.25, 0.5, 0.75]);
+            kv.write(1, &table, 3, &k, &v);
+            let mut buf = [0.0f32; 6];
+            // Position 3 is column 1 of block 1; head 1's dimensions are rows 0..3 of its keys.
+            let keys = kv.keys(1, BlockId(1), 1).read::<false>(0, &mut buf);
+            assert_eq!(keys, [0.0, 4.0, 0.0, 5.0, 0.0, 6.0]);
+            assert_eq!(kv.values(1, BlockId(1)).read::<false>(6, &mut buf), v);
             // Other layers and blocks are untouched.
-            assert_eq!(kv.block(0, BlockId(1)).0.read::<false>(3, 0, 0, &mut buf), &[0.0, 0.0]);
-            assert_eq!(KvCache::bytes_per_block(2, 2, 3, dtype), 2 * 2 * 2 * 3 * dtype.bytes());
+            assert_eq!(kv.values(0, BlockId(1)).read::<false>(6, &mut buf), [0.0; 6]);
+            assert_eq!(kv.keys(1, BlockId(3), 1).read::<false>(0, &mut buf), [0.0; 6]);
+            assert_eq!(KvCache::bytes_per_block(2, 2, 6, dtype), 2 * 2 * 2 * 6 * dtype.bytes());
         }
     }
 }

@@ -45,7 +45,7 @@ impl ModelExecutor {
     ) -> Result<Self, ModelError> {
         let model = LlamaModel::from_gguf(g, p)?;
         let c = &model.config;
-        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_width(), p.into());
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim, p.into());
         Ok(Self { name: name.to_string(), model, kv, pool: compute_pool()? })
     }
 
@@ -61,7 +61,7 @@ impl ModelExecutor {
     ) -> Result<Self, ModelError> {
         let model = LlamaModel::load(hf.config.clone(), hf, Precision::Exact)?;
         let c = &model.config;
-        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_width(), Precision::Exact.into());
+        let kv = KvCache::new(c.layers, kv_blocks, block_size, c.kv_heads, c.head_dim, Precision::Exact.into());
         let name = hf.dir.file_name().map_or("model".into(), |s| s.to_string_lossy().into_owned());
         Ok(Self { name, model, kv, pool: compute_pool()? })
     }
