@@ -215,30 +215,52 @@ impl Matrix {
                     }
                 }
             }
-            Storage::Q4_1(w) => grouped(n, nb, &quantize_rows(x, n), per_task, bias, out, |tile, g| {
+            Storage::Q4_1(w) => {
+                // With 32 vector registers, two groups share each activation broadcast.
+                let pairs = isa == Isa::Avx512Vnni;
+                let per_task = if pairs { per_task.next_multiple_of(2) } else { per_task };
+                grouped(n, nb, &quantize_rows(x, n), per_task, pairs, bias, out, |tile, g, count| {
+                    let r = |g: usize| g * nb..(g + 1) * nb;
+                    let one = |g: usize| (&w.d[r(g)], &w.m[r(g)], &w.qs[r(g)]);
+                    if count == 2 {
+                        return q4_1_pair(isa, [one(g), one(g + 1)], tile);
+                    }
+                    let (d, m, qs) = one(g);
+                    [q4_1_group(isa, d, m, qs, tile), [[0.0; LANES]; 4]]
+                })
+            }
+            Storage::Q8_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
                 let r = g * nb..(g + 1) * nb;
-                q4_1_group(isa, &w.d[r.clone()], &w.m[r.clone()], &w.qs[r], tile)
-            }),
-            Storage::Q8_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, bias, out, |tile, g| {
-                let r = g * nb..(g + 1) * nb;
-                q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile)
+                [q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile), [[0.0; LANES]; 4]]
             }),
         }
     }
 }
 
-/// Run `kernel` for every group of eight rows and every tile of up to four of the `n` rows of
-/// `qx` (`nb` blocks each), writing `out[t][8g..8g + 8]` (plus the bias) from the task that
-/// owns group `g`.
-fn grouped<K>(n: usize, nb: usize, qx: &[Q8Block], per_task: usize, bias: Option<&[f32]>, out: &mut [f32], kernel: K)
-where
-    K: Fn(Tile<'_>, usize) -> [[f32; LANES]; 4] + Sync,
+/// Run `kernel` for every group of eight rows (two at a time with `pairs`: `kernel(tile, g, 2)`
+/// computes groups `g` and `g + 1`) and every tile of up to four of the `n` rows of `qx` (`nb`
+/// blocks each), writing `out[t][8g..8g + 8]` (plus the bias) from the task that owns group `g`.
+#[allow(clippy::too_many_arguments)]
+fn grouped<K>(
+    n: usize,
+    nb: usize,
+    qx: &[Q8Block],
+    per_task: usize,
+    pairs: bool,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    kernel: K,
+) where
+    K: Fn(Tile<'_>, usize, usize) -> [[[f32; LANES]; 4]; 2] + Sync,
 {
     let rows = out.len() / n;
     let groups = rows / LANES;
     let base = SharedMut::new(out);
     for_each_task(groups.div_ceil(per_task), &|task| {
-        for g in task * per_task..((task + 1) * per_task).min(groups) {
+        let end = ((task + 1) * per_task).min(groups);
+        let mut g = task * per_task;
+        while g < end {
+            let count = if pairs { (end - g).min(2) } else { 1 };
             let mut t = 0;
             while t < n {
                 let take = (n - t).min(4);
@@ -249,18 +271,22 @@ where
                     2 => Tile::Two([xs(0), xs(1)]),
                     _ => Tile::One([xs(0)]),
                 };
-                let res = kernel(tile, g);
-                for (k, res) in res.iter().enumerate().take(take) {
-                    // SAFETY: the eight outputs of group `g` for row `t + k` are written by this
-                    // task only (it alone owns group `g`), and lie inside `out`.
-                    let dst = unsafe { base.slice((t + k) * rows + g * LANES, LANES) };
-                    match bias {
-                        Some(b) => dst.iter_mut().zip(res).zip(&b[g * LANES..]).for_each(|((o, r), b)| *o = r + b),
-                        None => dst.copy_from_slice(res),
+                let res = kernel(tile, g, count);
+                for (gi, res) in res.iter().enumerate().take(count) {
+                    let g = g + gi;
+                    for (k, res) in res.iter().enumerate().take(take) {
+                        // SAFETY: the eight outputs of group `g` for row `t + k` are written by
+                        // this task only (it alone owns group `g`), and lie inside `out`.
+                        let dst = unsafe { base.slice((t + k) * rows + g * LANES, LANES) };
+                        match bias {
+                            Some(b) => dst.iter_mut().zip(res).zip(&b[g * LANES..]).for_each(|((o, r), b)| *o = r + b),
+                            None => dst.copy_from_slice(res),
+                        }
                     }
                 }
                 t += take;
             }
+            g += count;
         }
     });
 }
@@ -308,6 +334,28 @@ macro_rules! dispatch {
 
 fn q4_1_group(isa: Isa, d: &[[f32; LANES]], m: &[[f32; LANES]], qs: &[[u8; 128]], tile: Tile<'_>) -> [[f32; LANES]; 4] {
     dispatch!(isa, tile, q4_1, q4_1_portable, (d, m, qs))
+}
+
+/// Two Q4_1 groups against one tile, sharing each activation broadcast (AVX-512 VNNI); two
+/// single-group calls elsewhere.
+type Q4_1Group<'a> = (&'a [[f32; LANES]], &'a [[f32; LANES]], &'a [[u8; 128]]);
+
+fn q4_1_pair(isa: Isa, w: [Q4_1Group<'_>; 2], tile: Tile<'_>) -> [[[f32; LANES]; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: `Isa::detect` and `Isa::available` name AVX-512 VNNI only where the CPU has it.
+        fn pad2<const N: usize>([a, b]: [[[f32; LANES]; N]; 2]) -> [[[f32; LANES]; 4]; 2] {
+            [pad(a), pad(b)]
+        }
+        use x86::avx512vnni::q4_1_groups;
+        return match tile {
+            Tile::One(x) => pad2(unsafe { q4_1_groups::<2, 1>(w, x) }),
+            Tile::Two(x) => pad2(unsafe { q4_1_groups::<2, 2>(w, x) }),
+            Tile::Three(x) => pad2(unsafe { q4_1_groups::<2, 3>(w, x) }),
+            Tile::Four(x) => unsafe { q4_1_groups::<2, 4>(w, x) },
+        };
+    }
+    w.map(|(d, m, qs)| q4_1_group(isa, d, m, qs, tile))
 }
 
 fn q8_0_group(

@@ -84,42 +84,69 @@ macro_rules! isa {
                 qs: &[[u8; 128]],
                 x: [&[Q8Block]; N],
             ) -> [[f32; LANES]; N] {
+                let [out] = q4_1_groups::<1, N>([(d, m, qs)], x);
+                out
+            }
+
+            /// `q4_1` for `G` groups at once: each activation broadcast serves `G` groups (only
+            /// worth it with enough vector registers to hold them: AVX-512's 32).
+            #[target_feature(enable = $features)]
+            pub fn q4_1_groups<const G: usize, const N: usize>(
+                w: [(&[[f32; LANES]], &[[f32; LANES]], &[[u8; 128]]); G],
+                x: [&[Q8Block]; N],
+            ) -> [[[f32; LANES]; N]; G] {
                 let mask = _mm256_set1_epi8(0x0f);
-                let mut acc = [_mm256_setzero_ps(); N];
-                for (b, ((d, m), q)) in d.iter().zip(m).zip(qs).enumerate() {
-                    // SAFETY: the arrays hold 8 f32 each; the loads are unaligned.
-                    let (dv, mv) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr())) };
-                    const AHEAD: usize = PREFETCH_BYTES / 128;
-                    prefetch(q.as_ptr(), AHEAD * 128, 128);
-                    prefetch(d.as_ptr(), AHEAD * 32, 32);
-                    prefetch(m.as_ptr(), AHEAD * 32, 32);
-                    let mut lo = [_mm256_setzero_si256(); 4];
-                    let mut hi = [_mm256_setzero_si256(); 4];
-                    for c in 0..4 {
-                        // SAFETY: chunk `c` is bytes 32c..32c+32 of 128.
-                        let raw = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * c).cast()) };
-                        lo[c] = _mm256_and_si256(raw, mask);
-                        hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let mut acc = [[_mm256_setzero_ps(); N]; G];
+                let blocks = w[0].0.len();
+                for b in 0..blocks {
+                    let mut dv = [_mm256_setzero_ps(); G];
+                    let mut mv = [_mm256_setzero_ps(); G];
+                    let mut lo = [[_mm256_setzero_si256(); 4]; G];
+                    let mut hi = [[_mm256_setzero_si256(); 4]; G];
+                    for (gi, &(d, m, qs)) in w.iter().enumerate() {
+                        let (d, m, q) = (&d[b], &m[b], &qs[b]);
+                        // SAFETY: the arrays hold 8 f32 each; the loads are unaligned.
+                        (dv[gi], mv[gi]) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_ps(m.as_ptr())) };
+                        const AHEAD: usize = PREFETCH_BYTES / 128;
+                        prefetch(q.as_ptr(), AHEAD * 128, 128);
+                        prefetch(d.as_ptr(), AHEAD * 32, 32);
+                        prefetch(m.as_ptr(), AHEAD * 32, 32);
+                        for c in 0..4 {
+                            // SAFETY: chunk `c` is bytes 32c..32c+32 of 128.
+                            let raw = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * c).cast()) };
+                            lo[gi][c] = _mm256_and_si256(raw, mask);
+                            hi[gi][c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                        }
                     }
                     for k in 0..N {
                         let xb = &x[k][b];
-                        // Two independent chains: the dot-product instruction's latency, not its
-                        // throughput, would bound one chain.
-                        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        // Two independent chains per group: the dot-product instruction's latency,
+                        // not its throughput, would bound one chain.
+                        let mut s0 = [_mm256_setzero_si256(); G];
+                        let mut s1 = [_mm256_setzero_si256(); G];
                         for c in 0..4 {
-                            s0 = $dp_u4(s0, lo[c], _mm256_set1_epi32(bytes4(&xb.q, 4 * c)));
-                            s1 = $dp_u4(s1, hi[c], _mm256_set1_epi32(bytes4(&xb.q, 16 + 4 * c)));
+                            let (xl, xh) =
+                                (_mm256_set1_epi32(bytes4(&xb.q, 4 * c)), _mm256_set1_epi32(bytes4(&xb.q, 16 + 4 * c)));
+                            for gi in 0..G {
+                                s0[gi] = $dp_u4(s0[gi], lo[gi][c], xl);
+                                s1[gi] = $dp_u4(s1[gi], hi[gi][c], xh);
+                            }
                         }
-                        let isum = _mm256_add_epi32(s0, s1);
-                        let scale = _mm256_mul_ps(dv, _mm256_set1_ps(xb.d));
-                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[k]);
-                        acc[k] = _mm256_fmadd_ps(mv, _mm256_set1_ps(xb.s), acc[k]);
+                        let (xd, xs) = (_mm256_set1_ps(xb.d), _mm256_set1_ps(xb.s));
+                        for gi in 0..G {
+                            let isum = _mm256_add_epi32(s0[gi], s1[gi]);
+                            let scale = _mm256_mul_ps(dv[gi], xd);
+                            acc[gi][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[gi][k]);
+                            acc[gi][k] = _mm256_fmadd_ps(mv[gi], xs, acc[gi][k]);
+                        }
                     }
                 }
-                let mut out = [[0.0; LANES]; N];
-                for k in 0..N {
-                    // SAFETY: `out[k]` holds 8 f32.
-                    unsafe { _mm256_storeu_ps(out[k].as_mut_ptr(), acc[k]) };
+                let mut out = [[[0.0; LANES]; N]; G];
+                for gi in 0..G {
+                    for k in 0..N {
+                        // SAFETY: `out[gi][k]` holds 8 f32.
+                        unsafe { _mm256_storeu_ps(out[gi][k].as_mut_ptr(), acc[gi][k]) };
+                    }
                 }
                 out
             }
