@@ -3,12 +3,17 @@
 Trains a small BPE model with byte fallback and Llama's settings (identity normalisation, a dummy
 prefix, whitespace kept as is) on a built-in corpus, then prints one JSON object: the pieces
 (text, score, GGUF token type) and, for each test text, SentencePiece's ids and decoded text.
+With a directory argument it also converts the model to a Hugging Face `tokenizer.json` there
+(transformers' LlamaTokenizerFast, as Llama 2 and Mistral folders carry one) and adds, per text,
+that tokenizer's ids.
 
-Usage: python spm_reference.py
+Usage: python spm_reference.py [HF_DIR]
 """
 
 import io
 import json
+import os
+import sys
 
 import sentencepiece as spm
 
@@ -66,4 +71,18 @@ def kind(i):
 
 pieces = [[sp.IdToPiece(i), sp.GetScore(i), kind(i)] for i in range(sp.GetPieceSize())]
 cases = [{"text": t, "ids": sp.EncodeAsIds(t), "decoded": sp.DecodeIds(sp.EncodeAsIds(t))} for t in TEXTS]
+if len(sys.argv) > 1:
+    from transformers import LlamaTokenizerFast
+
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tokenizer.model"), "wb") as f:
+        f.write(model.getvalue())
+    hf = LlamaTokenizerFast(
+        vocab_file=os.path.join(out, "tokenizer.model"), legacy=False, from_slow=True, add_prefix_space=True
+    )
+    hf.save_pretrained(out)
+    for c in cases:
+        c["hf_ids"] = hf.encode(c["text"], add_special_tokens=False)
+        c["hf_decoded"] = hf.decode(c["hf_ids"])
 print(json.dumps({"pieces": pieces, "bos": sp.bos_id(), "eos": sp.eos_id(), "cases": cases}))
