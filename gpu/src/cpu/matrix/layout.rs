@@ -82,42 +82,16 @@ impl Q4_1Rows {
 }
 
 impl Q8_0Rows {
-    /// From GGUF bytes (34 per block); `rows` is a multiple of 8.
-    pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {
-        let nb = cols / QK;
+    /// From each row's blocks: `block(row, b)` is block `b` of `row` as (scale, quants).
+    fn from_blocks(rows: usize, cols: usize, block: impl Fn(usize, usize) -> (f32, [i8; QK])) -> Self {
         let mut out = Self::default();
         for g in 0..rows / LANES {
-            for b in 0..nb {
+            for b in 0..cols / QK {
                 let (mut d, mut offset, mut qs) = ([0.0; LANES], [0i32; LANES], [0i8; 256]);
                 for r in 0..LANES {
-                    let blk = &bytes[((g * LANES + r) * nb + b) * 34..][..34];
-                    d[r] = half(&blk[0..2]);
-                    for (e, &v) in blk[2..].iter().enumerate() {
-                        let q = v as i8;
-                        qs[32 * (e / 4) + 4 * r + e % 4] = q;
-                        offset[r] += 128 * i32::from(q);
-                    }
-                }
-                out.d.push(d);
-                out.offset.push(offset);
-                out.qs.push(qs);
-            }
-        }
-        out
-    }
-
-    /// Quantize f32 rows (`rows` a multiple of 8): for types without a kernel of their own.
-    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Self {
-        let nb = cols / QK;
-        let mut out = Self::default();
-        for g in 0..rows / LANES {
-            for b in 0..nb {
-                let (mut d, mut offset, mut qs) = ([0.0; LANES], [0i32; LANES], [0i8; 256]);
-                for r in 0..LANES {
-                    let block = &values[(g * LANES + r) * cols + b * QK..][..QK];
-                    let q = Q8Block::quantize(block);
-                    d[r] = q.d;
-                    for (e, &v) in q.q.iter().enumerate() {
+                    let q;
+                    (d[r], q) = block(g * LANES + r, b);
+                    for (e, &v) in q.iter().enumerate() {
                         qs[32 * (e / 4) + 4 * r + e % 4] = v;
                         offset[r] += 128 * i32::from(v);
                     }
@@ -128,6 +102,23 @@ impl Q8_0Rows {
             }
         }
         out
+    }
+
+    /// From GGUF bytes (34 per block); `rows` is a multiple of 8.
+    pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        Self::from_blocks(rows, cols, |row, b| {
+            let blk = &bytes[(row * nb + b) * 34..][..34];
+            (half(&blk[0..2]), std::array::from_fn(|e| blk[2 + e] as i8))
+        })
+    }
+
+    /// Quantize f32 rows (`rows` a multiple of 8): for types without a kernel of their own.
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize) -> Self {
+        Self::from_blocks(rows, cols, |row, b| {
+            let q = Q8Block::quantize(&values[row * cols + b * QK..][..QK]);
+            (q.d, q.q)
+        })
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {

@@ -23,7 +23,7 @@ fn q_bytes(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
             let mut block = vec![0u8; per];
             let row = b / (cols / QK);
             // d = 0.5 (0x3800) or 0.25 (0x3400) by row; m = -1.0 (0xbc00) for Q4_1.
-            let d: [u8; 2] = if row % 2 == 0 { [0x00, 0x38] } else { [0x00, 0x34] };
+            let d: [u8; 2] = if row.is_multiple_of(2) { [0x00, 0x38] } else { [0x00, 0x34] };
             block[..2].copy_from_slice(&d);
             if per == 20 {
                 block[2..4].copy_from_slice(&[0x00, 0xbc]);
@@ -153,7 +153,7 @@ fn k_quants_run_requantized_to_8_bits() {
         let mut bytes: Vec<u8> = (0..rows * cols / 256 * size).map(|_| byte()).collect();
         for block in bytes.chunks_exact_mut(size) {
             for (i, at) in scales.clone().enumerate() {
-                block[at] = if i % 2 == 0 { 0x00 } else { 0x20 }; // f16 0x2000 = 2^-7
+                block[at] = if i.is_multiple_of(2) { 0x00 } else { 0x20 }; // f16 0x2000 = 2^-7
             }
         }
         let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
