@@ -60,6 +60,37 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Replay a trace on a simulated cluster (virtual time; the real router, scheduler and block
+    /// pool over a timing model) and write DIR/report.json and plots.
+    Simulate {
+        #[arg(long)]
+        trace: PathBuf,
+        /// `mooncake` (JSONL with hash_ids) or `azure` (CSV).
+        #[arg(long, default_value = "mooncake")]
+        format: simulations::simulate::Format,
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        #[arg(long, default_value_t = 4000)]
+        blocks_per_worker: usize,
+        /// Tokens per KV block (Mooncake's hash_ids are 512-token blocks).
+        #[arg(long, default_value_t = 512)]
+        block_size: usize,
+        /// `kv`, `round-robin`, `random` or `least-loaded`; with a list, the first is the report's
+        /// and the others run beside it for the plots (report-<policy>.json).
+        #[arg(long, value_delimiter = ',', default_value = "kv")]
+        policy: Vec<simulations::cluster::Policy>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Arrivals this many times faster than the trace.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight of a prompt block to prefill against a block of predicted load, in the kv
+        /// policy's cost.
+        #[arg(long, default_value_t = 32.0)]
+        prefill_weight: f64,
+    },
     /// Manage model files.
     Model {
         #[command(subcommand)]
@@ -205,6 +236,48 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate {
+            trace,
+            format,
+            workers,
+            blocks_per_worker,
+            block_size,
+            policy,
+            seed,
+            speed,
+            out,
+            prefill_weight,
+        } => {
+            let options = simulations::simulate::SimOptions {
+                trace,
+                format,
+                workers,
+                blocks_per_worker,
+                block_size,
+                policies: policy,
+                seed,
+                speed,
+                out: out.clone(),
+                timing: simulations::simulate::DEFAULT_TIMING,
+                prefill_weight,
+            };
+            let started = std::time::Instant::now();
+            let reports = simulations::simulate::simulate(&options)?;
+            for r in &reports {
+                println!(
+                    "{:12} hit ratio {:.3}  ttft mean {:.0} ms p99 {:.0} ms  itl mean {:.1} ms  {}/{} completed",
+                    r.policy, r.prefix_hit_ratio, r.ttft_ms.mean, r.ttft_ms.p99, r.itl_ms.mean, r.completed, r.requests
+                );
+            }
+            if let Some(r) = reports.first() {
+                println!(
+                    "bounds: infinite cache {:.3}, shared LRU pool {:.3}",
+                    r.bounds.infinite_cache_hit_ratio, r.bounds.shared_pool_hit_ratio
+                );
+            }
+            println!("wrote {} ({:.1} s wall)", out.join("report.json").display(), started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command: ModelCommand::Export { hf, model } } => {

@@ -1,11 +1,12 @@
 //! The placement cost of DESIGN.md §6, as plain functions over what the index and the load
 //! prediction say: for worker `w` and a prompt of `P` blocks,
 //!
-//! `score(w) = prefill_weight × (max(P − credited(w), 0) + prefill_load(w)) + decode_load(w)`
+//! `score(w) = prefill_weight × max(P − credited(w), 0) + prefill_load(w) + decode_load(w)`
 //!
 //! where `credited(w)` counts the prompt's leading blocks `w` holds, each weighted by its tier's
 //! credit (a block on the device saves all its prefill, one on disk less), and the loads are the
-//! router's own prediction (blocks still to prefill, blocks being decoded). Lowest score wins;
+//! router's own prediction, in blocks (prompts placed there and not yet prefilled, sequences
+//! being decoded). Lowest score wins;
 //! with a temperature, a softmax over scores is sampled with the RNG the caller passes.
 
 use std::fmt;
@@ -17,7 +18,7 @@ use super::index::{Overlap, TIERS, Tier};
 /// Weights of the cost.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CostConfig {
-    /// Cost of prefilling one block, against holding one block in decode.
+    /// Cost of prefilling one block of this prompt, against one block of load already there.
     pub prefill_weight: f64,
     /// How much of a block's prefill a copy in each tier saves (by `Tier` order).
     pub tier_credit: [f64; TIERS],
@@ -67,14 +68,14 @@ impl<W> Decision<W> {
 }
 
 impl<W: fmt::Display> fmt::Display for Decision<W> {
-    /// One line per candidate: `worker score = w × (new + prefill load) + decode load`.
+    /// One line per candidate: `worker: score = w × new + prefill load + decode load`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "prompt of {} blocks ->", self.prompt_blocks)?;
         for (i, c) in self.candidates.iter().enumerate() {
             let mark = if i == self.chosen { "*" } else { " " };
             write!(
                 f,
-                "\n {mark} {}: score {:.2} = new {:.2} (overlap {:?}, credited {:.2}) + prefill load {} + decode load {}",
+                "\n {mark} {}: score {:.2} = weight × new {:.2} (overlap {:?}, credited {:.2}) + prefill load {} + decode load {}",
                 c.worker, c.score, c.new_blocks, c.overlap.by_tier, c.credited, c.load.prefill, c.load.decode
             )?;
         }
@@ -103,7 +104,7 @@ pub fn decide<W, R: Rng + ?Sized>(
         .map(|(worker, overlap, load)| {
             let credited = credited(config, &overlap);
             let new_blocks = (f64::from(prompt_blocks) - credited).max(0.0);
-            let score = config.prefill_weight * (new_blocks + load.prefill as f64) + load.decode as f64;
+            let score = config.prefill_weight * new_blocks + (load.prefill + load.decode) as f64;
             Candidate { worker, overlap, credited, new_blocks, load, score }
         })
         .collect();
@@ -149,14 +150,15 @@ mod tests {
         // A 10-block prompt; prefill weight 2; disk copies save half a block each.
         let config = CostConfig { prefill_weight: 2.0, ..CostConfig::default() };
         let workers = vec![
-            // a: 6 on the device -> new 4; loads 0/5: 2×(4+0)+5 = 13
+            // a: 6 on the device -> new 4; loads 0/5: 2×4 + 0 + 5 = 13
             ("a", overlap(6, 0), Load { prefill: 0, decode: 5 }),
-            // b: 4 on the device, 4 on disk -> credited 6, new 4; loads 1/0: 2×(4+1)+0 = 10
-            ("b", overlap(4, 4), Load { prefill: 1, decode: 0 }),
+            // b: 4 on the device, 4 on disk -> credited 6, new 4; loads 2/0: 2×4 + 2 + 0 = 10
+            ("b", overlap(4, 4), Load { prefill: 2, decode: 0 }),
             // c: nothing cached, idle: 2×10 = 20
             ("c", Overlap::default(), Load::default()),
-            // d: more than the prompt is impossible, but a credit above it never goes negative.
-            ("d", overlap(12, 0), Load { prefill: 3, decode: 4 }),
+            // d: more than the prompt is impossible, but a credit above it never goes negative:
+            // 0 + 3 + 7 = 10.
+            ("d", overlap(12, 0), Load { prefill: 3, decode: 7 }),
         ];
         let d = decide(&config, 10, workers, &mut StdRng::seed_from_u64(0)).unwrap();
         let scores: Vec<f64> = d.candidates.iter().map(|c| c.score).collect();

@@ -4,7 +4,7 @@
 mod simulated;
 mod test_model;
 
-pub use simulated::{SimulatedExecutor, TimingModel};
+pub use simulated::{SimulatedExecutor, StepClock, TimingModel};
 
 pub use test_model::{TEST_PANIC_MARKER, TestExecutor, TestTokenizer};
 

@@ -2,6 +2,8 @@
 //! never sleeps; it reports how long each step would have taken, and its logits always favour the
 //! same ordinary token, so a sequence runs to its `max_tokens` as trace replays expect.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{Executor, ExecutorError, ModelInfo, SequenceView};
@@ -51,18 +53,35 @@ pub struct SimulatedExecutor {
     /// The token every step prefers.
     token: u32,
     elapsed: Duration,
-    last_step: Duration,
+    /// Nanoseconds of the last step, shared with whoever drives the engine that owns this
+    /// executor (`step_clock`).
+    last_step: Arc<AtomicU64>,
+}
+
+/// Reads the simulated duration of an executor's last step from outside the engine that owns it.
+#[derive(Clone, Debug, Default)]
+pub struct StepClock(Arc<AtomicU64>);
+
+impl StepClock {
+    pub fn last_step(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
 }
 
 impl SimulatedExecutor {
     pub fn new(timing: TimingModel, vocab_size: usize, context_length: u32, token: u32) -> Self {
         assert!((token as usize) < vocab_size, "the preferred token must be in the vocabulary");
-        Self { timing, vocab_size, context_length, token, elapsed: Duration::ZERO, last_step: Duration::ZERO }
+        Self { timing, vocab_size, context_length, token, elapsed: Duration::ZERO, last_step: Arc::default() }
     }
 
     /// Simulated duration of the last step.
     pub fn last_step(&self) -> Duration {
-        self.last_step
+        Duration::from_nanos(self.last_step.load(Ordering::Relaxed))
+    }
+
+    /// A handle on `last_step` that stays valid once the executor is boxed into an engine.
+    pub fn step_clock(&self) -> StepClock {
+        StepClock(self.last_step.clone())
     }
 
     /// Simulated time of every step so far.
@@ -77,8 +96,9 @@ impl Executor for SimulatedExecutor {
     }
 
     fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError> {
-        self.last_step = Duration::from_secs_f64(self.timing.step_ms(batch).max(0.0) / 1000.0);
-        self.elapsed += self.last_step;
+        let step = Duration::from_secs_f64(self.timing.step_ms(batch).max(0.0) / 1000.0);
+        self.last_step.store(step.as_nanos() as u64, Ordering::Relaxed);
+        self.elapsed += step;
         Ok(batch
             .iter()
             .map(|s| {
