@@ -127,7 +127,7 @@ enum Event {
 const FIRST_TOKEN: u32 = 32;
 const TOKEN_SPAN: u32 = 90;
 const VOCAB: usize = 128;
-const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
 pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
     let tokenizer = Arc::new(TestTokenizer::default());

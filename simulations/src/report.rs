@@ -105,7 +105,8 @@ impl Report {
     }
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+const COLORS: [&str; 10] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 
 /// A line chart: one polyline per series of (x, y) points, axes labelled, legend on top.
 pub fn line_chart(
@@ -173,7 +174,8 @@ pub fn line_chart(
         let path: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let _ =
             writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#, path.join(" "));
-        let lx = left + 10.0 + 150.0 * i as f64;
+        let spacing = ((w - left - right) / series.len() as f64).min(150.0);
+        let lx = left + 10.0 + spacing * i as f64;
         let _ = writeln!(
             s,
             r#"<rect x="{lx}" y="32" width="12" height="4" fill="{color}"/><text x="{}" y="38">{name}</text>"#,
