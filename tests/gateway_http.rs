@@ -92,8 +92,13 @@ fn limits_overload_disconnect_health_and_metrics() {
         wait_until(Duration::from_secs(10), || metric(port, "armature_requests_cancelled_total") >= 1.0),
         "no cancellation counted"
     );
-    let (status, _, body) =
-        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2}"#));
+    // Greedy, so the test executor's end-of-sequence token cannot cut the completion short.
+    let (status, _, body) = http(
+        "POST",
+        port,
+        "/v1/completions",
+        Some(r#"{"model":"armature-test","prompt":"x","max_tokens":2,"temperature":0}"#),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["usage"]["completion_tokens"], 2);
 

@@ -41,8 +41,12 @@ fn panicking_worker_is_restarted_and_the_request_fails_cleanly() {
 
     // The supervisor restarted the worker; requests succeed again.
     assert!(wait_health(port, 200, Duration::from_secs(10)));
-    let (status, _, body) =
-        http("POST", port, "/v1/completions", Some(r#"{"model":"armature-test","prompt":"after","max_tokens":3}"#));
+    let (status, _, body) = http(
+        "POST",
+        port,
+        "/v1/completions",
+        Some(r#"{"model":"armature-test","prompt":"after","max_tokens":3,"temperature":0}"#),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["usage"]["completion_tokens"], 3);
     assert!(metric(port, "armature_actor_restarts_total{child=\"worker n0/cpu\"}") >= 1.0);

@@ -8,10 +8,37 @@
 //! holds, so removing a block, or a whole worker, costs O(1) per block.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
 
 use runtime::kv::{KvDump, KvEvent, KvEventRecord};
+
+/// Hashes u64 keys with one 64-bit mix (splitmix64's finaliser): block hashes are already
+/// uniform, and SipHash would cost more than the rest of an index update.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockHashHasher(u64);
+
+impl Hasher for BlockHashHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x100_0000_01B3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
+
+type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHashHasher>>;
+type BlockSet = HashSet<u64, BuildHasherDefault<BlockHashHasher>>;
 
 /// A cache tier; lower tiers are cheaper to hold and dearer to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,7 +109,7 @@ pub enum Applied {
 /// One event stream: a worker's pool in one tier.
 #[derive(Debug, Default)]
 struct Source {
-    blocks: HashSet<u64>,
+    blocks: BlockSet,
     /// Id of the last event reflected; None before the first.
     last_id: Option<u64>,
     awaiting_dump: bool,
@@ -108,7 +135,7 @@ pub struct KvIndex<W> {
     slots: HashMap<W, usize>,
     workers: Vec<Option<W>>,
     free_slots: Vec<usize>,
-    blocks: HashMap<u64, Holders>,
+    blocks: BlockMap<Holders>,
     /// Per slot, per tier.
     sources: Vec<[Source; TIERS]>,
     /// Approximate mode: when each assumed block expires, per slot.
@@ -121,7 +148,7 @@ impl<W> Default for KvIndex<W> {
             slots: HashMap::new(),
             workers: Vec::new(),
             free_slots: Vec::new(),
-            blocks: HashMap::new(),
+            blocks: BlockMap::default(),
             sources: Vec::new(),
             assumed_until: Vec::new(),
         }
@@ -177,7 +204,7 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         }
     }
 
-    fn unhold(blocks: &mut HashMap<u64, Holders>, slot: usize, tier: Tier, hash: u64) {
+    fn unhold(blocks: &mut BlockMap<Holders>, slot: usize, tier: Tier, hash: u64) {
         if let Some(h) = blocks.get_mut(&hash) {
             h.0[tier as usize].clear(slot);
             if h.is_empty() {
@@ -316,34 +343,38 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         let word = |s: &Slots, i: usize| s.0.get(i).copied().unwrap_or(0);
         let mut active = vec![0u64; words];
         let mut first = vec![0u64; words];
-        // Matched length per slot, set when it drops out (or at the end).
-        let mut matched: HashMap<usize, u32> = HashMap::new();
+        // Matched length per slot, set when it drops out (u32::MAX: still matching at the end).
+        let mut matched = vec![u32::MAX; words * 64];
         // (slot, tier) for each matched block whose best copy is below the device tier.
         let mut below: Vec<(usize, Tier)> = Vec::new();
         let mut n = 0u32;
         for hash in hashes {
             let Some(h) = self.blocks.get(hash) else { break };
+            // Most blocks live in one tier: only the tiers holding this block are looked at.
+            let tiers: Vec<Tier> = Tier::ALL.into_iter().filter(|&t| !h.0[t as usize].0.is_empty()).collect();
             let mut any_left = false;
             for i in 0..words {
-                let held = h.0.iter().fold(0, |acc, s| acc | word(s, i));
+                let held = tiers.iter().fold(0, |acc, &t| acc | word(&h.0[t as usize], i));
                 let now = if n == 0 { held } else { active[i] & held };
                 if n == 0 {
                     first[i] = now;
                 }
                 let mut dropped = active[i] & !now;
                 while dropped != 0 {
-                    matched.insert(i * 64 + dropped.trailing_zeros() as usize, n);
+                    matched[i * 64 + dropped.trailing_zeros() as usize] = n;
                     dropped &= dropped - 1;
                 }
                 // Which tier each still-matching worker's best copy is in, below the device.
-                let mut better = word(&h.0[Tier::Device as usize], i);
-                for tier in &Tier::ALL[1..] {
-                    let mut lower = now & word(&h.0[*tier as usize], i) & !better;
-                    while lower != 0 {
-                        below.push((i * 64 + lower.trailing_zeros() as usize, *tier));
-                        lower &= lower - 1;
+                if now != 0 && tiers.iter().any(|&t| t != Tier::Device) {
+                    let mut better = word(&h.0[Tier::Device as usize], i);
+                    for &tier in tiers.iter().filter(|&&t| t != Tier::Device) {
+                        let mut lower = now & word(&h.0[tier as usize], i) & !better;
+                        while lower != 0 {
+                            below.push((i * 64 + lower.trailing_zeros() as usize, tier));
+                            lower &= lower - 1;
+                        }
+                        better |= word(&h.0[tier as usize], i);
                     }
-                    better |= word(&h.0[*tier as usize], i);
                 }
                 active[i] = now;
                 any_left |= now != 0;
@@ -353,21 +384,22 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
             }
             n += 1;
         }
-        let mut out: Vec<(usize, Overlap)> = Vec::new();
-        let mut at: HashMap<usize, usize> = HashMap::new();
+        let mut out: Vec<(usize, Overlap)> = Vec::with_capacity(first.iter().map(|w| w.count_ones() as usize).sum());
+        // Where each slot's entry is in `out`.
+        let mut at = vec![0u32; words * 64];
         for (i, &w) in first.iter().enumerate() {
             let mut bits = w;
             while bits != 0 {
                 let slot = i * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let mut o = Overlap::default();
-                o.by_tier[Tier::Device as usize] = matched.get(&slot).copied().unwrap_or(n);
-                at.insert(slot, out.len());
+                o.by_tier[Tier::Device as usize] = if matched[slot] == u32::MAX { n } else { matched[slot] };
+                at[slot] = out.len() as u32;
                 out.push((slot, o));
             }
         }
         for (slot, tier) in below {
-            let o = &mut out[at[&slot]].1;
+            let o = &mut out[at[slot] as usize].1;
             o.by_tier[Tier::Device as usize] -= 1;
             o.by_tier[tier as usize] += 1;
         }
@@ -376,7 +408,10 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
 
     /// The blocks `worker` holds in `tier`, as the index believes.
     pub fn held(&self, worker: &W, tier: Tier) -> HashSet<u64> {
-        self.slots.get(worker).map(|&s| self.sources[s][tier as usize].blocks.clone()).unwrap_or_default()
+        self.slots
+            .get(worker)
+            .map(|&s| self.sources[s][tier as usize].blocks.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
