@@ -191,6 +191,9 @@ impl Matrix {
         let rows = self.rows;
         assert_eq!(x.len(), n * self.cols, "matmul input");
         assert_eq!(out.len(), n * rows, "matmul output");
+        if n == 0 {
+            return;
+        }
         // Each task owns whole groups of eight rows.
         let groups = rows.div_ceil(LANES);
         let per_task = (groups / (4 * threads())).clamp(1, 16);

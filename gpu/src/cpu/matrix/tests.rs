@@ -106,6 +106,10 @@ fn stacked_and_unquantizable_matrices() {
     for (a, b) in out.iter().zip(reference(&m, &x, 2)) {
         assert!((a - b).abs() < 1e-4, "{a} vs {b}");
     }
+    // No rows in, none out, whatever the storage.
+    m.matmul(&[], 0, None, &mut [], &mut Vec::new());
+    let [q, _] = parts(GgmlType::Q4_1);
+    q.matmul(&[], 0, None, &mut [], &mut Vec::new());
 }
 
 #[test]
