@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::router::cost::{CostConfig, Load, decide};
-use actors::router::index::{KvIndex, Tier};
+use actors::router::index::{KvIndex, Overlap, Tier};
 use gpu::engine::{Engine, EngineLimits};
 use gpu::executor::{SimulatedExecutor, StepClock, TestTokenizer, TimingModel};
 use rand::rngs::StdRng;
@@ -179,6 +179,11 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 let tokens = synthesize_prompt(r, i, config.block_size, FIRST_TOKEN, TOKEN_SPAN);
                 let hashes = hasher.sequence_hashes(&tokens);
                 let blocks = hashes.len() as u32;
+                // Each worker's overlap with the prompt: one index lookup per arrival.
+                let mut overlaps = vec![Overlap::default(); workers.len()];
+                for (m, o) in index.find_matches(&hashes) {
+                    overlaps[m] = o;
+                }
                 let w = match config.policy {
                     Policy::RoundRobin => {
                         next_rr += 1;
@@ -188,13 +193,12 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     Policy::LeastLoaded | Policy::Kv => {
                         // Candidates from a rotating start, so ties spread.
                         let start = i % workers.len();
-                        let matches =
-                            if config.policy == Policy::Kv { index.find_matches(&hashes) } else { Vec::new() };
                         let candidates = (0..workers.len())
                             .map(|k| (start + k) % workers.len())
                             .map(|w| {
+                                // Least-loaded ignores what is cached.
                                 let overlap =
-                                    matches.iter().find(|(m, _)| *m == w).map(|(_, o)| o.clone()).unwrap_or_default();
+                                    if config.policy == Policy::Kv { overlaps[w].clone() } else { Overlap::default() };
                                 (w, overlap, workers[w].load)
                             })
                             .collect();
@@ -202,11 +206,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     }
                 };
                 // Predicted load: the uncached blocks until the first token, then all of them.
-                let cached = index
-                    .find_matches(&hashes)
-                    .into_iter()
-                    .find(|(m, _)| *m == w)
-                    .map_or(0, |(_, o)| u64::from(o.by_tier[Tier::Device as usize]));
+                let cached = u64::from(overlaps[w].by_tier[Tier::Device as usize]);
                 let new = u64::from(blocks).saturating_sub(cached);
                 workers[w].load.prefill += new;
                 counted[i] = (new, 0);
