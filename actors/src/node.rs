@@ -151,9 +151,9 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
         }));
     }
     if plan.roles.contains(&Role::Router) {
-        let (policy, view) = (config.router.policy, state.view.clone());
+        let (router, view) = (config.router.clone(), state.view.clone());
         specs.push(ChildSpec::new("router", move |sup| {
-            let args = RouterArgs { policy, view: view.clone() };
+            let args = RouterArgs { config: router.clone(), view: view.clone() };
             Box::pin(async move {
                 Ok(Actor::spawn_linked(Some(ROUTER_NAME.into()), RouterActor, args, sup).await?.0.get_cell())
             })
@@ -174,6 +174,7 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
             model: ModelFrontend::load(&config.model, config.model_name())?,
             node: state,
             config: config.gateway.clone(),
+            hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),
         });
         specs.push(ChildSpec::new("gateway", move |sup| {
             let args = GatewayArgs { addr, gateway: gateway.clone() };

@@ -10,6 +10,8 @@ use crate::ids::WorkerId;
 pub const WORKERS: &str = "workers";
 /// Every node agent (one per node), for heartbeats.
 pub const NODE_AGENTS: &str = "node-agents";
+/// Every router's KV-event listener: workers publish their pools' events to this group.
+pub const KV_LISTENERS: &str = "kv-listeners";
 const WORKER_PREFIX: &str = "worker/";
 
 /// The group that holds exactly one worker, so its identity is known without asking it.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::WorkerId;
+
 /// A change to the set of blocks a pool holds, by sequence hash.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvEvent {
@@ -27,4 +29,56 @@ pub struct KvEventRecord {
 pub struct KvDump {
     pub last_event_id: u64,
     pub blocks: Vec<(Option<u64>, u64)>,
+}
+
+/// What a worker publishes to every router: new events, or, when it has none, a heartbeat with
+/// the id of its last event (so a listener that lost the last events notices).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvBatch {
+    Events(Vec<KvEventRecord>),
+    Heartbeat { last_event_id: u64 },
+}
+
+/// One publication of a worker's pool to the routers (the `kv-listeners` process group).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPublish {
+    pub worker: WorkerId,
+    /// Chosen at random each time the worker starts: a new one means a fresh pool, whose event
+    /// ids start again from 1.
+    pub incarnation: u64,
+    /// When it was sent (Unix milliseconds), for the routers' event-lag metric.
+    pub sent_unix_ms: u64,
+    pub batch: KvBatch,
+}
+
+/// A worker's answer to a router that asked for its pool's full state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSnapshot {
+    pub incarnation: u64,
+    pub dump: KvDump,
+}
+
+crate::wire_message!(KvPublish, KvDump, KvSnapshot);
+
+#[cfg(test)]
+mod tests {
+    use ractor::BytesConvertable;
+
+    use super::*;
+
+    #[test]
+    fn publications_round_trip() {
+        let p = KvPublish {
+            worker: WorkerId::new("n1", "cpu"),
+            incarnation: u64::MAX - 3,
+            sent_unix_ms: 1_790_000_000_000,
+            batch: KvBatch::Events(vec![
+                KvEventRecord { id: 1, event: KvEvent::Stored { parent: None, hashes: vec![u64::MAX, 7] } },
+                KvEventRecord { id: 2, event: KvEvent::Removed { hashes: vec![7] } },
+            ]),
+        };
+        assert_eq!(KvPublish::from_bytes(p.clone().into_bytes()), p);
+        let d = KvDump { last_event_id: 9, blocks: vec![(None, 1), (Some(1), u64::MAX)] };
+        assert_eq!(KvDump::from_bytes(d.clone().into_bytes()), d);
+    }
 }

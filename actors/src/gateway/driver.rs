@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{ActorRef, call_t};
-use runtime::ids::WorkerId;
+use runtime::ids::{RequestId, WorkerId};
 use runtime::request::{Admission, GenerateRequest, PollRequest, StreamEvent, WorkerFailure};
 use tokio::sync::mpsc;
 
@@ -44,8 +44,9 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
     let mut avoid: Vec<WorkerId> = Vec::new();
     let mut delivered = false;
     let mut attempt = 0u32;
+    let hashes = gw.hasher.sequence_hashes(&req.prompt_tokens);
     loop {
-        let Some(placement) = place(&avoid).await else {
+        let Some(placement) = place(&req.id, &hashes, &avoid).await else {
             let _ =
                 tx.send(Err(ApiError::unavailable("No worker is available to serve this request; retry later."))).await;
             return;
@@ -53,7 +54,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
         let worker = placement.worker_id.clone();
         let end = run_attempt(&gw, &req, &placement, &tx, &mut delivered).await;
         if let Some(r) = router() {
-            let _ = r.cast(RouterMsg::Finished(worker.clone()));
+            let _ = r.cast(RouterMsg::Finished(req.id.clone()));
         }
         match end {
             AttemptEnd::ClientGone | AttemptEnd::Done => return,
@@ -76,11 +77,20 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
     }
 }
 
-async fn place(avoid: &[WorkerId]) -> Option<Placement> {
+async fn place(request: &RequestId, hashes: &[u64], avoid: &[WorkerId]) -> Option<Placement> {
     let start = Instant::now();
     loop {
         if let Some(r) = router()
-            && let Ok(Some(p)) = call_t!(r, |reply| RouterMsg::Place { avoid: avoid.to_vec(), reply }, 2_000)
+            && let Ok(Some(p)) = call_t!(
+                r,
+                |reply| RouterMsg::Place {
+                    request: request.clone(),
+                    hashes: hashes.to_vec(),
+                    avoid: avoid.to_vec(),
+                    reply
+                },
+                2_000
+            )
         {
             return Some(p);
         }
@@ -140,7 +150,12 @@ async fn run_attempt(
                 StreamEvent::Failed(failure) => return AttemptEnd::Retriable(failure.to_string()),
                 event => {
                     let terminal = event.is_terminal();
-                    *delivered |= matches!(event, StreamEvent::Delta { .. });
+                    if !*delivered && matches!(event, StreamEvent::Delta { .. }) {
+                        *delivered = true;
+                        if let Some(r) = router() {
+                            let _ = r.cast(RouterMsg::FirstToken(req.id.clone()));
+                        }
+                    }
                     if tx.send(Ok(event)).await.is_err() {
                         if !terminal {
                             let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));

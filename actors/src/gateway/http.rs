@@ -37,6 +37,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/debug/router", get(router_status))
         .fallback(fallback)
         .layer(middleware::from_fn(request_id))
         .with_state(gw)
@@ -276,6 +277,18 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let word = if names.is_empty() { "no_workers" } else { "ok" };
     (status, axum::Json(json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() })))
         .into_response()
+}
+
+/// What this node's router believes: index size and fingerprint, per-worker blocks and load,
+/// and its recent decisions with their explanations.
+async fn router_status() -> Response {
+    match driver::router() {
+        Some(r) => match call_t!(r, RouterMsg::Status, 1_000) {
+            Ok(status) => axum::Json(status).into_response(),
+            Err(e) => ApiError::unavailable(format!("The router did not answer: {e}")).into_response(),
+        },
+        None => ApiError::unavailable("This node runs no router.").into_response(),
+    }
 }
 
 async fn metrics_text() -> Response {

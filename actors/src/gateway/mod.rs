@@ -10,6 +10,7 @@ mod openai;
 use std::sync::Arc;
 
 use gpu::model::ModelFrontend;
+use runtime::blocks::BlockHasher;
 use runtime::config::GatewaySection;
 
 pub use actor::{GatewayActor, GatewayArgs, GatewayMsg};
@@ -23,4 +24,6 @@ pub struct Gateway {
     pub model: ModelFrontend,
     pub node: Arc<NodeState>,
     pub config: GatewaySection,
+    /// The workers' block-hash scheme, so the router can match prompts against their caches.
+    pub hasher: BlockHasher,
 }

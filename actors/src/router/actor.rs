@@ -1,16 +1,33 @@
-//! `RouterActor`: answers placements from the workers that discovery shows on live nodes.
+//! `RouterActor`: serves placements to gateways from the workers that discovery shows on live
+//! nodes, keeps the `Placer` fed with every worker's KV publications (through its `KvListener`),
+//! asks a worker for a dump when the index loses track of it, and warns when a worker goes quiet.
 
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
 use ractor_cluster::RactorMessage;
-use runtime::config::RoutingPolicy;
+use runtime::config::{RouterSection, RoutingPolicy};
 use runtime::discovery;
-use runtime::ids::WorkerId;
+use runtime::ids::{RequestId, WorkerId};
+use runtime::kv::{KvPublish, KvSnapshot};
 use runtime::node::ClusterView;
+use serde::Serialize;
 
-use super::placer::Placer;
+use super::cost::CostConfig;
+use super::index::Tier;
+use super::listener::KvListener;
+use super::placer::{Placer, PlacerConfig};
 use crate::worker::WorkerMsg;
+
+/// How often the router drops gone workers, expires assumptions and checks for silence.
+const TICK: Duration = Duration::from_secs(1);
+/// Decisions kept for `/debug/router`.
+const RECENT_DECISIONS: usize = 32;
+/// Longest a worker may take to answer a dump request.
+const DUMP_TIMEOUT_MS: u64 = 5_000;
 
 /// Where a request goes.
 #[derive(Clone)]
@@ -19,36 +36,102 @@ pub struct Placement {
     pub worker: ActorRef<WorkerMsg>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One decision and why it was made.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExplainedDecision {
+    pub request: String,
+    pub worker: String,
+    pub prompt_blocks: u32,
+    /// Leading prompt blocks the chosen worker was believed to hold.
+    pub overlap_blocks: u32,
+    /// Every candidate's score and its terms.
+    pub explanation: String,
+}
+
+/// What the router believes about one worker.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WorkerView {
+    pub worker: String,
+    pub device_blocks: usize,
+    pub assumed_blocks: usize,
+    pub prefill_load: u64,
+    pub decode_load: u64,
+    /// Its KV events stopped arriving.
+    pub silent: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct RouterStatus {
+    pub policy: RoutingPolicy,
     pub live_workers: Vec<WorkerId>,
+    /// Distinct blocks in the index.
+    pub index_blocks: usize,
+    /// A digest of the whole index (hex): routers fed the same events agree on it.
+    pub fingerprint: String,
+    pub workers: Vec<WorkerView>,
+    pub in_flight: usize,
+    pub recent: Vec<ExplainedDecision>,
 }
 
 #[derive(RactorMessage)]
 pub enum RouterMsg {
-    /// Pick a worker, avoiding `avoid` when another one is available.
+    /// Pick a worker for `request`, whose prompt has the block hashes `hashes`, avoiding
+    /// `avoid` when another one is available.
     Place {
+        request: RequestId,
+        hashes: Vec<u64>,
         avoid: Vec<WorkerId>,
         reply: RpcReplyPort<Option<Placement>>,
     },
-    /// A request placed earlier is over.
-    Finished(WorkerId),
+    /// A placed request produced its first token.
+    FirstToken(RequestId),
+    /// A placed request is over (finished, failed or cancelled).
+    Finished(RequestId),
+    /// A worker's KV publication, from the listener.
+    Kv(KvPublish),
+    /// A worker's dump arrived (None: asking failed).
+    Dumped {
+        worker: WorkerId,
+        snapshot: Option<KvSnapshot>,
+    },
+    Tick,
     Status(RpcReplyPort<RouterStatus>),
 }
 
 pub struct RouterArgs {
-    pub policy: RoutingPolicy,
+    pub config: RouterSection,
     pub view: Arc<ClusterView>,
 }
 
 pub struct RouterActor;
 
 pub struct RouterState {
-    placer: Placer,
+    placer: Placer<WorkerId>,
     view: Arc<ClusterView>,
+    epoch: Instant,
+    silence: Duration,
+    /// Workers asked for a dump and not answered yet.
+    dumping: HashSet<WorkerId>,
+    /// Workers reported silent (warned once per silence).
+    silent: HashSet<WorkerId>,
+    recent: VecDeque<ExplainedDecision>,
+    timer: tokio::task::JoinHandle<()>,
+}
+
+fn worker_key(w: &WorkerId) -> u64 {
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(w)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl RouterState {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Live workers; forgets the others.
     fn live(&mut self) -> Vec<(WorkerId, ActorRef<WorkerMsg>)> {
         let live: Vec<_> = discovery::workers()
             .into_iter()
@@ -57,8 +140,143 @@ impl RouterState {
             .collect();
         let ids: Vec<WorkerId> = live.iter().map(|(id, _)| id.clone()).collect();
         self.placer.retain(&ids);
+        self.silent.retain(|w| ids.contains(w));
         metrics::gauge!("armature_router_live_workers").set(ids.len() as f64);
         live
+    }
+
+    fn place(&mut self, request: RequestId, hashes: &[u64], avoid: &[WorkerId]) -> Option<Placement> {
+        let started = Instant::now();
+        let live = self.live();
+        let preferred: Vec<WorkerId> = live.iter().map(|(id, _)| id.clone()).filter(|id| !avoid.contains(id)).collect();
+        let candidates = if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
+        let now = self.now();
+        let decision = self.placer.place(&request, hashes, &candidates, now);
+        let policy = policy_name(self.placer.config().policy);
+        let Some(decision) = decision else {
+            metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "no_worker")
+                .increment(1);
+            return None;
+        };
+        let chosen = decision.chosen();
+        let worker = live.iter().find(|(id, _)| *id == chosen.worker)?.1.clone();
+        let overlap = chosen.overlap.blocks();
+        metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "placed").increment(1);
+        metrics::counter!("armature_router_prompt_blocks_total").increment(u64::from(decision.prompt_blocks));
+        metrics::counter!("armature_router_overlap_blocks_total").increment(u64::from(overlap));
+        metrics::histogram!("armature_router_decision_seconds").record(started.elapsed().as_secs_f64());
+        let explained = ExplainedDecision {
+            request: request.0.clone(),
+            worker: chosen.worker.to_string(),
+            prompt_blocks: decision.prompt_blocks,
+            overlap_blocks: overlap,
+            explanation: decision.to_string(),
+        };
+        tracing::debug!(request = %request, worker = %chosen.worker, overlap, "placed: {}", explained.explanation);
+        if self.recent.len() == RECENT_DECISIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(explained);
+        Some(Placement { worker_id: chosen.worker.clone(), worker })
+    }
+
+    fn receive(&mut self, p: KvPublish, router: &ActorRef<RouterMsg>) {
+        let now = self.now();
+        let lag = unix_ms().saturating_sub(p.sent_unix_ms);
+        metrics::histogram!("armature_router_event_lag_seconds").record(lag as f64 / 1000.0);
+        let heard = self.placer.receive(&p.worker, p.incarnation, &p.batch, now);
+        metrics::counter!("armature_router_kv_events_total", "outcome" => "applied").increment(heard.applied as u64);
+        metrics::counter!("armature_router_kv_events_total", "outcome" => "stale").increment(heard.stale as u64);
+        if heard.restarted {
+            tracing::info!(worker = %p.worker, "worker restarted with a fresh KV pool");
+        }
+        if self.silent.remove(&p.worker) {
+            tracing::info!(worker = %p.worker, "KV events from the worker arrive again");
+        }
+        if heard.needs_dump && self.dumping.insert(p.worker.clone()) {
+            metrics::counter!("armature_router_resyncs_total").increment(1);
+            tracing::info!(worker = %p.worker, "lost track of the worker's KV events: asking for a dump");
+            let (worker, router) = (p.worker, router.clone());
+            tokio::spawn(async move {
+                let cell = discovery::workers().into_iter().find(|(id, _)| *id == worker).map(|(_, c)| c);
+                let snapshot = match cell {
+                    Some(cell) => call_t!(ActorRef::<WorkerMsg>::from(cell), WorkerMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
+                    None => None,
+                };
+                let _ = router.cast(RouterMsg::Dumped { worker, snapshot });
+            });
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        self.live();
+        self.placer.expire(now);
+        for w in self.placer.silent(now, self.silence) {
+            if self.silent.insert(w.clone()) {
+                metrics::counter!("armature_router_silent_workers_total").increment(1);
+                tracing::warn!(
+                    worker = %w,
+                    silence = ?self.silence,
+                    "NO KV EVENTS from this worker for longer than router.event_silence: the router's view of its cache is going stale"
+                );
+            }
+        }
+        metrics::gauge!("armature_router_silent_workers").set(self.silent.len() as f64);
+        metrics::gauge!("armature_router_index_blocks").set(self.placer.index().len() as f64);
+        metrics::gauge!("armature_router_in_flight").set(self.placer.in_flight() as f64);
+    }
+
+    fn status(&mut self) -> RouterStatus {
+        let live_workers: Vec<WorkerId> = self.live().into_iter().map(|(id, _)| id).collect();
+        let index = self.placer.index();
+        let mut workers: Vec<WorkerView> = index
+            .blocks_by_worker()
+            .into_iter()
+            .map(|(w, by_tier)| {
+                let load = self.placer.load(&w);
+                WorkerView {
+                    worker: w.to_string(),
+                    device_blocks: by_tier[Tier::Device as usize],
+                    assumed_blocks: by_tier[Tier::Assumed as usize],
+                    prefill_load: load.prefill,
+                    decode_load: load.decode,
+                    silent: self.silent.contains(&w),
+                }
+            })
+            .collect();
+        workers.sort_by(|a, b| a.worker.cmp(&b.worker));
+        RouterStatus {
+            policy: self.placer.config().policy,
+            live_workers,
+            index_blocks: index.len(),
+            fingerprint: format!("{:016x}", index.fingerprint(worker_key)),
+            workers,
+            in_flight: self.placer.in_flight(),
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+}
+
+fn policy_name(p: RoutingPolicy) -> &'static str {
+    match p {
+        RoutingPolicy::Kv => "kv",
+        RoutingPolicy::RoundRobin => "round-robin",
+        RoutingPolicy::LeastLoaded => "least-loaded",
+        RoutingPolicy::Random => "random",
+    }
+}
+
+/// The placer settings of a `[router]` section.
+pub fn placer_config(config: &RouterSection) -> PlacerConfig {
+    PlacerConfig {
+        policy: config.policy,
+        cost: CostConfig {
+            prefill_weight: config.prefill_weight,
+            temperature: config.temperature,
+            ..CostConfig::default()
+        },
+        assumed_ttl: config.assumed_ttl.get(),
     }
 }
 
@@ -67,35 +285,60 @@ impl Actor for RouterActor {
     type State = RouterState;
     type Arguments = RouterArgs;
 
-    async fn pre_start(&self, _: ActorRef<RouterMsg>, args: RouterArgs) -> Result<RouterState, ActorProcessingErr> {
-        Ok(RouterState { placer: Placer::new(args.policy), view: args.view })
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        args: RouterArgs,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Actor::spawn_linked(None, KvListener, myself.clone(), myself.get_cell()).await?;
+        let timer = myself.send_interval(TICK, || RouterMsg::Tick);
+        Ok(RouterState {
+            placer: Placer::new(placer_config(&args.config), rand::random()),
+            view: args.view,
+            epoch: Instant::now(),
+            silence: args.config.event_silence.get(),
+            dumping: HashSet::new(),
+            silent: HashSet::new(),
+            recent: VecDeque::new(),
+            timer,
+        })
+    }
+
+    async fn post_stop(&self, _: ActorRef<RouterMsg>, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _: ActorRef<RouterMsg>,
+        myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Place { avoid, reply } => {
-                let live = state.live();
-                let preferred: Vec<WorkerId> =
-                    live.iter().map(|(id, _)| id.clone()).filter(|id| !avoid.contains(id)).collect();
-                let candidates =
-                    if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
-                let placement = state.placer.place(&candidates).and_then(|chosen| {
-                    let worker = live.iter().find(|(id, _)| *id == chosen)?.1.clone();
-                    tracing::debug!(worker = %chosen, load = state.placer.load(&chosen), candidates = candidates.len(), "placed request");
-                    Some(Placement { worker_id: chosen, worker })
-                });
-                metrics::counter!("armature_router_decisions_total", "outcome" => if placement.is_some() { "placed" } else { "no_worker" }).increment(1);
-                let _ = reply.send(placement);
+            RouterMsg::Place { request, hashes, avoid, reply } => {
+                let _ = reply.send(state.place(request, &hashes, &avoid));
             }
-            RouterMsg::Finished(worker) => state.placer.finished(&worker),
+            RouterMsg::FirstToken(request) => state.placer.first_token(&request),
+            RouterMsg::Finished(request) => state.placer.finished(&request),
+            RouterMsg::Kv(p) => state.receive(p, &myself),
+            RouterMsg::Dumped { worker, snapshot } => {
+                state.dumping.remove(&worker);
+                match snapshot {
+                    Some(s) => {
+                        let now = state.now();
+                        if state.placer.resync(&worker, s.incarnation, &s.dump, now) {
+                            tracing::info!(worker = %worker, blocks = s.dump.blocks.len(), "resynced from the worker's dump");
+                        }
+                    }
+                    None => {
+                        tracing::warn!(worker = %worker, "the worker did not answer a dump request; will ask again")
+                    }
+                }
+            }
+            RouterMsg::Tick => state.tick(),
             RouterMsg::Status(reply) => {
-                let live_workers = state.live().into_iter().map(|(id, _)| id).collect();
-                let _ = reply.send(RouterStatus { live_workers });
+                let _ = reply.send(state.status());
             }
         }
         Ok(())

@@ -406,6 +406,38 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         out.into_iter().filter_map(|(s, o)| Some((self.workers[s].clone()?, o))).collect()
     }
 
+    /// Whether `worker` ever published events or a dump (in any tier but `Assumed`).
+    pub fn heard_from(&self, worker: &W) -> bool {
+        self.slots.get(worker).is_some_and(|&s| {
+            Tier::ALL.iter().any(|&t| t != Tier::Assumed && self.sources[s][t as usize].last_heard.is_some())
+        })
+    }
+
+    /// Per worker, how many blocks the index believes it holds in each tier.
+    pub fn blocks_by_worker(&self) -> Vec<(W, [usize; TIERS])> {
+        self.slots.iter().map(|(w, &s)| (w.clone(), std::array::from_fn(|t| self.sources[s][t].blocks.len()))).collect()
+    }
+
+    /// An order-independent digest of every (worker, tier, block) the index holds, with `key`
+    /// naming the worker: two indexes that agree have equal fingerprints.
+    pub fn fingerprint(&self, key: impl Fn(&W) -> u64) -> u64 {
+        let mix = |x: u64| {
+            let mut h = BlockHashHasher::default();
+            h.write_u64(x);
+            h.finish()
+        };
+        let mut sum = 0u64;
+        for (w, &s) in &self.slots {
+            let k = mix(key(w));
+            for tier in Tier::ALL {
+                for &hash in &self.sources[s][tier as usize].blocks {
+                    sum = sum.wrapping_add(mix(k ^ mix(hash ^ tier as u64)));
+                }
+            }
+        }
+        sum
+    }
+
     /// The blocks `worker` holds in `tier`, as the index believes.
     pub fn held(&self, worker: &W, tier: Tier) -> HashSet<u64> {
         self.slots

@@ -1,12 +1,16 @@
-//! The router role: picks a worker for each request (round-robin or least-loaded, with load it
-//! predicts itself) among the live workers that discovery shows. `index` and `cost` are the
-//! sans-IO core of KV-aware placement (which worker holds which blocks; what placing a prompt
-//! there would cost).
+//! The router role: picks a worker for each request. `index` (which worker holds which KV block,
+//! in which tier), `cost` (what placing a prompt somewhere would cost) and `placer` (decisions and
+//! predicted load) are the sans-IO core, shared with the simulator; `actor` and `listener` are
+//! the thin actors that feed it the workers' KV events and serve gateways.
 
 mod actor;
 pub mod cost;
 pub mod index;
-mod placer;
+mod listener;
+pub mod placer;
 
-pub use actor::{Placement, RouterActor, RouterArgs, RouterMsg, RouterStatus};
-pub use placer::Placer;
+pub use actor::{
+    ExplainedDecision, Placement, RouterActor, RouterArgs, RouterMsg, RouterStatus, WorkerView, placer_config,
+};
+pub use listener::{KvListener, KvListenerMsg, publish};
+pub use placer::{Heard, Placer, PlacerConfig};

@@ -1,95 +1,248 @@
-//! `Placer`: the placement decision as a plain struct. In-flight counts are the router's own
-//! prediction, updated at placement and completion.
+//! `Placer`: the router's decisions as a plain struct over `now` and a seeded RNG. It picks a
+//! worker for each prompt (KV-aware through `KvIndex` and `cost`, or round-robin, least-loaded,
+//! random), predicts each worker's load from its own placements, and applies what workers
+//! publish about their KV pools. The router actor and the simulator both drive it.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use runtime::config::RoutingPolicy;
-use runtime::ids::WorkerId;
+use runtime::ids::RequestId;
+use runtime::kv::{KvBatch, KvDump};
 
-#[derive(Debug)]
-pub struct Placer {
-    policy: RoutingPolicy,
-    next: usize,
-    inflight: HashMap<WorkerId, u32>,
+use super::cost::{CostConfig, Decision, Load, decide};
+use super::index::{Applied, KvIndex, Overlap, Tier};
+
+/// How the placer decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlacerConfig {
+    pub policy: RoutingPolicy,
+    pub cost: CostConfig,
+    /// Approximate mode: how long a prompt placed on a worker that publishes no events is
+    /// assumed to stay cached there.
+    pub assumed_ttl: Duration,
 }
 
-impl Placer {
-    pub fn new(policy: RoutingPolicy) -> Self {
-        Self { policy, next: 0, inflight: HashMap::new() }
+impl Default for PlacerConfig {
+    fn default() -> Self {
+        Self { policy: RoutingPolicy::Kv, cost: CostConfig::default(), assumed_ttl: Duration::from_secs(120) }
+    }
+}
+
+/// A request the placer counts in a worker's predicted load.
+#[derive(Clone, Debug)]
+struct Placed<W> {
+    worker: W,
+    /// Blocks of the prompt.
+    prompt_blocks: u64,
+    /// Blocks it was predicted to compute (not on the worker's device).
+    new_blocks: u64,
+    /// Past its first token: counted as decode load.
+    decoding: bool,
+}
+
+/// What a publication did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heard {
+    /// Events applied in order.
+    pub applied: usize,
+    /// Events older than what the index reflects, ignored.
+    pub stale: usize,
+    /// The index lost track of this worker: it needs the worker's dump (`Placer::resync`).
+    pub needs_dump: bool,
+    /// The worker restarted with a fresh pool: what it held before was forgotten.
+    pub restarted: bool,
+}
+
+#[derive(Debug)]
+pub struct Placer<W> {
+    config: PlacerConfig,
+    index: KvIndex<W>,
+    incarnations: HashMap<W, u64>,
+    loads: HashMap<W, Load>,
+    placed: HashMap<RequestId, Placed<W>>,
+    next: usize,
+    rng: StdRng,
+}
+
+impl<W: Clone + Eq + Hash> Placer<W> {
+    pub fn new(config: PlacerConfig, seed: u64) -> Self {
+        Self {
+            config,
+            index: KvIndex::new(),
+            incarnations: HashMap::new(),
+            loads: HashMap::new(),
+            placed: HashMap::new(),
+            next: 0,
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
-    /// Pick among `candidates` (sorted, unique) and count the request as in flight there.
-    pub fn place(&mut self, candidates: &[WorkerId]) -> Option<WorkerId> {
+    pub fn config(&self) -> &PlacerConfig {
+        &self.config
+    }
+
+    pub fn index(&self) -> &KvIndex<W> {
+        &self.index
+    }
+
+    /// The load the placer predicts for `worker`, in blocks.
+    pub fn load(&self, worker: &W) -> Load {
+        self.loads.get(worker).copied().unwrap_or_default()
+    }
+
+    /// Place `request`, whose prompt has the sequence hashes `hashes`, on one of `candidates`
+    /// (ties go to a rotating order, so equal workers share the work), and count it in that
+    /// worker's load. Placing a request again (a retry) first forgets the earlier placement.
+    pub fn place(
+        &mut self,
+        request: &RequestId,
+        hashes: &[u64],
+        candidates: &[W],
+        now: Duration,
+    ) -> Option<Decision<W>> {
+        self.finished(request);
         if candidates.is_empty() {
             return None;
         }
-        let start = self.next % candidates.len();
+        let n = candidates.len();
+        let start = self.next % n;
         self.next = self.next.wrapping_add(1);
-        let rotated = candidates[start..].iter().chain(&candidates[..start]);
-        let chosen = match self.policy {
-            RoutingPolicy::RoundRobin => &candidates[start],
-            // Ties go to the round-robin order, so equal load spreads.
-            RoutingPolicy::LeastLoaded => rotated.min_by_key(|w| self.load(w)).expect("non-empty"),
+        let mut overlaps: HashMap<W, Overlap> = HashMap::new();
+        if self.config.policy == RoutingPolicy::Kv {
+            overlaps.extend(self.index.find_matches(hashes));
         }
-        .clone();
-        *self.inflight.entry(chosen.clone()).or_default() += 1;
-        Some(chosen)
+        let rotated = (0..n).map(|k| candidates[(start + k) % n].clone());
+        let terms = rotated
+            .map(|w| {
+                let overlap = overlaps.remove(&w).unwrap_or_default();
+                let load = self.load(&w);
+                (w, overlap, load)
+            })
+            .collect();
+        let prompt_blocks = hashes.len() as u32;
+        let mut decision = decide(&self.config.cost, prompt_blocks, terms, &mut self.rng)?;
+        match self.config.policy {
+            RoutingPolicy::Kv | RoutingPolicy::LeastLoaded => {}
+            RoutingPolicy::RoundRobin => decision.chosen = 0,
+            RoutingPolicy::Random => decision.chosen = self.rng.random_range(0..n),
+        }
+        let chosen = decision.chosen();
+        let worker = chosen.worker.clone();
+        let device = u64::from(chosen.overlap.by_tier[Tier::Device as usize]);
+        let new_blocks = u64::from(prompt_blocks).saturating_sub(device);
+        self.loads.entry(worker.clone()).or_default().prefill += new_blocks;
+        self.placed.insert(
+            request.clone(),
+            Placed { worker: worker.clone(), prompt_blocks: u64::from(prompt_blocks), new_blocks, decoding: false },
+        );
+        if self.config.policy == RoutingPolicy::Kv && !self.index.heard_from(&worker) {
+            self.index.assume(&worker, hashes, now, self.config.assumed_ttl);
+        }
+        Some(decision)
     }
 
-    /// A request placed on `worker` finished (or failed).
-    pub fn finished(&mut self, worker: &WorkerId) {
-        if let Some(n) = self.inflight.get_mut(worker) {
-            *n = n.saturating_sub(1);
+    /// `request` produced its first token: its prompt is no longer prefill load, its blocks are
+    /// decode load.
+    pub fn first_token(&mut self, request: &RequestId) {
+        let Some(p) = self.placed.get_mut(request) else { return };
+        if p.decoding {
+            return;
+        }
+        p.decoding = true;
+        let load = self.loads.entry(p.worker.clone()).or_default();
+        load.prefill = load.prefill.saturating_sub(p.new_blocks);
+        load.decode += p.prompt_blocks;
+    }
+
+    /// `request` ended (finished, failed or cancelled).
+    pub fn finished(&mut self, request: &RequestId) {
+        let Some(p) = self.placed.remove(request) else { return };
+        let load = self.loads.entry(p.worker).or_default();
+        if p.decoding {
+            load.decode = load.decode.saturating_sub(p.prompt_blocks);
+        } else {
+            load.prefill = load.prefill.saturating_sub(p.new_blocks);
         }
     }
 
-    pub fn load(&self, worker: &WorkerId) -> u32 {
-        self.inflight.get(worker).copied().unwrap_or(0)
+    /// Requests counted in some worker's load.
+    pub fn in_flight(&self) -> usize {
+        self.placed.len()
     }
 
-    /// Forget workers that are gone.
-    pub fn retain(&mut self, live: &[WorkerId]) {
-        self.inflight.retain(|w, _| live.contains(w));
+    /// A publication from `worker`'s device pool, whose current life is `incarnation`.
+    pub fn receive(&mut self, worker: &W, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
+        let mut heard = Heard::default();
+        match self.incarnations.insert(worker.clone(), incarnation) {
+            Some(old) if old != incarnation => {
+                // A fresh pool numbers its events from 1 again.
+                self.index.remove_worker(worker);
+                heard.restarted = true;
+            }
+            _ => {}
+        }
+        match batch {
+            KvBatch::Events(records) => {
+                for record in records {
+                    match self.index.apply(worker, Tier::Device, record, now) {
+                        Applied::Ok => heard.applied += 1,
+                        Applied::Stale => heard.stale += 1,
+                        Applied::Gap { .. } | Applied::AwaitingDump => {
+                            heard.needs_dump = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            KvBatch::Heartbeat { last_event_id } => {
+                heard.needs_dump = matches!(
+                    self.index.heartbeat(worker, Tier::Device, *last_event_id, now),
+                    Applied::Gap { .. } | Applied::AwaitingDump
+                );
+            }
+        }
+        heard
+    }
+
+    /// `worker`'s dump, taken in its life `incarnation`; ignored if the worker has restarted
+    /// since.
+    pub fn resync(&mut self, worker: &W, incarnation: u64, dump: &KvDump, now: Duration) -> bool {
+        if self.incarnations.get(worker).is_some_and(|&i| i != incarnation) {
+            return false;
+        }
+        self.incarnations.insert(worker.clone(), incarnation);
+        self.index.resync(worker, Tier::Device, dump, now);
+        true
+    }
+
+    /// Forget the workers not in `live`: their blocks, loads and requests.
+    pub fn retain(&mut self, live: &[W]) {
+        let gone: Vec<W> = self.index.workers().filter(|w| !live.contains(w)).cloned().collect();
+        for w in &gone {
+            self.index.remove_worker(w);
+        }
+        self.incarnations.retain(|w, _| live.contains(w));
+        self.loads.retain(|w, _| live.contains(w));
+        self.placed.retain(|_, p| live.contains(&p.worker));
+    }
+
+    /// Drop assumed blocks past their TTL.
+    pub fn expire(&mut self, now: Duration) {
+        self.index.expire(now);
+    }
+
+    /// Workers that published before and have been silent for longer than `silence`.
+    pub fn silent(&self, now: Duration, silence: Duration) -> Vec<W> {
+        let mut out: Vec<W> =
+            self.index.silent(now, silence).into_iter().filter(|(_, t)| *t == Tier::Device).map(|(w, _)| w).collect();
+        out.dedup();
+        out
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ws(n: usize) -> Vec<WorkerId> {
-        (0..n).map(|i| WorkerId::new(&format!("n{i}"), "cpu")).collect()
-    }
-
-    #[test]
-    fn round_robin_cycles() {
-        let mut p = Placer::new(RoutingPolicy::RoundRobin);
-        let w = ws(3);
-        let got: Vec<_> = (0..6).map(|_| p.place(&w).unwrap().node).collect();
-        assert_eq!(got, ["n0", "n1", "n2", "n0", "n1", "n2"]);
-    }
-
-    #[test]
-    fn least_loaded_prefers_the_idle_worker() {
-        let mut p = Placer::new(RoutingPolicy::LeastLoaded);
-        let w = ws(2);
-        let a = p.place(&w).unwrap();
-        let b = p.place(&w).unwrap();
-        assert_ne!(a, b, "two requests spread over two idle workers");
-        p.finished(&a);
-        assert_eq!(p.place(&w).unwrap(), a, "a finished, so it is the least loaded");
-        assert_eq!((p.load(&a), p.load(&b)), (1, 1));
-    }
-
-    #[test]
-    fn no_candidates_no_placement_and_gone_workers_are_forgotten() {
-        let mut p = Placer::new(RoutingPolicy::LeastLoaded);
-        assert_eq!(p.place(&[]), None);
-        let w = ws(2);
-        p.place(&w);
-        p.place(&w);
-        p.retain(&w[..1]);
-        assert_eq!(p.load(&w[1]), 0);
-        assert_eq!(p.load(&w[0]), 1);
-    }
-}
+mod tests;

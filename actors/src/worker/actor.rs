@@ -1,7 +1,7 @@
 //! `WorkerActor`: admission (queue limit, context check), submit and cancel into the engine thread,
 //! and long-poll replies. It panics when its engine dies, so its supervisor restarts it fresh.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
@@ -10,10 +10,15 @@ use ractor_cluster::RactorClusterMessage;
 use runtime::config::{ModelSection, WorkerConfig};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
+use runtime::kv::{KvBatch, KvPublish, KvSnapshot};
 use runtime::request::{Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure};
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
+/// How often new KV events are published to the routers.
+const KV_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest the worker stays quiet towards the routers: a heartbeat with its last event id.
+const KV_HEARTBEAT: Duration = Duration::from_secs(1);
 
 #[derive(RactorClusterMessage)]
 pub enum WorkerMsg {
@@ -25,6 +30,12 @@ pub enum WorkerMsg {
     Poll(PollRequest, RpcReplyPort<PollReply>),
     /// Stop a request and free what it holds.
     Cancel(RequestId),
+    /// The pool's full state, for a router that lost track of its events (no answer when the
+    /// engine is gone).
+    #[rpc]
+    KvDump(RpcReplyPort<KvSnapshot>),
+    /// Local timer: publish new KV events (or a heartbeat) to the routers.
+    PublishKv,
     /// From the engine thread: it ended (with why).
     EngineExited(String),
 }
@@ -43,6 +54,16 @@ pub struct WorkerState {
     id: WorkerId,
     engine: EngineHandle,
     capacity: usize,
+    kv: KvPublisher,
+    timer: tokio::task::JoinHandle<()>,
+}
+
+/// What the worker has told the routers about its pool.
+struct KvPublisher {
+    enabled: bool,
+    incarnation: u64,
+    last_event_id: u64,
+    last_sent: Instant,
 }
 
 impl Actor for WorkerActor {
@@ -75,8 +96,20 @@ impl Actor for WorkerActor {
             let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
         })?;
         discovery::join_worker(&args.id, myself.get_cell());
-        tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, "worker started");
-        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue })
+        tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");
+        let kv = KvPublisher {
+            enabled: args.config.kv_events,
+            incarnation: rand::random(),
+            last_event_id: 0,
+            last_sent: Instant::now() - KV_HEARTBEAT,
+        };
+        let timer = myself.send_interval(KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
+        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue, kv, timer })
+    }
+
+    async fn post_stop(&self, _: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
     }
 
     async fn handle(
@@ -98,6 +131,15 @@ impl Actor for WorkerActor {
                     tracing::debug!(worker = %state.id, request = %id, "request cancelled");
                 }
             }
+            WorkerMsg::KvDump(reply) => {
+                let (dump, incarnation) = (state.engine.kv_dump(), state.kv.incarnation);
+                tokio::spawn(async move {
+                    if let Some(dump) = dump.await {
+                        let _ = reply.send(KvSnapshot { incarnation, dump });
+                    }
+                });
+            }
+            WorkerMsg::PublishKv => state.publish_kv(),
             WorkerMsg::EngineExited(why) => {
                 // Let the supervisor restart this worker with a fresh engine.
                 panic!("worker {}: engine thread ended: {why}", state.id);
@@ -108,6 +150,32 @@ impl Actor for WorkerActor {
 }
 
 impl WorkerState {
+    /// Publish the pool's new KV events, or a heartbeat when there are none for a while.
+    fn publish_kv(&mut self) {
+        let records = self.engine.kv_feed().take();
+        if !self.kv.enabled {
+            return;
+        }
+        let batch = match records.last() {
+            Some(last) => {
+                self.kv.last_event_id = last.id;
+                KvBatch::Events(records)
+            }
+            None if self.kv.last_sent.elapsed() >= KV_HEARTBEAT => {
+                KvBatch::Heartbeat { last_event_id: self.kv.last_event_id }
+            }
+            None => return,
+        };
+        self.kv.last_sent = Instant::now();
+        let sent_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        crate::router::publish(&KvPublish {
+            worker: self.id.clone(),
+            incarnation: self.kv.incarnation,
+            sent_unix_ms,
+            batch,
+        });
+    }
+
     fn admit(&self, req: GenerateRequest) -> Admission {
         let open = self.engine.outputs().open_requests();
         if open >= self.capacity {

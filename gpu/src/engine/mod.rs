@@ -22,7 +22,7 @@ use crate::pool::{BlockPool, PoolStats};
 use crate::tokenizer::Tokenizer;
 use sequence::Sequence;
 
-pub use thread::{EngineHandle, Outputs, Taken};
+pub use thread::{EngineHandle, KvFeed, Outputs, Taken};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineLimits {
@@ -154,6 +154,11 @@ impl Engine {
     /// KV events of the pool since the last call.
     pub fn take_kv_events(&mut self) -> Vec<KvEventRecord> {
         self.pool.take_events()
+    }
+
+    /// Every block the pool holds, as of its latest event.
+    pub fn kv_dump(&self) -> runtime::kv::KvDump {
+        self.pool.dump()
     }
 
     /// One engine iteration: plan, forward the batch, register blocks, sample.

@@ -9,15 +9,36 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use runtime::ids::RequestId;
+use runtime::kv::{KvDump, KvEventRecord};
 use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use super::Engine;
 
 enum Command {
     Submit(GenerateRequest),
     Cancel(RequestId),
+    Dump(oneshot::Sender<KvDump>),
     Stop,
+}
+
+/// KV events of the engine's pool, in order, waiting for the worker to publish them.
+#[derive(Default)]
+pub struct KvFeed {
+    records: Mutex<Vec<KvEventRecord>>,
+}
+
+impl KvFeed {
+    fn push(&self, records: Vec<KvEventRecord>) {
+        if !records.is_empty() {
+            self.records.lock().unwrap_or_else(|p| p.into_inner()).extend(records);
+        }
+    }
+
+    /// Every event since the last call, oldest first.
+    pub fn take(&self) -> Vec<KvEventRecord> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 struct Outbox {
@@ -115,6 +136,7 @@ impl Outputs {
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
     outputs: Arc<Outputs>,
+    kv: Arc<KvFeed>,
     limits: super::EngineLimits,
 }
 
@@ -129,11 +151,13 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let outputs = Arc::new(Outputs::default());
         let out = outputs.clone();
+        let kv = Arc::new(KvFeed::default());
+        let feed = kv.clone();
         let limits = engine.limits();
         let worker = name.to_string();
         std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || {
             let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut engine, &rx, &out, &worker)));
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut engine, &rx, &out, &feed, &worker)));
             let failure = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
@@ -142,7 +166,7 @@ impl EngineHandle {
             out.close(failure.as_deref().unwrap_or("the worker stopped"));
             on_exit(failure);
         })?;
-        Ok(Self { commands: tx, outputs, limits })
+        Ok(Self { commands: tx, outputs, kv, limits })
     }
 
     pub fn limits(&self) -> super::EngineLimits {
@@ -151,6 +175,20 @@ impl EngineHandle {
 
     pub fn outputs(&self) -> &Arc<Outputs> {
         &self.outputs
+    }
+
+    /// The pool's KV events, for publishing.
+    pub fn kv_feed(&self) -> &Arc<KvFeed> {
+        &self.kv
+    }
+
+    /// The pool's full state (answered by the engine thread between steps); None when the
+    /// engine is gone.
+    pub fn kv_dump(&self) -> impl Future<Output = Option<KvDump>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        // If the thread is gone, `tx` is dropped with the command and the answer is None.
+        let _ = self.commands.send(Command::Dump(tx));
+        async move { rx.await.ok() }
     }
 
     /// Hand a request to the engine; its events then appear in `outputs()`.
@@ -177,12 +215,18 @@ impl Drop for EngineHandle {
     }
 }
 
-fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs, name: &str) -> Result<(), String> {
+fn run(
+    engine: &mut Engine,
+    rx: &mpsc::Receiver<Command>,
+    out: &Outputs,
+    kv: &KvFeed,
+    name: &str,
+) -> Result<(), String> {
     loop {
         if !engine.has_work() {
             match rx.recv() {
                 Ok(cmd) => {
-                    if !apply(engine, cmd, out) {
+                    if !apply(engine, cmd, out, kv) {
                         return Ok(());
                     }
                 }
@@ -192,7 +236,7 @@ fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs, name: &
         loop {
             match rx.try_recv() {
                 Ok(cmd) => {
-                    if !apply(engine, cmd, out) {
+                    if !apply(engine, cmd, out, kv) {
                         return Ok(());
                     }
                 }
@@ -203,10 +247,10 @@ fn run(engine: &mut Engine, rx: &mpsc::Receiver<Command>, out: &Outputs, name: &
         for (id, event) in engine.step().map_err(|e| e.to_string())? {
             out.push(&id, event);
         }
-        // Nothing subscribes to KV events yet (the KV-aware router does); count and drop them so
-        // they do not pile up.
+        // Before the next command, so that a dump never reflects an event not yet in the feed.
         let events = engine.take_kv_events();
         metrics::counter!("armature_kv_events_total").increment(events.len() as u64);
+        kv.push(events);
         publish(engine, name);
     }
 }
@@ -225,7 +269,7 @@ fn publish(engine: &Engine, worker: &str) {
 }
 
 /// Apply one command; false means stop.
-fn apply(engine: &mut Engine, cmd: Command, out: &Outputs) -> bool {
+fn apply(engine: &mut Engine, cmd: Command, out: &Outputs, kv: &KvFeed) -> bool {
     match cmd {
         Command::Submit(req) => {
             let id = req.id.clone();
@@ -237,6 +281,10 @@ fn apply(engine: &mut Engine, cmd: Command, out: &Outputs) -> bool {
             if engine.cancel(&id) {
                 metrics::counter!("armature_requests_cancelled_total").increment(1);
             }
+        }
+        Command::Dump(reply) => {
+            kv.push(engine.take_kv_events());
+            let _ = reply.send(engine.kv_dump());
         }
         Command::Stop => return false,
     }

@@ -191,16 +191,54 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingPolicy {
-    RoundRobin,
+    /// Least recomputation plus load: the cost of DESIGN.md §6 over the workers' KV events.
     #[default]
+    Kv,
+    RoundRobin,
     LeastLoaded,
+    Random,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
     #[serde(default)]
     pub policy: RoutingPolicy,
+    /// `kv`: what prefilling one uncached prompt block costs, against one block of predicted load.
+    #[serde(default = "default_prefill_weight")]
+    pub prefill_weight: f64,
+    /// `kv`: 0 places on the lowest cost; above 0 samples a softmax over −cost / temperature.
+    #[serde(default)]
+    pub temperature: f64,
+    /// `kv`, for workers that publish no KV events: how long the router assumes a prompt it
+    /// placed stays cached there.
+    #[serde(default = "default_assumed_ttl")]
+    pub assumed_ttl: HumanDuration,
+    /// A worker whose KV events (or heartbeats) stop for this long is reported, loudly.
+    #[serde(default = "default_event_silence")]
+    pub event_silence: HumanDuration,
+}
+
+fn default_prefill_weight() -> f64 {
+    1.0
+}
+fn default_assumed_ttl() -> HumanDuration {
+    HumanDuration::from_secs(120)
+}
+fn default_event_silence() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+impl Default for RouterSection {
+    fn default() -> Self {
+        Self {
+            policy: RoutingPolicy::default(),
+            prefill_weight: default_prefill_weight(),
+            temperature: 0.0,
+            assumed_ttl: default_assumed_ttl(),
+            event_silence: default_event_silence(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,6 +349,14 @@ pub struct WorkerConfig {
     /// Most tokens computed in one engine step (decodes plus prefill chunks).
     #[serde(default = "default_max_batch_tokens")]
     pub max_batch_tokens: u32,
+    /// Publish the pool's KV events to the routers. Without them a `kv` router assumes what it
+    /// placed here stays cached for `router.assumed_ttl` (approximate mode).
+    #[serde(default = "default_true")]
+    pub kv_events: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_batch_tokens() -> u32 {

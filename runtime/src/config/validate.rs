@@ -54,6 +54,16 @@ impl ClusterConfig {
                 format!("{} exceeds supervision.backoff_max ({})", s.backoff_initial, s.backoff_max),
             ));
         }
+        let r = &self.router;
+        if !(r.prefill_weight.is_finite() && r.prefill_weight >= 0.0) {
+            return Err(("router.prefill_weight".into(), format!("{} is not a finite number >= 0", r.prefill_weight)));
+        }
+        if !(r.temperature.is_finite() && r.temperature >= 0.0) {
+            return Err(("router.temperature".into(), format!("{} is not a finite number >= 0", r.temperature)));
+        }
+        if r.event_silence.get().is_zero() {
+            return Err(("router.event_silence".into(), "must be above zero".into()));
+        }
         if self.nodes.is_empty() {
             return Err(("nodes".into(), "at least one node is needed".into()));
         }

@@ -1,0 +1,200 @@
+use gpu::pool::BlockPool;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use runtime::kv::{KvEvent, KvEventRecord};
+
+use super::*;
+
+const T0: Duration = Duration::ZERO;
+
+fn rid(s: &str) -> RequestId {
+    RequestId(s.into())
+}
+
+fn stored(id: u64, hashes: &[u64]) -> KvBatch {
+    KvBatch::Events(vec![KvEventRecord { id, event: KvEvent::Stored { parent: None, hashes: hashes.to_vec() } }])
+}
+
+fn placer(policy: RoutingPolicy) -> Placer<&'static str> {
+    Placer::new(PlacerConfig { policy, ..PlacerConfig::default() }, 1)
+}
+
+#[test]
+fn kv_places_on_the_prefix_and_predicts_load() {
+    let mut p = placer(RoutingPolicy::Kv);
+    let ws = ["a", "b", "c"];
+    // b holds the first 3 blocks of the prompt [1 2 3 4 5]; everyone publishes.
+    assert_eq!(p.receive(&"a", 7, &stored(1, &[9]), T0).applied, 1);
+    assert_eq!(p.receive(&"b", 7, &stored(1, &[1, 2, 3]), T0).applied, 1);
+    assert_eq!(p.receive(&"c", 7, &KvBatch::Heartbeat { last_event_id: 0 }, T0), Heard::default());
+    let d = p.place(&rid("r1"), &[1, 2, 3, 4, 5], &ws, T0).unwrap();
+    // b: 1 × (5 − 3) = 2; a and c: 5.
+    assert_eq!(d.chosen().worker, "b");
+    assert_eq!(d.chosen().score, 2.0);
+    assert_eq!(p.load(&"b"), Load { prefill: 2, decode: 0 });
+    // Its prefill is now b's load: a second prompt sharing only block 1 costs b 4 + 2 = 6 and a
+    // or c 5, so it goes elsewhere.
+    let d = p.place(&rid("r2"), &[1, 20, 30, 40, 50], &ws, T0).unwrap();
+    assert_ne!(d.chosen().worker, "b", "{d}");
+    p.first_token(&rid("r1"));
+    p.first_token(&rid("r1"));
+    assert_eq!(p.load(&"b"), Load { prefill: 0, decode: 5 }, "counted once");
+    p.finished(&rid("r1"));
+    assert_eq!(p.load(&"b"), Load::default());
+    assert_eq!(p.in_flight(), 1);
+    // Placing a request again (a retry) moves its load.
+    let first = p.place(&rid("r2"), &[60], &ws, T0).unwrap().chosen().worker;
+    let total: u64 = ws.iter().map(|w| p.load(w).prefill).sum();
+    assert_eq!((total, p.load(&first).prefill), (1, 1));
+}
+
+#[test]
+fn round_robin_least_loaded_and_random() {
+    let ws = ["a", "b", "c"];
+    let mut rr = placer(RoutingPolicy::RoundRobin);
+    let got: Vec<_> =
+        (0..6).map(|i| rr.place(&rid(&i.to_string()), &[1, 2], &ws, T0).unwrap().chosen().worker).collect();
+    assert_eq!(got, ["a", "b", "c", "a", "b", "c"]);
+
+    let mut ll = placer(RoutingPolicy::LeastLoaded);
+    // A cached prefix does not matter to least-loaded.
+    ll.receive(&"a", 1, &stored(1, &[1, 2]), T0);
+    let a = ll.place(&rid("x"), &[1, 2], &ws, T0).unwrap().chosen().worker;
+    let b = ll.place(&rid("y"), &[1, 2, 3, 4], &ws, T0).unwrap().chosen().worker;
+    let c = ll.place(&rid("z"), &[5, 6, 7], &ws, T0).unwrap().chosen().worker;
+    assert_eq!([a, b, c], ["a", "b", "c"]);
+    // x (2 blocks on a) is the least load: the next one joins a.
+    assert_eq!(ll.place(&rid("w"), &[8], &ws, T0).unwrap().chosen().worker, "a");
+
+    let picks = |seed| {
+        let mut r = Placer::new(PlacerConfig { policy: RoutingPolicy::Random, ..PlacerConfig::default() }, seed);
+        (0..60).map(|i| r.place(&rid(&i.to_string()), &[1], &ws, T0).unwrap().chosen().worker).collect::<Vec<_>>()
+    };
+    assert_eq!(picks(5), picks(5), "seeded");
+    assert!(ws.iter().all(|w| picks(5).contains(w)));
+    assert!(placer(RoutingPolicy::Kv).place(&rid("none"), &[1], &[], T0).is_none());
+}
+
+#[test]
+fn gaps_dumps_and_restarts() {
+    let mut p = placer(RoutingPolicy::Kv);
+    assert_eq!(p.receive(&"a", 1, &stored(1, &[1]), T0).applied, 1);
+    // Event 2 is lost; 3 reveals the gap.
+    let h = p.receive(&"a", 1, &stored(3, &[3]), T0);
+    assert!(h.needs_dump && h.applied == 0);
+    // Until the dump arrives, nothing applies and heartbeats say so too.
+    assert!(p.receive(&"a", 1, &stored(4, &[4]), T0).needs_dump);
+    let dump = KvDump { last_event_id: 4, blocks: vec![(None, 1), (Some(1), 2), (None, 3), (None, 4)] };
+    assert!(p.resync(&"a", 1, &dump, T0));
+    assert_eq!(p.index().held(&"a", Tier::Device).len(), 4);
+    // Events the dump already reflects are stale; later ones apply.
+    assert_eq!(p.receive(&"a", 1, &stored(4, &[4]), T0).stale, 1);
+    assert_eq!(p.receive(&"a", 1, &stored(5, &[5]), T0).applied, 1);
+    // A heartbeat past what was seen means the last events were lost.
+    assert!(p.receive(&"a", 1, &KvBatch::Heartbeat { last_event_id: 6 }, T0).needs_dump);
+    // A restart (new incarnation) forgets the old pool and starts again from event 1; a dump from
+    // the old life is refused.
+    let h = p.receive(&"a", 2, &stored(1, &[7]), T0);
+    assert!(h.restarted && h.applied == 1 && !h.needs_dump);
+    assert!(!p.resync(&"a", 1, &dump, T0));
+    assert_eq!(p.index().held(&"a", Tier::Device).into_iter().collect::<Vec<_>>(), [7]);
+    // A worker that leaves takes its blocks, load and requests with it.
+    p.place(&rid("r"), &[7], &["a"], T0);
+    p.retain(&[]);
+    assert!(p.index().is_empty());
+    assert_eq!((p.load(&"a"), p.in_flight()), (Load::default(), 0));
+}
+
+#[test]
+fn approximate_mode_assumes_placements_until_the_ttl() {
+    let config = PlacerConfig { assumed_ttl: Duration::from_secs(10), ..PlacerConfig::default() };
+    let mut p = Placer::new(config, 1);
+    let ws = ["quiet-a", "quiet-b"];
+    let prompt = [1, 2, 3, 4];
+    let first = p.place(&rid("1"), &prompt, &ws, T0).unwrap().chosen().worker;
+    p.finished(&rid("1"));
+    // Nobody publishes, but the router remembers where it put the prompt.
+    let d = p.place(&rid("2"), &prompt, &ws, Duration::from_secs(5)).unwrap();
+    assert_eq!(d.chosen().worker, first);
+    assert_eq!(d.chosen().overlap.by_tier[Tier::Assumed as usize], 4);
+    p.finished(&rid("2"));
+    // The second placement renewed the TTL to 15 s; after it, the assumption is gone.
+    p.expire(Duration::from_secs(14));
+    assert_eq!(p.index().len(), 4);
+    p.expire(Duration::from_secs(15));
+    assert!(p.index().is_empty());
+    // A worker that publishes is never assumed about.
+    let mut p = Placer::new(PlacerConfig::default(), 1);
+    p.receive(&"loud", 1, &KvBatch::Heartbeat { last_event_id: 0 }, T0);
+    p.place(&rid("3"), &prompt, &["loud"], T0);
+    assert!(p.index().is_empty());
+}
+
+/// Two routers fed the same publications, each worker's in order but interleaved differently
+/// across workers, some delivered twice and some lost (then recovered by a dump), end with the
+/// same index, equal to the union of the workers' pools.
+#[test]
+fn routers_fed_the_same_events_agree() {
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let workers = ["w0", "w1", "w2"];
+        // Each worker's publications from a real pool under random traffic.
+        let mut pools: Vec<BlockPool> = workers.iter().map(|_| BlockPool::new(24)).collect();
+        let mut streams: Vec<Vec<KvBatch>> = vec![Vec::new(); workers.len()];
+        for _ in 0..200 {
+            let w = rng.random_range(0..workers.len());
+            let pool = &mut pools[w];
+            let n = rng.random_range(1..6).min(pool.available());
+            if n > 0
+                && let Ok(ids) = pool.allocate(n)
+            {
+                let mut parent = None;
+                let root = rng.random_range(0..8u64) * 100;
+                for (k, &id) in ids.iter().enumerate() {
+                    let h = root + k as u64 + 1;
+                    pool.register(id, parent, h);
+                    parent = Some(h);
+                }
+                pool.release(&ids);
+            }
+            let events = pool.take_events();
+            if !events.is_empty() {
+                streams[w].push(KvBatch::Events(events));
+            }
+        }
+        let mut fingerprints = Vec::new();
+        for router in 0..2u64 {
+            let mut rng = StdRng::seed_from_u64(seed * 100 + router);
+            let mut p: Placer<&str> = Placer::new(PlacerConfig::default(), router);
+            let mut cursors = vec![0usize; workers.len()];
+            while cursors.iter().zip(&streams).any(|(c, s)| *c < s.len()) {
+                let w = rng.random_range(0..workers.len());
+                let Some(batch) = streams[w].get(cursors[w]) else { continue };
+                cursors[w] += 1;
+                match rng.random_range(0..10) {
+                    0 => continue, // lost
+                    1 => {
+                        p.receive(&workers[w], 1, batch, T0); // delivered twice
+                    }
+                    _ => {}
+                }
+                p.receive(&workers[w], 1, batch, T0);
+            }
+            // Heartbeats reveal trailing losses; whoever needs a dump gets one.
+            for (w, pool) in workers.iter().zip(&pools) {
+                let last = pool.dump().last_event_id;
+                if p.receive(w, 1, &KvBatch::Heartbeat { last_event_id: last }, T0).needs_dump {
+                    assert!(p.resync(w, 1, &pool.dump(), T0));
+                }
+                let mut want: Vec<u64> = pool.dump().blocks.iter().map(|b| b.1).collect();
+                let mut got: Vec<u64> = p.index().held(w, Tier::Device).into_iter().collect();
+                want.sort_unstable();
+                got.sort_unstable();
+                assert!(!want.is_empty());
+                assert_eq!(got, want, "seed {seed}, router {router}, {w}");
+            }
+            fingerprints.push(p.index().fingerprint(|w| u64::from(w.as_bytes()[1])));
+        }
+        assert_eq!(fingerprints[0], fingerprints[1], "seed {seed}");
+    }
+}
