@@ -1,61 +1,27 @@
 //! The discrete-event cluster: each worker is the real engine (scheduler and block pool) over a
-//! `SimulatedExecutor`; placement is the real router core (`KvIndex` and the cost function) or a
-//! baseline policy. Virtual time only: a step's outputs, and the KV events it caused, take effect
-//! when the step would have finished.
+//! `SimulatedExecutor`; placement is the real router core (`Placer`: the KV index, the cost
+//! function and the predicted load, or a baseline policy), fed the workers' KV events. Virtual
+//! time only: a step's outputs, and the KV events it caused, take effect when the step would have
+//! finished.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::router::cost::{CostConfig, Load, decide};
-use actors::router::index::{KvIndex, Overlap, Tier};
+use actors::router::cost::CostConfig;
+use actors::router::placer::{Placer, PlacerConfig};
 use gpu::engine::{Engine, EngineLimits};
 use gpu::executor::{SimulatedExecutor, StepClock, TestTokenizer, TimingModel};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use runtime::blocks::BlockHasher;
 use runtime::ids::RequestId;
-use runtime::kv::KvEventRecord;
+use runtime::kv::{KvBatch, KvEventRecord};
 use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
 
 use crate::trace::{TraceRequest, synthesize_prompt};
 
-/// How requests are placed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
-    /// The KV-aware cost of `actors::router::cost` over the index built from KV events.
-    Kv,
-    RoundRobin,
-    Random,
-    /// Fewest predicted blocks of work.
-    LeastLoaded,
-}
-
-impl std::str::FromStr for Policy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "kv" => Ok(Policy::Kv),
-            "round-robin" => Ok(Policy::RoundRobin),
-            "random" => Ok(Policy::Random),
-            "least-loaded" => Ok(Policy::LeastLoaded),
-            other => Err(format!("unknown policy {other:?} (kv, round-robin, random, least-loaded)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Policy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Policy::Kv => "kv",
-            Policy::RoundRobin => "round-robin",
-            Policy::Random => "random",
-            Policy::LeastLoaded => "least-loaded",
-        })
-    }
-}
+/// How requests are placed: the router's policies.
+pub use runtime::config::RoutingPolicy as Policy;
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -112,7 +78,6 @@ struct Worker {
     /// Outputs and KV events of the step in progress, applied when it ends.
     pending: Vec<(RequestId, StreamEvent)>,
     pending_kv: Vec<KvEventRecord>,
-    load: Load,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,16 +114,14 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 busy: false,
                 pending: Vec::new(),
                 pending_kv: Vec::new(),
-                load: Load::default(),
             }
         })
         .collect();
     let hasher = BlockHasher::new(config.block_size);
-    let mut index: KvIndex<usize> = KvIndex::new();
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let placer_config = PlacerConfig { policy: config.policy, cost: config.cost.clone(), ..PlacerConfig::default() };
+    let mut placer: Placer<usize> = Placer::new(placer_config, config.seed);
+    let candidates: Vec<usize> = (0..config.workers).collect();
     let mut outcomes: Vec<RequestOutcome> = vec![RequestOutcome::default(); trace.len()];
-    // Per request: blocks counted in its worker's predicted prefill and decode load.
-    let mut counted: Vec<(u64, u64)> = vec![(0, 0); trace.len()];
     let mut queue: BinaryHeap<Reverse<(Duration, Event, u64)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut push = |queue: &mut BinaryHeap<_>, at: Duration, e: Event| {
@@ -169,7 +132,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
         push(&mut queue, r.arrival.div_f64(config.speed), Event::Arrival(i));
     }
     push(&mut queue, Duration::ZERO, Event::Sample);
-    let (mut prompt_tokens, mut samples, mut next_rr, mut now) = (0u64, Vec::new(), 0usize, Duration::ZERO);
+    let (mut prompt_tokens, mut samples, mut now) = (0u64, Vec::new(), Duration::ZERO);
     let mut done = 0usize;
     while let Some(Reverse((at, event, _))) = queue.pop() {
         now = at;
@@ -178,43 +141,13 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 let r = &trace[i];
                 let tokens = synthesize_prompt(r, i, config.block_size, FIRST_TOKEN, TOKEN_SPAN);
                 let hashes = hasher.sequence_hashes(&tokens);
-                let blocks = hashes.len() as u32;
-                // Each worker's overlap with the prompt: one index lookup per arrival.
-                let mut overlaps = vec![Overlap::default(); workers.len()];
-                for (m, o) in index.find_matches(&hashes) {
-                    overlaps[m] = o;
-                }
-                let w = match config.policy {
-                    Policy::RoundRobin => {
-                        next_rr += 1;
-                        (next_rr - 1) % workers.len()
-                    }
-                    Policy::Random => rng.random_range(0..workers.len()),
-                    Policy::LeastLoaded | Policy::Kv => {
-                        // Candidates from a rotating start, so ties spread.
-                        let start = i % workers.len();
-                        let candidates = (0..workers.len())
-                            .map(|k| (start + k) % workers.len())
-                            .map(|w| {
-                                // Least-loaded ignores what is cached.
-                                let overlap =
-                                    if config.policy == Policy::Kv { overlaps[w].clone() } else { Overlap::default() };
-                                (w, overlap, workers[w].load)
-                            })
-                            .collect();
-                        decide(&config.cost, blocks, candidates, &mut rng).map_or(0, |d| d.chosen().worker)
-                    }
-                };
-                // Predicted load: the uncached blocks until the first token, then all of them.
-                let cached = u64::from(overlaps[w].by_tier[Tier::Device as usize]);
-                let new = u64::from(blocks).saturating_sub(cached);
-                workers[w].load.prefill += new;
-                counted[i] = (new, 0);
+                let id = RequestId(i.to_string());
+                let w = placer.place(&id, &hashes, &candidates, now).map_or(0, |d| d.chosen().worker);
                 prompt_tokens += tokens.len() as u64;
                 outcomes[i] =
                     RequestOutcome { arrival: now, worker: w, prompt_tokens: r.input_tokens, ..Default::default() };
                 let req = GenerateRequest {
-                    id: RequestId(i.to_string()),
+                    id: id.clone(),
                     tag: None,
                     prompt_tokens: tokens,
                     sampling: SamplingParams {
@@ -225,7 +158,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 };
                 if workers[w].engine.submit(req).is_some() {
                     outcomes[i].rejected = true;
-                    workers[w].load.prefill -= new;
+                    placer.finished(&id);
                     done += 1;
                     continue;
                 }
@@ -236,8 +169,9 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
             Event::StepDone(w) => {
                 let worker = &mut workers[w];
                 worker.busy = false;
-                for rec in std::mem::take(&mut worker.pending_kv) {
-                    index.apply(&w, Tier::Device, &rec, now);
+                let records = std::mem::take(&mut worker.pending_kv);
+                if !records.is_empty() {
+                    placer.receive(&w, 0, &KvBatch::Events(records), now);
                 }
                 for (id, ev) in std::mem::take(&mut worker.pending) {
                     let i: usize = id.0.parse().expect("ids are indices");
@@ -246,11 +180,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                         StreamEvent::Delta { tokens, .. } if tokens > 0 => {
                             if o.first_token.is_none() {
                                 o.first_token = Some(now);
-                                let (new, _) = counted[i];
-                                let all = trace[i].input_tokens.div_ceil(config.block_size as u32) as u64;
-                                worker.load.prefill = worker.load.prefill.saturating_sub(new);
-                                worker.load.decode += all;
-                                counted[i] = (0, all);
+                                placer.first_token(&id);
                             }
                             o.generated += tokens;
                         }
@@ -258,13 +188,12 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                         StreamEvent::Finished { usage, .. } => {
                             o.finished = Some(now);
                             o.generated = usage.completion_tokens;
-                            let (new, all) = counted[i];
-                            worker.load.prefill = worker.load.prefill.saturating_sub(new);
-                            worker.load.decode = worker.load.decode.saturating_sub(all);
+                            placer.finished(&id);
                             done += 1;
                         }
                         StreamEvent::Failed(_) => {
                             o.rejected = true;
+                            placer.finished(&id);
                             done += 1;
                         }
                     }

@@ -152,7 +152,7 @@ impl RouterState {
         let candidates = if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
         let now = self.now();
         let decision = self.placer.place(&request, hashes, &candidates, now);
-        let policy = policy_name(self.placer.config().policy);
+        let policy = self.placer.config().policy.name();
         let Some(decision) = decision else {
             metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "no_worker")
                 .increment(1);
@@ -255,15 +255,6 @@ impl RouterState {
             in_flight: self.placer.in_flight(),
             recent: self.recent.iter().cloned().collect(),
         }
-    }
-}
-
-fn policy_name(p: RoutingPolicy) -> &'static str {
-    match p {
-        RoutingPolicy::Kv => "kv",
-        RoutingPolicy::RoundRobin => "round-robin",
-        RoutingPolicy::LeastLoaded => "least-loaded",
-        RoutingPolicy::Random => "random",
     }
 }
 

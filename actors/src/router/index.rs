@@ -418,8 +418,9 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         self.slots.iter().map(|(w, &s)| (w.clone(), std::array::from_fn(|t| self.sources[s][t].blocks.len()))).collect()
     }
 
-    /// An order-independent digest of every (worker, tier, block) the index holds, with `key`
-    /// naming the worker: two indexes that agree have equal fingerprints.
+    /// An order-independent digest of every (worker, tier, block) that workers published (not
+    /// the assumed ones, which are each router's own), with `key` naming the worker: two indexes
+    /// fed the same events have equal fingerprints.
     pub fn fingerprint(&self, key: impl Fn(&W) -> u64) -> u64 {
         let mix = |x: u64| {
             let mut h = BlockHashHasher::default();
@@ -429,7 +430,7 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         let mut sum = 0u64;
         for (w, &s) in &self.slots {
             let k = mix(key(w));
-            for tier in Tier::ALL {
+            for tier in Tier::ALL.into_iter().filter(|&t| t != Tier::Assumed) {
                 for &hash in &self.sources[s][tier as usize].blocks {
                     sum = sum.wrapping_add(mix(k ^ mix(hash ^ tier as u64)));
                 }

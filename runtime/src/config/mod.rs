@@ -199,6 +199,38 @@ pub enum RoutingPolicy {
     Random,
 }
 
+impl RoutingPolicy {
+    pub const ALL: [RoutingPolicy; 4] =
+        [RoutingPolicy::Kv, RoutingPolicy::RoundRobin, RoutingPolicy::LeastLoaded, RoutingPolicy::Random];
+
+    /// The name `cluster.toml` and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RoutingPolicy::Kv => "kv",
+            RoutingPolicy::RoundRobin => "round-robin",
+            RoutingPolicy::LeastLoaded => "least-loaded",
+            RoutingPolicy::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for RoutingPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for RoutingPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown policy {s:?} ({})", names.join(", "))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterSection {
