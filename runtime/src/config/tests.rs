@@ -84,3 +84,26 @@ fn toml_syntax_error_has_a_line() {
     assert_eq!(e.line, Some(1));
     assert_eq!(e.to_string().lines().count(), 1);
 }
+
+#[test]
+fn router_section_defaults_and_checks() {
+    let c = ClusterConfig::parse(TWO_NODES, "two").unwrap();
+    assert_eq!(c.router.policy, RoutingPolicy::Kv);
+    assert_eq!((c.router.prefill_weight, c.router.temperature), (1.0, 0.0));
+    assert_eq!(c.router.assumed_ttl.get(), std::time::Duration::from_secs(120));
+    assert!(c.nodes[1].workers[0].kv_events);
+    let with = |router: &str| format!("{TWO_NODES}\n[router]\n{router}\n");
+    let c = ClusterConfig::parse(&with("policy = \"round-robin\"\nassumed_ttl = \"30s\""), "t").unwrap();
+    assert_eq!((c.router.policy, c.router.assumed_ttl.get().as_secs()), (RoutingPolicy::RoundRobin, 30));
+    for (text, path) in [
+        ("policy = \"smart\"", "router.policy"),
+        ("prefill_weight = -1.0", "router.prefill_weight"),
+        ("temperature = nan", "router.temperature"),
+        ("event_silence = \"0s\"", "router.event_silence"),
+        ("weight = 2", "router.weight"),
+    ] {
+        assert_eq!(err(&with(text)).path, path, "{text}");
+    }
+    assert_eq!("least-loaded".parse::<RoutingPolicy>(), Ok(RoutingPolicy::LeastLoaded));
+    assert!("smart".parse::<RoutingPolicy>().unwrap_err().contains("kv, round-robin, least-loaded, random"));
+}
