@@ -31,6 +31,25 @@ pub struct KvDump {
     pub blocks: Vec<(Option<u64>, u64)>,
 }
 
+/// How one KV block is laid out in memory, as a worker exports it: for each layer, K then V, each
+/// `block_size × kv_width` values of `dtype_bytes` bytes (the executor's own order within them).
+/// Two workers can exchange blocks only when their layouts (and models) are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlockLayout {
+    pub layers: u32,
+    pub block_size: u32,
+    /// KV heads × head size.
+    pub kv_width: u32,
+    pub dtype_bytes: u32,
+}
+
+impl BlockLayout {
+    /// Bytes of one block, K and V of every layer.
+    pub fn block_bytes(&self) -> usize {
+        2 * self.layers as usize * self.block_size as usize * self.kv_width as usize * self.dtype_bytes as usize
+    }
+}
+
 /// What a worker publishes to every router: new events, or, when it has none, a heartbeat with
 /// the id of its last event (so a listener that lost the last events notices).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

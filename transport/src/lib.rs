@@ -1,6 +1,16 @@
-//! Moving KV blocks between workers and cache tiers: the versioned rkyv frame format, the QUIC data
-//! plane, same-host shared memory, in-process hand-off and CUDA peer copies.
-//!
-//! Nothing moves KV blocks yet: this crate fills in with disaggregated prefill and decode
-//! (issue 5). It is in the workspace now so the crate map of DESIGN.md holds and dependencies
-//! point one way from the start.
+//! Moving KV blocks between workers: the versioned, validated rkyv frame (`frame`), pooled
+//! aligned buffers (`buffers`), the cluster CA and mutual TLS (`certs`), the QUIC data plane with
+//! its same-host shared-memory rings and in-process hand-off (`plane`, `shm`), and CUDA peer
+//! copies behind the `cuda` feature (`cuda_peer`). Actors decide what to move; this crate moves
+//! it.
+
+pub mod buffers;
+pub mod certs;
+pub mod frame;
+pub mod plane;
+pub mod shm;
+
+pub use buffers::{Buffer, BufferPool};
+pub use certs::Identity;
+pub use frame::{Frame, FrameError, FrameHeader};
+pub use plane::{DataPlane, Inbox, PeerAddr, PlaneConfig, TransportError};

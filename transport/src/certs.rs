@@ -1,0 +1,183 @@
+//! The cluster CA and node certificates of the data plane (mutual TLS): `armature cert init`
+//! writes `ca.pem` and `ca.key` plus `<node>.pem` and `<node>.key` for every node; a node loads
+//! its own pair and the CA, serves with its certificate, and accepts only peers whose certificate
+//! the CA signed (and only servers that present one, under the node name it dialled).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    SanType,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// The ALPN protocol of the KV data plane.
+pub const ALPN: &[u8] = b"armature-kv/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a PEM {what}: {detail}")]
+    Pem { path: PathBuf, what: &'static str, detail: String },
+    #[error("{path} exists; remove the directory's certificates first or pick another directory")]
+    Exists { path: PathBuf },
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+}
+
+/// The DNS name a node's certificate carries (node names may hold `_`, which DNS names may not).
+pub fn server_name(node: &str) -> String {
+    format!("{}.nodes.armature", node.replace('_', "-"))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CertError> {
+    std::fs::write(path, text).map_err(|source| CertError::Io { path: path.into(), source })
+}
+
+/// Write a new CA and a certificate for each node (`(name, addresses)`) into `dir`. Refuses to
+/// overwrite an existing CA.
+pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>, CertError> {
+    std::fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.into(), source })?;
+    let ca_path = dir.join("ca.pem");
+    if ca_path.exists() {
+        return Err(CertError::Exists { path: ca_path });
+    }
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "armature cluster CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    write(&ca_path, &ca_cert.pem())?;
+    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut written = vec![ca_path];
+    for (name, addrs) in nodes {
+        let mut p = CertificateParams::new(vec![server_name(name)])?;
+        p.subject_alt_names.extend(addrs.iter().map(|a| SanType::IpAddress(*a)));
+        p.distinguished_name.push(DnType::CommonName, name.as_str());
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &issuer)?;
+        let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        write(&cert_path, &cert.pem())?;
+        write(&key_path, &key.serialize_pem())?;
+        written.push(cert_path);
+    }
+    Ok(written)
+}
+
+/// A node's TLS material: the cluster CA, its certificate and its key.
+#[derive(Debug)]
+pub struct Identity {
+    ca: CertificateDer<'static>,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Self { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone_key() }
+    }
+}
+
+fn read_pem<T: PemObject>(path: &Path, what: &'static str) -> Result<T, CertError> {
+    let bytes = std::fs::read(path).map_err(|source| CertError::Io { path: path.into(), source })?;
+    T::from_pem_slice(&bytes).map_err(|e| CertError::Pem { path: path.into(), what, detail: e.to_string() })
+}
+
+impl Identity {
+    /// Load `node`'s pair and the CA from `dir` (as `init` wrote them).
+    pub fn load(dir: &Path, node: &str) -> Result<Self, CertError> {
+        Ok(Self {
+            ca: read_pem(&dir.join("ca.pem"), "certificate")?,
+            cert: read_pem(&dir.join(format!("{node}.pem")), "certificate")?,
+            key: read_pem(&dir.join(format!("{node}.key")), "private key")?,
+        })
+    }
+
+    /// From PEM text (tests, and callers that keep certificates elsewhere).
+    pub fn from_pem(ca: &str, cert: &str, key: &str) -> Result<Self, CertError> {
+        let pem = |what, detail: rustls::pki_types::pem::Error| CertError::Pem {
+            path: PathBuf::from("<memory>"),
+            what,
+            detail: detail.to_string(),
+        };
+        Ok(Self {
+            ca: CertificateDer::from_pem_slice(ca.as_bytes()).map_err(|e| pem("certificate", e))?,
+            cert: CertificateDer::from_pem_slice(cert.as_bytes()).map_err(|e| pem("certificate", e))?,
+            key: PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| pem("private key", e))?,
+        })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, CertError> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(|e| CertError::Tls(format!("the CA certificate: {e}")))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// rustls server settings: this node's certificate, client certificates required and
+    /// checked against the CA.
+    pub fn server_tls(&self) -> Result<rustls::ServerConfig, CertError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
+            .build()
+            .map_err(|e| CertError::Tls(e.to_string()))?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| CertError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(|e| CertError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(tls)
+    }
+
+    /// rustls client settings: servers checked against the CA; this node's certificate offered.
+    pub fn client_tls(&self) -> Result<rustls::ClientConfig, CertError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| CertError::Tls(e.to_string()))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(|e| CertError::Tls(e.to_string()))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(tls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_ca_and_node_pairs_that_load() {
+        let dir = std::env::temp_dir().join(format!("armature-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let nodes = vec![("n0".to_string(), vec!["127.0.0.1".parse().unwrap()]), ("n_1".to_string(), vec![])];
+        let written = init(&dir, &nodes).unwrap();
+        assert_eq!(written.len(), 3);
+        for n in ["n0", "n_1"] {
+            let id = Identity::load(&dir, n).unwrap();
+            id.server_tls().unwrap();
+            id.client_tls().unwrap();
+        }
+        assert!(matches!(init(&dir, &nodes), Err(CertError::Exists { .. })), "never overwrites a CA");
+        let err = Identity::load(&dir, "n9").unwrap_err().to_string();
+        assert!(err.contains("n9.pem"), "{err}");
+        std::fs::write(dir.join("bad.pem"), "not pem").unwrap();
+        std::fs::copy(dir.join("n0.key"), dir.join("bad.key")).unwrap();
+        assert!(Identity::load(&dir, "bad").unwrap_err().to_string().contains("not a PEM certificate"));
+        assert_eq!(server_name("n_1"), "n-1.nodes.armature");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

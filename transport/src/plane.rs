@@ -1,0 +1,417 @@
+//! `DataPlane`: a node's KV data plane. It listens for QUIC connections (mutual TLS from the
+//! cluster CA, BBR, 4 MiB socket buffers, several connections per peer, one stream per frame so
+//! a bad frame costs only its stream), validates every frame and hands it to whoever expects its
+//! transfer id. Sending picks the path: in the same process the frame's buffer changes hands;
+//! on the same host (a loopback peer) it goes through a shared-memory ring announced over QUIC;
+//! otherwise over QUIC.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime};
+use tokio::sync::mpsc;
+
+use crate::buffers::BufferPool;
+use crate::certs::{CertError, Identity, server_name};
+use crate::frame::{self, Frame, encode_head, read_frame};
+use crate::shm::{ShmReceiver, ShmSender, ring_path};
+
+/// Settings of a data plane.
+#[derive(Clone, Debug)]
+pub struct PlaneConfig {
+    pub cluster: String,
+    pub node: String,
+    /// QUIC connections per peer (frames are spread over them).
+    pub connections: usize,
+    /// Use shared memory towards peers on this host.
+    pub shared_memory: bool,
+    pub shm_slots: usize,
+    pub shm_slot_size: usize,
+    /// UDP socket buffers.
+    pub socket_buffer: usize,
+}
+
+impl PlaneConfig {
+    pub fn new(cluster: &str, node: &str) -> Self {
+        Self {
+            cluster: cluster.into(),
+            node: node.into(),
+            connections: 4,
+            shared_memory: true,
+            shm_slots: 16,
+            shm_slot_size: 4 << 20,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// A peer's data-plane address and node name (its certificate's identity).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error(transparent)]
+    Tls(#[from] CertError),
+    #[error("data plane socket {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("connecting to {peer}: {detail}")]
+    Connect { peer: String, detail: String },
+    #[error("sending to {peer}: {detail}")]
+    Send { peer: String, detail: String },
+}
+
+/// Counters since start (also exported as Prometheus metrics).
+#[derive(Debug, Default)]
+pub struct PlaneStats {
+    pub frames_in: AtomicU64,
+    /// Of `frames_in`, those that came through shared memory.
+    pub frames_in_shm: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rejected: AtomicU64,
+    pub unexpected: AtomicU64,
+    pub refused_peers: AtomicU64,
+}
+
+struct Links {
+    conns: Vec<Connection>,
+    next: usize,
+    /// The shared-memory ring towards this peer, when it accepted one.
+    shm: Option<Arc<Mutex<ShmSender>>>,
+}
+
+pub struct DataPlane {
+    endpoint: Endpoint,
+    local: SocketAddr,
+    config: PlaneConfig,
+    pool: BufferPool,
+    sinks: Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
+    links: tokio::sync::Mutex<HashMap<PeerAddr, Links>>,
+    stats: PlaneStats,
+}
+
+/// Frames of one transfer, as they arrive; dropping it stops accepting them.
+pub struct Inbox {
+    plane: Arc<DataPlane>,
+    transfer: u64,
+    rx: mpsc::UnboundedReceiver<Frame>,
+}
+
+impl Inbox {
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.plane.sinks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.transfer);
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t.max_concurrent_uni_streams(1024u32.into());
+    t.max_concurrent_bidi_streams(16u32.into());
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
+    t.keep_alive_interval(Some(Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(15_000))));
+    t
+}
+
+const SHM_OPEN: &[u8; 4] = b"SHM1";
+
+impl DataPlane {
+    /// Listen on `addr` (port 0 picks one) with `identity`.
+    pub fn bind(addr: SocketAddr, identity: &Identity, config: PlaneConfig) -> Result<Arc<Self>, TransportError> {
+        let transport = Arc::new(transport_config());
+        let server_tls = QuicServerConfig::try_from(identity.server_tls()?)
+            .map_err(|e| CertError::Tls(format!("QUIC server: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+        server.transport_config(transport.clone());
+        let client_tls = QuicClientConfig::try_from(identity.client_tls()?)
+            .map_err(|e| CertError::Tls(format!("QUIC client: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+        client.transport_config(transport);
+        let bind = |source| TransportError::Bind { addr, source };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .map_err(bind)?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(config.socket_buffer);
+        let _ = socket.set_send_buffer_size(config.socket_buffer);
+        socket.bind(&addr.into()).map_err(bind)?;
+        socket.set_nonblocking(true).map_err(bind)?;
+        let mut endpoint =
+            Endpoint::new(EndpointConfig::default(), Some(server), socket.into(), Arc::new(TokioRuntime))
+                .map_err(bind)?;
+        endpoint.set_default_client_config(client);
+        let local = endpoint.local_addr().map_err(bind)?;
+        let plane = Arc::new(Self {
+            endpoint,
+            local,
+            config,
+            pool: BufferPool::new(64),
+            sinks: Mutex::default(),
+            links: tokio::sync::Mutex::default(),
+            stats: PlaneStats::default(),
+        });
+        tokio::spawn(accept_loop(plane.clone()));
+        tracing::info!(addr = %local, "KV data plane listening (QUIC, mutual TLS)");
+        Ok(plane)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn stats(&self) -> &PlaneStats {
+        &self.stats
+    }
+
+    /// Buffers for frame bodies this node sends.
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Start accepting the frames of `transfer`.
+    pub fn expect(self: &Arc<Self>, transfer: u64) -> Inbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner()).insert(transfer, tx);
+        Inbox { plane: self.clone(), transfer, rx }
+    }
+
+    fn deliver(&self, frame: Frame, path: &'static str) {
+        let len = frame.body.len() as u64;
+        let sink = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&frame.header.transfer).cloned();
+        match sink.map(|s| s.send(frame)) {
+            Some(Ok(())) => {
+                self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                if path == "shm" {
+                    self.stats.frames_in_shm.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
+                metrics::counter!("armature_transfer_frames_total", "direction" => "in", "path" => path).increment(1);
+                metrics::counter!("armature_transfer_bytes_total", "direction" => "in", "path" => path).increment(len);
+            }
+            _ => {
+                // Nobody waits for it (a cancelled or finished transfer): not an error of the peer.
+                self.stats.unexpected.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("armature_transfer_frames_unexpected_total").increment(1);
+            }
+        }
+    }
+
+    fn reject(&self, err: &frame::FrameError, from: &str) {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("armature_transfer_frames_rejected_total", "reason" => err.reason()).increment(1);
+        tracing::warn!(peer = from, "KV frame rejected: {err}");
+    }
+
+    /// Send `frame` to `peer`. The frame's buffer is handed over in-process, copied through
+    /// shared memory on this host, or streamed over QUIC.
+    pub async fn send(self: &Arc<Self>, peer: &PeerAddr, frame: Frame) -> Result<(), TransportError> {
+        let len = frame.body.len() as u64;
+        let path = if peer.addr == self.local {
+            self.deliver(frame, "local");
+            "local"
+        } else {
+            self.send_remote(peer, frame).await?
+        };
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(len, Ordering::Relaxed);
+        metrics::counter!("armature_transfer_frames_total", "direction" => "out", "path" => path).increment(1);
+        metrics::counter!("armature_transfer_bytes_total", "direction" => "out", "path" => path).increment(len);
+        Ok(())
+    }
+
+    async fn send_remote(self: &Arc<Self>, peer: &PeerAddr, frame: Frame) -> Result<&'static str, TransportError> {
+        let (conn, shm) = self.link(peer).await?;
+        let fail = |detail: String| TransportError::Send { peer: peer.node.clone(), detail };
+        let head = encode_head(&frame.header, frame.body.len());
+        if let Some(shm) = shm
+            && head.len() + frame.body.len() <= shm.lock().unwrap_or_else(|p| p.into_inner()).slot_size()
+        {
+            let sent = tokio::task::spawn_blocking(move || {
+                let mut ring = shm.lock().unwrap_or_else(|p| p.into_inner());
+                ring.send(&[&head, &frame.body], Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+            sent.map_err(|e| fail(e.to_string()))?;
+            return Ok("shm");
+        }
+        let mut stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
+        stream.write_all(&head).await.map_err(|e| fail(e.to_string()))?;
+        stream.write_all(&frame.body).await.map_err(|e| fail(e.to_string()))?;
+        stream.finish().map_err(|e| fail(e.to_string()))?;
+        Ok("quic")
+    }
+
+    /// A connection to `peer` (round robin over several) and its shared-memory ring if any.
+    async fn link(
+        self: &Arc<Self>,
+        peer: &PeerAddr,
+    ) -> Result<(Connection, Option<Arc<Mutex<ShmSender>>>), TransportError> {
+        let mut links = self.links.lock().await;
+        if let Some(l) = links.get_mut(peer) {
+            l.conns.retain(|c| c.close_reason().is_none());
+            if l.conns.len() == self.config.connections.max(1) {
+                l.next = l.next.wrapping_add(1);
+                return Ok((l.conns[l.next % l.conns.len()].clone(), l.shm.clone()));
+            }
+        }
+        let mut conns = links.remove(peer).map(|l| l.conns).unwrap_or_default();
+        while conns.len() < self.config.connections.max(1) {
+            let connecting = self.endpoint.connect(peer.addr, &server_name(&peer.node)).map_err(|e| {
+                TransportError::Connect { peer: format!("{} ({})", peer.node, peer.addr), detail: e.to_string() }
+            })?;
+            let conn = connecting.await.map_err(|e| TransportError::Connect {
+                peer: format!("{} ({})", peer.node, peer.addr),
+                detail: e.to_string(),
+            })?;
+            conns.push(conn);
+        }
+        let shm = if self.config.shared_memory && peer.addr.ip().is_loopback() {
+            self.open_shm(&conns[0], peer).await
+        } else {
+            None
+        };
+        links.insert(peer.clone(), Links { conns: conns.clone(), next: 0, shm: shm.clone() });
+        Ok((conns[0].clone(), shm))
+    }
+
+    /// Create a ring towards `peer` and announce it; None if the peer cannot map it.
+    async fn open_shm(&self, conn: &Connection, peer: &PeerAddr) -> Option<Arc<Mutex<ShmSender>>> {
+        let path = ring_path(&self.config.cluster, &self.config.node, &peer.node);
+        let ring = match ShmSender::create(&path, self.config.shm_slots, self.config.shm_slot_size) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(peer = %peer.node, "no shared-memory ring: {e}");
+                return None;
+            }
+        };
+        let ask = async {
+            let (mut send, mut recv) = conn.open_bi().await.ok()?;
+            let name = path.to_string_lossy().into_owned().into_bytes();
+            let mut msg = SHM_OPEN.to_vec();
+            msg.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            msg.extend_from_slice(&name);
+            send.write_all(&msg).await.ok()?;
+            send.finish().ok()?;
+            let mut reply = [0u8; 2];
+            recv.read_exact(&mut reply).await.ok()?;
+            (&reply == b"OK").then_some(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Some(())) => {
+                tracing::info!(peer = %peer.node, path = %path.display(), "KV frames to this peer go through shared memory");
+                Some(Arc::new(Mutex::new(ring)))
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn accept_loop(plane: Arc<DataPlane>) {
+    while let Some(incoming) = plane.endpoint.accept().await {
+        let plane = plane.clone();
+        tokio::spawn(async move {
+            let from = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(plane, conn).await,
+                Err(e) => {
+                    plane.stats.refused_peers.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("armature_transfer_peers_refused_total").increment(1);
+                    tracing::warn!(%from, "data-plane peer refused: {e}");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection(plane: Arc<DataPlane>, conn: Connection) {
+    let from = conn.remote_address().to_string();
+    let alive = Arc::new(AtomicBool::new(true));
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => {
+                let Ok(mut stream) = uni else { break };
+                let (plane, from) = (plane.clone(), from.clone());
+                tokio::spawn(async move {
+                    match read_frame(&mut stream, &plane.pool).await {
+                        Ok(frame) => plane.deliver(frame, "quic"),
+                        Err(e) => {
+                            plane.reject(&e, &from);
+                            let _ = stream.stop(1u32.into());
+                        }
+                    }
+                });
+            }
+            bi = conn.accept_bi() => {
+                let Ok((send, recv)) = bi else { break };
+                tokio::spawn(accept_shm(plane.clone(), send, recv, alive.clone(), from.clone()));
+            }
+        }
+    }
+    alive.store(false, Ordering::Release);
+}
+
+/// A peer announces a shared-memory ring: map it and read frames from it on a thread until the
+/// sender closes it or the connection ends.
+async fn accept_shm(
+    plane: Arc<DataPlane>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    alive: Arc<AtomicBool>,
+    from: String,
+) {
+    let mut head = [0u8; 6];
+    if recv.read_exact(&mut head).await.is_err() || &head[..4] != SHM_OPEN {
+        let _ = send.write_all(b"NO").await;
+        return;
+    }
+    let mut name = vec![0u8; u16::from_le_bytes([head[4], head[5]]) as usize];
+    if recv.read_exact(&mut name).await.is_err() {
+        return;
+    }
+    let path = std::path::PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+    // Only rings under our own naming scheme, in the shared-memory directory.
+    let ours = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("armature-"))
+        && path.parent() == ring_path("x", "y", "z").parent();
+    let ring = if ours { ShmReceiver::open(&path).ok() } else { None };
+    let Some(mut ring) = ring else {
+        let _ = send.write_all(b"NO").await;
+        return;
+    };
+    let _ = send.write_all(b"OK").await;
+    let _ = send.finish();
+    let spawned = std::thread::Builder::new().name("kv-shm-recv".into()).spawn(move || {
+        while alive.load(Ordering::Acquire) && !ring.is_closed() {
+            let got = ring.recv(Duration::from_millis(200), |bytes| frame::decode(bytes, &plane.pool));
+            match got {
+                Some(Ok(frame)) => plane.deliver(frame, "shm"),
+                Some(Err(e)) => plane.reject(&e, &from),
+                None => {}
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a shared-memory reader: {e}");
+    }
+}

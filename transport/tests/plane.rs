@@ -1,0 +1,179 @@
+//! Two data planes on loopback with certificates from one cluster CA: frames cross over QUIC,
+//! shared memory and in-process; corrupt and truncated frames are refused and counted while the
+//! connection keeps working; peers without a certificate from the CA are refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use runtime::kv::BlockLayout;
+use transport::frame::{FrameHeader, encode, encode_head};
+use transport::{Buffer, DataPlane, Frame, Identity, PeerAddr, PlaneConfig};
+
+const LAYOUT: BlockLayout = BlockLayout { layers: 2, block_size: 16, kv_width: 64, dtype_bytes: 2 };
+
+fn certs(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("armature-plane-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let nodes: Vec<(String, Vec<std::net::IpAddr>)> =
+        ["a", "b"].iter().map(|n| (n.to_string(), vec!["127.0.0.1".parse().unwrap()])).collect();
+    transport::certs::init(&dir, &nodes).unwrap();
+    dir
+}
+
+fn frame(transfer: u64, first: u32, blocks: usize, seed: u8) -> Frame {
+    let body: Vec<u8> = (0..blocks * LAYOUT.block_bytes()).map(|i| (i as u8).wrapping_mul(seed)).collect();
+    let hashes = (0..blocks as u64).map(|i| 1000 + u64::from(first) + i).collect();
+    let header = FrameHeader::for_body(transfer, 77, LAYOUT, first, hashes, false, &body);
+    Frame { header, body: Buffer::unpooled(&body) }
+}
+
+fn plane(dir: &std::path::Path, node: &str, shm: bool) -> Arc<DataPlane> {
+    let mut config = PlaneConfig::new("test", node);
+    config.shared_memory = shm;
+    config.connections = 2;
+    let id = Identity::load(dir, node).unwrap();
+    DataPlane::bind("127.0.0.1:0".parse().unwrap(), &id, config).unwrap()
+}
+
+async fn roundtrip(shm: bool) {
+    let dir = certs(if shm { "shm" } else { "quic" });
+    let (a, b) = (plane(&dir, "a", shm), plane(&dir, "b", shm));
+    let to_b = PeerAddr { node: "b".into(), addr: b.local_addr() };
+    let mut inbox = b.expect(5);
+    for i in 0..6u32 {
+        a.send(&to_b, frame(5, i * 3, 3, i as u8 + 1)).await.unwrap();
+    }
+    // A frame for a transfer nobody expects is dropped and counted, not delivered.
+    a.send(&to_b, frame(6, 0, 1, 9)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await.unwrap().unwrap());
+    }
+    // Streams may overtake each other on QUIC; the shared-memory ring keeps order.
+    got.sort_by_key(|f| f.header.first_block);
+    for (i, got) in got.iter().enumerate() {
+        let want = frame(5, i as u32 * 3, 3, i as u8 + 1);
+        assert_eq!(got.header, want.header);
+        assert_eq!(&got.body[..], &want.body[..]);
+        assert_eq!(got.block(2), want.block(2));
+    }
+    let via_shm = b.stats().frames_in_shm.load(Ordering::Relaxed);
+    assert_eq!(via_shm, if shm { 6 } else { 0 });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while b.stats().unexpected.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    );
+    assert_eq!(b.stats().frames_in.load(Ordering::Relaxed), 6);
+    assert_eq!(a.stats().frames_out.load(Ordering::Relaxed), 7);
+    // In-process: the frame's buffer changes hands.
+    let to_self = PeerAddr { node: "b".into(), addr: b.local_addr() };
+    let mut mine = b.expect(8);
+    b.send(&to_self, frame(8, 0, 1, 3)).await.unwrap();
+    assert_eq!(mine.recv().await.unwrap().header.first_block, 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn frames_cross_over_quic() {
+    roundtrip(false).await;
+}
+
+#[tokio::test]
+async fn frames_cross_over_shared_memory() {
+    roundtrip(true).await;
+}
+
+/// A raw QUIC client that trusts `ca` and offers `identity`'s certificate (or none); Some if the
+/// server accepted it.
+async fn raw_client(identity: Option<&Identity>, ca: &std::path::Path, to: SocketAddr) -> Option<quinn::Connection> {
+    use rustls::pki_types::pem::PemObject;
+    let tls = match identity {
+        Some(id) => id.client_tls().unwrap(),
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            tls.alpn_protocols = vec![transport::certs::ALPN.to_vec()];
+            tls
+        }
+    };
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap())));
+    let conn = ep.connect(to, &transport::certs::server_name("b")).unwrap().await.ok()?;
+    // A refused client certificate shows once the server answers.
+    let mut s = conn.open_uni().await.ok()?;
+    s.write_all(b"x").await.ok()?;
+    tokio::time::timeout(Duration::from_secs(2), conn.closed()).await.err().map(|_| conn)
+}
+
+#[tokio::test]
+async fn corrupt_frames_are_refused_and_the_connection_stays_healthy() {
+    let dir = certs("corrupt");
+    let b = plane(&dir, "b", false);
+    let a_id = Identity::load(&dir, "a").unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tls = QuicClientConfig::try_from(a_id.client_tls().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
+    let conn = ep.connect(b.local_addr(), &transport::certs::server_name("b")).unwrap().await.unwrap();
+    let mut inbox = b.expect(1);
+    let good = frame(1, 0, 2, 5);
+    let bytes = encode(&good.header, &good.body);
+    let mut corrupt = bytes.clone();
+    *corrupt.last_mut().unwrap() ^= 0xff;
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    let garbage = vec![0x5a; 4096];
+    for bad in [corrupt, truncated, garbage] {
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&bad).await.unwrap();
+        s.finish().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.stats().rejected.load(Ordering::Relaxed), 3);
+    // The same connection still delivers a good frame.
+    let mut s = conn.open_uni().await.unwrap();
+    s.write_all(&encode_head(&good.header, good.body.len())).await.unwrap();
+    s.write_all(&good.body).await.unwrap();
+    s.finish().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await.unwrap().unwrap();
+    assert_eq!(&got.body[..], &good.body[..]);
+    assert!(conn.close_reason().is_none());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn peers_without_a_certificate_from_the_cluster_ca_are_refused() {
+    let dir = certs("refuse");
+    let b = plane(&dir, "b", false);
+    let ca = dir.join("ca.pem");
+    // A member of another cluster (its own CA) is refused...
+    let other = certs("other");
+    let stranger = Identity::load(&other, "a").unwrap();
+    assert!(raw_client(Some(&stranger), &ca, b.local_addr()).await.is_none());
+    // ...and so is a client with no certificate at all.
+    assert!(raw_client(None, &ca, b.local_addr()).await.is_none());
+    // A member of this cluster gets in.
+    let a_id = Identity::load(&dir, "a").unwrap();
+    assert!(raw_client(Some(&a_id), &ca, b.local_addr()).await.is_some());
+    assert!(b.stats().refused_peers.load(Ordering::Relaxed) >= 2);
+    // And a data plane refuses to dial a server outside the CA.
+    let c = plane(&other, "b", false);
+    let a = plane(&dir, "a", false);
+    let err = a.send(&PeerAddr { node: "b".into(), addr: c.local_addr() }, frame(1, 0, 1, 1)).await.unwrap_err();
+    assert!(err.to_string().contains("connecting to b"), "{err}");
+    for d in [dir, other] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
