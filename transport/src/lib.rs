@@ -4,6 +4,7 @@
 //! copies behind the `cuda` feature (`cuda_peer`). Actors decide what to move; this crate moves
 //! it.
 
+pub mod bench;
 pub mod buffers;
 pub mod certs;
 pub mod frame;

@@ -103,21 +103,16 @@ impl ShmSender {
         self.ring.slot_size
     }
 
-    /// Copy one frame (given in pieces) into the next slot, waiting up to `patience` for the
-    /// receiver to free it (backpressure).
-    pub fn send(&mut self, pieces: &[&[u8]], patience: Duration) -> Result<(), ShmError> {
+    /// Copy one frame (given in pieces) into the next slot if the receiver has freed it; false
+    /// if it has not (the caller waits and tries again: backpressure).
+    pub fn try_send(&mut self, pieces: &[&[u8]]) -> Result<bool, ShmError> {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
         if len > self.ring.slot_size {
             return Err(ShmError::TooLarge { len, slot: self.ring.slot_size });
         }
         let slot = self.next;
-        let start = Instant::now();
-        let mut spins = 0u32;
-        while self.ring.state(slot).load(Ordering::Acquire) != FREE {
-            if start.elapsed() > patience {
-                return Err(ShmError::Stalled(patience));
-            }
-            backoff(&mut spins);
+        if self.ring.state(slot).load(Ordering::Acquire) != FREE {
+            return Ok(false);
         }
         let mut at = self.ring.data_at(slot);
         for p in pieces {
@@ -127,6 +122,20 @@ impl ShmSender {
         self.ring.len(slot).store(len as u64, Ordering::Relaxed);
         self.ring.state(slot).store(FULL, Ordering::Release);
         self.next = (slot + 1) % self.ring.slots;
+        Ok(true)
+    }
+
+    /// Copy one frame (given in pieces) into the next slot, waiting up to `patience` for the
+    /// receiver to free it (backpressure).
+    pub fn send(&mut self, pieces: &[&[u8]], patience: Duration) -> Result<(), ShmError> {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while !self.try_send(pieces)? {
+            if start.elapsed() > patience {
+                return Err(ShmError::Stalled(patience));
+            }
+            backoff(&mut spins);
+        }
         Ok(())
     }
 }
