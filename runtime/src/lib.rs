@@ -2,6 +2,7 @@
 //! bootstrap on ractor_cluster, supervision, discovery, leases and telemetry.
 
 pub mod blocks;
+pub mod buffers;
 pub mod config;
 pub mod discovery;
 pub mod ids;

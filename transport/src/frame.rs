@@ -15,7 +15,7 @@ use runtime::kv::BlockLayout;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::buffers::{Buffer, BufferPool};
+use runtime::buffers::{Buffer, BufferPool};
 
 pub const MAGIC: [u8; 4] = *b"ARKV";
 pub const VERSION: u16 = 1;

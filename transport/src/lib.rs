@@ -5,13 +5,12 @@
 //! it.
 
 pub mod bench;
-pub mod buffers;
 pub mod certs;
 pub mod frame;
 pub mod plane;
 pub mod shm;
 
-pub use buffers::{Buffer, BufferPool};
 pub use certs::Identity;
 pub use frame::{Frame, FrameError, FrameHeader};
 pub use plane::{DataPlane, Inbox, PeerAddr, PlaneConfig, TransportError};
+pub use runtime::buffers::{Buffer, BufferPool};

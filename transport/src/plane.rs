@@ -15,10 +15,10 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime};
 use tokio::sync::mpsc;
 
-use crate::buffers::BufferPool;
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, encode_head, read_frame};
 use crate::shm::{ShmReceiver, ShmSender, ring_path};
+use runtime::buffers::BufferPool;
 
 /// Settings of a data plane.
 #[derive(Clone, Debug)]

@@ -71,6 +71,20 @@ impl Store {
     }
 }
 
+/// Stored values as their little-endian bytes (f16 and f32 are plain bits; this crate only builds
+/// the byte view on little-endian targets).
+#[cfg(target_endian = "little")]
+fn values_as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: f16 and f32 have no padding or invalid bit patterns; the view covers exactly `v`.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+#[cfg(target_endian = "little")]
+fn values_as_bytes_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: as above; any bytes written form valid f16/f32 values.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
 /// Part of one block of one layer, as stored.
 #[derive(Clone, Copy)]
 pub enum Slab<'a> {
@@ -178,6 +192,73 @@ impl KvCache {
         self.keys.write_strided(base + p, bs, k);
     }
 
+    /// The values of one layer's K (then V) part of `block`: `block_size × kv_width`.
+    fn block_range(&self, layer: usize, block: BlockId) -> std::ops::Range<usize> {
+        let len = self.block_size * self.kv_width;
+        let at = (layer * self.blocks + block.0 as usize) * len;
+        at..at + len
+    }
+
+    /// Blocks in the cache.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    /// Layers in the cache.
+    pub fn layers(&self) -> usize {
+        let len = match &self.keys {
+            Store::F16(v) => v.len(),
+            Store::F32(v) => v.len(),
+        };
+        len / (self.blocks * self.block_size * self.kv_width)
+    }
+
+    pub fn dtype(&self) -> KvDtype {
+        match self.keys {
+            Store::F16(_) => KvDtype::F16,
+            Store::F32(_) => KvDtype::F32,
+        }
+    }
+
+    /// Bytes of one block over all layers: per layer, K (as stored, transposed) then V.
+    pub fn block_bytes(&self) -> usize {
+        Self::bytes_per_block(self.layers(), self.block_size, self.kv_width, self.dtype())
+    }
+
+    /// Copy `block` out (little-endian values, `block_bytes()` bytes).
+    pub fn read_block(&self, block: BlockId, out: &mut [u8]) {
+        assert_eq!(out.len(), self.block_bytes(), "block buffer size");
+        let mut chunks = out.chunks_exact_mut(self.block_size * self.kv_width * self.dtype().bytes());
+        for layer in 0..self.layers() {
+            let r = self.block_range(layer, block);
+            for store in [&self.keys, &self.values] {
+                let dst = chunks.next().expect("sized above");
+                match store {
+                    Store::F16(v) => dst.copy_from_slice(values_as_bytes(&v[r.clone()])),
+                    Store::F32(v) => dst.copy_from_slice(values_as_bytes(&v[r.clone()])),
+                }
+            }
+        }
+    }
+
+    /// Overwrite `block` with bytes `read_block` produced (same layout).
+    pub fn write_block(&mut self, block: BlockId, data: &[u8]) {
+        assert_eq!(data.len(), self.block_bytes(), "block buffer size");
+        let part = self.block_size * self.kv_width * self.dtype().bytes();
+        let mut chunks = data.chunks_exact(part);
+        for layer in 0..self.layers() {
+            let r = self.block_range(layer, block);
+            for k in [true, false] {
+                let src = chunks.next().expect("sized above");
+                let store = if k { &mut self.keys } else { &mut self.values };
+                match store {
+                    Store::F16(v) => values_as_bytes_mut(&mut v[r.clone()]).copy_from_slice(src),
+                    Store::F32(v) => values_as_bytes_mut(&mut v[r.clone()]).copy_from_slice(src),
+                }
+            }
+        }
+    }
+
     /// Positions per block.
     pub fn block_size(&self) -> usize {
         self.block_size
@@ -223,6 +304,35 @@ mod tests {
             assert_eq!(kv.values(0, BlockId(1)).read::<false>(6, &mut buf), [0.0; 6]);
             assert_eq!(kv.keys(1, BlockId(3), 1).read::<false>(0, &mut buf), [0.0; 6]);
             assert_eq!(KvCache::bytes_per_block(2, 2, 6, dtype), 2 * 2 * 2 * 6 * dtype.bytes());
+        }
+    }
+
+    #[test]
+    fn a_block_exported_and_imported_elsewhere_reads_back_the_same() {
+        for dtype in [KvDtype::F16, KvDtype::F32] {
+            let (mut a, mut b) = (KvCache::new(2, 4, 2, 2, 3, dtype), KvCache::new(2, 4, 2, 2, 3, dtype));
+            assert_eq!((a.layers(), a.blocks(), a.block_bytes()), (2, 4, 2 * 2 * 2 * 6 * dtype.bytes()));
+            let table = [BlockId(2)];
+            for layer in 0..2 {
+                for pos in 0..2 {
+                    let k: Vec<f32> = (0..6).map(|i| (layer * 100 + pos * 10 + i) as f32 * 0.5).collect();
+                    let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                    a.write(layer, &table, pos, &k, &v);
+                }
+            }
+            let mut bytes = vec![0u8; a.block_bytes()];
+            a.read_block(BlockId(2), &mut bytes);
+            b.write_block(BlockId(0), &bytes);
+            let (mut x, mut y) = ([0.0f32; 12], [0.0f32; 12]);
+            for layer in 0..2 {
+                for head in 0..2 {
+                    let (ka, kb) = (a.keys(layer, BlockId(2), head), b.keys(layer, BlockId(0), head));
+                    assert_eq!(ka.read::<false>(0, &mut x[..6]), kb.read::<false>(0, &mut y[..6]));
+                }
+                let (va, vb) = (a.values(layer, BlockId(2)), b.values(layer, BlockId(0)));
+                assert_eq!(va.read::<false>(0, &mut x), vb.read::<false>(0, &mut y));
+                assert!(x.iter().any(|&v| v != 0.0));
+            }
         }
     }
 }

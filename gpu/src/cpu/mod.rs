@@ -91,4 +91,43 @@ impl Executor for ModelExecutor {
         let (model, kv) = (&self.model, &mut self.kv);
         Ok(self.pool.run(|| model.forward(batch, kv)))
     }
+
+    fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
+        Some(runtime::kv::BlockLayout {
+            layers: self.kv.layers() as u32,
+            block_size: self.kv.block_size() as u32,
+            kv_width: self.kv.kv_width() as u32,
+            dtype_bytes: self.kv.dtype().bytes() as u32,
+        })
+    }
+
+    fn model_fingerprint(&self) -> u64 {
+        // The name and every shape and constant of the architecture; two workers that load the
+        // same file agree.
+        let text = format!("{}|{:?}", self.name, self.model.config);
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    }
+
+    fn export_block(&self, block: crate::pool::BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {
+        self.check_block(block, out.len())?;
+        self.kv.read_block(block, out);
+        Ok(())
+    }
+
+    fn import_block(&mut self, block: crate::pool::BlockId, data: &[u8]) -> Result<(), ExecutorError> {
+        self.check_block(block, data.len())?;
+        self.kv.write_block(block, data);
+        Ok(())
+    }
+}
+
+impl ModelExecutor {
+    fn check_block(&self, block: crate::pool::BlockId, len: usize) -> Result<(), ExecutorError> {
+        let layout = self.block_layout().expect("the CPU backend's blocks move");
+        crate::executor::check_block_len(&layout, len)?;
+        if block.0 as usize >= self.kv.blocks() {
+            return Err(ExecutorError::Blocks(format!("block {} is outside the pool", block.0)));
+        }
+        Ok(())
+    }
 }

@@ -20,9 +20,30 @@ use runtime::request::{FinishReason, GenerateRequest, StreamEvent, WorkerFailure
 use crate::executor::{Executor, ExecutorError, SequenceView};
 use crate::pool::{BlockPool, PoolStats};
 use crate::tokenizer::Tokenizer;
-use sequence::Sequence;
+use sequence::{PrefillState, Sequence};
 
-pub use thread::{EngineHandle, KvFeed, Outputs, Taken};
+/// Blocks a worker set aside for KV arriving from another worker: the prompt's leading blocks it
+/// already holds (referenced until commit or abort) and blank blocks for the rest, in order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub cached: Vec<crate::pool::BlockId>,
+    pub fresh: Vec<crate::pool::BlockId>,
+}
+
+/// Blocks of a prefill for another worker that just became complete (referenced until
+/// `release_prefilled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefilled {
+    pub id: RequestId,
+    /// Index of the first of `blocks` in the sequence.
+    pub first: usize,
+    pub blocks: Vec<crate::pool::BlockId>,
+    pub hashes: Vec<u64>,
+    /// The prefill is complete.
+    pub done: bool,
+}
+
+pub use thread::{EngineHandle, KvFeed, Outputs, PrefillChunk, Taken};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineLimits {
@@ -57,6 +78,7 @@ pub struct Engine {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     stats: EngineStats,
+    prefilled: Vec<Prefilled>,
 }
 
 /// One sequence's share of a step: compute its tokens up to `end`.
@@ -76,7 +98,94 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             stats: EngineStats::default(),
+            prefilled: Vec::new(),
         }
+    }
+
+    /// How this engine's KV blocks are laid out when they move; None if they cannot.
+    pub fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
+        self.executor.block_layout()
+    }
+
+    pub fn model_fingerprint(&self) -> u64 {
+        self.executor.model_fingerprint()
+    }
+
+    /// Hold the cached leading blocks of `hashes` and allocate blank ones for the rest, for KV
+    /// that another worker will send. None when the pool cannot spare them.
+    pub fn reserve(&mut self, hashes: &[u64]) -> Option<Reservation> {
+        let cached = self.pool.acquire_prefix(hashes);
+        match self.pool.allocate(hashes.len() - cached.len()) {
+            Ok(fresh) => Some(Reservation { cached, fresh }),
+            Err(_) => {
+                self.pool.release(&cached);
+                None
+            }
+        }
+    }
+
+    /// Write one block's K and V, received from another worker, into a reserved block.
+    pub fn import_block(&mut self, block: crate::pool::BlockId, data: &[u8]) -> Result<(), ExecutorError> {
+        self.executor.import_block(block, data)
+    }
+
+    /// Copy blocks out, one after another, into `out`.
+    pub fn export_blocks(&self, blocks: &[crate::pool::BlockId], out: &mut [u8]) -> Result<(), ExecutorError> {
+        let n = self.block_layout().map_or(0, |l| l.block_bytes());
+        if n == 0 || out.len() != n * blocks.len() {
+            return Err(ExecutorError::Blocks(format!("{} bytes for {} blocks", out.len(), blocks.len())));
+        }
+        for (b, chunk) in blocks.iter().zip(out.chunks_exact_mut(n)) {
+            self.executor.export_block(*b, chunk)?;
+        }
+        Ok(())
+    }
+
+    /// The reserved blocks are filled: register the fresh ones under the rest of `hashes` (the
+    /// prompt's, from the start) and let go of all of them. They are now in the prefix cache, so
+    /// the request that follows finds them.
+    pub fn commit(&mut self, r: Reservation, hashes: &[u64]) {
+        let start = r.cached.len();
+        for (i, &b) in r.fresh.iter().enumerate() {
+            let k = start + i;
+            let parent = k.checked_sub(1).map(|p| hashes[p]);
+            self.pool.register(b, parent, hashes[k]);
+        }
+        self.pool.release(&r.cached);
+        self.pool.release(&r.fresh);
+    }
+
+    /// Give a reservation back unused.
+    pub fn abort(&mut self, r: Reservation) {
+        self.pool.release(&r.cached);
+        self.pool.release(&r.fresh);
+    }
+
+    /// Compute the KV of `tokens` (whole blocks) for another worker. The blocks from `skip` on
+    /// are reported by `take_prefilled` as they complete.
+    pub fn submit_prefill(&mut self, id: RequestId, tokens: Vec<u32>, skip: usize) -> Result<(), String> {
+        if self.block_layout().is_none() {
+            return Err("this worker's executor cannot export KV blocks".into());
+        }
+        if tokens.is_empty() || tokens.len() % self.limits.block_size != 0 {
+            return Err(format!("a prefill takes whole blocks of {} tokens", self.limits.block_size));
+        }
+        let req = GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling: Default::default() };
+        Self::check(&self.limits, &req)?;
+        let mut seq = Sequence::new(req);
+        seq.prefill = Some(PrefillState { skip, reported: 0 });
+        self.waiting.push_back(seq);
+        Ok(())
+    }
+
+    /// Prefill blocks completed since the last call. Each chunk's blocks stay referenced until
+    /// `release_prefilled`, so they can be exported first.
+    pub fn take_prefilled(&mut self) -> Vec<Prefilled> {
+        std::mem::take(&mut self.prefilled)
+    }
+
+    pub fn release_prefilled(&mut self, p: &Prefilled) {
+        self.pool.release(&p.blocks);
     }
 
     pub fn limits(&self) -> EngineLimits {
@@ -176,7 +285,7 @@ impl Engine {
                     start: s.computed,
                     prompt_len: s.prompt_len,
                     blocks: &s.blocks,
-                    wants_logits: p.end == s.tokens.len(),
+                    wants_logits: p.end == s.tokens.len() && s.prefill.is_none(),
                 }
             })
             .collect();
@@ -191,6 +300,24 @@ impl Engine {
             self.stats.computed_tokens += (p.end - seq.computed) as u64;
             seq.computed = p.end;
             seq.register_full_blocks(&mut self.pool, &self.hasher);
+            if let Some(pf) = seq.prefill {
+                let done = p.end == seq.tokens.len();
+                let registered = seq.hashes().len();
+                let from = pf.reported.max(pf.skip).min(registered);
+                if registered > from || done {
+                    let blocks = seq.blocks[from..registered].to_vec();
+                    for &b in &blocks {
+                        self.pool.retain(b);
+                    }
+                    let hashes = seq.hashes()[from..registered].to_vec();
+                    self.prefilled.push(Prefilled { id: seq.id.clone(), first: from, blocks, hashes, done });
+                    seq.prefill = Some(PrefillState { reported: registered.max(pf.reported), ..pf });
+                }
+                if done {
+                    finished.push(p.index);
+                }
+                continue;
+            }
             if p.end < seq.tokens.len() {
                 continue; // a prefill chunk: no token yet
             }

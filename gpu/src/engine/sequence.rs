@@ -28,6 +28,17 @@ pub(super) struct Sequence {
     pub computed: usize,
     /// Sequence hashes of the leading blocks that are registered in the pool.
     hashes: Vec<u64>,
+    /// Set for a prefill computed for another worker: no sampling, blocks reported instead.
+    pub prefill: Option<PrefillState>,
+}
+
+/// A prefill for another worker: which blocks it wants, and how far they have been reported.
+#[derive(Clone, Copy, Debug)]
+pub struct PrefillState {
+    /// Blocks the other worker already has (not reported).
+    pub skip: usize,
+    /// Blocks reported so far.
+    pub reported: usize,
 }
 
 impl Sequence {
@@ -45,7 +56,13 @@ impl Sequence {
             blocks: Vec::new(),
             computed: 0,
             hashes: Vec::new(),
+            prefill: None,
         }
+    }
+
+    /// Sequence hashes of the registered leading blocks.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
     }
 
     pub fn generated(&self) -> u32 {

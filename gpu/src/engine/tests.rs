@@ -307,3 +307,118 @@ fn cancel_frees_blocks() {
     assert!(e.cancel(&RequestId("a".into())));
     assert_no_leak(&e);
 }
+
+fn kv_engine(limits: EngineLimits) -> Engine {
+    let exec = TestExecutor::new(Duration::ZERO, limits.context_length).with_kv(limits.kv_blocks, limits.block_size);
+    Engine::new(Box::new(exec), Arc::new(TestTokenizer::default()), limits)
+}
+
+/// Run a prefill for another worker to the end, collecting its chunks (exported and released).
+fn prefill_chunks(e: &mut Engine, id: &str, tokens: Vec<u32>, skip: usize) -> Vec<(Prefilled, Vec<u8>)> {
+    e.submit_prefill(RequestId(id.into()), tokens, skip).unwrap();
+    let n = e.block_layout().unwrap().block_bytes();
+    let mut out = Vec::new();
+    while e.has_work() {
+        assert!(e.step().unwrap().is_empty(), "a prefill emits no stream events");
+        for p in e.take_prefilled() {
+            let mut data = vec![0u8; p.blocks.len() * n];
+            e.export_blocks(&p.blocks, &mut data).unwrap();
+            e.release_prefilled(&p);
+            out.push((p, data));
+        }
+    }
+    out
+}
+
+#[test]
+fn prefilled_blocks_move_to_another_engine_and_serve_its_request() {
+    // Chunks of 8 tokens per step: blocks of 4 complete two at a time.
+    let limits = EngineLimits { max_batch_tokens: 8, context_length: 256, ..engine(1).limits() };
+    let (mut prefill, mut decode, mut alone) = (kv_engine(limits), kv_engine(limits), kv_engine(limits));
+    let greedy = SamplingParams { max_tokens: 6, temperature: 0.0, ..Default::default() };
+    let r = req("r", "The quick brown fox jumps over it", greedy.clone());
+    let bs = limits.block_size;
+    // The decode side can reuse all but the block holding the last token.
+    let usable = (r.prompt_tokens.len() - 1) / bs;
+    let hashes = BlockHasher::new(bs).sequence_hashes(&r.prompt_tokens)[..usable].to_vec();
+    let tokens = r.prompt_tokens[..usable * bs].to_vec();
+    let chunks = prefill_chunks(&mut prefill, "p", tokens.clone(), 0);
+    assert!(chunks.len() >= 3, "blocks stream out as they complete: {}", chunks.len());
+    assert!(chunks.last().unwrap().0.done && chunks.iter().rev().skip(1).all(|c| !c.0.done));
+    let got: Vec<u64> = chunks.iter().flat_map(|c| c.0.hashes.clone()).collect();
+    assert_eq!(got, hashes, "every usable block, in order, under the prompt's hashes");
+    // The decode engine reserves, imports, commits, then serves the request from its cache.
+    let res = decode.reserve(&hashes).unwrap();
+    assert_eq!((res.cached.len(), res.fresh.len()), (0, usable));
+    let n = decode.block_layout().unwrap().block_bytes();
+    for (p, data) in &chunks {
+        for (i, block) in data.chunks_exact(n).enumerate() {
+            decode.import_block(res.fresh[p.first + i], block).unwrap();
+        }
+    }
+    decode.commit(res, &hashes);
+    decode.submit(r.clone());
+    let served = drain(&mut decode);
+    assert_eq!(decode.stats().cached_tokens, (usable * bs) as u64);
+    assert_eq!(decode.stats().computed_tokens as usize, r.prompt_tokens.len() - usable * bs + 5);
+    alone.submit(r.clone());
+    assert_eq!(served, drain(&mut alone), "the same output as computing it all locally");
+
+    // A longer prompt sharing the prefix: the decode engine already holds `usable` blocks, so the
+    // prefill skips them and only the new ones travel.
+    let longer = req("l", "The quick brown fox jumps over it and runs far away", greedy);
+    let usable2 = (longer.prompt_tokens.len() - 1) / bs;
+    let hashes2 = BlockHasher::new(bs).sequence_hashes(&longer.prompt_tokens)[..usable2].to_vec();
+    let res = decode.reserve(&hashes2).unwrap();
+    assert_eq!(res.cached.len(), usable);
+    let chunks = prefill_chunks(&mut prefill, "p2", longer.prompt_tokens[..usable2 * bs].to_vec(), res.cached.len());
+    let sent: usize = chunks.iter().map(|c| c.0.blocks.len()).sum();
+    assert_eq!(sent, usable2 - usable);
+    assert_eq!(chunks[0].0.first, usable);
+    for (p, data) in &chunks {
+        for (i, block) in data.chunks_exact(n).enumerate() {
+            decode.import_block(res.fresh[p.first - usable + i], block).unwrap();
+        }
+    }
+    decode.commit(res, &hashes2);
+    decode.submit(longer.clone());
+    let served = drain(&mut decode);
+    alone.submit(longer);
+    assert_eq!(served, drain(&mut alone));
+}
+
+#[test]
+fn a_misplaced_block_is_caught_and_an_aborted_reservation_frees_everything() {
+    let limits = EngineLimits { context_length: 256, ..engine(1).limits() };
+    let (mut prefill, mut decode) = (kv_engine(limits), kv_engine(limits));
+    let r = req("r", "abcdefghijklmnopq", SamplingParams { max_tokens: 2, ..Default::default() });
+    let bs = limits.block_size;
+    let usable = (r.prompt_tokens.len() - 1) / bs;
+    let hashes = BlockHasher::new(bs).sequence_hashes(&r.prompt_tokens)[..usable].to_vec();
+    let chunks = prefill_chunks(&mut prefill, "p", r.prompt_tokens[..usable * bs].to_vec(), 0);
+    let data: Vec<u8> = chunks.iter().flat_map(|c| c.1.clone()).collect();
+    let n = decode.block_layout().unwrap().block_bytes();
+    let free = decode.stats().pool.free;
+    let res = decode.reserve(&hashes).unwrap();
+    // Blocks 0 and 1 swapped: the executor notices the KV does not hold the prompt's tokens.
+    let mut order: Vec<usize> = (0..usable).collect();
+    order.swap(0, 1);
+    for (i, &src) in order.iter().enumerate() {
+        decode.import_block(res.fresh[i], &data[src * n..(src + 1) * n]).unwrap();
+    }
+    assert!(decode.import_block(res.fresh[0], &data[..n - 1]).is_err(), "wrong length");
+    decode.commit(res, &hashes);
+    decode.submit(r.clone());
+    let err = decode.step().unwrap_err().to_string();
+    assert!(err.contains("KV at position 0"), "{err}");
+    // An aborted reservation gives every block back.
+    let mut fresh = kv_engine(limits);
+    let res = fresh.reserve(&hashes).unwrap();
+    assert_eq!(fresh.stats().pool.free, free - usable);
+    fresh.abort(res);
+    assert_eq!(fresh.stats().pool.free, free);
+    // A pool too small for the reservation says so and keeps nothing.
+    let mut tiny = kv_engine(EngineLimits { kv_blocks: 2, ..limits });
+    assert!(tiny.reserve(&hashes).is_none());
+    assert_eq!(tiny.stats().pool.free, 2);
+}

@@ -8,18 +8,35 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use runtime::buffers::{Buffer, BufferPool};
 use runtime::ids::RequestId;
-use runtime::kv::{KvDump, KvEventRecord};
+use runtime::kv::{BlockLayout, KvDump, KvEventRecord};
 use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc as tmpsc, oneshot};
 
-use super::Engine;
+use super::{Engine, Reservation};
+use crate::pool::BlockId;
 
 enum Command {
     Submit(GenerateRequest),
     Cancel(RequestId),
     Dump(oneshot::Sender<KvDump>),
+    Reserve(Vec<u64>, oneshot::Sender<Option<Reservation>>),
+    Import(Vec<BlockId>, Buffer, oneshot::Sender<Result<(), String>>),
+    Commit(Reservation, Vec<u64>, oneshot::Sender<()>),
+    Abort(Reservation),
+    Prefill { id: RequestId, tokens: Vec<u32>, skip: usize, sink: tmpsc::UnboundedSender<PrefillChunk> },
     Stop,
+}
+
+/// Exported blocks of a prefill for another worker: blocks `first..` of the sequence, one after
+/// another in `data`, under `hashes`.
+#[derive(Debug)]
+pub struct PrefillChunk {
+    pub first: usize,
+    pub hashes: Vec<u64>,
+    pub data: Buffer,
+    pub done: bool,
 }
 
 /// KV events of the engine's pool, in order, waiting for the worker to publish them.
@@ -138,6 +155,8 @@ pub struct EngineHandle {
     outputs: Arc<Outputs>,
     kv: Arc<KvFeed>,
     limits: super::EngineLimits,
+    layout: Option<BlockLayout>,
+    fingerprint: u64,
 }
 
 impl EngineHandle {
@@ -154,6 +173,7 @@ impl EngineHandle {
         let kv = Arc::new(KvFeed::default());
         let feed = kv.clone();
         let limits = engine.limits();
+        let (layout, fingerprint) = (engine.block_layout(), engine.model_fingerprint());
         let worker = name.to_string();
         std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || {
             let result =
@@ -166,7 +186,7 @@ impl EngineHandle {
             out.close(failure.as_deref().unwrap_or("the worker stopped"));
             on_exit(failure);
         })?;
-        Ok(Self { commands: tx, outputs, kv, limits })
+        Ok(Self { commands: tx, outputs, kv, limits, layout, fingerprint })
     }
 
     pub fn limits(&self) -> super::EngineLimits {
@@ -175,6 +195,72 @@ impl EngineHandle {
 
     pub fn outputs(&self) -> &Arc<Outputs> {
         &self.outputs
+    }
+
+    /// How KV blocks are laid out when they move; None if this engine's cannot.
+    pub fn block_layout(&self) -> Option<BlockLayout> {
+        self.layout
+    }
+
+    pub fn model_fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Set blocks aside for KV another worker will send (see `Engine::reserve`).
+    pub fn reserve(&self, hashes: Vec<u64>) -> impl Future<Output = Option<Reservation>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Reserve(hashes, tx));
+        async move { rx.await.ok().flatten() }
+    }
+
+    /// Write received blocks (one after another in `data`) into reserved blocks.
+    pub fn import(
+        &self,
+        blocks: Vec<BlockId>,
+        data: Buffer,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Import(blocks, data, tx));
+        async move { rx.await.unwrap_or_else(|_| Err("the engine thread is gone".into())) }
+    }
+
+    /// Register a filled reservation in the prefix cache (see `Engine::commit`).
+    pub fn commit(&self, r: Reservation, hashes: Vec<u64>) -> impl Future<Output = bool> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Commit(r, hashes, tx));
+        async move { rx.await.is_ok() }
+    }
+
+    pub fn abort(&self, r: Reservation) {
+        let _ = self.commands.send(Command::Abort(r));
+    }
+
+    /// Compute the KV of `tokens` for another worker; its blocks from `skip` on arrive on the
+    /// returned channel as they complete (it closes early if the prefill fails or is cancelled).
+    pub fn prefill(&self, id: RequestId, tokens: Vec<u32>, skip: usize) -> tmpsc::UnboundedReceiver<PrefillChunk> {
+        let (sink, rx) = tmpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Prefill { id, tokens, skip, sink });
+        rx
+    }
+
+    /// Open the outbox of a request that will be submitted later (`submit_opened`), so that polls
+    /// wait for it meanwhile.
+    pub fn open(&self, id: &RequestId) -> Result<(), String> {
+        self.outputs.open(id)
+    }
+
+    /// Submit a request whose outbox is open.
+    pub fn submit_opened(&self, req: GenerateRequest) -> Result<(), String> {
+        let id = req.id.clone();
+        self.commands.send(Command::Submit(req)).map_err(|_| {
+            self.outputs.remove(&id);
+            "the engine thread is gone".to_string()
+        })
+    }
+
+    /// Fail a request whose outbox is open and that never reached the engine.
+    pub fn fail_opened(&self, id: &RequestId, failure: WorkerFailure) {
+        self.outputs.push(id, StreamEvent::Failed(failure));
     }
 
     /// The pool's KV events, for publishing.
@@ -215,6 +301,15 @@ impl Drop for EngineHandle {
     }
 }
 
+/// What the engine thread keeps beside the engine.
+struct ThreadState<'a> {
+    out: &'a Outputs,
+    kv: &'a KvFeed,
+    /// Where each prefill for another worker sends its blocks.
+    sinks: HashMap<RequestId, tmpsc::UnboundedSender<PrefillChunk>>,
+    buffers: BufferPool,
+}
+
 fn run(
     engine: &mut Engine,
     rx: &mpsc::Receiver<Command>,
@@ -222,11 +317,12 @@ fn run(
     kv: &KvFeed,
     name: &str,
 ) -> Result<(), String> {
+    let mut st = ThreadState { out, kv, sinks: HashMap::new(), buffers: BufferPool::new(16) };
     loop {
         if !engine.has_work() {
             match rx.recv() {
                 Ok(cmd) => {
-                    if !apply(engine, cmd, out, kv) {
+                    if !apply(engine, cmd, &mut st) {
                         return Ok(());
                     }
                 }
@@ -236,7 +332,7 @@ fn run(
         loop {
             match rx.try_recv() {
                 Ok(cmd) => {
-                    if !apply(engine, cmd, out, kv) {
+                    if !apply(engine, cmd, &mut st) {
                         return Ok(());
                     }
                 }
@@ -247,11 +343,37 @@ fn run(
         for (id, event) in engine.step().map_err(|e| e.to_string())? {
             out.push(&id, event);
         }
+        // Before any command can reuse their blocks.
+        ship_prefilled(engine, &mut st);
         // Before the next command, so that a dump never reflects an event not yet in the feed.
         let events = engine.take_kv_events();
         metrics::counter!("armature_kv_events_total").increment(events.len() as u64);
         kv.push(events);
         publish(engine, name);
+    }
+}
+
+/// Export the blocks prefills completed this step and send them on.
+fn ship_prefilled(engine: &mut Engine, st: &mut ThreadState<'_>) {
+    let block_bytes = engine.block_layout().map_or(0, |l| l.block_bytes());
+    for p in engine.take_prefilled() {
+        let mut data = st.buffers.take(p.blocks.len() * block_bytes);
+        let exported = engine.export_blocks(&p.blocks, &mut data);
+        engine.release_prefilled(&p);
+        let Some(sink) = st.sinks.get(&p.id) else { continue };
+        match exported {
+            Ok(()) => {
+                let chunk = PrefillChunk { first: p.first, hashes: p.hashes, data, done: p.done };
+                if sink.send(chunk).is_err() || p.done {
+                    st.sinks.remove(&p.id);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(request = %p.id, "exporting prefilled blocks failed: {e}");
+                engine.cancel(&p.id);
+                st.sinks.remove(&p.id);
+            }
+        }
     }
 }
 
@@ -269,23 +391,56 @@ fn publish(engine: &Engine, worker: &str) {
 }
 
 /// Apply one command; false means stop.
-fn apply(engine: &mut Engine, cmd: Command, out: &Outputs, kv: &KvFeed) -> bool {
+fn apply(engine: &mut Engine, cmd: Command, st: &mut ThreadState<'_>) -> bool {
     match cmd {
         Command::Submit(req) => {
             let id = req.id.clone();
             if let Some(event) = engine.submit(req) {
-                out.push(&id, event);
+                st.out.push(&id, event);
             }
         }
         Command::Cancel(id) => {
+            st.sinks.remove(&id);
             if engine.cancel(&id) {
                 metrics::counter!("armature_requests_cancelled_total").increment(1);
             }
         }
         Command::Dump(reply) => {
-            kv.push(engine.take_kv_events());
+            st.kv.push(engine.take_kv_events());
             let _ = reply.send(engine.kv_dump());
         }
+        Command::Reserve(hashes, reply) => {
+            let r = engine.reserve(&hashes);
+            if let Err(Some(r)) = reply.send(r) {
+                engine.abort(r);
+            }
+        }
+        Command::Import(blocks, data, reply) => {
+            let n = engine.block_layout().map_or(0, |l| l.block_bytes());
+            let result = if n == 0 || data.len() != n * blocks.len() {
+                Err(format!("{} bytes for {} blocks", data.len(), blocks.len()))
+            } else {
+                blocks
+                    .iter()
+                    .zip(data.chunks_exact(n))
+                    .try_for_each(|(&b, bytes)| engine.import_block(b, bytes))
+                    .map_err(|e| e.to_string())
+            };
+            let _ = reply.send(result);
+        }
+        Command::Commit(r, hashes, reply) => {
+            engine.commit(r, &hashes);
+            // The newly registered blocks go out with the next publication.
+            st.kv.push(engine.take_kv_events());
+            let _ = reply.send(());
+        }
+        Command::Abort(r) => engine.abort(r),
+        Command::Prefill { id, tokens, skip, sink } => match engine.submit_prefill(id.clone(), tokens, skip) {
+            Ok(()) => {
+                st.sinks.insert(id, sink);
+            }
+            Err(why) => tracing::warn!(request = %id, "prefill refused: {why}"),
+        },
         Command::Stop => return false,
     }
     true

@@ -35,6 +35,8 @@ pub struct SequenceView<'a> {
 pub enum ExecutorError {
     #[error("forward pass failed: {0}")]
     Forward(String),
+    #[error("KV blocks: {0}")]
+    Blocks(String),
 }
 
 pub trait Executor: Send {
@@ -42,4 +44,36 @@ pub trait Executor: Send {
     /// Compute each sequence's chunk. For each, in batch order: the next-token logits (length
     /// `vocab_size`) after its last token when `wants_logits`, else None (a prefill chunk).
     fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError>;
+
+    /// How one KV block is laid out when exported; None when this executor's blocks cannot
+    /// move (then prefill is never disaggregated to or from it).
+    fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
+        None
+    }
+
+    /// Identifies the model whose KV the blocks hold: blocks move only between equal
+    /// fingerprints (and layouts).
+    fn model_fingerprint(&self) -> u64 {
+        0
+    }
+
+    /// Copy `block`'s K and V into `out` (`block_layout().block_bytes()` bytes).
+    fn export_block(&self, block: crate::pool::BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {
+        let _ = (block, out);
+        Err(ExecutorError::Blocks("this executor cannot export KV blocks".into()))
+    }
+
+    /// Overwrite `block`'s K and V with `data`, as `export_block` wrote it on another worker.
+    fn import_block(&mut self, block: crate::pool::BlockId, data: &[u8]) -> Result<(), ExecutorError> {
+        let _ = (block, data);
+        Err(ExecutorError::Blocks("this executor cannot import KV blocks".into()))
+    }
+}
+
+/// Check the length of a block's bytes against a layout.
+pub fn check_block_len(layout: &runtime::kv::BlockLayout, len: usize) -> Result<(), ExecutorError> {
+    if len != layout.block_bytes() {
+        return Err(ExecutorError::Blocks(format!("{len} bytes for a block of {} bytes", layout.block_bytes())));
+    }
+    Ok(())
 }

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
+use runtime::kv::BlockLayout;
+
 use super::{Executor, ExecutorError, ModelInfo, SequenceView};
+use crate::pool::BlockId;
 use crate::tokenizer::Tokenizer;
 
 /// A prompt containing this text makes the test executor panic on its first step, so tests can
@@ -80,12 +83,63 @@ pub struct TestExecutor {
     step_delay: Duration,
     context_length: u32,
     panic_marker: Vec<u32>,
+    kv: Option<TestKv>,
+}
+
+/// A stand-in KV cache: each position's "K" is its token id and its "V" its position, so that
+/// blocks can move between workers and every forward pass checks that the blocks it reads hold
+/// the sequence's own tokens (a misplaced or corrupted transfer fails loudly).
+#[derive(Debug)]
+struct TestKv {
+    block_size: usize,
+    keys: Vec<u32>,
+    values: Vec<u32>,
 }
 
 impl TestExecutor {
     pub fn new(step_delay: Duration, context_length: u32) -> Self {
         let panic_marker = TestTokenizer::default().encode(TEST_PANIC_MARKER);
-        Self { step_delay, context_length, panic_marker }
+        Self { step_delay, context_length, panic_marker, kv: None }
+    }
+
+    /// Keep a stand-in KV cache of `blocks` blocks of `block_size` positions.
+    pub fn with_kv(mut self, blocks: usize, block_size: usize) -> Self {
+        let n = blocks * block_size;
+        self.kv = Some(TestKv { block_size, keys: vec![u32::MAX; n], values: vec![u32::MAX; n] });
+        self
+    }
+}
+
+impl TestKv {
+    /// Check the positions already computed, then record the new ones.
+    fn step(&mut self, seq: &SequenceView<'_>) -> Result<(), ExecutorError> {
+        let bs = self.block_size;
+        let at = |pos: usize| seq.blocks.get(pos / bs).map(|b| b.0 as usize * bs + pos % bs);
+        for pos in 0..seq.start {
+            let i = at(pos).ok_or_else(|| ExecutorError::Forward(format!("no block for position {pos}")))?;
+            if self.keys.get(i) != Some(&seq.tokens[pos]) || self.values.get(i) != Some(&(pos as u32)) {
+                return Err(ExecutorError::Forward(format!(
+                    "KV at position {pos} holds token {:?}, the sequence has {}",
+                    self.keys.get(i),
+                    seq.tokens[pos]
+                )));
+            }
+        }
+        for pos in seq.start..seq.tokens.len() {
+            let i = at(pos).filter(|&i| i < self.keys.len());
+            let i = i.ok_or_else(|| ExecutorError::Forward(format!("no block for position {pos}")))?;
+            self.keys[i] = seq.tokens[pos];
+            self.values[i] = pos as u32;
+        }
+        Ok(())
+    }
+
+    fn block(&self, block: BlockId) -> Result<std::ops::Range<usize>, ExecutorError> {
+        let at = block.0 as usize * self.block_size;
+        if at + self.block_size > self.keys.len() {
+            return Err(ExecutorError::Blocks(format!("block {} is outside the pool", block.0)));
+        }
+        Ok(at..at + self.block_size)
     }
 }
 
@@ -111,6 +165,11 @@ impl Executor for TestExecutor {
             std::thread::sleep(self.step_delay);
         }
         let vocab = self.info().vocab_size;
+        if let Some(kv) = &mut self.kv {
+            for seq in batch {
+                kv.step(seq)?;
+            }
+        }
         Ok(batch
             .iter()
             .map(|seq| {
@@ -131,6 +190,39 @@ impl Executor for TestExecutor {
                 Some(logits)
             })
             .collect())
+    }
+
+    fn block_layout(&self) -> Option<BlockLayout> {
+        let kv = self.kv.as_ref()?;
+        Some(BlockLayout { layers: 1, block_size: kv.block_size as u32, kv_width: 1, dtype_bytes: 4 })
+    }
+
+    fn model_fingerprint(&self) -> u64 {
+        mix(u64::from_le_bytes(*b"armtest1"))
+    }
+
+    fn export_block(&self, block: BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {
+        let layout = self.block_layout().ok_or_else(|| ExecutorError::Blocks("no KV store".into()))?;
+        crate::executor::check_block_len(&layout, out.len())?;
+        let kv = self.kv.as_ref().expect("layout implies a store");
+        let r = kv.block(block)?;
+        let words = kv.keys[r.clone()].iter().chain(&kv.values[r]);
+        for (dst, w) in out.chunks_exact_mut(4).zip(words) {
+            dst.copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn import_block(&mut self, block: BlockId, data: &[u8]) -> Result<(), ExecutorError> {
+        let layout = self.block_layout().ok_or_else(|| ExecutorError::Blocks("no KV store".into()))?;
+        crate::executor::check_block_len(&layout, data.len())?;
+        let kv = self.kv.as_mut().expect("layout implies a store");
+        let r = kv.block(block)?;
+        let words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let (k, v) = words.split_at(kv.block_size);
+        kv.keys[r.clone()].copy_from_slice(k);
+        kv.values[r].copy_from_slice(v);
+        Ok(())
     }
 }
 

@@ -151,14 +151,15 @@ impl LoadedModel {
             }
         };
         match section.source.as_str() {
-            "test" => Ok(Self {
-                executor: Box::new(TestExecutor::new(
+            "test" => {
+                let kv_blocks = budget.blocks(TEST_KV_BYTES_PER_TOKEN * block_size as u64)?;
+                let exec = TestExecutor::new(
                     section.test.step_delay.get(),
                     section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
-                )),
-                tokenizer: Arc::new(TestTokenizer::default()),
-                kv_blocks: budget.blocks(TEST_KV_BYTES_PER_TOKEN * block_size as u64)?,
-            }),
+                )
+                .with_kv(kv_blocks, block_size);
+                Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(TestTokenizer::default()), kv_blocks })
+            }
             source if Path::new(source).is_dir() => {
                 let dir = Path::new(source);
                 let (tok, ..) = hf::HfModel::tokenizer(dir)?;
