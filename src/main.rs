@@ -96,6 +96,23 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Certificates of the KV data plane.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a new cluster CA and a certificate for every node of the topology into
+    /// `transport.certs` (or --out): ca.pem, ca.key, <node>.pem, <node>.key.
+    Init {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -303,6 +320,35 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("wrote {} ({:.1} s wall)", out.join("report.json").display(), started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cert { command: CertCommand::Init { config, out } } => {
+            let config = match load(Some(&config)) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let Some(dir) = out.or(config.transport.certs.clone()) else {
+                eprintln!("error: say where the certificates go: --out DIR, or transport.certs in the topology");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            let nodes: Vec<(String, Vec<std::net::IpAddr>)> = config
+                .nodes
+                .iter()
+                .map(|n| {
+                    let addrs = [Some(&n.control), n.data.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+                    let mut ips: Vec<std::net::IpAddr> = addrs.collect();
+                    ips.dedup();
+                    (n.name.clone(), ips)
+                })
+                .collect();
+            let written =
+                transport::certs::init(&dir, &nodes).with_context(|| format!("writing to {}", dir.display()))?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Model { command: ModelCommand::Export { hf, model } } => {
             runtime::telemetry::init_logging(Default::default());
             let section = runtime::config::ModelSection { source: model, ..Default::default() };
@@ -367,6 +413,23 @@ async fn shutdown_signal() {
 
 /// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
 /// run until a signal, stdin closing, or the supervisor giving up.
+/// The node's KV data plane, when the topology gives it a `data` address.
+fn start_data_plane(config: &ClusterConfig, plan: &NodePlan) -> anyhow::Result<Option<Arc<transport::DataPlane>>> {
+    let Some(addr) = plan.data else { return Ok(None) };
+    let dir = config.transport.certs.as_ref().context("transport.certs is not set")?;
+    let identity = transport::Identity::load(dir, &plan.name)
+        .with_context(|| format!("loading node {}'s data-plane certificate (run `armature cert init`)", plan.name))?;
+    let t = &config.transport;
+    let plane_config = transport::PlaneConfig {
+        shared_memory: t.shared_memory,
+        connections: t.connections.max(1) as usize,
+        ..transport::PlaneConfig::new(&config.cluster.name, &plan.name)
+    };
+    let plane = transport::DataPlane::bind(addr, &identity, plane_config)
+        .with_context(|| format!("starting the data plane of node {}", plan.name))?;
+    Ok(Some(plane))
+}
+
 async fn run_node(
     config: ClusterConfig,
     plan: NodePlan,
@@ -383,7 +446,14 @@ async fn run_node(
         },
         None => None,
     };
-    let state = Arc::new(NodeState::new(control));
+    let data_plane = match start_data_plane(&config, &plan) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let state = Arc::new(NodeState::new(control, data_plane));
     let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
     let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };

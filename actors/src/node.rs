@@ -16,7 +16,7 @@ use runtime::supervision::ChildSpec;
 
 use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
 use crate::router::{RouterActor, RouterArgs};
-use crate::worker::{WorkerActor, WorkerArgs};
+use crate::worker::{Disagg, WorkerActor, WorkerArgs};
 
 /// The registered name of a node's router (gateways find it by name).
 pub const ROUTER_NAME: &str = "router";
@@ -29,6 +29,8 @@ pub struct NodeState {
     pub started_unix: u64,
     /// The control plane, when this node is part of a multi-node cluster.
     pub control: Option<ControlPlane>,
+    /// The KV data plane, when the node has a `data` address.
+    pub data_plane: Option<Arc<transport::DataPlane>>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -41,9 +43,10 @@ impl Drop for InflightGuard<'_> {
 }
 
 impl NodeState {
-    pub fn new(control: Option<ControlPlane>) -> Self {
+    pub fn new(control: Option<ControlPlane>, data_plane: Option<Arc<transport::DataPlane>>) -> Self {
         Self {
             control,
+            data_plane,
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             view: Arc::default(),
@@ -83,6 +86,8 @@ pub struct NodePlan {
     pub name: String,
     pub roles: BTreeSet<Role>,
     pub gateway: Option<SocketAddr>,
+    /// KV data-plane address.
+    pub data: Option<SocketAddr>,
     pub workers: Vec<(WorkerId, WorkerConfig)>,
     pub heartbeat: Option<Heartbeat>,
 }
@@ -106,6 +111,7 @@ impl NodePlan {
             name: node.name.clone(),
             roles: node.roles.iter().copied().collect(),
             gateway: node.gateway.as_deref().and_then(|g| with_port(g, http_port)),
+            data: node.data.as_deref().and_then(|d| d.parse().ok()),
             workers: node.workers.iter().map(|w| (WorkerId::new(&node.name, &w.device), w.clone())).collect(),
             heartbeat: Some(Heartbeat {
                 interval: config.cluster.heartbeat_interval.get(),
@@ -122,6 +128,7 @@ impl NodePlan {
             name: config.nodes[0].name.clone(),
             roles: config.nodes.iter().flat_map(|n| n.roles.iter().copied()).collect(),
             gateway,
+            data: config.nodes.iter().find_map(|n| n.data.as_deref()?.parse().ok()),
             workers: config
                 .nodes
                 .iter()
@@ -159,12 +166,26 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
             })
         }));
     }
+    let disagg = state.data_plane.as_ref().map(|plane| {
+        Arc::new(Disagg {
+            plane: plane.clone(),
+            node: plan.name.clone(),
+            hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),
+            transfer_timeout: config.transport.transfer_timeout.get(),
+        })
+    });
     for (id, worker) in &plan.workers {
-        let (id, worker, model, block_size) =
-            (id.clone(), worker.clone(), config.model.clone(), config.cluster.block_size);
+        let (id, worker, model, block_size, disagg) =
+            (id.clone(), worker.clone(), config.model.clone(), config.cluster.block_size, disagg.clone());
         let name = format!("worker {id}");
         specs.push(ChildSpec::new(name.clone(), move |sup| {
-            let args = WorkerArgs { id: id.clone(), block_size, config: worker.clone(), model: model.clone() };
+            let args = WorkerArgs {
+                id: id.clone(),
+                block_size,
+                config: worker.clone(),
+                model: model.clone(),
+                disagg: disagg.clone(),
+            };
             let name = name.clone();
             Box::pin(async move { Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell()) })
         }));

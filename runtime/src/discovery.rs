@@ -1,9 +1,12 @@
 //! Discovery through process groups: the group names each role joins, synced across nodes by
 //! ractor_cluster.
 
-use ractor::ActorCell;
-use ractor::pg;
+use std::collections::HashMap;
 
+use ractor::pg;
+use ractor::{ActorCell, ActorId};
+
+use crate::config::WorkerRole;
 use crate::ids::WorkerId;
 
 /// Every worker, on every node.
@@ -23,6 +26,29 @@ pub fn worker_group(id: &WorkerId) -> String {
 pub fn join_worker(id: &WorkerId, cell: ActorCell) {
     pg::join(WORKERS.to_string(), vec![cell.clone()]);
     pg::join(worker_group(id), vec![cell]);
+}
+
+const ROLE_PREFIX: &str = "worker-role/";
+
+fn role_group(role: WorkerRole) -> String {
+    format!("{ROLE_PREFIX}{}", format!("{role:?}").to_lowercase())
+}
+
+const ROLES: [WorkerRole; 3] = [WorkerRole::Aggregated, WorkerRole::Prefill, WorkerRole::Decode];
+
+/// Announce a worker's role (leaving the group of any other).
+pub fn set_role(cell: ActorCell, role: WorkerRole) {
+    for r in ROLES {
+        if r != role {
+            pg::leave(role_group(r), vec![cell.clone()]);
+        }
+    }
+    pg::join(role_group(role), vec![cell]);
+}
+
+/// The announced role of every worker actor visible from this node.
+pub fn roles() -> HashMap<ActorId, WorkerRole> {
+    ROLES.iter().flat_map(|&r| pg::get_members(&role_group(r)).into_iter().map(move |c| (c.get_id(), r))).collect()
 }
 
 /// Every worker visible from this node (local and remote), with its id.

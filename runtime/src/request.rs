@@ -41,6 +41,42 @@ pub struct GenerateRequest {
     pub sampling: SamplingParams,
 }
 
+/// A request as the gateway hands it to its decode (or aggregated) worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    pub request: GenerateRequest,
+    /// The router chose disaggregation: this prefill worker computes the prompt's uncached
+    /// blocks and sends them over.
+    #[serde(default)]
+    pub prefill_from: Option<crate::ids::WorkerId>,
+}
+
+/// A decode worker asks a prefill worker for the KV of `tokens` (whole blocks), to be sent to
+/// it as transfer `transfer`, skipping the first `skip` blocks it already has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefillRequest {
+    pub id: RequestId,
+    pub transfer: u64,
+    pub tokens: Vec<u32>,
+    pub skip: u32,
+    /// The decode worker's node and data-plane address.
+    pub to_node: String,
+    pub to_addr: String,
+    /// What the decode worker runs: blocks move only between equal models and layouts.
+    pub model: u64,
+    pub layout: crate::kv::BlockLayout,
+}
+
+/// How a prefill for another worker ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefillReply {
+    /// Every block from `skip` on was sent (`blocks` of them).
+    Sent {
+        blocks: u32,
+    },
+    Failed(String),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -136,4 +172,14 @@ pub struct PollReply {
     pub events: Vec<StreamEvent>,
 }
 
-crate::wire_message!(GenerateRequest, PollRequest, PollReply, Admission, RequestId);
+crate::wire_message!(
+    GenerateRequest,
+    PollRequest,
+    PollReply,
+    Admission,
+    RequestId,
+    Submission,
+    PrefillRequest,
+    PrefillReply
+);
+crate::wire_message!(crate::config::WorkerRole);

@@ -40,14 +40,14 @@ struct Ring {
 
 impl Ring {
     fn word32(&self, at: usize) -> &AtomicU32 {
-        debug_assert!(at % 4 == 0 && at + 4 <= self.map.len());
+        debug_assert!(at.is_multiple_of(4) && at + 4 <= self.map.len());
         // SAFETY: in bounds and aligned (the map is page-aligned, offsets are multiples of 4);
         // the memory is shared with another process only through atomics.
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU32>() }
     }
 
     fn word64(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at % 8 == 0 && at + 8 <= self.map.len());
+        debug_assert!(at.is_multiple_of(8) && at + 8 <= self.map.len());
         // SAFETY: as `word32`.
         unsafe { &*self.map.as_ptr().add(at).cast::<AtomicU64>() }
     }
@@ -86,7 +86,16 @@ impl ShmSender {
         let io = |source| ShmError::Io { path: path.into(), source };
         let slot_size = slot_size.next_multiple_of(64);
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io)?;
-        file.set_len(Ring::size(slots, slot_size) as u64).map_err(io)?;
+        let size = Ring::size(slots, slot_size);
+        file.set_len(size as u64).map_err(io)?;
+        // Take the memory now: a full tmpfs then fails here instead of killing the process with
+        // SIGBUS on a later write.
+        // SAFETY: a plain call on an open descriptor.
+        let rc = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, size as libc::off_t) };
+        if rc != 0 {
+            let _ = std::fs::remove_file(path);
+            return Err(io(std::io::Error::from_raw_os_error(rc)));
+        }
         // SAFETY: the file is ours and sized above; the peer touches it only through this layout.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
         map[0..8].copy_from_slice(&MAGIC.to_le_bytes());
@@ -166,7 +175,7 @@ impl ShmReceiver {
         }
         let slots = u32::from_le_bytes(map[8..12].try_into().expect("4 bytes")) as usize;
         let slot_size = u32::from_le_bytes(map[12..16].try_into().expect("4 bytes")) as usize;
-        if slots == 0 || slot_size % 64 != 0 || Ring::size(slots, slot_size) != map.len() {
+        if slots == 0 || !slot_size.is_multiple_of(64) || Ring::size(slots, slot_size) != map.len() {
             return Err(bad());
         }
         // The mapping outlives the name: unlink it now so that a crash on either side leaves

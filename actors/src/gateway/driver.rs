@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{ActorRef, call_t};
 use runtime::ids::{RequestId, WorkerId};
-use runtime::request::{Admission, GenerateRequest, PollRequest, StreamEvent, WorkerFailure};
+use runtime::request::{Admission, GenerateRequest, PollRequest, StreamEvent, Submission, WorkerFailure};
 use tokio::sync::mpsc;
 
 use super::Gateway;
@@ -110,7 +110,8 @@ async fn run_attempt(
 ) -> AttemptEnd {
     let timeout_ms = gw.config.worker_timeout.get().as_millis() as u64;
     let worker = &placement.worker;
-    match call_t!(worker, WorkerMsg::Submit, timeout_ms, req.clone()) {
+    let submission = Submission { request: req.clone(), prefill_from: placement.prefill.clone() };
+    match call_t!(worker, WorkerMsg::Submit, timeout_ms, submission) {
         Err(e) => return AttemptEnd::Retriable(format!("submit failed: {e}")),
         Ok(Admission::Accepted) => {}
         Ok(Admission::Unavailable(why)) => return AttemptEnd::Retriable(why),

@@ -38,6 +38,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/debug/router", get(router_status))
+        .route("/debug/role", post(set_role))
         .fallback(fallback)
         .layer(middleware::from_fn(request_id))
         .with_state(gw)
@@ -288,6 +289,33 @@ async fn router_status() -> Response {
             Err(e) => ApiError::unavailable(format!("The router did not answer: {e}")).into_response(),
         },
         None => ApiError::unavailable("This node runs no router.").into_response(),
+    }
+}
+
+/// `{"worker": "node/device", "role": "prefill" | "decode" | "aggregated"}`: tell a worker to
+/// take another role.
+async fn set_role(body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    struct SetRole {
+        worker: String,
+        role: runtime::config::WorkerRole,
+    }
+    let req: SetRole = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::bad_request(format!("expected {{\"worker\": ..., \"role\": ...}}: {e}"), None)
+                .into_response();
+        }
+    };
+    let Some(id) = runtime::ids::WorkerId::parse(&req.worker) else {
+        return ApiError::bad_request(format!("{:?} is not node/device", req.worker), Some("worker")).into_response();
+    };
+    let Some((_, cell)) = runtime::discovery::workers().into_iter().find(|(w, _)| *w == id) else {
+        return ApiError::bad_request(format!("no worker {id} in the cluster"), Some("worker")).into_response();
+    };
+    match ractor::ActorRef::<crate::worker::WorkerMsg>::from(cell).cast(crate::worker::WorkerMsg::SetRole(req.role)) {
+        Ok(()) => axum::Json(json!({ "worker": id.to_string(), "role": req.role })).into_response(),
+        Err(e) => ApiError::unavailable(format!("worker {id}: {e}")).into_response(),
     }
 }
 

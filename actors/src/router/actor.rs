@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
 use ractor_cluster::RactorMessage;
-use runtime::config::{RouterSection, RoutingPolicy};
+use runtime::config::{RouterSection, RoutingPolicy, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
 use runtime::kv::{KvPublish, KvSnapshot};
@@ -34,6 +34,13 @@ const DUMP_TIMEOUT_MS: u64 = 5_000;
 pub struct Placement {
     pub worker_id: WorkerId,
     pub worker: ActorRef<WorkerMsg>,
+    /// Disaggregated: this prefill worker computes the prompt's uncached blocks for `worker`.
+    pub prefill: Option<WorkerId>,
+}
+
+/// The placer key of a request's prefill (its decode placement has the request's own id).
+fn prefill_key(request: &RequestId) -> RequestId {
+    RequestId(format!("{}#prefill", request.0))
 }
 
 /// One decision and why it was made.
@@ -41,6 +48,8 @@ pub struct Placement {
 pub struct ExplainedDecision {
     pub request: String,
     pub worker: String,
+    /// The prefill worker, when disaggregated.
+    pub prefill: Option<String>,
     pub prompt_blocks: u32,
     /// Leading prompt blocks the chosen worker was believed to hold.
     pub overlap_blocks: u32,
@@ -69,6 +78,8 @@ pub struct RouterStatus {
     /// A digest of the whole index (hex): routers fed the same events agree on it.
     pub fingerprint: String,
     pub workers: Vec<WorkerView>,
+    /// Each live worker's role.
+    pub roles: Vec<(String, WorkerRole)>,
     pub in_flight: usize,
     pub recent: Vec<ExplainedDecision>,
 }
@@ -107,6 +118,8 @@ pub struct RouterActor;
 
 pub struct RouterState {
     placer: Placer<WorkerId>,
+    disagg_min_blocks: u32,
+    prefill_busy_blocks: u64,
     view: Arc<ClusterView>,
     epoch: Instant,
     silence: Duration,
@@ -131,14 +144,18 @@ impl RouterState {
         self.epoch.elapsed()
     }
 
-    /// Live workers; forgets the others.
-    fn live(&mut self) -> Vec<(WorkerId, ActorRef<WorkerMsg>)> {
+    /// Live workers and their roles; forgets the others.
+    fn live(&mut self) -> Vec<(WorkerId, ActorRef<WorkerMsg>, WorkerRole)> {
+        let roles = discovery::roles();
         let live: Vec<_> = discovery::workers()
             .into_iter()
             .filter(|(id, _)| self.view.is_alive(&id.node))
-            .map(|(id, cell)| (id, ActorRef::<WorkerMsg>::from(cell)))
+            .map(|(id, cell)| {
+                let role = roles.get(&cell.get_id()).copied().unwrap_or_default();
+                (id, ActorRef::<WorkerMsg>::from(cell), role)
+            })
             .collect();
-        let ids: Vec<WorkerId> = live.iter().map(|(id, _)| id.clone()).collect();
+        let ids: Vec<WorkerId> = live.iter().map(|(id, ..)| id.clone()).collect();
         self.placer.retain(&ids);
         self.silent.retain(|w| ids.contains(w));
         metrics::gauge!("armature_router_live_workers").set(ids.len() as f64);
@@ -148,8 +165,15 @@ impl RouterState {
     fn place(&mut self, request: RequestId, hashes: &[u64], avoid: &[WorkerId]) -> Option<Placement> {
         let started = Instant::now();
         let live = self.live();
-        let preferred: Vec<WorkerId> = live.iter().map(|(id, _)| id.clone()).filter(|id| !avoid.contains(id)).collect();
-        let candidates = if preferred.is_empty() { live.iter().map(|(id, _)| id.clone()).collect() } else { preferred };
+        // Prefill workers take no whole requests, unless nobody else is there.
+        let servers: Vec<&(WorkerId, ActorRef<WorkerMsg>, WorkerRole)> = {
+            let s: Vec<_> = live.iter().filter(|w| w.2 != WorkerRole::Prefill).collect();
+            if s.is_empty() { live.iter().collect() } else { s }
+        };
+        let preferred: Vec<WorkerId> =
+            servers.iter().map(|(id, ..)| id.clone()).filter(|id| !avoid.contains(id)).collect();
+        let candidates =
+            if preferred.is_empty() { servers.iter().map(|(id, ..)| id.clone()).collect() } else { preferred };
         let now = self.now();
         let decision = self.placer.place(&request, hashes, &candidates, now);
         let policy = self.placer.config().policy.name();
@@ -158,9 +182,19 @@ impl RouterState {
                 .increment(1);
             return None;
         };
-        let chosen = decision.chosen();
-        let worker = live.iter().find(|(id, _)| *id == chosen.worker)?.1.clone();
+        let chosen = decision.chosen().clone();
+        let (_, worker, role) = live.iter().find(|(id, ..)| *id == chosen.worker)?.clone();
         let overlap = chosen.overlap.blocks();
+        let prefill = if role == WorkerRole::Decode {
+            let pool: Vec<WorkerId> = live
+                .iter()
+                .filter(|(id, _, r)| *r == WorkerRole::Prefill && !avoid.contains(id))
+                .map(|(id, ..)| id.clone())
+                .collect();
+            self.choose_prefill(&request, hashes, &pool, chosen.new_blocks, now)
+        } else {
+            None
+        };
         metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "placed").increment(1);
         metrics::counter!("armature_router_prompt_blocks_total").increment(u64::from(decision.prompt_blocks));
         metrics::counter!("armature_router_overlap_blocks_total").increment(u64::from(overlap));
@@ -168,6 +202,7 @@ impl RouterState {
         let explained = ExplainedDecision {
             request: request.0.clone(),
             worker: chosen.worker.to_string(),
+            prefill: prefill.as_ref().map(ToString::to_string),
             prompt_blocks: decision.prompt_blocks,
             overlap_blocks: overlap,
             explanation: decision.to_string(),
@@ -177,7 +212,35 @@ impl RouterState {
             self.recent.pop_front();
         }
         self.recent.push_back(explained);
-        Some(Placement { worker_id: chosen.worker.clone(), worker })
+        Some(Placement { worker_id: chosen.worker.clone(), worker, prefill })
+    }
+
+    /// Conditional disaggregation: a prefill worker for a prompt whose decode worker would
+    /// compute `new_blocks` blocks, unless that is too few to be worth a transfer or the prefill
+    /// pool is busy.
+    fn choose_prefill(
+        &mut self,
+        request: &RequestId,
+        hashes: &[u64],
+        pool: &[WorkerId],
+        new_blocks: f64,
+        now: Duration,
+    ) -> Option<WorkerId> {
+        let outcome = if pool.is_empty() {
+            "no_prefill_worker"
+        } else if new_blocks < f64::from(self.disagg_min_blocks) {
+            "short"
+        } else if pool.iter().map(|w| self.placer.load(w).prefill).min().unwrap_or(0) > self.prefill_busy_blocks {
+            "busy"
+        } else {
+            "remote"
+        };
+        metrics::counter!("armature_router_disagg_decisions_total", "outcome" => outcome).increment(1);
+        if outcome != "remote" {
+            return None;
+        }
+        let d = self.placer.place(&prefill_key(request), hashes, pool, now)?;
+        Some(d.chosen().worker.clone())
     }
 
     fn receive(&mut self, p: KvPublish, router: &ActorRef<RouterMsg>) {
@@ -228,7 +291,9 @@ impl RouterState {
     }
 
     fn status(&mut self) -> RouterStatus {
-        let live_workers: Vec<WorkerId> = self.live().into_iter().map(|(id, _)| id).collect();
+        let live = self.live();
+        let roles = live.iter().map(|(id, _, r)| (id.to_string(), *r)).collect();
+        let live_workers: Vec<WorkerId> = live.into_iter().map(|(id, ..)| id).collect();
         let index = self.placer.index();
         let mut workers: Vec<WorkerView> = index
             .blocks_by_worker()
@@ -252,6 +317,7 @@ impl RouterState {
             index_blocks: index.len(),
             fingerprint: format!("{:016x}", index.fingerprint(worker_key)),
             workers,
+            roles,
             in_flight: self.placer.in_flight(),
             recent: self.recent.iter().cloned().collect(),
         }
@@ -285,6 +351,8 @@ impl Actor for RouterActor {
         let timer = myself.send_interval(TICK, || RouterMsg::Tick);
         Ok(RouterState {
             placer: Placer::new(placer_config(&args.config), rand::random()),
+            disagg_min_blocks: args.config.disagg_min_blocks,
+            prefill_busy_blocks: args.config.prefill_busy_blocks,
             view: args.view,
             epoch: Instant::now(),
             silence: args.config.event_silence.get(),
@@ -310,8 +378,14 @@ impl Actor for RouterActor {
             RouterMsg::Place { request, hashes, avoid, reply } => {
                 let _ = reply.send(state.place(request, &hashes, &avoid));
             }
-            RouterMsg::FirstToken(request) => state.placer.first_token(&request),
-            RouterMsg::Finished(request) => state.placer.finished(&request),
+            RouterMsg::FirstToken(request) => {
+                state.placer.first_token(&request);
+                state.placer.finished(&prefill_key(&request));
+            }
+            RouterMsg::Finished(request) => {
+                state.placer.finished(&request);
+                state.placer.finished(&prefill_key(&request));
+            }
             RouterMsg::Kv(p) => state.receive(p, &myself),
             RouterMsg::Dumped { worker, snapshot } => {
                 state.dumping.remove(&worker);

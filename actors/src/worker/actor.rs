@@ -1,17 +1,24 @@
 //! `WorkerActor`: admission (queue limit, context check), submit and cancel into the engine thread,
-//! and long-poll replies. It panics when its engine dies, so its supervisor restarts it fresh.
+//! long-poll replies, KV-event publication, its role (changeable by message) and both sides of
+//! disaggregated prefill. It panics when its engine dies, so its supervisor restarts it fresh.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
-use runtime::config::{ModelSection, WorkerConfig};
+use runtime::config::{ModelSection, WorkerConfig, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
 use runtime::kv::{KvBatch, KvPublish, KvSnapshot};
-use runtime::request::{Admission, GenerateRequest, PollReply, PollRequest, StreamEvent, WorkerFailure};
+use runtime::request::{
+    Admission, GenerateRequest, PollReply, PollRequest, PrefillReply, PrefillRequest, StreamEvent, Submission,
+    WorkerFailure,
+};
+
+use super::disagg::{self, Disagg};
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
@@ -22,9 +29,15 @@ const KV_HEARTBEAT: Duration = Duration::from_secs(1);
 
 #[derive(RactorClusterMessage)]
 pub enum WorkerMsg {
-    /// Queue a request.
+    /// Queue a request (after fetching its prompt's KV from a prefill worker, if one is named).
     #[rpc]
-    Submit(GenerateRequest, RpcReplyPort<Admission>),
+    Submit(Submission, RpcReplyPort<Admission>),
+    /// Compute a prompt's KV for a decode worker and stream it there.
+    #[rpc]
+    Prefill(PrefillRequest, RpcReplyPort<PrefillReply>),
+    /// Take another role from now on (what the router sends here changes; work in flight
+    /// finishes as it was).
+    SetRole(WorkerRole),
     /// New output of a request, waiting up to `max_wait_ms` for some.
     #[rpc]
     Poll(PollRequest, RpcReplyPort<PollReply>),
@@ -46,13 +59,18 @@ pub struct WorkerArgs {
     pub block_size: u32,
     pub config: WorkerConfig,
     pub model: ModelSection,
+    /// The node's data plane, for disaggregated prefill (None: this worker only serves whole
+    /// requests).
+    pub disagg: Option<Arc<Disagg>>,
 }
 
 pub struct WorkerActor;
 
 pub struct WorkerState {
     id: WorkerId,
-    engine: EngineHandle,
+    engine: Arc<EngineHandle>,
+    role: WorkerRole,
+    disagg: Option<Arc<Disagg>>,
     capacity: usize,
     kv: KvPublisher,
     timer: tokio::task::JoinHandle<()>,
@@ -96,6 +114,7 @@ impl Actor for WorkerActor {
             let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
         })?;
         discovery::join_worker(&args.id, myself.get_cell());
+        discovery::set_role(myself.get_cell(), args.config.role);
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");
         let kv = KvPublisher {
             enabled: args.config.kv_events,
@@ -104,7 +123,15 @@ impl Actor for WorkerActor {
             last_sent: Instant::now() - KV_HEARTBEAT,
         };
         let timer = myself.send_interval(KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
-        Ok(WorkerState { id: args.id, engine: handle, capacity: limits.max_batch + limits.max_queue, kv, timer })
+        Ok(WorkerState {
+            id: args.id,
+            engine: Arc::new(handle),
+            role: args.config.role,
+            disagg: args.disagg,
+            capacity: limits.max_batch + limits.max_queue,
+            kv,
+            timer,
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
@@ -114,16 +141,32 @@ impl Actor for WorkerActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<WorkerMsg>,
+        myself: ActorRef<WorkerMsg>,
         msg: WorkerMsg,
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Submit(req, reply) => {
-                let (id, tag) = (req.id.clone(), req.tag.clone());
-                let admission = state.admit(req);
+            WorkerMsg::Submit(sub, reply) => {
+                let (id, tag) = (sub.request.id.clone(), sub.request.tag.clone());
+                let admission = state.admit(sub);
                 tracing::debug!(worker = %state.id, request = %id, tag = tag.as_deref().unwrap_or(""), ?admission, "submit");
                 let _ = reply.send(admission);
+            }
+            WorkerMsg::Prefill(request, reply) => match &state.disagg {
+                Some(d) => {
+                    tokio::spawn(disagg::serve_prefill(state.engine.clone(), d.plane.clone(), request, reply));
+                }
+                None => {
+                    let _ = reply.send(PrefillReply::Failed(format!("worker {} has no data plane", state.id)));
+                }
+            },
+            WorkerMsg::SetRole(role) => {
+                if role != state.role {
+                    tracing::info!(worker = %state.id, from = ?state.role, to = ?role, "role changed");
+                    state.role = role;
+                    discovery::set_role(myself.get_cell(), role);
+                    metrics::counter!("armature_worker_role_changes_total").increment(1);
+                }
             }
             WorkerMsg::Poll(poll, reply) => state.poll(poll, reply),
             WorkerMsg::Cancel(id) => {
@@ -176,7 +219,8 @@ impl WorkerState {
         });
     }
 
-    fn admit(&self, req: GenerateRequest) -> Admission {
+    fn admit(&self, sub: Submission) -> Admission {
+        let req: GenerateRequest = sub.request;
         let open = self.engine.outputs().open_requests();
         if open >= self.capacity {
             metrics::counter!("armature_worker_overloaded_total").increment(1);
@@ -184,6 +228,16 @@ impl WorkerState {
         }
         if let Err(reason) = Engine::check(&self.engine.limits(), &req) {
             return Admission::Rejected(reason);
+        }
+        if let (Some(from), Some(d)) = (sub.prefill_from, &self.disagg)
+            && self.engine.block_layout().is_some()
+        {
+            // Polls wait on the open outbox while the prompt's KV arrives.
+            if let Err(reason) = self.engine.open(&req.id) {
+                return Admission::Unavailable(reason);
+            }
+            tokio::spawn(disagg::prefill_remotely(self.engine.clone(), d.clone(), req, from));
+            return Admission::Accepted;
         }
         match self.engine.submit(req) {
             Ok(()) => Admission::Accepted,

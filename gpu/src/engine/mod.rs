@@ -167,7 +167,7 @@ impl Engine {
         if self.block_layout().is_none() {
             return Err("this worker's executor cannot export KV blocks".into());
         }
-        if tokens.is_empty() || tokens.len() % self.limits.block_size != 0 {
+        if tokens.is_empty() || !tokens.len().is_multiple_of(self.limits.block_size) {
             return Err(format!("a prefill takes whole blocks of {} tokens", self.limits.block_size));
         }
         let req = GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling: Default::default() };

@@ -143,6 +143,11 @@ impl Outputs {
         Taken::Events(events)
     }
 
+    /// Whether `id`'s outbox is open (accepted, not cancelled, not fully collected).
+    pub fn is_open(&self, id: &RequestId) -> bool {
+        self.lock().boxes.contains_key(id)
+    }
+
     /// Requests accepted and not yet fully collected.
     pub fn open_requests(&self) -> usize {
         self.lock().boxes.len()

@@ -59,7 +59,47 @@ pub struct ClusterConfig {
     pub supervision: SupervisionSection,
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    #[serde(default)]
+    pub transport: TransportSection,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// The KV data plane between nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSection {
+    /// Directory with `ca.pem` and each node's `<name>.pem` / `<name>.key` (`armature cert
+    /// init`); needed by every node with a `data` address.
+    #[serde(default)]
+    pub certs: Option<std::path::PathBuf>,
+    /// Frames to a peer on this host go through shared memory.
+    #[serde(default = "default_true")]
+    pub shared_memory: bool,
+    /// QUIC connections per peer.
+    #[serde(default = "default_connections")]
+    pub connections: u32,
+    /// A transfer that makes no progress this long is abandoned (the decode worker computes the
+    /// prompt itself).
+    #[serde(default = "default_transfer_timeout")]
+    pub transfer_timeout: HumanDuration,
+}
+
+fn default_connections() -> u32 {
+    4
+}
+fn default_transfer_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+impl Default for TransportSection {
+    fn default() -> Self {
+        Self {
+            certs: None,
+            shared_memory: true,
+            connections: default_connections(),
+            transfer_timeout: default_transfer_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +289,21 @@ pub struct RouterSection {
     /// A worker whose KV events (or heartbeats) stop for this long is reported, loudly.
     #[serde(default = "default_event_silence")]
     pub event_silence: HumanDuration,
+    /// Disaggregation: a decode worker's prompt is prefilled on a prefill worker only when at
+    /// least this many of its blocks are not cached on the decode worker.
+    #[serde(default = "default_disagg_min_blocks")]
+    pub disagg_min_blocks: u32,
+    /// Disaggregation: the prefill pool is busy (prompts stay on their decode worker) when its
+    /// least-loaded worker already has this many predicted blocks of prefill.
+    #[serde(default = "default_prefill_busy_blocks")]
+    pub prefill_busy_blocks: u64,
+}
+
+fn default_disagg_min_blocks() -> u32 {
+    8
+}
+fn default_prefill_busy_blocks() -> u64 {
+    1024
 }
 
 fn default_prefill_weight() -> f64 {
@@ -269,6 +324,8 @@ impl Default for RouterSection {
             temperature: 0.0,
             assumed_ttl: default_assumed_ttl(),
             event_silence: default_event_silence(),
+            disagg_min_blocks: default_disagg_min_blocks(),
+            prefill_busy_blocks: default_prefill_busy_blocks(),
         }
     }
 }
@@ -344,6 +401,10 @@ pub struct NodeConfig {
     /// HTTP listen address of the gateway, when the node has the gateway role.
     #[serde(default)]
     pub gateway: Option<String>,
+    /// KV data-plane (QUIC) listen address, `ip:port`; needed by nodes with prefill or decode
+    /// workers.
+    #[serde(default)]
+    pub data: Option<String>,
     #[serde(default)]
     pub roles: Vec<Role>,
     #[serde(default)]

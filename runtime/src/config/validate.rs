@@ -88,6 +88,17 @@ impl ClusterConfig {
             if let Some(g) = &node.gateway {
                 listen.push((at("gateway"), g.as_str()));
             }
+            if let Some(d) = &node.data {
+                listen.push((at("data"), d.as_str()));
+                if self.transport.certs.is_none() {
+                    return Err((
+                        "transport.certs".into(),
+                        format!(
+                            "nodes[{i}] has a data address, so the data plane needs certificates: run `armature cert init` and set this to their directory"
+                        ),
+                    ));
+                }
+            }
             for (path, addr) in listen {
                 check_socket_addr(addr).map_err(|m| (path.clone(), m))?;
                 if let Some(other) = addrs.insert(addr, path.clone()) {
@@ -118,11 +129,13 @@ impl ClusterConfig {
                         format!("device \"{}\" is already used by another worker on this node", worker.device),
                     ));
                 }
-                if worker.role != WorkerRole::Aggregated {
+                if worker.role != WorkerRole::Aggregated && node.data.is_none() {
                     return Err((
                         wat("role"),
-                        format!("{:?} workers are not available in this build: use \"aggregated\"", worker.role)
-                            .to_lowercase(),
+                        format!(
+                            "a {} worker moves KV blocks: give nodes[{i}] a data address, e.g. data = \"127.0.0.1:7500\"",
+                            format!("{:?}", worker.role).to_lowercase()
+                        ),
                     ));
                 }
                 if worker.kv_memory.is_some_and(|m| m.bytes() == 0) {

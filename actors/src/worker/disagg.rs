@@ -1,0 +1,257 @@
+//! Disaggregated prefill, both sides. The decode worker reserves blocks for the part of the
+//! prompt it lacks, asks the prefill worker for it, imports frames as they land (the prefill
+//! worker streams blocks as its chunks complete, so transfer overlaps compute), registers them in
+//! its prefix cache and then runs the request, which finds them there. Anything that goes wrong
+//! (a dead prefill worker, a bad frame, silence past `transfer_timeout`) gives the reservation
+//! back and the decode worker computes the prompt itself: the client sees no error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpu::EngineHandle;
+use ractor::{ActorRef, RpcReplyPort, call_t};
+use runtime::blocks::BlockHasher;
+use runtime::discovery;
+use runtime::ids::WorkerId;
+use runtime::kv::BlockLayout;
+use runtime::request::{GenerateRequest, PrefillReply, PrefillRequest};
+use transport::frame::{Frame, FrameHeader};
+use transport::{DataPlane, PeerAddr};
+
+use super::WorkerMsg;
+
+/// Longest the decode worker waits for the prefill worker to answer at all (it also gives up
+/// when frames stop for `transfer_timeout`).
+const PREFILL_RPC_TIMEOUT_MS: u64 = 600_000;
+/// Frames stay within one shared-memory slot.
+const MAX_FRAME_BYTES: usize = (4 << 20) - (64 << 10);
+
+/// What a worker needs to take part in disaggregated prefill.
+pub struct Disagg {
+    pub plane: Arc<DataPlane>,
+    pub node: String,
+    pub hasher: BlockHasher,
+    pub transfer_timeout: Duration,
+}
+
+/// Decode side: fetch the prompt's missing blocks from `from`, then run `req` (locally from
+/// scratch if the transfer failed). The request's outbox is already open.
+pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: GenerateRequest, from: WorkerId) {
+    let started = Instant::now();
+    match fetch(&engine, &d, &req, &from).await {
+        Ok(Fetched { received, skipped }) => {
+            metrics::counter!("armature_disagg_requests_total", "outcome" => "transferred").increment(1);
+            metrics::counter!("armature_kv_transfer_blocks_total").increment(received as u64);
+            metrics::counter!("armature_kv_transfer_blocks_skipped_total").increment(skipped as u64);
+            metrics::histogram!("armature_kv_transfer_seconds").record(started.elapsed().as_secs_f64());
+            tracing::debug!(request = %req.id, prefill = %from, received, skipped, "prompt KV received");
+        }
+        Err(why) => {
+            metrics::counter!("armature_disagg_requests_total", "outcome" => "fallback").increment(1);
+            tracing::warn!(request = %req.id, prefill = %from, "remote prefill failed, computing locally: {why}");
+        }
+    }
+    // A client that left meanwhile closed the outbox: nothing to run.
+    if engine.outputs().is_open(&req.id) {
+        let id = req.id.clone();
+        if let Err(why) = engine.submit_opened(req) {
+            engine.fail_opened(&id, runtime::request::WorkerFailure::Crashed(why));
+        }
+    }
+}
+
+struct Fetched {
+    received: usize,
+    skipped: usize,
+}
+
+async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &WorkerId) -> Result<Fetched, String> {
+    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+    let bs = d.hasher.block_size();
+    // The last prompt token is always computed here: its logits give the first token.
+    let usable = (req.prompt_tokens.len().saturating_sub(1)) / bs;
+    let hashes = d.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
+    let reservation = engine.reserve(hashes.clone()).await.ok_or("no room in the KV pool for the transfer")?;
+    let have = reservation.cached.len();
+    if have == usable {
+        engine.abort(reservation);
+        return Ok(Fetched { received: 0, skipped: have });
+    }
+    let fresh = reservation.fresh.clone();
+    let transfer: u64 = rand::random();
+    let inbox = d.plane.expect(transfer);
+    let request = PrefillRequest {
+        id: req.id.clone(),
+        transfer,
+        tokens: req.prompt_tokens[..usable * bs].to_vec(),
+        skip: have as u32,
+        to_node: d.node.clone(),
+        to_addr: d.plane.local_addr().to_string(),
+        model: engine.model_fingerprint(),
+        layout,
+    };
+    let received = receive(engine, d, inbox, request, from, &hashes, &fresh, have, layout).await;
+    match received {
+        Ok(n) => {
+            if !engine.commit(reservation, hashes).await {
+                return Err("the engine thread is gone".into());
+            }
+            Ok(Fetched { received: n, skipped: have })
+        }
+        Err(why) => {
+            engine.abort(reservation);
+            Err(why)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    engine: &EngineHandle,
+    d: &Disagg,
+    mut inbox: transport::Inbox,
+    request: PrefillRequest,
+    from: &WorkerId,
+    hashes: &[u64],
+    fresh: &[gpu::pool::BlockId],
+    have: usize,
+    layout: BlockLayout,
+) -> Result<usize, String> {
+    let worker = discovery::workers()
+        .into_iter()
+        .find(|(id, _)| id == from)
+        .map(|(_, cell)| ActorRef::<WorkerMsg>::from(cell))
+        .ok_or_else(|| format!("prefill worker {from} is gone"))?;
+    let model = request.model;
+    let rpc = async move { call_t!(worker, WorkerMsg::Prefill, PREFILL_RPC_TIMEOUT_MS, request) };
+    tokio::pin!(rpc);
+    let need = hashes.len() - have;
+    let mut got = vec![false; need];
+    let mut received = 0;
+    let mut answered = false;
+    while received < need {
+        tokio::select! {
+            frame = tokio::time::timeout(d.transfer_timeout, inbox.recv()) => {
+                let frame = match frame {
+                    Err(_) => return Err(format!("no KV frame for {:?}", d.transfer_timeout)),
+                    Ok(None) => return Err("the transfer's inbox closed".into()),
+                    Ok(Some(f)) => f,
+                };
+                let (first, k) = check_frame(&frame, model, layout, hashes, have)?;
+                if got[first - have..first - have + k].iter().any(|&g| g) {
+                    continue; // a duplicate
+                }
+                let blocks = fresh[first - have..first - have + k].to_vec();
+                engine.import(blocks, frame.body).await?;
+                got[first - have..first - have + k].iter_mut().for_each(|g| *g = true);
+                received += k;
+            }
+            reply = &mut rpc, if !answered => {
+                answered = true;
+                match reply {
+                    // Frames may still be on their way; keep receiving.
+                    Ok(PrefillReply::Sent { .. }) => {}
+                    Ok(PrefillReply::Failed(why)) => return Err(format!("prefill worker: {why}")),
+                    Err(e) => return Err(format!("prefill worker {from}: {e}")),
+                }
+            }
+        }
+    }
+    Ok(received)
+}
+
+/// Check a frame against the transfer; (index of its first block, blocks).
+fn check_frame(
+    frame: &Frame,
+    model: u64,
+    layout: BlockLayout,
+    hashes: &[u64],
+    have: usize,
+) -> Result<(usize, usize), String> {
+    let h = &frame.header;
+    if h.model != model || BlockLayout::from(h.layout) != layout {
+        return Err("a frame for another model or block layout".into());
+    }
+    let (first, k) = (h.first_block as usize, h.hashes.len());
+    if first < have || first + k > hashes.len() || h.hashes[..] != hashes[first..first + k] {
+        return Err(format!("frame blocks {first}..{} do not match the prompt", first + k));
+    }
+    Ok((first, k))
+}
+
+/// Prefill side: compute the blocks `request` asks for and stream them to the decode worker as
+/// they complete.
+pub async fn serve_prefill(
+    engine: Arc<EngineHandle>,
+    plane: Arc<DataPlane>,
+    request: PrefillRequest,
+    reply: RpcReplyPort<PrefillReply>,
+) {
+    let id = request.id.clone();
+    let outcome = stream_prefill(&engine, &plane, request).await;
+    let label = if outcome.is_ok() { "sent" } else { "failed" };
+    metrics::counter!("armature_prefill_remote_total", "outcome" => label).increment(1);
+    let answer = match outcome {
+        Ok(blocks) => {
+            metrics::counter!("armature_kv_transfer_blocks_sent_total").increment(u64::from(blocks));
+            PrefillReply::Sent { blocks }
+        }
+        Err(why) => {
+            tracing::warn!(request = %id, "prefill for another worker failed: {why}");
+            engine.cancel(&id);
+            PrefillReply::Failed(why)
+        }
+    };
+    let _ = reply.send(answer);
+}
+
+async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: PrefillRequest) -> Result<u32, String> {
+    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+    if layout != r.layout || engine.model_fingerprint() != r.model {
+        return Err("the decode worker runs another model or block layout".into());
+    }
+    let addr = r.to_addr.parse().map_err(|e| format!("bad data-plane address {:?}: {e}", r.to_addr))?;
+    let peer = PeerAddr { node: r.to_node.clone(), addr };
+    let per_frame = (MAX_FRAME_BYTES / layout.block_bytes()).max(1);
+    let mut chunks = engine.prefill(r.id.clone(), r.tokens, r.skip as usize);
+    let mut sent = 0u32;
+    while let Some(chunk) = chunks.recv().await {
+        let n = chunk.hashes.len();
+        let bb = layout.block_bytes();
+        if n <= per_frame {
+            let header = FrameHeader::for_body(
+                r.transfer,
+                r.model,
+                layout,
+                chunk.first as u32,
+                chunk.hashes,
+                chunk.done,
+                &chunk.data,
+            );
+            plane.send(&peer, Frame { header, body: chunk.data }).await.map_err(|e| e.to_string())?;
+        } else {
+            for start in (0..n).step_by(per_frame) {
+                let end = (start + per_frame).min(n);
+                let mut body = plane.pool().take((end - start) * bb);
+                body.copy_from_slice(&chunk.data[start * bb..end * bb]);
+                let last = chunk.done && end == n;
+                let hashes = chunk.hashes[start..end].to_vec();
+                let header = FrameHeader::for_body(
+                    r.transfer,
+                    r.model,
+                    layout,
+                    (chunk.first + start) as u32,
+                    hashes,
+                    last,
+                    &body,
+                );
+                plane.send(&peer, Frame { header, body }).await.map_err(|e| e.to_string())?;
+            }
+        }
+        sent += n as u32;
+        if chunk.done {
+            return Ok(sent);
+        }
+    }
+    Err("the prefill stopped before its last block (cancelled, or the engine failed)".into())
+}
