@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod certs;
+#[cfg(feature = "cuda")]
+pub mod cuda_peer;
 pub mod frame;
 pub mod plane;
 pub mod shm;

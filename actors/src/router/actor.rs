@@ -226,15 +226,8 @@ impl RouterState {
         new_blocks: f64,
         now: Duration,
     ) -> Option<WorkerId> {
-        let outcome = if pool.is_empty() {
-            "no_prefill_worker"
-        } else if new_blocks < f64::from(self.disagg_min_blocks) {
-            "short"
-        } else if pool.iter().map(|w| self.placer.load(w).prefill).min().unwrap_or(0) > self.prefill_busy_blocks {
-            "busy"
-        } else {
-            "remote"
-        };
+        let least = pool.iter().map(|w| self.placer.load(w).prefill).min();
+        let outcome = disagg_outcome(least, new_blocks, self.disagg_min_blocks, self.prefill_busy_blocks);
         metrics::counter!("armature_router_disagg_decisions_total", "outcome" => outcome).increment(1);
         if outcome != "remote" {
             return None;
@@ -337,6 +330,17 @@ pub fn placer_config(config: &RouterSection) -> PlacerConfig {
     }
 }
 
+/// Whether to prefill remotely, given the least predicted prefill load among the prefill workers
+/// (None: there are none) and the blocks the decode worker would compute: `remote`, or why not.
+fn disagg_outcome(least_prefill_load: Option<u64>, new_blocks: f64, min_blocks: u32, busy_blocks: u64) -> &'static str {
+    match least_prefill_load {
+        None => "no_prefill_worker",
+        Some(_) if new_blocks < f64::from(min_blocks) => "short",
+        Some(load) if load > busy_blocks => "busy",
+        Some(_) => "remote",
+    }
+}
+
 impl Actor for RouterActor {
     type Msg = RouterMsg;
     type State = RouterState;
@@ -407,5 +411,20 @@ impl Actor for RouterActor {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disagg_outcome;
+
+    #[test]
+    fn conditional_disaggregation() {
+        // Thresholds: at least 8 uncached blocks; busy above 100 blocks of queued prefill.
+        assert_eq!(disagg_outcome(None, 50.0, 8, 100), "no_prefill_worker");
+        assert_eq!(disagg_outcome(Some(0), 7.0, 8, 100), "short");
+        assert_eq!(disagg_outcome(Some(0), 8.0, 8, 100), "remote");
+        assert_eq!(disagg_outcome(Some(100), 50.0, 8, 100), "remote");
+        assert_eq!(disagg_outcome(Some(101), 50.0, 8, 100), "busy");
     }
 }
