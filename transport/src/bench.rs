@@ -75,12 +75,12 @@ impl TransferBench {
         let body: Vec<u8> = (0..n).map(|i| (i * 31 % 251) as u8).collect();
         let mut runs = Vec::new();
         for r in 0..self.repeats.max(1) {
-            let row = [
-                memcpy(&body, self.frames),
-                tcp(&body, self.frames).await?,
-                planes_run(&quic, &body, self.frames, 2 * r as u64).await?,
-                planes_run(&shm, &body, self.frames, 2 * r as u64 + 1).await?,
-            ];
+            let m = memcpy(&body, self.frames);
+            let t = tcp(&body, self.frames).await?;
+            let q = planes_run(&quic, &body, self.frames, 2 * r as u64).await?;
+            let sh = planes_run(&shm, &body, self.frames, 2 * r as u64 + 1).await?;
+            tracing::debug!(repeat = r, memcpy = m, tcp = t, quic = q, shm = sh, "transfer benchmark repeat");
+            let row = [m, t, q, sh];
             runs.push(row);
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -150,6 +150,7 @@ async fn planes_run(
     let warm = Frame { header: header.clone(), body: crate::Buffer::unpooled(body) };
     a.send(&to, warm).await.map_err(|e| e.to_string())?;
     inbox.recv().await.ok_or("no warm-up frame")?;
+    tracing::debug!(transfer, "warm-up frame arrived");
     let start = Instant::now();
     let receiver = tokio::spawn(async move {
         for _ in 0..frames {
@@ -164,11 +165,13 @@ async fn planes_run(
         buf.copy_from_slice(body);
         let (a, to, frame) = (a.clone(), to.clone(), Frame { header: header.clone(), body: buf });
         tokio::spawn(async move {
-            let r = a.send(&to, frame).await;
+            if let Err(e) = a.send(&to, frame).await {
+                tracing::error!("benchmark frame lost: {e}");
+            }
             drop(permit);
-            r
         });
     }
+    tracing::debug!(transfer, "all frames handed to the plane");
     let end = tokio::time::timeout(Duration::from_secs(120), receiver)
         .await
         .map_err(|_| "timed out".to_string())?

@@ -125,6 +125,8 @@ pub enum FrameError {
     Checksum { expected: u64, actual: u64 },
     #[error("truncated frame: {0}")]
     Truncated(std::io::Error),
+    #[error("bytes after the end of the frame")]
+    Trailing,
 }
 
 impl FrameError {
@@ -138,6 +140,7 @@ impl FrameError {
             FrameError::Length { .. } => "length",
             FrameError::Checksum { .. } => "checksum",
             FrameError::Truncated(_) => "truncated",
+            FrameError::Trailing => "trailing",
         }
     }
 }
@@ -225,8 +228,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, pool: &BufferPool) -> R
     Ok(Frame { header, body })
 }
 
-/// Validate one frame held in `bytes` (shared memory), copying its body into a pooled buffer.
-pub fn decode(bytes: &[u8], pool: &BufferPool) -> Result<Frame, FrameError> {
+/// Validate one frame held in `bytes` where it lies (a shared-memory slot): its header, and where
+/// its body is in `bytes`.
+pub fn parse_in_place(bytes: &[u8]) -> Result<(FrameHeader, std::ops::Range<usize>), FrameError> {
     let truncated = || FrameError::Truncated(std::io::ErrorKind::UnexpectedEof.into());
     let prefix: &[u8; PREFIX_LEN] = bytes.get(..PREFIX_LEN).and_then(|p| p.try_into().ok()).ok_or_else(truncated)?;
     let (header_len, body_len) = parse_prefix(prefix)?;
@@ -238,10 +242,17 @@ pub fn decode(bytes: &[u8], pool: &BufferPool) -> Result<Frame, FrameError> {
     let mut head = AlignedVec::<16>::with_capacity(header_len);
     head.extend_from_slice(&bytes[PREFIX_LEN..head_end]);
     let header = parse_header(&head, body_len)?;
-    let src = &bytes[head_end..end as usize];
+    let body = head_end..end as usize;
+    check_body(&header, &bytes[body.clone()])?;
+    Ok((header, body))
+}
+
+/// Validate one frame held in `bytes`, copying its body into a pooled buffer.
+pub fn decode(bytes: &[u8], pool: &BufferPool) -> Result<Frame, FrameError> {
+    let (header, range) = parse_in_place(bytes)?;
+    let src = &bytes[range];
     let mut body = pool.take(src.len());
     body.copy_from_slice(src);
-    check_body(&header, &body)?;
     Ok(Frame { header, body })
 }
 

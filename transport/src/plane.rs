@@ -133,15 +133,6 @@ fn transport_config() -> quinn::TransportConfig {
 
 const SHM_OPEN: &[u8; 4] = b"SHM1";
 
-/// A frame body as `Bytes` without copying it.
-struct OwnedBody(runtime::buffers::Buffer);
-
-impl AsRef<[u8]> for OwnedBody {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 impl DataPlane {
     /// Listen on `addr` (port 0 picks one) with `identity`.
     pub fn bind(addr: SocketAddr, identity: &Identity, config: PlaneConfig) -> Result<Arc<Self>, TransportError> {
@@ -276,8 +267,8 @@ impl DataPlane {
         let mut stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         // The body's buffer goes to quinn as is (no copy into its send buffer); it returns to
         // the pool once sent.
-        let mut chunks = [bytes::Bytes::from(head), bytes::Bytes::from_owner(OwnedBody(frame.body))];
-        stream.write_all_chunks(&mut chunks).await.map_err(|e| fail(e.to_string()))?;
+        stream.write_all(&head).await.map_err(|e| fail(e.to_string()))?;
+        stream.write_all(&frame.body).await.map_err(|e| fail(e.to_string()))?;
         stream.finish().map_err(|e| fail(e.to_string()))?;
         Ok("quic")
     }
@@ -295,7 +286,13 @@ impl DataPlane {
                 return Ok((l.conns[l.next % l.conns.len()].clone(), l.shm.clone()));
             }
         }
-        let mut conns = links.remove(peer).map(|l| l.conns).unwrap_or_default();
+        let mut conns = match links.remove(peer) {
+            Some(l) => {
+                tracing::warn!(peer = %peer.node, open = l.conns.len(), "data-plane connections to the peer were lost: reconnecting");
+                l.conns
+            }
+            None => Vec::new(),
+        };
         while conns.len() < self.config.connections.max(1) {
             let connecting = self.endpoint.connect(peer.addr, &server_name(&peer.node)).map_err(|e| {
                 TransportError::Connect { peer: format!("{} ({})", peer.node, peer.addr), detail: e.to_string() }
@@ -373,7 +370,18 @@ async fn serve_connection(plane: Arc<DataPlane>, conn: Connection) {
                 let Ok(mut stream) = uni else { break };
                 let (plane, from) = (plane.clone(), from.clone());
                 tokio::spawn(async move {
-                    match read_frame(&mut stream, &plane.pool).await {
+                    // One frame per stream, then its end: reading the end closes the stream
+                    // cleanly, which returns its credit to the sender (a stream dropped before
+                    // its end leaks the peer's stream credit until it can open no more).
+                    let read = match read_frame(&mut stream, &plane.pool).await {
+                        Ok(frame) => match stream.read_chunk(1, true).await {
+                            Ok(None) => Ok(frame),
+                            Ok(Some(_)) => Err(frame::FrameError::Trailing),
+                            Err(e) => Err(frame::FrameError::Truncated(std::io::Error::other(e))),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    match read {
                         Ok(frame) => plane.deliver(frame, "quic"),
                         Err(e) => {
                             plane.reject(&e, &from);
@@ -422,11 +430,11 @@ async fn accept_shm(
     let _ = send.finish();
     let spawned = std::thread::Builder::new().name("kv-shm-recv".into()).spawn(move || {
         while alive.load(Ordering::Acquire) && !ring.is_closed() {
-            let got = ring.recv(Duration::from_millis(200), |bytes| frame::decode(bytes, &plane.pool));
-            match got {
-                Some(Ok(frame)) => plane.deliver(frame, "shm"),
-                Some(Err(e)) => plane.reject(&e, &from),
-                None => {}
+            let Some(slot) = ring.take(Duration::from_millis(200)) else { continue };
+            // Validated and copied out; the slot is freed when `slot` drops.
+            match frame::decode(slot.bytes(), &plane.pool) {
+                Ok(f) => plane.deliver(f, "shm"),
+                Err(e) => plane.reject(&e, &from),
             }
         }
     });

@@ -135,13 +135,15 @@ async fn corrupt_frames_are_refused_and_the_connection_stays_healthy() {
     *corrupt.last_mut().unwrap() ^= 0xff;
     let truncated = bytes[..bytes.len() / 2].to_vec();
     let garbage = vec![0x5a; 4096];
-    for bad in [corrupt, truncated, garbage] {
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(b"and more");
+    for bad in [corrupt, truncated, garbage, trailing] {
         let mut s = conn.open_uni().await.unwrap();
         s.write_all(&bad).await.unwrap();
         s.finish().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b.stats().rejected.load(Ordering::Relaxed), 3);
+    assert_eq!(b.stats().rejected.load(Ordering::Relaxed), 4);
     // The same connection still delivers a good frame.
     let mut s = conn.open_uni().await.unwrap();
     s.write_all(&encode_head(&good.header, good.body.len())).await.unwrap();
