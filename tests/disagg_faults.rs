@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -127,6 +129,27 @@ fn a_dead_prefill_worker_costs_the_client_nothing() {
     let fresh = prompt(3, 8);
     let fresh_text = complete(port, &fresh);
     assert_eq!(m("armature_disagg_requests_total{outcome=\"transferred\"}"), transferred + 1.0);
+
+    // A client that leaves during the transfer: the decode worker stops waiting and tells the
+    // prefill worker to stop too.
+    let frames = m("armature_transfer_frames_total{direction=\"in\"");
+    let body =
+        serde_json::json!({ "model": "armature-test", "prompt": prompt(5, 40), "max_tokens": 8, "stream": true });
+    let body = body.to_string();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(client, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || m("armature_transfer_frames_total{direction=\"in\"") >= frames + 2.0)
+    );
+    drop(client);
+    assert!(
+        wait_until(Duration::from_secs(10), || m("armature_disagg_requests_total{outcome=\"cancelled\"}") == 1.0),
+        "the transfer did not stop with its client"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || launch.log_text().contains("prefill for another worker failed")),
+        "the prefill worker was not told"
+    );
 
     // Flip the decode worker to aggregated by message: it prefills its own prompts from now on.
     let (status, _, body) =

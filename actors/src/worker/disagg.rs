@@ -23,6 +23,8 @@ use super::WorkerMsg;
 /// Longest the decode worker waits for the prefill worker to answer at all (it also gives up
 /// when frames stop for `transfer_timeout`).
 const PREFILL_RPC_TIMEOUT_MS: u64 = 600_000;
+/// How often a transfer checks that its client is still there.
+const CLIENT_CHECK: Duration = Duration::from_millis(200);
 /// Frames stay within one shared-memory slot.
 const MAX_FRAME_BYTES: usize = (4 << 20) - (64 << 10);
 
@@ -38,13 +40,17 @@ pub struct Disagg {
 /// scratch if the transfer failed). The request's outbox is already open.
 pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: GenerateRequest, from: WorkerId) {
     let started = Instant::now();
-    match fetch(&engine, &d, &req, &from).await {
+    match fetch(&engine, &d, &req, &from).await.map_err(|e| e.to_string()) {
         Ok(Fetched { received, skipped }) => {
             metrics::counter!("armature_disagg_requests_total", "outcome" => "transferred").increment(1);
             metrics::counter!("armature_kv_transfer_blocks_total").increment(received as u64);
             metrics::counter!("armature_kv_transfer_blocks_skipped_total").increment(skipped as u64);
             metrics::histogram!("armature_kv_transfer_seconds").record(started.elapsed().as_secs_f64());
             tracing::debug!(request = %req.id, prefill = %from, received, skipped, "prompt KV received");
+        }
+        Err(why) if !engine.outputs().is_open(&req.id) => {
+            metrics::counter!("armature_disagg_requests_total", "outcome" => "cancelled").increment(1);
+            tracing::debug!(request = %req.id, prefill = %from, "transfer stopped: {why}");
         }
         Err(why) => {
             metrics::counter!("armature_disagg_requests_total", "outcome" => "fallback").increment(1);
@@ -90,7 +96,13 @@ async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &
         model: engine.model_fingerprint(),
         layout,
     };
-    let received = receive(engine, d, inbox, request, from, &hashes, &fresh, have, layout).await;
+    let worker =
+        discovery::workers().into_iter().find(|(id, _)| id == from).map(|(_, cell)| ActorRef::<WorkerMsg>::from(cell));
+    let Some(worker) = worker else {
+        engine.abort(reservation);
+        return Err(format!("prefill worker {from} is gone"));
+    };
+    let received = receive(engine, d, inbox, request, &worker, &hashes, &fresh, have, layout).await;
     match received {
         Ok(n) => {
             if !engine.commit(reservation, hashes).await {
@@ -100,6 +112,8 @@ async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &
         }
         Err(why) => {
             engine.abort(reservation);
+            // Whatever it still computes for this request is wasted: stop it.
+            let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));
             Err(why)
         }
     }
@@ -111,19 +125,17 @@ async fn receive(
     d: &Disagg,
     mut inbox: transport::Inbox,
     request: PrefillRequest,
-    from: &WorkerId,
+    worker: &ActorRef<WorkerMsg>,
     hashes: &[u64],
     fresh: &[gpu::pool::BlockId],
     have: usize,
     layout: BlockLayout,
 ) -> Result<usize, String> {
-    let worker = discovery::workers()
-        .into_iter()
-        .find(|(id, _)| id == from)
-        .map(|(_, cell)| ActorRef::<WorkerMsg>::from(cell))
-        .ok_or_else(|| format!("prefill worker {from} is gone"))?;
-    let model = request.model;
+    let (model, id) = (request.model, request.id.clone());
+    let worker = worker.clone();
     let rpc = async move { call_t!(worker, WorkerMsg::Prefill, PREFILL_RPC_TIMEOUT_MS, request) };
+    // Every so often: is the client still there?
+    let mut check = tokio::time::interval(CLIENT_CHECK);
     tokio::pin!(rpc);
     let need = hashes.len() - have;
     let mut got = vec![false; need];
@@ -146,13 +158,18 @@ async fn receive(
                 got[first - have..first - have + k].iter_mut().for_each(|g| *g = true);
                 received += k;
             }
+            _ = check.tick() => {
+                if !engine.outputs().is_open(&id) {
+                    return Err("the client went away".into());
+                }
+            }
             reply = &mut rpc, if !answered => {
                 answered = true;
                 match reply {
                     // Frames may still be on their way; keep receiving.
                     Ok(PrefillReply::Sent { .. }) => {}
                     Ok(PrefillReply::Failed(why)) => return Err(format!("prefill worker: {why}")),
-                    Err(e) => return Err(format!("prefill worker {from}: {e}")),
+                    Err(e) => return Err(format!("prefill worker: {e}")),
                 }
             }
         }
