@@ -65,11 +65,7 @@ fn disaggregated_output_equals_aggregated_and_only_missing_blocks_move() {
     let certs = dir.join("certs");
     let config = dir.join("disagg.toml");
     std::fs::write(&config, disagg_topology(port, &certs)).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["cert", "init", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cert_init(&config);
     for f in ["ca.pem", "ca.key", "prefill.pem", "prefill.key", "decode.pem", "decode.key"] {
         assert!(certs.join(f).exists(), "{f}");
     }

@@ -84,11 +84,7 @@ fn a_dead_prefill_worker_costs_the_client_nothing() {
     let certs = dir.join("certs");
     let config = dir.join("cluster.toml");
     std::fs::write(&config, topology(port, &certs)).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["cert", "init", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    cert_init(&config);
     let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
     let both = || {
         let (status, _, body) = http("GET", port, "/health", None);

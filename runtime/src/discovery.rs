@@ -51,6 +51,11 @@ pub fn roles() -> HashMap<ActorId, WorkerRole> {
     ROLES.iter().flat_map(|&r| pg::get_members(&role_group(r)).into_iter().map(move |c| (c.get_id(), r))).collect()
 }
 
+/// Worker `id`'s actor, if it is visible from this node.
+pub fn worker(id: &WorkerId) -> Option<ActorCell> {
+    pg::get_members(&worker_group(id)).into_iter().next()
+}
+
 /// Every worker visible from this node (local and remote), with its id.
 pub fn workers() -> Vec<(WorkerId, ActorCell)> {
     let mut found: Vec<(WorkerId, ActorCell)> = pg::which_groups()

@@ -79,6 +79,11 @@ pub struct KvSnapshot {
 
 crate::wire_message!(KvPublish, KvDump, KvSnapshot);
 
+/// Now, in Unix milliseconds (`KvPublish::sent_unix_ms`); 0 if the clock is before 1970.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use ractor::BytesConvertable;

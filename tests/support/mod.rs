@@ -236,3 +236,9 @@ pub fn started_pid(proc: &Proc, node: &str, skip: usize, timeout: Duration) -> O
     });
     found
 }
+
+/// `armature cert init --config CONFIG`, which must succeed.
+pub fn cert_init(config: &Path) {
+    let out = Command::new(bin()).args(["cert", "init", "--config"]).arg(config).output().expect("run armature");
+    assert!(out.status.success(), "cert init: {}", String::from_utf8_lossy(&out.stderr));
+}

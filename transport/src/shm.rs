@@ -6,7 +6,6 @@
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -159,31 +158,26 @@ impl Drop for ShmSender {
 
 /// The reading side.
 pub struct ShmReceiver {
-    ring: Arc<Ring>,
+    ring: Ring,
     next: usize,
 }
 
-// SAFETY: the mapping is shared with another process already; all shared state is touched
-// through atomics, and slot contents only by the side that owns the slot (its state word says).
-unsafe impl Send for Ring {}
-unsafe impl Sync for Ring {}
-
 /// A full slot taken from the ring: its bytes stay put (and the sender stays off it) until the
 /// slot is dropped.
-pub struct Slot {
-    ring: Arc<Ring>,
+pub struct Slot<'a> {
+    ring: &'a Ring,
     slot: usize,
     len: usize,
 }
 
-impl Slot {
+impl Slot<'_> {
     pub fn bytes(&self) -> &[u8] {
         let at = self.ring.data_at(self.slot);
         &self.ring.map[at..at + self.len]
     }
 }
 
-impl Drop for Slot {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.ring.state(self.slot).store(FREE, Ordering::Release);
     }
@@ -208,7 +202,7 @@ impl ShmReceiver {
         // The mapping outlives the name: unlink it now so that a crash on either side leaves
         // nothing behind in /dev/shm.
         let _ = std::fs::remove_file(path);
-        Ok(Self { ring: Arc::new(Ring { map, slots, slot_size }), next: 0 })
+        Ok(Self { ring: Ring { map, slots, slot_size }, next: 0 })
     }
 
     /// Wait up to `patience` for the next frame and pass its bytes to `f`; the slot is freed
@@ -219,7 +213,7 @@ impl ShmReceiver {
     }
 
     /// Wait up to `patience` for the next full slot and take it (see `Slot`).
-    pub fn take(&mut self, patience: Duration) -> Option<Slot> {
+    pub fn take(&mut self, patience: Duration) -> Option<Slot<'_>> {
         let slot = self.next;
         let start = Instant::now();
         let mut spins = 0u32;
@@ -232,7 +226,7 @@ impl ShmReceiver {
         // A length beyond the slot is the sender's bug or tampering: hand over the slot as is.
         let len = (self.ring.len(slot).load(Ordering::Relaxed) as usize).min(self.ring.slot_size);
         self.next = (slot + 1) % self.ring.slots;
-        Some(Slot { ring: self.ring.clone(), slot, len })
+        Some(Slot { ring: &self.ring, slot, len })
     }
 
     /// The sender closed the ring.

@@ -310,7 +310,7 @@ async fn set_role(body: axum::body::Bytes) -> Response {
     let Some(id) = runtime::ids::WorkerId::parse(&req.worker) else {
         return ApiError::bad_request(format!("{:?} is not node/device", req.worker), Some("worker")).into_response();
     };
-    let Some((_, cell)) = runtime::discovery::workers().into_iter().find(|(w, _)| *w == id) else {
+    let Some(cell) = runtime::discovery::worker(&id) else {
         return ApiError::bad_request(format!("no worker {id} in the cluster"), Some("worker")).into_response();
     };
     match ractor::ActorRef::<crate::worker::WorkerMsg>::from(cell).cast(crate::worker::WorkerMsg::SetRole(req.role)) {

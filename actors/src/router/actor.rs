@@ -5,7 +5,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
 use ractor_cluster::RactorMessage;
@@ -135,10 +135,6 @@ fn worker_key(w: &WorkerId) -> u64 {
     BuildHasherDefault::<DefaultHasher>::default().hash_one(w)
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl RouterState {
     fn now(&self) -> Duration {
         self.epoch.elapsed()
@@ -238,7 +234,7 @@ impl RouterState {
 
     fn receive(&mut self, p: KvPublish, router: &ActorRef<RouterMsg>) {
         let now = self.now();
-        let lag = unix_ms().saturating_sub(p.sent_unix_ms);
+        let lag = runtime::kv::unix_ms().saturating_sub(p.sent_unix_ms);
         metrics::histogram!("armature_router_event_lag_seconds").record(lag as f64 / 1000.0);
         let heard = self.placer.receive(&p.worker, p.incarnation, &p.batch, now);
         metrics::counter!("armature_router_kv_events_total", "outcome" => "applied").increment(heard.applied as u64);
@@ -254,7 +250,7 @@ impl RouterState {
             tracing::info!(worker = %p.worker, "lost track of the worker's KV events: asking for a dump");
             let (worker, router) = (p.worker, router.clone());
             tokio::spawn(async move {
-                let cell = discovery::workers().into_iter().find(|(id, _)| *id == worker).map(|(_, c)| c);
+                let cell = discovery::worker(&worker);
                 let snapshot = match cell {
                     Some(cell) => call_t!(ActorRef::<WorkerMsg>::from(cell), WorkerMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
                     None => None,

@@ -3,7 +3,7 @@
 //! disaggregated prefill. It panics when its engine dies, so its supervisor restarts it fresh.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
@@ -210,11 +210,10 @@ impl WorkerState {
             None => return,
         };
         self.kv.last_sent = Instant::now();
-        let sent_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         crate::router::publish(&KvPublish {
             worker: self.id.clone(),
             incarnation: self.kv.incarnation,
-            sent_unix_ms,
+            sent_unix_ms: runtime::kv::unix_ms(),
             batch,
         });
     }

@@ -96,8 +96,7 @@ async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &
         model: engine.model_fingerprint(),
         layout,
     };
-    let worker =
-        discovery::workers().into_iter().find(|(id, _)| id == from).map(|(_, cell)| ActorRef::<WorkerMsg>::from(cell));
+    let worker = discovery::worker(from).map(ActorRef::<WorkerMsg>::from);
     let Some(worker) = worker else {
         engine.abort(reservation);
         return Err(format!("prefill worker {from} is gone"));

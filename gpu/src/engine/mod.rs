@@ -172,6 +172,7 @@ impl Engine {
         }
         let req = GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling: Default::default() };
         Self::check(&self.limits, &req)?;
+        self.check_vocab(&req.prompt_tokens)?;
         let mut seq = Sequence::new(req);
         seq.prefill = Some(PrefillState { skip, reported: 0 });
         self.waiting.push_back(seq);
@@ -217,17 +218,20 @@ impl Engine {
 
     /// Queue a request. Returns an immediate failure event when it can never run.
     pub fn submit(&mut self, req: GenerateRequest) -> Option<StreamEvent> {
-        if let Err(reason) = Self::check(&self.limits, &req) {
+        if let Err(reason) = Self::check(&self.limits, &req).and_then(|()| self.check_vocab(&req.prompt_tokens)) {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason)));
-        }
-        let vocab = self.executor.info().vocab_size;
-        if let Some(bad) = req.prompt_tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Some(StreamEvent::Failed(WorkerFailure::Invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            ))));
         }
         self.waiting.push_back(Sequence::new(req));
         None
+    }
+
+    /// Every token id must be in the model's vocabulary.
+    fn check_vocab(&self, tokens: &[u32]) -> Result<(), String> {
+        let vocab = self.executor.info().vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(format!("token id {bad} is outside the vocabulary of {vocab}")),
+            None => Ok(()),
+        }
     }
 
     /// Drop a request wherever it is and free its blocks. Returns whether it was known.
