@@ -2,6 +2,7 @@
 //! and the assembly of a node's children under its supervisor. Each role keeps its decisions in a
 //! plain struct and its actor thin.
 
+pub mod cache;
 pub mod gateway;
 pub mod node;
 pub mod router;

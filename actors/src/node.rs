@@ -9,11 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gpu::model::{ModelError, ModelFrontend};
 use ractor::Actor;
-use runtime::config::{ClusterConfig, ConfigError, Role, WorkerConfig};
+use runtime::config::{ClusterConfig, ConfigError, NodeCacheConfig, Role, WorkerConfig};
 use runtime::ids::WorkerId;
+use runtime::kv::TierKind;
 use runtime::node::{AgentArgs, ClusterView, ControlPlane, NodeAgent};
 use runtime::supervision::ChildSpec;
 
+use crate::cache::onboard::TierAccess;
+use crate::cache::{CacheTierActor, TierArgs};
 use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
 use crate::router::{RouterActor, RouterArgs};
 use crate::worker::{Disagg, WorkerActor, WorkerArgs};
@@ -90,6 +93,8 @@ pub struct NodePlan {
     pub data: Option<SocketAddr>,
     pub workers: Vec<(WorkerId, WorkerConfig)>,
     pub heartbeat: Option<Heartbeat>,
+    /// The node's cache tiers.
+    pub cache: NodeCacheConfig,
 }
 
 fn with_port(addr: &str, port: Option<u16>) -> Option<SocketAddr> {
@@ -117,6 +122,7 @@ impl NodePlan {
                 interval: config.cluster.heartbeat_interval.get(),
                 lease_timeout: config.cluster.lease_timeout.get(),
             }),
+            cache: node.cache.clone(),
         })
     }
 
@@ -135,6 +141,7 @@ impl NodePlan {
                 .flat_map(|n| n.workers.iter().map(move |w| (WorkerId::new(&n.name, &w.device), w.clone())))
                 .collect(),
             heartbeat: None,
+            cache: config.nodes[0].cache.clone(),
         }
     }
 }
@@ -174,9 +181,41 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
             transfer_timeout: config.transport.transfer_timeout.get(),
         })
     });
+    // Disk first: the host tier hands it what it evicts.
+    let tiers = [(TierKind::Disk, plan.cache.disk), (TierKind::Host, plan.cache.host)];
+    for (kind, budget) in tiers.into_iter().filter_map(|(k, b)| Some((k, b?.bytes()))) {
+        let (node, dir, plane) = (plan.name.clone(), plan.cache.disk_dir.clone(), state.data_plane.clone());
+        let disk_after_reuses = config.cache.disk_after_reuses;
+        let name = format!("cache-tier {}", kind.name());
+        specs.push(ChildSpec::new(name.clone(), move |sup| {
+            let args = TierArgs {
+                node: node.clone(),
+                kind,
+                budget,
+                dir: dir.clone(),
+                disk_after_reuses,
+                plane: plane.clone(),
+            };
+            let name = name.clone();
+            Box::pin(async move { Ok(Actor::spawn_linked(Some(name), CacheTierActor, args, sup).await?.0.get_cell()) })
+        }));
+    }
+    // Workers use tiers on any node (another node's over the data plane), and offload into
+    // their own node's.
+    let tier_access = Arc::new(TierAccess {
+        node: plan.name.clone(),
+        hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),
+        cache: config.cache.clone(),
+        offload: match plan.cache.host.or(plan.cache.disk) {
+            Some(_) => config.cache.offload,
+            None => runtime::config::OffloadMode::Off,
+        },
+        plane: state.data_plane.clone(),
+    });
     for (id, worker) in &plan.workers {
         let (id, worker, model, block_size, disagg) =
             (id.clone(), worker.clone(), config.model.clone(), config.cluster.block_size, disagg.clone());
+        let tiers = tier_access.clone();
         let name = format!("worker {id}");
         specs.push(ChildSpec::new(name.clone(), move |sup| {
             let args = WorkerArgs {
@@ -185,6 +224,7 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
                 config: worker.clone(),
                 model: model.clone(),
                 disagg: disagg.clone(),
+                tiers: Some(tiers.clone()),
             };
             let name = name.clone();
             Box::pin(async move { Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell()) })

@@ -70,6 +70,30 @@ pub fn workers() -> Vec<(WorkerId, ActorCell)> {
     found
 }
 
+const TIER_PREFIX: &str = "cache-tier/";
+
+/// Join the group of a node's cache tier (`cache-tier/<node>/<host|disk>`).
+pub fn join_tier(node: &str, kind: crate::kv::TierKind, cell: ActorCell) {
+    pg::join(format!("{TIER_PREFIX}{}", kind.source(node)), vec![cell]);
+}
+
+/// The cache tier `source` (`node/host`, `node/disk`), if it is visible from this node.
+pub fn tier(source: &WorkerId) -> Option<ActorCell> {
+    pg::get_members(&format!("{TIER_PREFIX}{source}")).into_iter().next()
+}
+
+/// Every cache tier visible from this node, by its source id.
+pub fn tiers() -> Vec<(WorkerId, ActorCell)> {
+    pg::which_groups()
+        .into_iter()
+        .filter_map(|g| {
+            let id = WorkerId::parse(g.strip_prefix(TIER_PREFIX)?)?;
+            let cell = pg::get_members(&g).into_iter().next()?;
+            Some((id, cell))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

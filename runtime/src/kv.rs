@@ -58,10 +58,39 @@ pub enum KvBatch {
     Heartbeat { last_event_id: u64 },
 }
 
-/// One publication of a worker's pool to the routers (the `kv-listeners` process group).
+/// Where published blocks live: a worker's device pool or one of a node's cache tiers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TierKind {
+    #[default]
+    Device,
+    Host,
+    Disk,
+}
+
+impl TierKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TierKind::Device => "device",
+            TierKind::Host => "host",
+            TierKind::Disk => "disk",
+        }
+    }
+
+    /// The id a node's tier publishes under: `node/host`, `node/disk`.
+    pub fn source(self, node: &str) -> WorkerId {
+        WorkerId::new(node, self.name())
+    }
+}
+
+/// One publication of a worker's pool (or of a cache tier) to the routers (the `kv-listeners`
+/// process group).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvPublish {
+    /// The worker; for a cache tier, `node/host` or `node/disk` (`TierKind::source`).
     pub worker: WorkerId,
+    #[serde(default)]
+    pub tier: TierKind,
     /// Chosen at random each time the worker starts: a new one means a fresh pool, whose event
     /// ids start again from 1.
     pub incarnation: u64,
@@ -77,7 +106,35 @@ pub struct KvSnapshot {
     pub dump: KvDump,
 }
 
-crate::wire_message!(KvPublish, KvDump, KvSnapshot);
+/// The router found more of a prompt in a cache tier than on the chosen worker: the worker may
+/// onboard the prompt's first `blocks` blocks from it instead of computing them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnboardHint {
+    /// The tier (`TierKind::source`: `node/host`, `node/disk`).
+    pub source: WorkerId,
+    pub kind: TierKind,
+    pub blocks: u32,
+}
+
+/// A worker asks a cache tier on another node to send blocks over the data plane, as transfer
+/// `transfer` to the node `to_node` at `to_addr`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSendRequest {
+    pub hashes: Vec<u64>,
+    pub transfer: u64,
+    pub to_node: String,
+    pub to_addr: String,
+    pub model: u64,
+    pub layout: BlockLayout,
+}
+
+/// How many leading blocks of the request a tier sent (it stops at the first it lacks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierSent {
+    pub blocks: u32,
+}
+
+crate::wire_message!(KvPublish, KvDump, KvSnapshot, TierSendRequest, TierSent);
 
 /// Now, in Unix milliseconds (`KvPublish::sent_unix_ms`); 0 if the clock is before 1970.
 pub fn unix_ms() -> u64 {
@@ -94,6 +151,7 @@ mod tests {
     fn publications_round_trip() {
         let p = KvPublish {
             worker: WorkerId::new("n1", "cpu"),
+            tier: TierKind::Host,
             incarnation: u64::MAX - 3,
             sent_unix_ms: 1_790_000_000_000,
             batch: KvBatch::Events(vec![

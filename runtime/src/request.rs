@@ -49,6 +49,9 @@ pub struct Submission {
     /// blocks and sends them over.
     #[serde(default)]
     pub prefill_from: Option<crate::ids::WorkerId>,
+    /// The router found more of the prompt in a cache tier than on the worker.
+    #[serde(default)]
+    pub onboard: Option<crate::kv::OnboardHint>,
 }
 
 /// A decode worker asks a prefill worker for the KV of `tokens` (whole blocks), to be sent to

@@ -247,6 +247,20 @@ pub fn parse_in_place(bytes: &[u8]) -> Result<(FrameHeader, std::ops::Range<usiz
     Ok((header, body))
 }
 
+/// Read and validate a frame's prefix and header from a file or other reader, leaving the body
+/// unread: (header, bytes the prefix and header took, body length). For indexing stored frames
+/// without reading their bodies; the body is checked when it is read (`parse_in_place`).
+pub fn read_head<R: std::io::Read>(r: &mut R) -> Result<(FrameHeader, usize, u64), FrameError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    r.read_exact(&mut prefix).map_err(FrameError::Truncated)?;
+    let (header_len, body_len) = parse_prefix(&prefix)?;
+    let mut head = AlignedVec::<16>::with_capacity(header_len);
+    head.resize(header_len, 0);
+    r.read_exact(&mut head).map_err(FrameError::Truncated)?;
+    let header = parse_header(&head, body_len)?;
+    Ok((header, PREFIX_LEN + header_len, body_len))
+}
+
 /// Validate one frame held in `bytes`, copying its body into a pooled buffer.
 pub fn decode(bytes: &[u8], pool: &BufferPool) -> Result<Frame, FrameError> {
     let (header, range) = parse_in_place(bytes)?;

@@ -110,7 +110,11 @@ async fn run_attempt(
 ) -> AttemptEnd {
     let timeout_ms = gw.config.worker_timeout.get().as_millis() as u64;
     let worker = &placement.worker;
-    let submission = Submission { request: req.clone(), prefill_from: placement.prefill.clone() };
+    let submission = Submission {
+        request: req.clone(),
+        prefill_from: placement.prefill.clone(),
+        onboard: placement.onboard.clone(),
+    };
     match call_t!(worker, WorkerMsg::Submit, timeout_ms, submission) {
         Err(e) => return AttemptEnd::Retriable(format!("submit failed: {e}")),
         Ok(Admission::Accepted) => {}

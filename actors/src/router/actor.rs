@@ -12,7 +12,7 @@ use ractor_cluster::RactorMessage;
 use runtime::config::{RouterSection, RoutingPolicy, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::kv::{KvPublish, KvSnapshot};
+use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind};
 use runtime::node::ClusterView;
 use serde::Serialize;
 
@@ -20,6 +20,7 @@ use super::cost::CostConfig;
 use super::index::Tier;
 use super::listener::KvListener;
 use super::placer::{Placer, PlacerConfig};
+use crate::cache::TierMsg;
 use crate::worker::WorkerMsg;
 
 /// How often the router drops gone workers, expires assumptions and checks for silence.
@@ -36,6 +37,8 @@ pub struct Placement {
     pub worker: ActorRef<WorkerMsg>,
     /// Disaggregated: this prefill worker computes the prompt's uncached blocks for `worker`.
     pub prefill: Option<WorkerId>,
+    /// A cache tier holds more of the prompt than the worker: onboard from it.
+    pub onboard: Option<OnboardHint>,
 }
 
 /// The placer key of a request's prefill (its decode placement has the request's own id).
@@ -152,7 +155,9 @@ impl RouterState {
             })
             .collect();
         let ids: Vec<WorkerId> = live.iter().map(|(id, ..)| id.clone()).collect();
-        self.placer.retain(&ids);
+        let tiers = discovery::tiers().into_iter().map(|(id, _)| id).filter(|id| self.view.is_alive(&id.node));
+        let sources: Vec<WorkerId> = ids.iter().cloned().chain(tiers).collect();
+        self.placer.retain(&sources);
         self.silent.retain(|w| ids.contains(w));
         metrics::gauge!("armature_router_live_workers").set(ids.len() as f64);
         live
@@ -208,7 +213,16 @@ impl RouterState {
             self.recent.pop_front();
         }
         self.recent.push_back(explained);
-        Some(Placement { worker_id: chosen.worker.clone(), worker, prefill })
+        let onboard = decision.onboard.as_ref().and_then(|o| {
+            let kind = match o.tier {
+                Tier::Host => TierKind::Host,
+                Tier::Disk => TierKind::Disk,
+                _ => return None,
+            };
+            metrics::counter!("armature_router_tier_hints_total", "tier" => o.credited_as.name()).increment(1);
+            Some(OnboardHint { source: o.source.clone(), kind, blocks: o.blocks })
+        });
+        Some(Placement { worker_id: chosen.worker.clone(), worker, prefill, onboard })
     }
 
     /// Conditional disaggregation: a prefill worker for a prompt whose decode worker would
@@ -236,7 +250,11 @@ impl RouterState {
         let now = self.now();
         let lag = runtime::kv::unix_ms().saturating_sub(p.sent_unix_ms);
         metrics::histogram!("armature_router_event_lag_seconds").record(lag as f64 / 1000.0);
-        let heard = self.placer.receive(&p.worker, p.incarnation, &p.batch, now);
+        let heard = match p.tier {
+            TierKind::Device => self.placer.receive(&p.worker, p.incarnation, &p.batch, now),
+            TierKind::Host => self.placer.receive_tier(&p.worker, Tier::Host, p.incarnation, &p.batch, now),
+            TierKind::Disk => self.placer.receive_tier(&p.worker, Tier::Disk, p.incarnation, &p.batch, now),
+        };
         metrics::counter!("armature_router_kv_events_total", "outcome" => "applied").increment(heard.applied as u64);
         metrics::counter!("armature_router_kv_events_total", "outcome" => "stale").increment(heard.stale as u64);
         if heard.restarted {
@@ -248,12 +266,17 @@ impl RouterState {
         if heard.needs_dump && self.dumping.insert(p.worker.clone()) {
             metrics::counter!("armature_router_resyncs_total").increment(1);
             tracing::info!(worker = %p.worker, "lost track of the worker's KV events: asking for a dump");
-            let (worker, router) = (p.worker, router.clone());
+            let (worker, router, tier) = (p.worker, router.clone(), p.tier);
             tokio::spawn(async move {
-                let cell = discovery::worker(&worker);
-                let snapshot = match cell {
-                    Some(cell) => call_t!(ActorRef::<WorkerMsg>::from(cell), WorkerMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
-                    None => None,
+                let snapshot = match tier {
+                    TierKind::Device => match discovery::worker(&worker) {
+                        Some(c) => call_t!(ActorRef::<WorkerMsg>::from(c), WorkerMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
+                        None => None,
+                    },
+                    _ => match discovery::tier(&worker) {
+                        Some(c) => call_t!(ActorRef::<TierMsg>::from(c), TierMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
+                        None => None,
+                    },
                 };
                 let _ = router.cast(RouterMsg::Dumped { worker, snapshot });
             });
@@ -350,7 +373,7 @@ impl Actor for RouterActor {
         Actor::spawn_linked(None, KvListener, myself.clone(), myself.get_cell()).await?;
         let timer = myself.send_interval(TICK, || RouterMsg::Tick);
         Ok(RouterState {
-            placer: Placer::new(placer_config(&args.config), rand::random()),
+            placer: Placer::new(placer_config(&args.config), rand::random()).with_locality(|w, t| w.node == t.node),
             disagg_min_blocks: args.config.disagg_min_blocks,
             prefill_busy_blocks: args.config.prefill_busy_blocks,
             view: args.view,

@@ -59,6 +59,8 @@ pub struct Decision<W> {
     pub prompt_blocks: u32,
     pub chosen: usize,
     pub candidates: Vec<Candidate<W>>,
+    /// Set by the placer: a cache tier the chosen worker may onboard prompt blocks from.
+    pub onboard: Option<super::placer::Onboard<W>>,
 }
 
 impl<W> Decision<W> {
@@ -128,7 +130,7 @@ pub fn decide<W, R: Rng + ?Sized>(
     } else {
         best
     };
-    Some(Decision { prompt_blocks, chosen, candidates })
+    Some(Decision { prompt_blocks, chosen, candidates, onboard: None })
 }
 
 #[cfg(test)]

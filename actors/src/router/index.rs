@@ -55,6 +55,16 @@ pub enum Tier {
 pub const TIERS: usize = 5;
 
 impl Tier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Device => "device",
+            Tier::Host => "host",
+            Tier::Disk => "disk",
+            Tier::Remote => "remote",
+            Tier::Assumed => "assumed",
+        }
+    }
+
     pub const ALL: [Tier; TIERS] = [Tier::Device, Tier::Host, Tier::Disk, Tier::Remote, Tier::Assumed];
 }
 

@@ -5,7 +5,8 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use ractor_cluster::RactorClusterMessage;
 use runtime::discovery::KV_LISTENERS;
-use runtime::kv::KvPublish;
+use runtime::ids::WorkerId;
+use runtime::kv::{KvBatch, KvEventRecord, KvPublish, TierKind};
 
 use super::actor::RouterMsg;
 
@@ -39,6 +40,52 @@ impl Actor for KvListener {
         let KvListenerMsg::Publish(p) = msg;
         router.cast(RouterMsg::Kv(p))?;
         Ok(())
+    }
+}
+
+/// Longest a publisher stays quiet towards the routers: a heartbeat with its last event id.
+const KV_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one pool (a worker's, or a cache tier's) has told the routers: it publishes new events,
+/// or a heartbeat when it has had none for a while, under an incarnation chosen at start.
+#[derive(Debug)]
+pub struct KvPublisher {
+    source: WorkerId,
+    tier: TierKind,
+    incarnation: u64,
+    last_event_id: u64,
+    last_sent: Option<std::time::Instant>,
+}
+
+impl KvPublisher {
+    pub fn new(source: WorkerId, tier: TierKind) -> Self {
+        Self { source, tier, incarnation: rand::random(), last_event_id: 0, last_sent: None }
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Publish `records` (the pool's events since the last call), or a heartbeat when due.
+    pub fn publish(&mut self, records: Vec<KvEventRecord>) {
+        let batch = match records.last() {
+            Some(last) => {
+                self.last_event_id = last.id;
+                KvBatch::Events(records)
+            }
+            None if self.last_sent.is_none_or(|t| t.elapsed() >= KV_HEARTBEAT) => {
+                KvBatch::Heartbeat { last_event_id: self.last_event_id }
+            }
+            None => return,
+        };
+        self.last_sent = Some(std::time::Instant::now());
+        publish(&KvPublish {
+            worker: self.source.clone(),
+            tier: self.tier,
+            incarnation: self.incarnation,
+            sent_unix_ms: runtime::kv::unix_ms(),
+            batch,
+        });
     }
 }
 

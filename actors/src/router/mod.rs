@@ -12,5 +12,5 @@ pub mod placer;
 pub use actor::{
     ExplainedDecision, Placement, RouterActor, RouterArgs, RouterMsg, RouterStatus, WorkerView, placer_config,
 };
-pub use listener::{KvListener, KvListenerMsg, publish};
+pub use listener::{KvListener, KvListenerMsg, KvPublisher, publish};
 pub use placer::{Heard, Placer, PlacerConfig};

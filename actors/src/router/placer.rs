@@ -44,6 +44,19 @@ struct Placed<W> {
     decoding: bool,
 }
 
+/// A cache tier holds more of the prompt than the chosen worker: it may onboard from there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Onboard<W> {
+    /// The tier's key.
+    pub source: W,
+    /// Which tier it is.
+    pub tier: Tier,
+    /// How the cost credited its blocks: its own tier on the worker's node, `Remote` elsewhere.
+    pub credited_as: Tier,
+    /// Leading prompt blocks it holds.
+    pub blocks: u32,
+}
+
 /// What a publication did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Heard {
@@ -60,7 +73,13 @@ pub struct Heard {
 #[derive(Debug)]
 pub struct Placer<W> {
     config: PlacerConfig,
+    /// Device pools under worker keys, and cache tiers under their own keys (`tiers`).
     index: KvIndex<W>,
+    /// The cache tiers that publish, and which tier each is.
+    tiers: HashMap<W, Tier>,
+    /// Whether a tier (second) is on the same node as a worker (first): its blocks count in
+    /// the tier's own credit there, and as `Remote` elsewhere.
+    same_node: fn(&W, &W) -> bool,
     incarnations: HashMap<W, u64>,
     loads: HashMap<W, Load>,
     placed: HashMap<RequestId, Placed<W>>,
@@ -73,12 +92,20 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         Self {
             config,
             index: KvIndex::new(),
+            tiers: HashMap::new(),
+            same_node: |a, b| a == b,
             incarnations: HashMap::new(),
             loads: HashMap::new(),
             placed: HashMap::new(),
             next: 0,
             rng: StdRng::seed_from_u64(seed),
         }
+    }
+
+    /// How to tell that a cache tier is on a worker's node (by default: it has the worker's key).
+    pub fn with_locality(mut self, same_node: fn(&W, &W) -> bool) -> Self {
+        self.same_node = same_node;
+        self
     }
 
     pub fn config(&self) -> &PlacerConfig {
@@ -112,13 +139,27 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         let start = self.next % n;
         self.next = self.next.wrapping_add(1);
         let mut overlaps: HashMap<W, Overlap> = HashMap::new();
+        // Cache tiers holding the prompt's leading blocks: (tier key, its tier, blocks).
+        let mut in_tiers: Vec<(W, Tier, u32)> = Vec::new();
         if self.config.policy == RoutingPolicy::Kv {
-            overlaps.extend(self.index.find_matches(hashes));
+            for (w, o) in self.index.find_matches(hashes) {
+                match self.tiers.get(&w) {
+                    Some(&tier) => in_tiers.push((w, tier, o.blocks())),
+                    None => {
+                        overlaps.insert(w, o);
+                    }
+                }
+            }
         }
+        let mut onboards: HashMap<W, Onboard<W>> = HashMap::new();
         let rotated = (0..n).map(|k| candidates[(start + k) % n].clone());
         let terms = rotated
             .map(|w| {
-                let overlap = overlaps.remove(&w).unwrap_or_default();
+                let mut overlap = overlaps.remove(&w).unwrap_or_default();
+                if let Some(o) = self.best_tier(&w, &overlap, &in_tiers) {
+                    overlap.by_tier[o.credited_as as usize] += o.blocks - overlap.blocks();
+                    onboards.insert(w.clone(), o);
+                }
                 let load = self.load(&w);
                 (w, overlap, load)
             })
@@ -130,6 +171,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             RoutingPolicy::RoundRobin => decision.chosen = 0,
             RoutingPolicy::Random => decision.chosen = self.rng.random_range(0..n),
         }
+        decision.onboard = onboards.remove(&decision.chosen().worker);
         let chosen = decision.chosen();
         let worker = chosen.worker.clone();
         let device = u64::from(chosen.overlap.by_tier[Tier::Device as usize]);
@@ -143,6 +185,24 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             self.index.assume(&worker, hashes, now, self.config.assumed_ttl);
         }
         Some(decision)
+    }
+
+    /// The tier whose copy of the prompt's leading blocks beyond what `worker` holds saves the
+    /// most prefill, by the tiers' credits.
+    fn best_tier(&self, worker: &W, overlap: &Overlap, in_tiers: &[(W, Tier, u32)]) -> Option<Onboard<W>> {
+        let have = overlap.blocks();
+        in_tiers
+            .iter()
+            .filter(|(_, _, blocks)| *blocks > have)
+            .map(|(source, tier, blocks)| {
+                let credited_as = if (self.same_node)(worker, source) { *tier } else { Tier::Remote };
+                Onboard { source: source.clone(), tier: *tier, credited_as, blocks: *blocks }
+            })
+            .max_by(|a, b| {
+                let gain =
+                    |o: &Onboard<W>| self.config.cost.tier_credit[o.credited_as as usize] * f64::from(o.blocks - have);
+                gain(a).total_cmp(&gain(b))
+            })
     }
 
     /// `request` produced its first token: its prompt is no longer prefill load, its blocks are
@@ -176,6 +236,16 @@ impl<W: Clone + Eq + Hash> Placer<W> {
 
     /// A publication from `worker`'s device pool, whose current life is `incarnation`.
     pub fn receive(&mut self, worker: &W, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
+        self.receive_at(worker, Tier::Device, incarnation, batch, now)
+    }
+
+    /// A publication from a cache tier (`Tier::Host` or `Tier::Disk`) known as `source`.
+    pub fn receive_tier(&mut self, source: &W, tier: Tier, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
+        self.tiers.insert(source.clone(), tier);
+        self.receive_at(source, tier, incarnation, batch, now)
+    }
+
+    fn receive_at(&mut self, worker: &W, tier: Tier, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
         let mut heard = Heard::default();
         match self.incarnations.insert(worker.clone(), incarnation) {
             Some(old) if old != incarnation => {
@@ -188,7 +258,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         match batch {
             KvBatch::Events(records) => {
                 for record in records {
-                    match self.index.apply(worker, Tier::Device, record, now) {
+                    match self.index.apply(worker, tier, record, now) {
                         Applied::Ok => heard.applied += 1,
                         Applied::Stale => heard.stale += 1,
                         Applied::Gap { .. } | Applied::AwaitingDump => {
@@ -200,7 +270,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             }
             KvBatch::Heartbeat { last_event_id } => {
                 heard.needs_dump = matches!(
-                    self.index.heartbeat(worker, Tier::Device, *last_event_id, now),
+                    self.index.heartbeat(worker, tier, *last_event_id, now),
                     Applied::Gap { .. } | Applied::AwaitingDump
                 );
             }
@@ -215,7 +285,8 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             return false;
         }
         self.incarnations.insert(worker.clone(), incarnation);
-        self.index.resync(worker, Tier::Device, dump, now);
+        let tier = self.tiers.get(worker).copied().unwrap_or(Tier::Device);
+        self.index.resync(worker, tier, dump, now);
         true
     }
 
@@ -226,6 +297,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             self.index.remove_worker(w);
         }
         self.incarnations.retain(|w, _| live.contains(w));
+        self.tiers.retain(|w, _| live.contains(w));
         self.loads.retain(|w, _| live.contains(w));
         self.placed.retain(|_, p| live.contains(&p.worker));
     }

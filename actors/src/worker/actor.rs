@@ -3,7 +3,7 @@
 //! disaggregated prefill. It panics when its engine dies, so its supervisor restarts it fresh.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
@@ -12,20 +12,21 @@ use ractor_cluster::RactorClusterMessage;
 use runtime::config::{ModelSection, WorkerConfig, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::kv::{KvBatch, KvPublish, KvSnapshot};
+use runtime::kv::{KvSnapshot, TierKind};
 use runtime::request::{
     Admission, GenerateRequest, PollReply, PollRequest, PrefillReply, PrefillRequest, StreamEvent, Submission,
     WorkerFailure,
 };
 
 use super::disagg::{self, Disagg};
+use crate::cache::onboard::{TierAccess, onboard_then_run};
+use crate::router::KvPublisher;
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
-/// How often new KV events are published to the routers.
-const KV_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
-/// Longest the worker stays quiet towards the routers: a heartbeat with its last event id.
-const KV_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often new KV events are published to the routers (and offloaded blocks handed to the
+/// node's cache tier).
+pub(crate) const KV_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(RactorClusterMessage)]
 pub enum WorkerMsg {
@@ -62,6 +63,8 @@ pub struct WorkerArgs {
     /// The node's data plane, for disaggregated prefill (None: this worker only serves whole
     /// requests).
     pub disagg: Option<Arc<Disagg>>,
+    /// The node's cache tiers, when it has any.
+    pub tiers: Option<Arc<TierAccess>>,
 }
 
 pub struct WorkerActor;
@@ -71,17 +74,11 @@ pub struct WorkerState {
     engine: Arc<EngineHandle>,
     role: WorkerRole,
     disagg: Option<Arc<Disagg>>,
+    tiers: Option<Arc<TierAccess>>,
     capacity: usize,
-    kv: KvPublisher,
+    /// None: this worker publishes no KV events (`kv_events = false`).
+    kv: Option<KvPublisher>,
     timer: tokio::task::JoinHandle<()>,
-}
-
-/// What the worker has told the routers about its pool.
-struct KvPublisher {
-    enabled: bool,
-    incarnation: u64,
-    last_event_id: u64,
-    last_sent: Instant,
 }
 
 impl Actor for WorkerActor {
@@ -108,7 +105,10 @@ impl Actor for WorkerActor {
             kv_blocks: model.kv_blocks,
             max_batch_tokens: args.config.max_batch_tokens as usize,
         };
-        let engine = Engine::new(model.executor, model.tokenizer, limits);
+        let mut engine = Engine::new(model.executor, model.tokenizer, limits);
+        if let Some(t) = &args.tiers {
+            engine.set_offload(t.offload);
+        }
         let me = myself.clone();
         let handle = EngineHandle::spawn(engine, &args.id.to_string(), move |why| {
             let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
@@ -116,18 +116,14 @@ impl Actor for WorkerActor {
         discovery::join_worker(&args.id, myself.get_cell());
         discovery::set_role(myself.get_cell(), args.config.role);
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");
-        let kv = KvPublisher {
-            enabled: args.config.kv_events,
-            incarnation: rand::random(),
-            last_event_id: 0,
-            last_sent: Instant::now() - KV_HEARTBEAT,
-        };
+        let kv = args.config.kv_events.then(|| KvPublisher::new(args.id.clone(), TierKind::Device));
         let timer = myself.send_interval(KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
         Ok(WorkerState {
             id: args.id,
             engine: Arc::new(handle),
             role: args.config.role,
             disagg: args.disagg,
+            tiers: args.tiers,
             capacity: limits.max_batch + limits.max_queue,
             kv,
             timer,
@@ -175,7 +171,7 @@ impl Actor for WorkerActor {
                 }
             }
             WorkerMsg::KvDump(reply) => {
-                let (dump, incarnation) = (state.engine.kv_dump(), state.kv.incarnation);
+                let (dump, incarnation) = (state.engine.kv_dump(), state.kv.as_ref().map_or(0, |k| k.incarnation()));
                 tokio::spawn(async move {
                     if let Some(dump) = dump.await {
                         let _ = reply.send(KvSnapshot { incarnation, dump });
@@ -196,26 +192,12 @@ impl WorkerState {
     /// Publish the pool's new KV events, or a heartbeat when there are none for a while.
     fn publish_kv(&mut self) {
         let records = self.engine.kv_feed().take();
-        if !self.kv.enabled {
-            return;
+        if let Some(kv) = &mut self.kv {
+            kv.publish(records);
         }
-        let batch = match records.last() {
-            Some(last) => {
-                self.kv.last_event_id = last.id;
-                KvBatch::Events(records)
-            }
-            None if self.kv.last_sent.elapsed() >= KV_HEARTBEAT => {
-                KvBatch::Heartbeat { last_event_id: self.kv.last_event_id }
-            }
-            None => return,
-        };
-        self.kv.last_sent = Instant::now();
-        crate::router::publish(&KvPublish {
-            worker: self.id.clone(),
-            incarnation: self.kv.incarnation,
-            sent_unix_ms: runtime::kv::unix_ms(),
-            batch,
-        });
+        if let Some(t) = &self.tiers {
+            t.offload(&self.engine);
+        }
     }
 
     fn admit(&self, sub: Submission) -> Admission {
@@ -236,6 +218,15 @@ impl WorkerState {
                 return Admission::Unavailable(reason);
             }
             tokio::spawn(disagg::prefill_remotely(self.engine.clone(), d.clone(), req, from));
+            return Admission::Accepted;
+        }
+        if let (Some(hint), Some(t)) = (sub.onboard, &self.tiers)
+            && self.engine.block_layout().is_some()
+        {
+            if let Err(reason) = self.engine.open(&req.id) {
+                return Admission::Unavailable(reason);
+            }
+            tokio::spawn(onboard_then_run(self.engine.clone(), t.clone(), req, hint));
             return Admission::Accepted;
         }
         match self.engine.submit(req) {

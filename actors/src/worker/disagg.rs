@@ -57,7 +57,12 @@ pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: Ge
             tracing::warn!(request = %req.id, prefill = %from, "remote prefill failed, computing locally: {why}");
         }
     }
-    // A client that left meanwhile closed the outbox: nothing to run.
+    run_opened(&engine, req);
+}
+
+/// Queue a request whose outbox was opened while its prompt's KV was being fetched; a client that
+/// left meanwhile closed the outbox, and then there is nothing to run.
+pub(crate) fn run_opened(engine: &EngineHandle, req: GenerateRequest) {
     if engine.outputs().is_open(&req.id) {
         let id = req.id.clone();
         if let Err(why) = engine.submit_opened(req) {

@@ -45,6 +45,16 @@ pub struct Prefilled {
 
 pub use thread::{EngineHandle, KvFeed, Outputs, PrefillChunk, Taken};
 
+/// A registered block copied out of the pool for the cache tiers (write-back: as it was
+/// evicted; write-through: as it was registered). `data` is empty when the executor cannot
+/// export blocks (the simulator's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffloadedBlock {
+    pub hash: u64,
+    pub parent: Option<u64>,
+    pub data: Vec<u8>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineLimits {
     pub max_batch: usize,
@@ -79,6 +89,7 @@ pub struct Engine {
     running: Vec<Sequence>,
     stats: EngineStats,
     prefilled: Vec<Prefilled>,
+    offloaded: Vec<OffloadedBlock>,
 }
 
 /// One sequence's share of a step: compute its tokens up to `end`.
@@ -99,6 +110,39 @@ impl Engine {
             running: Vec::new(),
             stats: EngineStats::default(),
             prefilled: Vec::new(),
+            offloaded: Vec::new(),
+        }
+    }
+
+    /// Copy blocks out for the cache tiers as the pool evicts them (write-back) or registers them
+    /// (write-through); `take_offloaded` hands them over.
+    pub fn set_offload(&mut self, mode: runtime::config::OffloadMode) {
+        use runtime::config::OffloadMode;
+        self.pool.set_watch(match mode {
+            OffloadMode::WriteBack => crate::pool::Watch::Evicted,
+            OffloadMode::WriteThrough => crate::pool::Watch::Registered,
+            OffloadMode::Off => crate::pool::Watch::Nothing,
+        });
+    }
+
+    /// Blocks copied out since the last call.
+    pub fn take_offloaded(&mut self) -> Vec<OffloadedBlock> {
+        std::mem::take(&mut self.offloaded)
+    }
+
+    /// Copy the blocks the pool watched out of the executor's memory, before it is written again.
+    fn collect_offload(&mut self) {
+        let watched = self.pool.take_watched();
+        if watched.is_empty() {
+            return;
+        }
+        let bytes = self.block_layout().map_or(0, |l| l.block_bytes());
+        for w in watched {
+            let mut data = vec![0u8; bytes];
+            if bytes > 0 && self.executor.export_block(w.id, &mut data).is_err() {
+                continue;
+            }
+            self.offloaded.push(OffloadedBlock { hash: w.hash, parent: w.parent, data });
         }
     }
 
@@ -116,7 +160,10 @@ impl Engine {
     pub fn reserve(&mut self, hashes: &[u64]) -> Option<Reservation> {
         let cached = self.pool.acquire_prefix(hashes);
         match self.pool.allocate(hashes.len() - cached.len()) {
-            Ok(fresh) => Some(Reservation { cached, fresh }),
+            Ok(fresh) => {
+                self.collect_offload();
+                Some(Reservation { cached, fresh })
+            }
             Err(_) => {
                 self.pool.release(&cached);
                 None
@@ -151,6 +198,7 @@ impl Engine {
             let parent = k.checked_sub(1).map(|p| hashes[p]);
             self.pool.register(b, parent, hashes[k]);
         }
+        self.collect_offload();
         self.pool.release(&r.cached);
         self.pool.release(&r.fresh);
     }
@@ -277,6 +325,8 @@ impl Engine {
     /// One engine iteration: plan, forward the batch, register blocks, sample.
     pub fn step(&mut self) -> Result<Vec<(RequestId, StreamEvent)>, ExecutorError> {
         let plan = self.plan();
+        // Evicted blocks still hold their KV until this step's forward pass overwrites them.
+        self.collect_offload();
         if plan.is_empty() {
             return Ok(Vec::new());
         }
@@ -332,6 +382,8 @@ impl Engine {
                 finished.push(p.index);
             }
         }
+        // Blocks registered this step (write-through).
+        self.collect_offload();
         finished.sort_unstable();
         for i in finished.into_iter().rev() {
             let seq = self.running.remove(i);

@@ -39,13 +39,41 @@ pub struct PrefillChunk {
     pub done: bool,
 }
 
-/// KV events of the engine's pool, in order, waiting for the worker to publish them.
+/// Most bytes of offloaded blocks the feed holds for the worker; more are dropped (and counted),
+/// so a slow tier never makes the engine hold memory without bound.
+const MAX_OFFLOAD_BYTES: usize = 256 << 20;
+
+/// KV events of the engine's pool, in order, and blocks it copied out for the cache tiers,
+/// waiting for the worker to publish and offload them.
 #[derive(Default)]
 pub struct KvFeed {
     records: Mutex<Vec<KvEventRecord>>,
+    offloaded: Mutex<(Vec<super::OffloadedBlock>, usize)>,
 }
 
 impl KvFeed {
+    fn offload(&self, blocks: Vec<super::OffloadedBlock>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut q = self.offloaded.lock().unwrap_or_else(|p| p.into_inner());
+        for b in blocks {
+            if q.1 + b.data.len() > MAX_OFFLOAD_BYTES {
+                metrics::counter!("armature_cache_offload_dropped_total").increment(1);
+                continue;
+            }
+            q.1 += b.data.len();
+            q.0.push(b);
+        }
+    }
+
+    /// Blocks copied out for the cache tiers since the last call.
+    pub fn take_offloaded(&self) -> Vec<super::OffloadedBlock> {
+        let mut q = self.offloaded.lock().unwrap_or_else(|p| p.into_inner());
+        q.1 = 0;
+        std::mem::take(&mut q.0)
+    }
+
     fn push(&self, records: Vec<KvEventRecord>) {
         if !records.is_empty() {
             self.records.lock().unwrap_or_else(|p| p.into_inner()).extend(records);
@@ -345,6 +373,8 @@ fn run(
                 Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
             }
         }
+        // Commands evict and register blocks too (reservations, commits).
+        kv.offload(engine.take_offloaded());
         for (id, event) in engine.step().map_err(|e| e.to_string())? {
             out.push(&id, event);
         }
@@ -354,6 +384,7 @@ fn run(
         let events = engine.take_kv_events();
         metrics::counter!("armature_kv_events_total").increment(events.len() as u64);
         kv.push(events);
+        kv.offload(engine.take_offloaded());
         publish(engine, name);
     }
 }

@@ -55,6 +55,30 @@ pub struct BlockPool {
     events: Vec<KvEventRecord>,
     prefix_hits: u64,
     evictions: u64,
+    /// Record evicted (write-back) or registered (write-through) blocks for `take_watched`.
+    watch: Watch,
+    watched: Vec<WatchedBlock>,
+}
+
+/// Which blocks the pool records for copying out (to the cache tiers) before their memory is
+/// reused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Watch {
+    #[default]
+    Nothing,
+    /// Registered blocks, as they are evicted (their memory is about to be reused).
+    Evicted,
+    /// Blocks as they are registered.
+    Registered,
+}
+
+/// A block the pool recorded under its `Watch`: its memory still holds its KV until the caller
+/// next writes to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedBlock {
+    pub id: BlockId,
+    pub parent: Option<u64>,
+    pub hash: u64,
 }
 
 impl BlockPool {
@@ -70,7 +94,18 @@ impl BlockPool {
             events: Vec::new(),
             prefix_hits: 0,
             evictions: 0,
+            watch: Watch::Nothing,
+            watched: Vec::new(),
         }
+    }
+
+    pub fn set_watch(&mut self, watch: Watch) {
+        self.watch = watch;
+    }
+
+    /// Blocks recorded under the watch since the last call.
+    pub fn take_watched(&mut self) -> Vec<WatchedBlock> {
+        std::mem::take(&mut self.watched)
     }
 
     pub fn total(&self) -> usize {
@@ -134,9 +169,12 @@ impl BlockPool {
                     let (_, id) = self.inactive.pop_first().expect("available() counted it");
                     let b = &mut self.blocks[id.0 as usize];
                     b.lru = None;
-                    if let Some((_, h)) = b.hash.take() {
+                    if let Some((parent, h)) = b.hash.take() {
                         self.by_hash.remove(&h);
                         removed.push(h);
+                        if self.watch == Watch::Evicted {
+                            self.watched.push(WatchedBlock { id, parent, hash: h });
+                        }
                     }
                     self.evictions += 1;
                     id
@@ -160,6 +198,9 @@ impl BlockPool {
         }
         self.blocks[id.0 as usize].hash = Some((parent, hash));
         self.by_hash.insert(hash, id);
+        if self.watch == Watch::Registered {
+            self.watched.push(WatchedBlock { id, parent, hash });
+        }
         self.emit(KvEvent::Stored { parent, hashes: vec![hash] });
         true
     }

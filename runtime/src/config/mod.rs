@@ -61,7 +61,99 @@ pub struct ClusterConfig {
     pub telemetry: TelemetrySection,
     #[serde(default)]
     pub transport: TransportSection,
+    #[serde(default)]
+    pub cache: CacheSection,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// When a worker copies its KV blocks to its node's cache tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffloadMode {
+    /// A block is copied out when the pool evicts it.
+    #[default]
+    WriteBack,
+    /// A block is copied out as soon as it is registered (complete).
+    WriteThrough,
+    /// Never.
+    Off,
+}
+
+/// How fast a tier moves blocks to a worker, for the onboard-or-recompute decision.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLink {
+    /// Bytes per second.
+    pub bytes_per_s: ByteSize,
+    /// Fixed cost of one fetch.
+    pub latency: HumanDuration,
+}
+
+/// The multi-tier KV cache: policy and link speeds, for every node (the tiers themselves and
+/// their budgets are per node: `nodes[].cache`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    #[serde(default)]
+    pub offload: OffloadMode,
+    /// A block evicted from the host tier moves to the disk tier only once it was reused (served
+    /// from the host tier) at least this many times; 0 moves every block.
+    #[serde(default = "default_disk_after_reuses")]
+    pub disk_after_reuses: u32,
+    /// Prompt tokens per second a worker prefills, against which moving blocks is weighed.
+    #[serde(default = "default_prefill_tokens_per_s")]
+    pub prefill_tokens_per_s: f64,
+    #[serde(default = "default_host_link")]
+    pub host: TierLink,
+    #[serde(default = "default_disk_link")]
+    pub disk: TierLink,
+    /// Another node's host or disk tier, over the data plane.
+    #[serde(default = "default_remote_link")]
+    pub remote: TierLink,
+}
+
+fn default_disk_after_reuses() -> u32 {
+    1
+}
+fn default_prefill_tokens_per_s() -> f64 {
+    2000.0
+}
+fn default_host_link() -> TierLink {
+    TierLink { bytes_per_s: ByteSize(8 << 30), latency: HumanDuration::from_micros(50) }
+}
+fn default_disk_link() -> TierLink {
+    TierLink { bytes_per_s: ByteSize(1 << 30), latency: HumanDuration::from_micros(500) }
+}
+fn default_remote_link() -> TierLink {
+    TierLink { bytes_per_s: ByteSize(800 << 20), latency: HumanDuration::from_millis(1) }
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            offload: OffloadMode::default(),
+            disk_after_reuses: default_disk_after_reuses(),
+            prefill_tokens_per_s: default_prefill_tokens_per_s(),
+            host: default_host_link(),
+            disk: default_disk_link(),
+            remote: default_remote_link(),
+        }
+    }
+}
+
+/// A node's cache tiers; a tier without a budget does not exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCacheConfig {
+    /// Host-RAM tier budget.
+    #[serde(default)]
+    pub host: Option<ByteSize>,
+    /// Disk tier budget; needs `disk_dir`.
+    #[serde(default)]
+    pub disk: Option<ByteSize>,
+    /// Directory of the disk tier (its index is rebuilt from it on start).
+    #[serde(default)]
+    pub disk_dir: Option<std::path::PathBuf>,
 }
 
 /// The KV data plane between nodes.
@@ -409,6 +501,9 @@ pub struct NodeConfig {
     pub roles: Vec<Role>,
     #[serde(default)]
     pub workers: Vec<WorkerConfig>,
+    /// This node's KV cache tiers (host RAM, disk).
+    #[serde(default)]
+    pub cache: NodeCacheConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

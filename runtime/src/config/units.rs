@@ -15,6 +15,9 @@ impl HumanDuration {
     pub const fn from_millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
+    pub const fn from_micros(us: u64) -> Self {
+        Self(Duration::from_micros(us))
+    }
     pub const fn from_secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
@@ -54,6 +57,9 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
+        if !self.0.as_micros().is_multiple_of(1000) {
+            return write!(f, "{}us", self.0.as_micros());
+        }
         if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }

@@ -64,6 +64,54 @@ impl ClusterConfig {
         if r.event_silence.get().is_zero() {
             return Err(("router.event_silence".into(), "must be above zero".into()));
         }
+        let cache = &self.cache;
+        if !(cache.prefill_tokens_per_s.is_finite() && cache.prefill_tokens_per_s > 0.0) {
+            return Err((
+                "cache.prefill_tokens_per_s".into(),
+                format!("{} is not a finite number above 0", cache.prefill_tokens_per_s),
+            ));
+        }
+        for (name, link) in [("host", cache.host), ("disk", cache.disk), ("remote", cache.remote)] {
+            if link.bytes_per_s.bytes() == 0 {
+                return Err((format!("cache.{name}.bytes_per_s"), "must be above zero".into()));
+            }
+        }
+        let mut dirs: HashMap<&std::path::Path, usize> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let c = &node.cache;
+            if c.host.is_some_and(|b| b.bytes() == 0) {
+                return Err((
+                    format!("nodes[{i}].cache.host"),
+                    "must be above zero (leave it out for no host tier)".into(),
+                ));
+            }
+            match (&c.disk, &c.disk_dir) {
+                (Some(b), _) if b.bytes() == 0 => {
+                    return Err((
+                        format!("nodes[{i}].cache.disk"),
+                        "must be above zero (leave it out for no disk tier)".into(),
+                    ));
+                }
+                (Some(_), None) => {
+                    return Err((format!("nodes[{i}].cache.disk_dir"), "a disk tier needs a directory".into()));
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        format!("nodes[{i}].cache.disk"),
+                        "disk_dir is set but the disk tier has no budget".into(),
+                    ));
+                }
+                (Some(_), Some(dir)) => {
+                    if let Some(j) = dirs.insert(dir.as_path(), i) {
+                        return Err((
+                            format!("nodes[{i}].cache.disk_dir"),
+                            format!("{} is also nodes[{j}].cache.disk_dir", dir.display()),
+                        ));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
         if self.nodes.is_empty() {
             return Err(("nodes".into(), "at least one node is needed".into()));
         }

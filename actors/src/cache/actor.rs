@@ -1,0 +1,318 @@
+//! `CacheTierActor`: one of a node's cache tiers (host RAM or disk). Workers on the node offload
+//! blocks into it and read blocks back from it; workers on other nodes have blocks sent to them
+//! over the data plane. It publishes its contents to the routers as KV events tagged with its
+//! tier, like a worker's pool. The host tier hands the blocks it evicts to the disk tier once they
+//! were reused often enough (`cache.disk_after_reuses`), to spare the disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use runtime::buffers::{Buffer, BufferPool};
+use runtime::discovery;
+use runtime::kv::{BlockLayout, KvSnapshot, TierKind, TierSendRequest, TierSent};
+use serde::{Deserialize, Serialize};
+use transport::frame::{Frame, FrameHeader};
+use transport::{DataPlane, PeerAddr};
+
+use super::disk::{DiskStore, ReadError};
+use super::store::{Evicted, TierStore};
+use crate::router::KvPublisher;
+
+/// One block moving into or out of a tier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierBlock {
+    pub hash: u64,
+    pub parent: Option<u64>,
+    /// Times it was served from the tier it comes from (what the disk tier's priority is).
+    pub reuses: u32,
+    pub data: Vec<u8>,
+}
+
+/// Blocks offloaded into a tier, all of model `model` laid out as `layout`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierBlocks {
+    pub model: u64,
+    pub layout: BlockLayout,
+    pub blocks: Vec<TierBlock>,
+}
+
+/// Read the leading blocks of `hashes` that the tier holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierRead {
+    pub hashes: Vec<u64>,
+    pub model: u64,
+    pub layout: BlockLayout,
+}
+
+runtime::wire_message!(TierBlocks, TierRead);
+
+#[derive(RactorClusterMessage)]
+pub enum TierMsg {
+    /// Blocks a worker on this node copied out of its pool (or the host tier evicted).
+    Offload(TierBlocks),
+    /// The leading blocks of a prompt, for a worker on this node (stops at the first block the
+    /// tier lacks or finds corrupt).
+    #[rpc]
+    Read(TierRead, RpcReplyPort<TierBlocks>),
+    /// The leading blocks of a prompt, sent over the data plane to a worker on another node.
+    #[rpc]
+    Send(TierSendRequest, RpcReplyPort<TierSent>),
+    /// Everything the tier holds, for a router that lost track of its events.
+    #[rpc]
+    KvDump(RpcReplyPort<KvSnapshot>),
+    /// Local timer: publish new KV events (or a heartbeat).
+    Publish,
+}
+
+pub struct TierArgs {
+    pub node: String,
+    pub kind: TierKind,
+    /// Host: the RAM budget. Disk: the directory's budget.
+    pub budget: u64,
+    /// Disk: the directory.
+    pub dir: Option<std::path::PathBuf>,
+    /// Host: evicted blocks reused at least this many times move to the node's disk tier.
+    pub disk_after_reuses: u32,
+    /// For sending blocks to workers on other nodes.
+    pub plane: Option<Arc<DataPlane>>,
+}
+
+/// Where a tier keeps its bytes.
+enum Blocks {
+    Host { data: HashMap<u64, Buffer>, buffers: BufferPool, store: TierStore },
+    Disk(DiskStore),
+}
+
+pub struct TierState {
+    kind: TierKind,
+    blocks: Blocks,
+    /// The model and layout of the blocks held (the first offload sets them).
+    model: Option<(u64, BlockLayout)>,
+    disk_after_reuses: u32,
+    plane: Option<Arc<DataPlane>>,
+    node: String,
+    publisher: KvPublisher,
+    corrupt: u64,
+    timer: tokio::task::JoinHandle<()>,
+}
+
+pub struct CacheTierActor;
+
+impl Actor for CacheTierActor {
+    type Msg = TierMsg;
+    type State = TierState;
+    type Arguments = TierArgs;
+
+    async fn pre_start(&self, myself: ActorRef<TierMsg>, args: TierArgs) -> Result<TierState, ActorProcessingErr> {
+        let blocks = match args.kind {
+            TierKind::Disk => {
+                let dir = args.dir.ok_or("a disk tier needs a directory")?;
+                let (disk, rebuilt) = DiskStore::open(&dir, args.budget)
+                    .map_err(|e| format!("disk tier {}: cannot open: {e}", dir.display()))?;
+                tracing::info!(node = %args.node, dir = %dir.display(), blocks = rebuilt.blocks, dropped = rebuilt.dropped, "disk tier rebuilt its index");
+                Blocks::Disk(disk)
+            }
+            _ => {
+                Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(64), store: TierStore::new(args.budget) }
+            }
+        };
+        discovery::join_tier(&args.node, args.kind, myself.get_cell());
+        let timer = myself.send_interval(crate::worker::actor::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
+        let state = TierState {
+            kind: args.kind,
+            blocks,
+            model: None,
+            disk_after_reuses: args.disk_after_reuses,
+            plane: args.plane,
+            publisher: KvPublisher::new(args.kind.source(&args.node), args.kind),
+            node: args.node,
+            corrupt: 0,
+            timer,
+        };
+        state.record();
+        Ok(state)
+    }
+
+    async fn post_stop(&self, _: ActorRef<TierMsg>, state: &mut TierState) -> Result<(), ActorProcessingErr> {
+        state.timer.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<TierMsg>,
+        msg: TierMsg,
+        state: &mut TierState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TierMsg::Offload(batch) => state.offload(batch),
+            TierMsg::Read(read, reply) => {
+                let blocks = state.read(&read.hashes, read.model, read.layout);
+                let _ = reply.send(TierBlocks { model: read.model, layout: read.layout, blocks });
+            }
+            TierMsg::Send(request, reply) => {
+                let blocks = state.read(&request.hashes, request.model, request.layout);
+                match state.plane.clone() {
+                    Some(plane) => {
+                        tokio::spawn(send(plane, request, blocks, reply));
+                    }
+                    None => {
+                        tracing::warn!(node = %state.node, "a worker asked for blocks over the data plane, but this node has none");
+                        let _ = reply.send(TierSent { blocks: 0 });
+                    }
+                }
+            }
+            TierMsg::KvDump(reply) => {
+                let _ =
+                    reply.send(KvSnapshot { incarnation: state.publisher.incarnation(), dump: state.store().dump() });
+            }
+            TierMsg::Publish => {
+                let events = state.store_mut().take_events();
+                state.publisher.publish(events);
+            }
+        }
+        state.record();
+        Ok(())
+    }
+}
+
+/// Send the blocks read for a worker on another node, one frame each, then say how many.
+async fn send(plane: Arc<DataPlane>, r: TierSendRequest, blocks: Vec<TierBlock>, reply: RpcReplyPort<TierSent>) {
+    let peer = match r.to_addr.parse() {
+        Ok(addr) => PeerAddr { node: r.to_node.clone(), addr },
+        Err(e) => {
+            tracing::warn!("tier send: bad data-plane address {:?}: {e}", r.to_addr);
+            let _ = reply.send(TierSent { blocks: 0 });
+            return;
+        }
+    };
+    let n = blocks.len();
+    let mut sent = 0u32;
+    for (i, b) in blocks.into_iter().enumerate() {
+        let header = FrameHeader::for_body(r.transfer, r.model, r.layout, i as u32, vec![b.hash], i + 1 == n, &b.data);
+        let mut body = plane.pool().take(b.data.len());
+        body.copy_from_slice(&b.data);
+        if let Err(e) = plane.send(&peer, Frame { header, body }).await {
+            tracing::warn!(to = %r.to_node, "tier send failed after {sent} blocks: {e}");
+            break;
+        }
+        sent += 1;
+    }
+    let _ = reply.send(TierSent { blocks: sent });
+}
+
+impl TierState {
+    fn store(&self) -> &TierStore {
+        match &self.blocks {
+            Blocks::Host { store, .. } => store,
+            Blocks::Disk(d) => d.store(),
+        }
+    }
+
+    fn store_mut(&mut self) -> &mut TierStore {
+        match &mut self.blocks {
+            Blocks::Host { store, .. } => store,
+            Blocks::Disk(d) => d.store_mut(),
+        }
+    }
+
+    fn offload(&mut self, batch: TierBlocks) {
+        let (model, layout) = *self.model.get_or_insert((batch.model, batch.layout));
+        if (batch.model, batch.layout) != (model, layout) || batch.layout.block_bytes() == 0 {
+            metrics::counter!("armature_cache_refused_total", "tier" => self.kind.name())
+                .increment(batch.blocks.len() as u64);
+            return;
+        }
+        let mut demote = Vec::new();
+        for b in batch.blocks {
+            if b.data.len() != layout.block_bytes() {
+                metrics::counter!("armature_cache_refused_total", "tier" => self.kind.name()).increment(1);
+                continue;
+            }
+            let evicted = match &mut self.blocks {
+                Blocks::Host { data, buffers, store } => match store.insert(b.hash, b.parent, b.data.len() as u64, 0) {
+                    Ok(evicted) => {
+                        let mut buf = buffers.take(b.data.len());
+                        buf.copy_from_slice(&b.data);
+                        data.insert(b.hash, buf);
+                        evicted.into_iter().filter_map(|e| data.remove(&e.hash).map(|d| (e, d))).collect()
+                    }
+                    Err(_) => Vec::new(),
+                },
+                Blocks::Disk(disk) => {
+                    let priority = b.reuses.min(u32::from(u8::MAX)) as u8;
+                    if let Err(e) = disk.put(b.hash, b.parent, model, layout, &b.data, priority) {
+                        tracing::warn!(node = %self.node, "disk tier: cannot write block {:016x}: {e}", b.hash);
+                        metrics::counter!("armature_cache_write_errors_total", "tier" => "disk").increment(1);
+                    }
+                    Vec::new()
+                }
+            };
+            for (e, data) in evicted {
+                let Evicted { hash, parent, reuses, .. } = e;
+                if reuses >= self.disk_after_reuses {
+                    demote.push(TierBlock { hash, parent, reuses, data: data.to_vec() });
+                }
+            }
+        }
+        let lower = (self.kind == TierKind::Host)
+            .then(|| discovery::tier(&TierKind::Disk.source(&self.node)))
+            .flatten()
+            .map(ActorRef::<TierMsg>::from);
+        if let (Some(lower), false) = (lower, demote.is_empty()) {
+            metrics::counter!("armature_cache_demoted_blocks_total").increment(demote.len() as u64);
+            let _ = lower.cast(TierMsg::Offload(TierBlocks { model, layout, blocks: demote }));
+        }
+    }
+
+    /// The leading blocks of `hashes` this tier holds and can serve.
+    fn read(&mut self, hashes: &[u64], model: u64, layout: BlockLayout) -> Vec<TierBlock> {
+        if self.model.is_some_and(|m| m != (model, layout)) {
+            return Vec::new();
+        }
+        let n = self.store_mut().lookup(hashes);
+        let mut out = Vec::with_capacity(n);
+        for &hash in &hashes[..n] {
+            let block = match &mut self.blocks {
+                Blocks::Host { data, store, .. } => {
+                    store.serve(hash);
+                    let reuses = store.reuses(hash).unwrap_or(0);
+                    data.get(&hash).map(|d| TierBlock { hash, parent: None, reuses, data: d.to_vec() })
+                }
+                Blocks::Disk(disk) => match disk.get(hash, model, layout) {
+                    Ok(data) => {
+                        Some(TierBlock { hash, parent: None, reuses: disk.store().reuses(hash).unwrap_or(0), data })
+                    }
+                    Err(ReadError::Missing(_)) => None,
+                    Err(e @ ReadError::Corrupt { .. }) => {
+                        tracing::warn!(node = %self.node, "disk tier: {e}");
+                        self.corrupt += 1;
+                        None
+                    }
+                },
+            };
+            match block {
+                Some(b) => out.push(b),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Export the tier's counters and occupancy as metrics.
+    fn record(&self) {
+        let tier = self.kind.name();
+        let s = self.store().stats();
+        metrics::counter!("armature_cache_lookup_blocks_total", "tier" => tier).absolute(s.lookups);
+        metrics::counter!("armature_cache_hit_blocks_total", "tier" => tier).absolute(s.hits);
+        metrics::counter!("armature_cache_bytes_in_total", "tier" => tier).absolute(s.bytes_in);
+        metrics::counter!("armature_cache_bytes_out_total", "tier" => tier).absolute(s.bytes_out);
+        metrics::counter!("armature_cache_evictions_total", "tier" => tier).absolute(s.evictions);
+        metrics::counter!("armature_cache_corrupt_blocks_total", "tier" => tier).absolute(self.corrupt);
+        metrics::gauge!("armature_cache_occupancy_bytes", "tier" => tier).set(self.store().used() as f64);
+        metrics::gauge!("armature_cache_budget_bytes", "tier" => tier).set(self.store().budget() as f64);
+        metrics::gauge!("armature_cache_blocks", "tier" => tier).set(self.store().len() as f64);
+    }
+}

@@ -1,0 +1,217 @@
+//! The worker's side of the cache tiers: offloading what its engine copied out to the node's
+//! tier, and onboarding a prompt's leading blocks from a tier (its own node's, read directly; or
+//! another node's, sent over the data plane) when the router found them there and moving them
+//! is cheaper than computing them. Onboarded blocks are imported into reserved pool blocks and
+//! registered, so the request that follows finds them in the prefix cache. Whatever goes wrong,
+//! the worker computes the prompt itself: the client never sees a tier's failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpu::EngineHandle;
+use ractor::{ActorRef, call_t};
+use runtime::blocks::BlockHasher;
+use runtime::config::{CacheSection, TierLink};
+use runtime::discovery;
+use runtime::kv::{OnboardHint, TierKind, TierSendRequest};
+use runtime::request::GenerateRequest;
+use transport::DataPlane;
+
+use super::actor::{TierBlock, TierBlocks, TierMsg, TierRead};
+
+/// Longest a worker waits for a tier to answer.
+const TIER_RPC_TIMEOUT_MS: u64 = 30_000;
+
+/// Whether moving `blocks` blocks of `block_bytes` bytes over `link` takes less time than
+/// prefilling their `block_size` tokens each at `prefill_tokens_per_s`.
+pub fn onboard_pays(
+    blocks: usize,
+    block_bytes: usize,
+    block_size: usize,
+    link: &TierLink,
+    prefill_tokens_per_s: f64,
+) -> bool {
+    blocks > 0
+        && transfer_time(blocks, block_bytes, link)
+            < Duration::from_secs_f64((blocks * block_size) as f64 / prefill_tokens_per_s)
+}
+
+/// How long moving `blocks` blocks over `link` takes.
+pub fn transfer_time(blocks: usize, block_bytes: usize, link: &TierLink) -> Duration {
+    link.latency.get() + Duration::from_secs_f64((blocks * block_bytes) as f64 / link.bytes_per_s.bytes() as f64)
+}
+
+/// What a worker needs to use its node's cache tiers.
+pub struct TierAccess {
+    pub node: String,
+    pub hasher: BlockHasher,
+    pub cache: CacheSection,
+    /// When the engine copies blocks out: `cache.offload` if this node has a tier, else never.
+    pub offload: runtime::config::OffloadMode,
+    /// For blocks from other nodes' tiers.
+    pub plane: Option<Arc<DataPlane>>,
+}
+
+impl TierAccess {
+    /// The tier this node's workers offload into: host if there is one, else disk.
+    fn offload_target(&self) -> Option<ActorRef<TierMsg>> {
+        [TierKind::Host, TierKind::Disk]
+            .into_iter()
+            .find_map(|k| discovery::tier(&k.source(&self.node)))
+            .map(ActorRef::from)
+    }
+
+    /// Hand what the engine copied out of its pool to the node's tier.
+    pub fn offload(&self, engine: &EngineHandle) {
+        let blocks = engine.kv_feed().take_offloaded();
+        let Some(layout) = engine.block_layout() else { return };
+        if blocks.is_empty() {
+            return;
+        }
+        let Some(tier) = self.offload_target() else { return };
+        metrics::counter!("armature_cache_offloaded_blocks_total").increment(blocks.len() as u64);
+        let blocks =
+            blocks.into_iter().map(|b| TierBlock { hash: b.hash, parent: b.parent, reuses: 0, data: b.data }).collect();
+        let _ = tier.cast(TierMsg::Offload(TierBlocks { model: engine.model_fingerprint(), layout, blocks }));
+    }
+
+    fn link(&self, hint: &OnboardHint) -> &TierLink {
+        match hint.kind {
+            _ if hint.source.node != self.node => &self.cache.remote,
+            TierKind::Disk => &self.cache.disk,
+            _ => &self.cache.host,
+        }
+    }
+}
+
+/// Onboard what `hint` names, then run `req` (the request's outbox is already open).
+pub async fn onboard_then_run(
+    engine: Arc<EngineHandle>,
+    access: Arc<TierAccess>,
+    req: GenerateRequest,
+    hint: OnboardHint,
+) {
+    let tier = if hint.source.node == access.node { hint.kind.name() } else { "remote" };
+    match onboard(&engine, &access, &req, &hint).await {
+        Ok(0) => {
+            metrics::counter!("armature_cache_onboard_total", "tier" => tier, "outcome" => "skipped").increment(1);
+        }
+        Ok(n) => {
+            metrics::counter!("armature_cache_onboard_total", "tier" => tier, "outcome" => "onboarded").increment(1);
+            metrics::counter!("armature_cache_onboarded_blocks_total", "tier" => tier).increment(n as u64);
+            tracing::debug!(request = %req.id, from = %hint.source, blocks = n, "prompt blocks onboarded");
+        }
+        Err(why) => {
+            metrics::counter!("armature_cache_onboard_total", "tier" => tier, "outcome" => "failed").increment(1);
+            tracing::warn!(request = %req.id, from = %hint.source, "onboarding failed, computing the prompt: {why}");
+        }
+    }
+    crate::worker::disagg::run_opened(&engine, req);
+}
+
+/// Fetch and import the blocks; how many were onboarded.
+async fn onboard(
+    engine: &EngineHandle,
+    access: &TierAccess,
+    req: &GenerateRequest,
+    hint: &OnboardHint,
+) -> Result<usize, String> {
+    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+    let bs = access.hasher.block_size();
+    // The last prompt token is always computed: its logits give the first token.
+    let usable = ((req.prompt_tokens.len().saturating_sub(1)) / bs).min(hint.blocks as usize);
+    let hashes = access.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
+    let mut reservation = engine.reserve(hashes.clone()).await.ok_or("no room in the KV pool")?;
+    let have = reservation.cached.len();
+    let want = usable - have;
+    if !onboard_pays(want, layout.block_bytes(), bs, access.link(hint), access.cache.prefill_tokens_per_s) {
+        engine.abort(reservation);
+        return Ok(0);
+    }
+    let model = engine.model_fingerprint();
+    let wanted = &hashes[have..];
+    let fetched = if hint.source.node == access.node {
+        read_local(hint, wanted, model, layout).await
+    } else {
+        read_remote(access, hint, wanted, model, layout).await
+    };
+    let blocks = match fetched {
+        Ok(b) => b,
+        Err(why) => {
+            engine.abort(reservation);
+            return Err(why);
+        }
+    };
+    // Only the leading blocks that came, in order, are kept.
+    let got =
+        blocks.iter().zip(wanted).take_while(|(b, h)| b.hash == **h && b.data.len() == layout.block_bytes()).count();
+    let rest = reservation.fresh.split_off(got);
+    engine.abort(gpu::engine::Reservation { cached: Vec::new(), fresh: rest });
+    if got == 0 {
+        engine.abort(reservation);
+        return Ok(0);
+    }
+    let mut all = Vec::with_capacity(got * layout.block_bytes());
+    blocks[..got].iter().for_each(|b| all.extend_from_slice(&b.data));
+    let body = runtime::buffers::Buffer::unpooled(&all);
+    if let Err(why) = engine.import(reservation.fresh.clone(), body).await {
+        engine.abort(reservation);
+        return Err(why);
+    }
+    if !engine.commit(reservation, hashes[..have + got].to_vec()).await {
+        return Err("the engine thread is gone".into());
+    }
+    Ok(got)
+}
+
+async fn read_local(
+    hint: &OnboardHint,
+    hashes: &[u64],
+    model: u64,
+    layout: runtime::kv::BlockLayout,
+) -> Result<Vec<TierBlock>, String> {
+    let tier: ActorRef<TierMsg> = discovery::tier(&hint.source).ok_or(format!("tier {} is gone", hint.source))?.into();
+    let read = TierRead { hashes: hashes.to_vec(), model, layout };
+    let blocks =
+        call_t!(tier, TierMsg::Read, TIER_RPC_TIMEOUT_MS, read).map_err(|e| format!("tier {}: {e}", hint.source))?;
+    Ok(blocks.blocks)
+}
+
+/// Ask another node's tier to send the blocks over the data plane, then collect its frames.
+async fn read_remote(
+    access: &TierAccess,
+    hint: &OnboardHint,
+    hashes: &[u64],
+    model: u64,
+    layout: runtime::kv::BlockLayout,
+) -> Result<Vec<TierBlock>, String> {
+    let plane = access.plane.as_ref().ok_or("this node has no data plane for another node's tier")?;
+    let tier: ActorRef<TierMsg> = discovery::tier(&hint.source).ok_or(format!("tier {} is gone", hint.source))?.into();
+    let transfer: u64 = rand::random();
+    let mut inbox = plane.expect(transfer);
+    let request = TierSendRequest {
+        hashes: hashes.to_vec(),
+        transfer,
+        to_node: access.node.clone(),
+        to_addr: plane.local_addr().to_string(),
+        model,
+        layout,
+    };
+    let sent =
+        call_t!(tier, TierMsg::Send, TIER_RPC_TIMEOUT_MS, request).map_err(|e| format!("tier {}: {e}", hint.source))?;
+    let n = sent.blocks as usize;
+    let mut blocks: Vec<Option<TierBlock>> = vec![None; n];
+    for _ in 0..n {
+        let frame = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .map_err(|_| "no frame from the tier for 10s".to_string())?
+            .ok_or("the transfer's inbox closed")?;
+        let h = &frame.header;
+        let i = h.first_block as usize;
+        if h.model != model || runtime::kv::BlockLayout::from(h.layout) != layout || i >= n || h.hashes.len() != 1 {
+            return Err("a frame that does not belong to this transfer".into());
+        }
+        blocks[i] = Some(TierBlock { hash: h.hashes[0], parent: None, reuses: 0, data: frame.body.to_vec() });
+    }
+    Ok(blocks.into_iter().map_while(|b| b).collect())
+}

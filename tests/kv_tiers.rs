@@ -1,0 +1,159 @@
+//! The multi-tier KV cache with real processes serving SmolLM2 (`armature serve` of
+//! `examples/tiers.toml`, one worker with a tiny pool): a long prompt evicted from the worker is
+//! onboarded from the host tier when it comes back (fewer tokens computed, a lower TTFT, counters
+//! show it, the same greedy output); the disk tier's blocks survive a restart of the node and are
+//! served after it; a corrupted block file is refused and its blocks recomputed.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BLOCK: u64 = 16;
+
+/// A prompt of about 700 tokens, different for each `seed`.
+fn long_prompt(seed: usize) -> String {
+    let topics = ["rivers", "mountains", "bridges", "libraries", "harbors", "orchards"];
+    let mut p = format!("Notes on {}, part {seed}.", topics[seed % topics.len()]);
+    for i in 0..28 {
+        p.push_str(&format!(
+            " Paragraph {i}: the {} we visited in year {} had a long history, and the people who lived nearby told stories about it.",
+            topics[(seed + i) % topics.len()],
+            1800 + 7 * i + seed
+        ));
+    }
+    p
+}
+
+fn topology(port: u16, dir: &Path, host: bool, disk: bool) -> String {
+    let mut text = include_str!("../examples/tiers.toml")
+        .replace("127.0.0.1:7430", &format!("127.0.0.1:{}", free_port()))
+        .replace("127.0.0.1:8030", &format!("127.0.0.1:{port}"))
+        .replace("disk_dir = \"cache/kv/n0\"", &format!("disk_dir = {:?}", dir.join("disk").to_str().unwrap()));
+    if !host {
+        text = text.replace("host = \"256MiB\"\n", "");
+    }
+    if !disk {
+        text = text
+            .replace("disk = \"2GiB\"\n", "")
+            .lines()
+            .filter(|l| !l.starts_with("disk_dir"))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    text
+}
+
+/// Greedy completion of one token: (text, prompt tokens, seconds it took, which is its TTFT).
+fn first_token(port: u16, prompt: &str) -> (String, u64, f64) {
+    let body = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct", "prompt": prompt, "max_tokens": 4, "temperature": 0
+    });
+    let started = Instant::now();
+    let (status, _, text) = http("POST", port, "/v1/completions", Some(&body.to_string()));
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(status, 200, "{text}");
+    let v = json(&text);
+    (v["choices"][0]["text"].as_str().unwrap().to_string(), v["usage"]["prompt_tokens"].as_u64().unwrap(), took)
+}
+
+fn start(dir: &Path, name: &str, host: bool, disk: bool) -> (Proc, u16) {
+    let port = free_port();
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, topology(port, dir, host, disk)).unwrap();
+    let p = Proc::spawn(&["serve", "--config", config.to_str().unwrap()], dir.join(format!("{name}.log")));
+    assert!(wait_health(port, 200, Duration::from_secs(120)), "{name} did not start: {}", p.log_text());
+    (p, port)
+}
+
+fn computed(port: u16) -> f64 {
+    metric(port, "armature_tokens_computed_total")
+}
+
+#[test]
+fn evicted_prompt_is_onboarded_from_the_host_tier() {
+    let dir = temp_dir("tiers-host");
+    let (p, port) = start(&dir, "host", true, false);
+    let (a, b) = (long_prompt(1), long_prompt(2));
+    let (reference, tokens, cold) = first_token(port, &a);
+    assert!(tokens > 600, "{tokens}");
+    // B does not fit beside A in the pool of 64 blocks: A's blocks are evicted, into the host tier.
+    first_token(port, &b);
+    let m = |name: &str| metric(port, name);
+    assert!(wait_until(Duration::from_secs(10), || m("armature_cache_blocks{tier=\"host\"}") >= 20.0));
+    let before = computed(port);
+    let (text, _, warm) = first_token(port, &a);
+    assert_eq!(text, reference, "onboarded KV gives the same greedy output");
+    let onboarded = m("armature_cache_onboarded_blocks_total{tier=\"host\"}");
+    assert_eq!(m("armature_cache_onboard_total{tier=\"host\",outcome=\"onboarded\"}"), 1.0);
+    assert!(onboarded >= 20.0, "{onboarded} blocks onboarded");
+    assert!(m("armature_cache_hit_blocks_total{tier=\"host\"}") >= onboarded);
+    assert!(m("armature_cache_bytes_out_total{tier=\"host\"}") > 0.0);
+    assert!(m("armature_router_tier_hints_total{tier=\"host\"}") >= 1.0);
+    // Only what no tier held was computed again.
+    let recomputed = computed(port) - before;
+    assert!(recomputed <= (tokens - onboarded as u64 * BLOCK + 4) as f64, "{recomputed} tokens computed");
+    println!(
+        "TTFT of a {tokens}-token prompt: recomputed {cold:.3} s, onboarded from host {warm:.3} s ({:.1}x)",
+        cold / warm
+    );
+    assert!(warm < cold, "onboarding ({warm:.3} s) is slower than recomputing ({cold:.3} s)");
+    drop(p);
+}
+
+#[test]
+fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
+    let dir = temp_dir("tiers-disk");
+    let (a, b) = (long_prompt(3), long_prompt(4));
+    // No host tier: the pool evicts straight to disk.
+    let (mut p, port) = start(&dir, "disk1", false, true);
+    let (reference, tokens, _) = first_token(port, &a);
+    first_token(port, &b);
+    // Every block the worker offloaded is written before the node goes down.
+    let written = || {
+        let on_disk = metric(port, "armature_cache_blocks{tier=\"disk\"}");
+        on_disk >= 20.0 && on_disk == metric(port, "armature_cache_offloaded_blocks_total")
+    };
+    assert!(wait_until(Duration::from_secs(10), written));
+    let on_disk = metric(port, "armature_cache_blocks{tier=\"disk\"}");
+    drop(p.child.kill());
+    p.wait_exit(Duration::from_secs(10));
+
+    // A new process rebuilds the disk tier's index and serves A's blocks from it.
+    let (mut p, port) = start(&dir, "disk2", false, true);
+    assert_eq!(metric(port, "armature_cache_blocks{tier=\"disk\"}"), on_disk);
+    assert!(p.log_text().contains("disk tier rebuilt its index"));
+    // Give the router a moment to hear the tier's events.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = computed(port);
+    let (text, _, _) = first_token(port, &a);
+    assert_eq!(text, reference);
+    let onboarded = metric(port, "armature_cache_onboarded_blocks_total{tier=\"disk\"}");
+    assert!(onboarded >= 20.0, "{onboarded} blocks onboarded from disk");
+    assert!(computed(port) - before <= (tokens - onboarded as u64 * BLOCK + 4) as f64);
+    drop(p.child.kill());
+    p.wait_exit(Duration::from_secs(10));
+
+    // Corrupt every block file (one byte of each body): the first read is refused, the file
+    // deleted, and the prompt recomputed with the same output.
+    let files: Vec<_> = std::fs::read_dir(dir.join("disk")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.len() as f64 >= on_disk);
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x5a;
+        std::fs::write(f, bytes).unwrap();
+    }
+    let (p, port) = start(&dir, "disk3", false, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = computed(port);
+    let (text, _, _) = first_token(port, &a);
+    assert_eq!(text, reference, "a corrupt block is never used");
+    assert_eq!(metric(port, "armature_cache_corrupt_blocks_total{tier=\"disk\"}"), 1.0);
+    assert_eq!(metric(port, "armature_cache_onboarded_blocks_total{tier=\"disk\"}"), 0.0);
+    assert!(computed(port) - before >= (tokens - 1) as f64, "the prompt was recomputed");
+    assert_eq!(std::fs::read_dir(dir.join("disk")).unwrap().count(), files.len() - 1, "the corrupt file is gone");
+    drop(p);
+}
