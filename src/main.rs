@@ -10,7 +10,7 @@ use actors::node::{NodePlan, NodeState, children};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ractor::Actor;
-use runtime::config::ClusterConfig;
+use runtime::config::{ClusterConfig, TierLink};
 use runtime::node::{ControlPlane, NodeError, Seed};
 use runtime::supervision::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorExit};
 use tokio::sync::{mpsc, watch};
@@ -90,6 +90,24 @@ enum Command {
         /// policy's cost.
         #[arg(long, default_value_t = 32.0)]
         prefill_weight: f64,
+        /// A host tier of this many blocks beside each worker (0: none). Evicted blocks go there
+        /// and are onboarded back when the router finds them and moving beats prefilling.
+        #[arg(long, default_value_t = 0)]
+        host_blocks: usize,
+        /// Bytes of one KV block, for tier transfer times (default: an 8B-class model in f16,
+        /// 128 KiB per token, 512-token blocks).
+        #[arg(long, default_value = "64MiB")]
+        block_bytes: runtime::config::ByteSize,
+        /// Bandwidth and latency of a worker's own host tier.
+        #[arg(long, default_value = "25GB")]
+        host_bytes_per_s: runtime::config::ByteSize,
+        #[arg(long, default_value = "50us")]
+        host_latency: runtime::config::HumanDuration,
+        /// Bandwidth and latency of another node's host tier.
+        #[arg(long, default_value = "12GB")]
+        remote_bytes_per_s: runtime::config::ByteSize,
+        #[arg(long, default_value = "200us")]
+        remote_latency: runtime::config::HumanDuration,
     },
     /// Manage model files.
     Model {
@@ -289,6 +307,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             speed,
             out,
             prefill_weight,
+            host_blocks,
+            block_bytes,
+            host_bytes_per_s,
+            host_latency,
+            remote_bytes_per_s,
+            remote_latency,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -302,6 +326,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 out: out.clone(),
                 timing: simulations::simulate::DEFAULT_TIMING,
                 prefill_weight,
+                tiers: (host_blocks > 0).then(|| simulations::cluster::SimTiers {
+                    host_blocks,
+                    block_bytes: block_bytes.bytes(),
+                    host: TierLink { bytes_per_s: host_bytes_per_s, latency: host_latency },
+                    remote: TierLink { bytes_per_s: remote_bytes_per_s, latency: remote_latency },
+                    // The timing model's per-token prefill cost.
+                    prefill_tokens_per_s: 1000.0 / simulations::simulate::DEFAULT_TIMING.prefill_b,
+                }),
             };
             let started = std::time::Instant::now();
             let reports = simulations::simulate::simulate(&options)?;

@@ -2,18 +2,27 @@
 //! `SimulatedExecutor`; placement is the real router core (`Placer`: the KV index, the cost
 //! function and the predicted load, or a baseline policy), fed the workers' KV events. Virtual
 //! time only: a step's outputs, and the KV events it caused, take effect when the step would have
-//! finished.
+//! finished. With host tiers, each worker's pool evicts into its own `TierStore` (write-back),
+//! the tiers publish to the placer like the pools do, and a request the placer names a tier for
+//! waits for the blocks to move (the tier link's latency plus size over bandwidth) before it runs,
+//! when `onboard_pays` says moving beats prefilling.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use actors::cache::onboard::{onboard_pays, transfer_time};
+use actors::cache::store::TierStore;
 use actors::router::cost::CostConfig;
+use actors::router::index::Tier;
 use actors::router::placer::{Placer, PlacerConfig};
-use gpu::engine::{Engine, EngineLimits};
+use gpu::engine::{Engine, EngineLimits, Reservation};
 use gpu::executor::{SimulatedExecutor, StepClock, TestTokenizer, TimingModel};
 use runtime::blocks::BlockHasher;
+use runtime::config::{OffloadMode, TierLink};
 use runtime::ids::RequestId;
 use runtime::kv::{KvBatch, KvEventRecord};
 use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
@@ -37,6 +46,37 @@ pub struct ClusterConfig {
     pub max_batch: usize,
     pub max_batch_tokens: usize,
     pub cost: CostConfig,
+    /// A host tier beside each worker.
+    pub tiers: Option<SimTiers>,
+}
+
+/// Host tiers in the simulation: one per worker, on its node.
+#[derive(Clone, Debug)]
+pub struct SimTiers {
+    /// Each host tier's budget, in blocks.
+    pub host_blocks: usize,
+    /// Bytes of one KV block, for transfer times.
+    pub block_bytes: u64,
+    /// A worker's own node's host tier.
+    pub host: TierLink,
+    /// Another node's host tier.
+    pub remote: TierLink,
+    /// What moving blocks is weighed against.
+    pub prefill_tokens_per_s: f64,
+}
+
+/// Counts of onboarding, over the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierCounts {
+    /// Requests whose leading blocks came from a tier: the worker's own node's, another's.
+    pub local_onboards: u64,
+    pub remote_onboards: u64,
+    pub onboarded_blocks: u64,
+    /// Tier hints not followed: moving would cost more than prefilling.
+    pub declined: u64,
+    /// Blocks the tiers took in, and evicted.
+    pub offloaded_blocks: u64,
+    pub tier_evictions: u64,
 }
 
 /// What happened to one request, in virtual time.
@@ -69,6 +109,7 @@ pub struct ClusterRun {
     pub cached_tokens: u64,
     pub prompt_tokens: u64,
     pub makespan: Duration,
+    pub tiers: TierCounts,
 }
 
 struct Worker {
@@ -85,8 +126,13 @@ enum Event {
     /// A worker's step ends (ordered before arrivals at the same instant).
     StepDone(usize),
     Arrival(usize),
+    /// A request's onboarded blocks have landed.
+    Onboarded(usize),
     Sample,
 }
+
+/// Tier keys are the worker's index with this bit set.
+const TIER_BIT: usize = 1 << 40;
 
 /// Tokens the synthetic prompts use: printable ASCII of the test tokenizer.
 const FIRST_TOKEN: u32 = 32;
@@ -119,7 +165,19 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
         .collect();
     let hasher = BlockHasher::new(config.block_size);
     let placer_config = PlacerConfig { policy: config.policy, cost: config.cost.clone(), ..PlacerConfig::default() };
-    let mut placer: Placer<usize> = Placer::new(placer_config, config.seed);
+    let mut placer: Placer<usize> = Placer::new(placer_config, config.seed).with_locality(|w, t| *t == *w | TIER_BIT);
+    let mut tiers: Vec<TierStore> = match &config.tiers {
+        Some(t) => {
+            for w in &mut workers {
+                w.engine.set_offload(OffloadMode::WriteBack);
+            }
+            (0..config.workers).map(|_| TierStore::new((t.host_blocks as u64) * t.block_bytes)).collect()
+        }
+        None => Vec::new(),
+    };
+    let mut counts = TierCounts::default();
+    // Requests waiting for their onboarded blocks: (reservation, hashes to commit, request).
+    let mut landing: HashMap<usize, (Reservation, Vec<u64>, GenerateRequest)> = HashMap::new();
     let candidates: Vec<usize> = (0..config.workers).collect();
     let mut outcomes: Vec<RequestOutcome> = vec![RequestOutcome::default(); trace.len()];
     let mut queue: BinaryHeap<Reverse<(Duration, Event, u64)>> = BinaryHeap::new();
@@ -142,7 +200,9 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 let tokens = synthesize_prompt(r, i, config.block_size, FIRST_TOKEN, TOKEN_SPAN);
                 let hashes = hasher.sequence_hashes(&tokens);
                 let id = RequestId(i.to_string());
-                let w = placer.place(&id, &hashes, &candidates, now).map_or(0, |d| d.chosen().worker);
+                let decision = placer.place(&id, &hashes, &candidates, now);
+                let w = decision.as_ref().map_or(0, |d| d.chosen().worker);
+                let onboard = decision.and_then(|d| d.onboard);
                 prompt_tokens += tokens.len() as u64;
                 outcomes[i] =
                     RequestOutcome { arrival: now, worker: w, prompt_tokens: r.input_tokens, ..Default::default() };
@@ -156,9 +216,62 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                         ..Default::default()
                     },
                 };
+                if let (Some(o), Some(t)) = (onboard, &config.tiers) {
+                    let usable = (req.prompt_tokens.len() - 1) / config.block_size;
+                    let wanted = hashes[..(o.blocks as usize).min(usable)].to_vec();
+                    let source = o.source & !TIER_BIT;
+                    let link = if source == w { &t.host } else { &t.remote };
+                    if let Some(mut res) = workers[w].engine.reserve(&wanted) {
+                        let have = res.cached.len();
+                        let pays = onboard_pays(
+                            res.fresh.len(),
+                            t.block_bytes as usize,
+                            config.block_size,
+                            link,
+                            t.prefill_tokens_per_s,
+                        );
+                        let n = if pays { tiers[source].lookup(&wanted[have..]) } else { 0 };
+                        if !pays && !res.fresh.is_empty() {
+                            counts.declined += 1;
+                        }
+                        let rest = res.fresh.split_off(n);
+                        workers[w].engine.abort(Reservation { cached: Vec::new(), fresh: rest });
+                        if n == 0 {
+                            workers[w].engine.abort(res);
+                        } else {
+                            wanted[have..have + n].iter().for_each(|&h| {
+                                tiers[source].serve(h);
+                            });
+                            if source == w {
+                                counts.local_onboards += 1;
+                            } else {
+                                counts.remote_onboards += 1;
+                            }
+                            counts.onboarded_blocks += n as u64;
+                            let at = now + transfer_time(n, t.block_bytes as usize, link);
+                            landing.insert(i, (res, wanted[..have + n].to_vec(), req));
+                            push(&mut queue, at, Event::Onboarded(i));
+                            continue;
+                        }
+                    }
+                }
                 if workers[w].engine.submit(req).is_some() {
                     outcomes[i].rejected = true;
                     placer.finished(&id);
+                    done += 1;
+                    continue;
+                }
+                if !workers[w].busy {
+                    start_step(&mut workers[w], now, w, &mut queue, &mut push);
+                }
+            }
+            Event::Onboarded(i) => {
+                let (res, hashes, req) = landing.remove(&i).expect("each onboarding lands once");
+                let w = outcomes[i].worker;
+                workers[w].engine.commit(res, &hashes);
+                if workers[w].engine.submit(req).is_some() {
+                    outcomes[i].rejected = true;
+                    placer.finished(&RequestId(i.to_string()));
                     done += 1;
                     continue;
                 }
@@ -172,6 +285,18 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 let records = std::mem::take(&mut worker.pending_kv);
                 if !records.is_empty() {
                     placer.receive(&w, 0, &KvBatch::Events(records), now);
+                }
+                if let Some(t) = &config.tiers {
+                    // Write-back: what the pool evicted (this step, or reservations) lands in its host tier.
+                    for b in worker.engine.take_offloaded() {
+                        counts.offloaded_blocks += 1;
+                        let evicted = tiers[w].insert(b.hash, b.parent, t.block_bytes, 0).map_or(0, |e| e.len());
+                        counts.tier_evictions += evicted as u64;
+                    }
+                    let events = tiers[w].take_events();
+                    if !events.is_empty() {
+                        placer.receive_tier(&(w | TIER_BIT), Tier::Host, 0, &KvBatch::Events(events), now);
+                    }
                 }
                 for (id, ev) in std::mem::take(&mut worker.pending) {
                     let i: usize = id.0.parse().expect("ids are indices");
@@ -222,6 +347,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
         cached_tokens: workers.iter().map(|w| w.engine.stats().cached_tokens).sum(),
         prompt_tokens,
         makespan: now,
+        tiers: counts,
     }
 }
 
@@ -264,6 +390,7 @@ mod tests {
             max_batch: 32,
             max_batch_tokens: 512,
             cost: CostConfig { prefill_weight: 8.0, ..CostConfig::default() },
+            tiers: None,
         }
     }
 
@@ -296,5 +423,50 @@ mod tests {
         let again = run(&config(Policy::Kv), &trace);
         assert_eq!(again.requests, kv.requests);
         assert_eq!(again.samples, kv.samples);
+    }
+
+    #[test]
+    fn host_tiers_raise_the_hit_ratio_of_small_pools() {
+        // Forty prefix groups of 6 blocks: far more than four pools of 24 blocks hold.
+        let trace = Synthetic {
+            requests: 400,
+            rate: 20.0,
+            groups: 40,
+            prefix_blocks: 6,
+            own_blocks: 1,
+            turns: 3,
+            output_tokens: 8,
+            block_tokens: 16,
+        }
+        .generate(9);
+        let small = ClusterConfig { blocks_per_worker: 24, ..config(Policy::Kv) };
+        let link = TierLink {
+            bytes_per_s: runtime::config::ByteSize(10 << 30),
+            latency: runtime::config::HumanDuration::from_micros(20),
+        };
+        let tiers = SimTiers {
+            host_blocks: 400,
+            block_bytes: 1 << 20,
+            host: link,
+            remote: link,
+            prefill_tokens_per_s: 10_000.0,
+        };
+        let without = run(&small, &trace);
+        let with = run(&ClusterConfig { tiers: Some(tiers.clone()), ..small.clone() }, &trace);
+        let ratio = |r: &ClusterRun| r.cached_tokens as f64 / r.prompt_tokens as f64;
+        assert!(with.requests.iter().all(|r| r.finished.is_some() && r.generated == 8));
+        assert!(ratio(&with) > ratio(&without) + 0.1, "with tiers {} vs without {}", ratio(&with), ratio(&without));
+        let t = with.tiers;
+        assert!(t.local_onboards + t.remote_onboards > 0 && t.onboarded_blocks > 0, "{t:?}");
+        assert!(t.offloaded_blocks >= t.tier_evictions);
+        assert_eq!(without.tiers, TierCounts::default());
+        // Onboarding waits for the blocks: every first token still comes after its arrival.
+        assert!(with.requests.iter().all(|r| r.arrival <= r.first_token.unwrap()));
+        // Too slow a link to pay: hints are declined and nothing moves.
+        let slow = TierLink { bytes_per_s: runtime::config::ByteSize(1 << 10), ..link };
+        let declined =
+            run(&ClusterConfig { tiers: Some(SimTiers { host: slow, remote: slow, ..tiers }), ..small }, &trace);
+        assert_eq!(declined.tiers.onboarded_blocks, 0);
+        assert!(declined.tiers.declined > 0);
     }
 }

@@ -53,6 +53,23 @@ pub struct Report {
     pub throughput_tok_s: f64,
     pub makespan_s: f64,
     pub bounds: Bounds,
+    /// With host tiers: what they did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<TierReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TierReport {
+    pub host_blocks_per_worker: usize,
+    /// Prompt tokens onboarded from a tier, over all prompt tokens (they count in
+    /// `prefix_hit_ratio` too: onboarded blocks are served from the prefix cache).
+    pub onboarded_ratio: f64,
+    pub local_onboards: u64,
+    pub remote_onboards: u64,
+    pub onboarded_blocks: u64,
+    pub declined: u64,
+    pub offloaded_blocks: u64,
+    pub tier_evictions: u64,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -66,6 +83,8 @@ pub struct RunInfo {
     pub block_size: usize,
     pub seed: u64,
     pub speed: f64,
+    /// Host-tier budget per worker in blocks, when there are host tiers.
+    pub host_blocks: Option<usize>,
 }
 
 impl Report {
@@ -101,6 +120,23 @@ impl Report {
             throughput_tok_s: if secs > 0.0 { generated as f64 / secs } else { 0.0 },
             makespan_s: secs,
             bounds,
+            tiers: info.host_blocks.map(|host_blocks| {
+                let t = run.tiers;
+                TierReport {
+                    host_blocks_per_worker: host_blocks,
+                    onboarded_ratio: if run.prompt_tokens == 0 {
+                        0.0
+                    } else {
+                        (t.onboarded_blocks * info.block_size as u64) as f64 / run.prompt_tokens as f64
+                    },
+                    local_onboards: t.local_onboards,
+                    remote_onboards: t.remote_onboards,
+                    onboarded_blocks: t.onboarded_blocks,
+                    declined: t.declined,
+                    offloaded_blocks: t.offloaded_blocks,
+                    tier_evictions: t.tier_evictions,
+                }
+            }),
         }
     }
 }

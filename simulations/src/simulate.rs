@@ -7,7 +7,7 @@ use actors::router::cost::CostConfig;
 use gpu::executor::TimingModel;
 
 use crate::bounds::{infinite_cache_hit_ratio, shared_pool_hit_ratio};
-use crate::cluster::{ClusterConfig, ClusterRun, Policy, run};
+use crate::cluster::{ClusterConfig, ClusterRun, Policy, SimTiers, run};
 use crate::report::{Bounds, Report, RunInfo, cdf, line_chart};
 use crate::trace::{TraceError, TraceRequest, read_azure, read_mooncake};
 
@@ -45,6 +45,8 @@ pub struct SimOptions {
     pub timing: TimingModel,
     /// The cost's weight of a block to prefill against a block of load (`CostConfig`).
     pub prefill_weight: f64,
+    /// Host tiers beside the workers (None: device pools only).
+    pub tiers: Option<SimTiers>,
 }
 
 /// A step time for an 8B-class model on one modern GPU, roughly: prefill about 10k tokens/s with
@@ -106,6 +108,7 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
             max_batch: 256,
             max_batch_tokens: 16384,
             cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
+            tiers: o.tiers.clone(),
         };
         let result = run(&config, &trace);
         let info = RunInfo {
@@ -115,6 +118,7 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
             block_size: o.block_size,
             seed: o.seed,
             speed: o.speed,
+            host_blocks: o.tiers.as_ref().map(|t| t.host_blocks),
         };
         let report = Report::new(&info, &result, bounds.clone());
         let name = if k == 0 { "report.json".to_string() } else { format!("report-{policy}.json") };

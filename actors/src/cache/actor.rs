@@ -114,9 +114,7 @@ impl Actor for CacheTierActor {
                 tracing::info!(node = %args.node, dir = %dir.display(), blocks = rebuilt.blocks, dropped = rebuilt.dropped, "disk tier rebuilt its index");
                 Blocks::Disk(disk)
             }
-            _ => {
-                Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(64), store: TierStore::new(args.budget) }
-            }
+            _ => Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(4), store: TierStore::new(args.budget) },
         };
         discovery::join_tier(&args.node, args.kind, myself.get_cell());
         let timer = myself.send_interval(crate::worker::actor::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
@@ -314,5 +312,67 @@ impl TierState {
         metrics::gauge!("armature_cache_occupancy_bytes", "tier" => tier).set(self.store().used() as f64);
         metrics::gauge!("armature_cache_budget_bytes", "tier" => tier).set(self.store().budget() as f64);
         metrics::gauge!("armature_cache_blocks", "tier" => tier).set(self.store().len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ractor::call_t;
+
+    use super::*;
+
+    const LAYOUT: BlockLayout = BlockLayout { layers: 1, block_size: 2, kv_width: 4, dtype_bytes: 2 };
+
+    fn blocks(hashes: &[u64]) -> TierBlocks {
+        let blocks = hashes
+            .iter()
+            .map(|&hash| TierBlock { hash, parent: None, reuses: 0, data: vec![hash as u8; LAYOUT.block_bytes()] })
+            .collect();
+        TierBlocks { model: 7, layout: LAYOUT, blocks }
+    }
+
+    async fn read(tier: &ActorRef<TierMsg>, hashes: &[u64]) -> Vec<u64> {
+        let r = TierRead { hashes: hashes.to_vec(), model: 7, layout: LAYOUT };
+        let got = call_t!(tier, TierMsg::Read, 5_000, r).unwrap();
+        assert!(got.blocks.iter().all(|b| b.data == vec![b.hash as u8; LAYOUT.block_bytes()]));
+        got.blocks.iter().map(|b| b.hash).collect()
+    }
+
+    #[tokio::test]
+    async fn host_tier_moves_only_reused_blocks_to_disk() {
+        let node = format!("tier-test-{:08x}", rand::random::<u32>());
+        let dir = std::env::temp_dir().join(&node);
+        let args = |kind, budget| TierArgs {
+            node: node.clone(),
+            kind,
+            budget,
+            dir: Some(dir.clone()),
+            disk_after_reuses: 2,
+            plane: None,
+        };
+        let (disk, _) = Actor::spawn(None, CacheTierActor, args(TierKind::Disk, 1 << 20)).await.unwrap();
+        // Room for three blocks.
+        let (host, _) =
+            Actor::spawn(None, CacheTierActor, args(TierKind::Host, 3 * LAYOUT.block_bytes() as u64)).await.unwrap();
+        host.cast(TierMsg::Offload(blocks(&[1, 2, 3]))).unwrap();
+        assert_eq!(read(&host, &[1, 2, 3, 4]).await, vec![1, 2, 3], "leading blocks, up to the first missing");
+        assert_eq!(read(&host, &[1, 2]).await, vec![1, 2]);
+        // Three more evict 1, 2 and 3: 1 and 2 were served twice, 3 once.
+        host.cast(TierMsg::Offload(blocks(&[4, 5, 6]))).unwrap();
+        assert_eq!(read(&host, &[1]).await, Vec::<u64>::new());
+        assert_eq!(read(&disk, &[1, 2]).await, vec![1, 2]);
+        assert_eq!(read(&disk, &[3]).await, Vec::<u64>::new(), "used once: not worth the disk");
+        // Blocks of another model or layout are refused.
+        let mut other = blocks(&[9]);
+        other.model = 8;
+        host.cast(TierMsg::Offload(other)).unwrap();
+        assert_eq!(read(&host, &[4, 5, 6]).await, vec![4, 5, 6]);
+        let r = TierRead { hashes: vec![9], model: 8, layout: LAYOUT };
+        assert!(call_t!(host, TierMsg::Read, 5_000, r).unwrap().blocks.is_empty());
+        let dump = call_t!(host, TierMsg::KvDump, 5_000).unwrap().dump;
+        assert_eq!(dump.blocks.iter().map(|b| b.1).collect::<Vec<_>>(), vec![4, 5, 6]);
+        host.stop(None);
+        disk.stop(None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

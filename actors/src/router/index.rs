@@ -81,6 +81,10 @@ impl Slots {
         self.0[w] |= 1 << (slot % 64);
     }
 
+    fn contains(&self, slot: usize) -> bool {
+        self.0.get(slot / 64).is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
     fn clear(&mut self, slot: usize) {
         if let Some(w) = self.0.get_mut(slot / 64) {
             *w &= !(1 << (slot % 64));
@@ -414,6 +418,14 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
             o.by_tier[tier as usize] += 1;
         }
         out.into_iter().filter_map(|(s, o)| Some((self.workers[s].clone()?, o))).collect()
+    }
+
+    /// How many consecutive blocks of `hashes`, from index `start` on, `source` holds (in any
+    /// tier): how far a cache tier continues a prefix a worker holds up to `start`.
+    pub fn run_from(&self, source: &W, hashes: &[u64], start: usize) -> u32 {
+        let Some(&slot) = self.slots.get(source) else { return 0 };
+        let held = |h: &&u64| self.blocks.get(*h).is_some_and(|b| b.0.iter().any(|s| s.contains(slot)));
+        hashes.get(start..).map_or(0, |rest| rest.iter().take_while(held).count() as u32)
     }
 
     /// Whether `worker` ever published events or a dump (in any tier but `Assumed`).

@@ -139,24 +139,16 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         let start = self.next % n;
         self.next = self.next.wrapping_add(1);
         let mut overlaps: HashMap<W, Overlap> = HashMap::new();
-        // Cache tiers holding the prompt's leading blocks: (tier key, its tier, blocks).
-        let mut in_tiers: Vec<(W, Tier, u32)> = Vec::new();
-        if self.config.policy == RoutingPolicy::Kv {
-            for (w, o) in self.index.find_matches(hashes) {
-                match self.tiers.get(&w) {
-                    Some(&tier) => in_tiers.push((w, tier, o.blocks())),
-                    None => {
-                        overlaps.insert(w, o);
-                    }
-                }
-            }
+        let kv = self.config.policy == RoutingPolicy::Kv;
+        if kv {
+            overlaps.extend(self.index.find_matches(hashes));
         }
         let mut onboards: HashMap<W, Onboard<W>> = HashMap::new();
         let rotated = (0..n).map(|k| candidates[(start + k) % n].clone());
         let terms = rotated
             .map(|w| {
                 let mut overlap = overlaps.remove(&w).unwrap_or_default();
-                if let Some(o) = self.best_tier(&w, &overlap, &in_tiers) {
+                if let Some(o) = self.best_tier(&w, &overlap, hashes).filter(|_| kv) {
                     overlap.by_tier[o.credited_as as usize] += o.blocks - overlap.blocks();
                     onboards.insert(w.clone(), o);
                 }
@@ -187,16 +179,16 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         Some(decision)
     }
 
-    /// The tier whose copy of the prompt's leading blocks beyond what `worker` holds saves the
-    /// most prefill, by the tiers' credits.
-    fn best_tier(&self, worker: &W, overlap: &Overlap, in_tiers: &[(W, Tier, u32)]) -> Option<Onboard<W>> {
+    /// The cache tier that continues the prompt's prefix `worker` holds (`overlap`) furthest,
+    /// weighted by the tiers' credits.
+    fn best_tier(&self, worker: &W, overlap: &Overlap, hashes: &[u64]) -> Option<Onboard<W>> {
         let have = overlap.blocks();
-        in_tiers
+        self.tiers
             .iter()
-            .filter(|(_, _, blocks)| *blocks > have)
-            .map(|(source, tier, blocks)| {
-                let credited_as = if (self.same_node)(worker, source) { *tier } else { Tier::Remote };
-                Onboard { source: source.clone(), tier: *tier, credited_as, blocks: *blocks }
+            .filter_map(|(source, &tier)| {
+                let more = self.index.run_from(source, hashes, have as usize);
+                let credited_as = if (self.same_node)(worker, source) { tier } else { Tier::Remote };
+                (more > 0).then(|| Onboard { source: source.clone(), tier, credited_as, blocks: have + more })
             })
             .max_by(|a, b| {
                 let gain =

@@ -425,3 +425,66 @@ fn a_misplaced_block_is_caught_and_an_aborted_reservation_frees_everything() {
     assert!(tiny.reserve(&hashes).is_none());
     assert_eq!(tiny.stats().pool.free, 2);
 }
+
+/// Write-back: blocks leave the pool as it evicts them, with the KV they held; onboarded into a
+/// fresh engine they serve the prompt as computing it would. Write-through: every block as it is
+/// registered. Off: nothing.
+#[test]
+fn offloaded_blocks_carry_their_kv_and_serve_the_prompt_elsewhere() {
+    use runtime::config::OffloadMode;
+    let bs = 4;
+    // Room for one prompt at a time: the second evicts the first.
+    let limits = EngineLimits { kv_blocks: 8, context_length: 256, ..engine(1).limits() };
+    let greedy = SamplingParams { max_tokens: 2, temperature: 0.0, ..Default::default() };
+    let a = req("a", "abcdefghijklmnopqrstuvw", greedy.clone());
+    let b = req("b", "ABCDEFGHIJKLMNOPQRSTUVW", greedy.clone());
+    let hashes_a = BlockHasher::new(bs).sequence_hashes(&a.prompt_tokens);
+
+    let mut e = kv_engine(limits);
+    e.set_offload(OffloadMode::WriteBack);
+    e.submit(a.clone());
+    drain(&mut e);
+    assert!(e.take_offloaded().is_empty(), "nothing evicted yet");
+    e.submit(b.clone());
+    drain(&mut e);
+    let out = e.take_offloaded();
+    assert!(out.len() >= 3, "b evicted a's blocks: {}", out.len());
+    let n = e.block_layout().unwrap().block_bytes();
+    assert!(out.iter().all(|o| o.data.len() == n && hashes_a.contains(&o.hash)));
+    // Least recently used first: a's blocks in prompt order, each with its parent.
+    assert_eq!(out[0].hash, hashes_a[0]);
+    assert_eq!(out[1].parent, Some(hashes_a[0]));
+
+    // Onboard the leading ones into a fresh engine: the same output as computing a there.
+    let lead: Vec<u64> = out.iter().map(|o| o.hash).take_while(|h| hashes_a.contains(h)).collect();
+    assert_eq!(lead, hashes_a[..lead.len()].to_vec());
+    let mut other = kv_engine(limits);
+    let res = other.reserve(&lead).unwrap();
+    for (i, o) in out.iter().take(lead.len()).enumerate() {
+        other.import_block(res.fresh[i], &o.data).unwrap();
+    }
+    other.commit(res, &lead);
+    other.submit(a.clone());
+    let served = drain(&mut other);
+    assert_eq!(other.stats().cached_tokens, (lead.len() * bs) as u64);
+    let mut alone = kv_engine(limits);
+    alone.submit(a.clone());
+    assert_eq!(served, drain(&mut alone));
+
+    // Write-through copies each block as it is registered; off copies nothing.
+    let mut wt = kv_engine(limits);
+    wt.set_offload(OffloadMode::WriteThrough);
+    wt.submit(a.clone());
+    drain(&mut wt);
+    let got: Vec<u64> = wt.take_offloaded().iter().map(|o| o.hash).collect();
+    // The prompt's blocks, then the one its generated tokens filled.
+    assert_eq!(got.len(), hashes_a.len() + 1);
+    assert_eq!(got[..hashes_a.len()], hashes_a[..]);
+    let mut off = kv_engine(limits);
+    off.set_offload(OffloadMode::Off);
+    off.submit(a);
+    drain(&mut off);
+    off.submit(b);
+    drain(&mut off);
+    assert!(off.take_offloaded().is_empty());
+}

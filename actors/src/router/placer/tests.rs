@@ -198,3 +198,41 @@ fn routers_fed_the_same_events_agree() {
         assert_eq!(fingerprints[0], fingerprints[1], "seed {seed}");
     }
 }
+
+/// Workers "n1/a", "n2/b"; tiers "n1/host" and "n2/disk"; same node = same prefix before '/'.
+#[test]
+fn tier_hits_are_credited_by_tier_and_named_for_onboarding() {
+    let mut p = placer(RoutingPolicy::Kv).with_locality(|w, t| w.split('/').next() == t.split('/').next());
+    let ws = ["n1/a", "n2/b"];
+    let prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+    // a holds 2 blocks on its device; n1's host tier holds 8; n2's disk tier holds 6.
+    p.receive(&"n1/a", 1, &stored(1, &[1, 2]), T0);
+    p.receive(&"n2/b", 1, &KvBatch::Heartbeat { last_event_id: 0 }, T0);
+    assert_eq!(p.receive_tier(&"n1/host", Tier::Host, 5, &stored(1, &[1, 2, 3, 4, 5, 6, 7, 8]), T0).applied, 1);
+    p.receive_tier(&"n2/disk", Tier::Disk, 5, &stored(1, &[1, 2, 3, 4, 5, 6]), T0);
+    let d = p.place(&rid("r"), &prompt, &ws, T0).unwrap();
+    // a: 2 on the device + 6 more in its own node's host tier (credit 0.8) = 6.8 credited, so
+    // 3.2 new; b: n1's host tier is remote to it (0.3 × 8 = 2.4) and its own disk tier gives
+    // 0.5 × 6 = 3.0, the better one: 7 new.
+    let a = &d.candidates.iter().find(|c| c.worker == "n1/a").unwrap();
+    let b = &d.candidates.iter().find(|c| c.worker == "n2/b").unwrap();
+    assert!((a.credited - 6.8).abs() < 1e-9, "{d}");
+    assert_eq!(a.overlap.by_tier[Tier::Host as usize], 6);
+    assert_eq!(b.overlap.by_tier[Tier::Disk as usize], 6);
+    assert!((b.credited - 3.0).abs() < 1e-9, "{d}");
+    assert_eq!(d.chosen().worker, "n1/a");
+    let o = d.onboard.clone().unwrap();
+    assert_eq!((o.source, o.tier, o.credited_as, o.blocks), ("n1/host", Tier::Host, Tier::Host, 8));
+    // Predicted load counts only what is not on the device.
+    assert_eq!(p.load(&"n1/a").prefill, 8);
+    // Tiers are never candidates, and a tier that leaves is forgotten.
+    p.retain(&["n1/a", "n2/b", "n2/disk"]);
+    let d = p.place(&rid("s"), &prompt, &["n2/b"], T0).unwrap();
+    let o = d.onboard.unwrap();
+    assert_eq!((o.source, o.credited_as, o.blocks), ("n2/disk", Tier::Disk, 6));
+    // A tier's dump resyncs it in its own tier.
+    let dump = KvDump { last_event_id: 9, blocks: vec![(None, 1)] };
+    assert!(p.resync(&"n2/disk", 5, &dump, T0));
+    assert_eq!(p.index().held(&"n2/disk", Tier::Disk).len(), 1);
+    assert!(p.index().held(&"n2/disk", Tier::Device).is_empty());
+}
