@@ -157,3 +157,84 @@ fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
     assert_eq!(std::fs::read_dir(dir.join("disk")).unwrap().count(), files.len() - 1, "the corrupt file is gone");
     drop(p);
 }
+
+/// Node `store` has a worker and a host tier; node `front` has the gateway and a worker that
+/// starts as a prefill worker (so everything is served on `store` first). Once roles swap, the
+/// prompt `store` evicted into its host tier is onboarded by `front` over the data plane.
+#[test]
+fn another_nodes_host_tier_serves_blocks_over_the_data_plane() {
+    let dir = temp_dir("tiers-remote");
+    let port = free_port();
+    let certs = dir.join("certs");
+    let config = dir.join("remote.toml");
+    let text = format!(
+        r#"[cluster]
+name = "tiers-remote"
+cookie = "change-me"
+heartbeat_interval = "250ms"
+lease_timeout = "2s"
+
+[model]
+source = "default"
+
+[transport]
+certs = {certs:?}
+
+[[nodes]]
+name = "store"
+control = "127.0.0.1:{}"
+data = "127.0.0.1:{}"
+workers = [{{ device = "cpu", kv_blocks = 64 }}]
+
+[nodes.cache]
+host = "256MiB"
+
+[[nodes]]
+name = "front"
+control = "127.0.0.1:{}"
+data = "127.0.0.1:{}"
+gateway = "127.0.0.1:{port}"
+roles = ["gateway", "router"]
+workers = [{{ device = "cpu", role = "prefill", kv_blocks = 64 }}]
+"#,
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    std::fs::write(&config, text).unwrap();
+    cert_init(&config);
+    let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
+    let both = || {
+        let (status, _, body) = http("GET", port, "/health", None);
+        status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
+    };
+    assert!(wait_until(Duration::from_secs(120), both), "cluster did not start: {}", launch.log_text());
+    let router = || json(&http("GET", port, "/debug/router", None).2);
+    let (a, b) = (long_prompt(5), long_prompt(6));
+    let (reference, _, _) = first_token(port, &a);
+    assert_eq!(router()["recent"][0]["worker"], "store/cpu");
+    first_token(port, &b);
+    let tier_blocks = |s: &serde_json::Value| {
+        s["workers"].as_array().unwrap().iter().find(|w| w["worker"] == "store/host").map_or(0, |w| w["tier_blocks"].as_u64().unwrap())
+    };
+    assert!(wait_until(Duration::from_secs(10), || tier_blocks(&router()) >= 20), "{}", router());
+    for (worker, role) in [("store/cpu", "prefill"), ("front/cpu", "aggregated")] {
+        let body = format!(r#"{{"worker": "{worker}", "role": "{role}"}}"#);
+        assert_eq!(http("POST", port, "/debug/role", Some(&body)).0, 200);
+    }
+    let swapped = || router()["roles"].as_array().unwrap().iter().any(|r| r[0] == "front/cpu" && r[1] == "aggregated");
+    assert!(wait_until(Duration::from_secs(10), swapped));
+    let (text, _, _) = first_token(port, &a);
+    let status = router();
+    let last = status["recent"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["worker"], "front/cpu", "{status}");
+    assert!(last["explanation"].as_str().unwrap().contains("credited"), "{last}");
+    assert_eq!(text, reference, "KV from another node's tier gives the same greedy output");
+    let m = |name: &str| metric(port, name);
+    assert!(m("armature_router_tier_hints_total{tier=\"remote\"}") >= 1.0);
+    assert_eq!(m("armature_cache_onboard_total{tier=\"remote\",outcome=\"onboarded\"}"), 1.0);
+    assert!(m("armature_cache_onboarded_blocks_total{tier=\"remote\"}") >= 20.0);
+    assert!(m("armature_transfer_frames_total{direction=\"in\"") >= 20.0);
+    drop(launch);
+}

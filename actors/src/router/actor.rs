@@ -66,6 +66,8 @@ pub struct WorkerView {
     pub worker: String,
     pub device_blocks: usize,
     pub assumed_blocks: usize,
+    /// For a cache tier (`node/host`, `node/disk`): the blocks it holds.
+    pub tier_blocks: usize,
     pub prefill_load: u64,
     pub decode_load: u64,
     /// Its KV events stopped arriving.
@@ -315,6 +317,7 @@ impl RouterState {
                 WorkerView {
                     worker: w.to_string(),
                     device_blocks: by_tier[Tier::Device as usize],
+                    tier_blocks: by_tier[Tier::Host as usize] + by_tier[Tier::Disk as usize],
                     assumed_blocks: by_tier[Tier::Assumed as usize],
                     prefill_load: load.prefill,
                     decode_load: load.decode,
