@@ -68,6 +68,28 @@ fn start(dir: &Path, name: &str, host: bool, disk: bool) -> (Proc, u16) {
     (p, port)
 }
 
+/// The blocks the router believes tier `source` holds.
+fn tier_blocks(port: u16, source: &str) -> u64 {
+    let status = json(&http("GET", port, "/debug/router", None).2);
+    let workers = status["workers"].as_array().cloned().unwrap_or_default();
+    workers.iter().find(|w| w["worker"] == source).map_or(0, |w| w["tier_blocks"].as_u64().unwrap())
+}
+
+/// Wait until the router's view of tier `source` holds at least `min` blocks and has stopped
+/// changing (every evicted block offloaded, stored and published).
+fn wait_settled(port: u16, source: &str, min: u64) -> u64 {
+    let mut last = u64::MAX;
+    let settled = wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = tier_blocks(port, source);
+        let done = now >= min && now == last;
+        last = now;
+        done
+    });
+    assert!(settled, "tier {source} did not settle: {last} blocks");
+    last
+}
+
 fn computed(port: u16) -> f64 {
     metric(port, "armature_tokens_computed_total")
 }
@@ -82,12 +104,13 @@ fn evicted_prompt_is_onboarded_from_the_host_tier() {
     // B does not fit beside A in the pool of 64 blocks: A's blocks are evicted, into the host tier.
     first_token(port, &b);
     let m = |name: &str| metric(port, name);
-    assert!(wait_until(Duration::from_secs(10), || m("armature_cache_blocks{tier=\"host\"}") >= 20.0));
+    wait_settled(port, "n0/host", 20);
     let before = computed(port);
     let (text, _, warm) = first_token(port, &a);
     assert_eq!(text, reference, "onboarded KV gives the same greedy output");
     let onboarded = m("armature_cache_onboarded_blocks_total{tier=\"host\"}");
-    assert_eq!(m("armature_cache_onboard_total{tier=\"host\",outcome=\"onboarded\"}"), 1.0);
+    let status = http("GET", port, "/debug/router", None).2;
+    assert_eq!(m("armature_cache_onboard_total{tier=\"host\",outcome=\"onboarded\"}"), 1.0, "{status}");
     assert!(onboarded >= 20.0, "{onboarded} blocks onboarded");
     assert!(m("armature_cache_hit_blocks_total{tier=\"host\"}") >= onboarded);
     assert!(m("armature_cache_bytes_out_total{tier=\"host\"}") > 0.0);
@@ -110,14 +133,13 @@ fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
     // No host tier: the pool evicts straight to disk.
     let (mut p, port) = start(&dir, "disk1", false, true);
     let (reference, tokens, _) = first_token(port, &a);
+    // B evicts A's tail (a sequence's tail goes first), C the rest of A: all of A is on disk.
     first_token(port, &b);
+    first_token(port, &long_prompt(7));
     // Every block the worker offloaded is written before the node goes down.
-    let written = || {
-        let on_disk = metric(port, "armature_cache_blocks{tier=\"disk\"}");
-        on_disk >= 20.0 && on_disk == metric(port, "armature_cache_offloaded_blocks_total")
-    };
-    assert!(wait_until(Duration::from_secs(10), written));
+    wait_settled(port, "n0/disk", 20);
     let on_disk = metric(port, "armature_cache_blocks{tier=\"disk\"}");
+    assert_eq!(on_disk, metric(port, "armature_cache_offloaded_blocks_total"));
     drop(p.child.kill());
     p.wait_exit(Duration::from_secs(10));
 
@@ -125,8 +147,8 @@ fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
     let (mut p, port) = start(&dir, "disk2", false, true);
     assert_eq!(metric(port, "armature_cache_blocks{tier=\"disk\"}"), on_disk);
     assert!(p.log_text().contains("disk tier rebuilt its index"));
-    // Give the router a moment to hear the tier's events.
-    std::thread::sleep(Duration::from_millis(300));
+    // The router hears of the tier's blocks.
+    wait_settled(port, "n0/disk", on_disk as u64);
     let before = computed(port);
     let (text, _, _) = first_token(port, &a);
     assert_eq!(text, reference);
@@ -147,7 +169,7 @@ fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
         std::fs::write(f, bytes).unwrap();
     }
     let (p, port) = start(&dir, "disk3", false, true);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_settled(port, "n0/disk", 20);
     let before = computed(port);
     let (text, _, _) = first_token(port, &a);
     assert_eq!(text, reference, "a corrupt block is never used");
@@ -161,6 +183,8 @@ fn disk_tier_survives_a_restart_and_refuses_corrupt_blocks() {
 /// Node `store` has a worker and a host tier; node `front` has the gateway and a worker that
 /// starts as a prefill worker (so everything is served on `store` first). Once roles swap, the
 /// prompt `store` evicted into its host tier is onboarded by `front` over the data plane.
+/// (The host-tier test above onboards a prompt's tail behind the head the pool kept; these two
+/// onboard whole prompts.)
 #[test]
 fn another_nodes_host_tier_serves_blocks_over_the_data_plane() {
     let dir = temp_dir("tiers-remote");
@@ -214,11 +238,10 @@ workers = [{{ device = "cpu", role = "prefill", kv_blocks = 64 }}]
     let (a, b) = (long_prompt(5), long_prompt(6));
     let (reference, _, _) = first_token(port, &a);
     assert_eq!(router()["recent"][0]["worker"], "store/cpu");
+    // B evicts A's tail into store's host tier, C its head.
     first_token(port, &b);
-    let tier_blocks = |s: &serde_json::Value| {
-        s["workers"].as_array().unwrap().iter().find(|w| w["worker"] == "store/host").map_or(0, |w| w["tier_blocks"].as_u64().unwrap())
-    };
-    assert!(wait_until(Duration::from_secs(10), || tier_blocks(&router()) >= 20), "{}", router());
+    first_token(port, &long_prompt(8));
+    wait_settled(port, "store/host", 20);
     for (worker, role) in [("store/cpu", "prefill"), ("front/cpu", "aggregated")] {
         let body = format!(r#"{{"worker": "{worker}", "role": "{role}"}}"#);
         assert_eq!(http("POST", port, "/debug/role", Some(&body)).0, 200);

@@ -142,6 +142,7 @@ async fn onboard(
             return Err(why);
         }
     };
+    tracing::debug!(request = %req.id, have, usable, hint = hint.blocks, fetched = blocks.len(), "onboarding");
     // Only the leading blocks that came, in order, are kept.
     let got =
         blocks.iter().zip(wanted).take_while(|(b, h)| b.hash == **h && b.data.len() == layout.block_bytes()).count();

@@ -336,6 +336,14 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
         }
     }
 
+    /// Drop what was assumed of `worker` (it turned out to publish events after all).
+    pub fn forget_assumed(&mut self, worker: &W) {
+        if let Some(&slot) = self.slots.get(worker) {
+            self.clear_source(slot, Tier::Assumed);
+            self.assumed_until[slot].clear();
+        }
+    }
+
     /// Drop assumed blocks whose TTL ran out by `now`.
     pub fn expire(&mut self, now: Duration) {
         for slot in 0..self.assumed_until.len() {

@@ -239,6 +239,11 @@ impl<W: Clone + Eq + Hash> Placer<W> {
 
     fn receive_at(&mut self, worker: &W, tier: Tier, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
         let mut heard = Heard::default();
+        if !self.index.heard_from(worker) {
+            // Placed on before it was first heard from: what was assumed then is replaced by
+            // what it publishes.
+            self.index.forget_assumed(worker);
+        }
         match self.incarnations.insert(worker.clone(), incarnation) {
             Some(old) if old != incarnation => {
                 // A fresh pool numbers its events from 1 again.

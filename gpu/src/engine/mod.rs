@@ -199,14 +199,12 @@ impl Engine {
             self.pool.register(b, parent, hashes[k]);
         }
         self.collect_offload();
-        self.pool.release(&r.cached);
-        self.pool.release(&r.fresh);
+        self.pool.release(&[r.cached, r.fresh].concat());
     }
 
     /// Give a reservation back unused.
     pub fn abort(&mut self, r: Reservation) {
-        self.pool.release(&r.cached);
-        self.pool.release(&r.fresh);
+        self.pool.release(&[r.cached, r.fresh].concat());
     }
 
     /// Compute the KV of `tokens` (whole blocks) for another worker. The blocks from `skip` on

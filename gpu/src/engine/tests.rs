@@ -436,8 +436,8 @@ fn offloaded_blocks_carry_their_kv_and_serve_the_prompt_elsewhere() {
     // Room for one prompt at a time: the second evicts the first.
     let limits = EngineLimits { kv_blocks: 8, context_length: 256, ..engine(1).limits() };
     let greedy = SamplingParams { max_tokens: 2, temperature: 0.0, ..Default::default() };
-    let a = req("a", "abcdefghijklmnopqrstuvw", greedy.clone());
-    let b = req("b", "ABCDEFGHIJKLMNOPQRSTUVW", greedy.clone());
+    let a = req("a", "abcdefghijklmnopqrstuv", greedy.clone());
+    let b = req("b", "ABCDEFGHIJKLMNOPQRSTUV", greedy.clone());
     let hashes_a = BlockHasher::new(bs).sequence_hashes(&a.prompt_tokens);
 
     let mut e = kv_engine(limits);
@@ -451,19 +451,32 @@ fn offloaded_blocks_carry_their_kv_and_serve_the_prompt_elsewhere() {
     assert!(out.len() >= 3, "b evicted a's blocks: {}", out.len());
     let n = e.block_layout().unwrap().block_bytes();
     assert!(out.iter().all(|o| o.data.len() == n && hashes_a.contains(&o.hash)));
-    // Least recently used first: a's blocks in prompt order, each with its parent.
-    assert_eq!(out[0].hash, hashes_a[0]);
-    assert_eq!(out[1].parent, Some(hashes_a[0]));
+    // Least recently used first: a's tail first (its head was released last), each block with its
+    // parent.
+    let k = out.len();
+    let head = hashes_a.len() - k;
+    let evicted: Vec<u64> = out.iter().map(|o| o.hash).collect();
+    assert_eq!(evicted, hashes_a[head..].iter().rev().copied().collect::<Vec<_>>());
+    assert!(out.iter().all(|o| o.parent == Some(hashes_a[hashes_a.iter().position(|h| *h == o.hash).unwrap() - 1])));
 
-    // Onboard the leading ones into a fresh engine: the same output as computing a there.
-    let lead: Vec<u64> = out.iter().map(|o| o.hash).take_while(|h| hashes_a.contains(h)).collect();
-    assert_eq!(lead, hashes_a[..lead.len()].to_vec());
+    // A fresh engine gets a's head from e's pool and its tail as offloaded: the same output as
+    // computing a there.
+    let kept = e.reserve(&hashes_a[..head]).unwrap();
+    assert_eq!(kept.cached.len(), head, "the head stayed in the pool");
+    let mut data = vec![0u8; head * n];
+    e.export_blocks(&kept.cached, &mut data).unwrap();
+    e.abort(kept);
     let mut other = kv_engine(limits);
-    let res = other.reserve(&lead).unwrap();
-    for (i, o) in out.iter().take(lead.len()).enumerate() {
-        other.import_block(res.fresh[i], &o.data).unwrap();
+    let lead = &hashes_a[..];
+    let res = other.reserve(lead).unwrap();
+    for i in 0..lead.len() {
+        let block = match i.checked_sub(head) {
+            None => &data[i * n..(i + 1) * n],
+            Some(t) => &out[k - 1 - t].data[..],
+        };
+        other.import_block(res.fresh[i], block).unwrap();
     }
-    other.commit(res, &lead);
+    other.commit(res, lead);
     other.submit(a.clone());
     let served = drain(&mut other);
     assert_eq!(other.stats().cached_tokens, (lead.len() * bs) as u64);
@@ -477,9 +490,8 @@ fn offloaded_blocks_carry_their_kv_and_serve_the_prompt_elsewhere() {
     wt.submit(a.clone());
     drain(&mut wt);
     let got: Vec<u64> = wt.take_offloaded().iter().map(|o| o.hash).collect();
-    // The prompt's blocks, then the one its generated tokens filled.
-    assert_eq!(got.len(), hashes_a.len() + 1);
-    assert_eq!(got[..hashes_a.len()], hashes_a[..]);
+    // The prompt's five full blocks (with the first generated token, 23 tokens were computed).
+    assert_eq!(got, hashes_a);
     let mut off = kv_engine(limits);
     off.set_offload(OffloadMode::Off);
     off.submit(a);

@@ -205,10 +205,12 @@ impl BlockPool {
         true
     }
 
-    /// Drop one reference on each block. Unreferenced registered blocks become inactive (most
-    /// recently used last, in the order given); unregistered ones go back to the free list.
+    /// Drop one reference on each block. Unreferenced registered blocks become inactive, the
+    /// first given as the most recently used: a sequence released in order is evicted tail first,
+    /// so its prefix stays findable longest (a tail without its head matches nothing).
+    /// Unregistered blocks go back to the free list.
     pub fn release(&mut self, ids: &[BlockId]) {
-        for &id in ids {
+        for &id in ids.iter().rev() {
             let b = &mut self.blocks[id.0 as usize];
             assert!(b.refs > 0, "release of unreferenced block {id:?}");
             b.refs -= 1;

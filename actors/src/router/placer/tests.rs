@@ -236,3 +236,16 @@ fn tier_hits_are_credited_by_tier_and_named_for_onboarding() {
     assert_eq!(p.index().held(&"n2/disk", Tier::Disk).len(), 1);
     assert!(p.index().held(&"n2/disk", Tier::Device).is_empty());
 }
+
+#[test]
+fn assumptions_made_before_a_worker_is_first_heard_are_dropped_when_it_publishes() {
+    let mut p = placer(RoutingPolicy::Kv);
+    // Placed before its first heartbeat: approximate mode assumes the prompt is cached there.
+    p.place(&rid("r"), &[1, 2, 3], &["a"], T0).unwrap();
+    assert_eq!(p.index().held(&"a", Tier::Assumed).len(), 3);
+    p.receive(&"a", 1, &KvBatch::Heartbeat { last_event_id: 0 }, T0);
+    assert!(p.index().held(&"a", Tier::Assumed).is_empty());
+    // From now on only what it publishes counts.
+    p.place(&rid("s"), &[1, 2, 3], &["a"], T0).unwrap();
+    assert!(p.index().held(&"a", Tier::Assumed).is_empty());
+}
