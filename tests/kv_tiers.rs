@@ -1,7 +1,7 @@
 //! The multi-tier KV cache with real processes serving SmolLM2 (`armature serve` of
 //! `examples/tiers.toml`, one worker with a tiny pool): a long prompt evicted from the worker is
-//! onboarded from the host tier when it comes back (fewer tokens computed, a lower TTFT, counters
-//! show it, the same greedy output); the disk tier's blocks survive a restart of the node and are
+//! onboarded from the host tier when it comes back (fewer tokens computed, counters show it, the
+//! same greedy output); the disk tier's blocks survive a restart of the node and are
 //! served after it; a corrupted block file is refused and its blocks recomputed.
 
 mod support;
@@ -118,11 +118,8 @@ fn evicted_prompt_is_onboarded_from_the_host_tier() {
     // Only what no tier held was computed again.
     let recomputed = computed(port) - before;
     assert!(recomputed <= (tokens - onboarded as u64 * BLOCK + 4) as f64, "{recomputed} tokens computed");
-    println!(
-        "TTFT of a {tokens}-token prompt: recomputed {cold:.3} s, onboarded from host {warm:.3} s ({:.1}x)",
-        cold / warm
-    );
-    assert!(warm < cold, "onboarding ({warm:.3} s) is slower than recomputing ({cold:.3} s)");
+    // The TTFT this saves is measured by `bench/tiers.py` (no timed assertions in tests).
+    println!("TTFT of a {tokens}-token prompt: recomputed {cold:.3} s, onboarded from host {warm:.3} s");
     drop(p);
 }
 
