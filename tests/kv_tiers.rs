@@ -243,7 +243,11 @@ workers = [{{ device = "cpu", role = "prefill", kv_blocks = 64 }}]
         let body = format!(r#"{{"worker": "{worker}", "role": "{role}"}}"#);
         assert_eq!(http("POST", port, "/debug/role", Some(&body)).0, 200);
     }
-    let swapped = || router()["roles"].as_array().unwrap().iter().any(|r| r[0] == "front/cpu" && r[1] == "aggregated");
+    let swapped = || {
+        let roles = router()["roles"].as_array().cloned().unwrap_or_default();
+        let has = |w: &str, r: &str| roles.iter().any(|x| x[0] == w && x[1] == r);
+        has("front/cpu", "aggregated") && has("store/cpu", "prefill")
+    };
     assert!(wait_until(Duration::from_secs(10), swapped));
     let (text, _, _) = first_token(port, &a);
     let status = router();

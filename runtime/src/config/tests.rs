@@ -107,3 +107,37 @@ fn router_section_defaults_and_checks() {
     assert_eq!("least-loaded".parse::<RoutingPolicy>(), Ok(RoutingPolicy::LeastLoaded));
     assert!("smart".parse::<RoutingPolicy>().unwrap_err().contains("kv, round-robin, least-loaded, random"));
 }
+
+#[test]
+fn cache_tiers_parse_and_checks_name_the_field() {
+    let c = ClusterConfig::parse(include_str!("../../../examples/tiers.toml"), "tiers").unwrap();
+    assert_eq!(c.cache.offload, OffloadMode::WriteBack);
+    assert_eq!(c.cache.disk_after_reuses, 1);
+    assert_eq!(c.cache.host.latency.get(), std::time::Duration::from_micros(50));
+    assert_eq!(c.cache.host.latency.to_string(), "50us");
+    let n = &c.nodes[0].cache;
+    assert_eq!((n.host, n.disk), (Some(ByteSize::mib(256)), Some(ByteSize::mib(2048))));
+    assert_eq!(n.disk_dir.as_deref(), Some(std::path::Path::new("cache/kv/n0")));
+    // Defaults: no tiers.
+    assert_eq!(ClusterConfig::parse(TWO_NODES, "two").unwrap().nodes[0].cache, NodeCacheConfig::default());
+    let base = include_str!("../../../examples/tiers.toml");
+    let with = |extra: &str| format!("{base}\n{extra}\n");
+    let c = ClusterConfig::parse(&base.replace("\"write-back\"", "\"write-through\""), "t").unwrap();
+    assert_eq!(c.cache.offload, OffloadMode::WriteThrough);
+    for (text, path) in [
+        (base.replace("disk_dir = \"cache/kv/n0\"\n", ""), "nodes[0].cache.disk_dir"),
+        (base.replace("disk = \"2GiB\"\n", ""), "nodes[0].cache.disk"),
+        (base.replace("host = \"256MiB\"", "host = 0"), "nodes[0].cache.host"),
+        (base.replace("host = \"256MiB\"", "host = \"lots\""), "nodes[0].cache.host"),
+        (base.replace("offload = \"write-back\"", "offload = \"sometimes\""), "cache.offload"),
+        (base.replace("prefill_tokens_per_s = 2000", "prefill_tokens_per_s = 0"), "cache.prefill_tokens_per_s"),
+        (base.replace("[nodes.cache]", "[nodes.cache]\ncolour = 1"), "nodes[0].cache.colour"),
+        (with("[cache.remote]\nbytes_per_s = 0\nlatency = \"1ms\""), "cache.remote.bytes_per_s"),
+    ] {
+        let e = err(&text);
+        assert_eq!(e.path, path, "{e}");
+    }
+    // Two nodes may not share a disk directory.
+    let two = base.replace("[[nodes]]", "[[nodes]]\nname = \"n1\"\ncontrol = \"127.0.0.1:7431\"\n[nodes.cache]\ndisk = \"1GiB\"\ndisk_dir = \"cache/kv/n0\"\n\n[[nodes]]");
+    assert_eq!(err(&two).path, "nodes[1].cache.disk_dir");
+}
