@@ -346,7 +346,13 @@ pub fn placer_config(config: &RouterSection) -> PlacerConfig {
         cost: CostConfig {
             prefill_weight: config.prefill_weight,
             temperature: config.temperature,
-            ..CostConfig::default()
+            tier_credit: {
+                let mut credit = CostConfig::default().tier_credit;
+                credit[Tier::Host as usize] = config.tier_credit.host;
+                credit[Tier::Disk as usize] = config.tier_credit.disk;
+                credit[Tier::Remote as usize] = config.tier_credit.remote;
+                credit
+            },
         },
         assumed_ttl: config.assumed_ttl.get(),
     }

@@ -389,6 +389,22 @@ pub struct RouterSection {
     /// least-loaded worker already has this many predicted blocks of prefill.
     #[serde(default = "default_prefill_busy_blocks")]
     pub prefill_busy_blocks: u64,
+    /// `kv`: how much of a block's prefill a copy in a cache tier saves (0 to 1): the worker's own
+    /// node's host tier, its disk tier, and another node's tier.
+    #[serde(default = "default_tier_credit")]
+    pub tier_credit: TierCredit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierCredit {
+    pub host: f64,
+    pub disk: f64,
+    pub remote: f64,
+}
+
+fn default_tier_credit() -> TierCredit {
+    TierCredit { host: 0.8, disk: 0.5, remote: 0.3 }
 }
 
 fn default_disagg_min_blocks() -> u32 {
@@ -418,6 +434,7 @@ impl Default for RouterSection {
             event_silence: default_event_silence(),
             disagg_min_blocks: default_disagg_min_blocks(),
             prefill_busy_blocks: default_prefill_busy_blocks(),
+            tier_credit: default_tier_credit(),
         }
     }
 }

@@ -137,6 +137,13 @@ fn cache_tiers_parse_and_checks_name_the_field() {
         let e = err(&text);
         assert_eq!(e.path, path, "{e}");
     }
+    // Tier credits of the router.
+    let c =
+        ClusterConfig::parse(&with("[router]\ntier_credit = { host = 0.9, disk = 0.4, remote = 0.2 }"), "t").unwrap();
+    assert_eq!((c.router.tier_credit.host, c.router.tier_credit.remote), (0.9, 0.2));
+    assert_eq!(ClusterConfig::parse(base, "t").unwrap().router.tier_credit.disk, 0.5);
+    let e = err(&with("[router]\ntier_credit = { host = 1.5, disk = 0.4, remote = 0.2 }"));
+    assert_eq!(e.path, "router.tier_credit.host");
     // Two nodes may not share a disk directory.
     let two = base.replace("[[nodes]]", "[[nodes]]\nname = \"n1\"\ncontrol = \"127.0.0.1:7431\"\n[nodes.cache]\ndisk = \"1GiB\"\ndisk_dir = \"cache/kv/n0\"\n\n[[nodes]]");
     assert_eq!(err(&two).path, "nodes[1].cache.disk_dir");

@@ -61,6 +61,12 @@ impl ClusterConfig {
         if !(r.temperature.is_finite() && r.temperature >= 0.0) {
             return Err(("router.temperature".into(), format!("{} is not a finite number >= 0", r.temperature)));
         }
+        let c = r.tier_credit;
+        for (name, v) in [("host", c.host), ("disk", c.disk), ("remote", c.remote)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err((format!("router.tier_credit.{name}"), format!("{v} is not between 0 and 1")));
+            }
+        }
         if r.event_silence.get().is_zero() {
             return Err(("router.event_silence".into(), "must be above zero".into()));
         }
