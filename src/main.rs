@@ -108,6 +108,18 @@ enum Command {
         remote_bytes_per_s: runtime::config::ByteSize,
         #[arg(long, default_value = "200us")]
         remote_latency: runtime::config::HumanDuration,
+        /// A disk tier of this many blocks beside each worker (0: none); the host tier's evictions
+        /// go there once reused `--disk-after-reuses` times (without a host tier, every evicted
+        /// block does).
+        #[arg(long, default_value_t = 0)]
+        disk_blocks: usize,
+        #[arg(long, default_value_t = 1)]
+        disk_after_reuses: u32,
+        /// Bandwidth and latency of a worker's own disk tier.
+        #[arg(long, default_value = "3GB")]
+        disk_bytes_per_s: runtime::config::ByteSize,
+        #[arg(long, default_value = "100us")]
+        disk_latency: runtime::config::HumanDuration,
     },
     /// Manage model files.
     Model {
@@ -313,6 +325,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             host_latency,
             remote_bytes_per_s,
             remote_latency,
+            disk_blocks,
+            disk_after_reuses,
+            disk_bytes_per_s,
+            disk_latency,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -326,10 +342,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 out: out.clone(),
                 timing: simulations::simulate::DEFAULT_TIMING,
                 prefill_weight,
-                tiers: (host_blocks > 0).then(|| simulations::cluster::SimTiers {
+                tiers: (host_blocks > 0 || disk_blocks > 0).then(|| simulations::cluster::SimTiers {
                     host_blocks,
+                    disk_blocks,
+                    disk_after_reuses,
                     block_bytes: block_bytes.bytes(),
                     host: TierLink { bytes_per_s: host_bytes_per_s, latency: host_latency },
+                    disk: TierLink { bytes_per_s: disk_bytes_per_s, latency: disk_latency },
                     remote: TierLink { bytes_per_s: remote_bytes_per_s, latency: remote_latency },
                     // The timing model's per-token prefill cost.
                     prefill_tokens_per_s: 1000.0 / simulations::simulate::DEFAULT_TIMING.prefill_b,

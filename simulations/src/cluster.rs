@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use actors::cache::onboard::{onboard_pays, transfer_time};
-use actors::cache::store::TierStore;
+use actors::cache::store::{Evicted, TierStore};
 use actors::router::cost::CostConfig;
 use actors::router::index::Tier;
 use actors::router::placer::{Placer, PlacerConfig};
@@ -50,16 +50,21 @@ pub struct ClusterConfig {
     pub tiers: Option<SimTiers>,
 }
 
-/// Host tiers in the simulation: one per worker, on its node.
+/// Cache tiers in the simulation: a host tier and a disk tier per worker, on its node.
 #[derive(Clone, Debug)]
 pub struct SimTiers {
-    /// Each host tier's budget, in blocks.
+    /// Each host tier's budget, in blocks (0: none; the pool offloads to disk).
     pub host_blocks: usize,
+    /// Each disk tier's budget, in blocks (0: none).
+    pub disk_blocks: usize,
+    /// A block the host tier evicts moves to disk once it was served this many times.
+    pub disk_after_reuses: u32,
     /// Bytes of one KV block, for transfer times.
     pub block_bytes: u64,
-    /// A worker's own node's host tier.
+    /// A worker's own node's host and disk tiers.
     pub host: TierLink,
-    /// Another node's host tier.
+    pub disk: TierLink,
+    /// Another node's tier.
     pub remote: TierLink,
     /// What moving blocks is weighed against.
     pub prefill_tokens_per_s: f64,
@@ -71,6 +76,10 @@ pub struct TierCounts {
     /// Requests whose leading blocks came from a tier: the worker's own node's, another's.
     pub local_onboards: u64,
     pub remote_onboards: u64,
+    /// Of the local ones, from the disk tier.
+    pub disk_onboards: u64,
+    /// Blocks the host tiers evicted into the disk tiers.
+    pub demoted_blocks: u64,
     pub onboarded_blocks: u64,
     /// Tier hints not followed: moving would cost more than prefilling.
     pub declined: u64,
@@ -131,8 +140,15 @@ enum Event {
     Sample,
 }
 
-/// Tier keys are the worker's index with this bit set.
+/// Tier keys are the worker's index with this bit set (and `DISK_BIT` for its disk tier).
 const TIER_BIT: usize = 1 << 40;
+const DISK_BIT: usize = 1 << 41;
+
+/// One worker's node's tiers.
+struct NodeTiers {
+    host: Option<TierStore>,
+    disk: Option<TierStore>,
+}
 
 /// Tokens the synthetic prompts use: printable ASCII of the test tokenizer.
 const FIRST_TOKEN: u32 = 32;
@@ -165,13 +181,15 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
         .collect();
     let hasher = BlockHasher::new(config.block_size);
     let placer_config = PlacerConfig { policy: config.policy, cost: config.cost.clone(), ..PlacerConfig::default() };
-    let mut placer: Placer<usize> = Placer::new(placer_config, config.seed).with_locality(|w, t| *t == *w | TIER_BIT);
-    let mut tiers: Vec<TierStore> = match &config.tiers {
+    let mut placer: Placer<usize> = Placer::new(placer_config, config.seed)
+        .with_locality(|w, t| *t & TIER_BIT != 0 && *t & !(TIER_BIT | DISK_BIT) == *w);
+    let mut tiers: Vec<NodeTiers> = match &config.tiers {
         Some(t) => {
             for w in &mut workers {
                 w.engine.set_offload(OffloadMode::WriteBack);
             }
-            (0..config.workers).map(|_| TierStore::new((t.host_blocks as u64) * t.block_bytes)).collect()
+            let store = |blocks: usize| (blocks > 0).then(|| TierStore::new(blocks as u64 * t.block_bytes));
+            (0..config.workers).map(|_| NodeTiers { host: store(t.host_blocks), disk: store(t.disk_blocks) }).collect()
         }
         None => Vec::new(),
     };
@@ -219,8 +237,13 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 if let (Some(o), Some(t)) = (onboard, &config.tiers) {
                     let usable = (req.prompt_tokens.len() - 1) / config.block_size;
                     let wanted = hashes[..(o.blocks as usize).min(usable)].to_vec();
-                    let source = o.source & !TIER_BIT;
-                    let link = if source == w { &t.host } else { &t.remote };
+                    let source = o.source & !(TIER_BIT | DISK_BIT);
+                    let on_disk = o.source & DISK_BIT != 0;
+                    let link = match (source == w, on_disk) {
+                        (false, _) => &t.remote,
+                        (true, true) => &t.disk,
+                        (true, false) => &t.host,
+                    };
                     if let Some(mut res) = workers[w].engine.reserve(&wanted) {
                         let have = res.cached.len();
                         let pays = onboard_pays(
@@ -230,7 +253,11 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                             link,
                             t.prefill_tokens_per_s,
                         );
-                        let n = if pays { tiers[source].lookup(&wanted[have..]) } else { 0 };
+                        let node = &mut tiers[source];
+                        let Some(store) = (if on_disk { node.disk.as_mut() } else { node.host.as_mut() }) else {
+                            unreachable!("the placer names only tiers that published")
+                        };
+                        let n = if pays { store.lookup(&wanted[have..]) } else { 0 };
                         if !pays && !res.fresh.is_empty() {
                             counts.declined += 1;
                         }
@@ -240,10 +267,11 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                             workers[w].engine.abort(res);
                         } else {
                             wanted[have..have + n].iter().for_each(|&h| {
-                                tiers[source].serve(h);
+                                store.serve(h);
                             });
                             if source == w {
                                 counts.local_onboards += 1;
+                                counts.disk_onboards += u64::from(on_disk);
                             } else {
                                 counts.remote_onboards += 1;
                             }
@@ -287,15 +315,40 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     placer.receive(&w, 0, &KvBatch::Events(records), now);
                 }
                 if let Some(t) = &config.tiers {
-                    // Write-back: what the pool evicted (this step, or reservations) lands in its host tier.
+                    // Write-back: what the pool evicted (this step, or reservations) lands in its
+                    // host tier (or disk, without one); what the host tier evicts moves to disk
+                    // once it was reused enough.
+                    let node = &mut tiers[w];
                     for b in worker.engine.take_offloaded() {
                         counts.offloaded_blocks += 1;
-                        let evicted = tiers[w].insert(b.hash, b.parent, t.block_bytes, 0).map_or(0, |e| e.len());
-                        counts.tier_evictions += evicted as u64;
+                        let demoted: Vec<Evicted> = match (&mut node.host, &mut node.disk) {
+                            (Some(host), _) => host.insert(b.hash, b.parent, t.block_bytes, 0).unwrap_or_default(),
+                            (None, Some(disk)) => {
+                                counts.tier_evictions +=
+                                    disk.insert(b.hash, b.parent, t.block_bytes, 0).map_or(0, |e| e.len()) as u64;
+                                Vec::new()
+                            }
+                            (None, None) => Vec::new(),
+                        };
+                        counts.tier_evictions += demoted.len() as u64;
+                        if let Some(disk) = &mut node.disk {
+                            for e in demoted.into_iter().filter(|e| e.reuses >= t.disk_after_reuses) {
+                                counts.demoted_blocks += 1;
+                                let priority = e.reuses.min(u32::from(u8::MAX)) as u8;
+                                counts.tier_evictions +=
+                                    disk.insert(e.hash, e.parent, t.block_bytes, priority).map_or(0, |v| v.len())
+                                        as u64;
+                            }
+                        }
                     }
-                    let events = tiers[w].take_events();
-                    if !events.is_empty() {
-                        placer.receive_tier(&(w | TIER_BIT), Tier::Host, 0, &KvBatch::Events(events), now);
+                    for (store, key, tier) in [
+                        (&mut node.host, w | TIER_BIT, Tier::Host),
+                        (&mut node.disk, w | TIER_BIT | DISK_BIT, Tier::Disk),
+                    ] {
+                        let events = store.as_mut().map(TierStore::take_events).unwrap_or_default();
+                        if !events.is_empty() {
+                            placer.receive_tier(&key, tier, 0, &KvBatch::Events(events), now);
+                        }
                     }
                 }
                 for (id, ev) in std::mem::take(&mut worker.pending) {
@@ -446,8 +499,11 @@ mod tests {
         };
         let tiers = SimTiers {
             host_blocks: 400,
+            disk_blocks: 0,
+            disk_after_reuses: 1,
             block_bytes: 1 << 20,
             host: link,
+            disk: link,
             remote: link,
             prefill_tokens_per_s: 10_000.0,
         };
@@ -456,6 +512,9 @@ mod tests {
         let ratio = |r: &ClusterRun| r.cached_tokens as f64 / r.prompt_tokens as f64;
         assert!(with.requests.iter().all(|r| r.finished.is_some() && r.generated == 8));
         assert!(ratio(&with) > ratio(&without) + 0.1, "with tiers {} vs without {}", ratio(&with), ratio(&without));
+        // The same seed, the same run, tiers and all.
+        let again = run(&ClusterConfig { tiers: Some(tiers.clone()), ..small.clone() }, &trace);
+        assert_eq!((again.requests, again.tiers), (with.requests.clone(), with.tiers));
         let t = with.tiers;
         assert!(t.local_onboards + t.remote_onboards > 0 && t.onboarded_blocks > 0, "{t:?}");
         assert!(t.offloaded_blocks >= t.tier_evictions);
@@ -464,9 +523,24 @@ mod tests {
         assert!(with.requests.iter().all(|r| r.arrival <= r.first_token.unwrap()));
         // Too slow a link to pay: hints are declined and nothing moves.
         let slow = TierLink { bytes_per_s: runtime::config::ByteSize(1 << 10), ..link };
-        let declined =
-            run(&ClusterConfig { tiers: Some(SimTiers { host: slow, remote: slow, ..tiers }), ..small }, &trace);
+        let declined = run(
+            &ClusterConfig { tiers: Some(SimTiers { host: slow, remote: slow, ..tiers.clone() }), ..small.clone() },
+            &trace,
+        );
         assert_eq!(declined.tiers.onboarded_blocks, 0);
         assert!(declined.tiers.declined > 0);
+        // A small host tier in front of a disk tier: reused blocks move down and are onboarded
+        // from disk too; only the disk tier, and everything goes there.
+        let layered = SimTiers { host_blocks: 40, disk_blocks: 400, ..tiers.clone() };
+        let both = run(&ClusterConfig { tiers: Some(layered), ..small.clone() }, &trace);
+        assert!(both.tiers.demoted_blocks > 0 && both.tiers.disk_onboards > 0, "{:?}", both.tiers);
+        assert!(ratio(&both) > ratio(&without) + 0.1);
+        let disk_only = run(
+            &ClusterConfig { tiers: Some(SimTiers { host_blocks: 0, disk_blocks: 400, ..tiers }), ..small },
+            &trace,
+        );
+        assert_eq!(disk_only.tiers.demoted_blocks, 0);
+        assert_eq!(disk_only.tiers.disk_onboards, disk_only.tiers.local_onboards);
+        assert!(disk_only.tiers.disk_onboards > 0);
     }
 }

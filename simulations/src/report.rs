@@ -61,12 +61,17 @@ pub struct Report {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct TierReport {
     pub host_blocks_per_worker: usize,
+    pub disk_blocks_per_worker: usize,
     /// Prompt tokens onboarded from a tier, over all prompt tokens (they count in
     /// `prefix_hit_ratio` too: onboarded blocks are served from the prefix cache).
     pub onboarded_ratio: f64,
     pub local_onboards: u64,
     pub remote_onboards: u64,
+    /// Of the local ones, from the disk tier.
+    pub disk_onboards: u64,
     pub onboarded_blocks: u64,
+    /// Blocks host tiers evicted into disk tiers.
+    pub demoted_blocks: u64,
     pub declined: u64,
     pub offloaded_blocks: u64,
     pub tier_evictions: u64,
@@ -83,8 +88,8 @@ pub struct RunInfo {
     pub block_size: usize,
     pub seed: u64,
     pub speed: f64,
-    /// Host-tier budget per worker in blocks, when there are host tiers.
-    pub host_blocks: Option<usize>,
+    /// Host- and disk-tier budgets per worker in blocks, when there are tiers.
+    pub tier_blocks: Option<(usize, usize)>,
 }
 
 impl Report {
@@ -120,10 +125,11 @@ impl Report {
             throughput_tok_s: if secs > 0.0 { generated as f64 / secs } else { 0.0 },
             makespan_s: secs,
             bounds,
-            tiers: info.host_blocks.map(|host_blocks| {
+            tiers: info.tier_blocks.map(|(host, disk)| {
                 let t = run.tiers;
                 TierReport {
-                    host_blocks_per_worker: host_blocks,
+                    host_blocks_per_worker: host,
+                    disk_blocks_per_worker: disk,
                     onboarded_ratio: if run.prompt_tokens == 0 {
                         0.0
                     } else {
@@ -131,7 +137,9 @@ impl Report {
                     },
                     local_onboards: t.local_onboards,
                     remote_onboards: t.remote_onboards,
+                    disk_onboards: t.disk_onboards,
                     onboarded_blocks: t.onboarded_blocks,
+                    demoted_blocks: t.demoted_blocks,
                     declined: t.declined,
                     offloaded_blocks: t.offloaded_blocks,
                     tier_evictions: t.tier_evictions,

@@ -118,7 +118,7 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
             block_size: o.block_size,
             seed: o.seed,
             speed: o.speed,
-            host_blocks: o.tiers.as_ref().map(|t| t.host_blocks),
+            tier_blocks: o.tiers.as_ref().map(|t| (t.host_blocks, t.disk_blocks)),
         };
         let report = Report::new(&info, &result, bounds.clone());
         let name = if k == 0 { "report.json".to_string() } else { format!("report-{policy}.json") };

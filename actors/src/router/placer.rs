@@ -75,8 +75,9 @@ pub struct Placer<W> {
     config: PlacerConfig,
     /// Device pools under worker keys, and cache tiers under their own keys (`tiers`).
     index: KvIndex<W>,
-    /// The cache tiers that publish, and which tier each is.
-    tiers: HashMap<W, Tier>,
+    /// The cache tiers that publish, and which tier each is, in the order first heard (so ties
+    /// between tiers break the same way in every run).
+    tiers: Vec<(W, Tier)>,
     /// Whether a tier (second) is on the same node as a worker (first): its blocks count in
     /// the tier's own credit there, and as `Remote` elsewhere.
     same_node: fn(&W, &W) -> bool,
@@ -92,7 +93,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         Self {
             config,
             index: KvIndex::new(),
-            tiers: HashMap::new(),
+            tiers: Vec::new(),
             same_node: |a, b| a == b,
             incarnations: HashMap::new(),
             loads: HashMap::new(),
@@ -185,10 +186,10 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         let have = overlap.blocks();
         self.tiers
             .iter()
-            .filter_map(|(source, &tier)| {
+            .filter_map(|(source, tier)| {
                 let more = self.index.run_from(source, hashes, have as usize);
-                let credited_as = if (self.same_node)(worker, source) { tier } else { Tier::Remote };
-                (more > 0).then(|| Onboard { source: source.clone(), tier, credited_as, blocks: have + more })
+                let credited_as = if (self.same_node)(worker, source) { *tier } else { Tier::Remote };
+                (more > 0).then(|| Onboard { source: source.clone(), tier: *tier, credited_as, blocks: have + more })
             })
             .max_by(|a, b| {
                 let gain =
@@ -233,7 +234,10 @@ impl<W: Clone + Eq + Hash> Placer<W> {
 
     /// A publication from a cache tier (`Tier::Host` or `Tier::Disk`) known as `source`.
     pub fn receive_tier(&mut self, source: &W, tier: Tier, incarnation: u64, batch: &KvBatch, now: Duration) -> Heard {
-        self.tiers.insert(source.clone(), tier);
+        match self.tiers.iter_mut().find(|(w, _)| w == source) {
+            Some(known) => known.1 = tier,
+            None => self.tiers.push((source.clone(), tier)),
+        }
         self.receive_at(source, tier, incarnation, batch, now)
     }
 
@@ -282,7 +286,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             return false;
         }
         self.incarnations.insert(worker.clone(), incarnation);
-        let tier = self.tiers.get(worker).copied().unwrap_or(Tier::Device);
+        let tier = self.tiers.iter().find(|(w, _)| w == worker).map_or(Tier::Device, |t| t.1);
         self.index.resync(worker, tier, dump, now);
         true
     }
@@ -294,7 +298,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
             self.index.remove_worker(w);
         }
         self.incarnations.retain(|w, _| live.contains(w));
-        self.tiers.retain(|w, _| live.contains(w));
+        self.tiers.retain(|(w, _)| live.contains(w));
         self.loads.retain(|w, _| live.contains(w));
         self.placed.retain(|_, p| live.contains(&p.worker));
     }
