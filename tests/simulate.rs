@@ -1,6 +1,6 @@
 //! `armature simulate` end to end on a small Mooncake-format trace: report.json with every field
-//! the issue asks for, the three plots, a byte-identical report for the same seed, and a clear
-//! error naming the line of a malformed trace.
+//! the issue asks for, the three plots, a byte-identical report for the same seed, the tiers'
+//! section with cache tiers, and a clear error naming the line of a malformed trace.
 
 mod support;
 
@@ -63,6 +63,22 @@ fn simulate_writes_a_reproducible_report_and_plots() {
     // The same seed gives a byte-identical report.
     assert!(simulate(&trace, &b, &["--policy", "kv,round-robin"]).status.success());
     assert_eq!(std::fs::read(a.join("report.json")).unwrap(), std::fs::read(b.join("report.json")).unwrap());
+
+    // With cache tiers the report says what they did; without, it has no `tiers`.
+    assert!(report.get("tiers").is_none());
+    let t = dir.join("t");
+    let out = simulate(&trace, &t, &["--host-blocks", "20", "--disk-blocks", "40", "--block-bytes", "1MiB"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tiered: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("report.json")).unwrap()).unwrap();
+    assert_eq!(tiered["tiers"]["host_blocks_per_worker"], 20);
+    assert_eq!(tiered["tiers"]["disk_blocks_per_worker"], 40);
+    for key in
+        ["onboarded_ratio", "local_onboards", "remote_onboards", "disk_onboards", "offloaded_blocks", "demoted_blocks"]
+    {
+        assert!(tiered["tiers"][key].is_number(), "{key}");
+    }
+    let out = simulate(&trace, &dir.join("u"), &["--host-blocks", "20", "--host-latency", "soon"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("soon"));
 
     // A malformed line is named; an unknown policy is refused.
     std::fs::write(&trace, "{\"timestamp\": 0, \"input_length\": 5, \"output_length\": 1}\n{\"timestamp\": 1}\n")
