@@ -135,6 +135,10 @@ pub enum StreamEvent {
     Delta {
         text: String,
         tokens: u32,
+        /// Those tokens' ids (`tokens` of them): what a gateway needs to continue the request on
+        /// another worker if this one dies (migration).
+        #[serde(default)]
+        ids: Vec<u32>,
     },
     Finished {
         reason: FinishReason,

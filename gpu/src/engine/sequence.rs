@@ -134,7 +134,8 @@ impl Sequence {
 
     fn emit(&mut self, events: &mut Vec<(RequestId, StreamEvent)>, text: String) {
         if !text.is_empty() {
-            events.push((self.id.clone(), StreamEvent::Delta { text, tokens: self.unreported }));
+            let ids = self.tokens[self.tokens.len() - self.unreported as usize..].to_vec();
+            events.push((self.id.clone(), StreamEvent::Delta { text, tokens: self.unreported, ids }));
             self.unreported = 0;
         }
     }

@@ -299,6 +299,10 @@ pub struct GatewaySection {
     /// How many times a request that failed before its first token is placed again.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// How many times a request whose worker dies mid-stream is moved to another worker (with its
+    /// prompt and the tokens generated so far); past this the client gets an error.
+    #[serde(default = "default_migrations")]
+    pub migrations: u32,
     /// Longest a worker may stay silent about a running request before the gateway gives up.
     #[serde(default = "default_worker_timeout")]
     pub worker_timeout: HumanDuration,
@@ -306,6 +310,9 @@ pub struct GatewaySection {
 
 fn default_max_body() -> ByteSize {
     ByteSize::mib(4)
+}
+fn default_migrations() -> u32 {
+    2
 }
 fn default_retries() -> u32 {
     1
@@ -316,7 +323,12 @@ fn default_worker_timeout() -> HumanDuration {
 
 impl Default for GatewaySection {
     fn default() -> Self {
-        Self { max_body: default_max_body(), retries: default_retries(), worker_timeout: default_worker_timeout() }
+        Self {
+            max_body: default_max_body(),
+            retries: default_retries(),
+            migrations: default_migrations(),
+            worker_timeout: default_worker_timeout(),
+        }
     }
 }
 

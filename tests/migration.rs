@@ -1,0 +1,126 @@
+//! Request migration: a three-node `armature launch` (gateway and router on one node, a worker
+//! on each of the two others; the deterministic test executor at 100 ms a step, whose next token
+//! depends only on the tokens so far, so a continuation must reproduce an uninterrupted run). The node serving a streaming greedy completion is SIGKILLed
+//! mid-stream; the gateway moves the request to the other worker with its prompt and the tokens
+//! generated so far, and the client's stream goes on: no error, nothing repeated or missing (the
+//! text equals an uninterrupted run's), usage counts every token once, and the migration is
+//! counted.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+/// Few enough that the test executor's end-of-text token never wins (its logit grows with the
+/// tokens generated, which a continuation counts from its own start).
+const MAX_TOKENS: u64 = 30;
+
+fn body(stream: bool) -> String {
+    serde_json::json!({
+        "model": "armature-test",
+        "prompt": "Here is a long story about a lighthouse keeper and the ships she saw:",
+        "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": true, "stream": stream,
+        "stream_options": { "include_usage": true }
+    })
+    .to_string()
+}
+
+/// The text and the completion tokens of an SSE stream; panics on an error event.
+fn read_stream(sse: &str) -> (String, u64) {
+    let mut text = String::new();
+    let mut completion = 0;
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            return (text, completion);
+        }
+        let v = json(line);
+        assert!(v.get("error").is_none(), "error event: {line}");
+        if let Some(t) = v["choices"][0]["text"].as_str() {
+            text.push_str(t);
+        }
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            completion = n;
+        }
+    }
+    panic!("the stream did not end with [DONE]: {sse}");
+}
+
+#[test]
+fn a_stream_survives_the_death_of_its_worker() {
+    let dir = temp_dir("migration");
+    let port = free_port();
+    let config = dir.join("cluster.toml");
+    let text = format!(
+        r#"[cluster]
+name = "migration"
+cookie = "change-me"
+heartbeat_interval = "250ms"
+lease_timeout = "2s"
+
+[model]
+source = "test"
+test = {{ step_delay = "100ms" }}
+
+[[nodes]]
+name = "gw"
+control = "127.0.0.1:{}"
+gateway = "127.0.0.1:{port}"
+roles = ["gateway", "router"]
+
+[[nodes]]
+name = "w1"
+control = "127.0.0.1:{}"
+workers = [{{ device = "cpu" }}]
+
+[[nodes]]
+name = "w2"
+control = "127.0.0.1:{}"
+workers = [{{ device = "cpu" }}]
+"#,
+        free_port(),
+        free_port(),
+        free_port()
+    );
+    std::fs::write(&config, text).unwrap();
+    let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
+    let both = || {
+        let (status, _, body) = http("GET", port, "/health", None);
+        status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
+    };
+    assert!(wait_until(Duration::from_secs(120), both), "cluster did not start: {}", launch.log_text());
+
+    // The uninterrupted reference.
+    let (status, _, sse) = http("POST", port, "/v1/completions", Some(&body(true)));
+    assert_eq!(status, 200);
+    let (reference, n) = read_stream(&sse);
+    assert_eq!(n, MAX_TOKENS);
+
+    // The same request; once it is under way, its worker's node dies.
+    let before = json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().map_or(0, |r| r.len());
+    let streaming = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(&body(true))));
+    let mut serving = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let recent =
+            json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap_or_default();
+        if recent.len() > before {
+            serving = recent.last().unwrap()["worker"].as_str().unwrap().to_string();
+        }
+        !serving.is_empty()
+    }));
+    let node = serving.split('/').next().unwrap().to_string();
+    // Some tokens out (one per 100 ms step), most still to come.
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = started_pid(&launch, &node, 0, Duration::from_secs(5)).expect("the serving node's pid");
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+
+    let (status, _, sse) = streaming.join().unwrap();
+    assert_eq!(status, 200);
+    let (text, completion) = read_stream(&sse);
+    assert_eq!(text, reference, "the migrated stream differs from the uninterrupted one");
+    assert_eq!(completion, MAX_TOKENS, "usage counts every token once");
+    assert_eq!(metric(port, "armature_request_migrations_total"), 1.0, "{}", launch.log_text());
+    drop(launch);
+}
