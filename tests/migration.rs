@@ -4,7 +4,8 @@
 //! mid-stream; the gateway moves the request to the other worker with its prompt and the tokens
 //! generated so far, and the client's stream goes on: no error, nothing repeated or missing (the
 //! text equals an uninterrupted run's), usage counts every token once, and the migration is
-//! counted.
+//! counted. Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
+//! stream moves on.
 
 mod support;
 
@@ -115,6 +116,7 @@ workers = [{{ device = "cpu" }}]
     std::thread::sleep(Duration::from_millis(1000));
     let pid = started_pid(&launch, &node, 0, Duration::from_secs(5)).expect("the serving node's pid");
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let killed = node.clone();
 
     let (status, _, sse) = streaming.join().unwrap();
     assert_eq!(status, 200);
@@ -122,5 +124,36 @@ workers = [{{ device = "cpu" }}]
     assert_eq!(text, reference, "the migrated stream differs from the uninterrupted one");
     assert_eq!(completion, MAX_TOKENS, "usage counts every token once");
     assert_eq!(metric(port, "armature_request_migrations_total"), 1.0, "{}", launch.log_text());
+
+    // A node that stops answering (SIGSTOP: its connection stays open) is caught by its lease
+    // (2 s) and the stream moves on just the same; the stopped worker's output is never used.
+    let both = || {
+        let (status, _, body) = http("GET", port, "/health", None);
+        status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
+    };
+    assert!(wait_until(Duration::from_secs(60), both), "the killed node did not come back");
+    let before = json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().map_or(0, |r| r.len());
+    let streaming = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(&body(true))));
+    let mut serving = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let recent =
+            json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap_or_default();
+        if recent.len() > before {
+            serving = recent.last().unwrap()["worker"].as_str().unwrap().to_string();
+        }
+        !serving.is_empty()
+    }));
+    let node = serving.split('/').next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1000));
+    let skip = if node == killed { 1 } else { 0 };
+    let pid = started_pid(&launch, &node, skip, Duration::from_secs(5)).expect("the serving node's pid");
+    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+    let (status, _, sse) = streaming.join().unwrap();
+    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+    assert_eq!(status, 200);
+    let (text, completion) = read_stream(&sse);
+    assert_eq!(text, reference, "the stream moved off a stopped node differs");
+    assert_eq!(completion, MAX_TOKENS);
+    assert_eq!(metric(port, "armature_request_migrations_total"), 2.0);
     drop(launch);
 }

@@ -23,6 +23,9 @@ const PLACEMENT_WAIT: Duration = Duration::from_secs(3);
 /// How long one long-poll may wait on the worker side.
 const POLL_WAIT: Duration = Duration::from_millis(1000);
 
+/// How often a request waiting on a worker checks that the worker's node still holds its lease.
+const LEASE_CHECK: Duration = Duration::from_millis(250);
+
 /// Pause before placing a failed request again, times the attempt number.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 
@@ -188,13 +191,27 @@ async fn run_attempt(
     let mut first = false;
     loop {
         let poll = PollRequest { id: req.id.clone(), max_wait_ms: POLL_WAIT.as_millis() as u64 };
-        let reply = tokio::select! {
-            _ = tx.closed() => {
-                let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));
-                metrics::counter!("armature_requests_client_gone_total").increment(1);
-                return AttemptEnd::ClientGone;
+        let call = async { call_t!(worker, WorkerMsg::Poll, timeout_ms + POLL_WAIT.as_millis() as u64, poll) };
+        tokio::pin!(call);
+        // The poll stays pending across lease checks: dropping it could lose the events it takes.
+        let mut lease = tokio::time::interval(LEASE_CHECK);
+        let reply = loop {
+            tokio::select! {
+                _ = tx.closed() => {
+                    let _ = worker.cast(WorkerMsg::Cancel(req.id.clone()));
+                    metrics::counter!("armature_requests_client_gone_total").increment(1);
+                    return AttemptEnd::ClientGone;
+                }
+                r = &mut call => break r,
+                _ = lease.tick() => {
+                    let node = &placement.worker_id.node;
+                    if !gw.node.view.is_alive(node) {
+                        // A stopped or partitioned node keeps its connection open; its lease
+                        // is what says it is gone.
+                        return AttemptEnd::Retriable(format!("node {node} missed its lease"));
+                    }
+                }
             }
-            r = async { call_t!(worker, WorkerMsg::Poll, timeout_ms + POLL_WAIT.as_millis() as u64, poll) } => r,
         };
         let events = match reply {
             Ok(r) => r.events,
