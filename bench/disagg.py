@@ -16,11 +16,8 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "armature")
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+from common import BIN, healthy, post, words
 
 
 def topology(mode, port, certs):
@@ -56,27 +53,8 @@ workers = [{{ device = "cpu", role = "{roles[1]}", kv_blocks = 1024, max_batch_t
 """
 
 
-def post(port, body, timeout=600):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def healthy(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200 and len(json.loads(r.read())["workers"]) == 2
-    except Exception:
-        return False
-
-
-def long_prompt(seed, words=1200):
-    rng = random.Random(seed)
-    return f"Document {seed}: " + " ".join(rng.choice(WORDS) for _ in range(words)) + ". Summarize:"
+def long_prompt(seed, n=1200):
+    return words(seed, n) + ". Summarize:"
 
 
 def run(mode, repeats, streams, certs):
@@ -89,7 +67,7 @@ def run(mode, repeats, streams, certs):
     proc = subprocess.Popen([BIN, "launch", "--config", cfg.name], env=env, stdout=log, stderr=log)
     try:
         deadline = time.time() + 120
-        while not healthy(port):
+        while not healthy(port, 2):
             if time.time() > deadline:
                 raise SystemExit(f"{mode}: cluster did not start (see {log.name})")
             time.sleep(0.5)

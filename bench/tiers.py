@@ -19,9 +19,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "armature")
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+from common import BIN, healthy, post, words
 
 
 def topology(mode, port, disk_dir):
@@ -47,24 +45,6 @@ workers = [{{ device = "cpu", kv_blocks = 120, max_batch_tokens = 512 }}]
 {tiers}"""
 
 
-def post(port, body, timeout=600):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions",
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def healthy(port):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except Exception:
-        return False
-
-
 def metrics(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -74,9 +54,8 @@ def metric(text, prefix):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix))
 
 
-def prompt(seed, words=1000):
-    rng = random.Random(seed)
-    return f"Document {seed}: " + " ".join(rng.choice(WORDS) for _ in range(words)) + ". Summarize:"
+def prompt(seed, n=1000):
+    return words(seed, n) + ". Summarize:"
 
 
 def ttft(port, text):

@@ -9,6 +9,8 @@
 
 mod support;
 
+use std::collections::HashMap;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -49,6 +51,29 @@ fn read_stream(sse: &str) -> (String, u64) {
     panic!("the stream did not end with [DONE]: {sse}");
 }
 
+fn both_up(port: u16) -> bool {
+    let (status, _, body) = http("GET", port, "/health", None);
+    status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
+}
+
+/// Start the streaming request on a thread; once the router has placed it, return the thread and
+/// the node serving it.
+fn start_stream(port: u16) -> (JoinHandle<(u16, String, String)>, String) {
+    let placed = || json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap_or_default();
+    let before = placed().len();
+    let streaming = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(&body(true))));
+    let mut serving = String::new();
+    assert!(wait_until(Duration::from_secs(20), || {
+        let recent = placed();
+        if recent.len() > before {
+            serving = recent.last().unwrap()["worker"].as_str().unwrap().to_string();
+        }
+        !serving.is_empty()
+    }));
+    let node = serving.split('/').next().unwrap().to_string();
+    (streaming, node)
+}
+
 #[test]
 fn a_stream_survives_the_death_of_its_worker() {
     let dir = temp_dir("migration");
@@ -87,11 +112,7 @@ workers = [{{ device = "cpu" }}]
     );
     std::fs::write(&config, text).unwrap();
     let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
-    let both = || {
-        let (status, _, body) = http("GET", port, "/health", None);
-        status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
-    };
-    assert!(wait_until(Duration::from_secs(120), both), "cluster did not start: {}", launch.log_text());
+    assert!(wait_until(Duration::from_secs(120), || both_up(port)), "cluster did not start: {}", launch.log_text());
 
     // The uninterrupted reference.
     let (status, _, sse) = http("POST", port, "/v1/completions", Some(&body(true)));
@@ -99,61 +120,29 @@ workers = [{{ device = "cpu" }}]
     let (reference, n) = read_stream(&sse);
     assert_eq!(n, MAX_TOKENS);
 
-    // The same request; once it is under way, its worker's node dies.
-    let before = json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().map_or(0, |r| r.len());
-    let streaming = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(&body(true))));
-    let mut serving = String::new();
-    assert!(wait_until(Duration::from_secs(20), || {
-        let recent =
-            json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap_or_default();
-        if recent.len() > before {
-            serving = recent.last().unwrap()["worker"].as_str().unwrap().to_string();
+    // The same request, twice: once it is under way, its worker's node is killed (SIGKILL), then
+    // stopped (SIGSTOP: its connection stays open, and only its lease, 2 s, says it is gone).
+    // Either way the stream moves on, and the stopped worker's output is never used.
+    let mut starts: HashMap<String, usize> = HashMap::new();
+    for (round, sig) in [(1.0, Signal::SIGKILL), (2.0, Signal::SIGSTOP)] {
+        assert!(wait_until(Duration::from_secs(60), || both_up(port)), "the killed node did not come back");
+        let (streaming, node) = start_stream(port);
+        // Some tokens out (one per 100 ms step), most still to come.
+        std::thread::sleep(Duration::from_millis(1000));
+        let skip = starts.entry(node.clone()).or_insert(0);
+        let pid = started_pid(&launch, &node, *skip, Duration::from_secs(5)).expect("the serving node's pid");
+        // A killed node is started again by launch.
+        *skip += usize::from(sig == Signal::SIGKILL);
+        kill(Pid::from_raw(pid), sig).unwrap();
+        let (status, _, sse) = streaming.join().unwrap();
+        if sig == Signal::SIGSTOP {
+            kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
         }
-        !serving.is_empty()
-    }));
-    let node = serving.split('/').next().unwrap().to_string();
-    // Some tokens out (one per 100 ms step), most still to come.
-    std::thread::sleep(Duration::from_millis(1000));
-    let pid = started_pid(&launch, &node, 0, Duration::from_secs(5)).expect("the serving node's pid");
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    let killed = node.clone();
-
-    let (status, _, sse) = streaming.join().unwrap();
-    assert_eq!(status, 200);
-    let (text, completion) = read_stream(&sse);
-    assert_eq!(text, reference, "the migrated stream differs from the uninterrupted one");
-    assert_eq!(completion, MAX_TOKENS, "usage counts every token once");
-    assert_eq!(metric(port, "armature_request_migrations_total"), 1.0, "{}", launch.log_text());
-
-    // A node that stops answering (SIGSTOP: its connection stays open) is caught by its lease
-    // (2 s) and the stream moves on just the same; the stopped worker's output is never used.
-    let both = || {
-        let (status, _, body) = http("GET", port, "/health", None);
-        status == 200 && json(&body)["workers"].as_array().is_some_and(|w| w.len() == 2)
-    };
-    assert!(wait_until(Duration::from_secs(60), both), "the killed node did not come back");
-    let before = json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().map_or(0, |r| r.len());
-    let streaming = std::thread::spawn(move || http("POST", port, "/v1/completions", Some(&body(true))));
-    let mut serving = String::new();
-    assert!(wait_until(Duration::from_secs(20), || {
-        let recent =
-            json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap_or_default();
-        if recent.len() > before {
-            serving = recent.last().unwrap()["worker"].as_str().unwrap().to_string();
-        }
-        !serving.is_empty()
-    }));
-    let node = serving.split('/').next().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(1000));
-    let skip = if node == killed { 1 } else { 0 };
-    let pid = started_pid(&launch, &node, skip, Duration::from_secs(5)).expect("the serving node's pid");
-    kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
-    let (status, _, sse) = streaming.join().unwrap();
-    kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
-    assert_eq!(status, 200);
-    let (text, completion) = read_stream(&sse);
-    assert_eq!(text, reference, "the stream moved off a stopped node differs");
-    assert_eq!(completion, MAX_TOKENS);
-    assert_eq!(metric(port, "armature_request_migrations_total"), 2.0);
+        assert_eq!(status, 200);
+        let (text, completion) = read_stream(&sse);
+        assert_eq!(text, reference, "{sig}: the migrated stream differs from the uninterrupted one");
+        assert_eq!(completion, MAX_TOKENS, "usage counts every token once");
+        assert_eq!(metric(port, "armature_request_migrations_total"), round, "{}", launch.log_text());
+    }
     drop(launch);
 }
