@@ -3,6 +3,9 @@ random words, and a small HTTP client for a node's gateway. Standard library onl
 import json
 import os
 import random
+import signal
+import subprocess
+import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,3 +37,21 @@ def healthy(port, workers=1):
             return r.status == 200 and len(json.loads(r.read())["workers"]) >= workers
     except Exception:
         return False
+
+
+def wait_healthy(port, workers, what, log_name, timeout=120):
+    """Wait for `healthy(port, workers)`; exit naming `what` and its log if it never comes."""
+    deadline = time.time() + timeout
+    while not healthy(port, workers):
+        if time.time() > deadline:
+            raise SystemExit(f"{what} did not start (see {log_name})")
+        time.sleep(0.5)
+
+
+def stop_node(proc):
+    """SIGTERM a node (it drains), SIGKILL it if it is still there after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -9,7 +9,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from common import BIN, healthy, post, words
+from common import BIN, post, stop_node, wait_healthy, words
 
 
 def topology(mode, port, certs):
@@ -66,11 +65,7 @@ def run(mode, repeats, streams, certs):
     log = open(cfg.name + ".log", "w")
     proc = subprocess.Popen([BIN, "launch", "--config", cfg.name], env=env, stdout=log, stderr=log)
     try:
-        deadline = time.time() + 120
-        while not healthy(port, 2):
-            if time.time() > deadline:
-                raise SystemExit(f"{mode}: cluster did not start (see {log.name})")
-            time.sleep(0.5)
+        wait_healthy(port, 2, f"{mode}: cluster", log.name)
         stop = threading.Event()
         done = []  # (finish time, tokens) of decode requests
 
@@ -103,11 +98,7 @@ def run(mode, repeats, streams, certs):
         stop.set()
         return ttft, decode
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_node(proc)
 
 
 def main():

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import tempfile
 import time
 import urllib.request
 
-from common import BIN, healthy, post, words
+from common import BIN, post, stop_node, wait_healthy, words
 
 
 def topology(mode, port, disk_dir):
@@ -74,11 +73,7 @@ def run(mode, repeats):
     proc = subprocess.Popen([BIN, "serve", "--config", cfg], env=dict(os.environ, RUST_LOG="warn"),
                             stdout=log, stderr=log)
     try:
-        deadline = time.time() + 120
-        while not healthy(port):
-            if time.time() > deadline:
-                raise SystemExit(f"{mode}: server did not start (see {log.name})")
-            time.sleep(0.5)
+        wait_healthy(port, 1, f"{mode}: server", log.name)
         cold, again = [], []
         for r in range(repeats):
             p, q = prompt(2 * r), prompt(2 * r + 1)
@@ -94,11 +89,7 @@ def run(mode, repeats):
         onboarded = metric(m, "armature_cache_onboarded_blocks_total")
         return cold, again, onboarded
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_node(proc)
         shutil.rmtree(work, ignore_errors=True)
 
 
