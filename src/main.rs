@@ -153,6 +153,9 @@ enum BenchCommand {
         /// `default`, a path to a .gguf file, or `test`.
         #[arg(long, default_value = "default")]
         model: String,
+        /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
         concurrency: Vec<usize>,
         #[arg(long, default_value_t = 16)]
@@ -268,7 +271,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             run_node(config, plan, Some(name), stdin_rx).await
         }
         Command::Bench {
-            command: BenchCommand::Engine { model, concurrency, prompt_tokens, max_tokens, prefill_tokens, repeats },
+            command:
+                BenchCommand::Engine { model, device, concurrency, prompt_tokens, max_tokens, prefill_tokens, repeats },
         } => {
             runtime::telemetry::init_logging(Default::default());
             let section = runtime::config::ModelSection { source: model, ..Default::default() };
@@ -281,7 +285,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 block_size: 16,
             };
             let mut load = |blocks: usize| {
-                let m = gpu::model::LoadedModel::load(&section, gpu::model::KvBudget::Blocks(blocks), 16)?;
+                let m = gpu::model::LoadedModel::load(&section, &device, gpu::model::KvBudget::Blocks(blocks), 16)?;
                 Ok((m.executor, m.tokenizer))
             };
             let report = bench.run(&mut load).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -23,6 +23,27 @@ impl Sampler {
         }
     }
 
+    /// Whether `pick` describes this sampling (no top-k).
+    pub fn can_pick(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 0
+    }
+
+    /// How a device that picks tokens itself should pick the next one, drawing its uniform from
+    /// this sampler's generator; None when only `sample` can (top-k).
+    pub fn pick(&mut self) -> Option<crate::executor::Pick> {
+        if self.temperature <= 0.0 {
+            return Some(crate::executor::Pick::Greedy);
+        }
+        if self.top_k > 0 {
+            return None;
+        }
+        Some(crate::executor::Pick::Nucleus {
+            temperature: self.temperature,
+            top_p: self.top_p.clamp(f32::MIN_POSITIVE, 1.0),
+            uniform: self.rng.random::<f32>(),
+        })
+    }
+
     /// The next token. Non-finite logits are never picked; all of them non-finite picks token 0.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.temperature <= 0.0 {

@@ -102,10 +102,7 @@ impl Executor for ModelExecutor {
     }
 
     fn model_fingerprint(&self) -> u64 {
-        // The name and every shape and constant of the architecture; two workers that load the
-        // same file agree.
-        let text = format!("{}|{:?}", self.name, self.model.config);
-        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+        fingerprint(&self.name, &self.model.config)
     }
 
     fn export_block(&self, block: crate::pool::BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {
@@ -119,6 +116,13 @@ impl Executor for ModelExecutor {
         self.kv.write_block(block, data);
         Ok(())
     }
+}
+
+/// Identifies a model's KV: the name and every shape and constant of the architecture, so two
+/// workers that load the same file agree, whatever their backend.
+pub fn fingerprint(name: &str, config: &llama::LlamaConfig) -> u64 {
+    let text = format!("{name}|{config:?}");
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
 impl ModelExecutor {

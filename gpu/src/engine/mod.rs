@@ -17,7 +17,7 @@ use runtime::ids::RequestId;
 use runtime::kv::KvEventRecord;
 use runtime::request::{FinishReason, GenerateRequest, StreamEvent, WorkerFailure};
 
-use crate::executor::{Executor, ExecutorError, SequenceView};
+use crate::executor::{Executor, ExecutorError, Pick, SequenceView};
 use crate::pool::{BlockPool, PoolStats};
 use crate::tokenizer::Tokenizer;
 use sequence::{PrefillState, Sequence};
@@ -96,6 +96,26 @@ pub struct Engine {
 struct Planned {
     index: usize,
     end: usize,
+}
+
+/// Run a batch: tokens picked by the executor where `picks` is given, else logits to sample.
+fn run_batch(
+    executor: &mut dyn Executor,
+    views: &[SequenceView<'_>],
+    picks: Option<Vec<Option<Pick>>>,
+) -> Result<Vec<Option<StepOutput>>, ExecutorError> {
+    if let Some(picks) = picks
+        && let Some(tokens) = executor.forward_picked(views, &picks)
+    {
+        return Ok(tokens?.into_iter().map(|t| t.map(StepOutput::Token)).collect());
+    }
+    Ok(executor.forward(views)?.into_iter().map(|l| l.map(StepOutput::Logits)).collect())
+}
+
+/// What the executor gave for one sequence of a step.
+enum StepOutput {
+    Logits(Vec<f32>),
+    Token(u32),
 }
 
 impl Engine {
@@ -328,6 +348,7 @@ impl Engine {
         if plan.is_empty() {
             return Ok(Vec::new());
         }
+        let picks = self.picks(&plan);
         let views: Vec<SequenceView<'_>> = plan
             .iter()
             .map(|p| {
@@ -341,13 +362,14 @@ impl Engine {
                 }
             })
             .collect();
-        let logits = self.executor.forward(&views)?;
-        if logits.len() != plan.len() {
-            return Err(ExecutorError::Forward(format!("{} results for a batch of {}", logits.len(), plan.len())));
+        let outputs = run_batch(&mut *self.executor, &views, picks)?;
+        drop(views);
+        if outputs.len() != plan.len() {
+            return Err(ExecutorError::Forward(format!("{} results for a batch of {}", outputs.len(), plan.len())));
         }
         let mut events = Vec::new();
         let mut finished = Vec::new();
-        for (p, row) in plan.iter().zip(logits) {
+        for (p, row) in plan.iter().zip(outputs) {
             let seq = &mut self.running[p.index];
             self.stats.computed_tokens += (p.end - seq.computed) as u64;
             seq.computed = p.end;
@@ -373,9 +395,13 @@ impl Engine {
             if p.end < seq.tokens.len() {
                 continue; // a prefill chunk: no token yet
             }
-            let row = row.ok_or_else(|| ExecutorError::Forward("no logits for a sequence that needed them".into()))?;
-            if let Some(reason) = seq.advance(&*self.tokenizer, &row, self.limits.context_length as usize, &mut events)
-            {
+            let context = self.limits.context_length as usize;
+            let finish = match row {
+                Some(StepOutput::Logits(logits)) => seq.advance(&*self.tokenizer, &logits, context, &mut events),
+                Some(StepOutput::Token(token)) => seq.push_token(&*self.tokenizer, token, context, &mut events),
+                None => return Err(ExecutorError::Forward("no logits for a sequence that needed them".into())),
+            };
+            if let Some(reason) = finish {
                 events.push((seq.id.clone(), StreamEvent::Finished { reason, usage: seq.usage() }));
                 finished.push(p.index);
             }
@@ -388,6 +414,26 @@ impl Engine {
             self.pool.release(&seq.blocks);
         }
         Ok(events)
+    }
+
+    /// Each planned sequence's `Pick` when the executor picks tokens itself and every sequence
+    /// that wants a token has a sampling it can describe (None otherwise: logits, sampled here).
+    fn picks(&mut self, plan: &[Planned]) -> Option<Vec<Option<Pick>>> {
+        if !self.executor.picks_tokens() {
+            return None;
+        }
+        let wants = |s: &Sequence, p: &Planned| p.end == s.tokens.len() && s.prefill.is_none();
+        if plan.iter().any(|p| wants(&self.running[p.index], p) && !self.running[p.index].can_pick()) {
+            return None;
+        }
+        Some(
+            plan.iter()
+                .map(|p| {
+                    let s = &mut self.running[p.index];
+                    if wants(s, p) { s.pick() } else { None }
+                })
+                .collect(),
+        )
     }
 
     /// Choose this step's work and make sure every chosen sequence has the blocks it needs.

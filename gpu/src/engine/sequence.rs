@@ -102,6 +102,16 @@ impl Sequence {
         }
     }
 
+    /// Whether `pick` describes this sequence's sampling.
+    pub fn can_pick(&self) -> bool {
+        self.sampler.can_pick()
+    }
+
+    /// How the executor may pick this sequence's next token itself (see `Sampler::pick`).
+    pub fn pick(&mut self) -> Option<crate::executor::Pick> {
+        self.sampler.pick()
+    }
+
     /// Sample the next token from `logits`, emit its text, and say whether the sequence is done.
     pub fn advance(
         &mut self,
@@ -111,6 +121,18 @@ impl Sequence {
         events: &mut Vec<(RequestId, StreamEvent)>,
     ) -> Option<FinishReason> {
         let token = self.sampler.sample(logits);
+        self.push_token(tokenizer, token, context, events)
+    }
+
+    /// Append `token` (sampled here or picked by the executor), emit its text, and say whether
+    /// the sequence is done.
+    pub fn push_token(
+        &mut self,
+        tokenizer: &dyn Tokenizer,
+        token: u32,
+        context: usize,
+        events: &mut Vec<(RequestId, StreamEvent)>,
+    ) -> Option<FinishReason> {
         self.tokens.push(token);
         self.unreported += 1;
         let is_eos = !self.ignore_eos && tokenizer.eos_tokens().contains(&token);

@@ -39,11 +39,38 @@ pub enum ExecutorError {
     Blocks(String),
 }
 
+/// How an executor that picks tokens itself (on its device) picks a sequence's next token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pick {
+    /// The largest logit.
+    Greedy,
+    /// From softmax(logits / temperature) restricted to the top-p nucleus, with this uniform
+    /// draw in [0, 1) (taken from the sequence's seeded generator).
+    Nucleus { temperature: f32, top_p: f32, uniform: f32 },
+}
+
 pub trait Executor: Send {
     fn info(&self) -> ModelInfo;
     /// Compute each sequence's chunk. For each, in batch order: the next-token logits (length
     /// `vocab_size`) after its last token when `wants_logits`, else None (a prefill chunk).
     fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError>;
+
+    /// Whether `forward_picked` picks tokens on the executor's device (then the engine does not
+    /// download logits for sequences whose sampling a `Pick` describes).
+    fn picks_tokens(&self) -> bool {
+        false
+    }
+
+    /// As `forward`, but each sequence that wants logits gets its next token, picked as
+    /// `picks[i]` says (`None`: greedy). None when this executor does not pick tokens.
+    fn forward_picked(
+        &mut self,
+        batch: &[SequenceView<'_>],
+        picks: &[Option<Pick>],
+    ) -> Option<Result<Vec<Option<u32>>, ExecutorError>> {
+        let _ = (batch, picks);
+        None
+    }
 
     /// How one KV block is laid out when exported; None when this executor's blocks cannot
     /// move (then prefill is never disaggregated to or from it).

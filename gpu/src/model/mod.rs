@@ -37,6 +37,9 @@ pub enum ModelError {
     Fetch(String),
     #[error("starting the compute threads: {0}")]
     Threads(#[source] std::io::Error),
+    /// The device named cannot run the model (not built with CUDA, no driver, no such device).
+    #[error("device \"{device}\": {reason}")]
+    Device { device: String, reason: String },
 }
 
 /// What a gateway needs of a model: its id, tokenizer, chat format and context length.
@@ -142,9 +145,12 @@ impl KvBudget {
 }
 
 impl LoadedModel {
-    /// The executor and tokenizer for `section`, with a KV cache of the given budget in blocks of
-    /// `block_size` positions.
-    pub fn load(section: &ModelSection, budget: KvBudget, block_size: usize) -> Result<Self, ModelError> {
+    /// The executor and tokenizer for `section` on `device` (`cpu` or `cuda:N`), with a KV cache
+    /// of the given budget in blocks of `block_size` positions.
+    pub fn load(section: &ModelSection, device: &str, budget: KvBudget, block_size: usize) -> Result<Self, ModelError> {
+        if device != "cpu" && section.source != "test" {
+            return cuda_model(section, device, budget, block_size);
+        }
         let limit = |exec: &mut crate::cpu::ModelExecutor| {
             if let Some(limit) = section.context_length {
                 exec.limit_context(limit as usize);
@@ -188,6 +194,48 @@ impl LoadedModel {
             }
         }
     }
+}
+
+/// `section`'s model on CUDA device `device` (`cuda:N`): a GGUF file or a Hugging Face folder.
+#[cfg(feature = "cuda")]
+fn cuda_model(
+    section: &ModelSection,
+    device: &str,
+    budget: KvBudget,
+    block_size: usize,
+) -> Result<LoadedModel, ModelError> {
+    use crate::cuda::CudaExecutor;
+    let err = |reason: String| ModelError::Device { device: device.into(), reason };
+    let ordinal =
+        crate::cuda::parse_device(device).ok_or_else(|| err("not a device: use \"cpu\" or \"cuda:N\"".into()))?;
+    let dir = Path::new(&section.source);
+    let (mut exec, tokenizer, kv_blocks) = if dir.is_dir() {
+        let (tok, ..) = hf::HfModel::tokenizer(dir)?;
+        let hf = hf::HfModel::open(dir)?;
+        let blocks = budget.blocks(CudaExecutor::kv_bytes_per_block(&hf.config, block_size))?;
+        let exec = CudaExecutor::from_hf(&hf, ordinal, blocks, block_size).map_err(|e| err(e.to_string()))?;
+        (exec, Arc::new(tok) as Arc<dyn Tokenizer>, blocks)
+    } else {
+        let g = open_source(section)?;
+        let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+        let blocks = budget.blocks(CudaExecutor::kv_bytes_per_block(&config, block_size))?;
+        let exec = CudaExecutor::from_gguf(&g, &section.source, ordinal, blocks, block_size)
+            .map_err(|e| err(e.to_string()))?;
+        (exec, tokenizer_from_gguf(&g)?, blocks)
+    };
+    if let Some(limit) = section.context_length {
+        exec.limit_context(limit as usize);
+    }
+    Ok(LoadedModel { executor: Box::new(exec), tokenizer, kv_blocks })
+}
+
+/// Without the `cuda` feature, a CUDA device is refused by name.
+#[cfg(not(feature = "cuda"))]
+fn cuda_model(_: &ModelSection, device: &str, _: KvBudget, _: usize) -> Result<LoadedModel, ModelError> {
+    Err(ModelError::Device {
+        device: device.into(),
+        reason: "this build has no CUDA backend (build with `--features cuda`); use \"cpu\"".into(),
+    })
 }
 
 /// The tokenizer a GGUF file describes: byte-level BPE (`gpt2`: SmolLM, Llama 3, Qwen2) or

@@ -235,7 +235,10 @@ fn check_device(device: &str) -> Result<(), String> {
         return Ok(());
     }
     match device.strip_prefix("cuda:").map(str::parse::<u32>) {
-        Some(Ok(_)) => Err(format!("\"{device}\": the CUDA backend is not available in this build; use \"cpu\"")),
+        Some(Ok(_)) if cfg!(feature = "cuda") => Ok(()),
+        Some(Ok(_)) => Err(format!(
+            "\"{device}\": the CUDA backend is not in this build (build with `--features cuda`); use \"cpu\""
+        )),
         _ => Err(format!("\"{device}\" is not a device: use \"cpu\" or \"cuda:N\"")),
     }
 }
