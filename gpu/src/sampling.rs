@@ -140,6 +140,25 @@ mod tests {
     }
 
     #[test]
+    fn picks_describe_what_a_device_can_sample() {
+        use crate::executor::Pick;
+        assert_eq!(Sampler::new(&params(0.0, 0.5, 3, 1)).pick(), Some(Pick::Greedy));
+        let mut k = Sampler::new(&params(0.7, 1.0, 3, 1));
+        assert!(!k.can_pick());
+        assert_eq!(k.pick(), None);
+        let mut n = Sampler::new(&params(0.7, 0.0, 0, 1));
+        assert!(n.can_pick());
+        match n.pick() {
+            Some(Pick::Nucleus { temperature, top_p, uniform }) => {
+                assert_eq!(temperature, 0.7);
+                assert!(top_p > 0.0, "a nucleus of zero mass is clamped to its top token");
+                assert!((0.0..1.0).contains(&uniform));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn top_p_limits_the_nucleus() {
         // Softmax of LOGITS: token 1 ≈ 0.54, token 3 ≈ 0.33, so top_p = 0.8 keeps exactly {1, 3}.
         let mut s = Sampler::new(&params(1.0, 0.8, 0, 3));

@@ -20,7 +20,8 @@ use crate::pool::BlockId;
 /// Launch a kernel with named arguments (evaluated before the launch builder borrows them).
 macro_rules! launch {
     ($stream:expr, $f:expr, $cfg:expr; $($name:ident = $val:expr),* $(,)?) => {{
-        $( let $name = $val; )*
+        // A named copy of each argument (`y = y` included) that outlives the builder's borrow.
+        $( #[allow(clippy::redundant_locals)] let $name = $val; )*
         let mut b = $stream.launch_builder($f);
         $( b.arg(&$name); )*
         // SAFETY: every argument matches the kernel's parameter list in kernels.cu, and each
@@ -163,7 +164,7 @@ impl CudaExecutor {
         block_size: usize,
     ) -> Result<Self, CudaError> {
         super::device(ordinal)?;
-        if config.head_dim % 2 != 0 || config.head_dim > MAX_HEAD_DIM {
+        if !config.head_dim.is_multiple_of(2) || config.head_dim > MAX_HEAD_DIM {
             return Err(CudaError::Model(format!(
                 "head size {} (the CUDA attention kernel takes even sizes up to {MAX_HEAD_DIM})",
                 config.head_dim
@@ -284,7 +285,8 @@ impl CudaExecutor {
     }
 
     fn scratch(&mut self, rows: usize, outputs: usize, meta: usize) -> Result<&Scratch, CudaError> {
-        let fits = self.scratch.as_ref().is_some_and(|s| s.rows >= rows && s.outputs >= outputs && s.meta.len() >= meta);
+        let fits =
+            self.scratch.as_ref().is_some_and(|s| s.rows >= rows && s.outputs >= outputs && s.meta.len() >= meta);
         if !fits {
             let old = self.scratch.take();
             let grow = |want: usize, had: Option<usize>| want.max(had.unwrap_or(0)).next_power_of_two();
@@ -393,7 +395,8 @@ impl CudaExecutor {
         let decode = batch.iter().all(|v| v.wants_logits && v.start + 1 == v.tokens.len());
         // A decode step's tables are padded to a power of two per sequence, so every pointer a
         // graph holds stays put while the sequences grow.
-        let table_cap = if decode { batch.iter().map(|v| v.blocks.len()).max().unwrap_or(1).next_power_of_two() } else { 0 };
+        let table_cap =
+            if decode { batch.iter().map(|v| v.blocks.len()).max().unwrap_or(1).next_power_of_two() } else { 0 };
         let tiled = !decode && self.tiled && self.config.head_dim <= MAX_TILED_HEAD_DIM;
         let (meta, at, wanting) = metadata(batch, table_cap, tiled);
         let (n, m) = (at.rows, wanting.len());
@@ -485,7 +488,8 @@ impl CudaExecutor {
                 x = s.x.ptr, r = 0u64, w = layer.ffn_norm.ptr, o = s.xn.ptr, h = h as i32, e = c.eps)?;
             self.linear(&layer.gate_up, s.xn.ptr, s.gate_up.ptr, n, false)?;
             let total = (n * c.ffn) as u32;
-            let cfg = LaunchConfig { grid_dim: (total.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg =
+                LaunchConfig { grid_dim: (total.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             launch!(st, &k.silu_mul, cfg; gu = s.gate_up.ptr, o = s.act.ptr, f = c.ffn as i32, n = n as i32)?;
             self.linear(&layer.down, s.act.ptr, s.x.ptr, n, true)?;
         }
@@ -611,8 +615,17 @@ fn metadata(batch: &[SequenceView<'_>], table_cap: usize, tiled: bool) -> (Vec<i
     }
     let rows = tokens.len();
     let mut meta = Vec::with_capacity(3 * rows + table_off.len() + tables.len() + want.len());
-    let mut layout =
-        MetaLayout { rows, tiles: tiles.len() / 2, tokens: 0, pos: 0, seq: 0, table_off: 0, tables: 0, want: 0, tile_list: 0 };
+    let mut layout = MetaLayout {
+        rows,
+        tiles: tiles.len() / 2,
+        tokens: 0,
+        pos: 0,
+        seq: 0,
+        table_off: 0,
+        tables: 0,
+        want: 0,
+        tile_list: 0,
+    };
     for (part, slot) in [
         (tokens, &mut layout.tokens),
         (pos, &mut layout.pos),
@@ -738,15 +751,14 @@ impl CudaExecutor {
         }
         let m = wanting.len();
         let fwd = |e: cudarc::driver::DriverError| ExecutorError::Forward(e.to_string());
-        let chosen: Vec<Pick> = wanting
-            .iter()
-            .map(|&s| picks.get(s).copied().flatten().unwrap_or(Pick::Greedy))
-            .collect();
+        let chosen: Vec<Pick> =
+            wanting.iter().map(|&s| picks.get(s).copied().flatten().unwrap_or(Pick::Greedy)).collect();
         let s = self.scratch.as_mut().expect("allocated by run");
         let vocab = self.config.vocab as i32;
         let cfg = rows_config(m, 1024);
         if chosen.iter().all(|p| *p == Pick::Greedy) {
-            launch!(self.stream, &self.k.argmax_rows, cfg; l = s.logits.ptr, v = vocab, o = s.picked.ptr).map_err(fwd)?;
+            launch!(self.stream, &self.k.argmax_rows, cfg; l = s.logits.ptr, v = vocab, o = s.picked.ptr)
+                .map_err(fwd)?;
         } else {
             // Greedy rows among sampled ones: temperature tiny, nucleus of one.
             let mut params = vec![0.0f32; 3 * m];

@@ -60,9 +60,7 @@ pub fn compile_source(source: &str, arch: &'static str) -> Result<Ptx, CudaError
     }
     let opts = CompileOptions { arch: Some(arch), name: Some("kernels.cu".into()), ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(source, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-            CudaError::Compile(log.to_string_lossy().into_owned())
-        }
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => CudaError::Compile(log.to_string_lossy().into_owned()),
         other => CudaError::Compile(format!("{other:?}")),
     })
 }

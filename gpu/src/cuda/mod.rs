@@ -79,4 +79,3 @@ pub fn device(index: usize) -> Result<CudaDeviceInfo, CudaError> {
         total_memory: ctx.total_mem()?,
     })
 }
-

@@ -73,8 +73,7 @@ fn kernels_compile_with_nvrtc() {
     }
     // A compile error is reported with NVRTC's log, not swallowed.
     let err = kernels::compile_source("extern \"C\" __global__ void broken() { undeclared = 1; }", "compute_80")
-        .err()
-        .expect("a broken kernel does not compile");
+        .expect_err("a broken kernel does not compile");
     assert!(matches!(&err, CudaError::Compile(log) if log.contains("undeclared")), "{err}");
 }
 
@@ -250,10 +249,7 @@ fn a_mixed_batch_matches_sequences_run_alone() {
     println!("batch vs alone: max |diff| {max_a:.5} (chunked), {max_b:.5} (batched)");
     assert!(max_a <= 0.05 && max_b <= 0.05, "{max_a} {max_b}");
     // Device picks: greedy equals the argmax of the logits.
-    let picked = gpu
-        .forward_picked(&[view(&b, 0, &tb)], &[Some(crate::executor::Pick::Greedy)])
-        .unwrap()
-        .unwrap();
+    let picked = gpu.forward_picked(&[view(&b, 0, &tb)], &[Some(crate::executor::Pick::Greedy)]).unwrap().unwrap();
     assert_eq!(picked, vec![Some(crate::sampling::argmax(&alone_b))]);
 }
 

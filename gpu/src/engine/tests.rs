@@ -500,3 +500,88 @@ fn offloaded_blocks_carry_their_kv_and_serve_the_prompt_elsewhere() {
     drain(&mut off);
     assert!(off.take_offloaded().is_empty());
 }
+
+/// The test executor, picking tokens itself as a device would: greedy by argmax, a nucleus draw
+/// recorded (and answered greedily); it counts how often each path ran.
+struct PickingExecutor {
+    inner: TestExecutor,
+    picked_steps: Arc<std::sync::atomic::AtomicUsize>,
+    logits_steps: Arc<std::sync::atomic::AtomicUsize>,
+    uniforms: Arc<std::sync::Mutex<Vec<f32>>>,
+}
+
+impl Executor for PickingExecutor {
+    fn info(&self) -> crate::executor::ModelInfo {
+        self.inner.info()
+    }
+
+    fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError> {
+        self.logits_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.forward(batch)
+    }
+
+    fn picks_tokens(&self) -> bool {
+        true
+    }
+
+    fn forward_picked(
+        &mut self,
+        batch: &[SequenceView<'_>],
+        picks: &[Option<Pick>],
+    ) -> Option<Result<Vec<Option<u32>>, ExecutorError>> {
+        self.picked_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(picks.len(), batch.len());
+        let logits = match self.inner.forward(batch) {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut out = Vec::new();
+        for ((l, p), v) in logits.into_iter().zip(picks).zip(batch) {
+            assert_eq!(l.is_some(), v.wants_logits);
+            assert_eq!(p.is_some(), v.wants_logits, "a pick exactly for each sequence that wants a token");
+            if let Some(Pick::Nucleus { uniform, .. }) = p {
+                self.uniforms.lock().unwrap().push(*uniform);
+            }
+            out.push(l.map(|l| crate::sampling::argmax(&l)));
+        }
+        Some(Ok(out))
+    }
+}
+
+#[test]
+fn an_executor_that_picks_tokens_gets_picks_and_gives_the_same_greedy_text() {
+    let limits = limits(256, 4, 512);
+    let counters = || Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (picked, logits, uniforms) = (counters(), counters(), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let exec = PickingExecutor {
+        inner: TestExecutor::new(Duration::ZERO, limits.context_length),
+        picked_steps: picked.clone(),
+        logits_steps: logits.clone(),
+        uniforms: uniforms.clone(),
+    };
+    let mut e = Engine::new(Box::new(exec), Arc::new(TestTokenizer::default()), limits);
+    e.submit(req("a", PROMPTS[0], greedy(12)));
+    e.submit(req("b", PROMPTS[1], greedy(12)));
+    let got = drain(&mut e);
+    let reference = alone(12);
+    assert_eq!(got["a"], reference[0]);
+    assert_eq!(got["b"], reference[1]);
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    assert!(picked.load(ordering) > 0);
+    assert_eq!(logits.load(ordering), 0, "greedy never needs logits on the host");
+    // Top-k is sampled here, so that step falls back to logits.
+    let sampled = SamplingParams { temperature: 0.8, top_k: 5, max_tokens: 3, ..Default::default() };
+    e.submit(req("k", PROMPTS[2], sampled));
+    drain(&mut e);
+    assert!(logits.load(ordering) > 0);
+    // Nucleus sampling is picked on the device with a uniform from the sequence's seeded draw.
+    let nucleus = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 11, max_tokens: 4, ..Default::default() };
+    for _ in 0..2 {
+        e.submit(req("n", PROMPTS[2], nucleus.clone()));
+        drain(&mut e);
+    }
+    let u = uniforms.lock().unwrap().clone();
+    assert_eq!(u.len(), 8);
+    assert!(u.iter().all(|u| (0.0..1.0).contains(u)));
+    assert_eq!(u[..4], u[4..], "the same seed draws the same uniforms");
+}
