@@ -120,6 +120,22 @@ enum Command {
         disk_bytes_per_s: runtime::config::ByteSize,
         #[arg(long, default_value = "100us")]
         disk_latency: runtime::config::HumanDuration,
+        /// Run under this fault plan: `KIND:wN@START[+DURATION][*PARAMETER]`, comma-separated;
+        /// kinds `crash`, `node`, `partition`, `slow-link`, `slow-worker`, `lose-events` (see
+        /// the README). Invariants are checked as it runs; a broken one fails the command.
+        #[arg(long, conflicts_with = "fault_seed")]
+        faults: Option<String>,
+        /// Run under a fault plan drawn from this seed (about one fault per `--fault-every`).
+        #[arg(long)]
+        fault_seed: Option<u64>,
+        #[arg(long, default_value = "30s")]
+        fault_every: runtime::config::HumanDuration,
+        /// Under faults: a silent node is declared dead after this long.
+        #[arg(long, default_value = "3s")]
+        lease: runtime::config::HumanDuration,
+        /// Under faults: moves of one request before it fails.
+        #[arg(long, default_value_t = 2)]
+        migrations: u32,
     },
     /// Manage model files.
     Model {
@@ -333,6 +349,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             disk_after_reuses,
             disk_bytes_per_s,
             disk_latency,
+            faults,
+            fault_seed,
+            fault_every,
+            lease,
+            migrations,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -357,6 +378,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     // The timing model's per-token prefill cost.
                     prefill_tokens_per_s: 1000.0 / simulations::simulate::DEFAULT_TIMING.prefill_b,
                 }),
+                faults: (faults.is_some() || fault_seed.is_some()).then(|| simulations::simulate::FaultOptions {
+                    plan: faults,
+                    seed: fault_seed,
+                    every: fault_every.get(),
+                    config: simulations::faults::FaultConfig::new(lease.get(), migrations),
+                }),
             };
             let started = std::time::Instant::now();
             let reports = simulations::simulate::simulate(&options)?;
@@ -365,6 +392,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "{:12} hit ratio {:.3}  ttft mean {:.0} ms p99 {:.0} ms  itl mean {:.1} ms  {}/{} completed",
                     r.policy, r.prefix_hit_ratio, r.ttft_ms.mean, r.ttft_ms.p99, r.itl_ms.mean, r.completed, r.requests
                 );
+                if let Some(f) = &r.faults {
+                    let c = &f.counts;
+                    println!(
+                        "{:12} faults {}  migrated {}  failed {}  lost {}  duplicated {}  dumps {}",
+                        "", c.faults, c.migrated, c.failed, c.lost, c.duplicated, c.dumps
+                    );
+                }
             }
             if let Some(r) = reports.first() {
                 println!(

@@ -89,3 +89,52 @@ fn simulate_writes_a_reproducible_report_and_plots() {
     let out = simulate(&trace, &dir.join("d"), &["--policy", "fastest"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown policy"));
 }
+
+#[test]
+fn simulate_under_faults_reports_them_and_replays() {
+    let dir = temp_dir("simulate-faults");
+    let trace = dir.join("trace.jsonl");
+    // 40 conversations of 5 turns over about 20 s, each turn one block longer.
+    let mut lines = String::new();
+    for turn in 0..5u64 {
+        for conv in 0..40u64 {
+            let ids: Vec<u64> = (0..=turn + 3).map(|b| conv * 100 + b).collect();
+            let t = turn * 4000 + conv * 90;
+            lines += &format!(
+                "{{\"timestamp\": {t}, \"input_length\": {}, \"output_length\": 30, \"hash_ids\": {ids:?}}}\n",
+                ids.len() * 16 - 3
+            );
+        }
+    }
+    std::fs::write(&trace, lines).unwrap();
+    let faults = ["--fault-seed", "5", "--fault-every", "2s", "--lease", "1s"];
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for out in [&a, &b] {
+        let run = simulate(&trace, out, &faults);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let text = std::fs::read(a.join("report.json")).unwrap();
+    assert_eq!(text, std::fs::read(b.join("report.json")).unwrap(), "the same fault seed replays exactly");
+    let report: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let f = &report["faults"];
+    assert_eq!(f["fault_seed"], 5);
+    let count = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("faults.{k} in {f}"));
+    assert!(count("faults") >= 3 && !f["plan"].as_array().unwrap().is_empty(), "{f}");
+    assert_eq!((count("lost"), count("duplicated")), (0, 0));
+    assert_eq!(report["completed"].as_u64().unwrap() + count("failed"), 200);
+    for key in ["migrated", "stale_discarded", "dumps", "kv_batches_lost"] {
+        count(key);
+    }
+    // A plan by hand: a crash moves the requests of that worker.
+    let c = dir.join("c");
+    let run = simulate(&trace, &c, &["--faults", "crash:w1@5s, partition:w2@8s+3s", "--lease", "1s"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(c.join("report.json")).unwrap()).unwrap();
+    assert!(report["faults"]["migrated"].as_u64().unwrap() > 0, "{}", report["faults"]);
+    assert_eq!(report["faults"]["plan"][0]["kind"], "crash");
+    // A bad plan is named.
+    let bad = simulate(&trace, &dir.join("d"), &["--faults", "crash:w7@1s"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("crash:w7@1s") && err.contains("worker 7 of 3"), "{err}");
+}

@@ -151,13 +151,13 @@ struct NodeTiers {
 }
 
 /// Tokens the synthetic prompts use: printable ASCII of the test tokenizer.
-const FIRST_TOKEN: u32 = 32;
-const TOKEN_SPAN: u32 = 90;
-const VOCAB: usize = 128;
-const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const FIRST_TOKEN: u32 = 32;
+pub(crate) const TOKEN_SPAN: u32 = 90;
+pub(crate) const VOCAB: usize = 128;
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 
-pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
-    let tokenizer = Arc::new(TestTokenizer::default());
+/// A simulated worker's engine (the real scheduler and pool over the timing model) and its clock.
+pub(crate) fn simulated_engine(config: &ClusterConfig, tokenizer: &Arc<TestTokenizer>) -> (Engine, StepClock) {
     let limits = EngineLimits {
         max_batch: config.max_batch,
         max_queue: usize::MAX / 2,
@@ -166,17 +166,17 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
         kv_blocks: config.blocks_per_worker,
         max_batch_tokens: config.max_batch_tokens,
     };
+    let exec = SimulatedExecutor::new(config.timing, VOCAB, 1 << 24, u32::from(b'a'));
+    let clock = exec.step_clock();
+    (Engine::new(Box::new(exec), tokenizer.clone(), limits), clock)
+}
+
+pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
+    let tokenizer = Arc::new(TestTokenizer::default());
     let mut workers: Vec<Worker> = (0..config.workers)
         .map(|_| {
-            let exec = SimulatedExecutor::new(config.timing, VOCAB, 1 << 24, u32::from(b'a'));
-            let clock = exec.step_clock();
-            Worker {
-                engine: Engine::new(Box::new(exec), tokenizer.clone(), limits),
-                clock,
-                busy: false,
-                pending: Vec::new(),
-                pending_kv: Vec::new(),
-            }
+            let (engine, clock) = simulated_engine(config, &tokenizer);
+            Worker { engine, clock, busy: false, pending: Vec::new(), pending_kv: Vec::new() }
         })
         .collect();
     let hasher = BlockHasher::new(config.block_size);

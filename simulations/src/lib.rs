@@ -4,6 +4,7 @@
 
 pub mod bounds;
 pub mod cluster;
+pub mod faults;
 pub mod report;
 pub mod simulate;
 pub mod trace;

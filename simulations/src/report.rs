@@ -56,6 +56,20 @@ pub struct Report {
     /// With host tiers: what they did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tiers: Option<TierReport>,
+    /// Under a fault plan: the plan and what it did (`--faults`, `--fault-seed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultReport>,
+}
+
+/// A run under faults: the plan, and what happened (every invariant held, or there is no report).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultReport {
+    /// The seed the plan was drawn from, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_seed: Option<u64>,
+    pub plan: Vec<crate::faults::PlannedFault>,
+    #[serde(flatten)]
+    pub counts: crate::faults::FaultCounts,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -125,6 +139,7 @@ impl Report {
             throughput_tok_s: if secs > 0.0 { generated as f64 / secs } else { 0.0 },
             makespan_s: secs,
             bounds,
+            faults: None,
             tiers: info.tier_blocks.map(|(host, disk)| {
                 let t = run.tiers;
                 TierReport {

@@ -2,13 +2,15 @@
 //! `report.json` (the first policy) with `report-<policy>.json` for the others, plus plots.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actors::router::cost::CostConfig;
 use gpu::executor::TimingModel;
 
 use crate::bounds::{infinite_cache_hit_ratio, shared_pool_hit_ratio};
 use crate::cluster::{ClusterConfig, ClusterRun, Policy, SimTiers, run};
-use crate::report::{Bounds, Report, RunInfo, cdf, line_chart};
+use crate::faults::{FaultConfig, FaultPlan, run_with_faults};
+use crate::report::{Bounds, FaultReport, Report, RunInfo, cdf, line_chart};
 use crate::trace::{TraceError, TraceRequest, read_azure, read_mooncake};
 
 /// Trace formats.
@@ -47,6 +49,19 @@ pub struct SimOptions {
     pub prefill_weight: f64,
     /// Host tiers beside the workers (None: device pools only).
     pub tiers: Option<SimTiers>,
+    /// A fault plan to run under (None: no faults).
+    pub faults: Option<FaultOptions>,
+}
+
+/// `--faults PLAN` or `--fault-seed S`, and the cluster settings faults exercise.
+#[derive(Clone, Debug)]
+pub struct FaultOptions {
+    /// A plan in `faults::FaultPlan::parse`'s syntax; else one is drawn from `seed`.
+    pub plan: Option<String>,
+    pub seed: Option<u64>,
+    /// A drawn plan has about one fault per this much of the trace.
+    pub every: Duration,
+    pub config: FaultConfig,
 }
 
 /// A step time for an 8B-class model on one modern GPU, roughly: prefill about 10k tokens/s with
@@ -88,6 +103,22 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
         Format::Mooncake => read_mooncake(&o.trace)?,
         Format::Azure => read_azure(&o.trace)?,
     };
+    let plan = match &o.faults {
+        None => None,
+        Some(_) if o.tiers.is_some() => {
+            return Err(SimError::Invalid("fault plans do not run with cache tiers yet".into()));
+        }
+        Some(f) => Some(match (&f.plan, f.seed) {
+            (Some(text), None) => {
+                FaultPlan::parse(text, o.workers).map_err(|e| SimError::Invalid(format!("--faults: {e}")))?
+            }
+            (None, Some(seed)) => {
+                let horizon = trace.last().map_or(Duration::ZERO, |r| r.arrival.div_f64(o.speed));
+                FaultPlan::random(seed, o.workers, horizon, f.every)
+            }
+            _ => return Err(SimError::Invalid("give one of --faults and --fault-seed".into())),
+        }),
+    };
     std::fs::create_dir_all(&o.out).map_err(|source| SimError::Write { path: o.out.display().to_string(), source })?;
     let block_tokens = o.block_size as u32;
     let bounds = Bounds {
@@ -110,7 +141,18 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
             cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
             tiers: o.tiers.clone(),
         };
-        let result = run(&config, &trace);
+        let (result, faults) = match (&plan, &o.faults) {
+            (Some(plan), Some(f)) => {
+                let r = run_with_faults(&config, &trace, plan, &f.config).map_err(|v| {
+                    let replay =
+                        f.seed.map_or_else(|| "the same --faults".to_string(), |s| format!("--fault-seed {s}"));
+                    SimError::Invalid(format!("{policy}: an invariant broke {v} (replay with {replay})"))
+                })?;
+                let report = FaultReport { fault_seed: f.seed, plan: plan.faults.clone(), counts: r.counts };
+                (r.run, Some(report))
+            }
+            _ => (run(&config, &trace), None),
+        };
         let info = RunInfo {
             policy,
             workers: o.workers,
@@ -120,7 +162,8 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
             speed: o.speed,
             tier_blocks: o.tiers.as_ref().map(|t| (t.host_blocks, t.disk_blocks)),
         };
-        let report = Report::new(&info, &result, bounds.clone());
+        let mut report = Report::new(&info, &result, bounds.clone());
+        report.faults = faults;
         let name = if k == 0 { "report.json".to_string() } else { format!("report-{policy}.json") };
         let json = serde_json::to_string_pretty(&report).expect("reports serialise");
         write(&o.out.join(name), &(json + "\n"))?;
