@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::node::{NodePlan, NodeState, children};
+use actors::worker::WorkerMsg;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
 use runtime::config::{ClusterConfig, TierLink};
 use runtime::node::{ControlPlane, NodeError, Seed};
 use runtime::supervision::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorExit};
@@ -562,7 +563,7 @@ async fn run_node(
         _ = exit_rx.wait_for(|e| *e != SupervisorExit::Running) => true,
     };
     if !escalated {
-        drain(&state, config.cluster.shutdown_grace.get()).await;
+        drain(&state, &plan.name, config.cluster.shutdown_grace.get()).await;
         supervisor.stop(Some("shutdown".into()));
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
@@ -599,16 +600,39 @@ async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Resu
     Ok(Ok(cp))
 }
 
-/// Stop taking requests and let in-flight ones finish, up to `grace`.
-async fn drain(state: &NodeState, grace: Duration) {
+/// Stop taking requests and let in-flight ones finish, up to `grace`: the gateway answers 503,
+/// the node's workers take nothing new (routers stop placing on them) and run what they hold. Past
+/// `grace` the node stops anyway; gateways on other nodes move its workers' unfinished requests.
+async fn drain(state: &NodeState, node: &str, grace: Duration) {
     state.start_draining();
+    let workers: Vec<ActorRef<WorkerMsg>> = runtime::discovery::workers()
+        .into_iter()
+        .filter(|(id, cell)| id.node == node && cell.get_id().is_local())
+        .map(|(_, cell)| ActorRef::from(cell))
+        .collect();
     let start = Instant::now();
-    let inflight = state.inflight();
-    tracing::info!(inflight, grace_ms = grace.as_millis() as u64, "draining");
-    while state.inflight() > 0 && start.elapsed() < grace {
+    tracing::info!(
+        inflight = state.inflight(),
+        workers = workers.len(),
+        grace_ms = grace.as_millis() as u64,
+        "draining"
+    );
+    loop {
+        let mut open = 0u32;
+        for w in &workers {
+            open += ractor::call_t!(w, WorkerMsg::Drain, 1000).unwrap_or(0);
+        }
+        if state.inflight() == 0 && open == 0 {
+            return;
+        }
+        if start.elapsed() >= grace {
+            tracing::warn!(
+                inflight = state.inflight(),
+                worker_requests = open,
+                "grace period over; stopping with requests in flight (other gateways move them)"
+            );
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if state.inflight() > 0 {
-        tracing::warn!(inflight = state.inflight(), "grace period over; stopping with requests in flight");
     }
 }

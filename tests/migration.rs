@@ -5,7 +5,9 @@
 //! generated so far, and the client's stream goes on: no error, nothing repeated or missing (the
 //! text equals an uninterrupted run's), usage counts every token once, and the migration is
 //! counted. Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
-//! stream moves on.
+//! stream moves on. Then with SIGTERM: the node drains (its worker takes nothing new, so a request
+//! sent meanwhile goes to the other worker, and its stream goes on there) until
+//! `shutdown_grace` (1 s), stops, and the rest of the stream moves.
 
 mod support;
 
@@ -85,6 +87,7 @@ name = "migration"
 cookie = "change-me"
 heartbeat_interval = "250ms"
 lease_timeout = "2s"
+shutdown_grace = "1s"
 
 [model]
 source = "test"
@@ -124,16 +127,31 @@ workers = [{{ device = "cpu" }}]
     // stopped (SIGSTOP: its connection stays open, and only its lease, 2 s, says it is gone).
     // Either way the stream moves on, and the stopped worker's output is never used.
     let mut starts: HashMap<String, usize> = HashMap::new();
-    for (round, sig) in [(1.0, Signal::SIGKILL), (2.0, Signal::SIGSTOP)] {
+    for (round, sig) in [(1.0, Signal::SIGKILL), (2.0, Signal::SIGSTOP), (3.0, Signal::SIGTERM)] {
         assert!(wait_until(Duration::from_secs(60), || both_up(port)), "the killed node did not come back");
         let (streaming, node) = start_stream(port);
         // Some tokens out (one per 100 ms step), most still to come.
         std::thread::sleep(Duration::from_millis(1000));
         let skip = starts.entry(node.clone()).or_insert(0);
         let pid = started_pid(&launch, &node, *skip, Duration::from_secs(5)).expect("the serving node's pid");
-        // A killed node is started again by launch.
-        *skip += usize::from(sig == Signal::SIGKILL);
+        // A killed (or drained and stopped) node is started again by launch.
+        *skip += usize::from(sig != Signal::SIGSTOP);
         kill(Pid::from_raw(pid), sig).unwrap();
+        if sig == Signal::SIGTERM {
+            // While it drains, a new request goes to the other worker.
+            std::thread::sleep(Duration::from_millis(300));
+            let recent = || json(&http("GET", port, "/debug/router", None).2)["recent"].as_array().cloned().unwrap();
+            let before = recent().len();
+            let short = r#"{"model":"armature-test","prompt":"short","max_tokens":3,"temperature":0}"#;
+            let (status, head, _) = http("POST", port, "/v1/completions", Some(short));
+            assert_eq!(status, 200, "{head}");
+            let after = recent();
+            let placed = after.get(before).expect("the short request's placement");
+            assert!(
+                !placed["worker"].as_str().unwrap().starts_with(&format!("{node}/")),
+                "placed on the draining node"
+            );
+        }
         let (status, _, sse) = streaming.join().unwrap();
         if sig == Signal::SIGSTOP {
             kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();

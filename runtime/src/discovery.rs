@@ -70,6 +70,19 @@ pub fn workers() -> Vec<(WorkerId, ActorCell)> {
     found
 }
 
+/// Workers of nodes shutting down: routers place nothing new on them.
+const DRAINING: &str = "workers-draining";
+
+/// Announce that a worker takes no new requests.
+pub fn set_draining(cell: ActorCell) {
+    pg::join(DRAINING.to_string(), vec![cell]);
+}
+
+/// Every draining worker actor visible from this node.
+pub fn draining() -> std::collections::HashSet<ActorId> {
+    pg::get_members(&DRAINING.to_string()).into_iter().map(|c| c.get_id()).collect()
+}
+
 const TIER_PREFIX: &str = "cache-tier/";
 
 /// Join the group of a node's cache tier (`cache-tier/<node>/<host|disk>`).

@@ -147,16 +147,19 @@ impl RouterState {
 
     /// Live workers and their roles; forgets the others.
     fn live(&mut self) -> Vec<(WorkerId, ActorRef<WorkerMsg>, WorkerRole)> {
-        let roles = discovery::roles();
-        let live: Vec<_> = discovery::workers()
+        let (roles, draining) = (discovery::roles(), discovery::draining());
+        let alive: Vec<_> = discovery::workers().into_iter().filter(|(id, _)| self.view.is_alive(&id.node)).collect();
+        // A draining worker keeps its index (its pool still serves what runs there) but gets
+        // nothing new.
+        let ids: Vec<WorkerId> = alive.iter().map(|(id, _)| id.clone()).collect();
+        let live: Vec<_> = alive
             .into_iter()
-            .filter(|(id, _)| self.view.is_alive(&id.node))
+            .filter(|(_, cell)| !draining.contains(&cell.get_id()))
             .map(|(id, cell)| {
                 let role = roles.get(&cell.get_id()).copied().unwrap_or_default();
                 (id, ActorRef::<WorkerMsg>::from(cell), role)
             })
             .collect();
-        let ids: Vec<WorkerId> = live.iter().map(|(id, ..)| id.clone()).collect();
         let tiers = discovery::tiers().into_iter().map(|(id, _)| id).filter(|id| self.view.is_alive(&id.node));
         let sources: Vec<WorkerId> = ids.iter().cloned().chain(tiers).collect();
         self.placer.retain(&sources);

@@ -48,6 +48,10 @@ pub enum WorkerMsg {
     /// engine is gone).
     #[rpc]
     KvDump(RpcReplyPort<KvSnapshot>),
+    /// The node is shutting down: take no new requests (routers stop placing here) and answer
+    /// with the requests still open; those run on until they finish or the node stops.
+    #[rpc]
+    Drain(RpcReplyPort<u32>),
     /// Local timer: publish new KV events (or a heartbeat) to the routers.
     PublishKv,
     /// From the engine thread: it ended (with why).
@@ -79,6 +83,8 @@ pub struct WorkerState {
     /// None: this worker publishes no KV events (`kv_events = false`).
     kv: Option<KvPublisher>,
     timer: tokio::task::JoinHandle<()>,
+    /// Taking no new requests (`Drain`).
+    draining: bool,
 }
 
 impl Actor for WorkerActor {
@@ -127,6 +133,7 @@ impl Actor for WorkerActor {
             capacity: limits.max_batch + limits.max_queue,
             kv,
             timer,
+            draining: false,
         })
     }
 
@@ -178,6 +185,14 @@ impl Actor for WorkerActor {
                     }
                 });
             }
+            WorkerMsg::Drain(reply) => {
+                if !state.draining {
+                    tracing::info!(worker = %state.id, open = state.engine.outputs().open_requests(), "draining");
+                    state.draining = true;
+                    discovery::set_draining(myself.get_cell());
+                }
+                let _ = reply.send(state.engine.outputs().open_requests() as u32);
+            }
             WorkerMsg::PublishKv => state.publish_kv(),
             WorkerMsg::EngineExited(why) => {
                 // Let the supervisor restart this worker with a fresh engine.
@@ -202,6 +217,9 @@ impl WorkerState {
 
     fn admit(&self, sub: Submission) -> Admission {
         let req: GenerateRequest = sub.request;
+        if self.draining {
+            return Admission::Unavailable(format!("worker {} is draining", self.id));
+        }
         let open = self.engine.outputs().open_requests();
         if open >= self.capacity {
             metrics::counter!("armature_worker_overloaded_total").increment(1);
