@@ -89,69 +89,20 @@ impl Namespace {
             host_ip: host_ip.clone(),
             inner_ip: inner_ip.clone(),
         };
-        let steps: Vec<(&str, Vec<String>)> = vec![
-            ("ip", vec!["netns".into(), "add".into(), name.clone()]),
-            (
-                "ip",
-                vec![
-                    "link".into(),
-                    "add".into(),
-                    host_veth.clone(),
-                    "type".into(),
-                    "veth".into(),
-                    "peer".into(),
-                    "name".into(),
-                    inner_veth.clone(),
-                ],
-            ),
-            ("ip", vec!["link".into(), "set".into(), inner_veth.clone(), "netns".into(), name.clone()]),
-            ("ip", vec!["addr".into(), "add".into(), format!("{host_ip}/24"), "dev".into(), host_veth.clone()]),
-            ("ip", vec!["link".into(), "set".into(), host_veth.clone(), "up".into()]),
-            (
-                "ip",
-                vec![
-                    "netns".into(),
-                    "exec".into(),
-                    name.clone(),
-                    "ip".into(),
-                    "addr".into(),
-                    "add".into(),
-                    format!("{inner_ip}/24"),
-                    "dev".into(),
-                    inner_veth.clone(),
-                ],
-            ),
-            (
-                "ip",
-                vec![
-                    "netns".into(),
-                    "exec".into(),
-                    name.clone(),
-                    "ip".into(),
-                    "link".into(),
-                    "set".into(),
-                    inner_veth,
-                    "up".into(),
-                ],
-            ),
-            (
-                "ip",
-                vec![
-                    "netns".into(),
-                    "exec".into(),
-                    name.clone(),
-                    "ip".into(),
-                    "link".into(),
-                    "set".into(),
-                    "lo".into(),
-                    "up".into(),
-                ],
-            ),
+        let steps = [
+            format!("ip netns add {name}"),
+            format!("ip link add {host_veth} type veth peer name {inner_veth}"),
+            format!("ip link set {inner_veth} netns {name}"),
+            format!("ip addr add {host_ip}/24 dev {host_veth}"),
+            format!("ip link set {host_veth} up"),
+            format!("ip netns exec {name} ip addr add {inner_ip}/24 dev {inner_veth}"),
+            format!("ip netns exec {name} ip link set {inner_veth} up"),
+            format!("ip netns exec {name} ip link set lo up"),
         ];
-        for (cmd, args) in &steps {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            if !run(cmd, &args) {
-                return Err(format!("`{cmd} {}` failed", args.join(" ")));
+        for step in &steps {
+            let words: Vec<&str> = step.split_whitespace().collect();
+            if !run(words[0], &words[1..]) {
+                return Err(format!("`{step}` failed"));
             }
         }
         Ok(ns)
