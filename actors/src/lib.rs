@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod gateway;
 pub mod node;
+pub mod planner;
 pub mod router;
 pub mod worker;
 
