@@ -27,6 +27,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once; the simulator's many flags make its variant large.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run every role of the topology in this one process (the embedded cluster.toml by default).
     Serve {
@@ -137,6 +139,27 @@ enum Command {
         /// Under faults: moves of one request before it fails.
         #[arg(long, default_value_t = 2)]
         migrations: u32,
+        /// Disaggregated: prefill and decode workers, `P,D` (the rest of `--workers` are spare
+        /// devices, off). Writes DIR/pools.json with goodput and device-hours.
+        #[arg(long, value_delimiter = ',')]
+        pools: Option<Vec<usize>>,
+        /// Disaggregated, with the planner sizing the pools (`load` or `throughput`) within
+        /// `--workers` devices, starting from `--pools` (default 1,1).
+        #[arg(long)]
+        planner: Option<String>,
+        #[arg(long, default_value = "2s")]
+        slo_ttft: runtime::config::HumanDuration,
+        #[arg(long, default_value = "50ms")]
+        slo_itl: runtime::config::HumanDuration,
+        /// How often the planner decides.
+        #[arg(long, default_value = "10s")]
+        plan_interval: runtime::config::HumanDuration,
+        /// How long a spare device takes to serve once started.
+        #[arg(long, default_value = "30s")]
+        startup: runtime::config::HumanDuration,
+        /// Throughput planner: how long the need must stay lower before a pool shrinks.
+        #[arg(long, default_value = "2m")]
+        shrink_after: runtime::config::HumanDuration,
     },
     /// Manage model files.
     Model {
@@ -355,6 +378,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             fault_every,
             lease,
             migrations,
+            pools,
+            planner,
+            slo_ttft,
+            slo_itl,
+            plan_interval,
+            startup,
+            shrink_after,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -387,6 +417,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }),
             };
             let started = std::time::Instant::now();
+            if pools.is_some() || planner.is_some() {
+                let mode = match planner.as_deref() {
+                    None => None,
+                    Some("load") => Some(actors::planner::PlannerMode::Load),
+                    Some("throughput") => Some(actors::planner::PlannerMode::Throughput),
+                    Some(other) => anyhow::bail!("--planner {other:?}: load or throughput"),
+                };
+                let p = pools.unwrap_or_else(|| vec![1, 1]);
+                if p.len() != 2 {
+                    anyhow::bail!("--pools takes two counts, prefill and decode: P,D");
+                }
+                let pool_options = simulations::simulate::PoolsOptions {
+                    initial: actors::planner::Pools { prefill: p[0], decode: p[1] },
+                    planner: mode,
+                    slo: actors::planner::Slo { ttft: slo_ttft.get(), itl: slo_itl.get() },
+                    interval: plan_interval.get(),
+                    shrink_after: shrink_after.get(),
+                    startup: startup.get(),
+                    block_bytes: block_bytes.bytes(),
+                    link: TierLink { bytes_per_s: remote_bytes_per_s, latency: remote_latency },
+                };
+                let r = simulations::simulate::simulate_pools(&options, &pool_options)?;
+                println!(
+                    "goodput {}/{} ({:.3})  device-hours {:.3}  ttft p90 {:.0} ms  itl p90 {:.1} ms  flips {} starts {} stops {}",
+                    r.goodput,
+                    r.requests,
+                    r.goodput_ratio,
+                    r.device_hours,
+                    r.ttft_p90_ms,
+                    r.itl_p90_ms,
+                    r.flips,
+                    r.starts,
+                    r.stops
+                );
+                println!("wrote {} ({:.1} s wall)", out.join("pools.json").display(), started.elapsed().as_secs_f64());
+                return Ok(ExitCode::SUCCESS);
+            }
             let reports = simulations::simulate::simulate(&options)?;
             for r in &reports {
                 println!(

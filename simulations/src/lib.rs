@@ -5,6 +5,7 @@
 pub mod bounds;
 pub mod cluster;
 pub mod faults;
+pub mod pools;
 pub mod report;
 pub mod simulate;
 pub mod trace;

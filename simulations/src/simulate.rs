@@ -53,6 +53,88 @@ pub struct SimOptions {
     pub faults: Option<FaultOptions>,
 }
 
+/// Disaggregated pools (`--pools`, `--planner`): how they are sized, and the SLOs.
+#[derive(Clone, Debug)]
+pub struct PoolsOptions {
+    pub initial: actors::planner::Pools,
+    /// None: the pools stay as `initial`.
+    pub planner: Option<actors::planner::PlannerMode>,
+    pub slo: actors::planner::Slo,
+    pub interval: Duration,
+    /// How long the need must stay lower before a pool shrinks.
+    pub shrink_after: Duration,
+    pub startup: Duration,
+    pub block_bytes: u64,
+    pub link: runtime::config::TierLink,
+}
+
+/// Run the trace on disaggregated pools and write `DIR/pools.json`.
+pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::PoolsReport, SimError> {
+    use actors::planner::{Capacity, PlannerConfig};
+    if p.initial.prefill == 0 || p.initial.decode == 0 || p.initial.total() > o.workers {
+        return Err(SimError::Invalid(format!(
+            "--pools {},{}: each pool needs a worker, and both fit in --workers {}",
+            p.initial.prefill, p.initial.decode, o.workers
+        )));
+    }
+    let trace: Vec<TraceRequest> = match o.format {
+        Format::Mooncake => read_mooncake(&o.trace)?,
+        Format::Azure => read_azure(&o.trace)?,
+    };
+    std::fs::create_dir_all(&o.out).map_err(|source| SimError::Write { path: o.out.display().to_string(), source })?;
+    let cluster = ClusterConfig {
+        workers: o.workers,
+        blocks_per_worker: o.blocks_per_worker,
+        block_size: o.block_size,
+        policy: o.policies[0],
+        seed: o.seed,
+        speed: o.speed,
+        timing: o.timing,
+        max_batch: 256,
+        max_batch_tokens: 16384,
+        cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
+        tiers: None,
+    };
+    // Capacities from the timing model: prefill at its per-token cost; decode at the largest
+    // batch whose step stays within the ITL SLO, at the trace's mean context.
+    let t = o.timing;
+    let context =
+        trace.iter().map(|r| f64::from(r.input_tokens + r.output_tokens)).sum::<f64>() / trace.len().max(1) as f64;
+    let per_seq = t.decode_per_seq + t.decode_per_kv_token * context;
+    // ... and no more sequences than the KV pool holds.
+    let fit = (o.blocks_per_worker * o.block_size) as f64 / context.max(1.0);
+    let batch = ((p.slo.itl.as_secs_f64() * 1000.0 - t.decode_base) / per_seq.max(1e-9)).min(fit).clamp(1.0, 256.0);
+    let capacity = Capacity {
+        prefill_tokens_per_s: 1000.0 / t.prefill_b.max(1e-9),
+        decode_tokens_per_s: batch * 1000.0 / (t.decode_base + per_seq * batch),
+    };
+    let sizing = match p.planner {
+        None => crate::pools::Sizing::Static(p.initial),
+        Some(mode) => crate::pools::Sizing::Planner {
+            config: PlannerConfig {
+                // A stopped device takes its start-up to return: shrink only after longer than that.
+                shrink_after: (p.shrink_after.as_secs_f64() / p.interval.as_secs_f64().max(1e-3)).ceil() as u32,
+                ..PlannerConfig::new(p.slo, mode, o.workers, capacity)
+            },
+            initial: p.initial,
+            interval: p.interval,
+        },
+    };
+    let config = crate::pools::PoolsConfig {
+        cluster,
+        slo: p.slo,
+        sizing,
+        block_bytes: p.block_bytes,
+        link_bytes_per_s: p.link.bytes_per_s.bytes() as f64,
+        link_latency: p.link.latency.get(),
+        startup: p.startup,
+    };
+    let report = crate::pools::run_pools(&config, &trace);
+    let json = serde_json::to_string_pretty(&report).expect("reports serialise");
+    write(&o.out.join("pools.json"), &(json + "\n"))?;
+    Ok(report)
+}
+
 /// `--faults PLAN` or `--fault-seed S`, and the cluster settings faults exercise.
 #[derive(Clone, Debug)]
 pub struct FaultOptions {

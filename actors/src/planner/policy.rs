@@ -45,9 +45,11 @@ pub struct PlannerConfig {
     pub min_prefill: usize,
     pub min_decode: usize,
     pub capacity: Capacity,
-    /// Intervals a signal must last before the pools change (load mode), or before they shrink
-    /// (throughput mode).
+    /// Intervals a signal must last before the pools change (load mode).
     pub hysteresis: u32,
+    /// Intervals of lower need before a pool shrinks (throughput mode): a device stopped too
+    /// early takes its start-up time to come back.
+    pub shrink_after: u32,
     /// Share of a worker's capacity to plan for (throughput mode).
     pub headroom: f64,
     /// Weight of the newest interval in the smoothed rates (throughput mode).
@@ -67,6 +69,7 @@ impl PlannerConfig {
             min_decode: 1,
             capacity,
             hysteresis: 2,
+            shrink_after: 6,
             headroom: 0.8,
             smoothing: 0.5,
             disagg_min_blocks: 8,
@@ -85,8 +88,9 @@ pub struct Interval {
     /// 90th percentiles over the requests measured in the interval (None: none measured).
     pub ttft_p90: Option<Duration>,
     pub itl_p90: Option<Duration>,
-    /// Prompts waiting for a prefill worker at the end of the interval.
+    /// Prompts waiting for a prefill worker at the end of the interval, and their tokens.
     pub prefill_queue: usize,
+    pub prefill_queue_tokens: u64,
     /// The fullest decode worker's KV pool, 0 to 1.
     pub decode_kv_use: f64,
 }
@@ -154,8 +158,11 @@ impl Planner {
         };
         let pools = self.within_budget(pools);
         // While prompts queue for prefill, keep more of them on their decode workers.
-        let disagg_min_blocks =
-            if ttft_missed && seen.prefill_queue > pools.prefill { c.disagg_min_blocks * 4 } else { c.disagg_min_blocks };
+        let disagg_min_blocks = if ttft_missed && seen.prefill_queue > pools.prefill {
+            c.disagg_min_blocks * 4
+        } else {
+            c.disagg_min_blocks
+        };
         Decision { pools, reason, disagg_min_blocks }
     }
 
@@ -173,7 +180,10 @@ impl Planner {
             if current.decode > c.min_decode && itl < 0.8 {
                 next.prefill += 1;
                 next.decode -= 1;
-                return (next, format!("TTFT p90 at {ttft:.2}x its SLO, ITL at {itl:.2}x: a decode worker turns prefill"));
+                return (
+                    next,
+                    format!("TTFT p90 at {ttft:.2}x its SLO, ITL at {itl:.2}x: a decode worker turns prefill"),
+                );
             }
             return (next, format!("TTFT p90 at {ttft:.2}x its SLO, but no device to spare"));
         }
@@ -186,7 +196,10 @@ impl Planner {
             if current.prefill > c.min_prefill && ttft < 0.8 {
                 next.decode += 1;
                 next.prefill -= 1;
-                return (next, format!("ITL p90 at {itl:.2}x its SLO, TTFT at {ttft:.2}x: a prefill worker turns decode"));
+                return (
+                    next,
+                    format!("ITL p90 at {itl:.2}x its SLO, TTFT at {ttft:.2}x: a prefill worker turns decode"),
+                );
             }
             return (next, format!("ITL p90 at {itl:.2}x its SLO, but no device to spare"));
         }
@@ -215,14 +228,16 @@ impl Planner {
         // Never plan for less than what just happened: bursts are met at once, lulls slowly.
         let (want_prompt, want_output) =
             (self.prompt_rate.unwrap_or(0.0).max(prompt), self.output_rate.unwrap_or(0.0).max(output));
+        // What waits now must be cleared within one interval, on top of what arrives.
+        let want_prompt = want_prompt + seen.prefill_queue_tokens as f64 / secs;
         let per = |rate: f64, cap: f64| (rate / (cap * c.headroom).max(1e-9)).ceil() as usize;
         let mut need = Pools {
             prefill: per(want_prompt, c.capacity.prefill_tokens_per_s).max(c.min_prefill),
             decode: per(want_output, c.capacity.decode_tokens_per_s).max(c.min_decode),
         };
-        // Queued prompts need workers on top of the rate.
-        if seen.prefill_queue > 0 && self.ttft_missed > 0 {
-            need.prefill += 1;
+        // A decode pool out of KV memory queues sequences whatever its token rate.
+        if seen.decode_kv_use > 0.9 {
+            need.decode = need.decode.max(current.decode + 1);
         }
         let reason = format!(
             "predicted {want_prompt:.0} prompt tok/s and {want_output:.0} output tok/s: {} prefill, {} decode",
@@ -234,7 +249,7 @@ impl Planner {
         }
         // A pool shrinks only after the need has been lower for a while.
         self.less_needed += 1;
-        if self.less_needed < c.hysteresis.max(1) {
+        if self.less_needed < c.shrink_after.max(1) {
             let held = Pools { prefill: need.prefill.max(current.prefill), decode: need.decode.max(current.decode) };
             return (held, format!("{reason}; holding the larger pools for now"));
         }
@@ -332,17 +347,30 @@ mod tests {
         let burst = Interval { input_tokens: 240_000, output_tokens: 24_000, ..seen(1000, 20) };
         let d = p.decide(&burst, Pools { prefill: 1, decode: 1 });
         assert_eq!(d.pools, Pools { prefill: 3, decode: 2 }, "{}", d.reason);
-        // A lull: held for one interval, then the smoothed rate decides.
+        // A lull: held for `shrink_after` intervals, then the smoothed rate decides.
         let lull = Interval { input_tokens: 10_000, output_tokens: 1_000, ..seen(300, 10) };
-        assert_eq!(p.decide(&lull, d.pools).pools, d.pools);
+        for _ in 1..p.config().shrink_after {
+            assert_eq!(p.decide(&lull, d.pools).pools, d.pools);
+        }
         let after = p.decide(&lull, d.pools).pools;
         assert!(after.prefill < 3 && after.prefill >= 1, "{after:?}");
         // A burst bigger than the budget: both pools fit in 8 devices.
         let mut p = Planner::new(config(PlannerMode::Throughput, 8));
         let huge = Interval { input_tokens: 1_000_000, output_tokens: 100_000, ..seen(5000, 100) };
+        // What waits counts too: 200,000 queued tokens over 10 s is 2.5 more prefill workers.
+        let mut q = Planner::new(config(PlannerMode::Throughput, 8));
+        let queued = Interval { prefill_queue: 100, prefill_queue_tokens: 200_000, ..burst.clone() };
+        assert_eq!(q.decide(&queued, Pools { prefill: 1, decode: 1 }).pools, Pools { prefill: 6, decode: 2 });
         let d = p.decide(&huge, P2D2);
         assert_eq!(d.pools.total(), 8, "{:?}", d.pools);
         assert!(d.pools.prefill >= 1 && d.pools.decode >= 1);
+    }
+
+    #[test]
+    fn throughput_mode_grows_a_decode_pool_out_of_kv_memory() {
+        let mut p = Planner::new(config(PlannerMode::Throughput, 8));
+        let full = Interval { input_tokens: 10_000, output_tokens: 1_000, decode_kv_use: 0.97, ..seen(500, 30) };
+        assert_eq!(p.decide(&full, P2D2).pools.decode, 3);
     }
 
     #[test]
@@ -359,7 +387,10 @@ mod tests {
                         ..seen(500 + (i % 4) * 1000, 10 + (i % 6) * 20)
                     };
                     pools = p.decide(&s, pools).pools;
-                    assert!(pools.total() <= devices && pools.prefill >= 1 && pools.decode >= 1, "{devices}: {pools:?}");
+                    assert!(
+                        pools.total() <= devices && pools.prefill >= 1 && pools.decode >= 1,
+                        "{devices}: {pools:?}"
+                    );
                 }
             }
         }

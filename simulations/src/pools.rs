@@ -1,0 +1,610 @@
+//! A disaggregated cluster in virtual time: prefill workers compute prompts (the first token comes
+//! from them), the blocks cross to a decode worker (latency plus size over bandwidth), which
+//! commits them to its pool and generates the rest. The pools are sized either statically or by
+//! the planner core (`actors::planner`), which sees each interval's arrivals, tokens, TTFT, ITL
+//! and queues; a worker that changes role or stops first drains (no new work, finishes what it
+//! has), and a stopped device starts again after a delay. Every worker is the real engine and
+//! block pool over the timing model. Reports goodput (requests within both SLOs) and
+//! device-hours (time devices were on, draining and starting included).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::planner::{Interval, Planner, PlannerConfig, Pools, Slo};
+use gpu::engine::Engine;
+use gpu::executor::{StepClock, TestTokenizer};
+use runtime::blocks::BlockHasher;
+use runtime::ids::RequestId;
+use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
+use serde::Serialize;
+
+use crate::cluster::{ClusterConfig, FIRST_TOKEN, TOKEN_SPAN, simulated_engine};
+use crate::trace::{TraceRequest, synthesize_prompt};
+
+/// How the pools are sized.
+#[derive(Clone, Debug)]
+pub enum Sizing {
+    /// Fixed prefill and decode pools for the whole run.
+    Static(Pools),
+    /// The planner, starting from `initial`, every `interval`.
+    Planner { config: PlannerConfig, initial: Pools, interval: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolsConfig {
+    pub cluster: ClusterConfig,
+    pub slo: Slo,
+    pub sizing: Sizing,
+    /// Bytes of one KV block and the link between the pools.
+    pub block_bytes: u64,
+    pub link_bytes_per_s: f64,
+    pub link_latency: Duration,
+    /// How long a stopped device takes to serve again (loading the model).
+    pub startup: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PoolsReport {
+    pub requests: usize,
+    pub completed: usize,
+    /// Requests within both SLOs (TTFT, and mean ITL over their tokens after the first).
+    pub goodput: usize,
+    pub goodput_ratio: f64,
+    pub device_hours: f64,
+    pub ttft_p90_ms: f64,
+    pub itl_p90_ms: f64,
+    pub makespan_s: f64,
+    /// Role changes and stops/starts the planner made.
+    pub flips: u64,
+    pub starts: u64,
+    pub stops: u64,
+    /// The planner's decisions that changed something, with their reasons.
+    pub decisions: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Prefill,
+    Decode,
+    Off,
+}
+
+struct Worker {
+    engine: Engine,
+    clock: StepClock,
+    role: Role,
+    /// Taking no new work; becomes this when idle.
+    draining_to: Option<Role>,
+    /// Starting (from Off); serves from this time.
+    ready_at: Option<Duration>,
+    busy: bool,
+    pending: Vec<(RequestId, StreamEvent)>,
+}
+
+impl Worker {
+    fn on(&self) -> bool {
+        self.role != Role::Off || self.ready_at.is_some()
+    }
+
+    /// Takes new work of `role` now.
+    fn serves(&self, role: Role, now: Duration) -> bool {
+        self.role == role && self.draining_to.is_none() && self.ready_at.is_none_or(|t| t <= now)
+    }
+
+    fn load(&self) -> usize {
+        self.engine.running() + self.engine.waiting()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    StepDone(usize),
+    Landed(usize),
+    /// A started device serves from now.
+    Ready,
+    Arrival(usize),
+    Plan,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Request {
+    arrival: Duration,
+    prompt: Vec<u32>,
+    output: u32,
+    first_token: Option<Duration>,
+    finished: Option<Duration>,
+}
+
+type Queue = BinaryHeap<Reverse<(Duration, Event, u64)>>;
+
+struct Sim<'a> {
+    c: &'a PoolsConfig,
+    workers: Vec<Worker>,
+    requests: Vec<Request>,
+    queue: Queue,
+    seq: u64,
+    hasher: BlockHasher,
+    now: Duration,
+    on_since: Duration,
+    device_secs: f64,
+    report: PoolsReport,
+    /// Prompts with no prefill worker to take them yet.
+    backlog: std::collections::VecDeque<usize>,
+    /// Prompts whose blocks landed, waiting for a decode worker.
+    landed: std::collections::VecDeque<usize>,
+    /// Counts of the interval in progress.
+    interval_input: u64,
+    interval_output: u64,
+    interval_arrivals: u64,
+    ttfts: Vec<Duration>,
+    itls: Vec<Duration>,
+    done: usize,
+}
+
+/// Run `trace` on the disaggregated cluster of `c`.
+pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
+    let tokenizer = Arc::new(TestTokenizer::default());
+    let initial = match &c.sizing {
+        Sizing::Static(p) => *p,
+        Sizing::Planner { initial, .. } => *initial,
+    };
+    assert!(initial.total() <= c.cluster.workers && initial.prefill > 0 && initial.decode > 0, "initial pools");
+    let workers = (0..c.cluster.workers)
+        .map(|w| {
+            let (engine, clock) = simulated_engine(&c.cluster, &tokenizer);
+            let role = if w < initial.prefill {
+                Role::Prefill
+            } else if w < initial.total() {
+                Role::Decode
+            } else {
+                Role::Off
+            };
+            Worker { engine, clock, role, draining_to: None, ready_at: None, busy: false, pending: Vec::new() }
+        })
+        .collect();
+    let mut sim = Sim {
+        c,
+        workers,
+        requests: Vec::with_capacity(trace.len()),
+        queue: BinaryHeap::new(),
+        seq: 0,
+        hasher: BlockHasher::new(c.cluster.block_size),
+        now: Duration::ZERO,
+        on_since: Duration::ZERO,
+        device_secs: 0.0,
+        report: PoolsReport { requests: trace.len(), ..Default::default() },
+        backlog: Default::default(),
+        landed: Default::default(),
+        interval_input: 0,
+        interval_output: 0,
+        interval_arrivals: 0,
+        ttfts: Vec::new(),
+        itls: Vec::new(),
+        done: 0,
+    };
+    for (i, r) in trace.iter().enumerate() {
+        sim.push(r.arrival.div_f64(c.cluster.speed), Event::Arrival(i));
+        let prompt = synthesize_prompt(r, i, c.cluster.block_size, FIRST_TOKEN, TOKEN_SPAN);
+        sim.requests.push(Request { prompt, output: r.output_tokens.max(1), ..Default::default() });
+    }
+    let mut planner = match &c.sizing {
+        Sizing::Planner { config, interval, .. } => {
+            sim.push(*interval, Event::Plan);
+            Some((Planner::new(config.clone()), *interval))
+        }
+        Sizing::Static(_) => None,
+    };
+    let mut all_ttft = Vec::new();
+    let mut all_itl = Vec::new();
+    while let Some(Reverse((at, event, _))) = sim.queue.pop() {
+        sim.account(at);
+        match event {
+            Event::Arrival(i) => {
+                sim.requests[i].arrival = at;
+                sim.interval_arrivals += 1;
+                sim.interval_input += sim.requests[i].prompt.len() as u64;
+                sim.backlog.push_back(i);
+                sim.dispatch_prefills();
+            }
+            Event::StepDone(w) => sim.step_done(w),
+            Event::Landed(i) => {
+                sim.landed.push_back(i);
+                sim.dispatch_decodes();
+            }
+            Event::Ready => {
+                sim.dispatch_prefills();
+                sim.dispatch_decodes();
+            }
+            Event::Plan => {
+                let (p, interval) = planner.as_mut().expect("plans only with a planner");
+                let seen = sim.interval(*interval);
+                all_ttft.append(&mut sim.ttfts);
+                all_itl.append(&mut sim.itls);
+                let current = sim.target_pools();
+                let d = p.decide(&seen, current);
+                if d.pools != current {
+                    sim.report.decisions.push(format!(
+                        "{:.0}s: {:?} -> {:?}: {}",
+                        at.as_secs_f64(),
+                        current,
+                        d.pools,
+                        d.reason
+                    ));
+                    sim.resize(d.pools);
+                }
+                if sim.done < sim.requests.len() {
+                    sim.push(at + *interval, Event::Plan);
+                }
+            }
+        }
+    }
+    all_ttft.append(&mut sim.ttfts);
+    all_itl.append(&mut sim.itls);
+    sim.account(sim.now);
+    let r = &mut sim.report;
+    r.completed = sim.requests.iter().filter(|q| q.finished.is_some()).count();
+    r.goodput = sim
+        .requests
+        .iter()
+        .filter(|q| {
+            let (Some(first), Some(end)) = (q.first_token, q.finished) else { return false };
+            let itl = if q.output > 1 { (end - first) / (q.output - 1) } else { Duration::ZERO };
+            first - q.arrival <= c.slo.ttft && itl <= c.slo.itl
+        })
+        .count();
+    r.goodput_ratio = r.goodput as f64 / r.requests.max(1) as f64;
+    r.device_hours = sim.device_secs / 3600.0;
+    r.ttft_p90_ms = p90(&mut all_ttft).as_secs_f64() * 1000.0;
+    r.itl_p90_ms = p90(&mut all_itl).as_secs_f64() * 1000.0;
+    r.makespan_s = sim.now.as_secs_f64();
+    sim.report
+}
+
+fn p90(v: &mut [Duration]) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[(v.len() * 9 / 10).min(v.len() - 1)]
+}
+
+impl Sim<'_> {
+    fn push(&mut self, at: Duration, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, e, self.seq)));
+    }
+
+    /// Advance the clock, counting device time.
+    fn account(&mut self, at: Duration) {
+        let on = self.workers.iter().filter(|w| w.on()).count() as f64;
+        self.device_secs += on * (at - self.on_since).as_secs_f64();
+        self.on_since = at;
+        self.now = at;
+        // Devices whose start finished.
+        for w in &mut self.workers {
+            if w.ready_at.is_some_and(|t| t <= at) {
+                w.ready_at = None;
+            }
+        }
+    }
+
+    fn least_loaded(&self, role: Role) -> Option<usize> {
+        (0..self.workers.len())
+            .filter(|&w| self.workers[w].serves(role, self.now))
+            .min_by_key(|&w| self.workers[w].load())
+    }
+
+    fn start(&mut self, w: usize) {
+        if !self.workers[w].busy && self.workers[w].engine.has_work() {
+            let worker = &mut self.workers[w];
+            let outputs = worker.engine.step().expect("the simulated executor does not fail");
+            let took = worker.clock.last_step();
+            worker.engine.take_kv_events();
+            worker.pending.extend(outputs);
+            worker.busy = true;
+            let at = self.now + took.max(Duration::from_micros(1));
+            self.push(at, Event::StepDone(w));
+        }
+    }
+
+    /// Hand queued prompts to prefill workers.
+    fn dispatch_prefills(&mut self) {
+        while let Some(&i) = self.backlog.front() {
+            let Some(w) = self.least_loaded(Role::Prefill) else { return };
+            self.backlog.pop_front();
+            let r = &self.requests[i];
+            let req = GenerateRequest {
+                id: RequestId(format!("p{i}")),
+                tag: None,
+                prompt_tokens: r.prompt.clone(),
+                sampling: SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() },
+            };
+            let refused = self.workers[w].engine.submit(req);
+            assert!(refused.is_none(), "the simulated engines take every request");
+            self.start(w);
+        }
+    }
+
+    fn step_done(&mut self, w: usize) {
+        self.workers[w].busy = false;
+        for (id, ev) in std::mem::take(&mut self.workers[w].pending) {
+            let (kind, i) = id.0.split_at(1);
+            let i: usize = i.parse().expect("ids are p<i> or d<i>");
+            match (kind, ev) {
+                ("p", StreamEvent::Finished { .. }) => {
+                    // The first token is out; the blocks cross to a decode worker.
+                    self.requests[i].first_token = Some(self.now);
+                    self.ttfts.push(self.now - self.requests[i].arrival);
+                    self.interval_output += 1;
+                    let blocks = self.requests[i].prompt.len() / self.c.cluster.block_size;
+                    let secs = (blocks as u64 * self.c.block_bytes) as f64 / self.c.link_bytes_per_s.max(1.0);
+                    let at = self.now + self.c.link_latency + Duration::from_secs_f64(secs);
+                    self.push(at, Event::Landed(i));
+                }
+                ("d", StreamEvent::Delta { tokens, .. }) => self.interval_output += u64::from(tokens),
+                ("d", StreamEvent::Finished { .. }) => self.finish(i),
+                _ => {}
+            }
+        }
+        self.start(w);
+        self.settle(w);
+        self.dispatch_prefills();
+        self.dispatch_decodes();
+    }
+
+    fn finish(&mut self, i: usize) {
+        let r = &mut self.requests[i];
+        r.finished = Some(self.now);
+        if r.output > 1 {
+            self.itls.push((self.now - r.first_token.expect("after the first token")) / (r.output - 1));
+        }
+        self.done += 1;
+    }
+
+    /// Prompts whose blocks landed go to decode workers, from their second token.
+    fn dispatch_decodes(&mut self) {
+        while let Some(&i) = self.landed.front() {
+            if self.requests[i].output <= 1 {
+                self.landed.pop_front();
+                self.finish(i);
+                continue;
+            }
+            let Some(w) = self.least_loaded(Role::Decode) else { return };
+            self.landed.pop_front();
+            self.land(i, w);
+        }
+    }
+
+    fn land(&mut self, i: usize, w: usize) {
+        let r = &self.requests[i];
+        let usable = (r.prompt.len() - 1) / self.c.cluster.block_size;
+        let hashes = self.hasher.sequence_hashes(&r.prompt[..usable * self.c.cluster.block_size]);
+        let mut tokens = r.prompt.clone();
+        tokens.push(u32::from(b'a'));
+        let req = GenerateRequest {
+            id: RequestId(format!("d{i}")),
+            tag: None,
+            prompt_tokens: tokens,
+            sampling: SamplingParams { max_tokens: r.output - 1, ignore_eos: true, ..Default::default() },
+        };
+        let engine = &mut self.workers[w].engine;
+        if let Some(res) = engine.reserve(&hashes) {
+            engine.commit(res, &hashes);
+        }
+        let refused = engine.submit(req);
+        assert!(refused.is_none(), "the simulated engines take every request");
+        self.start(w);
+    }
+
+    /// A draining worker that has finished everything takes its new role (or stops).
+    fn settle(&mut self, w: usize) {
+        let worker = &mut self.workers[w];
+        if let Some(to) = worker.draining_to
+            && !worker.busy
+            && !worker.engine.has_work()
+        {
+            worker.draining_to = None;
+            worker.role = to;
+            if to == Role::Off {
+                // Stopped: its pool is gone.
+                let (engine, clock) = simulated_engine(&self.c.cluster, &Arc::new(TestTokenizer::default()));
+                worker.engine = engine;
+                worker.clock = clock;
+            }
+        }
+    }
+
+    /// What one interval saw.
+    fn interval(&mut self, length: Duration) -> Interval {
+        let p90_of = |v: &[Duration]| {
+            let mut v = v.to_vec();
+            (!v.is_empty()).then(|| p90(&mut v))
+        };
+        let seen = Interval {
+            length,
+            arrivals: self.interval_arrivals,
+            input_tokens: self.interval_input,
+            output_tokens: self.interval_output,
+            ttft_p90: p90_of(&self.ttfts),
+            itl_p90: p90_of(&self.itls),
+            prefill_queue: self.backlog.len()
+                + self.workers.iter().filter(|w| w.role == Role::Prefill).map(|w| w.engine.waiting()).sum::<usize>(),
+            prefill_queue_tokens: self.backlog.iter().map(|&i| self.requests[i].prompt.len() as u64).sum(),
+            decode_kv_use: self
+                .workers
+                .iter()
+                .filter(|w| w.role == Role::Decode)
+                .map(|w| {
+                    let p = w.engine.stats().pool;
+                    p.active as f64 / p.total.max(1) as f64
+                })
+                .fold(0.0, f64::max),
+        };
+        (self.interval_arrivals, self.interval_input, self.interval_output) = (0, 0, 0);
+        seen
+    }
+
+    /// The pools as they will be once every drain and start completes.
+    fn target_pools(&self) -> Pools {
+        let mut p = Pools::default();
+        for w in &self.workers {
+            match w.draining_to.unwrap_or(w.role) {
+                Role::Prefill => p.prefill += 1,
+                Role::Decode => p.decode += 1,
+                Role::Off => {}
+            }
+        }
+        p
+    }
+
+    /// Move workers towards `want`: flip the other pool's least-loaded worker, start a stopped
+    /// device, or drain one to stop.
+    fn resize(&mut self, want: Pools) {
+        loop {
+            let have = self.target_pools();
+            if have == want {
+                return;
+            }
+            let (grow, shrink) = if have.prefill < want.prefill {
+                (Some(Role::Prefill), (have.decode > want.decode).then_some(Role::Decode))
+            } else if have.decode < want.decode {
+                (Some(Role::Decode), (have.prefill > want.prefill).then_some(Role::Prefill))
+            } else if have.prefill > want.prefill {
+                (None, Some(Role::Prefill))
+            } else {
+                (None, Some(Role::Decode))
+            };
+            let heading = |w: &Worker| w.draining_to.unwrap_or(w.role);
+            match (grow, shrink) {
+                (Some(to), Some(from)) => {
+                    let w = (0..self.workers.len())
+                        .filter(|&w| heading(&self.workers[w]) == from)
+                        .min_by_key(|&w| self.workers[w].load())
+                        .expect("a worker of the shrinking pool");
+                    self.workers[w].draining_to = Some(to);
+                    self.report.flips += 1;
+                    self.settle(w);
+                }
+                (Some(to), None) => {
+                    let Some(w) = (0..self.workers.len()).find(|&w| heading(&self.workers[w]) == Role::Off) else {
+                        return;
+                    };
+                    let worker = &mut self.workers[w];
+                    if worker.role == Role::Off {
+                        let at = self.now + self.c.startup;
+                        worker.ready_at = Some(at);
+                        worker.role = to;
+                        self.push(at, Event::Ready);
+                    } else {
+                        worker.draining_to = Some(to);
+                    }
+                    self.report.starts += 1;
+                }
+                (None, Some(from)) => {
+                    let w = (0..self.workers.len())
+                        .filter(|&w| heading(&self.workers[w]) == from)
+                        .min_by_key(|&w| self.workers[w].load())
+                        .expect("a worker of the shrinking pool");
+                    self.workers[w].draining_to = Some(Role::Off);
+                    self.report.stops += 1;
+                    self.settle(w);
+                }
+                (None, None) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actors::planner::{Capacity, PlannerMode};
+    use actors::router::cost::CostConfig;
+
+    fn config(sizing: Sizing) -> PoolsConfig {
+        PoolsConfig {
+            cluster: ClusterConfig {
+                workers: 4,
+                blocks_per_worker: 4000,
+                block_size: 16,
+                policy: crate::cluster::Policy::LeastLoaded,
+                seed: 1,
+                speed: 1.0,
+                timing: crate::simulate::DEFAULT_TIMING,
+                max_batch: 64,
+                max_batch_tokens: 4096,
+                cost: CostConfig::default(),
+                tiers: None,
+            },
+            slo: Slo { ttft: Duration::from_secs(2), itl: Duration::from_millis(50) },
+            sizing,
+            block_bytes: 2 << 20,
+            link_bytes_per_s: 12e9,
+            link_latency: Duration::from_micros(200),
+            startup: Duration::from_secs(5),
+        }
+    }
+
+    /// A quiet minute, a burst of long prompts, a quiet minute.
+    fn trace() -> Vec<TraceRequest> {
+        let mut t = Vec::new();
+        let mut at = 0.0;
+        for phase in [(60.0, 0.5), (30.0, 12.0), (60.0, 0.5)] {
+            let end = at + phase.0;
+            while at < end {
+                t.push(TraceRequest {
+                    arrival: Duration::from_secs_f64(at),
+                    input_tokens: 1500,
+                    output_tokens: 20,
+                    hash_ids: Vec::new(),
+                });
+                at += 1.0 / phase.1;
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn static_pools_serve_every_request_with_the_first_token_from_prefill() {
+        let r = run_pools(&config(Sizing::Static(Pools { prefill: 3, decode: 1 })), &trace());
+        assert_eq!(r.completed, r.requests);
+        assert!(r.goodput > 0 && r.goodput <= r.completed);
+        assert!(r.ttft_p90_ms > 0.0 && r.itl_p90_ms > 0.0 && r.itl_p90_ms < 50.0, "{r:?}");
+        // Four devices on for the whole run.
+        assert!((r.device_hours - 4.0 * r.makespan_s / 3600.0).abs() < 1e-6, "{r:?}");
+        assert_eq!((r.flips, r.starts, r.stops), (0, 0, 0));
+        // A smaller prefill pool meets the TTFT SLO less often in the burst.
+        let small = run_pools(&config(Sizing::Static(Pools { prefill: 1, decode: 1 })), &trace());
+        assert!(small.goodput < r.goodput, "{} vs {}", small.goodput, r.goodput);
+    }
+
+    #[test]
+    fn the_planner_grows_for_the_burst_stays_in_budget_and_replays() {
+        let planned = |mode| {
+            let capacity = Capacity { prefill_tokens_per_s: 10_000.0, decode_tokens_per_s: 4_000.0 };
+            let slo = Slo { ttft: Duration::from_secs(2), itl: Duration::from_millis(50) };
+            let mut pc = PlannerConfig::new(slo, mode, 4, capacity);
+            pc.shrink_after = 3;
+            let sizing = Sizing::Planner {
+                config: pc,
+                initial: Pools { prefill: 1, decode: 1 },
+                interval: Duration::from_secs(5),
+            };
+            run_pools(&config(sizing), &trace())
+        };
+        for mode in [PlannerMode::Throughput, PlannerMode::Load] {
+            let r = planned(mode);
+            assert_eq!(r.completed, r.requests, "{mode:?}");
+            assert!(r.starts >= 1, "{mode:?}: the burst started a spare device: {:?}", r.decisions);
+            assert!(r.device_hours <= 4.0 * r.makespan_s / 3600.0 + 1e-9, "{mode:?}: within the budget");
+            assert!(r.device_hours < 3.9 * r.makespan_s / 3600.0, "{mode:?}: spares off in the quiet minutes");
+            assert!(r.decisions.iter().all(|d| d.contains(':')), "decisions carry reasons");
+            assert_eq!(planned(mode), r, "{mode:?} replays");
+        }
+        let static2 = run_pools(&config(Sizing::Static(Pools { prefill: 1, decode: 1 })), &trace());
+        let t = planned(PlannerMode::Throughput);
+        assert!(t.goodput > static2.goodput, "growing beats staying at 1+1: {t:?} vs {static2:?}");
+    }
+}
