@@ -34,6 +34,8 @@ pub struct NodeState {
     pub control: Option<ControlPlane>,
     /// The KV data plane, when the node has a `data` address.
     pub data_plane: Option<Arc<transport::DataPlane>>,
+    /// What this node's gateway saw since the planner last looked.
+    pub latency: crate::planner::LatencyWindow,
 }
 
 /// Counts a request as in flight until dropped.
@@ -52,6 +54,7 @@ impl NodeState {
             data_plane,
             draining: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            latency: Default::default(),
             view: Arc::default(),
             started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         }
@@ -170,6 +173,20 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
             let args = RouterArgs { config: router.clone(), view: view.clone() };
             Box::pin(async move {
                 Ok(Actor::spawn_linked(Some(ROUTER_NAME.into()), RouterActor, args, sup).await?.0.get_cell())
+            })
+        }));
+    }
+    if plan.roles.contains(&Role::Router) && config.planner.enabled {
+        let devices = config.nodes.iter().map(|n| n.workers.len()).sum();
+        let (planner, interval, node) =
+            (crate::planner::config_from(&config.planner, devices), config.planner.interval.get(), state.clone());
+        specs.push(ChildSpec::new("planner", move |sup| {
+            let args = crate::planner::PlannerArgs { config: planner.clone(), interval, node: node.clone() };
+            Box::pin(async move {
+                Ok(Actor::spawn_linked(Some("planner".into()), crate::planner::PlannerActor, args, sup)
+                    .await?
+                    .0
+                    .get_cell())
             })
         }));
     }

@@ -114,6 +114,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
         endpoint,
     };
     tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
+    gw.node.latency.arrived(parsed.prompt_tokens.len());
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let req = GenerateRequest { id, tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
@@ -125,7 +126,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
             return ApiError::unavailable("The request ended without a result.").into_response();
         }
     };
-    let timing = Timing { started, first_token: false };
+    let timing = Timing { started, first_token: None, node: gw.node.clone() };
     if parsed.stream {
         sse(meta, parsed.include_usage, first, rx, timing).into_response()
     } else {
@@ -135,22 +136,31 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
 
 struct Timing {
     started: Instant,
-    first_token: bool,
+    /// When the first token came, after `started`.
+    first_token: Option<std::time::Duration>,
+    /// The planner's window of what this gateway sees.
+    node: Arc<crate::node::NodeState>,
 }
 
 impl Timing {
     fn saw(&mut self, ev: &StreamEvent) {
         match ev {
             StreamEvent::Delta { tokens, .. } => {
-                if !self.first_token {
-                    self.first_token = true;
-                    metrics::histogram!("armature_time_to_first_token_seconds")
-                        .record(self.started.elapsed().as_secs_f64());
+                if self.first_token.is_none() {
+                    let ttft = self.started.elapsed();
+                    self.first_token = Some(ttft);
+                    metrics::histogram!("armature_time_to_first_token_seconds").record(ttft.as_secs_f64());
+                    self.node.latency.first_token(ttft);
                 }
                 metrics::counter!("armature_generated_tokens_total").increment(u64::from(*tokens));
+                self.node.latency.generated(*tokens);
             }
-            StreamEvent::Finished { .. } => {
-                metrics::histogram!("armature_request_duration_seconds").record(self.started.elapsed().as_secs_f64());
+            StreamEvent::Finished { usage, .. } => {
+                let total = self.started.elapsed();
+                metrics::histogram!("armature_request_duration_seconds").record(total.as_secs_f64());
+                if let Some(ttft) = self.first_token {
+                    self.node.latency.finished(ttft, total, usage.completion_tokens);
+                }
             }
             StreamEvent::Failed(_) => {}
         }

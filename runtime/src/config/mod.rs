@@ -63,7 +63,73 @@ pub struct ClusterConfig {
     pub transport: TransportSection,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub planner: PlannerSection,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// The planner, on every node with a router: it sizes the prefill and decode pools by flipping
+/// workers' roles (`[planner]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `"load"` (a step at a time on SLO pressure) or `"throughput"` (pools sized from predicted
+    /// token rates and the capacities below).
+    #[serde(default = "default_planner_mode")]
+    pub mode: String,
+    #[serde(default = "default_planner_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_slo_ttft")]
+    pub slo_ttft: HumanDuration,
+    #[serde(default = "default_slo_itl")]
+    pub slo_itl: HumanDuration,
+    /// Intervals an SLO signal must last before a role flips.
+    #[serde(default = "default_planner_hysteresis")]
+    pub hysteresis: u32,
+    /// Per-worker capacities (throughput mode), as `armature bench engine` measures them.
+    #[serde(default = "default_planner_prefill_capacity")]
+    pub prefill_tokens_per_s: f64,
+    #[serde(default = "default_planner_decode_capacity")]
+    pub decode_tokens_per_s: f64,
+}
+
+fn default_planner_mode() -> String {
+    "load".into()
+}
+fn default_planner_interval() -> HumanDuration {
+    HumanDuration::from_millis(10_000)
+}
+fn default_slo_ttft() -> HumanDuration {
+    HumanDuration::from_millis(2_000)
+}
+fn default_slo_itl() -> HumanDuration {
+    HumanDuration::from_millis(50)
+}
+fn default_planner_hysteresis() -> u32 {
+    2
+}
+fn default_planner_prefill_capacity() -> f64 {
+    1000.0
+}
+fn default_planner_decode_capacity() -> f64 {
+    300.0
+}
+
+impl Default for PlannerSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: default_planner_mode(),
+            interval: default_planner_interval(),
+            slo_ttft: default_slo_ttft(),
+            slo_itl: default_slo_itl(),
+            hysteresis: default_planner_hysteresis(),
+            prefill_tokens_per_s: default_planner_prefill_capacity(),
+            decode_tokens_per_s: default_planner_decode_capacity(),
+        }
+    }
 }
 
 /// When a worker copies its KV blocks to its node's cache tiers.

@@ -148,3 +148,24 @@ fn cache_tiers_parse_and_checks_name_the_field() {
     let two = base.replace("[[nodes]]", "[[nodes]]\nname = \"n1\"\ncontrol = \"127.0.0.1:7431\"\n[nodes.cache]\ndisk = \"1GiB\"\ndisk_dir = \"cache/kv/n0\"\n\n[[nodes]]");
     assert_eq!(err(&two).path, "nodes[1].cache.disk_dir");
 }
+
+#[test]
+fn planner_section_defaults_and_checks() {
+    let c = ClusterConfig::parse(TWO_NODES, "two").unwrap();
+    assert!(!c.planner.enabled);
+    assert_eq!((c.planner.mode.as_str(), c.planner.interval.get().as_secs()), ("load", 10));
+    let with = |planner: &str| format!("{TWO_NODES}\n[planner]\n{planner}\n");
+    let c = ClusterConfig::parse(&with("enabled = true\nmode = \"throughput\"\nslo_ttft = \"800ms\""), "t").unwrap();
+    assert!(c.planner.enabled && c.planner.mode == "throughput");
+    assert_eq!(c.planner.slo_ttft.get().as_millis(), 800);
+    for (text, path) in [
+        ("mode = \"fast\"", "planner.mode"),
+        ("interval = \"0s\"", "planner.interval"),
+        ("decode_tokens_per_s = 0.0", "planner.decode_tokens_per_s"),
+        ("slo_itl = 5", "planner.slo_itl"),
+        ("goal = 1", "planner.goal"),
+    ] {
+        let e = err(&with(text));
+        assert_eq!(e.path, path, "{text}: {e}");
+    }
+}

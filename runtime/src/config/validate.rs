@@ -82,6 +82,22 @@ impl ClusterConfig {
                 return Err((format!("cache.{name}.bytes_per_s"), "must be above zero".into()));
             }
         }
+        let pl = &self.planner;
+        if !matches!(pl.mode.as_str(), "load" | "throughput") {
+            return Err(("planner.mode".into(), format!("{:?} is not \"load\" or \"throughput\"", pl.mode)));
+        }
+        for (name, d) in [("interval", pl.interval), ("slo_ttft", pl.slo_ttft), ("slo_itl", pl.slo_itl)] {
+            if d.get().is_zero() {
+                return Err((format!("planner.{name}"), "must be above zero".into()));
+            }
+        }
+        for (name, v) in
+            [("prefill_tokens_per_s", pl.prefill_tokens_per_s), ("decode_tokens_per_s", pl.decode_tokens_per_s)]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                return Err((format!("planner.{name}"), format!("{v} is not a finite number above 0")));
+            }
+        }
         let mut dirs: HashMap<&std::path::Path, usize> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let c = &node.cache;
