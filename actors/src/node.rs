@@ -178,10 +178,15 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
     }
     if plan.roles.contains(&Role::Router) && config.planner.enabled {
         let devices = config.nodes.iter().map(|n| n.workers.len()).sum();
-        let (planner, interval, node) =
-            (crate::planner::config_from(&config.planner, devices), config.planner.interval.get(), state.clone());
+        let (planner, interval, node) = (
+            crate::planner::config_from(&config.planner, &config.router, devices),
+            config.planner.interval.get(),
+            state.clone(),
+        );
+        let block_size = config.cluster.block_size;
         specs.push(ChildSpec::new("planner", move |sup| {
-            let args = crate::planner::PlannerArgs { config: planner.clone(), interval, node: node.clone() };
+            let args =
+                crate::planner::PlannerArgs { config: planner.clone(), interval, node: node.clone(), block_size };
             Box::pin(async move {
                 Ok(Actor::spawn_linked(Some("planner".into()), crate::planner::PlannerActor, args, sup)
                     .await?

@@ -13,8 +13,10 @@ use runtime::config::WorkerRole;
 use runtime::discovery;
 use runtime::ids::WorkerId;
 
+use super::policy::Interval;
 use super::policy::{Planner, PlannerConfig, Pools};
 use crate::node::NodeState;
+use crate::router::{RouterMsg, RouterStatus};
 use crate::worker::WorkerMsg;
 
 #[derive(RactorMessage)]
@@ -27,6 +29,8 @@ pub struct PlannerArgs {
     pub config: PlannerConfig,
     pub interval: Duration,
     pub node: Arc<NodeState>,
+    /// Tokens per KV block, to turn the router's predicted prefill blocks into tokens.
+    pub block_size: u32,
 }
 
 pub struct PlannerActor;
@@ -35,6 +39,9 @@ pub struct PlannerState {
     planner: Planner,
     interval: Duration,
     node: Arc<NodeState>,
+    block_size: u32,
+    /// The disaggregation threshold last sent to the router.
+    threshold: Option<u32>,
     timer: tokio::task::JoinHandle<()>,
 }
 
@@ -50,7 +57,14 @@ impl Actor for PlannerActor {
     ) -> Result<PlannerState, ActorProcessingErr> {
         let timer = myself.send_interval(args.interval, || PlannerMsg::Tick);
         tracing::info!(mode = ?args.config.mode, interval_ms = args.interval.as_millis() as u64, "planner started");
-        Ok(PlannerState { planner: Planner::new(args.config), interval: args.interval, node: args.node, timer })
+        Ok(PlannerState {
+            planner: Planner::new(args.config),
+            interval: args.interval,
+            node: args.node,
+            block_size: args.block_size,
+            threshold: None,
+            timer,
+        })
     }
 
     async fn post_stop(&self, _: ActorRef<PlannerMsg>, state: &mut PlannerState) -> Result<(), ActorProcessingErr> {
@@ -65,15 +79,24 @@ impl Actor for PlannerActor {
         state: &mut PlannerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PlannerMsg::Tick => state.tick(),
+            PlannerMsg::Tick => state.tick().await,
         }
         Ok(())
     }
 }
 
 impl PlannerState {
-    fn tick(&mut self) {
-        let seen = self.node.latency.take(self.interval);
+    async fn tick(&mut self) {
+        let mut seen = self.node.latency.take(self.interval);
+        // What waits for prefill, from the router's predicted loads.
+        let router = ractor::registry::where_is(crate::node::ROUTER_NAME).map(ActorRef::<RouterMsg>::from);
+        if let Some(router) = &router
+            && let Ok(status) = ractor::call_t!(router, RouterMsg::Status, 1000)
+        {
+            let (queue, tokens) = prefill_backlog(&status, self.block_size, &seen);
+            seen.prefill_queue = queue;
+            seen.prefill_queue_tokens = tokens;
+        }
         let (roles, draining) = (discovery::roles(), discovery::draining());
         // Live, non-draining workers of the two disaggregated roles.
         let mut prefill = Vec::new();
@@ -94,6 +117,12 @@ impl PlannerState {
         }
         let devices = current.total();
         let decision = self.planner.decide(&seen, current);
+        if let Some(router) = &router
+            && self.threshold != Some(decision.disagg_min_blocks)
+        {
+            self.threshold = Some(decision.disagg_min_blocks);
+            let _ = router.cast(RouterMsg::SetDisaggMinBlocks(decision.disagg_min_blocks));
+        }
         // Every worker serves one of the two pools; the planner picks the split.
         let want_prefill = decision.pools.prefill.clamp(1, devices - 1);
         metrics::gauge!("armature_planner_pool_target", "role" => "prefill").set(want_prefill as f64);
@@ -117,5 +146,53 @@ impl PlannerState {
         } else {
             tracing::debug!(?current, reason = %decision.reason, "planner holds");
         }
+    }
+}
+
+/// Prompts and tokens waiting for prefill, from the router's predicted prefill load on prefill
+/// workers (in blocks), counted in prompts of the interval's mean length.
+fn prefill_backlog(status: &RouterStatus, block_size: u32, seen: &Interval) -> (usize, u64) {
+    let prefill: std::collections::HashSet<&str> =
+        status.roles.iter().filter(|(_, r)| *r == WorkerRole::Prefill).map(|(w, _)| w.as_str()).collect();
+    let blocks: u64 =
+        status.workers.iter().filter(|w| prefill.contains(w.worker.as_str())).map(|w| w.prefill_load).sum();
+    let tokens = blocks * u64::from(block_size);
+    let mean = seen.input_tokens.checked_div(seen.arrivals).unwrap_or(0).max(1);
+    (tokens.div_ceil(mean) as usize, tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::WorkerView;
+
+    fn view(worker: &str, prefill_load: u64) -> WorkerView {
+        WorkerView {
+            worker: worker.into(),
+            device_blocks: 0,
+            assumed_blocks: 0,
+            tier_blocks: 0,
+            prefill_load,
+            decode_load: 7,
+            silent: false,
+        }
+    }
+
+    #[test]
+    fn the_backlog_counts_prefill_workers_only() {
+        let status = RouterStatus {
+            policy: runtime::config::RoutingPolicy::Kv,
+            live_workers: Vec::new(),
+            index_blocks: 0,
+            fingerprint: String::new(),
+            workers: vec![view("a/cpu", 30), view("b/cpu", 50), view("c/cpu", 0)],
+            roles: vec![("a/cpu".into(), WorkerRole::Prefill), ("b/cpu".into(), WorkerRole::Decode)],
+            in_flight: 0,
+            recent: Vec::new(),
+        };
+        let seen = Interval { arrivals: 4, input_tokens: 4 * 160, ..Default::default() };
+        // 30 blocks of 16 tokens on the prefill worker: 480 tokens, three 160-token prompts.
+        assert_eq!(prefill_backlog(&status, 16, &seen), (3, 480));
+        assert_eq!(prefill_backlog(&status, 16, &Interval::default()).1, 480);
     }
 }

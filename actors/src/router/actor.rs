@@ -112,6 +112,9 @@ pub enum RouterMsg {
     },
     Tick,
     Status(RpcReplyPort<RouterStatus>),
+    /// From the planner: send prompts with fewer uncached blocks than this to prefill workers no
+    /// more (`router.disagg_min_blocks`, changed while the prefill pool is behind).
+    SetDisaggMinBlocks(u32),
 }
 
 pub struct RouterArgs {
@@ -439,6 +442,12 @@ impl Actor for RouterActor {
             RouterMsg::Tick => state.tick(),
             RouterMsg::Status(reply) => {
                 let _ = reply.send(state.status());
+            }
+            RouterMsg::SetDisaggMinBlocks(blocks) => {
+                if blocks != state.disagg_min_blocks {
+                    tracing::info!(from = state.disagg_min_blocks, to = blocks, "disaggregation threshold changed");
+                    state.disagg_min_blocks = blocks;
+                }
             }
         }
         Ok(())
