@@ -59,17 +59,6 @@ workers = [{{ device = "cpu", role = "decode" }}]
     )
 }
 
-/// A prompt of `blocks` blocks of 16 test-tokenizer tokens (one per byte), different per `seed`.
-fn prompt(seed: usize, blocks: usize) -> String {
-    let mut s = String::new();
-    let mut i = seed;
-    while s.len() < blocks * 16 {
-        s.push((b'a' + (i % 26) as u8) as char);
-        i = (i * 7 + 3) % 1009;
-    }
-    s
-}
-
 fn complete(port: u16, prompt: &str) -> String {
     let body = serde_json::json!({ "model": "armature-test", "prompt": prompt, "max_tokens": 8, "temperature": 0 });
     let (status, _, text) = http("POST", port, "/v1/completions", Some(&body.to_string()));

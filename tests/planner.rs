@@ -65,17 +65,6 @@ roles = ["gateway", "router"]
     )
 }
 
-/// A prompt of `blocks` blocks of 16 test-tokenizer tokens, different per `seed`.
-fn prompt(seed: usize, blocks: usize) -> String {
-    let mut s = String::new();
-    let mut i = seed;
-    while s.len() < blocks * 16 {
-        s.push((b'a' + (i % 26) as u8) as char);
-        i = (i * 7 + 3) % 1009;
-    }
-    s
-}
-
 /// Clients sending `(blocks, max_tokens)` requests until `stop`; each result: (status, completion
 /// tokens, max_tokens).
 fn load(

@@ -242,3 +242,14 @@ pub fn cert_init(config: &Path) {
     let out = Command::new(bin()).args(["cert", "init", "--config"]).arg(config).output().expect("run armature");
     assert!(out.status.success(), "cert init: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A prompt of `blocks` blocks of 16 test-tokenizer tokens (one per byte), different per `seed`.
+pub fn prompt(seed: usize, blocks: usize) -> String {
+    let mut s = String::new();
+    let mut i = seed;
+    while s.len() < blocks * 16 {
+        s.push((b'a' + (i % 26) as u8) as char);
+        i = (i * 7 + 3) % 1009;
+    }
+    s
+}
