@@ -160,6 +160,12 @@ enum Command {
         /// Throughput planner: how long the need must stay lower before a pool shrinks.
         #[arg(long, default_value = "2m")]
         shrink_after: runtime::config::HumanDuration,
+        /// Disaggregated: the router's `disagg_min_blocks` (the planner moves it as it runs).
+        #[arg(long, default_value_t = 8)]
+        disagg_min_blocks: u32,
+        /// Disaggregated: the router's `prefill_busy_blocks`.
+        #[arg(long, default_value_t = 1024)]
+        prefill_busy_blocks: u64,
     },
     /// Manage model files.
     Model {
@@ -385,6 +391,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             plan_interval,
             startup,
             shrink_after,
+            disagg_min_blocks,
+            prefill_busy_blocks,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -437,16 +445,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     startup: startup.get(),
                     block_bytes: block_bytes.bytes(),
                     link: TierLink { bytes_per_s: remote_bytes_per_s, latency: remote_latency },
+                    disagg_min_blocks,
+                    prefill_busy_blocks,
                 };
                 let r = simulations::simulate::simulate_pools(&options, &pool_options)?;
                 println!(
-                    "goodput {}/{} ({:.3})  device-hours {:.3}  ttft p90 {:.0} ms  itl p90 {:.1} ms  flips {} starts {} stops {}",
+                    "goodput {}/{} ({:.3})  device-hours {:.3}  ttft p90 {:.0} ms  itl p90 {:.1} ms  local prefills {}  flips {} starts {} stops {}",
                     r.goodput,
                     r.requests,
                     r.goodput_ratio,
                     r.device_hours,
                     r.ttft_p90_ms,
                     r.itl_p90_ms,
+                    r.local_prefills,
                     r.flips,
                     r.starts,
                     r.stops

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::planner::{Interval, Planner, PlannerConfig, Pools, Slo};
+use actors::router::cost::disagg_outcome;
 use gpu::engine::Engine;
 use gpu::executor::{StepClock, TestTokenizer};
 use runtime::blocks::BlockHasher;
@@ -43,6 +44,12 @@ pub struct PoolsConfig {
     pub link_latency: Duration,
     /// How long a stopped device takes to serve again (loading the model).
     pub startup: Duration,
+    /// The router's conditional disaggregation (`router.disagg_min_blocks`,
+    /// `router.prefill_busy_blocks`): a prompt is prefilled on its decode worker when fewer of
+    /// its blocks than the first are uncached there, or when the least-loaded prefill worker
+    /// already has more than the second queued. The planner changes the first as it runs.
+    pub disagg_min_blocks: u32,
+    pub prefill_busy_blocks: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -56,6 +63,8 @@ pub struct PoolsReport {
     pub ttft_p90_ms: f64,
     pub itl_p90_ms: f64,
     pub makespan_s: f64,
+    /// Prompts prefilled on their decode worker (conditional disaggregation).
+    pub local_prefills: usize,
     /// Role changes and stops/starts the planner made.
     pub flips: u64,
     pub starts: u64,
@@ -81,6 +90,8 @@ struct Worker {
     ready_at: Option<Duration>,
     busy: bool,
     pending: Vec<(RequestId, StreamEvent)>,
+    /// Blocks of prefill placed here and not done (the router's predicted prefill load).
+    prefill_blocks: u64,
 }
 
 impl Worker {
@@ -141,6 +152,8 @@ struct Sim<'a> {
     ttfts: Vec<Duration>,
     itls: Vec<Duration>,
     done: usize,
+    /// The router's disaggregation threshold now.
+    disagg_min_blocks: u32,
 }
 
 /// Run `trace` on the disaggregated cluster of `c`.
@@ -161,7 +174,16 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
             } else {
                 Role::Off
             };
-            Worker { engine, clock, role, draining_to: None, ready_at: None, busy: false, pending: Vec::new() }
+            Worker {
+                engine,
+                clock,
+                role,
+                draining_to: None,
+                ready_at: None,
+                busy: false,
+                pending: Vec::new(),
+                prefill_blocks: 0,
+            }
         })
         .collect();
     let mut sim = Sim {
@@ -183,6 +205,7 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
         ttfts: Vec::new(),
         itls: Vec::new(),
         done: 0,
+        disagg_min_blocks: c.disagg_min_blocks,
     };
     for (i, r) in trace.iter().enumerate() {
         sim.push(r.arrival.div_f64(c.cluster.speed), Event::Arrival(i));
@@ -224,6 +247,15 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
                 all_itl.append(&mut sim.itls);
                 let current = sim.target_pools();
                 let d = p.decide(&seen, current);
+                if d.disagg_min_blocks != sim.disagg_min_blocks {
+                    sim.report.decisions.push(format!(
+                        "{:.0}s: disaggregation threshold {} -> {} blocks",
+                        at.as_secs_f64(),
+                        sim.disagg_min_blocks,
+                        d.disagg_min_blocks
+                    ));
+                    sim.disagg_min_blocks = d.disagg_min_blocks;
+                }
                 if d.pools != current {
                     sim.report.decisions.push(format!(
                         "{:.0}s: {:?} -> {:?}: {}",
@@ -309,17 +341,32 @@ impl Sim<'_> {
         }
     }
 
-    /// Hand queued prompts to prefill workers.
+    /// Hand queued prompts to prefill workers, or, where the router's conditional disaggregation
+    /// says so, to a decode worker that computes the prompt itself.
     fn dispatch_prefills(&mut self) {
         while let Some(&i) = self.backlog.front() {
-            let Some(w) = self.least_loaded(Role::Prefill) else { return };
+            let prefill = self.least_loaded(Role::Prefill);
+            let least = prefill.map(|w| self.workers[w].prefill_blocks);
+            let blocks = self.requests[i].prompt.len() / self.c.cluster.block_size;
+            let outcome = disagg_outcome(least, blocks as f64, self.disagg_min_blocks, self.c.prefill_busy_blocks);
+            let (w, id, max_tokens) = match (outcome, prefill) {
+                ("remote", Some(w)) => (w, format!("p{i}"), 1),
+                _ => match self.least_loaded(Role::Decode) {
+                    Some(w) => {
+                        self.report.local_prefills += 1;
+                        (w, format!("l{i}"), self.requests[i].output)
+                    }
+                    None => return,
+                },
+            };
             self.backlog.pop_front();
+            self.workers[w].prefill_blocks += blocks as u64;
             let r = &self.requests[i];
             let req = GenerateRequest {
-                id: RequestId(format!("p{i}")),
+                id: RequestId(id),
                 tag: None,
                 prompt_tokens: r.prompt.clone(),
-                sampling: SamplingParams { max_tokens: 1, ignore_eos: true, ..Default::default() },
+                sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
             };
             let refused = self.workers[w].engine.submit(req);
             assert!(refused.is_none(), "the simulated engines take every request");
@@ -327,24 +374,43 @@ impl Sim<'_> {
         }
     }
 
+    /// The first token of request `i` is out: its prefill is done.
+    fn first_token(&mut self, w: usize, i: usize) {
+        self.requests[i].first_token = Some(self.now);
+        self.ttfts.push(self.now - self.requests[i].arrival);
+        let blocks = (self.requests[i].prompt.len() / self.c.cluster.block_size) as u64;
+        let worker = &mut self.workers[w];
+        worker.prefill_blocks = worker.prefill_blocks.saturating_sub(blocks);
+    }
+
     fn step_done(&mut self, w: usize) {
         self.workers[w].busy = false;
         for (id, ev) in std::mem::take(&mut self.workers[w].pending) {
             let (kind, i) = id.0.split_at(1);
-            let i: usize = i.parse().expect("ids are p<i> or d<i>");
+            let i: usize = i.parse().expect("ids are p<i>, l<i> or d<i>");
             match (kind, ev) {
                 ("p", StreamEvent::Finished { .. }) => {
                     // The first token is out; the blocks cross to a decode worker.
-                    self.requests[i].first_token = Some(self.now);
-                    self.ttfts.push(self.now - self.requests[i].arrival);
+                    self.first_token(w, i);
                     self.interval_output += 1;
                     let blocks = self.requests[i].prompt.len() / self.c.cluster.block_size;
                     let secs = (blocks as u64 * self.c.block_bytes) as f64 / self.c.link_bytes_per_s.max(1.0);
                     let at = self.now + self.c.link_latency + Duration::from_secs_f64(secs);
                     self.push(at, Event::Landed(i));
                 }
+                ("l", StreamEvent::Delta { tokens, .. }) => {
+                    if self.requests[i].first_token.is_none() {
+                        self.first_token(w, i);
+                    }
+                    self.interval_output += u64::from(tokens);
+                }
                 ("d", StreamEvent::Delta { tokens, .. }) => self.interval_output += u64::from(tokens),
-                ("d", StreamEvent::Finished { .. }) => self.finish(i),
+                ("d" | "l", StreamEvent::Finished { .. }) => {
+                    if self.requests[i].first_token.is_none() {
+                        self.first_token(w, i);
+                    }
+                    self.finish(i)
+                }
                 _ => {}
             }
         }
@@ -544,6 +610,8 @@ mod tests {
             link_bytes_per_s: 12e9,
             link_latency: Duration::from_micros(200),
             startup: Duration::from_secs(5),
+            disagg_min_blocks: 8,
+            prefill_busy_blocks: 1024,
         }
     }
 
@@ -581,6 +649,29 @@ mod tests {
     }
 
     #[test]
+    fn conditional_disaggregation_keeps_short_prompts_and_a_busy_pools_prompts_on_decode_workers() {
+        // Every fifth prompt is short (4 blocks, under the threshold of 8).
+        let mut t = trace();
+        for (i, r) in t.iter_mut().enumerate() {
+            if i % 5 == 0 {
+                r.input_tokens = 64;
+            }
+        }
+        let short = t.iter().filter(|r| r.input_tokens == 64).count();
+        let c =
+            PoolsConfig { prefill_busy_blocks: u64::MAX, ..config(Sizing::Static(Pools { prefill: 1, decode: 1 })) };
+        let r = run_pools(&c, &t);
+        assert_eq!(r.completed, r.requests);
+        assert_eq!(r.local_prefills, short, "{r:?}");
+        // A busy threshold of 200 blocks (two long prompts queued): in the burst, long prompts
+        // stay on the decode worker too, and the first tokens come sooner.
+        let busy = run_pools(&PoolsConfig { prefill_busy_blocks: 200, ..c }, &t);
+        assert_eq!(busy.completed, busy.requests);
+        assert!(busy.local_prefills > short + 10, "{busy:?}");
+        assert!(busy.ttft_p90_ms < r.ttft_p90_ms, "{busy:?} vs {r:?}");
+    }
+
+    #[test]
     fn the_planner_grows_for_the_burst_stays_in_budget_and_replays() {
         let planned = |mode| {
             let capacity = Capacity { prefill_tokens_per_s: 10_000.0, decode_tokens_per_s: 4_000.0 };
@@ -597,6 +688,13 @@ mod tests {
         for mode in [PlannerMode::Throughput, PlannerMode::Load] {
             let r = planned(mode);
             assert_eq!(r.completed, r.requests, "{mode:?}");
+            if mode == PlannerMode::Load {
+                // Load mode grows one step at a time, so prompts queue in the burst: the router's
+                // threshold rose (and fell back after).
+                let moves: Vec<&String> = r.decisions.iter().filter(|d| d.contains("threshold")).collect();
+                assert!(moves.iter().any(|d| d.ends_with("8 -> 16 blocks")), "{:?}", r.decisions);
+                assert!(moves.last().is_some_and(|d| d.ends_with("-> 8 blocks")), "{moves:?}");
+            }
             assert!(r.starts >= 1, "{mode:?}: the burst started a spare device: {:?}", r.decisions);
             assert!(r.device_hours <= 4.0 * r.makespan_s / 3600.0 + 1e-9, "{mode:?}: within the budget");
             assert!(r.device_hours < 3.9 * r.makespan_s / 3600.0, "{mode:?}: spares off in the quiet minutes");

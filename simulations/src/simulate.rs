@@ -66,6 +66,9 @@ pub struct PoolsOptions {
     pub startup: Duration,
     pub block_bytes: u64,
     pub link: runtime::config::TierLink,
+    /// The router's conditional disaggregation thresholds (the planner moves the first).
+    pub disagg_min_blocks: u32,
+    pub prefill_busy_blocks: u64,
 }
 
 /// Run the trace on disaggregated pools and write `DIR/pools.json`.
@@ -114,6 +117,7 @@ pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::
             config: PlannerConfig {
                 // A stopped device takes its start-up to return: shrink only after longer than that.
                 shrink_after: (p.shrink_after.as_secs_f64() / p.interval.as_secs_f64().max(1e-3)).ceil() as u32,
+                disagg_min_blocks: p.disagg_min_blocks,
                 ..PlannerConfig::new(p.slo, mode, o.workers, capacity)
             },
             initial: p.initial,
@@ -128,6 +132,8 @@ pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::
         link_bytes_per_s: p.link.bytes_per_s.bytes() as f64,
         link_latency: p.link.latency.get(),
         startup: p.startup,
+        disagg_min_blocks: p.disagg_min_blocks,
+        prefill_busy_blocks: p.prefill_busy_blocks,
     };
     let report = crate::pools::run_pools(&config, &trace);
     let json = serde_json::to_string_pretty(&report).expect("reports serialise");

@@ -12,6 +12,13 @@
 
 use std::time::Duration;
 
+/// How far the disaggregation threshold may rise above the configured one.
+const MAX_THRESHOLD_FACTOR: u32 = 8;
+/// ITL p90 as a share of its SLO below which decode workers take more prompts, and above which
+/// they take fewer.
+const ITL_ROOM: f64 = 0.6;
+const ITL_TIGHT: f64 = 0.8;
+
 /// Latency targets.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Slo {
@@ -127,6 +134,8 @@ pub struct Planner {
     itl_missed: u32,
     slack: u32,
     less_needed: u32,
+    /// The disaggregation threshold in force, in blocks.
+    threshold: u32,
 }
 
 fn ratio(seen: Option<Duration>, target: Duration) -> f64 {
@@ -135,7 +144,17 @@ fn ratio(seen: Option<Duration>, target: Duration) -> f64 {
 
 impl Planner {
     pub fn new(config: PlannerConfig) -> Self {
-        Self { config, prompt_rate: None, output_rate: None, ttft_missed: 0, itl_missed: 0, slack: 0, less_needed: 0 }
+        let threshold = config.disagg_min_blocks;
+        Self {
+            config,
+            prompt_rate: None,
+            output_rate: None,
+            ttft_missed: 0,
+            itl_missed: 0,
+            slack: 0,
+            less_needed: 0,
+            threshold,
+        }
     }
 
     pub fn config(&self) -> &PlannerConfig {
@@ -158,12 +177,25 @@ impl Planner {
         };
         let pools = self.within_budget(pools);
         // While prompts queue for prefill, keep more of them on their decode workers.
-        let disagg_min_blocks = if ttft_missed && seen.prefill_queue > pools.prefill {
-            c.disagg_min_blocks * 4
-        } else {
-            c.disagg_min_blocks
-        };
+        let disagg_min_blocks = self.disagg_threshold(seen, pools, ttft_missed, itl);
         Decision { pools, reason, disagg_min_blocks }
+    }
+
+    /// While prompts queue for prefill and the decode workers' ITL has room, keep more prompts
+    /// on their decode workers: the threshold doubles each such interval (up to
+    /// `MAX_THRESHOLD_FACTOR` times the configured one) and halves back once the queue clears or
+    /// ITL comes near its SLO.
+    fn disagg_threshold(&mut self, seen: &Interval, pools: Pools, ttft_missed: bool, itl: f64) -> u32 {
+        let base = self.config.disagg_min_blocks.max(1);
+        let queued = ttft_missed || seen.prefill_queue > pools.prefill;
+        self.threshold = if queued && itl < ITL_ROOM {
+            (self.threshold * 2).min(base * MAX_THRESHOLD_FACTOR)
+        } else if !queued || itl > ITL_TIGHT {
+            (self.threshold / 2).max(base)
+        } else {
+            self.threshold
+        };
+        self.threshold
     }
 
     fn load_mode(&mut self, current: Pools, ttft: f64, itl: f64) -> (Pools, String) {
@@ -401,7 +433,14 @@ mod tests {
         let mut p = Planner::new(config(PlannerMode::Load, 4));
         let calm = p.decide(&seen(500, 20), P2D2);
         assert_eq!(calm.disagg_min_blocks, 8);
+        // Doubling while prompts queue and ITL has room, up to eight times the configured value.
         let queued = Interval { prefill_queue: 10, ..seen(4000, 20) };
-        assert_eq!(p.decide(&queued, P2D2).disagg_min_blocks, 32);
+        let rising: Vec<u32> = (0..5).map(|_| p.decide(&queued, P2D2).disagg_min_blocks).collect();
+        assert_eq!(rising, [16, 32, 64, 64, 64]);
+        // ITL between 0.6 and 0.8 of its SLO: held; above: halved; queue gone: halved to the base.
+        assert_eq!(p.decide(&Interval { prefill_queue: 10, ..seen(4000, 35) }, P2D2).disagg_min_blocks, 64);
+        assert_eq!(p.decide(&Interval { prefill_queue: 10, ..seen(4000, 45) }, P2D2).disagg_min_blocks, 32);
+        let after: Vec<u32> = (0..3).map(|_| p.decide(&seen(500, 20), P2D2).disagg_min_blocks).collect();
+        assert_eq!(after, [16, 8, 8]);
     }
 }

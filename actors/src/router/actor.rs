@@ -16,7 +16,7 @@ use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind};
 use runtime::node::ClusterView;
 use serde::Serialize;
 
-use super::cost::CostConfig;
+use super::cost::{CostConfig, disagg_outcome};
 use super::index::Tier;
 use super::listener::KvListener;
 use super::placer::{Placer, PlacerConfig};
@@ -364,17 +364,6 @@ pub fn placer_config(config: &RouterSection) -> PlacerConfig {
     }
 }
 
-/// Whether to prefill remotely, given the least predicted prefill load among the prefill workers
-/// (None: there are none) and the blocks the decode worker would compute: `remote`, or why not.
-fn disagg_outcome(least_prefill_load: Option<u64>, new_blocks: f64, min_blocks: u32, busy_blocks: u64) -> &'static str {
-    match least_prefill_load {
-        None => "no_prefill_worker",
-        Some(_) if new_blocks < f64::from(min_blocks) => "short",
-        Some(load) if load > busy_blocks => "busy",
-        Some(_) => "remote",
-    }
-}
-
 impl Actor for RouterActor {
     type Msg = RouterMsg;
     type State = RouterState;
@@ -451,20 +440,5 @@ impl Actor for RouterActor {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::disagg_outcome;
-
-    #[test]
-    fn conditional_disaggregation() {
-        // Thresholds: at least 8 uncached blocks; busy above 100 blocks of queued prefill.
-        assert_eq!(disagg_outcome(None, 50.0, 8, 100), "no_prefill_worker");
-        assert_eq!(disagg_outcome(Some(0), 7.0, 8, 100), "short");
-        assert_eq!(disagg_outcome(Some(0), 8.0, 8, 100), "remote");
-        assert_eq!(disagg_outcome(Some(100), 50.0, 8, 100), "remote");
-        assert_eq!(disagg_outcome(Some(101), 50.0, 8, 100), "busy");
     }
 }
