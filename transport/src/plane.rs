@@ -1,9 +1,9 @@
 //! `DataPlane`: a node's KV data plane. It listens for QUIC connections (mutual TLS from the
 //! cluster CA, CUBIC, 4 MiB socket buffers, several connections per peer, one stream per frame so
-//! a bad frame costs only its stream), validates every frame and hands it to whoever expects its
+//! a bad frame costs only its stream; towards a loopback peer 64 KiB datagrams without GSO), validates every frame and hands it to whoever expects its
 //! transfer id. Sending picks the path: in the same process the frame's buffer changes hands;
-//! on the same host (a loopback peer) it goes through a shared-memory ring announced over QUIC;
-//! otherwise over QUIC.
+//! on the same host (a loopback peer) it goes through a shared-memory ring announced over QUIC
+//! (the receiver's frames lend their bodies from the ring's slots); otherwise over QUIC.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, encode_head, read_frame};
 use crate::shm::{ShmReceiver, ShmSender, ring_path};
-use runtime::buffers::BufferPool;
+use runtime::buffers::{Buffer, BufferPool};
 
 /// Settings of a data plane.
 #[derive(Clone, Debug)]
@@ -91,6 +91,8 @@ struct Links {
 
 pub struct DataPlane {
     endpoint: Endpoint,
+    /// Client settings towards peers on this host.
+    loopback_client: quinn::ClientConfig,
     local: SocketAddr,
     config: PlaneConfig,
     pool: BufferPool,
@@ -133,6 +135,22 @@ fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// Towards a peer on this host (loopback, MTU 64 KiB): MTU discovery up to the largest UDP
+/// payload, and no segmentation offload. Measured with `armature bench transfer` on loopback:
+/// about 2 GB/s, against 0.8 with the defaults (1,452-byte datagrams, GSO) and 0.7 with large
+/// datagrams and GSO together. Peers elsewhere keep quinn's defaults (not measured here).
+fn loopback_transport_config() -> quinn::TransportConfig {
+    let mut t = transport_config();
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtu));
+    t.enable_segmentation_offload(false);
+    t
+}
+
+/// The largest UDP payload quinn handles; peers may send datagrams this large (loopback).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
 const SHM_OPEN: &[u8; 4] = b"SHM1";
 
 impl DataPlane {
@@ -143,10 +161,14 @@ impl DataPlane {
             .map_err(|e| CertError::Tls(format!("QUIC server: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
         server.transport_config(transport.clone());
-        let client_tls = QuicClientConfig::try_from(identity.client_tls()?)
-            .map_err(|e| CertError::Tls(format!("QUIC client: {e}")))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+        let client_tls = Arc::new(
+            QuicClientConfig::try_from(identity.client_tls()?)
+                .map_err(|e| CertError::Tls(format!("QUIC client: {e}")))?,
+        );
+        let mut client = quinn::ClientConfig::new(client_tls.clone());
         client.transport_config(transport);
+        let mut loopback_client = quinn::ClientConfig::new(client_tls);
+        loopback_client.transport_config(Arc::new(loopback_transport_config()));
         let bind = |source| TransportError::Bind { addr, source };
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -159,9 +181,10 @@ impl DataPlane {
         let _ = socket.set_send_buffer_size(config.socket_buffer);
         socket.bind(&addr.into()).map_err(bind)?;
         socket.set_nonblocking(true).map_err(bind)?;
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
         let mut endpoint =
-            Endpoint::new(EndpointConfig::default(), Some(server), socket.into(), Arc::new(TokioRuntime))
-                .map_err(bind)?;
+            Endpoint::new(endpoint_config, Some(server), socket.into(), Arc::new(TokioRuntime)).map_err(bind)?;
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr().map_err(bind)?;
         let plane = Arc::new(Self {
@@ -169,6 +192,7 @@ impl DataPlane {
             local,
             config,
             pool: BufferPool::new(64),
+            loopback_client,
             sinks: Mutex::default(),
             links: tokio::sync::Mutex::default(),
             stats: PlaneStats::default(),
@@ -201,8 +225,8 @@ impl DataPlane {
     fn deliver(&self, frame: Frame, path: &'static str) {
         let len = frame.body.len() as u64;
         let sink = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&frame.header.transfer).cloned();
-        match sink.map(|s| s.send(frame)) {
-            Some(Ok(())) => {
+        match sink.map(|s| s.send(frame).is_ok()) {
+            Some(true) => {
                 self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
                 if path == "shm" {
                     self.stats.frames_in_shm.fetch_add(1, Ordering::Relaxed);
@@ -247,12 +271,13 @@ impl DataPlane {
         let fail = |detail: String| TransportError::Send { peer: peer.node.clone(), detail };
         let head = encode_head(&frame.header, frame.body.len());
         if let Some(shm) = shm
-            && head.len() + frame.body.len() <= shm.lock().unwrap_or_else(|p| p.into_inner()).slot_size()
+            && shm.lock().unwrap_or_else(|p| p.into_inner()).fits(head.len() + frame.body.len())
         {
-            // The copy runs here (a frame takes tens of microseconds); waiting for a free slot
-            // yields to the runtime.
+            // The copy runs here (a frame takes tens of microseconds). Waiting for a free slot
+            // yields to the runtime: at first only a turn (the receiver frees a slot every few
+            // tens of microseconds, well under the timer's millisecond), then in sleeps.
             let start = std::time::Instant::now();
-            let mut wait = Duration::from_micros(20);
+            let mut tries = 0u32;
             loop {
                 let sent = shm.lock().unwrap_or_else(|p| p.into_inner()).try_send(&[&head, &frame.body]);
                 if sent.map_err(|e| fail(e.to_string()))? {
@@ -261,8 +286,12 @@ impl DataPlane {
                 if start.elapsed() > Duration::from_secs(10) {
                     return Err(fail("the peer's shared-memory ring stayed full for 10 s".into()));
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(1));
+                tries += 1;
+                if tries < 200 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             return Ok("shm");
         }
@@ -273,6 +302,13 @@ impl DataPlane {
         stream.write_all(&frame.body).await.map_err(|e| fail(e.to_string()))?;
         stream.finish().map_err(|e| fail(e.to_string()))?;
         Ok("quic")
+    }
+
+    /// The largest datagram the connections to `peer` have found they can send (MTU discovery);
+    /// None before any connection.
+    pub async fn path_mtu(&self, peer: &PeerAddr) -> Option<u16> {
+        let links = self.links.lock().await;
+        links.get(peer)?.conns.iter().map(|c| c.stats().path.current_mtu).max()
     }
 
     /// A connection to `peer` (round robin over several) and its shared-memory ring if any.
@@ -296,8 +332,14 @@ impl DataPlane {
             None => Vec::new(),
         };
         while conns.len() < self.config.connections.max(1) {
-            let connecting = self.endpoint.connect(peer.addr, &server_name(&peer.node)).map_err(|e| {
-                TransportError::Connect { peer: format!("{} ({})", peer.node, peer.addr), detail: e.to_string() }
+            let connecting = if peer.addr.ip().is_loopback() {
+                self.endpoint.connect_with(self.loopback_client.clone(), peer.addr, &server_name(&peer.node))
+            } else {
+                self.endpoint.connect(peer.addr, &server_name(&peer.node))
+            };
+            let connecting = connecting.map_err(|e| TransportError::Connect {
+                peer: format!("{} ({})", peer.node, peer.addr),
+                detail: e.to_string(),
             })?;
             let conn = connecting.await.map_err(|e| TransportError::Connect {
                 peer: format!("{} ({})", peer.node, peer.addr),
@@ -433,8 +475,20 @@ async fn accept_shm(
     let spawned = std::thread::Builder::new().name("kv-shm-recv".into()).spawn(move || {
         while alive.load(Ordering::Acquire) && !ring.is_closed() {
             let Some(slot) = ring.take(Duration::from_millis(200)) else { continue };
-            // Validated and copied out; the slot is freed when `slot` drops.
-            match frame::decode(slot.bytes(), &plane.pool) {
+            // Validated where it lies. While at most half the ring is held by frames in use,
+            // the body is lent from its slot (freed when the frame drops); past that it is
+            // copied out and the slot freed at once, so slow consumers cannot starve the sender.
+            let lend = ring.held() <= ring.slots() / 2;
+            let frame = match frame::parse_in_place(slot.bytes()) {
+                Ok((header, body)) if lend => Ok(Frame { header, body: Buffer::lent(Box::new(slot.narrow(body))) }),
+                Ok((header, body)) => {
+                    let mut copy = plane.pool.take(body.len());
+                    copy.copy_from_slice(&slot.bytes()[body]);
+                    Ok(Frame { header, body: copy })
+                }
+                Err(e) => Err(e),
+            };
+            match frame {
                 Ok(f) => plane.deliver(f, "shm"),
                 Err(e) => plane.reject(&e, &from),
             }

@@ -1,5 +1,6 @@
-//! Two data planes on loopback with certificates from one cluster CA: frames cross over QUIC,
-//! shared memory and in-process; corrupt and truncated frames are refused and counted while the
+//! Two data planes on loopback with certificates from one cluster CA: frames cross over QUIC
+//! (with 64 KiB datagrams), shared memory (bodies lent from the ring while half of it is free)
+//! and in-process; corrupt and truncated frames are refused and counted while the
 //! connection keeps working; peers without a certificate from the CA are refused.
 
 use std::net::SocketAddr;
@@ -89,6 +90,57 @@ async fn frames_cross_over_quic() {
 #[tokio::test]
 async fn frames_cross_over_shared_memory() {
     roundtrip(true).await;
+}
+
+#[tokio::test]
+async fn quic_to_a_loopback_peer_finds_large_datagrams() {
+    let dir = certs("mtu");
+    let (a, b) = (plane(&dir, "a", false), plane(&dir, "b", false));
+    let to_b = PeerAddr { node: "b".into(), addr: b.local_addr() };
+    let mut inbox = b.expect(1);
+    let mut mtu = 0;
+    for i in 0..200u32 {
+        a.send(&to_b, frame(1, i, 8, 3)).await.unwrap();
+        inbox.recv().await.unwrap();
+        mtu = a.path_mtu(&to_b).await.unwrap();
+        if mtu > 16_000 {
+            break;
+        }
+    }
+    // Far beyond Ethernet's 1,452 bytes: loopback carries 64 KiB datagrams.
+    assert!(mtu > 16_000, "path MTU {mtu}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn shared_memory_lends_bodies_while_half_the_ring_is_free() {
+    let dir = certs("lend");
+    let (a, b) = (plane(&dir, "a", true), plane(&dir, "b", true));
+    let to_b = PeerAddr { node: "b".into(), addr: b.local_addr() };
+    let mut inbox = b.expect(3);
+    // 20 frames kept by the consumer (the ring has 16 slots): the first 8 are lent from their
+    // slots, the rest copied out so the sender keeps a free half.
+    let mut held = Vec::new();
+    for i in 0..20u32 {
+        a.send(&to_b, frame(3, i, 2, i as u8 + 1)).await.unwrap();
+        held.push(tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await.unwrap().unwrap());
+    }
+    let lent: Vec<bool> = held.iter().map(|f| f.body.is_lent()).collect();
+    assert_eq!(lent, [vec![true; 8], vec![false; 12]].concat());
+    for (i, f) in held.iter().enumerate() {
+        assert_eq!(f.header.first_block, i as u32, "in order");
+        assert_eq!(&f.body[..], &frame(3, i as u32, 2, i as u8 + 1).body[..]);
+        if f.body.is_lent() {
+            assert_eq!(f.body.as_ptr() as usize % 64, 0, "a lent body is aligned");
+        }
+    }
+    // Given back: lent again.
+    drop(held);
+    a.send(&to_b, frame(3, 20, 1, 7)).await.unwrap();
+    let f = inbox.recv().await.unwrap();
+    assert!(f.body.is_lent());
+    assert_eq!(&f.body[..], &frame(3, 20, 1, 7).body[..]);
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A raw QUIC client that trusts `ca` and offers `identity`'s certificate (or none); Some if the
