@@ -16,22 +16,7 @@ bin=$1 tests=$2 transport=$3 model=$4 out=$5
 mkdir -p "$out"
 here=$(cd "$(dirname "$0")" && pwd)
 
-# The driver, NVRTC and cuBLAS under the names cudarc looks for, and their folders on the path.
-libs=/tmp/armature-cudalibs
-mkdir -p $libs
-dirs=""
-for name in libcuda libnvrtc libcublas libcublasLt; do
-  f=$(find /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/nvidia /usr/local/cuda/ /usr/local/cuda*/targets \
-        /opt/torch/.venv/lib/python3*/site-packages/nvidia 2>/dev/null \
-        -name "$name.so*" ! -path "*stubs*" ! -name "*alt*" ! -name "*builtins*" | sort -V | tail -1)
-  if [ -n "$f" ]; then
-    ln -sf "$f" "$libs/$name.so"
-    dirs="$dirs:$(dirname "$f")"
-  fi
-  echo "$name: ${f:-not found}"
-done | tee "$out/libs.txt"
-for f in $libs/*.so; do dirs="$dirs:$(dirname "$(readlink -f "$f")")"; done
-export LD_LIBRARY_PATH="$libs$dirs:${LD_LIBRARY_PATH:-}"
+. "$here/cuda_libs.sh" "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 
 echo "== tests" | tee "$out/tests.log"
