@@ -154,5 +154,10 @@ fn the_planner_flips_roles_as_the_load_shifts_and_nothing_fails() {
     assert!(results.len() >= 8, "the load ran ({} requests)", results.len());
     assert!(failed.is_empty(), "requests failed: {failed:?}");
     assert!(launch.log_text().contains("planner flips a worker"), "decisions are logged");
+    // The router hears how full each worker is (the planner's KV-use input), with their events.
+    let status = json(&http("GET", port, "/debug/router", None).2);
+    let totals: Vec<u64> =
+        status["workers"].as_array().unwrap().iter().filter_map(|w| w["load"]["kv_total"].as_u64()).collect();
+    assert!(!totals.is_empty() && totals.iter().all(|&t| t == 2048), "{status}");
     drop(launch);
 }

@@ -97,6 +97,25 @@ pub struct KvPublish {
     /// When it was sent (Unix milliseconds), for the routers' event-lag metric.
     pub sent_unix_ms: u64,
     pub batch: KvBatch,
+    /// How full the worker is (device workers; the planner reads it from the routers).
+    #[serde(default)]
+    pub load: Option<WorkerLoad>,
+}
+
+/// How full a worker is: its KV pool (blocks held by running sequences, of all) and its queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    pub kv_active: u32,
+    pub kv_total: u32,
+    pub running: u32,
+    pub waiting: u32,
+}
+
+impl WorkerLoad {
+    /// The share of the KV pool in use, 0 to 1.
+    pub fn kv_use(&self) -> f64 {
+        f64::from(self.kv_active) / f64::from(self.kv_total.max(1))
+    }
 }
 
 /// A worker's answer to a router that asked for its pool's full state.
@@ -158,6 +177,7 @@ mod tests {
                 KvEventRecord { id: 1, event: KvEvent::Stored { parent: None, hashes: vec![u64::MAX, 7] } },
                 KvEventRecord { id: 2, event: KvEvent::Removed { hashes: vec![7] } },
             ]),
+            load: Some(WorkerLoad { kv_active: 3, kv_total: 40, running: 2, waiting: 5 }),
         };
         assert_eq!(KvPublish::from_bytes(p.clone().into_bytes()), p);
         let d = KvDump { last_event_id: 9, blocks: vec![(None, 1), (Some(1), u64::MAX)] };

@@ -168,7 +168,7 @@ impl Actor for CacheTierActor {
             }
             TierMsg::Publish => {
                 let events = state.store_mut().take_events();
-                state.publisher.publish(events);
+                state.publisher.publish(events, None);
             }
         }
         state.record();

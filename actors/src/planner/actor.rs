@@ -1,5 +1,6 @@
 //! The planner on a cluster: every `planner.interval` it takes what the node's gateway saw
-//! (`LatencyWindow`), counts the live prefill and decode workers, asks the planner core for the
+//! (`LatencyWindow`), the prefill backlog and the decode workers' KV use from the router (which
+//! hears them with the workers' KV events), counts the live prefill and decode workers, asks the planner core for the
 //! pools, and flips workers' roles to match (`WorkerMsg::SetRole`: the router stops sending the
 //! old kind of work at once; what the worker holds finishes as it was, so nothing fails).
 //! Decisions are logged with their reasons and counted.
@@ -96,6 +97,7 @@ impl PlannerState {
             let (queue, tokens) = prefill_backlog(&status, self.block_size, &seen);
             seen.prefill_queue = queue;
             seen.prefill_queue_tokens = tokens;
+            seen.decode_kv_use = decode_kv_use(&status);
         }
         let (roles, draining) = (discovery::roles(), discovery::draining());
         // Live, non-draining workers of the two disaggregated roles.
@@ -161,6 +163,18 @@ fn prefill_backlog(status: &RouterStatus, block_size: u32, seen: &Interval) -> (
     (tokens.div_ceil(mean) as usize, tokens)
 }
 
+/// The fullest decode worker's KV pool (0 to 1), from what the workers last told the router.
+fn decode_kv_use(status: &RouterStatus) -> f64 {
+    let decode: std::collections::HashSet<&str> =
+        status.roles.iter().filter(|(_, r)| *r == WorkerRole::Decode).map(|(w, _)| w.as_str()).collect();
+    status
+        .workers
+        .iter()
+        .filter(|w| decode.contains(w.worker.as_str()))
+        .filter_map(|w| w.load.map(|l| l.kv_use()))
+        .fold(0.0, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +189,7 @@ mod tests {
             prefill_load,
             decode_load: 7,
             silent: false,
+            load: None,
         }
     }
 
@@ -194,5 +209,32 @@ mod tests {
         // 30 blocks of 16 tokens on the prefill worker: 480 tokens, three 160-token prompts.
         assert_eq!(prefill_backlog(&status, 16, &seen), (3, 480));
         assert_eq!(prefill_backlog(&status, 16, &Interval::default()).1, 480);
+    }
+
+    #[test]
+    fn kv_use_is_the_fullest_decode_workers() {
+        let load = |active| Some(runtime::kv::WorkerLoad { kv_active: active, kv_total: 100, running: 1, waiting: 0 });
+        let status = RouterStatus {
+            policy: runtime::config::RoutingPolicy::Kv,
+            live_workers: Vec::new(),
+            index_blocks: 0,
+            fingerprint: String::new(),
+            workers: vec![
+                WorkerView { load: load(90), ..view("a/cpu", 0) },
+                WorkerView { load: load(40), ..view("b/cpu", 0) },
+                WorkerView { load: load(70), ..view("c/cpu", 0) },
+                view("d/cpu", 0),
+            ],
+            roles: vec![
+                ("a/cpu".into(), WorkerRole::Prefill),
+                ("b/cpu".into(), WorkerRole::Decode),
+                ("c/cpu".into(), WorkerRole::Decode),
+                ("d/cpu".into(), WorkerRole::Decode),
+            ],
+            in_flight: 0,
+            recent: Vec::new(),
+        };
+        // The prefill worker's pool does not count; a worker that said nothing counts as empty.
+        assert!((decode_kv_use(&status) - 0.7).abs() < 1e-9);
     }
 }

@@ -2,7 +2,7 @@
 //! nodes, keeps the `Placer` fed with every worker's KV publications (through its `KvListener`),
 //! asks a worker for a dump when the index loses track of it, and warns when a worker goes quiet.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use ractor_cluster::RactorMessage;
 use runtime::config::{RouterSection, RoutingPolicy, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind};
+use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind, WorkerLoad};
 use runtime::node::ClusterView;
 use serde::Serialize;
 
@@ -72,6 +72,8 @@ pub struct WorkerView {
     pub decode_load: u64,
     /// Its KV events stopped arriving.
     pub silent: bool,
+    /// How full it said it was, with its last KV events or heartbeat.
+    pub load: Option<WorkerLoad>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -135,6 +137,8 @@ pub struct RouterState {
     dumping: HashSet<WorkerId>,
     /// Workers reported silent (warned once per silence).
     silent: HashSet<WorkerId>,
+    /// What each worker last said about how full it is.
+    loads: HashMap<WorkerId, WorkerLoad>,
     recent: VecDeque<ExplainedDecision>,
     timer: tokio::task::JoinHandle<()>,
 }
@@ -167,6 +171,7 @@ impl RouterState {
         let sources: Vec<WorkerId> = ids.iter().cloned().chain(tiers).collect();
         self.placer.retain(&sources);
         self.silent.retain(|w| ids.contains(w));
+        self.loads.retain(|w, _| ids.contains(w));
         metrics::gauge!("armature_router_live_workers").set(ids.len() as f64);
         live
     }
@@ -258,6 +263,9 @@ impl RouterState {
         let now = self.now();
         let lag = runtime::kv::unix_ms().saturating_sub(p.sent_unix_ms);
         metrics::histogram!("armature_router_event_lag_seconds").record(lag as f64 / 1000.0);
+        if let Some(load) = p.load {
+            self.loads.insert(p.worker.clone(), load);
+        }
         let heard = match p.tier {
             TierKind::Device => self.placer.receive(&p.worker, p.incarnation, &p.batch, now),
             TierKind::Host => self.placer.receive_tier(&p.worker, Tier::Host, p.incarnation, &p.batch, now),
@@ -328,6 +336,7 @@ impl RouterState {
                     prefill_load: load.prefill,
                     decode_load: load.decode,
                     silent: self.silent.contains(&w),
+                    load: self.loads.get(&w).copied(),
                 }
             })
             .collect();
@@ -384,6 +393,7 @@ impl Actor for RouterActor {
             epoch: Instant::now(),
             silence: args.config.event_silence.get(),
             dumping: HashSet::new(),
+            loads: HashMap::new(),
             silent: HashSet::new(),
             recent: VecDeque::new(),
             timer,

@@ -6,7 +6,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use ractor_cluster::RactorClusterMessage;
 use runtime::discovery::KV_LISTENERS;
 use runtime::ids::WorkerId;
-use runtime::kv::{KvBatch, KvEventRecord, KvPublish, TierKind};
+use runtime::kv::{KvBatch, KvEventRecord, KvPublish, TierKind, WorkerLoad};
 
 use super::actor::RouterMsg;
 
@@ -66,8 +66,9 @@ impl KvPublisher {
         self.incarnation
     }
 
-    /// Publish `records` (the pool's events since the last call), or a heartbeat when due.
-    pub fn publish(&mut self, records: Vec<KvEventRecord>) {
+    /// Publish `records` (the pool's events since the last call), or a heartbeat when due, with
+    /// how full the worker is (device workers).
+    pub fn publish(&mut self, records: Vec<KvEventRecord>, load: Option<WorkerLoad>) {
         let batch = match records.last() {
             Some(last) => {
                 self.last_event_id = last.id;
@@ -85,6 +86,7 @@ impl KvPublisher {
             incarnation: self.incarnation,
             sent_unix_ms: runtime::kv::unix_ms(),
             batch,
+            load,
         });
     }
 }

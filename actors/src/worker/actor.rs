@@ -208,7 +208,7 @@ impl WorkerState {
     fn publish_kv(&mut self) {
         let records = self.engine.kv_feed().take();
         if let Some(kv) = &mut self.kv {
-            kv.publish(records);
+            kv.publish(records, Some(self.engine.kv_feed().load()));
         }
         if let Some(t) = &self.tiers {
             t.offload(&self.engine);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use runtime::buffers::{Buffer, BufferPool};
 use runtime::ids::RequestId;
-use runtime::kv::{BlockLayout, KvDump, KvEventRecord};
+use runtime::kv::{BlockLayout, KvDump, KvEventRecord, WorkerLoad};
 use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
 use tokio::sync::{Notify, mpsc as tmpsc, oneshot};
 
@@ -48,6 +48,8 @@ const MAX_OFFLOAD_BYTES: usize = 256 << 20;
 #[derive(Default)]
 pub struct KvFeed {
     records: Mutex<Vec<KvEventRecord>>,
+    /// How full the engine was when it last published its gauges.
+    load: Mutex<WorkerLoad>,
     offloaded: Mutex<(Vec<super::OffloadedBlock>, usize)>,
 }
 
@@ -78,6 +80,11 @@ impl KvFeed {
         if !records.is_empty() {
             self.records.lock().unwrap_or_else(|p| p.into_inner()).extend(records);
         }
+    }
+
+    /// How full the engine is (as of its last step).
+    pub fn load(&self) -> WorkerLoad {
+        *self.load.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every event since the last call, oldest first.
@@ -385,7 +392,7 @@ fn run(
         metrics::counter!("armature_kv_events_total").increment(events.len() as u64);
         kv.push(events);
         kv.offload(engine.take_offloaded());
-        publish(engine, name);
+        publish(engine, name, kv);
     }
 }
 
@@ -413,8 +420,14 @@ fn ship_prefilled(engine: &mut Engine, st: &mut ThreadState<'_>) {
     }
 }
 
-fn publish(engine: &Engine, worker: &str) {
+fn publish(engine: &Engine, worker: &str, kv: &KvFeed) {
     let s = engine.stats();
+    *kv.load.lock().unwrap_or_else(|p| p.into_inner()) = WorkerLoad {
+        kv_active: s.pool.active as u32,
+        kv_total: s.pool.total as u32,
+        running: engine.running() as u32,
+        waiting: engine.waiting() as u32,
+    };
     metrics::gauge!("armature_engine_running", "worker" => worker.to_string()).set(engine.running() as f64);
     metrics::gauge!("armature_engine_waiting", "worker" => worker.to_string()).set(engine.waiting() as f64);
     metrics::gauge!("armature_kv_blocks_active", "worker" => worker.to_string()).set(s.pool.active as f64);
