@@ -2,7 +2,9 @@
 //! the planner, one prefill and two decode workers). First long prompts with short answers keep
 //! the prefill pool queueing past the TTFT SLO: the planner turns a decode worker into a prefill
 //! worker. Then short prompts with long answers leave both SLOs with room: it turns one back.
-//! Every request completes in full throughout.
+//! With a spare device instead of the second decode worker, it starts the spare as a prefill
+//! worker for the long prompts and drains and stops it after. Every request completes in full
+//! throughout.
 
 mod support;
 
@@ -12,11 +14,12 @@ use std::time::Duration;
 
 use support::*;
 
-fn topology(gateway: u16, certs: &std::path::Path) -> String {
+/// The cluster: a gateway and router node, and one node per `(name, role, spare)` worker.
+fn topology(gateway: u16, certs: &std::path::Path, workers: &[(&str, &str, bool)]) -> String {
     let p = || format!("127.0.0.1:{}", free_port());
-    let worker = |name: &str, role: &str| {
+    let worker = |&(name, role, spare): &(&str, &str, bool)| {
         format!(
-            "[[nodes]]\nname = \"{name}\"\ncontrol = \"{}\"\ndata = \"{}\"\nworkers = [{{ device = \"cpu\", role = \"{role}\", max_batch_tokens = 32 }}]\n",
+            "[[nodes]]\nname = \"{name}\"\ncontrol = \"{}\"\ndata = \"{}\"\nworkers = [{{ device = \"cpu\", role = \"{role}\", spare = {spare}, max_batch_tokens = 32 }}]\n",
             p(),
             p()
         )
@@ -54,14 +57,10 @@ data = "{}"
 gateway = "127.0.0.1:{gateway}"
 roles = ["gateway", "router"]
 
-{}
-{}
 {}"#,
         p(),
         p(),
-        worker("a", "prefill"),
-        worker("b", "decode"),
-        worker("c", "decode"),
+        workers.iter().map(worker).collect::<Vec<_>>().join("\n"),
     )
 }
 
@@ -119,7 +118,8 @@ fn the_planner_flips_roles_as_the_load_shifts_and_nothing_fails() {
     let dir = temp_dir("planner");
     let certs = dir.join("certs");
     let config = dir.join("cluster.toml");
-    std::fs::write(&config, topology(port, &certs)).unwrap();
+    let workers = [("a", "prefill", false), ("b", "decode", false), ("c", "decode", false)];
+    std::fs::write(&config, topology(port, &certs, &workers)).unwrap();
     cert_init(&config);
     let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
     let up = || count(port, "prefill") == 1 && count(port, "decode") == 2;
@@ -159,5 +159,51 @@ fn the_planner_flips_roles_as_the_load_shifts_and_nothing_fails() {
     let totals: Vec<u64> =
         status["workers"].as_array().unwrap().iter().filter_map(|w| w["load"]["kv_total"].as_u64()).collect();
     assert!(!totals.is_empty() && totals.iter().all(|&t| t == 2048), "{status}");
+    drop(launch);
+}
+
+#[test]
+fn the_planner_starts_a_spare_device_for_long_prompts_and_stops_it_after() {
+    let port = free_port();
+    let dir = temp_dir("planner-spare");
+    let certs = dir.join("certs");
+    let config = dir.join("cluster.toml");
+    let workers = [("a", "prefill", false), ("b", "decode", false), ("c", "decode", true)];
+    std::fs::write(&config, topology(port, &certs, &workers)).unwrap();
+    cert_init(&config);
+    let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
+    let up = || count(port, "prefill") == 1 && count(port, "decode") == 1;
+    assert!(wait_until(Duration::from_secs(60), up), "cluster did not start: {:?}\n{}", roles(port), launch.log_text());
+    // The spare's worker is not running: nothing of node c among the workers.
+    let spare_running = || roles(port).iter().any(|(w, _)| w == "c/cpu");
+    assert!(!spare_running(), "{:?}", roles(port));
+    let mut results = Vec::new();
+
+    // Long prompts queue at the one prefill worker: the planner starts the spare as a prefill worker.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(port, 30, 2, stop.clone(), 1);
+    let started =
+        wait_until(Duration::from_secs(40), || roles(port).iter().any(|(w, r)| w == "c/cpu" && r == "prefill"));
+    stop.store(true, Ordering::Relaxed);
+    results.extend(clients.into_iter().flat_map(|c| c.join().unwrap()));
+    assert!(started, "the spare did not start: {:?}\n{}", roles(port), launch.log_text());
+    assert!(metric(port, "armature_planner_starts_total") >= 1.0);
+
+    // Short prompts, long answers: both SLOs have room, the prefill pool shrinks by the spare.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(port, 1, 40, stop.clone(), 7);
+    let stopped = wait_until(Duration::from_secs(40), || !spare_running() && count(port, "prefill") == 1);
+    stop.store(true, Ordering::Relaxed);
+    results.extend(clients.into_iter().flat_map(|c| c.join().unwrap()));
+    assert!(stopped, "the spare did not stop: {:?}\n{}", roles(port), launch.log_text());
+    assert!(metric(port, "armature_planner_stops_total") >= 1.0);
+
+    let failed: Vec<_> = results.iter().filter(|(s, n, want)| *s != 200 || n != want).collect();
+    println!("planner with a spare: {} requests, {} failed", results.len(), failed.len());
+    assert!(results.len() >= 8, "the load ran ({} requests)", results.len());
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    let log = launch.log_text();
+    assert!(log.contains("planner starts a spare worker") && log.contains("planner stops a spare worker"), "{log}");
+    assert!(log.contains("spare worker stopped"), "the worker drained and stopped");
     drop(launch);
 }

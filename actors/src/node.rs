@@ -19,7 +19,7 @@ use crate::cache::onboard::TierAccess;
 use crate::cache::{CacheTierActor, TierArgs};
 use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
 use crate::router::{RouterActor, RouterArgs};
-use crate::worker::{Disagg, WorkerActor, WorkerArgs};
+use crate::worker::{Disagg, SpareActor, SpareArgs, WorkerActor, WorkerArgs};
 
 /// The registered name of a node's router (gateways find it by name).
 pub const ROUTER_NAME: &str = "router";
@@ -234,11 +234,13 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
         },
         plane: state.data_plane.clone(),
     });
+    let grace = config.cluster.shutdown_grace.get();
     for (id, worker) in &plan.workers {
         let (id, worker, model, block_size, disagg) =
             (id.clone(), worker.clone(), config.model.clone(), config.cluster.block_size, disagg.clone());
         let tiers = tier_access.clone();
-        let name = format!("worker {id}");
+        let spare = worker.spare;
+        let name = if spare { format!("spare {id}") } else { format!("worker {id}") };
         specs.push(ChildSpec::new(name.clone(), move |sup| {
             let args = WorkerArgs {
                 id: id.clone(),
@@ -249,7 +251,13 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
                 tiers: Some(tiers.clone()),
             };
             let name = name.clone();
-            Box::pin(async move { Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell()) })
+            Box::pin(async move {
+                if spare {
+                    let args = SpareArgs { worker: args, grace };
+                    return Ok(Actor::spawn_linked(Some(name), SpareActor, args, sup).await?.0.get_cell());
+                }
+                Ok(Actor::spawn_linked(Some(name), WorkerActor, args, sup).await?.0.get_cell())
+            })
         }));
     }
     if let (true, Some(addr)) = (plan.roles.contains(&Role::Gateway), plan.gateway) {

@@ -58,16 +58,33 @@ pub fn worker(id: &WorkerId) -> Option<ActorCell> {
 
 /// Every worker visible from this node (local and remote), with its id.
 pub fn workers() -> Vec<(WorkerId, ActorCell)> {
+    by_id(WORKER_PREFIX)
+}
+
+/// The actors of the groups named `prefix` + a worker id, by id.
+fn by_id(prefix: &str) -> Vec<(WorkerId, ActorCell)> {
     let mut found: Vec<(WorkerId, ActorCell)> = pg::which_groups()
         .into_iter()
         .filter_map(|g| {
-            let id = WorkerId::parse(g.strip_prefix(WORKER_PREFIX)?)?;
+            let id = WorkerId::parse(g.strip_prefix(prefix)?)?;
             let cell = pg::get_members(&g).into_iter().next()?;
             Some((id, cell))
         })
         .collect();
     found.sort_by(|a, b| a.0.cmp(&b.0));
     found
+}
+
+const SPARE_PREFIX: &str = "spare/";
+
+/// Announce a spare device (its worker runs only while the planner wants it).
+pub fn join_spare(id: &WorkerId, cell: ActorCell) {
+    pg::join(format!("{SPARE_PREFIX}{id}"), vec![cell]);
+}
+
+/// Every spare device visible from this node, with the id its worker has when running.
+pub fn spares() -> Vec<(WorkerId, ActorCell)> {
+    by_id(SPARE_PREFIX)
 }
 
 /// Workers of nodes shutting down: routers place nothing new on them.

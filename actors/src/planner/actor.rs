@@ -1,12 +1,14 @@
 //! The planner on a cluster: every `planner.interval` it takes what the node's gateway saw
 //! (`LatencyWindow`), the prefill backlog and the decode workers' KV use from the router (which
-//! hears them with the workers' KV events), counts the live prefill and decode workers, asks the planner core for the
-//! pools, and flips workers' roles to match (`WorkerMsg::SetRole`: the router stops sending the
+//! hears them with the workers' KV events), counts the live prefill and decode workers and the
+//! spare devices, asks the planner core for the pools, starts or stops spares (`SpareMsg`) and
+//! flips workers' roles to match (`WorkerMsg::SetRole`: the router stops sending the
 //! old kind of work at once; what the worker holds finishes as it was, so nothing fails).
 //! Decisions are logged with their reasons and counted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
@@ -18,7 +20,11 @@ use super::policy::Interval;
 use super::policy::{Planner, PlannerConfig, Pools};
 use crate::node::NodeState;
 use crate::router::{RouterMsg, RouterStatus};
-use crate::worker::WorkerMsg;
+use crate::worker::{SpareMsg, WorkerMsg};
+
+/// How long a started spare may take to load its model and join before it counts as stopped
+/// again.
+const START_PATIENCE: Duration = Duration::from_secs(120);
 
 #[derive(RactorMessage)]
 pub enum PlannerMsg {
@@ -43,6 +49,8 @@ pub struct PlannerState {
     block_size: u32,
     /// The disaggregation threshold last sent to the router.
     threshold: Option<u32>,
+    /// Spares asked to start and not yet serving: since when, in which role.
+    starting: HashMap<WorkerId, (Instant, WorkerRole)>,
     timer: tokio::task::JoinHandle<()>,
 }
 
@@ -64,6 +72,7 @@ impl Actor for PlannerActor {
             node: args.node,
             block_size: args.block_size,
             threshold: None,
+            starting: HashMap::new(),
             timer,
         })
     }
@@ -107,17 +116,35 @@ impl PlannerState {
             if !self.node.view.is_alive(&id.node) || draining.contains(&cell.get_id()) {
                 continue;
             }
+            self.starting.remove(&id);
             match roles.get(&cell.get_id()) {
                 Some(WorkerRole::Prefill) => prefill.push((id, cell)),
                 Some(WorkerRole::Decode) => decode.push((id, cell)),
                 _ => {}
             }
         }
-        let current = Pools { prefill: prefill.len(), decode: decode.len() };
-        if current.prefill == 0 || current.decode == 0 {
+        // Spare devices: stopped ones may be started; running ones (listed above) stopped.
+        self.starting.retain(|_, (since, _)| since.elapsed() < START_PATIENCE);
+        let spares: Vec<(WorkerId, ActorRef<SpareMsg>)> = discovery::spares()
+            .into_iter()
+            .filter(|(id, _)| self.node.view.is_alive(&id.node))
+            .map(|(id, cell)| (id, ActorRef::from(cell)))
+            .collect();
+        let mut stopped: Vec<(WorkerId, ActorRef<SpareMsg>)> = spares
+            .iter()
+            .filter(|(id, _)| discovery::worker(id).is_none() && !self.starting.contains_key(id))
+            .cloned()
+            .collect();
+        if prefill.is_empty() || decode.is_empty() {
             return; // not a disaggregated cluster (yet)
         }
-        let devices = current.total();
+        // Spares that are loading count as the workers they are about to be.
+        let loading = |role| self.starting.values().filter(|(_, r)| *r == role).count();
+        let current = Pools {
+            prefill: prefill.len() + loading(WorkerRole::Prefill),
+            decode: decode.len() + loading(WorkerRole::Decode),
+        };
+        self.planner.set_devices(current.total() + stopped.len());
         let decision = self.planner.decide(&seen, current);
         if let Some(router) = &router
             && self.threshold != Some(decision.disagg_min_blocks)
@@ -125,28 +152,65 @@ impl PlannerState {
             self.threshold = Some(decision.disagg_min_blocks);
             let _ = router.cast(RouterMsg::SetDisaggMinBlocks(decision.disagg_min_blocks));
         }
-        // Every worker serves one of the two pools; the planner picks the split.
-        let want_prefill = decision.pools.prefill.clamp(1, devices - 1);
-        metrics::gauge!("armature_planner_pool_target", "role" => "prefill").set(want_prefill as f64);
-        metrics::gauge!("armature_planner_pool_target", "role" => "decode").set((devices - want_prefill) as f64);
-        let flip = |from: &mut Vec<(WorkerId, ractor::ActorCell)>, to: WorkerRole, why: &str| {
+        let want = decision.pools;
+        let why = decision.reason.as_str();
+        metrics::gauge!("armature_planner_pool_target", "role" => "prefill").set(want.prefill as f64);
+        metrics::gauge!("armature_planner_pool_target", "role" => "decode").set(want.decode as f64);
+        // Fewer devices: stop running spares of the pools above their size.
+        let spare_ref = |id: &WorkerId| spares.iter().find(|(s, _)| s == id).map(|(_, r)| r.clone());
+        let mut have = current;
+        for (pool, role, target) in
+            [(&mut prefill, WorkerRole::Prefill, want.prefill), (&mut decode, WorkerRole::Decode, want.decode)]
+        {
+            while have.total() > want.total() && pool.len() > target.max(1) {
+                let Some(at) = pool.iter().rposition(|(id, _)| spare_ref(id).is_some()) else { break };
+                let (id, _) = pool.remove(at);
+                tracing::info!(worker = %id, from = ?role, reason = why, "planner stops a spare worker");
+                metrics::counter!("armature_planner_stops_total").increment(1);
+                if let Some(spare) = spare_ref(&id) {
+                    let _ = spare.cast(SpareMsg::Stop);
+                }
+                match role {
+                    WorkerRole::Prefill => have.prefill -= 1,
+                    _ => have.decode -= 1,
+                }
+            }
+        }
+        // More devices: start stopped spares in the pools below their size.
+        while have.total() < want.total()
+            && let Some((id, spare)) = stopped.pop()
+        {
+            let role = if have.prefill < want.prefill { WorkerRole::Prefill } else { WorkerRole::Decode };
+            tracing::info!(worker = %id, to = ?role, reason = why, "planner starts a spare worker");
+            metrics::counter!("armature_planner_starts_total").increment(1);
+            let _ = spare.cast(SpareMsg::Start(role));
+            self.starting.insert(id, (Instant::now(), role));
+            match role {
+                WorkerRole::Prefill => have.prefill += 1,
+                _ => have.decode += 1,
+            }
+        }
+        // The rest by flipping roles; every running worker serves one of the two pools.
+        let devices = have.total();
+        let want_prefill = want.prefill.clamp(1, devices.saturating_sub(1).max(1));
+        let flip = |from: &mut Vec<(WorkerId, ractor::ActorCell)>, to: WorkerRole| {
             // The last in name order flips, so decisions are stable across ticks.
-            let (id, cell) = from.pop().expect("a worker to flip");
+            let Some((id, cell)) = from.pop() else { return };
             tracing::info!(worker = %id, to = ?to, reason = why, "planner flips a worker");
             metrics::counter!("armature_planner_flips_total", "to" => if to == WorkerRole::Prefill { "prefill" } else { "decode" })
                 .increment(1);
             let _ = ActorRef::<WorkerMsg>::from(cell).cast(WorkerMsg::SetRole(to));
         };
-        if want_prefill > current.prefill {
-            for _ in current.prefill..want_prefill {
-                flip(&mut decode, WorkerRole::Prefill, &decision.reason);
+        if want_prefill > have.prefill {
+            for _ in have.prefill..want_prefill {
+                flip(&mut decode, WorkerRole::Prefill);
             }
-        } else if want_prefill < current.prefill {
-            for _ in want_prefill..current.prefill {
-                flip(&mut prefill, WorkerRole::Decode, &decision.reason);
+        } else if want_prefill < have.prefill {
+            for _ in want_prefill..have.prefill {
+                flip(&mut prefill, WorkerRole::Decode);
             }
         } else {
-            tracing::debug!(?current, reason = %decision.reason, "planner holds");
+            tracing::debug!(?current, reason = why, "planner holds");
         }
     }
 }

@@ -161,6 +161,12 @@ impl Planner {
         &self.config
     }
 
+    /// The devices the pools may use from now on (on a cluster: the live workers and the
+    /// stopped spares).
+    pub fn set_devices(&mut self, devices: usize) {
+        self.config.devices = devices;
+    }
+
     /// The pools for the next interval, given what the last one saw and the pools it had.
     pub fn decide(&mut self, seen: &Interval, current: Pools) -> Decision {
         let c = self.config.clone();

@@ -58,6 +58,7 @@ pub enum WorkerMsg {
     EngineExited(String),
 }
 
+#[derive(Clone)]
 pub struct WorkerArgs {
     pub id: WorkerId,
     /// Tokens per KV block (`cluster.block_size`).

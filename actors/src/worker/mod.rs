@@ -1,8 +1,11 @@
 //! The worker role: one actor per device, wrapping an engine thread; gateways submit requests and
-//! long-poll their output over the control plane. `disagg` is prefill and decode across workers.
+//! long-poll their output over the control plane. `disagg` is prefill and decode across workers;
+//! `spare` a spare device whose worker the planner starts and stops.
 
 pub(crate) mod actor;
 pub mod disagg;
+pub mod spare;
 
 pub use actor::{WorkerActor, WorkerArgs, WorkerMsg};
 pub use disagg::Disagg;
+pub use spare::{SpareActor, SpareArgs, SpareMsg};

@@ -636,6 +636,10 @@ pub struct WorkerConfig {
     /// placed here stays cached for `router.assumed_ttl` (approximate mode).
     #[serde(default = "default_true")]
     pub kv_events: bool,
+    /// A spare device: the worker starts stopped (no model loaded), and the planner starts it
+    /// (in the role it needs) and stops it again as the load asks.
+    #[serde(default)]
+    pub spare: bool,
 }
 
 fn default_true() -> bool {

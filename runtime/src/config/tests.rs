@@ -168,4 +168,11 @@ fn planner_section_defaults_and_checks() {
         let e = err(&with(text));
         assert_eq!(e.path, path, "{text}: {e}");
     }
+    // A spare worker is the planner's to start: without it, refused naming the field.
+    let spare = TWO_NODES.replacen("device = \"cpu\"", "device = \"cpu\", spare = true", 1);
+    assert_ne!(spare, TWO_NODES);
+    let e = err(&spare);
+    assert!(e.path.ends_with(".spare") && e.to_string().contains("planner.enabled"), "{e}");
+    let c = ClusterConfig::parse(&format!("{spare}\n[planner]\nenabled = true\n"), "t").unwrap();
+    assert_eq!(c.nodes.iter().flat_map(|n| &n.workers).filter(|w| w.spare).count(), 1);
 }

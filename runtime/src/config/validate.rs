@@ -193,6 +193,9 @@ impl ClusterConfig {
             for (w, worker) in node.workers.iter().enumerate() {
                 let wat = |field: &str| format!("nodes[{i}].workers[{w}].{field}");
                 check_device(&worker.device).map_err(|m| (wat("device"), m))?;
+                if worker.spare && !self.planner.enabled {
+                    return Err((wat("spare"), "only the planner starts spare workers: set planner.enabled".into()));
+                }
                 if node.workers[..w].iter().any(|o| o.device == worker.device) {
                     return Err((
                         wat("device"),
