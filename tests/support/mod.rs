@@ -27,8 +27,19 @@ pub fn model_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("model-cache")
 }
 
+/// A port nothing listens on now, never the same twice in one test process (the kernel may hand
+/// a just-released ephemeral port out again, and a topology with the same address twice is
+/// refused).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process, killed when dropped; its output goes to a log file.
