@@ -137,3 +137,66 @@ impl Actor for SpareActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gpu::executor::{TEST_PANIC_MARKER, TestTokenizer};
+    use gpu::tokenizer::Tokenizer;
+    use ractor::ActorCell;
+    use runtime::config::{ModelSection, WorkerConfig};
+    use runtime::ids::{RequestId, WorkerId};
+    use runtime::request::{GenerateRequest, SamplingParams, Submission};
+
+    use super::*;
+
+    /// Poll `f` until it gives something (up to 20 s).
+    async fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let since = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(since.elapsed() < Duration::from_secs(20), "waited in vain: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spare_starts_in_a_role_is_started_again_after_a_failure_and_stops() {
+        let id = WorkerId::new("spare-test", "cpu");
+        let config: WorkerConfig = serde_json::from_str(r#"{"device": "cpu", "spare": true}"#).unwrap();
+        let model = ModelSection { source: "test".into(), ..Default::default() };
+        let worker = WorkerArgs { id: id.clone(), block_size: 16, config, model, disagg: None, tiers: None };
+        let (spare, _) =
+            Actor::spawn(None, SpareActor, SpareArgs { worker, grace: Duration::from_secs(5) }).await.unwrap();
+        assert!(discovery::spares().iter().any(|(s, _)| *s == id));
+        assert!(discovery::worker(&id).is_none(), "stopped until started");
+
+        spare.cast(SpareMsg::Start(WorkerRole::Decode)).unwrap();
+        let first: ActorCell = wait("the worker to start", || discovery::worker(&id)).await;
+        assert_eq!(discovery::roles().get(&first.get_id()), Some(&WorkerRole::Decode));
+
+        // The test executor panics on this prompt, and its worker with it: started again.
+        let request = GenerateRequest {
+            id: RequestId("boom".into()),
+            tag: None,
+            prompt_tokens: TestTokenizer::default().encode(TEST_PANIC_MARKER),
+            sampling: SamplingParams { max_tokens: 2, ..Default::default() },
+        };
+        let submission = Submission { request, prefill_from: None, onboard: None };
+        let _ = call_t!(ActorRef::<WorkerMsg>::from(first.clone()), WorkerMsg::Submit, 2000, submission);
+        let second =
+            wait("the worker to start again", || discovery::worker(&id).filter(|c| c.get_id() != first.get_id())).await;
+        assert_eq!(discovery::roles().get(&second.get_id()), Some(&WorkerRole::Decode), "in the same role");
+
+        // Stopped: drained, then gone; a second Stop changes nothing.
+        spare.cast(SpareMsg::Stop).unwrap();
+        spare.cast(SpareMsg::Stop).unwrap();
+        wait("the worker to stop", || discovery::worker(&id).is_none().then_some(())).await;
+        // And it can start again, in another role.
+        spare.cast(SpareMsg::Start(WorkerRole::Prefill)).unwrap();
+        let third = wait("the worker to start in another role", || discovery::worker(&id)).await;
+        assert_eq!(discovery::roles().get(&third.get_id()), Some(&WorkerRole::Prefill));
+        spare.stop(None);
+    }
+}
