@@ -46,6 +46,13 @@ impl BufferPool {
         Buffer { data, len, pool: Some(self.clone()), lent: None }
     }
 
+    /// A buffer holding a copy of `bytes`.
+    pub fn copy_of(&self, bytes: &[u8]) -> Buffer {
+        let mut b = self.take(bytes.len());
+        b.copy_from_slice(bytes);
+        b
+    }
+
     /// Idle buffers held.
     pub fn idle(&self) -> usize {
         self.shelf.lock().unwrap_or_else(|p| p.into_inner()).free.len()

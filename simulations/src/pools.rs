@@ -374,8 +374,11 @@ impl Sim<'_> {
         }
     }
 
-    /// The first token of request `i` is out: its prefill is done.
+    /// The first token of request `i` is out (if it was not already): its prefill is done.
     fn first_token(&mut self, w: usize, i: usize) {
+        if self.requests[i].first_token.is_some() {
+            return;
+        }
         self.requests[i].first_token = Some(self.now);
         self.ttfts.push(self.now - self.requests[i].arrival);
         let blocks = (self.requests[i].prompt.len() / self.c.cluster.block_size) as u64;
@@ -399,16 +402,13 @@ impl Sim<'_> {
                     self.push(at, Event::Landed(i));
                 }
                 ("l", StreamEvent::Delta { tokens, .. }) => {
-                    if self.requests[i].first_token.is_none() {
-                        self.first_token(w, i);
-                    }
+                    self.first_token(w, i);
                     self.interval_output += u64::from(tokens);
                 }
                 ("d", StreamEvent::Delta { tokens, .. }) => self.interval_output += u64::from(tokens),
                 ("d" | "l", StreamEvent::Finished { .. }) => {
-                    if self.requests[i].first_token.is_none() {
-                        self.first_token(w, i);
-                    }
+                    // (A decode worker's request had its first token from the prefill worker.)
+                    self.first_token(w, i);
                     self.finish(i)
                 }
                 _ => {}

@@ -264,10 +264,7 @@ pub fn read_head<R: std::io::Read>(r: &mut R) -> Result<(FrameHeader, usize, u64
 /// Validate one frame held in `bytes`, copying its body into a pooled buffer.
 pub fn decode(bytes: &[u8], pool: &BufferPool) -> Result<Frame, FrameError> {
     let (header, range) = parse_in_place(bytes)?;
-    let src = &bytes[range];
-    let mut body = pool.take(src.len());
-    body.copy_from_slice(src);
-    Ok(Frame { header, body })
+    Ok(Frame { header, body: pool.copy_of(&bytes[range]) })
 }
 
 #[cfg(test)]

@@ -481,11 +481,7 @@ async fn accept_shm(
             let lend = ring.held() <= ring.slots() / 2;
             let frame = match frame::parse_in_place(slot.bytes()) {
                 Ok((header, body)) if lend => Ok(Frame { header, body: Buffer::lent(Box::new(slot.narrow(body))) }),
-                Ok((header, body)) => {
-                    let mut copy = plane.pool.take(body.len());
-                    copy.copy_from_slice(&slot.bytes()[body]);
-                    Ok(Frame { header, body: copy })
-                }
+                Ok((header, body)) => Ok(Frame { header, body: plane.pool.copy_of(&slot.bytes()[body]) }),
                 Err(e) => Err(e),
             };
             match frame {

@@ -190,8 +190,7 @@ async fn send(plane: Arc<DataPlane>, r: TierSendRequest, blocks: Vec<TierBlock>,
     let mut sent = 0u32;
     for (i, b) in blocks.into_iter().enumerate() {
         let header = FrameHeader::for_body(r.transfer, r.model, r.layout, i as u32, vec![b.hash], i + 1 == n, &b.data);
-        let mut body = plane.pool().take(b.data.len());
-        body.copy_from_slice(&b.data);
+        let body = plane.pool().copy_of(&b.data);
         if let Err(e) = plane.send(&peer, Frame { header, body }).await {
             tracing::warn!(to = %r.to_node, "tier send failed after {sent} blocks: {e}");
             break;
@@ -232,8 +231,7 @@ impl TierState {
             let evicted = match &mut self.blocks {
                 Blocks::Host { data, buffers, store } => match store.insert(b.hash, b.parent, b.data.len() as u64, 0) {
                     Ok(evicted) => {
-                        let mut buf = buffers.take(b.data.len());
-                        buf.copy_from_slice(&b.data);
+                        let buf = buffers.copy_of(&b.data);
                         data.insert(b.hash, buf);
                         evicted.into_iter().filter_map(|e| data.remove(&e.hash).map(|d| (e, d))).collect()
                     }

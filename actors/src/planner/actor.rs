@@ -170,10 +170,7 @@ impl PlannerState {
                 if let Some(spare) = spare_ref(&id) {
                     let _ = spare.cast(SpareMsg::Stop);
                 }
-                match role {
-                    WorkerRole::Prefill => have.prefill -= 1,
-                    _ => have.decode -= 1,
-                }
+                *count_of(&mut have, role) -= 1;
             }
         }
         // More devices: start stopped spares in the pools below their size.
@@ -185,10 +182,7 @@ impl PlannerState {
             metrics::counter!("armature_planner_starts_total").increment(1);
             let _ = spare.cast(SpareMsg::Start(role));
             self.starting.insert(id, (Instant::now(), role));
-            match role {
-                WorkerRole::Prefill => have.prefill += 1,
-                _ => have.decode += 1,
-            }
+            *count_of(&mut have, role) += 1;
         }
         // The rest by flipping roles; every running worker serves one of the two pools.
         let devices = have.total();
@@ -215,11 +209,20 @@ impl PlannerState {
     }
 }
 
+/// The count of `role`'s pool in `pools`.
+fn count_of(pools: &mut Pools, role: WorkerRole) -> &mut usize {
+    if role == WorkerRole::Prefill { &mut pools.prefill } else { &mut pools.decode }
+}
+
+/// The workers the router knows in `role`.
+fn workers_in(status: &RouterStatus, role: WorkerRole) -> std::collections::HashSet<&str> {
+    status.roles.iter().filter(|(_, r)| *r == role).map(|(w, _)| w.as_str()).collect()
+}
+
 /// Prompts and tokens waiting for prefill, from the router's predicted prefill load on prefill
 /// workers (in blocks), counted in prompts of the interval's mean length.
 fn prefill_backlog(status: &RouterStatus, block_size: u32, seen: &Interval) -> (usize, u64) {
-    let prefill: std::collections::HashSet<&str> =
-        status.roles.iter().filter(|(_, r)| *r == WorkerRole::Prefill).map(|(w, _)| w.as_str()).collect();
+    let prefill = workers_in(status, WorkerRole::Prefill);
     let blocks: u64 =
         status.workers.iter().filter(|w| prefill.contains(w.worker.as_str())).map(|w| w.prefill_load).sum();
     let tokens = blocks * u64::from(block_size);
@@ -229,8 +232,7 @@ fn prefill_backlog(status: &RouterStatus, block_size: u32, seen: &Interval) -> (
 
 /// The fullest decode worker's KV pool (0 to 1), from what the workers last told the router.
 fn decode_kv_use(status: &RouterStatus) -> f64 {
-    let decode: std::collections::HashSet<&str> =
-        status.roles.iter().filter(|(_, r)| *r == WorkerRole::Decode).map(|(w, _)| w.as_str()).collect();
+    let decode = workers_in(status, WorkerRole::Decode);
     status
         .workers
         .iter()

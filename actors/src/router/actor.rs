@@ -263,8 +263,13 @@ impl RouterState {
         let now = self.now();
         let lag = runtime::kv::unix_ms().saturating_sub(p.sent_unix_ms);
         metrics::histogram!("armature_router_event_lag_seconds").record(lag as f64 / 1000.0);
-        if let Some(load) = p.load {
-            self.loads.insert(p.worker.clone(), load);
+        // Every publication carries it (50 a second per worker): no new key unless it is new.
+        match (p.load, self.loads.get_mut(&p.worker)) {
+            (Some(load), Some(known)) => *known = load,
+            (Some(load), None) => {
+                self.loads.insert(p.worker.clone(), load);
+            }
+            (None, _) => {}
         }
         let heard = match p.tier {
             TierKind::Device => self.placer.receive(&p.worker, p.incarnation, &p.batch, now),

@@ -253,8 +253,7 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
         } else {
             for start in (0..n).step_by(per_frame) {
                 let end = (start + per_frame).min(n);
-                let mut body = plane.pool().take((end - start) * bb);
-                body.copy_from_slice(&chunk.data[start * bb..end * bb]);
+                let body = plane.pool().copy_of(&chunk.data[start * bb..end * bb]);
                 let last = chunk.done && end == n;
                 let hashes = chunk.hashes[start..end].to_vec();
                 let header = FrameHeader::for_body(
