@@ -47,7 +47,11 @@ fn start(name: &str) -> (Proc, u16) {
 
 /// Open a streaming completion and read its first bytes; returns the open socket.
 fn open_stream(port: u16, max_tokens: u32) -> TcpStream {
-    let body = format!(r#"{{"model":"armature-test","prompt":"hello","max_tokens":{max_tokens},"stream":true}}"#);
+    // `ignore_eos`: a sampled end-of-sequence token must not end the stream (and free its slot)
+    // early.
+    let body = format!(
+        r#"{{"model":"armature-test","prompt":"hello","max_tokens":{max_tokens},"stream":true,"ignore_eos":true}}"#
+    );
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
