@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,10 +112,14 @@ def main():
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     cfg.write(topology("disagg", 8999, certs))
     cfg.close()
-    subprocess.run([BIN, "cert", "init", "--config", cfg.name], check=True, stdout=subprocess.DEVNULL)
     results = {}
-    for mode in ("agg", "disagg"):
-        results[mode] = run(mode, args.repeats, args.streams, certs)
+    try:
+        subprocess.run([BIN, "cert", "init", "--config", cfg.name], check=True, stdout=subprocess.DEVNULL)
+        for mode in ("agg", "disagg"):
+            results[mode] = run(mode, args.repeats, args.streams, certs)
+    finally:
+        shutil.rmtree(certs, ignore_errors=True)
+        os.unlink(cfg.name)
     med = {m: (statistics.median(t), statistics.median(d)) for m, (t, d) in results.items()}
     (agg, agg_d), (dis, dis_d) = med["agg"], med["disagg"]
     print(f"2k-token prompt under {args.streams} decode streams, medians: TTFT aggregated {agg:.2f} s, "

@@ -161,7 +161,7 @@ fn spawn_node(config: &str, name: &str, netns: Option<&str>, log: std::path::Pat
         None => Command::new(bin()),
     };
     let child = cmd.args(["node", "--name", name, "--config", config]).stdout(out).stderr(err).spawn().unwrap();
-    Proc { child, log }
+    Proc::from_child(child, log)
 }
 
 #[test]

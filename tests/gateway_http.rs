@@ -40,7 +40,7 @@ fn start(name: &str) -> (Proc, u16) {
     let dir = temp_dir(name);
     let path = dir.join("cluster.toml");
     std::fs::write(&path, config(port)).unwrap();
-    let p = Proc::spawn(&["serve", "--config", path.to_str().unwrap()], dir.join("serve.log"));
+    let p = Proc::spawn(&["serve", "--config", path.to_str().unwrap()], dir.join("serve.log")).owning(dir);
     assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy");
     (p, port)
 }

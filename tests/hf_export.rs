@@ -17,7 +17,8 @@ const REFERENCE: &str = include_str!("reference/smollm2.json");
 
 #[test]
 fn exported_folder_loads_back_with_identical_outputs() {
-    let dir = temp_dir("hf-export").join("smollm2-hf");
+    let export = temp_dir("hf-export");
+    let dir = export.join("smollm2-hf");
     let out = Command::new(bin())
         .args(["model", "export", "--hf"])
         .arg(&dir)

@@ -15,11 +15,36 @@ pub fn bin() -> PathBuf {
 }
 
 /// A fresh directory under cargo's per-test temp folder.
-pub fn temp_dir(name: &str) -> PathBuf {
+pub fn temp_dir(name: &str) -> TempDir {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TempDir(dir)
+}
+
+/// A test's own directory, removed when dropped unless the test is failing (its logs and configs
+/// stay for a look). Without this every CI run left gigabytes behind (a model export is 0.5 GB).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// The model cache shared by every test (the default model is fetched into it once).
@@ -46,6 +71,8 @@ pub fn free_port() -> u16 {
 pub struct Proc {
     pub child: Child,
     pub log: PathBuf,
+    /// The directory its config and log are in, when the process owns it (removed after the kill).
+    dir: Option<TempDir>,
 }
 
 impl Proc {
@@ -61,7 +88,18 @@ impl Proc {
             .stderr(err)
             .spawn()
             .expect("spawn armature");
-        Proc { child, log }
+        Proc::from_child(child, log)
+    }
+
+    /// A process started elsewhere whose output goes to `log`.
+    pub fn from_child(child: Child, log: PathBuf) -> Proc {
+        Proc { child, log, dir: None }
+    }
+
+    /// Keep `dir` until this process is killed.
+    pub fn owning(mut self, dir: TempDir) -> Proc {
+        self.dir = Some(dir);
+        self
     }
 
     pub fn pid(&self) -> i32 {
@@ -105,7 +143,7 @@ pub fn serve_test_executor(name: &str, step_delay: &str) -> (Proc, u16) {
         .replace("source = \"default\"", &format!("source = \"test\"\ntest = {{ step_delay = \"{step_delay}\" }}"));
     std::fs::write(&config, text).expect("write config");
     let args = ["serve", "--config", config.to_str().expect("utf-8 path"), "--http-port", &port.to_string()];
-    (Proc::spawn(&args, dir.join("serve.log")), port)
+    (Proc::spawn(&args, dir.join("serve.log")).owning(dir), port)
 }
 
 /// Poll `f` every 20 ms until it holds or `timeout` passes.
