@@ -222,6 +222,10 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
     let mut all_ttft = Vec::new();
     let mut all_itl = Vec::new();
     while let Some(Reverse((at, event, _))) = sim.queue.pop() {
+        if event == Event::Plan && sim.done == sim.requests.len() {
+            // The run ended with its last request; a planning tick after it counts no device time.
+            continue;
+        }
         sim.account(at);
         match event {
             Event::Arrival(i) => {
@@ -704,5 +708,22 @@ mod tests {
         let static2 = run_pools(&config(Sizing::Static(Pools { prefill: 1, decode: 1 })), &trace());
         let t = planned(PlannerMode::Throughput);
         assert!(t.goodput > static2.goodput, "growing beats staying at 1+1: {t:?} vs {static2:?}");
+    }
+
+    #[test]
+    fn a_planner_that_changes_nothing_costs_what_the_static_split_costs() {
+        // Every device in use and neither pool may shrink; every prompt (93 blocks) stays above
+        // any threshold the planner can set (8 x 8): the plan ticks change nothing, and the one
+        // after the last request must not be charged.
+        let fixed = Pools { prefill: 3, decode: 1 };
+        let capacity = Capacity { prefill_tokens_per_s: 10_000.0, decode_tokens_per_s: 4_000.0 };
+        let mut pc = PlannerConfig::new(config(Sizing::Static(fixed)).slo, PlannerMode::Throughput, 4, capacity);
+        (pc.min_prefill, pc.min_decode) = (3, 1);
+        let planned = Sizing::Planner { config: pc, initial: fixed, interval: Duration::from_secs(7) };
+        let c = PoolsConfig { prefill_busy_blocks: u64::MAX, ..config(planned) };
+        let p = run_pools(&c, &trace());
+        let s = run_pools(&PoolsConfig { sizing: Sizing::Static(fixed), ..c }, &trace());
+        assert_eq!((p.flips, p.starts, p.stops), (0, 0, 0), "{:?}", p.decisions);
+        assert_eq!((p.goodput, p.makespan_s, p.device_hours), (s.goodput, s.makespan_s, s.device_hours));
     }
 }
