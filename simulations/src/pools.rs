@@ -511,6 +511,8 @@ impl Sim<'_> {
                     p.active as f64 / p.total.max(1) as f64
                 })
                 .fold(0.0, f64::max),
+            decode_waiting: self.landed.len()
+                + self.workers.iter().filter(|w| w.role == Role::Decode).map(|w| w.engine.waiting()).sum::<usize>(),
         };
         (self.interval_arrivals, self.interval_input, self.interval_output) = (0, 0, 0);
         seen

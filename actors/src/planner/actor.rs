@@ -106,7 +106,7 @@ impl PlannerState {
             let (queue, tokens) = prefill_backlog(&status, self.block_size, &seen);
             seen.prefill_queue = queue;
             seen.prefill_queue_tokens = tokens;
-            seen.decode_kv_use = decode_kv_use(&status);
+            (seen.decode_kv_use, seen.decode_waiting) = decode_load(&status);
         }
         let (roles, draining) = (discovery::roles(), discovery::draining());
         // Live, non-draining workers of the two disaggregated roles.
@@ -230,15 +230,12 @@ fn prefill_backlog(status: &RouterStatus, block_size: u32, seen: &Interval) -> (
     (tokens.div_ceil(mean) as usize, tokens)
 }
 
-/// The fullest decode worker's KV pool (0 to 1), from what the workers last told the router.
-fn decode_kv_use(status: &RouterStatus) -> f64 {
+/// The fullest decode worker's KV pool (0 to 1), and the sequences waiting at the decode
+/// workers, from what the workers last told the router.
+fn decode_load(status: &RouterStatus) -> (f64, usize) {
     let decode = workers_in(status, WorkerRole::Decode);
-    status
-        .workers
-        .iter()
-        .filter(|w| decode.contains(w.worker.as_str()))
-        .filter_map(|w| w.load.map(|l| l.kv_use()))
-        .fold(0.0, f64::max)
+    let loads = || status.workers.iter().filter(|w| decode.contains(w.worker.as_str())).filter_map(|w| w.load);
+    (loads().map(|l| l.kv_use()).fold(0.0, f64::max), loads().map(|l| l.waiting as usize).sum())
 }
 
 #[cfg(test)]
@@ -277,9 +274,12 @@ mod tests {
         assert_eq!(prefill_backlog(&status, 16, &Interval::default()).1, 480);
     }
 
+    const WAITING: u32 = 3;
+
     #[test]
-    fn kv_use_is_the_fullest_decode_workers() {
-        let load = |active| Some(runtime::kv::WorkerLoad { kv_active: active, kv_total: 100, running: 1, waiting: 0 });
+    fn kv_use_is_the_fullest_decode_workers_and_waiting_their_sum() {
+        let load =
+            |active| Some(runtime::kv::WorkerLoad { kv_active: active, kv_total: 100, running: 1, waiting: WAITING });
         let status = RouterStatus {
             policy: runtime::config::RoutingPolicy::Kv,
             live_workers: Vec::new(),
@@ -301,6 +301,8 @@ mod tests {
             recent: Vec::new(),
         };
         // The prefill worker's pool does not count; a worker that said nothing counts as empty.
-        assert!((decode_kv_use(&status) - 0.7).abs() < 1e-9);
+        let (kv_use, waiting) = decode_load(&status);
+        assert!((kv_use - 0.7).abs() < 1e-9);
+        assert_eq!(waiting, WAITING as usize * 2, "b and c say what waits; a does not count");
     }
 }

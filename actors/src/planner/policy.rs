@@ -100,6 +100,9 @@ pub struct Interval {
     pub prefill_queue_tokens: u64,
     /// The fullest decode worker's KV pool, 0 to 1.
     pub decode_kv_use: f64,
+    /// Sequences waiting at the decode workers (their own prompts to compute, and prompts
+    /// whose blocks arrived) at the end of the interval.
+    pub decode_waiting: usize,
 }
 
 /// Workers per role.
@@ -136,6 +139,9 @@ pub struct Planner {
     less_needed: u32,
     /// The disaggregation threshold in force, in blocks.
     threshold: u32,
+    /// A flip between the pools that throughput mode wants (+1 towards prefill, -1 towards
+    /// decode) and for how many intervals in a row.
+    flip_wanted: (i8, u32),
 }
 
 fn ratio(seen: Option<Duration>, target: Duration) -> f64 {
@@ -154,6 +160,7 @@ impl Planner {
             slack: 0,
             less_needed: 0,
             threshold,
+            flip_wanted: (0, 0),
         }
     }
 
@@ -172,14 +179,21 @@ impl Planner {
         let c = self.config.clone();
         let ttft = ratio(seen.ttft_p90, c.slo.ttft);
         let itl = ratio(seen.itl_p90, c.slo.itl);
+        // A decode pool whose KV memory is full or whose sequences queue is pressed whatever
+        // its ITL says (ITL is measured as requests finish, and a stalled pool finishes none).
+        let decode_stalled = seen.decode_kv_use > 0.95 || seen.decode_waiting > current.decode;
+        let itl = if decode_stalled { itl.max(1.0 + f64::EPSILON) } else { itl };
         let ttft_missed = ttft > 1.0;
-        let itl_missed = itl > 1.0 || seen.decode_kv_use > 0.95;
+        let itl_missed = itl > 1.0;
         self.ttft_missed = if ttft_missed { self.ttft_missed + 1 } else { 0 };
         self.itl_missed = if itl_missed { self.itl_missed + 1 } else { 0 };
         self.slack = if ttft < 0.5 && itl < 0.5 && seen.prefill_queue == 0 { self.slack + 1 } else { 0 };
         let (pools, reason) = match c.mode {
-            PlannerMode::Load => self.load_mode(current, ttft, itl),
-            PlannerMode::Throughput => self.throughput_mode(seen, current),
+            PlannerMode::Load => self.load_mode(current, ttft, itl, decode_stalled),
+            PlannerMode::Throughput => {
+                let (want, reason) = self.throughput_mode(seen, current);
+                self.one_flip_at_a_time(current, self.within_budget(want), reason)
+            }
         };
         let pools = self.within_budget(pools);
         // While prompts queue for prefill, keep more of them on their decode workers.
@@ -187,16 +201,21 @@ impl Planner {
         Decision { pools, reason, disagg_min_blocks }
     }
 
-    /// While prompts queue for prefill and the decode workers' ITL has room, keep more prompts
-    /// on their decode workers: the threshold doubles each such interval (up to
+    /// While prompts queue for prefill and the decode workers have room, keep more prompts on
+    /// their decode workers: the threshold doubles each such interval (up to
     /// `MAX_THRESHOLD_FACTOR` times the configured one) and halves back once the queue clears or
-    /// ITL comes near its SLO.
+    /// the decode workers are pressed. Room means a measured ITL p90 under `ITL_ROOM` of its SLO,
+    /// nothing waiting at a decode worker and its KV pool under half full: prompts computed on a
+    /// decode worker take its memory and its steps, and one that takes too many stalls every
+    /// sequence it decodes.
     fn disagg_threshold(&mut self, seen: &Interval, pools: Pools, ttft_missed: bool, itl: f64) -> u32 {
         let base = self.config.disagg_min_blocks.max(1);
         let queued = ttft_missed || seen.prefill_queue > pools.prefill;
-        self.threshold = if queued && itl < ITL_ROOM {
+        let room = seen.itl_p90.is_some() && itl < ITL_ROOM && seen.decode_waiting == 0 && seen.decode_kv_use < 0.5;
+        let pressed = itl > ITL_TIGHT || seen.decode_waiting > 0 || seen.decode_kv_use > 0.8;
+        self.threshold = if queued && room {
             (self.threshold * 2).min(base * MAX_THRESHOLD_FACTOR)
-        } else if !queued || itl > ITL_TIGHT {
+        } else if !queued || pressed {
             (self.threshold / 2).max(base)
         } else {
             self.threshold
@@ -204,18 +223,50 @@ impl Planner {
         self.threshold
     }
 
-    fn load_mode(&mut self, current: Pools, ttft: f64, itl: f64) -> (Pools, String) {
+    /// Throughput mode moves a worker between the pools (a flip: it drains first, serving
+    /// nothing meanwhile) only when the same move was wanted `hysteresis` intervals in a row, and
+    /// one worker per interval; growing from spare devices is not held back.
+    fn one_flip_at_a_time(&mut self, current: Pools, next: Pools, reason: String) -> (Pools, String) {
+        let dir: i8 = if next.prefill > current.prefill && next.decode < current.decode {
+            1
+        } else if next.decode > current.decode && next.prefill < current.prefill {
+            -1
+        } else {
+            self.flip_wanted = (0, 0);
+            return (next, reason);
+        };
+        let count = if self.flip_wanted.0 == dir { self.flip_wanted.1 + 1 } else { 1 };
+        self.flip_wanted = (dir, count);
+        if count < self.config.hysteresis.max(1) {
+            return (current, format!("{reason}; a flip is wanted {count} interval(s) in a row, holding"));
+        }
+        self.flip_wanted = (0, 0);
+        let one = if dir > 0 {
+            Pools { prefill: current.prefill + 1, decode: current.decode - 1 }
+        } else {
+            Pools { prefill: current.prefill - 1, decode: current.decode + 1 }
+        };
+        (one, reason)
+    }
+
+    fn load_mode(&mut self, current: Pools, ttft: f64, itl: f64, decode_stalled: bool) -> (Pools, String) {
         let c = self.config.clone();
         let h = c.hysteresis.max(1);
         let spare = current.total() < c.devices;
         let mut next = current;
-        if self.ttft_missed >= h && self.ttft_missed >= self.itl_missed {
+        // Both missed: the pool further over its SLO goes first, and a stalled decode pool before
+        // anything (its sequences had their first token and wait for the rest). A pool gives a
+        // worker up when it has room (under 0.8 of its SLO) or is less than half as far over as
+        // the other; the prefill pool also to a stalled decode pool.
+        let gives = |other: f64, own: f64| other < 0.8 || other < own / 2.0;
+        let decode_first = self.itl_missed >= h && (decode_stalled || itl > ttft);
+        if self.ttft_missed >= h && !decode_first {
             self.ttft_missed = 0;
             if spare {
                 next.prefill += 1;
                 return (next, format!("TTFT p90 at {ttft:.2}x its SLO: one more prefill worker"));
             }
-            if current.decode > c.min_decode && itl < 0.8 {
+            if current.decode > c.min_decode && gives(itl, ttft) {
                 next.prefill += 1;
                 next.decode -= 1;
                 return (
@@ -231,7 +282,7 @@ impl Planner {
                 next.decode += 1;
                 return (next, format!("ITL p90 at {itl:.2}x its SLO: one more decode worker"));
             }
-            if current.prefill > c.min_prefill && ttft < 0.8 {
+            if current.prefill > c.min_prefill && (decode_stalled || gives(ttft, itl)) {
                 next.decode += 1;
                 next.prefill -= 1;
                 return (
@@ -379,6 +430,44 @@ mod tests {
     }
 
     #[test]
+    fn load_mode_serves_the_pool_further_over_its_slo_first() {
+        // TTFT 1.5x and ITL 4x: the decode pool is far worse, a prefill worker turns decode.
+        let mut p = Planner::new(config(PlannerMode::Load, 4));
+        p.decide(&seen(3000, 200), P2D2);
+        let d = p.decide(&seen(3000, 200), P2D2);
+        assert_eq!(d.pools, Pools { prefill: 1, decode: 3 }, "{}", d.reason);
+        assert!(d.reason.contains("turns decode"), "{}", d.reason);
+        // A decode pool out of KV memory, or with sequences queued, finishes nothing and so
+        // measures no ITL: it counts as missed all the same.
+        for stalled in [
+            Interval { decode_kv_use: 0.97, itl_p90: None, ..seen(3000, 0) },
+            Interval { decode_waiting: 5, itl_p90: None, ..seen(1000, 0) },
+        ] {
+            let mut p = Planner::new(config(PlannerMode::Load, 6));
+            p.decide(&stalled, P2D2);
+            let d = p.decide(&stalled, P2D2);
+            assert_eq!(d.pools, Pools { prefill: 2, decode: 3 }, "{stalled:?}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn throughput_mode_flips_one_worker_at_a_time_after_the_want_lasts() {
+        let mut p = Planner::new(config(PlannerMode::Throughput, 4));
+        let full = Pools { prefill: 2, decode: 2 };
+        // 40,000 prompt tok/s and little output: 4 prefill wanted, 1 decode kept.
+        let prompts = Interval { input_tokens: 400_000, output_tokens: 1_000, ..seen(3000, 20) };
+        let first = p.decide(&prompts, full);
+        assert_eq!(first.pools, full, "one interval is not enough: {}", first.reason);
+        assert_eq!(p.decide(&prompts, full).pools, Pools { prefill: 3, decode: 1 });
+        // Wants that alternate never flip.
+        let mut p = Planner::new(config(PlannerMode::Throughput, 4));
+        let outputs = Interval { input_tokens: 10_000, output_tokens: 60_000, ..seen(500, 40) };
+        for s in [&prompts, &outputs, &prompts, &outputs, &prompts, &outputs] {
+            assert_eq!(p.decide(s, full).pools, full);
+        }
+    }
+
+    #[test]
     fn throughput_mode_sizes_pools_from_capacity_and_meets_bursts_at_once() {
         let mut p = Planner::new(config(PlannerMode::Throughput, 8));
         // 24,000 prompt tok/s needs 3 prefill workers at 80% of 10,000; 2,400 output tok/s, 2 decode.
@@ -448,5 +537,20 @@ mod tests {
         assert_eq!(p.decide(&Interval { prefill_queue: 10, ..seen(4000, 45) }, P2D2).disagg_min_blocks, 32);
         let after: Vec<u32> = (0..3).map(|_| p.decide(&seen(500, 20), P2D2).disagg_min_blocks).collect();
         assert_eq!(after, [16, 8, 8]);
+        // No room on the decode workers: nothing measured, sequences waiting there, or half their
+        // KV memory in use; the threshold does not rise, and falls when they are pressed.
+        for busy in [
+            Interval { prefill_queue: 10, itl_p90: None, ..seen(4000, 0) },
+            Interval { prefill_queue: 10, decode_waiting: 1, ..seen(4000, 20) },
+            Interval { prefill_queue: 10, decode_kv_use: 0.6, ..seen(4000, 20) },
+        ] {
+            let mut p = Planner::new(config(PlannerMode::Load, 4));
+            assert_eq!(p.decide(&busy, P2D2).disagg_min_blocks, 8, "{busy:?}");
+        }
+        let mut p = Planner::new(config(PlannerMode::Load, 4));
+        let queued = Interval { prefill_queue: 10, ..seen(4000, 20) };
+        assert_eq!((0..2).map(|_| p.decide(&queued, P2D2).disagg_min_blocks).last(), Some(32));
+        let pressed = Interval { prefill_queue: 10, decode_waiting: 3, ..seen(4000, 20) };
+        assert_eq!(p.decide(&pressed, P2D2).disagg_min_blocks, 16);
     }
 }
