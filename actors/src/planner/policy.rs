@@ -179,23 +179,26 @@ impl Planner {
         let c = self.config.clone();
         let ttft = ratio(seen.ttft_p90, c.slo.ttft);
         let itl = ratio(seen.itl_p90, c.slo.itl);
-        // A decode pool whose KV memory is full or whose sequences queue is pressed whatever
-        // its ITL says (ITL is measured as requests finish, and a stalled pool finishes none).
+        // A decode pool whose KV memory is full or whose sequences queue misses its ITL SLO
+        // whatever was measured (ITL is measured as requests finish, and a stalled pool finishes
+        // none).
         let decode_stalled = seen.decode_kv_use > 0.95 || seen.decode_waiting > current.decode;
-        let itl = if decode_stalled { itl.max(1.0 + f64::EPSILON) } else { itl };
         let ttft_missed = ttft > 1.0;
-        let itl_missed = itl > 1.0;
+        let itl_missed = itl > 1.0 || decode_stalled;
         self.ttft_missed = if ttft_missed { self.ttft_missed + 1 } else { 0 };
         self.itl_missed = if itl_missed { self.itl_missed + 1 } else { 0 };
-        self.slack = if ttft < 0.5 && itl < 0.5 && seen.prefill_queue == 0 { self.slack + 1 } else { 0 };
+        let slack = ttft < 0.5 && itl < 0.5 && seen.prefill_queue == 0 && !decode_stalled;
+        self.slack = if slack { self.slack + 1 } else { 0 };
         let (pools, reason) = match c.mode {
-            PlannerMode::Load => self.load_mode(current, ttft, itl, decode_stalled),
+            PlannerMode::Load => {
+                let (want, reason) = self.load_mode(current, ttft, itl, decode_stalled);
+                (self.within_budget(want), reason)
+            }
             PlannerMode::Throughput => {
                 let (want, reason) = self.throughput_mode(seen, current);
                 self.one_flip_at_a_time(current, self.within_budget(want), reason)
             }
         };
-        let pools = self.within_budget(pools);
         // While prompts queue for prefill, keep more of them on their decode workers.
         let disagg_min_blocks = self.disagg_threshold(seen, pools, ttft_missed, itl);
         Decision { pools, reason, disagg_min_blocks }
@@ -257,7 +260,7 @@ impl Planner {
         // Both missed: the pool further over its SLO goes first, and a stalled decode pool before
         // anything (its sequences had their first token and wait for the rest). A pool gives a
         // worker up when it has room (under 0.8 of its SLO) or is less than half as far over as
-        // the other; the prefill pool also to a stalled decode pool.
+        // the other; the prefill pool also to a stalled decode pool, which gives none.
         let gives = |other: f64, own: f64| other < 0.8 || other < own / 2.0;
         let decode_first = self.itl_missed >= h && (decode_stalled || itl > ttft);
         if self.ttft_missed >= h && !decode_first {
@@ -266,7 +269,7 @@ impl Planner {
                 next.prefill += 1;
                 return (next, format!("TTFT p90 at {ttft:.2}x its SLO: one more prefill worker"));
             }
-            if current.decode > c.min_decode && gives(itl, ttft) {
+            if current.decode > c.min_decode && !decode_stalled && gives(itl, ttft) {
                 next.prefill += 1;
                 next.decode -= 1;
                 return (
@@ -278,19 +281,21 @@ impl Planner {
         }
         if self.itl_missed >= h {
             self.itl_missed = 0;
+            let why = if decode_stalled {
+                "decode workers stalled (KV memory full or sequences queued)".to_string()
+            } else {
+                format!("ITL p90 at {itl:.2}x its SLO")
+            };
             if spare {
                 next.decode += 1;
-                return (next, format!("ITL p90 at {itl:.2}x its SLO: one more decode worker"));
+                return (next, format!("{why}: one more decode worker"));
             }
             if current.prefill > c.min_prefill && (decode_stalled || gives(ttft, itl)) {
                 next.decode += 1;
                 next.prefill -= 1;
-                return (
-                    next,
-                    format!("ITL p90 at {itl:.2}x its SLO, TTFT at {ttft:.2}x: a prefill worker turns decode"),
-                );
+                return (next, format!("{why}, TTFT at {ttft:.2}x: a prefill worker turns decode"));
             }
-            return (next, format!("ITL p90 at {itl:.2}x its SLO, but no device to spare"));
+            return (next, format!("{why}, but no device to spare"));
         }
         if self.slack >= h {
             self.slack = 0;
