@@ -85,19 +85,7 @@ pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::
         Format::Azure => read_azure(&o.trace)?,
     };
     std::fs::create_dir_all(&o.out).map_err(|source| SimError::Write { path: o.out.display().to_string(), source })?;
-    let cluster = ClusterConfig {
-        workers: o.workers,
-        blocks_per_worker: o.blocks_per_worker,
-        block_size: o.block_size,
-        policy: o.policies[0],
-        seed: o.seed,
-        speed: o.speed,
-        timing: o.timing,
-        max_batch: 256,
-        max_batch_tokens: 16384,
-        cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
-        tiers: None,
-    };
+    let cluster = cluster_config(o, o.policies[0], None);
     // Capacities from the timing model: prefill at its per-token cost; decode at the largest
     // batch whose step stays within the ITL SLO, at the trace's mean context.
     let t = o.timing;
@@ -174,6 +162,23 @@ pub enum SimError {
     Invalid(String),
 }
 
+/// The simulated cluster the options describe, placing with `policy`.
+fn cluster_config(o: &SimOptions, policy: Policy, tiers: Option<SimTiers>) -> ClusterConfig {
+    ClusterConfig {
+        workers: o.workers,
+        blocks_per_worker: o.blocks_per_worker,
+        block_size: o.block_size,
+        policy,
+        seed: o.seed,
+        speed: o.speed,
+        timing: o.timing,
+        max_batch: 256,
+        max_batch_tokens: 16384,
+        cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
+        tiers,
+    }
+}
+
 fn write(path: &Path, text: &str) -> Result<(), SimError> {
     std::fs::write(path, text).map_err(|source| SimError::Write { path: path.display().to_string(), source })
 }
@@ -216,19 +221,7 @@ pub fn simulate(o: &SimOptions) -> Result<Vec<Report>, SimError> {
     let mut reports = Vec::new();
     let mut runs: Vec<(Policy, ClusterRun)> = Vec::new();
     for (k, &policy) in o.policies.iter().enumerate() {
-        let config = ClusterConfig {
-            workers: o.workers,
-            blocks_per_worker: o.blocks_per_worker,
-            block_size: o.block_size,
-            policy,
-            seed: o.seed,
-            speed: o.speed,
-            timing: o.timing,
-            max_batch: 256,
-            max_batch_tokens: 16384,
-            cost: CostConfig { prefill_weight: o.prefill_weight, ..CostConfig::default() },
-            tiers: o.tiers.clone(),
-        };
+        let config = cluster_config(o, policy, o.tiers.clone());
         let (result, faults) = match (&plan, &o.faults) {
             (Some(plan), Some(f)) => {
                 let r = run_with_faults(&config, &trace, plan, &f.config).map_err(|v| {
