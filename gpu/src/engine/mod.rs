@@ -1,9 +1,12 @@
 //! The continuous-batching engine core. Each step it plans a batch under a token budget: running
 //! sequences first, oldest first (a decode needs one token, a prefill takes a chunk of what is
-//! left), then waiting ones in arrival order, reusing cached prefix blocks from the pool. When
-//! blocks run out, the youngest running sequence is preempted: its blocks are released (the full
-//! ones stay cached) and it is recomputed later. After the forward pass it registers newly full
-//! blocks, samples, detokenizes, applies stop strings and limits, and reports stream events.
+//! left; only the youngest can be partway through its prompt, as the budget ran out there), then
+//! waiting ones: those whose prompt is already in the pool (blocks that landed from a prefill
+//! worker, a cached prefix) first, as each costs one token, then the rest in arrival order,
+//! reusing cached prefix blocks. When blocks run out, the youngest running sequence is preempted:
+//! its blocks are released (the full ones stay cached) and it is recomputed later. After the
+//! forward pass it registers newly full blocks, samples, detokenizes, applies stop strings and
+//! limits, and reports stream events.
 //! No threads or clocks inside; `thread.rs` drives it.
 
 mod sequence;
@@ -287,7 +290,12 @@ impl Engine {
         if let Err(reason) = Self::check(&self.limits, &req).and_then(|()| self.check_vocab(&req.prompt_tokens)) {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason)));
         }
-        self.waiting.push_back(Sequence::new(req));
+        let mut seq = Sequence::new(req);
+        let bs = self.limits.block_size;
+        let reusable = (seq.tokens.len() - 1) / bs;
+        seq.ready = reusable > 0
+            && self.pool.cached_prefix(&self.hasher.sequence_hashes(&seq.tokens[..reusable * bs])) == reusable;
+        self.waiting.push_back(seq);
         None
     }
 
@@ -461,9 +469,11 @@ impl Engine {
             plan.push(Planned { index: i, end });
             i += 1;
         }
-        // Admit waiting sequences in arrival order, unless this step already had to make room.
+        // Admit waiting sequences, those whose prompt is in the pool first, then in arrival
+        // order, unless this step already had to make room.
         while !preempted && budget > 0 && self.running.len() < self.limits.max_batch {
-            let Some(seq) = self.waiting.front() else { break };
+            let next = self.waiting.iter().position(|s| s.ready).unwrap_or(0);
+            let Some(seq) = self.waiting.get(next) else { break };
             let hashes = self.hasher.sequence_hashes(&seq.tokens);
             // Leave at least one token to compute: its logits are the next token's.
             let reusable = (seq.tokens.len() - 1) / bs;
@@ -476,7 +486,7 @@ impl Engine {
                 break;
             }
             let fresh = self.pool.allocate(needed).expect("checked available");
-            let mut seq = self.waiting.pop_front().expect("front exists");
+            let mut seq = self.waiting.remove(next).expect("checked above");
             seq.admit(cached, fresh, &hashes, bs);
             self.stats.cached_tokens += computed as u64;
             budget -= end - seq.computed;

@@ -30,6 +30,10 @@ pub(super) struct Sequence {
     hashes: Vec<u64>,
     /// Set for a prefill computed for another worker: no sampling, blocks reported instead.
     pub prefill: Option<PrefillState>,
+    /// Its prompt's KV, all but the last token, was in the pool when it was submitted (blocks
+    /// that landed from a prefill worker, or a cached prefix): admitting it costs one token, so
+    /// it goes before prompts still waiting to be computed.
+    pub ready: bool,
 }
 
 /// A prefill for another worker: which blocks it wants, and how far they have been reported.
@@ -57,6 +61,7 @@ impl Sequence {
             computed: 0,
             hashes: Vec::new(),
             prefill: None,
+            ready: false,
         }
     }
 

@@ -252,6 +252,37 @@ fn repeated_prompt_hits_the_prefix_cache() {
 }
 
 #[test]
+fn a_prompt_already_in_the_pool_is_admitted_before_prompts_still_to_compute() {
+    // Eight tokens a step. "cached" runs once, so its prompt's blocks stay in the pool; then a
+    // long prompt arrives, and "cached" again after it.
+    let cached = "a prompt long enough to fill several blocks";
+    let long = "some much longer prompt that spans many blocks of four tokens, and then some more";
+    let mut e = engine_with(limits(256, 8, 8), Duration::ZERO);
+    e.submit(req("warm", cached, greedy(4)));
+    let warm = drain(&mut e).remove("warm").unwrap();
+    e.submit(req("long", long, greedy(4)));
+    e.submit(req("cached", cached, greedy(4)));
+    // One token computes what the pool lacks of "cached": it goes first and has its first token
+    // after one step, while the long prompt takes the rest of the budget in chunks (arrival order
+    // would have kept "cached" waiting until the long prompt was done, about ten steps).
+    let events = e.step().unwrap();
+    let ids: Vec<&str> = events.iter().map(|(id, _)| id.0.as_str()).collect();
+    assert_eq!(ids, ["cached"]);
+    let StreamEvent::Delta { text: first_text, .. } = &events[0].1 else { panic!("{events:?}") };
+    assert_eq!(e.running(), 2);
+    let prompt_len = TestTokenizer::default().encode(cached).len();
+    assert_eq!(e.stats().cached_tokens, ((prompt_len - 1) / 4 * 4) as u64, "all of it but the last token");
+    let mut rest = drain(&mut e);
+    // The order changes no output.
+    let mut alone = engine_with(limits(256, 1, 512), Duration::ZERO);
+    alone.submit(req("long", long, greedy(4)));
+    assert_eq!(rest.remove("long").unwrap(), drain(&mut alone).remove("long").unwrap());
+    let (text, finished) = rest.remove("cached").unwrap();
+    assert_eq!((format!("{first_text}{text}"), finished), warm);
+    assert_no_leak(&e);
+}
+
+#[test]
 fn kv_events_describe_the_registered_blocks() {
     let mut e = engine_with(limits(8, 1, 512), Duration::ZERO);
     e.submit(req("a", "0123456789abcdef", greedy(4)));
