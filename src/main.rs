@@ -166,6 +166,10 @@ enum Command {
         /// Disaggregated: the router's `prefill_busy_blocks`.
         #[arg(long, default_value_t = 1024)]
         prefill_busy_blocks: u64,
+        /// Static pools: a file of `SECONDS BLOCKS` lines, the disaggregation threshold from each
+        /// time on (to replay a schedule found elsewhere).
+        #[arg(long)]
+        disagg_schedule: Option<PathBuf>,
     },
     /// Manage model files.
     Model {
@@ -393,6 +397,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             shrink_after,
             disagg_min_blocks,
             prefill_busy_blocks,
+            disagg_schedule,
         } => {
             let options = simulations::simulate::SimOptions {
                 trace,
@@ -447,6 +452,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     link: TierLink { bytes_per_s: remote_bytes_per_s, latency: remote_latency },
                     disagg_min_blocks,
                     prefill_busy_blocks,
+                    disagg_schedule,
                 };
                 let r = simulations::simulate::simulate_pools(&options, &pool_options)?;
                 println!(
@@ -462,7 +468,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     r.starts,
                     r.stops
                 );
-                println!("wrote {} ({:.1} s wall)", out.join("pools.json").display(), started.elapsed().as_secs_f64());
+                println!(
+                    "wrote {} and requests.csv ({:.1} s wall)",
+                    out.join("pools.json").display(),
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let reports = simulations::simulate::simulate(&options)?;

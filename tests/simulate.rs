@@ -1,6 +1,7 @@
 //! `armature simulate` end to end on a small Mooncake-format trace: report.json with every field
 //! the issue asks for, the three plots, a byte-identical report for the same seed, the tiers'
-//! section with cache tiers, and a clear error naming the line of a malformed trace.
+//! section with cache tiers, a clear error naming the line of a malformed trace, and on
+//! disaggregated pools each request's outcome and a replayed threshold schedule.
 
 mod support;
 
@@ -137,4 +138,56 @@ fn simulate_under_faults_reports_them_and_replays() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("crash:w7@1s") && err.contains("worker 7 of 3"), "{err}");
+}
+
+#[test]
+fn simulate_pools_write_each_request_and_replay_a_threshold_schedule() {
+    let dir = temp_dir("simulate-pools");
+    let trace = dir.join("trace.jsonl");
+    // 30 prompts of 10 blocks, one every 100 ms, 8-token answers.
+    let mut lines = String::new();
+    for i in 0..30u64 {
+        let ids: Vec<u64> = (0..10).map(|b| i * 100 + b).collect();
+        lines += &format!(
+            "{{\"timestamp\": {}, \"input_length\": 160, \"output_length\": 8, \"hash_ids\": {ids:?}}}\n",
+            i * 100
+        );
+    }
+    std::fs::write(&trace, lines).unwrap();
+    let pools = |out: &str, extra: &[&str]| {
+        let mut args = vec!["--pools", "1,1", "--prefill-busy-blocks", "1000000000"];
+        args.extend_from_slice(extra);
+        simulate(&trace, &dir.join(out), &args)
+    };
+    let read = |out: &str| -> (serde_json::Value, Vec<String>) {
+        let report = serde_json::from_slice(&std::fs::read(dir.join(out).join("pools.json")).unwrap()).unwrap();
+        let csv = std::fs::read_to_string(dir.join(out).join("requests.csv")).unwrap();
+        (report, csv.lines().map(String::from).collect())
+    };
+    let run = pools("a", &[]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (report, rows) = read("a");
+    assert_eq!(rows[0], "arrival_s,ttft_s,mean_itl_s,within_slo");
+    assert_eq!(rows.len(), 31);
+    let within = rows[1..].iter().filter(|r| r.ends_with(",1")).count() as u64;
+    assert_eq!(report["goodput"].as_u64(), Some(within));
+    assert_eq!(report["local_prefills"], 0, "10 blocks go to the prefill worker under the threshold of 8");
+    let arrivals: Vec<f64> = rows[1..].iter().map(|r| r.split(',').next().unwrap().parse().unwrap()).collect();
+    assert!((arrivals[29] - 2.9).abs() < 1e-6, "{arrivals:?}");
+
+    // From 1.45 s on the threshold is 16 blocks: the last 15 prompts stay on the decode worker.
+    let schedule = dir.join("schedule.txt");
+    std::fs::write(&schedule, "# seconds blocks\n0 8\n1.45 16\n").unwrap();
+    let run = pools("b", &["--disagg-schedule", schedule.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(read("b").0["local_prefills"], 15);
+
+    // A bad line is named; the planner sets its own threshold.
+    std::fs::write(&schedule, "0 8\n1.5 lots\n").unwrap();
+    let bad = pools("c", &["--disagg-schedule", schedule.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("line 2") && err.contains("lots"), "{err}");
+    let planned = pools("d", &["--planner", "load", "--disagg-schedule", schedule.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&planned.stderr);
+    assert!(!planned.status.success() && err.contains("the planner sets its own"), "{err}");
 }

@@ -50,6 +50,20 @@ pub struct PoolsConfig {
     /// already has more than the second queued. The planner changes the first as it runs.
     pub disagg_min_blocks: u32,
     pub prefill_busy_blocks: u64,
+    /// A disaggregation threshold set from a time on, in order (static pools only): a prompt
+    /// arriving at or after an entry's time is placed by that entry's threshold.
+    pub disagg_schedule: Vec<(Duration, u32)>,
+}
+
+/// How one request fared.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RequestOutcome {
+    pub arrival: Duration,
+    /// None: it did not finish.
+    pub ttft: Option<Duration>,
+    /// Mean time between its tokens after the first.
+    pub mean_itl: Option<Duration>,
+    pub within_slo: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -71,6 +85,9 @@ pub struct PoolsReport {
     pub stops: u64,
     /// The planner's decisions that changed something, with their reasons.
     pub decisions: Vec<String>,
+    /// Each request, in trace order (written as `requests.csv`, not in the JSON).
+    #[serde(skip)]
+    pub outcomes: Vec<RequestOutcome>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +238,7 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
     };
     let mut all_ttft = Vec::new();
     let mut all_itl = Vec::new();
+    let mut schedule = c.disagg_schedule.iter().peekable();
     while let Some(Reverse((at, event, _))) = sim.queue.pop() {
         if event == Event::Plan && sim.done == sim.requests.len() {
             // The run ended with its last request; a planning tick after it counts no device time.
@@ -229,6 +247,12 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
         sim.account(at);
         match event {
             Event::Arrival(i) => {
+                while let Some(&&(from, blocks)) = schedule.peek()
+                    && from <= at
+                {
+                    sim.disagg_min_blocks = blocks;
+                    schedule.next();
+                }
                 sim.requests[i].arrival = at;
                 sim.interval_arrivals += 1;
                 sim.interval_input += sim.requests[i].prompt.len() as u64;
@@ -281,15 +305,20 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
     sim.account(sim.now);
     let r = &mut sim.report;
     r.completed = sim.requests.iter().filter(|q| q.finished.is_some()).count();
-    r.goodput = sim
+    r.outcomes = sim
         .requests
         .iter()
-        .filter(|q| {
-            let (Some(first), Some(end)) = (q.first_token, q.finished) else { return false };
-            let itl = if q.output > 1 { (end - first) / (q.output - 1) } else { Duration::ZERO };
-            first - q.arrival <= c.slo.ttft && itl <= c.slo.itl
+        .map(|q| {
+            let ttft = q.first_token.map(|first| first - q.arrival);
+            let mean_itl = q
+                .first_token
+                .zip(q.finished)
+                .map(|(first, end)| if q.output > 1 { (end - first) / (q.output - 1) } else { Duration::ZERO });
+            let within_slo = ttft.zip(mean_itl).is_some_and(|(t, i)| t <= c.slo.ttft && i <= c.slo.itl);
+            RequestOutcome { arrival: q.arrival, ttft, mean_itl, within_slo }
         })
-        .count();
+        .collect();
+    r.goodput = r.outcomes.iter().filter(|o| o.within_slo).count();
     r.goodput_ratio = r.goodput as f64 / r.requests.max(1) as f64;
     r.device_hours = sim.device_secs / 3600.0;
     r.ttft_p90_ms = p90(&mut all_ttft).as_secs_f64() * 1000.0;
@@ -618,6 +647,7 @@ mod tests {
             startup: Duration::from_secs(5),
             disagg_min_blocks: 8,
             prefill_busy_blocks: 1024,
+            disagg_schedule: Vec::new(),
         }
     }
 
@@ -675,6 +705,33 @@ mod tests {
         assert_eq!(busy.completed, busy.requests);
         assert!(busy.local_prefills > short + 10, "{busy:?}");
         assert!(busy.ttft_p90_ms < r.ttft_p90_ms, "{busy:?} vs {r:?}");
+    }
+
+    #[test]
+    fn a_threshold_schedule_holds_from_each_time_and_every_request_has_its_outcome() {
+        // Prompts of 93 blocks: remote under a threshold of 8, local under one of 1000, which
+        // holds for the arrivals from 60 s (the burst's start) to 90 s (its end).
+        let t = trace();
+        let c = PoolsConfig {
+            prefill_busy_blocks: u64::MAX,
+            disagg_schedule: vec![(Duration::ZERO, 8), (Duration::from_secs(60), 1000), (Duration::from_secs(90), 8)],
+            ..config(Sizing::Static(Pools { prefill: 1, decode: 1 }))
+        };
+        let r = run_pools(&c, &t);
+        let burst = (Duration::from_secs(60)..Duration::from_secs(90));
+        let in_burst = t.iter().filter(|q| burst.contains(&q.arrival)).count();
+        assert!(in_burst > 300, "{in_burst}");
+        assert_eq!(r.local_prefills, in_burst, "{r:?}");
+        assert_eq!(r.completed, r.requests);
+        assert_eq!(r.outcomes.len(), t.len());
+        assert!(r.outcomes.iter().zip(&t).all(|(o, q)| o.arrival == q.arrival && o.ttft.is_some()));
+        let within = |o: &RequestOutcome| o.ttft.unwrap() <= c.slo.ttft && o.mean_itl.unwrap() <= c.slo.itl;
+        assert!(r.outcomes.iter().all(|o| o.within_slo == within(o)));
+        assert_eq!(r.goodput, r.outcomes.iter().filter(|o| o.within_slo).count());
+        assert!(r.goodput > 0 && r.goodput < r.requests, "{r:?}");
+        // Without the schedule, none is local.
+        let plain = run_pools(&PoolsConfig { disagg_schedule: Vec::new(), ..c }, &t);
+        assert_eq!(plain.local_prefills, 0);
     }
 
     #[test]

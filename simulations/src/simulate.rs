@@ -69,9 +69,41 @@ pub struct PoolsOptions {
     /// The router's conditional disaggregation thresholds (the planner moves the first).
     pub disagg_min_blocks: u32,
     pub prefill_busy_blocks: u64,
+    /// A file of `SECONDS BLOCKS` lines: the disaggregation threshold from each time on (static
+    /// pools only; the planner sets its own).
+    pub disagg_schedule: Option<PathBuf>,
 }
 
-/// Run the trace on disaggregated pools and write `DIR/pools.json`.
+/// A disaggregation schedule: one `SECONDS BLOCKS` pair a line (a space or a comma between them,
+/// `#` starts a comment), times in order; the threshold before the first time is the configured
+/// one.
+pub fn parse_disagg_schedule(text: &str) -> Result<Vec<(Duration, u32)>, String> {
+    let mut out: Vec<(Duration, u32)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|f| !f.is_empty()).collect();
+        let [secs, blocks] = fields[..] else {
+            return Err(format!("line {}: want SECONDS BLOCKS, got {line:?}", n + 1));
+        };
+        let at = secs
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| format!("line {}: {secs:?} is not a time in seconds", n + 1))?;
+        let blocks = blocks.parse::<u32>().map_err(|e| format!("line {}: {blocks:?} blocks: {e}", n + 1))?;
+        let at = Duration::from_secs_f64(at);
+        if out.last().is_some_and(|&(prev, _)| prev > at) {
+            return Err(format!("line {}: {secs} s comes before the line above it", n + 1));
+        }
+        out.push((at, blocks));
+    }
+    Ok(out)
+}
+
+/// Run the trace on disaggregated pools and write `DIR/pools.json` and `DIR/requests.csv`.
 pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::PoolsReport, SimError> {
     use actors::planner::{Capacity, PlannerConfig};
     if p.initial.prefill == 0 || p.initial.decode == 0 || p.initial.total() > o.workers {
@@ -80,6 +112,18 @@ pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::
             p.initial.prefill, p.initial.decode, o.workers
         )));
     }
+    let disagg_schedule = match &p.disagg_schedule {
+        None => Vec::new(),
+        Some(_) if p.planner.is_some() => {
+            return Err(SimError::Invalid(
+                "--disagg-schedule replays thresholds on static pools; the planner sets its own".into(),
+            ));
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| parse_disagg_schedule(&text))
+            .map_err(|e| SimError::Invalid(format!("--disagg-schedule {}: {e}", path.display())))?,
+    };
     let trace: Vec<TraceRequest> = match o.format {
         Format::Mooncake => read_mooncake(&o.trace)?,
         Format::Azure => read_azure(&o.trace)?,
@@ -122,10 +166,23 @@ pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::
         startup: p.startup,
         disagg_min_blocks: p.disagg_min_blocks,
         prefill_busy_blocks: p.prefill_busy_blocks,
+        disagg_schedule,
     };
     let report = crate::pools::run_pools(&config, &trace);
     let json = serde_json::to_string_pretty(&report).expect("reports serialise");
     write(&o.out.join("pools.json"), &(json + "\n"))?;
+    let secs = |d: Option<Duration>| d.map_or(String::new(), |d| format!("{:.6}", d.as_secs_f64()));
+    let mut csv = String::from("arrival_s,ttft_s,mean_itl_s,within_slo\n");
+    for r in &report.outcomes {
+        csv += &format!(
+            "{:.6},{},{},{}\n",
+            r.arrival.as_secs_f64(),
+            secs(r.ttft),
+            secs(r.mean_itl),
+            u8::from(r.within_slo)
+        );
+    }
+    write(&o.out.join("requests.csv"), &csv)?;
     Ok(report)
 }
 
@@ -297,4 +354,27 @@ fn plots(o: &SimOptions, runs: &[(Policy, ClusterRun)]) -> Result<(), SimError> 
     let title = format!("Sequences per worker ({policy})");
     write(&o.out.join("load.svg"), &line_chart(&title, "virtual time, s", "running + waiting", &load, false))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disagg_schedule_parses_in_order_and_bad_lines_are_named() {
+        let text = "# seconds blocks\n0 8\n\n12.5, 64  # a burst\n30 8\n";
+        let s = parse_disagg_schedule(text).unwrap();
+        assert_eq!(s, vec![(Duration::ZERO, 8), (Duration::from_millis(12_500), 64), (Duration::from_secs(30), 8)]);
+        for (bad, says) in [
+            ("0 8\n5\n", "line 2: want SECONDS BLOCKS"),
+            ("0 8 9\n", "line 1: want SECONDS BLOCKS"),
+            ("-1 8\n", "line 1: \"-1\" is not a time"),
+            ("inf 8\n", "line 1: \"inf\" is not a time"),
+            ("0 many\n", "line 1: \"many\" blocks"),
+            ("10 8\n5 8\n", "line 2: 5 s comes before"),
+        ] {
+            let e = parse_disagg_schedule(bad).unwrap_err();
+            assert!(e.starts_with(says), "{bad:?}: {e}");
+        }
+    }
 }
