@@ -718,7 +718,7 @@ mod tests {
             ..config(Sizing::Static(Pools { prefill: 1, decode: 1 }))
         };
         let r = run_pools(&c, &t);
-        let burst = (Duration::from_secs(60)..Duration::from_secs(90));
+        let burst = Duration::from_secs(60)..Duration::from_secs(90);
         let in_burst = t.iter().filter(|q| burst.contains(&q.arrival)).count();
         assert!(in_burst > 300, "{in_burst}");
         assert_eq!(r.local_prefills, in_burst, "{r:?}");
