@@ -433,8 +433,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if pools.is_some() || planner.is_some() {
                 let mode = match planner.as_deref() {
                     None => None,
-                    Some("load") => Some(actors::planner::PlannerMode::Load),
-                    Some("throughput") => Some(actors::planner::PlannerMode::Throughput),
+                    Some("load") => Some(policy::planner::PlannerMode::Load),
+                    Some("throughput") => Some(policy::planner::PlannerMode::Throughput),
                     Some(other) => anyhow::bail!("--planner {other:?}: load or throughput"),
                 };
                 let p = pools.unwrap_or_else(|| vec![1, 1]);
@@ -442,9 +442,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--pools takes two counts, prefill and decode: P,D");
                 }
                 let pool_options = simulations::simulate::PoolsOptions {
-                    initial: actors::planner::Pools { prefill: p[0], decode: p[1] },
+                    initial: policy::planner::Pools { prefill: p[0], decode: p[1] },
                     planner: mode,
-                    slo: actors::planner::Slo { ttft: slo_ttft.get(), itl: slo_itl.get() },
+                    slo: policy::planner::Slo { ttft: slo_ttft.get(), itl: slo_itl.get() },
                     interval: plan_interval.get(),
                     shrink_after: shrink_after.get(),
                     startup: startup.get(),

@@ -35,7 +35,7 @@ pub struct NodeState {
     /// The KV data plane, when the node has a `data` address.
     pub data_plane: Option<Arc<transport::DataPlane>>,
     /// What this node's gateway saw since the planner last looked.
-    pub latency: crate::planner::LatencyWindow,
+    pub latency: policy::planner::LatencyWindow,
 }
 
 /// Counts a request as in flight until dropped.
@@ -179,7 +179,7 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
     if plan.roles.contains(&Role::Router) && config.planner.enabled {
         let devices = config.nodes.iter().map(|n| n.workers.len()).sum();
         let (planner, interval, node) = (
-            crate::planner::config_from(&config.planner, &config.router, devices),
+            policy::planner::config_from(&config.planner, &config.router, devices),
             config.planner.interval.get(),
             state.clone(),
         );

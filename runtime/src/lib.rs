@@ -1,19 +1,18 @@
-//! The cluster runtime and the shared vocabulary: config, ids, request and stream types, node
-//! bootstrap on ractor_cluster, supervision, discovery, leases and telemetry.
+//! The cluster runtime: node bootstrap on ractor_cluster, supervision, discovery, leases and
+//! telemetry, with the shared vocabulary (`vocab`: config, ids, request and stream types)
+//! re-exported.
 
-pub mod blocks;
 pub mod buffers;
-pub mod config;
 pub mod discovery;
-pub mod ids;
-pub mod kv;
 pub mod launch;
 pub mod lease;
 pub mod node;
-pub mod request;
 pub mod supervision;
 pub mod telemetry;
-pub mod wire;
+
+// The shared vocabulary lives in `vocab` (no runtime, so the decision cores and the simulator can
+// use it); it is re-exported here so the runtime's users name one crate.
+pub use vocab::{blocks, config, ids, kv, request, wire, wire_message};
 
 pub use config::{ClusterConfig, ConfigError};
 pub use ids::{RequestId, WorkerId};

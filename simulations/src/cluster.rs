@@ -14,23 +14,23 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use actors::cache::onboard::{onboard_pays, transfer_time};
-use actors::cache::store::{Evicted, TierStore};
-use actors::router::cost::CostConfig;
-use actors::router::index::Tier;
-use actors::router::placer::{Placer, PlacerConfig};
 use gpu::engine::{Engine, EngineLimits, Reservation};
 use gpu::executor::{SimulatedExecutor, StepClock, TestTokenizer, TimingModel};
-use runtime::blocks::BlockHasher;
-use runtime::config::{OffloadMode, TierLink};
-use runtime::ids::RequestId;
-use runtime::kv::{KvBatch, KvEventRecord};
-use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
+use policy::cache::onboard::{onboard_pays, transfer_time};
+use policy::cache::store::{Evicted, TierStore};
+use policy::router::cost::CostConfig;
+use policy::router::index::Tier;
+use policy::router::placer::{Placer, PlacerConfig};
+use vocab::blocks::BlockHasher;
+use vocab::config::{OffloadMode, TierLink};
+use vocab::ids::RequestId;
+use vocab::kv::{KvBatch, KvEventRecord};
+use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
 
 use crate::trace::{TraceRequest, synthesize_prompt};
 
 /// How requests are placed: the router's policies.
-pub use runtime::config::RoutingPolicy as Policy;
+pub use vocab::config::RoutingPolicy as Policy;
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
@@ -494,8 +494,8 @@ mod tests {
         .generate(9);
         let small = ClusterConfig { blocks_per_worker: 24, ..config(Policy::Kv) };
         let link = TierLink {
-            bytes_per_s: runtime::config::ByteSize(10 << 30),
-            latency: runtime::config::HumanDuration::from_micros(20),
+            bytes_per_s: vocab::config::ByteSize(10 << 30),
+            latency: vocab::config::HumanDuration::from_micros(20),
         };
         let tiers = SimTiers {
             host_blocks: 400,
@@ -522,7 +522,7 @@ mod tests {
         // Onboarding waits for the blocks: every first token still comes after its arrival.
         assert!(with.requests.iter().all(|r| r.arrival <= r.first_token.unwrap()));
         // Too slow a link to pay: hints are declined and nothing moves.
-        let slow = TierLink { bytes_per_s: runtime::config::ByteSize(1 << 10), ..link };
+        let slow = TierLink { bytes_per_s: vocab::config::ByteSize(1 << 10), ..link };
         let declined = run(
             &ClusterConfig { tiers: Some(SimTiers { host: slow, remote: slow, ..tiers.clone() }), ..small.clone() },
             &trace,

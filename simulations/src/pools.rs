@@ -1,10 +1,13 @@
 //! A disaggregated cluster in virtual time: prefill workers compute prompts (the first token comes
 //! from them), the blocks cross to a decode worker (latency plus size over bandwidth), which
 //! commits them to its pool and generates the rest. The pools are sized either statically or by
-//! the planner core (`actors::planner`), which sees each interval's arrivals, tokens, TTFT, ITL
-//! and queues; a worker that changes role or stops first drains (no new work, finishes what it
-//! has), and a stopped device starts again after a delay. Every worker is the real engine and
-//! block pool over the timing model. Reports goodput (requests within both SLOs) and
+//! the planner core (`policy::planner`), which sees each interval's arrivals, tokens, TTFT, ITL
+//! and queues, and moved by the product's actuation (`policy::planner::actuate`: which worker
+//! flips, starts or stops); a worker that changes role or stops first drains (no new work,
+//! finishes what it has), and a stopped device starts again after a delay. Requests are placed by
+//! the router's own `Placer::route` (KV-aware over the workers' KV events, with conditional
+//! disaggregation), so the decode worker is chosen when the request arrives, as in the product.
+//! Every worker is the real engine and block pool over the timing model. Reports goodput (requests within both SLOs) and
 //! device-hours (time devices were on, draining and starting included).
 
 use std::cmp::Reverse;
@@ -12,14 +15,17 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::planner::{Interval, Planner, PlannerConfig, Pools, Slo};
-use actors::router::cost::disagg_outcome;
 use gpu::engine::Engine;
 use gpu::executor::{StepClock, TestTokenizer};
-use runtime::blocks::BlockHasher;
-use runtime::ids::RequestId;
-use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
+use policy::planner::actuation::heading_pools;
+use policy::planner::{Action, Interval, Member, MemberState, Planner, PlannerConfig, Pools, Slo, actuate};
+use policy::router::{DisaggConfig, DisaggOutcome, Eligible, Placer, PlacerConfig};
 use serde::Serialize;
+use vocab::blocks::BlockHasher;
+use vocab::config::WorkerRole;
+use vocab::ids::RequestId;
+use vocab::kv::KvBatch;
+use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
 
 use crate::cluster::{ClusterConfig, FIRST_TOKEN, TOKEN_SPAN, simulated_engine};
 use crate::trace::{TraceRequest, synthesize_prompt};
@@ -107,8 +113,10 @@ struct Worker {
     ready_at: Option<Duration>,
     busy: bool,
     pending: Vec<(RequestId, StreamEvent)>,
-    /// Blocks of prefill placed here and not done (the router's predicted prefill load).
-    prefill_blocks: u64,
+    /// Prompts placed here whose blocks are still being prefilled elsewhere: it holds them.
+    expecting: usize,
+    /// Bumped when it stops (a fresh pool numbers its KV events from 1 again).
+    incarnation: u64,
 }
 
 impl Worker {
@@ -122,7 +130,35 @@ impl Worker {
     }
 
     fn load(&self) -> usize {
-        self.engine.running() + self.engine.waiting()
+        self.engine.running() + self.engine.waiting() + self.expecting
+    }
+
+    fn holds_work(&self) -> bool {
+        self.busy || self.engine.has_work() || self.expecting > 0
+    }
+
+    /// As the planner's actuation sees it.
+    fn state(&self) -> MemberState {
+        match (self.role.worker_role(), self.ready_at, self.draining_to) {
+            (Some(role), Some(_), _) => MemberState::Starting(role),
+            (_, _, Some(to)) => MemberState::Draining(to.worker_role()),
+            (Some(role), None, None) => MemberState::Serving(role),
+            (None, ..) => MemberState::Stopped,
+        }
+    }
+}
+
+impl Role {
+    fn worker_role(self) -> Option<WorkerRole> {
+        match self {
+            Role::Prefill => Some(WorkerRole::Prefill),
+            Role::Decode => Some(WorkerRole::Decode),
+            Role::Off => None,
+        }
+    }
+
+    fn of(role: WorkerRole) -> Self {
+        if role == WorkerRole::Prefill { Role::Prefill } else { Role::Decode }
     }
 }
 
@@ -143,6 +179,8 @@ struct Request {
     output: u32,
     first_token: Option<Duration>,
     finished: Option<Duration>,
+    /// The decode worker its blocks go to, when a prefill worker computes its prompt.
+    decode: Option<usize>,
 }
 
 type Queue = BinaryHeap<Reverse<(Duration, Event, u64)>>;
@@ -158,10 +196,10 @@ struct Sim<'a> {
     on_since: Duration,
     device_secs: f64,
     report: PoolsReport,
-    /// Prompts with no prefill worker to take them yet.
+    /// The router's placer: KV-aware placement and conditional disaggregation.
+    placer: Placer<usize>,
+    /// Prompts that arrived while no worker served.
     backlog: std::collections::VecDeque<usize>,
-    /// Prompts whose blocks landed, waiting for a decode worker.
-    landed: std::collections::VecDeque<usize>,
     /// Counts of the interval in progress.
     interval_input: u64,
     interval_output: u64,
@@ -199,7 +237,8 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
                 ready_at: None,
                 busy: false,
                 pending: Vec::new(),
-                prefill_blocks: 0,
+                expecting: 0,
+                incarnation: 0,
             }
         })
         .collect();
@@ -214,8 +253,11 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
         on_since: Duration::ZERO,
         device_secs: 0.0,
         report: PoolsReport { requests: trace.len(), ..Default::default() },
+        placer: Placer::new(
+            PlacerConfig { policy: c.cluster.policy, cost: c.cluster.cost.clone(), ..PlacerConfig::default() },
+            c.cluster.seed,
+        ),
         backlog: Default::default(),
-        landed: Default::default(),
         interval_input: 0,
         interval_output: 0,
         interval_arrivals: 0,
@@ -260,20 +302,14 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
                 sim.dispatch_prefills();
             }
             Event::StepDone(w) => sim.step_done(w),
-            Event::Landed(i) => {
-                sim.landed.push_back(i);
-                sim.dispatch_decodes();
-            }
-            Event::Ready => {
-                sim.dispatch_prefills();
-                sim.dispatch_decodes();
-            }
+            Event::Landed(i) => sim.land(i),
+            Event::Ready => sim.dispatch_prefills(),
             Event::Plan => {
                 let (p, interval) = planner.as_mut().expect("plans only with a planner");
                 let seen = sim.interval(*interval);
                 all_ttft.append(&mut sim.ttfts);
                 all_itl.append(&mut sim.itls);
-                let current = sim.target_pools();
+                let current = heading_pools(&sim.members());
                 let d = p.decide(&seen, current);
                 if d.disagg_min_blocks != sim.disagg_min_blocks {
                     sim.report.decisions.push(format!(
@@ -355,45 +391,57 @@ impl Sim<'_> {
         }
     }
 
-    fn least_loaded(&self, role: Role) -> Option<usize> {
-        (0..self.workers.len())
-            .filter(|&w| self.workers[w].serves(role, self.now))
-            .min_by_key(|&w| self.workers[w].load())
-    }
-
     fn start(&mut self, w: usize) {
         if !self.workers[w].busy && self.workers[w].engine.has_work() {
             let worker = &mut self.workers[w];
             let outputs = worker.engine.step().expect("the simulated executor does not fail");
             let took = worker.clock.last_step();
-            worker.engine.take_kv_events();
+            let records = worker.engine.take_kv_events();
+            let incarnation = worker.incarnation;
             worker.pending.extend(outputs);
+            if !records.is_empty() {
+                // The router hears the step's KV events (the pools' link to it is not modelled).
+                self.placer.receive(&w, incarnation, &KvBatch::Events(records), self.now);
+            }
+            let worker = &mut self.workers[w];
             worker.busy = true;
             let at = self.now + took.max(Duration::from_micros(1));
             self.push(at, Event::StepDone(w));
         }
     }
 
-    /// Hand queued prompts to prefill workers, or, where the router's conditional disaggregation
-    /// says so, to a decode worker that computes the prompt itself.
+    /// The workers the router may place on now, with their roles.
+    fn eligible(&self) -> Vec<Eligible<usize>> {
+        (0..self.workers.len())
+            .filter_map(|w| {
+                let worker = &self.workers[w];
+                let role = worker.role.worker_role()?;
+                worker.serves(worker.role, self.now).then_some(Eligible { worker: w, role })
+            })
+            .collect()
+    }
+
+    /// Place waiting prompts as the router does: a worker for each (KV-aware), and a prefill
+    /// worker first where conditional disaggregation says so.
     fn dispatch_prefills(&mut self) {
+        let disagg = DisaggConfig { min_blocks: self.disagg_min_blocks, busy_blocks: self.c.prefill_busy_blocks };
         while let Some(&i) = self.backlog.front() {
-            let prefill = self.least_loaded(Role::Prefill);
-            let least = prefill.map(|w| self.workers[w].prefill_blocks);
-            let blocks = self.requests[i].prompt.len() / self.c.cluster.block_size;
-            let outcome = disagg_outcome(least, blocks as f64, self.disagg_min_blocks, self.c.prefill_busy_blocks);
-            let (w, id, max_tokens) = match (outcome, prefill) {
-                ("remote", Some(w)) => (w, format!("p{i}"), 1),
-                _ => match self.least_loaded(Role::Decode) {
-                    Some(w) => {
-                        self.report.local_prefills += 1;
-                        (w, format!("l{i}"), self.requests[i].output)
-                    }
-                    None => return,
-                },
-            };
+            let eligible = self.eligible();
+            let hashes = self.hasher.sequence_hashes(&self.requests[i].prompt);
+            let Some(routed) = self.placer.route(&key(i), &hashes, &eligible, &[], disagg, self.now) else { return };
             self.backlog.pop_front();
-            self.workers[w].prefill_blocks += blocks as u64;
+            let w = *routed.worker();
+            let (target, id, max_tokens) = match routed.prefill {
+                Some(p) if routed.disagg == DisaggOutcome::Remote => {
+                    self.requests[i].decode = Some(w);
+                    self.workers[w].expecting += 1;
+                    (p, format!("p{i}"), 1)
+                }
+                _ => {
+                    self.report.local_prefills += 1;
+                    (w, format!("l{i}"), self.requests[i].output)
+                }
+            };
             let r = &self.requests[i];
             let req = GenerateRequest {
                 id: RequestId(id),
@@ -401,22 +449,20 @@ impl Sim<'_> {
                 prompt_tokens: r.prompt.clone(),
                 sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
             };
-            let refused = self.workers[w].engine.submit(req);
+            let refused = self.workers[target].engine.submit(req);
             assert!(refused.is_none(), "the simulated engines take every request");
-            self.start(w);
+            self.start(target);
         }
     }
 
     /// The first token of request `i` is out (if it was not already): its prefill is done.
-    fn first_token(&mut self, w: usize, i: usize) {
+    fn first_token(&mut self, i: usize) {
         if self.requests[i].first_token.is_some() {
             return;
         }
         self.requests[i].first_token = Some(self.now);
         self.ttfts.push(self.now - self.requests[i].arrival);
-        let blocks = (self.requests[i].prompt.len() / self.c.cluster.block_size) as u64;
-        let worker = &mut self.workers[w];
-        worker.prefill_blocks = worker.prefill_blocks.saturating_sub(blocks);
+        self.placer.first_token(&key(i));
     }
 
     fn step_done(&mut self, w: usize) {
@@ -427,7 +473,7 @@ impl Sim<'_> {
             match (kind, ev) {
                 ("p", StreamEvent::Finished { .. }) => {
                     // The first token is out; the blocks cross to a decode worker.
-                    self.first_token(w, i);
+                    self.first_token(i);
                     self.interval_output += 1;
                     let blocks = self.requests[i].prompt.len() / self.c.cluster.block_size;
                     let secs = (blocks as u64 * self.c.block_bytes) as f64 / self.c.link_bytes_per_s.max(1.0);
@@ -435,13 +481,13 @@ impl Sim<'_> {
                     self.push(at, Event::Landed(i));
                 }
                 ("l", StreamEvent::Delta { tokens, .. }) => {
-                    self.first_token(w, i);
+                    self.first_token(i);
                     self.interval_output += u64::from(tokens);
                 }
                 ("d", StreamEvent::Delta { tokens, .. }) => self.interval_output += u64::from(tokens),
                 ("d" | "l", StreamEvent::Finished { .. }) => {
                     // (A decode worker's request had its first token from the prefill worker.)
-                    self.first_token(w, i);
+                    self.first_token(i);
                     self.finish(i)
                 }
                 _ => {}
@@ -450,7 +496,6 @@ impl Sim<'_> {
         self.start(w);
         self.settle(w);
         self.dispatch_prefills();
-        self.dispatch_decodes();
     }
 
     fn finish(&mut self, i: usize) {
@@ -460,23 +505,19 @@ impl Sim<'_> {
             self.itls.push((self.now - r.first_token.expect("after the first token")) / (r.output - 1));
         }
         self.done += 1;
+        self.placer.finished(&key(i));
     }
 
-    /// Prompts whose blocks landed go to decode workers, from their second token.
-    fn dispatch_decodes(&mut self) {
-        while let Some(&i) = self.landed.front() {
-            if self.requests[i].output <= 1 {
-                self.landed.pop_front();
-                self.finish(i);
-                continue;
-            }
-            let Some(w) = self.least_loaded(Role::Decode) else { return };
-            self.landed.pop_front();
-            self.land(i, w);
+    /// Request `i`'s blocks reached the decode worker chosen when it arrived, which generates
+    /// from its second token.
+    fn land(&mut self, i: usize) {
+        let w = self.requests[i].decode.expect("remote prefills have a decode worker");
+        self.workers[w].expecting -= 1;
+        if self.requests[i].output <= 1 {
+            self.finish(i);
+            self.settle(w);
+            return;
         }
-    }
-
-    fn land(&mut self, i: usize, w: usize) {
         let r = &self.requests[i];
         let usable = (r.prompt.len() - 1) / self.c.cluster.block_size;
         let hashes = self.hasher.sequence_hashes(&r.prompt[..usable * self.c.cluster.block_size]);
@@ -501,8 +542,7 @@ impl Sim<'_> {
     fn settle(&mut self, w: usize) {
         let worker = &mut self.workers[w];
         if let Some(to) = worker.draining_to
-            && !worker.busy
-            && !worker.engine.has_work()
+            && !worker.holds_work()
         {
             worker.draining_to = None;
             worker.role = to;
@@ -511,6 +551,9 @@ impl Sim<'_> {
                 let (engine, clock) = simulated_engine(&self.c.cluster, &Arc::new(TestTokenizer::default()));
                 worker.engine = engine;
                 worker.clock = clock;
+                worker.incarnation += 1;
+                let live: Vec<usize> = (0..self.workers.len()).filter(|&v| self.workers[v].on()).collect();
+                self.placer.retain(&live);
             }
         }
     }
@@ -540,89 +583,71 @@ impl Sim<'_> {
                     p.active as f64 / p.total.max(1) as f64
                 })
                 .fold(0.0, f64::max),
-            decode_waiting: self.landed.len()
-                + self.workers.iter().filter(|w| w.role == Role::Decode).map(|w| w.engine.waiting()).sum::<usize>(),
+            decode_waiting: self
+                .workers
+                .iter()
+                .filter(|w| w.role == Role::Decode)
+                .map(|w| w.engine.waiting())
+                .sum::<usize>(),
         };
         (self.interval_arrivals, self.interval_input, self.interval_output) = (0, 0, 0);
         seen
     }
 
-    /// The pools as they will be once every drain and start completes.
-    fn target_pools(&self) -> Pools {
-        let mut p = Pools::default();
-        for w in &self.workers {
-            match w.draining_to.unwrap_or(w.role) {
-                Role::Prefill => p.prefill += 1,
-                Role::Decode => p.decode += 1,
-                Role::Off => {}
-            }
-        }
-        p
+    /// The devices as the planner's actuation sees them (every device may stop and start).
+    fn members(&self) -> Vec<Member<usize>> {
+        let member = |(w, worker): (usize, &Worker)| Member {
+            worker: w,
+            state: worker.state(),
+            load: worker.load(),
+            spare: true,
+        };
+        self.workers.iter().enumerate().map(member).collect()
     }
 
-    /// Move workers towards `want`: flip the other pool's least-loaded worker, start a stopped
-    /// device, or drain one to stop.
+    /// Move workers towards `want` with the product's actuation: a flip drains the worker into
+    /// its new role, a stop drains it to off, a start loads the model for `startup`.
     fn resize(&mut self, want: Pools) {
-        loop {
-            let have = self.target_pools();
-            if have == want {
-                return;
-            }
-            let (grow, shrink) = if have.prefill < want.prefill {
-                (Some(Role::Prefill), (have.decode > want.decode).then_some(Role::Decode))
-            } else if have.decode < want.decode {
-                (Some(Role::Decode), (have.prefill > want.prefill).then_some(Role::Prefill))
-            } else if have.prefill > want.prefill {
-                (None, Some(Role::Prefill))
-            } else {
-                (None, Some(Role::Decode))
-            };
-            let heading = |w: &Worker| w.draining_to.unwrap_or(w.role);
-            match (grow, shrink) {
-                (Some(to), Some(from)) => {
-                    let w = (0..self.workers.len())
-                        .filter(|&w| heading(&self.workers[w]) == from)
-                        .min_by_key(|&w| self.workers[w].load())
-                        .expect("a worker of the shrinking pool");
-                    self.workers[w].draining_to = Some(to);
-                    self.report.flips += 1;
+        let members = self.members();
+        for action in actuate(&members, want) {
+            match action {
+                Action::Flip { worker: w, to } => {
+                    if members[w].state == MemberState::Draining(None) {
+                        self.report.starts += 1; // kept on instead of stopping
+                    } else {
+                        self.report.flips += 1;
+                    }
+                    self.workers[w].draining_to = Some(Role::of(to));
                     self.settle(w);
                 }
-                (Some(to), None) => {
-                    let Some(w) = (0..self.workers.len()).find(|&w| heading(&self.workers[w]) == Role::Off) else {
-                        return;
-                    };
+                Action::Start { worker: w, role } => {
+                    let at = self.now + self.c.startup;
                     let worker = &mut self.workers[w];
-                    if worker.role == Role::Off {
-                        let at = self.now + self.c.startup;
-                        worker.ready_at = Some(at);
-                        worker.role = to;
-                        self.push(at, Event::Ready);
-                    } else {
-                        worker.draining_to = Some(to);
-                    }
+                    worker.ready_at = Some(at);
+                    worker.role = Role::of(role);
                     self.report.starts += 1;
+                    self.push(at, Event::Ready);
                 }
-                (None, Some(from)) => {
-                    let w = (0..self.workers.len())
-                        .filter(|&w| heading(&self.workers[w]) == from)
-                        .min_by_key(|&w| self.workers[w].load())
-                        .expect("a worker of the shrinking pool");
+                Action::Stop { worker: w } => {
                     self.workers[w].draining_to = Some(Role::Off);
                     self.report.stops += 1;
                     self.settle(w);
                 }
-                (None, None) => return,
             }
         }
     }
 }
 
+/// The placer's key of request `i`.
+fn key(i: usize) -> RequestId {
+    RequestId(format!("r{i}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actors::planner::{Capacity, PlannerMode};
-    use actors::router::cost::CostConfig;
+    use policy::planner::{Capacity, PlannerMode};
+    use policy::router::cost::CostConfig;
 
     fn config(sizing: Sizing) -> PoolsConfig {
         PoolsConfig {

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use actors::router::cost::CostConfig;
 use gpu::executor::TimingModel;
+use policy::router::cost::CostConfig;
 
 use crate::bounds::{infinite_cache_hit_ratio, shared_pool_hit_ratio};
 use crate::cluster::{ClusterConfig, ClusterRun, Policy, SimTiers, run};
@@ -56,16 +56,16 @@ pub struct SimOptions {
 /// Disaggregated pools (`--pools`, `--planner`): how they are sized, and the SLOs.
 #[derive(Clone, Debug)]
 pub struct PoolsOptions {
-    pub initial: actors::planner::Pools,
+    pub initial: policy::planner::Pools,
     /// None: the pools stay as `initial`.
-    pub planner: Option<actors::planner::PlannerMode>,
-    pub slo: actors::planner::Slo,
+    pub planner: Option<policy::planner::PlannerMode>,
+    pub slo: policy::planner::Slo,
     pub interval: Duration,
     /// How long the need must stay lower before a pool shrinks.
     pub shrink_after: Duration,
     pub startup: Duration,
     pub block_bytes: u64,
-    pub link: runtime::config::TierLink,
+    pub link: vocab::config::TierLink,
     /// The router's conditional disaggregation thresholds (the planner moves the first).
     pub disagg_min_blocks: u32,
     pub prefill_busy_blocks: u64,
@@ -105,7 +105,7 @@ pub fn parse_disagg_schedule(text: &str) -> Result<Vec<(Duration, u32)>, String>
 
 /// Run the trace on disaggregated pools and write `DIR/pools.json` and `DIR/requests.csv`.
 pub fn simulate_pools(o: &SimOptions, p: &PoolsOptions) -> Result<crate::pools::PoolsReport, SimError> {
-    use actors::planner::{Capacity, PlannerConfig};
+    use policy::planner::{Capacity, PlannerConfig};
     if p.initial.prefill == 0 || p.initial.decode == 0 || p.initial.total() > o.workers {
         return Err(SimError::Invalid(format!(
             "--pools {},{}: each pool needs a worker, and both fit in --workers {}",

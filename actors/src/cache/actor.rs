@@ -17,8 +17,8 @@ use transport::frame::{Frame, FrameHeader};
 use transport::{DataPlane, PeerAddr};
 
 use super::disk::{DiskStore, ReadError};
-use super::store::{Evicted, TierStore};
 use crate::router::KvPublisher;
+use policy::cache::{Evicted, TierStore};
 
 /// One block moving into or out of a tier.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

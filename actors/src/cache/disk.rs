@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use runtime::kv::BlockLayout;
 use transport::frame::{self, FrameHeader};
 
-use super::store::{Evicted, TierStore};
+use policy::cache::{Evicted, TierStore};
 
 const SUFFIX: &str = ".kv";
 

@@ -17,29 +17,12 @@ use runtime::kv::{OnboardHint, TierKind, TierSendRequest};
 use runtime::request::GenerateRequest;
 use transport::DataPlane;
 
+use policy::cache::onboard_pays;
+
 use super::actor::{TierBlock, TierBlocks, TierMsg, TierRead};
 
 /// Longest a worker waits for a tier to answer.
 const TIER_RPC_TIMEOUT_MS: u64 = 30_000;
-
-/// Whether moving `blocks` blocks of `block_bytes` bytes over `link` takes less time than
-/// prefilling their `block_size` tokens each at `prefill_tokens_per_s`.
-pub fn onboard_pays(
-    blocks: usize,
-    block_bytes: usize,
-    block_size: usize,
-    link: &TierLink,
-    prefill_tokens_per_s: f64,
-) -> bool {
-    blocks > 0
-        && transfer_time(blocks, block_bytes, link)
-            < Duration::from_secs_f64((blocks * block_size) as f64 / prefill_tokens_per_s)
-}
-
-/// How long moving `blocks` blocks over `link` takes.
-pub fn transfer_time(blocks: usize, block_bytes: usize, link: &TierLink) -> Duration {
-    link.latency.get() + Duration::from_secs_f64((blocks * block_bytes) as f64 / link.bytes_per_s.bytes() as f64)
-}
 
 /// What a worker needs to use its node's cache tiers.
 pub struct TierAccess {

@@ -1,9 +1,11 @@
 //! The planner on a cluster: every `planner.interval` it takes what the node's gateway saw
 //! (`LatencyWindow`), the prefill backlog and the decode workers' KV use from the router (which
 //! hears them with the workers' KV events), counts the live prefill and decode workers and the
-//! spare devices, asks the planner core for the pools, starts or stops spares (`SpareMsg`) and
-//! flips workers' roles to match (`WorkerMsg::SetRole`: the router stops sending the
-//! old kind of work at once; what the worker holds finishes as it was, so nothing fails).
+//! spare devices, asks the planner core for the pools and its actuation for the actions
+//! (`policy::planner::actuate`: which worker flips, starts or stops, the same function the pools
+//! simulator runs), and carries them out: `SpareMsg` starts and stops spares, `WorkerMsg::SetRole`
+//! flips a worker (the router stops sending the old kind of work at once; what the worker holds
+//! finishes as it was, so nothing fails).
 //! Decisions are logged with their reasons and counted.
 
 use std::collections::HashMap;
@@ -16,11 +18,11 @@ use runtime::config::WorkerRole;
 use runtime::discovery;
 use runtime::ids::WorkerId;
 
-use super::policy::Interval;
-use super::policy::{Planner, PlannerConfig, Pools};
 use crate::node::NodeState;
 use crate::router::{RouterMsg, RouterStatus};
 use crate::worker::{SpareMsg, WorkerMsg};
+use policy::planner::actuation::heading_pools;
+use policy::planner::{Action, Interval, Member, MemberState, Planner, PlannerConfig, actuate};
 
 /// How long a started spare may take to load its model and join before it counts as stopped
 /// again.
@@ -100,50 +102,74 @@ impl PlannerState {
         let mut seen = self.node.latency.take(self.interval);
         // What waits for prefill, from the router's predicted loads.
         let router = ractor::registry::where_is(crate::node::ROUTER_NAME).map(ActorRef::<RouterMsg>::from);
+        let mut status = None;
         if let Some(router) = &router
-            && let Ok(status) = ractor::call_t!(router, RouterMsg::Status, 1000)
+            && let Ok(s) = ractor::call_t!(router, RouterMsg::Status, 1000)
         {
-            let (queue, tokens) = prefill_backlog(&status, self.block_size, &seen);
+            let (queue, tokens) = prefill_backlog(&s, self.block_size, &seen);
             seen.prefill_queue = queue;
             seen.prefill_queue_tokens = tokens;
-            (seen.decode_kv_use, seen.decode_waiting) = decode_load(&status);
+            (seen.decode_kv_use, seen.decode_waiting) = decode_load(&s);
+            status = Some(s);
         }
         let (roles, draining) = (discovery::roles(), discovery::draining());
         // Live, non-draining workers of the two disaggregated roles.
-        let mut prefill = Vec::new();
-        let mut decode = Vec::new();
+        let mut cells: HashMap<WorkerId, ractor::ActorCell> = HashMap::new();
+        let mut serving: Vec<(WorkerId, WorkerRole)> = Vec::new();
         for (id, cell) in discovery::workers() {
             if !self.node.view.is_alive(&id.node) || draining.contains(&cell.get_id()) {
                 continue;
             }
             self.starting.remove(&id);
-            match roles.get(&cell.get_id()) {
-                Some(WorkerRole::Prefill) => prefill.push((id, cell)),
-                Some(WorkerRole::Decode) => decode.push((id, cell)),
-                _ => {}
+            if let Some(&role @ (WorkerRole::Prefill | WorkerRole::Decode)) = roles.get(&cell.get_id()) {
+                serving.push((id.clone(), role));
+                cells.insert(id, cell);
             }
         }
         // Spare devices: stopped ones may be started; running ones (listed above) stopped.
         self.starting.retain(|_, (since, _)| since.elapsed() < START_PATIENCE);
-        let spares: Vec<(WorkerId, ActorRef<SpareMsg>)> = discovery::spares()
+        let spares: HashMap<WorkerId, ActorRef<SpareMsg>> = discovery::spares()
             .into_iter()
             .filter(|(id, _)| self.node.view.is_alive(&id.node))
             .map(|(id, cell)| (id, ActorRef::from(cell)))
             .collect();
-        let mut stopped: Vec<(WorkerId, ActorRef<SpareMsg>)> = spares
-            .iter()
-            .filter(|(id, _)| discovery::worker(id).is_none() && !self.starting.contains_key(id))
+        let stopped: Vec<WorkerId> = spares
+            .keys()
+            .filter(|id| discovery::worker(id).is_none() && !self.starting.contains_key(*id))
             .cloned()
             .collect();
-        if prefill.is_empty() || decode.is_empty() {
+        let count = |role| serving.iter().filter(|(_, r)| *r == role).count();
+        if count(WorkerRole::Prefill) == 0 || count(WorkerRole::Decode) == 0 {
             return; // not a disaggregated cluster (yet)
         }
-        // Spares that are loading count as the workers they are about to be.
-        let loading = |role| self.starting.values().filter(|(_, r)| *r == role).count();
-        let current = Pools {
-            prefill: prefill.len() + loading(WorkerRole::Prefill),
-            decode: decode.len() + loading(WorkerRole::Decode),
+        let load_of = |id: &WorkerId| {
+            let name = id.to_string();
+            let view = status.as_ref().and_then(|s| s.workers.iter().find(|w| w.worker == name));
+            view.and_then(|w| w.load).map_or(0, |l| (l.running + l.waiting) as usize)
         };
+        let mut members: Vec<Member<WorkerId>> = serving
+            .iter()
+            .map(|(id, role)| Member {
+                worker: id.clone(),
+                state: MemberState::Serving(*role),
+                load: load_of(id),
+                spare: spares.contains_key(id),
+            })
+            .collect();
+        // Spares that are loading count as the workers they are about to be.
+        members.extend(self.starting.iter().map(|(id, (_, role))| Member {
+            worker: id.clone(),
+            state: MemberState::Starting(*role),
+            load: 0,
+            spare: true,
+        }));
+        members.extend(stopped.iter().map(|id| Member {
+            worker: id.clone(),
+            state: MemberState::Stopped,
+            load: 0,
+            spare: true,
+        }));
+        let current = heading_pools(&members);
         self.planner.set_devices(current.total() + stopped.len());
         let decision = self.planner.decide(&seen, current);
         if let Some(router) = &router
@@ -156,62 +182,38 @@ impl PlannerState {
         let why = decision.reason.as_str();
         metrics::gauge!("armature_planner_pool_target", "role" => "prefill").set(want.prefill as f64);
         metrics::gauge!("armature_planner_pool_target", "role" => "decode").set(want.decode as f64);
-        // Fewer devices: stop running spares of the pools above their size.
-        let spare_ref = |id: &WorkerId| spares.iter().find(|(s, _)| s == id).map(|(_, r)| r.clone());
-        let mut have = current;
-        for (pool, role, target) in
-            [(&mut prefill, WorkerRole::Prefill, want.prefill), (&mut decode, WorkerRole::Decode, want.decode)]
-        {
-            while have.total() > want.total() && pool.len() > target.max(1) {
-                let Some(at) = pool.iter().rposition(|(id, _)| spare_ref(id).is_some()) else { break };
-                let (id, _) = pool.remove(at);
-                tracing::info!(worker = %id, from = ?role, reason = why, "planner stops a spare worker");
-                metrics::counter!("armature_planner_stops_total").increment(1);
-                if let Some(spare) = spare_ref(&id) {
-                    let _ = spare.cast(SpareMsg::Stop);
-                }
-                *count_of(&mut have, role) -= 1;
-            }
-        }
-        // More devices: start stopped spares in the pools below their size.
-        while have.total() < want.total()
-            && let Some((id, spare)) = stopped.pop()
-        {
-            let role = if have.prefill < want.prefill { WorkerRole::Prefill } else { WorkerRole::Decode };
-            tracing::info!(worker = %id, to = ?role, reason = why, "planner starts a spare worker");
-            metrics::counter!("armature_planner_starts_total").increment(1);
-            let _ = spare.cast(SpareMsg::Start(role));
-            self.starting.insert(id, (Instant::now(), role));
-            *count_of(&mut have, role) += 1;
-        }
-        // The rest by flipping roles; every running worker serves one of the two pools.
-        let devices = have.total();
-        let want_prefill = want.prefill.clamp(1, devices.saturating_sub(1).max(1));
-        let flip = |from: &mut Vec<(WorkerId, ractor::ActorCell)>, to: WorkerRole| {
-            // The last in name order flips, so decisions are stable across ticks.
-            let Some((id, cell)) = from.pop() else { return };
-            tracing::info!(worker = %id, to = ?to, reason = why, "planner flips a worker");
-            metrics::counter!("armature_planner_flips_total", "to" => if to == WorkerRole::Prefill { "prefill" } else { "decode" })
-                .increment(1);
-            let _ = ActorRef::<WorkerMsg>::from(cell).cast(WorkerMsg::SetRole(to));
-        };
-        if want_prefill > have.prefill {
-            for _ in have.prefill..want_prefill {
-                flip(&mut decode, WorkerRole::Prefill);
-            }
-        } else if want_prefill < have.prefill {
-            for _ in want_prefill..have.prefill {
-                flip(&mut prefill, WorkerRole::Decode);
-            }
-        } else {
+        let actions = actuate(&members, want);
+        if actions.is_empty() {
             tracing::debug!(?current, reason = why, "planner holds");
         }
+        for action in actions {
+            match action {
+                Action::Flip { worker, to } => {
+                    tracing::info!(worker = %worker, to = ?to, reason = why, "planner flips a worker");
+                    let label = if to == WorkerRole::Prefill { "prefill" } else { "decode" };
+                    metrics::counter!("armature_planner_flips_total", "to" => label).increment(1);
+                    if let Some(cell) = cells.get(&worker) {
+                        let _ = ActorRef::<WorkerMsg>::from(cell.clone()).cast(WorkerMsg::SetRole(to));
+                    }
+                }
+                Action::Start { worker, role } => {
+                    tracing::info!(worker = %worker, to = ?role, reason = why, "planner starts a spare worker");
+                    metrics::counter!("armature_planner_starts_total").increment(1);
+                    if let Some(spare) = spares.get(&worker) {
+                        let _ = spare.cast(SpareMsg::Start(role));
+                    }
+                    self.starting.insert(worker, (Instant::now(), role));
+                }
+                Action::Stop { worker } => {
+                    tracing::info!(worker = %worker, reason = why, "planner stops a spare worker");
+                    metrics::counter!("armature_planner_stops_total").increment(1);
+                    if let Some(spare) = spares.get(&worker) {
+                        let _ = spare.cast(SpareMsg::Stop);
+                    }
+                }
+            }
+        }
     }
-}
-
-/// The count of `role`'s pool in `pools`.
-fn count_of(pools: &mut Pools, role: WorkerRole) -> &mut usize {
-    if role == WorkerRole::Prefill { &mut pools.prefill } else { &mut pools.decode }
 }
 
 /// The workers the router knows in `role`.

@@ -16,10 +16,10 @@ use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind, WorkerLoad};
 use runtime::node::ClusterView;
 use serde::Serialize;
 
-use super::cost::{CostConfig, disagg_outcome};
-use super::index::Tier;
+use policy::router::index::Tier;
+use policy::router::{DisaggConfig, DisaggOutcome, Eligible, Placer, placer_config};
+
 use super::listener::KvListener;
-use super::placer::{Placer, PlacerConfig};
 use crate::cache::TierMsg;
 use crate::worker::WorkerMsg;
 
@@ -39,11 +39,6 @@ pub struct Placement {
     pub prefill: Option<WorkerId>,
     /// A cache tier holds more of the prompt than the worker: onboard from it.
     pub onboard: Option<OnboardHint>,
-}
-
-/// The placer key of a request's prefill (its decode placement has the request's own id).
-fn prefill_key(request: &RequestId) -> RequestId {
-    RequestId(format!("{}#prefill", request.0))
 }
 
 /// One decision and why it was made.
@@ -179,36 +174,25 @@ impl RouterState {
     fn place(&mut self, request: RequestId, hashes: &[u64], avoid: &[WorkerId]) -> Option<Placement> {
         let started = Instant::now();
         let live = self.live();
-        // Prefill workers take no whole requests, unless nobody else is there.
-        let servers: Vec<&(WorkerId, ActorRef<WorkerMsg>, WorkerRole)> = {
-            let s: Vec<_> = live.iter().filter(|w| w.2 != WorkerRole::Prefill).collect();
-            if s.is_empty() { live.iter().collect() } else { s }
-        };
-        let preferred: Vec<WorkerId> =
-            servers.iter().map(|(id, ..)| id.clone()).filter(|id| !avoid.contains(id)).collect();
-        let candidates =
-            if preferred.is_empty() { servers.iter().map(|(id, ..)| id.clone()).collect() } else { preferred };
+        let eligible: Vec<Eligible<WorkerId>> =
+            live.iter().map(|(id, _, role)| Eligible { worker: id.clone(), role: *role }).collect();
+        let disagg = DisaggConfig { min_blocks: self.disagg_min_blocks, busy_blocks: self.prefill_busy_blocks };
         let now = self.now();
-        let decision = self.placer.place(&request, hashes, &candidates, now);
+        let routed = self.placer.route(&request, hashes, &eligible, avoid, disagg, now);
         let policy = self.placer.config().policy.name();
-        let Some(decision) = decision else {
+        let Some(routed) = routed else {
             metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "no_worker")
                 .increment(1);
             return None;
         };
+        if routed.disagg != DisaggOutcome::Aggregated {
+            metrics::counter!("armature_router_disagg_decisions_total", "outcome" => routed.disagg.name()).increment(1);
+        }
+        let decision = &routed.decision;
         let chosen = decision.chosen().clone();
-        let (_, worker, role) = live.iter().find(|(id, ..)| *id == chosen.worker)?.clone();
+        let (_, worker, _) = live.iter().find(|(id, ..)| *id == chosen.worker)?.clone();
         let overlap = chosen.overlap.blocks();
-        let prefill = if role == WorkerRole::Decode {
-            let pool: Vec<WorkerId> = live
-                .iter()
-                .filter(|(id, _, r)| *r == WorkerRole::Prefill && !avoid.contains(id))
-                .map(|(id, ..)| id.clone())
-                .collect();
-            self.choose_prefill(&request, hashes, &pool, chosen.new_blocks, now)
-        } else {
-            None
-        };
+        let prefill = routed.prefill.clone();
         metrics::counter!("armature_router_decisions_total", "policy" => policy, "outcome" => "placed").increment(1);
         metrics::counter!("armature_router_prompt_blocks_total").increment(u64::from(decision.prompt_blocks));
         metrics::counter!("armature_router_overlap_blocks_total").increment(u64::from(overlap));
@@ -236,27 +220,6 @@ impl RouterState {
             Some(OnboardHint { source: o.source.clone(), kind, blocks: o.blocks })
         });
         Some(Placement { worker_id: chosen.worker.clone(), worker, prefill, onboard })
-    }
-
-    /// Conditional disaggregation: a prefill worker for a prompt whose decode worker would
-    /// compute `new_blocks` blocks, unless that is too few to be worth a transfer or the prefill
-    /// pool is busy.
-    fn choose_prefill(
-        &mut self,
-        request: &RequestId,
-        hashes: &[u64],
-        pool: &[WorkerId],
-        new_blocks: f64,
-        now: Duration,
-    ) -> Option<WorkerId> {
-        let least = pool.iter().map(|w| self.placer.load(w).prefill).min();
-        let outcome = disagg_outcome(least, new_blocks, self.disagg_min_blocks, self.prefill_busy_blocks);
-        metrics::counter!("armature_router_disagg_decisions_total", "outcome" => outcome).increment(1);
-        if outcome != "remote" {
-            return None;
-        }
-        let d = self.placer.place(&prefill_key(request), hashes, pool, now)?;
-        Some(d.chosen().worker.clone())
     }
 
     fn receive(&mut self, p: KvPublish, router: &ActorRef<RouterMsg>) {
@@ -359,25 +322,6 @@ impl RouterState {
     }
 }
 
-/// The placer settings of a `[router]` section.
-pub fn placer_config(config: &RouterSection) -> PlacerConfig {
-    PlacerConfig {
-        policy: config.policy,
-        cost: CostConfig {
-            prefill_weight: config.prefill_weight,
-            temperature: config.temperature,
-            tier_credit: {
-                let mut credit = CostConfig::default().tier_credit;
-                credit[Tier::Host as usize] = config.tier_credit.host;
-                credit[Tier::Disk as usize] = config.tier_credit.disk;
-                credit[Tier::Remote as usize] = config.tier_credit.remote;
-                credit
-            },
-        },
-        assumed_ttl: config.assumed_ttl.get(),
-    }
-}
-
 impl Actor for RouterActor {
     type Msg = RouterMsg;
     type State = RouterState;
@@ -420,14 +364,8 @@ impl Actor for RouterActor {
             RouterMsg::Place { request, hashes, avoid, reply } => {
                 let _ = reply.send(state.place(request, &hashes, &avoid));
             }
-            RouterMsg::FirstToken(request) => {
-                state.placer.first_token(&request);
-                state.placer.finished(&prefill_key(&request));
-            }
-            RouterMsg::Finished(request) => {
-                state.placer.finished(&request);
-                state.placer.finished(&prefill_key(&request));
-            }
+            RouterMsg::FirstToken(request) => state.placer.first_token(&request),
+            RouterMsg::Finished(request) => state.placer.finished(&request),
             RouterMsg::Kv(p) => state.receive(p, &myself),
             RouterMsg::Dumped { worker, snapshot } => {
                 state.dumping.remove(&worker);

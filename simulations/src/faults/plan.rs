@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::config::HumanDuration;
 use serde::Serialize;
+use vocab::config::HumanDuration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

@@ -10,17 +10,17 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::router::index::Tier;
-use actors::router::placer::{Placer, PlacerConfig};
 use gpu::engine::Engine;
 use gpu::executor::{StepClock, TestTokenizer};
+use policy::router::index::Tier;
+use policy::router::placer::{Placer, PlacerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::blocks::BlockHasher;
-use runtime::ids::RequestId;
-use runtime::kv::{KvBatch, KvEventRecord};
-use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
 use serde::Serialize;
+use vocab::blocks::BlockHasher;
+use vocab::ids::RequestId;
+use vocab::kv::{KvBatch, KvEventRecord};
+use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
 
 use super::plan::{Fault, FaultPlan};
 use crate::cluster::{

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use actors::router::cost::CostConfig;
+use policy::router::cost::CostConfig;
 
 use super::*;
 use crate::cluster::{ClusterConfig, Policy};

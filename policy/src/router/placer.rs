@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime::config::RoutingPolicy;
-use runtime::ids::RequestId;
-use runtime::kv::{KvBatch, KvDump};
+use vocab::config::RoutingPolicy;
+use vocab::ids::RequestId;
+use vocab::kv::{KvBatch, KvDump};
 
 use super::cost::{CostConfig, Decision, Load, decide};
+use super::disagg::prefill_key;
 use super::index::{Applied, KvIndex, Overlap, Tier};
 
 /// How the placer decides.
@@ -132,7 +133,7 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         candidates: &[W],
         now: Duration,
     ) -> Option<Decision<W>> {
-        self.finished(request);
+        self.forget(request);
         if candidates.is_empty() {
             return None;
         }
@@ -199,8 +200,9 @@ impl<W: Clone + Eq + Hash> Placer<W> {
     }
 
     /// `request` produced its first token: its prompt is no longer prefill load, its blocks are
-    /// decode load.
+    /// decode load, and a prefill worker that computed it (`route`) is done with it.
     pub fn first_token(&mut self, request: &RequestId) {
+        self.forget(&prefill_key(request));
         let Some(p) = self.placed.get_mut(request) else { return };
         if p.decoding {
             return;
@@ -211,8 +213,14 @@ impl<W: Clone + Eq + Hash> Placer<W> {
         load.decode += p.prompt_blocks;
     }
 
-    /// `request` ended (finished, failed or cancelled).
+    /// `request` ended (finished, failed or cancelled), with its prefill if it had one.
     pub fn finished(&mut self, request: &RequestId) {
+        self.forget(request);
+        self.forget(&prefill_key(request));
+    }
+
+    /// One placement no longer counts in its worker's load.
+    fn forget(&mut self, request: &RequestId) {
         let Some(p) = self.placed.remove(request) else { return };
         let load = self.loads.entry(p.worker).or_default();
         if p.decoding {

@@ -133,22 +133,6 @@ pub fn decide<W, R: Rng + ?Sized>(
     Some(Decision { prompt_blocks, chosen, candidates, onboard: None })
 }
 
-/// Whether to prefill remotely, given the least predicted prefill load among the prefill workers
-/// (None: there are none) and the blocks the decode worker would compute: `remote`, or why not.
-pub fn disagg_outcome(
-    least_prefill_load: Option<u64>,
-    new_blocks: f64,
-    min_blocks: u32,
-    busy_blocks: u64,
-) -> &'static str {
-    match least_prefill_load {
-        None => "no_prefill_worker",
-        Some(_) if new_blocks < f64::from(min_blocks) => "short",
-        Some(load) if load > busy_blocks => "busy",
-        Some(_) => "remote",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -207,15 +191,5 @@ mod tests {
             (0..50).map(|_| decide(&config, 4, workers(), &mut rng).unwrap().chosen).collect::<Vec<_>>()
         };
         assert_eq!(picks(3), picks(3));
-    }
-
-    #[test]
-    fn conditional_disaggregation() {
-        // Thresholds: at least 8 uncached blocks; busy above 100 blocks of queued prefill.
-        assert_eq!(disagg_outcome(None, 50.0, 8, 100), "no_prefill_worker");
-        assert_eq!(disagg_outcome(Some(0), 7.0, 8, 100), "short");
-        assert_eq!(disagg_outcome(Some(0), 8.0, 8, 100), "remote");
-        assert_eq!(disagg_outcome(Some(100), 50.0, 8, 100), "remote");
-        assert_eq!(disagg_outcome(Some(101), 50.0, 8, 100), "busy");
     }
 }

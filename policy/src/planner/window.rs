@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::policy::Interval;
+use super::sizing::Interval;
 
 #[derive(Debug, Default)]
 pub struct LatencyWindow {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use runtime::kv::{KvDump, KvEvent, KvEventRecord};
+use vocab::kv::{KvDump, KvEvent, KvEventRecord};
 
 /// A block larger than the whole budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -179,6 +179,7 @@ pub struct PollReply {
     pub events: Vec<StreamEvent>,
 }
 
+#[cfg(feature = "wire")]
 crate::wire_message!(
     GenerateRequest,
     PollRequest,
@@ -189,4 +190,5 @@ crate::wire_message!(
     PrefillRequest,
     PrefillReply
 );
+#[cfg(feature = "wire")]
 crate::wire_message!(crate::config::WorkerRole);

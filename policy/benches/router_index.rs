@@ -7,9 +7,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use actors::router::index::{KvIndex, Tier};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group};
-use runtime::kv::{KvEvent, KvEventRecord};
+use policy::router::index::{KvIndex, Tier};
+use vocab::kv::{KvEvent, KvEventRecord};
 
 const WORKERS: usize = 1000;
 const PROMPT: usize = 128;

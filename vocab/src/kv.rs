@@ -153,6 +153,7 @@ pub struct TierSent {
     pub blocks: u32,
 }
 
+#[cfg(feature = "wire")]
 crate::wire_message!(KvPublish, KvDump, KvSnapshot, TierSendRequest, TierSent);
 
 /// Now, in Unix milliseconds (`KvPublish::sent_unix_ms`); 0 if the clock is before 1970.
@@ -160,7 +161,7 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "wire"))]
 mod tests {
     use ractor::BytesConvertable;
 

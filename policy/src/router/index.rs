@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
 
-use runtime::kv::{KvDump, KvEvent, KvEventRecord};
+use vocab::kv::{KvDump, KvEvent, KvEventRecord};
 
 /// Hashes u64 keys with one 64-bit mix (splitmix64's finaliser): block hashes are already
 /// uniform, and SipHash would cost more than the rest of an index update.
@@ -480,9 +480,6 @@ impl<W: Clone + Eq + Hash> KvIndex<W> {
 
 #[cfg(test)]
 mod tests {
-    use gpu::pool::BlockPool;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
 
     use super::*;
 
@@ -580,64 +577,5 @@ mod tests {
         ix.expire(s(15));
         assert_eq!(ix.find_matches(&[1, 3]).iter().map(|(w, _)| *w).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(ix.held(&"c", Tier::Assumed), HashSet::new());
-    }
-
-    /// Real block pools under a random workload; their events reach the index with some lost,
-    /// the index asks for dumps when it notices, and in the end it holds exactly the union of the
-    /// pools' registered blocks, worker by worker.
-    #[test]
-    fn index_equals_the_pools_after_lost_events_and_resyncs() {
-        for seed in 0..40 {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut pools: Vec<BlockPool> = (0..3).map(|_| BlockPool::new(6)).collect();
-            let mut ix = KvIndex::new();
-            let mut resyncs = 0;
-            for _ in 0..300 {
-                let w = rng.random_range(0..pools.len());
-                let pool = &mut pools[w];
-                // A sequence from one of four prefix families, 1 to 4 blocks long.
-                let family = rng.random_range(0..4u64);
-                let hashes: Vec<u64> = (0..rng.random_range(1..=4u64)).map(|i| family * 100 + i).collect();
-                let mut ids = pool.acquire_prefix(&hashes);
-                let cached = ids.len();
-                if let Ok(fresh) = pool.allocate(hashes.len() - cached) {
-                    for (i, &id) in fresh.iter().enumerate() {
-                        let k = cached + i;
-                        pool.register(id, k.checked_sub(1).map(|p| hashes[p]), hashes[k]);
-                    }
-                    ids.extend(fresh);
-                }
-                pool.release(&ids);
-                for record in pool.take_events() {
-                    if rng.random_bool(0.1) {
-                        continue; // lost
-                    }
-                    if let Applied::Gap { .. } = ix.apply(&w, Tier::Device, &record, T0) {
-                        // The dump may come later than the gap: after more pool activity.
-                        resyncs += 1;
-                    }
-                }
-                for (w, tier) in ix.awaiting_dump() {
-                    if rng.random_bool(0.5) {
-                        ix.resync(&w, tier, &pools[w].dump(), T0);
-                    }
-                }
-            }
-            // Heartbeats reveal events lost at the very end; then the outstanding dumps arrive.
-            for (w, pool) in pools.iter().enumerate() {
-                ix.heartbeat(&w, Tier::Device, pool.dump().last_event_id, T0);
-            }
-            for (w, tier) in ix.awaiting_dump() {
-                ix.resync(&w, tier, &pools[w].dump(), T0);
-            }
-            assert!(resyncs > 0, "seed {seed}: the workload lost events");
-            let mut union = HashSet::new();
-            for (w, pool) in pools.iter().enumerate() {
-                let want: HashSet<u64> = pool.dump().blocks.iter().map(|&(_, h)| h).collect();
-                assert_eq!(ix.held(&w, Tier::Device), want, "seed {seed}, worker {w}");
-                union.extend(want);
-            }
-            assert_eq!(ix.len(), union.len(), "seed {seed}");
-        }
     }
 }

@@ -1,7 +1,4 @@
-use gpu::pool::BlockPool;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use runtime::kv::{KvEvent, KvEventRecord};
+use vocab::kv::{KvEvent, KvEventRecord};
 
 use super::*;
 
@@ -128,75 +125,6 @@ fn approximate_mode_assumes_placements_until_the_ttl() {
     p.receive(&"loud", 1, &KvBatch::Heartbeat { last_event_id: 0 }, T0);
     p.place(&rid("3"), &prompt, &["loud"], T0);
     assert!(p.index().is_empty());
-}
-
-/// Two routers fed the same publications, each worker's in order but interleaved differently
-/// across workers, some delivered twice and some lost (then recovered by a dump), end with the
-/// same index, equal to the union of the workers' pools.
-#[test]
-fn routers_fed_the_same_events_agree() {
-    for seed in 0..20u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let workers = ["w0", "w1", "w2"];
-        // Each worker's publications from a real pool under random traffic.
-        let mut pools: Vec<BlockPool> = workers.iter().map(|_| BlockPool::new(24)).collect();
-        let mut streams: Vec<Vec<KvBatch>> = vec![Vec::new(); workers.len()];
-        for _ in 0..200 {
-            let w = rng.random_range(0..workers.len());
-            let pool = &mut pools[w];
-            let n = rng.random_range(1..6).min(pool.available());
-            if n > 0
-                && let Ok(ids) = pool.allocate(n)
-            {
-                let mut parent = None;
-                let root = rng.random_range(0..8u64) * 100;
-                for (k, &id) in ids.iter().enumerate() {
-                    let h = root + k as u64 + 1;
-                    pool.register(id, parent, h);
-                    parent = Some(h);
-                }
-                pool.release(&ids);
-            }
-            let events = pool.take_events();
-            if !events.is_empty() {
-                streams[w].push(KvBatch::Events(events));
-            }
-        }
-        let mut fingerprints = Vec::new();
-        for router in 0..2u64 {
-            let mut rng = StdRng::seed_from_u64(seed * 100 + router);
-            let mut p: Placer<&str> = Placer::new(PlacerConfig::default(), router);
-            let mut cursors = vec![0usize; workers.len()];
-            while cursors.iter().zip(&streams).any(|(c, s)| *c < s.len()) {
-                let w = rng.random_range(0..workers.len());
-                let Some(batch) = streams[w].get(cursors[w]) else { continue };
-                cursors[w] += 1;
-                match rng.random_range(0..10) {
-                    0 => continue, // lost
-                    1 => {
-                        p.receive(&workers[w], 1, batch, T0); // delivered twice
-                    }
-                    _ => {}
-                }
-                p.receive(&workers[w], 1, batch, T0);
-            }
-            // Heartbeats reveal trailing losses; whoever needs a dump gets one.
-            for (w, pool) in workers.iter().zip(&pools) {
-                let last = pool.dump().last_event_id;
-                if p.receive(w, 1, &KvBatch::Heartbeat { last_event_id: last }, T0).needs_dump {
-                    assert!(p.resync(w, 1, &pool.dump(), T0));
-                }
-                let mut want: Vec<u64> = pool.dump().blocks.iter().map(|b| b.1).collect();
-                let mut got: Vec<u64> = p.index().held(w, Tier::Device).into_iter().collect();
-                want.sort_unstable();
-                got.sort_unstable();
-                assert!(!want.is_empty());
-                assert_eq!(got, want, "seed {seed}, router {router}, {w}");
-            }
-            fingerprints.push(p.index().fingerprint(|w| u64::from(w.as_bytes()[1])));
-        }
-        assert_eq!(fingerprints[0], fingerprints[1], "seed {seed}");
-    }
 }
 
 /// Workers "n1/a", "n2/b"; tiers "n1/host" and "n2/disk"; same node = same prefix before '/'.
