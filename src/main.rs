@@ -136,9 +136,14 @@ enum Command {
         /// Under faults: a silent node is declared dead after this long.
         #[arg(long, default_value = "3s")]
         lease: runtime::config::HumanDuration,
-        /// Under faults: moves of one request before it fails.
+        /// Under faults: moves of one request after its first token before it fails
+        /// (`gateway.migrations`).
         #[arg(long, default_value_t = 2)]
         migrations: u32,
+        /// Under faults: placements again after a failure before the first token
+        /// (`gateway.retries`).
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
         /// Disaggregated: prefill and decode workers, `P,D` (the rest of `--workers` are spare
         /// devices, off). Writes DIR/pools.json with goodput and device-hours.
         #[arg(long, value_delimiter = ',')]
@@ -388,6 +393,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             fault_every,
             lease,
             migrations,
+            retries,
             pools,
             planner,
             slo_ttft,
@@ -426,7 +432,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     plan: faults,
                     seed: fault_seed,
                     every: fault_every.get(),
-                    config: simulations::faults::FaultConfig::new(lease.get(), migrations),
+                    config: simulations::faults::FaultConfig::new(lease.get(), retries, migrations),
                 }),
             };
             let started = std::time::Instant::now();

@@ -1,9 +1,11 @@
 //! The cluster run under a fault plan. Each worker is its own node: the real `Engine` over a
-//! `SimulatedExecutor`; the router is the real `Placer`, fed KV event batches, heartbeats and
-//! dumps as the node's link delivers them; the gateway keeps each request's streamed tokens and
-//! places it again (prompt plus tokens so far, fewer to generate) when its worker fails: at once
-//! for an engine crash, after the lease for a silent node. Outputs of a request's earlier
-//! placements are discarded; a healed node's stale copies are cancelled.
+//! `SimulatedExecutor`; the router is the real `Placer` (through `Placer::route`, with `avoid`),
+//! fed KV event batches, heartbeats and dumps as the node's link delivers them; each request is
+//! the gateway's own `Lifecycle`, pumped here as the gateway's driver pumps it: it retries before
+//! the first token and migrates after it (prompt plus tokens so far, fewer to generate) when its
+//! worker fails: at once for an engine crash, after the lease for a silent node, after the
+//! product's pauses. Outputs of a request's earlier placements are dropped and cancelled by the
+//! lifecycle's stale rule; a healed node's stale copies are cancelled when it rejoins.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -12,15 +14,18 @@ use std::time::Duration;
 
 use gpu::engine::Engine;
 use gpu::executor::{StepClock, TestTokenizer};
+use policy::lifecycle::{Lifecycle, LifecycleConfig, Note, Output};
 use policy::router::index::Tier;
 use policy::router::placer::{Placer, PlacerConfig};
+use policy::router::{DisaggConfig, Eligible};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use vocab::blocks::BlockHasher;
+use vocab::config::WorkerRole;
 use vocab::ids::RequestId;
 use vocab::kv::{KvBatch, KvEventRecord};
-use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
+use vocab::request::{Admission, GenerateRequest, SamplingParams, StreamEvent};
 
 use super::plan::{Fault, FaultPlan};
 use crate::cluster::{
@@ -34,7 +39,9 @@ use crate::trace::{TraceRequest, synthesize_prompt};
 pub struct FaultConfig {
     /// A node silent this long is declared dead (`cluster.lease_timeout`).
     pub lease: Duration,
-    /// Moves of one request before it fails (`gateway.migrations`, counting re-placements).
+    /// Placements again after a failure before the first token (`gateway.retries`).
+    pub retries: u32,
+    /// Moves of one request after its first token before it fails (`gateway.migrations`).
     pub migrations: u32,
     /// Heartbeat period of each node's KV publisher.
     pub heartbeat: Duration,
@@ -44,15 +51,21 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    /// A lease and a migration limit, with a heartbeat of a third of the lease.
-    pub fn new(lease: Duration, migrations: u32) -> Self {
-        Self { lease, migrations, heartbeat: lease / 3, deliver_stale: false }
+    /// A lease and the gateway's limits, with a heartbeat of a third of the lease.
+    pub fn new(lease: Duration, retries: u32, migrations: u32) -> Self {
+        Self { lease, retries, migrations, heartbeat: lease / 3, deliver_stale: false }
     }
 }
 
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self { lease: Duration::from_secs(3), migrations: 2, heartbeat: Duration::from_secs(1), deliver_stale: false }
+        Self {
+            lease: Duration::from_secs(3),
+            retries: 1,
+            migrations: 2,
+            heartbeat: Duration::from_secs(1),
+            deliver_stale: false,
+        }
     }
 }
 
@@ -61,7 +74,8 @@ impl Default for FaultConfig {
 pub struct FaultCounts {
     /// Faults of the plan that took effect.
     pub faults: u64,
-    /// Re-placements of a request whose worker failed.
+    /// Re-placements of a request whose worker failed (retries before the first token and
+    /// migrations after it).
     pub migrated: u64,
     /// Requests that never ended.
     pub lost: u64,
@@ -93,11 +107,19 @@ pub struct Violation {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    StepDone { worker: usize, incarnation: u64 },
+    StepDone {
+        worker: usize,
+        incarnation: u64,
+    },
     Deliver(u64),
     FaultStart(usize),
     FaultEnd(usize),
-    LeaseExpired { worker: usize, silence: u64 },
+    LeaseExpired {
+        worker: usize,
+        silence: u64,
+    },
+    /// A request's lifecycle asked to be woken (a pause before placing again).
+    Timer(usize),
     Arrival(usize),
     Heartbeat,
     Sample,
@@ -136,19 +158,20 @@ struct Node {
     pending: Option<Delivery>,
 }
 
-/// The gateway's view of one client request.
+/// One client request: the gateway's lifecycle, and what the client received.
 struct Request {
+    life: Lifecycle<usize>,
     expected: u32,
-    prompt: Vec<u32>,
-    delivered: Vec<u32>,
-    attempt: u32,
-    worker: usize,
-    migrations: u32,
-    done: bool,
+    /// Token ids the client received, over every attempt.
+    received: Vec<u32>,
+    /// The client was told the end (finished or failed).
+    ended: bool,
     /// Every (worker, attempt) it was placed as.
     placements: Vec<(usize, u32)>,
-    /// The current placement has not reached its worker (down or cut off when placed).
+    /// The current submission has not reached its worker (down or cut off when submitted).
     unsent: bool,
+    /// The wake-up already queued for the lifecycle.
+    timer: Option<Duration>,
 }
 
 fn engine_id(i: usize, attempt: u32) -> RequestId {
@@ -180,6 +203,7 @@ struct Sim<'a> {
     rng: StdRng,
     now: Duration,
     done: usize,
+    lifecycle: LifecycleConfig,
     open_faults: usize,
     prompt_tokens: u64,
     samples: Vec<Sample>,
@@ -234,6 +258,7 @@ pub fn run_with_faults(
         rng: StdRng::seed_from_u64(config.seed ^ 0x10_57_e7_e5),
         now: Duration::ZERO,
         done: 0,
+        lifecycle: LifecycleConfig::new(faults.retries, faults.migrations),
         open_faults: plan.faults.len(),
         prompt_tokens: 0,
         samples: Vec::new(),
@@ -288,6 +313,11 @@ impl Sim<'_> {
                 Event::FaultStart(k) => self.fault_start(k)?,
                 Event::FaultEnd(k) => self.fault_end(k)?,
                 Event::LeaseExpired { worker, silence } => self.lease_expired(worker, silence)?,
+                Event::Timer(i) => {
+                    self.requests[i].timer = None;
+                    self.requests[i].life.handle_timeout(self.now);
+                    self.pump(i)?;
+                }
                 Event::Heartbeat => {
                     for w in 0..self.nodes.len() {
                         let n = &self.nodes[w];
@@ -329,74 +359,103 @@ impl Sim<'_> {
         self.prompt_tokens += prompt.len() as u64;
         self.outcomes[i] = RequestOutcome { arrival: self.now, prompt_tokens: r.input_tokens, ..Default::default() };
         debug_assert_eq!(self.requests.len(), i, "arrivals come in trace order");
+        let expected = r.output_tokens.max(1);
+        let sampling = SamplingParams { max_tokens: expected, ignore_eos: true, ..Default::default() };
+        let request = GenerateRequest { id: engine_id(i, 0), tag: None, prompt_tokens: prompt, sampling };
         self.requests.push(Request {
-            expected: r.output_tokens.max(1),
-            prompt,
-            delivered: Vec::new(),
-            attempt: 0,
-            worker: 0,
-            migrations: 0,
-            done: false,
+            life: Lifecycle::new(request, self.lifecycle, self.now),
+            expected,
+            received: Vec::new(),
+            ended: false,
             placements: Vec::new(),
             unsent: false,
+            timer: None,
         });
-        self.place(i)
+        self.pump(i)
     }
 
-    /// Place request `i` (again): its prompt plus what it streamed so far, on a live worker.
-    fn place(&mut self, i: usize) -> Result<(), Violation> {
-        let candidates: Vec<usize> = (0..self.nodes.len()).filter(|&w| !self.nodes[w].dead).collect();
-        if candidates.is_empty() {
-            return self.end(i, false);
+    /// Carry out what request `i`'s lifecycle says, as the gateway's driver does.
+    fn pump(&mut self, i: usize) -> Result<(), Violation> {
+        while let Some(output) = self.requests[i].life.poll() {
+            match output {
+                Output::Place { avoid } => {
+                    let eligible: Vec<Eligible<usize>> = (0..self.nodes.len())
+                        .filter(|&w| !self.nodes[w].dead)
+                        .map(|worker| Eligible { worker, role: WorkerRole::Aggregated })
+                        .collect();
+                    let req = &self.requests[i];
+                    let hashes = self.hasher.sequence_hashes(&req.life.request().prompt_tokens);
+                    let id = engine_id(i, req.life.attempt());
+                    let disagg = DisaggConfig { min_blocks: u32::MAX, busy_blocks: 0 };
+                    let placed = self.placer.route(&id, &hashes, &eligible, &avoid, disagg, self.now);
+                    let worker = placed.map(|r| *r.worker());
+                    if let Some(w) = worker {
+                        let attempt = req.life.attempt();
+                        self.requests[i].placements.push((w, attempt));
+                        if attempt == 0 {
+                            self.outcomes[i].worker = w;
+                        }
+                    }
+                    self.requests[i].life.handle_placed(self.now, worker);
+                }
+                Output::Submit { .. } => self.submit(i)?,
+                Output::FirstToken { attempt } => self.placer.first_token(&engine_id(i, attempt)),
+                Output::Deliver(StreamEvent::Delta { ids, .. }) => self.received(i, &ids)?,
+                Output::Deliver(_) => self.end(i, true)?,
+                Output::Cancel { worker, attempt } => {
+                    let node = &mut self.nodes[worker];
+                    if node.up && !node.cut {
+                        node.engine.cancel(&engine_id(i, attempt));
+                    }
+                }
+                Output::Ended { attempt } => self.placer.finished(&engine_id(i, attempt)),
+                Output::Fail(_) => self.end(i, false)?,
+                Output::Note(Note::Retry | Note::Migration { .. }) => self.counts.migrated += 1,
+                Output::Note(Note::Stale) => self.counts.stale_discarded += 1,
+                Output::Note(_) => {}
+                Output::Done => self.done += 1,
+            }
         }
-        let req = &self.requests[i];
-        let mut tokens = req.prompt.clone();
-        tokens.extend(&req.delivered);
-        let hashes = self.hasher.sequence_hashes(&tokens);
-        let id = engine_id(i, req.attempt);
-        let w = self.placer.place(&id, &hashes, &candidates, self.now).map_or(candidates[0], |d| d.chosen().worker);
         let req = &mut self.requests[i];
-        req.worker = w;
-        req.placements.push((w, req.attempt));
-        if req.attempt == 0 {
-            self.outcomes[i].worker = w;
+        if let Some(at) = req.life.poll_timeout()
+            && req.timer != Some(at)
+        {
+            req.timer = Some(at);
+            self.push(at, Event::Timer(i));
         }
-        self.submit(i)
+        Ok(())
     }
 
-    /// Move request `i` off a failed worker, or fail it when it has moved too often.
-    fn migrate(&mut self, i: usize) -> Result<(), Violation> {
+    /// Tokens reach the client of request `i`.
+    fn received(&mut self, i: usize, ids: &[u32]) -> Result<(), Violation> {
         let req = &mut self.requests[i];
-        if req.done {
-            return Ok(());
+        if req.ended {
+            self.counts.duplicated += ids.len() as u64;
+            return Err(self.violation(format!("request {i} got tokens after it ended")));
         }
-        self.placer.finished(&engine_id(i, req.attempt));
-        if req.delivered.len() as u32 == req.expected {
-            // Every token arrived; only the ending was lost with the worker.
-            return self.end(i, true);
+        req.received.extend_from_slice(ids);
+        let (got, want) = (req.received.len() as u32, req.expected);
+        if got > 0 && self.outcomes[i].first_token.is_none() {
+            self.outcomes[i].first_token = Some(self.now);
         }
-        if req.migrations >= self.faults.migrations {
-            return self.end(i, false);
+        if got > want {
+            self.counts.duplicated += u64::from(got - want);
+            return Err(self.violation(format!("request {i} got {got} tokens of {want}")));
         }
-        req.migrations += 1;
-        req.attempt += 1;
-        self.counts.migrated += 1;
-        self.place(i)
+        Ok(())
     }
 
-    /// Request `i` ends: complete (every token delivered) or failed with an error.
+    /// Request `i`'s client is told the end: complete (every token delivered) or an error.
     fn end(&mut self, i: usize, complete: bool) -> Result<(), Violation> {
         let req = &mut self.requests[i];
-        if req.done {
+        if req.ended {
             self.counts.duplicated += 1;
             return Err(self.violation(format!("request {i} ended twice")));
         }
-        req.done = true;
-        self.done += 1;
-        self.placer.finished(&engine_id(i, req.attempt));
+        req.ended = true;
         if complete {
-            if req.delivered.len() as u32 != req.expected {
-                let (got, want) = (req.delivered.len(), req.expected);
+            if req.received.len() as u32 != req.expected {
+                let (got, want) = (req.received.len(), req.expected);
                 return Err(self.violation(format!("request {i} finished with {got} of {want} tokens")));
             }
             self.outcomes[i].finished = Some(self.now);
@@ -408,10 +467,10 @@ impl Sim<'_> {
         Ok(())
     }
 
-    /// Hand request `i`'s current placement to its worker (when the worker can hear it).
+    /// Hand request `i`'s current attempt to its worker (when the worker can hear it).
     fn submit(&mut self, i: usize) -> Result<(), Violation> {
         let req = &mut self.requests[i];
-        let w = req.worker;
+        let Some(&w) = req.life.worker() else { return Ok(()) };
         let node = &mut self.nodes[w];
         if !node.up || node.cut {
             // Lost on the way (a dead node) or held up (a cut one): the lease or the heal decides.
@@ -419,18 +478,23 @@ impl Sim<'_> {
             return Ok(());
         }
         req.unsent = false;
-        let mut tokens = req.prompt.clone();
-        tokens.extend(&req.delivered);
-        let remaining = req.expected - req.delivered.len() as u32;
-        let sampling = SamplingParams { max_tokens: remaining, ignore_eos: true, ..Default::default() };
-        let id = engine_id(i, req.attempt);
-        if node.engine.submit(GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling }).is_some() {
-            return self.end(i, false);
-        }
-        if !node.busy {
+        let mut request = req.life.request().clone();
+        request.id = engine_id(i, req.life.attempt());
+        let admission = match node.engine.submit(request) {
+            Some(refused) => Admission::Rejected(format!("{refused:?}")),
+            None => Admission::Accepted,
+        };
+        req.life.handle_admission(self.now, admission);
+        if !self.nodes[w].busy {
             self.start_step(w);
         }
-        Ok(())
+        self.pump(i)
+    }
+
+    /// Request `i`'s worker `w` failed: the lifecycle retries or migrates it.
+    fn worker_failed(&mut self, i: usize, w: usize, why: &str) -> Result<(), Violation> {
+        self.requests[i].life.handle_worker_failed(self.now, &w, why);
+        self.pump(i)
     }
 
     fn start_step(&mut self, w: usize) {
@@ -521,38 +585,18 @@ impl Sim<'_> {
     /// One output of a request reaches the gateway.
     fn output(&mut self, w: usize, id: RequestId, ev: StreamEvent) -> Result<(), Violation> {
         let (i, attempt) = parse_id(&id);
-        let req = &self.requests[i];
-        let current = !req.done && req.attempt == attempt && req.worker == w;
-        if !current && !self.faults.deliver_stale {
-            self.counts.stale_discarded += 1;
-            let node = &mut self.nodes[w];
-            if node.up && !node.cut {
-                node.engine.cancel(&id);
-            }
-            return Ok(());
+        let req = &mut self.requests[i];
+        let current = req.life.running() == Some((&w, attempt));
+        if !current && self.faults.deliver_stale {
+            // A broken gateway: the stale output goes to the client as it is.
+            return match ev {
+                StreamEvent::Delta { ids, .. } => self.received(i, &ids),
+                StreamEvent::Finished { .. } => self.end(i, true),
+                StreamEvent::Failed(_) => Ok(()),
+            };
         }
-        match ev {
-            StreamEvent::Delta { ids, .. } => {
-                let req = &mut self.requests[i];
-                if req.done {
-                    self.counts.duplicated += ids.len() as u64;
-                    return Err(self.violation(format!("request {i} got tokens after it ended")));
-                }
-                req.delivered.extend(ids);
-                let (got, want) = (req.delivered.len() as u32, req.expected);
-                if got > 0 && self.outcomes[i].first_token.is_none() {
-                    self.outcomes[i].first_token = Some(self.now);
-                    self.placer.first_token(&id);
-                }
-                if got > want {
-                    self.counts.duplicated += u64::from(got - want);
-                    return Err(self.violation(format!("request {i} got {got} tokens of {want}")));
-                }
-                Ok(())
-            }
-            StreamEvent::Finished { .. } => self.end(i, true),
-            StreamEvent::Failed(_) => self.migrate(i),
-        }
+        req.life.handle_event(self.now, &w, attempt, ev);
+        self.pump(i)
     }
 
     /// A node falls silent: the lease runs from now.
@@ -575,9 +619,9 @@ impl Sim<'_> {
         node.held.clear();
     }
 
-    /// Every live request placed on `w`, to migrate.
+    /// Every live request whose current attempt is on `w`.
     fn placed_on(&self, w: usize) -> Vec<usize> {
-        (0..self.requests.len()).filter(|&i| !self.requests[i].done && self.requests[i].worker == w).collect()
+        (0..self.requests.len()).filter(|&i| self.requests[i].life.worker() == Some(&w)).collect()
     }
 
     fn fault_start(&mut self, k: usize) -> Result<(), Violation> {
@@ -594,7 +638,7 @@ impl Sim<'_> {
                 // restarts it at once.
                 self.restart(w);
                 for i in self.placed_on(w) {
-                    self.migrate(i)?;
+                    self.worker_failed(i, w, "worker failed: the engine crashed")?;
                 }
                 return Ok(());
             }
@@ -637,7 +681,7 @@ impl Sim<'_> {
                 node.dead = false;
                 node.silence += 1;
                 for i in self.placed_on(w) {
-                    self.migrate(i)?;
+                    self.worker_failed(i, w, "the worker does not know the request (its node restarted)")?;
                 }
             }
             Fault::Partition { .. } => {
@@ -653,9 +697,10 @@ impl Sim<'_> {
                     node.dead = false;
                     node.held.clear();
                     for i in 0..self.requests.len() {
-                        let current = (self.requests[i].worker, self.requests[i].attempt);
+                        let life = &self.requests[i].life;
+                        let current = life.worker().map(|&cw| (cw, life.attempt()));
                         for &(pw, a) in &self.requests[i].placements {
-                            if pw == w && (pw, a) != current {
+                            if pw == w && Some((pw, a)) != current {
                                 self.nodes[w].engine.cancel(&engine_id(i, a));
                             }
                         }
@@ -694,7 +739,7 @@ impl Sim<'_> {
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&v| !self.nodes[v].dead).collect();
         self.placer.retain(&live);
         for i in self.placed_on(w) {
-            self.migrate(i)?;
+            self.worker_failed(i, w, &format!("node {w} missed its lease"))?;
         }
         Ok(())
     }
@@ -702,7 +747,7 @@ impl Sim<'_> {
     /// End of the run: every request ended; after a last heartbeat round (and the dumps it asks
     /// for), the router's index holds exactly each pool's blocks.
     fn finish(&mut self) -> Result<(), Violation> {
-        let open: Vec<usize> = (0..self.requests.len()).filter(|&i| !self.requests[i].done).collect();
+        let open: Vec<usize> = (0..self.requests.len()).filter(|&i| !self.requests[i].life.is_done()).collect();
         if !open.is_empty() || self.requests.len() != self.trace.len() {
             self.counts.lost = (open.len() + self.trace.len() - self.requests.len()) as u64;
             return Err(self.violation(format!(

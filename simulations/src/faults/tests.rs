@@ -102,7 +102,7 @@ fn a_gateway_that_delivers_stale_outputs_is_caught() {
 #[test]
 fn migrations_run_out_and_fail_cleanly() {
     // One worker left after the others die for good within the run: what cannot move fails.
-    let f = FaultConfig { migrations: 0, ..FaultConfig::default() };
+    let f = FaultConfig { retries: 0, migrations: 0, ..FaultConfig::default() };
     let r = run("crash:w0@3s, crash:w1@3s", &f).unwrap();
     assert!(r.counts.failed > 0 && r.counts.migrated == 0, "{:?}", r.counts);
     assert_eq!(completed(&r) as u64 + r.counts.failed, 240);
