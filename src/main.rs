@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::node::{NodePlan, NodeState, children};
+use actors::node::{NodePlan, children};
+use actors::protocol::NodeState;
 use actors::worker::WorkerMsg;
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -6,7 +6,9 @@ pub mod cache;
 pub mod gateway;
 pub mod node;
 pub mod planner;
+pub mod protocol;
 pub mod router;
 pub mod worker;
 
-pub use node::{NodePlan, NodeState};
+pub use node::NodePlan;
+pub use protocol::NodeState;

@@ -1,83 +1,25 @@
 //! A node's plan (which roles and workers this process runs) and its children under the
-//! `NodeSupervisor`, plus the state its actors share (draining, in-flight count, liveness view).
+//! `NodeSupervisor`. The state its actors share is `protocol::NodeState`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gpu::model::{ModelError, ModelFrontend};
 use ractor::Actor;
 use runtime::config::{ClusterConfig, ConfigError, NodeCacheConfig, Role, WorkerConfig};
 use runtime::ids::WorkerId;
 use runtime::kv::TierKind;
-use runtime::node::{AgentArgs, ClusterView, ControlPlane, NodeAgent};
+use runtime::node::{AgentArgs, NodeAgent};
 use runtime::supervision::ChildSpec;
 
-use crate::cache::onboard::TierAccess;
 use crate::cache::{CacheTierActor, TierArgs};
 use crate::gateway::{Gateway, GatewayActor, GatewayArgs};
+use crate::protocol::{NodeState, ROUTER_NAME};
 use crate::router::{RouterActor, RouterArgs};
+use crate::worker::onboard::TierAccess;
 use crate::worker::{Disagg, SpareActor, SpareArgs, WorkerActor, WorkerArgs};
-
-/// The registered name of a node's router (gateways find it by name).
-pub const ROUTER_NAME: &str = "router";
-
-/// State shared by the actors of one node.
-pub struct NodeState {
-    draining: AtomicBool,
-    inflight: AtomicUsize,
-    pub view: Arc<ClusterView>,
-    pub started_unix: u64,
-    /// The control plane, when this node is part of a multi-node cluster.
-    pub control: Option<ControlPlane>,
-    /// The KV data plane, when the node has a `data` address.
-    pub data_plane: Option<Arc<transport::DataPlane>>,
-    /// What this node's gateway saw since the planner last looked.
-    pub latency: policy::planner::LatencyWindow,
-}
-
-/// Counts a request as in flight until dropped.
-pub struct InflightGuard<'a>(&'a AtomicUsize);
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl NodeState {
-    pub fn new(control: Option<ControlPlane>, data_plane: Option<Arc<transport::DataPlane>>) -> Self {
-        Self {
-            control,
-            data_plane,
-            draining: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            latency: Default::default(),
-            view: Arc::default(),
-            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-        }
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
-    }
-
-    /// Take no new requests; `/health` answers 503.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::SeqCst)
-    }
-
-    pub fn inflight_guard(&self) -> InflightGuard<'_> {
-        self.inflight.fetch_add(1, Ordering::SeqCst);
-        InflightGuard(&self.inflight)
-    }
-}
 
 /// Heartbeat settings of a node that is part of a multi-node cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

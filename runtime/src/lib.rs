@@ -3,6 +3,7 @@
 //! re-exported.
 
 pub mod buffers;
+pub mod catalogue;
 pub mod discovery;
 pub mod launch;
 pub mod lease;

@@ -36,7 +36,9 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .build_recorder();
         let handle = recorder.handle();
         // Another recorder may already be installed (tests); then ours only renders what it sees.
-        let _ = metrics::set_global_recorder(recorder);
+        if metrics::set_global_recorder(recorder).is_ok() {
+            crate::catalogue::describe();
+        }
         handle
     })
 }

@@ -17,7 +17,7 @@ use transport::frame::{Frame, FrameHeader};
 use transport::{DataPlane, PeerAddr};
 
 use super::disk::{DiskStore, ReadError};
-use crate::router::KvPublisher;
+use crate::protocol::KvPublisher;
 use policy::cache::{Evicted, TierStore};
 
 /// One block moving into or out of a tier.
@@ -117,7 +117,7 @@ impl Actor for CacheTierActor {
             _ => Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(4), store: TierStore::new(args.budget) },
         };
         discovery::join_tier(&args.node, args.kind, myself.get_cell());
-        let timer = myself.send_interval(crate::worker::actor::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
+        let timer = myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
         let state = TierState {
             kind: args.kind,
             blocks,

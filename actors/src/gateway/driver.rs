@@ -31,7 +31,7 @@ const PLACE_TIMEOUT_MS: u64 = 2_000;
 pub type EventTx = mpsc::Sender<Result<StreamEvent, ApiError>>;
 
 pub fn router() -> Option<ActorRef<RouterMsg>> {
-    ActorRef::<RouterMsg>::where_is(crate::node::ROUTER_NAME)
+    ActorRef::<RouterMsg>::where_is(crate::protocol::ROUTER_NAME)
 }
 
 /// The lifecycle's settings from `[gateway]`.

@@ -139,7 +139,7 @@ struct Timing {
     /// When the first token came, after `started`.
     first_token: Option<std::time::Duration>,
     /// The planner's window of what this gateway sees.
-    node: Arc<crate::node::NodeState>,
+    node: Arc<crate::protocol::NodeState>,
 }
 
 impl Timing {

@@ -17,7 +17,7 @@ pub use actor::{GatewayActor, GatewayArgs, GatewayMsg};
 pub use error::ApiError;
 pub use http::router as http_router;
 
-use crate::node::NodeState;
+use crate::protocol::NodeState;
 
 /// What every HTTP handler shares.
 pub struct Gateway {

@@ -18,7 +18,7 @@ use runtime::config::WorkerRole;
 use runtime::discovery;
 use runtime::ids::WorkerId;
 
-use crate::node::NodeState;
+use crate::protocol::NodeState;
 use crate::router::{RouterMsg, RouterStatus};
 use crate::worker::{SpareMsg, WorkerMsg};
 use policy::planner::actuation::heading_pools;
@@ -101,7 +101,7 @@ impl PlannerState {
     async fn tick(&mut self) {
         let mut seen = self.node.latency.take(self.interval);
         // What waits for prefill, from the router's predicted loads.
-        let router = ractor::registry::where_is(crate::node::ROUTER_NAME).map(ActorRef::<RouterMsg>::from);
+        let router = ractor::registry::where_is(crate::protocol::ROUTER_NAME).map(ActorRef::<RouterMsg>::from);
         let mut status = None;
         if let Some(router) = &router
             && let Ok(s) = ractor::call_t!(router, RouterMsg::Status, 1000)

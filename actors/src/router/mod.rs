@@ -6,4 +6,4 @@ mod actor;
 mod listener;
 
 pub use actor::{ExplainedDecision, Placement, RouterActor, RouterArgs, RouterMsg, RouterStatus, WorkerView};
-pub use listener::{KvListener, KvListenerMsg, KvPublisher, publish};
+pub use listener::KvListener;

@@ -19,14 +19,13 @@ use runtime::request::{
 };
 
 use super::disagg::{self, Disagg};
-use crate::cache::onboard::{TierAccess, onboard_then_run};
-use crate::router::KvPublisher;
+use super::onboard::{TierAccess, onboard_then_run};
+use crate::protocol::KvPublisher;
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
 /// How often new KV events are published to the routers (and offloaded blocks handed to the
 /// node's cache tier).
-pub(crate) const KV_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(RactorClusterMessage)]
 pub enum WorkerMsg {
@@ -124,7 +123,7 @@ impl Actor for WorkerActor {
         discovery::set_role(myself.get_cell(), args.config.role);
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");
         let kv = args.config.kv_events.then(|| KvPublisher::new(args.id.clone(), TierKind::Device));
-        let timer = myself.send_interval(KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
+        let timer = myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
         Ok(WorkerState {
             id: args.id,
             engine: Arc::new(handle),

@@ -1,9 +1,11 @@
 //! The worker role: one actor per device, wrapping an engine thread; gateways submit requests and
 //! long-poll their output over the control plane. `disagg` is prefill and decode across workers;
+//! `onboard` the worker's side of the cache tiers (offloading to them, onboarding from them);
 //! `spare` a spare device whose worker the planner starts and stops.
 
 pub(crate) mod actor;
 pub mod disagg;
+pub mod onboard;
 pub mod spare;
 
 pub use actor::{WorkerActor, WorkerArgs, WorkerMsg};

@@ -1,3 +1,4 @@
+//! Unit tests of `engine`.
 use std::time::Duration;
 
 use runtime::request::{SamplingParams, Usage};

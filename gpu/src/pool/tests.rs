@@ -1,3 +1,4 @@
+//! Unit tests of `pool`.
 use std::collections::BTreeSet;
 
 use rand::rngs::StdRng;

@@ -1,3 +1,4 @@
+//! Unit tests of `lifecycle`.
 use vocab::ids::RequestId;
 use vocab::request::SamplingParams;
 

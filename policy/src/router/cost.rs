@@ -1,5 +1,5 @@
-//! The placement cost of DESIGN.md §6, as plain functions over what the index and the load
-//! prediction say: for worker `w` and a prompt of `P` blocks,
+//! The placement cost (docs/design.md#routing-cost), as plain functions over what the index and
+//! the load prediction say: for worker `w` and a prompt of `P` blocks,
 //!
 //! `score(w) = prefill_weight × max(P − credited(w), 0) + prefill_load(w) + decode_load(w)`
 //!

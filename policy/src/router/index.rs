@@ -1,7 +1,7 @@
 //! `KvIndex`: which worker holds which KV block, in which cache tier, built from the workers' KV
 //! events. Sans-IO: the router actor and the simulator feed it events and ask it for matches.
 //!
-//! Blocks are keyed by their chained sequence hash (DESIGN.md §5), so a hash names a whole prefix
+//! Blocks are keyed by their chained sequence hash (docs/design.md#block-hashes), so a hash names a whole prefix
 //! and the radix tree over prompts flattens into one map: hash → holders. Holders are a bitset
 //! over dense worker slots per tier, so matching a prompt intersects a few machine words per
 //! block whatever the number of workers; each source (worker, tier) keeps the set of hashes it

@@ -401,7 +401,7 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoutingPolicy {
-    /// Least recomputation plus load: the cost of DESIGN.md §6 over the workers' KV events.
+    /// Least recomputation plus load: the cost of docs/design.md#routing-cost over the workers' KV events.
     #[default]
     Kv,
     RoundRobin,

@@ -1,3 +1,4 @@
+//! Unit tests of `config`.
 use super::*;
 
 const TWO_NODES: &str = include_str!("../../../examples/two-nodes.toml");

@@ -1,3 +1,4 @@
+//! Unit tests of `placer`.
 use vocab::kv::{KvEvent, KvEventRecord};
 
 use super::*;

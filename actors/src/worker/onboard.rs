@@ -19,7 +19,7 @@ use transport::DataPlane;
 
 use policy::cache::onboard_pays;
 
-use super::actor::{TierBlock, TierBlocks, TierMsg, TierRead};
+use crate::cache::{TierBlock, TierBlocks, TierMsg, TierRead};
 
 /// Longest a worker waits for a tier to answer.
 const TIER_RPC_TIMEOUT_MS: u64 = 30_000;
@@ -89,7 +89,7 @@ pub async fn onboard_then_run(
             tracing::warn!(request = %req.id, from = %hint.source, "onboarding failed, computing the prompt: {why}");
         }
     }
-    crate::worker::disagg::run_opened(&engine, req);
+    super::disagg::run_opened(&engine, req);
 }
 
 /// Fetch and import the blocks; how many were onboarded.
