@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actors::node::{NodePlan, children};
 use actors::protocol::NodeState;
-use actors::worker::WorkerMsg;
+use actors::protocol::WorkerMsg;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ractor::{Actor, ActorRef};

@@ -5,4 +5,4 @@
 pub mod actor;
 pub mod disk;
 
-pub use actor::{CacheTierActor, TierArgs, TierBlock, TierBlocks, TierMsg, TierRead};
+pub use actor::{CacheTierActor, TierArgs};

@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use policy::lifecycle::{Failure, Lifecycle, LifecycleConfig, Note, Output};
-use ractor::{ActorRef, call_t};
-use runtime::ids::WorkerId;
+use runtime::ids::{RequestId, WorkerId};
 use runtime::request::{GenerateRequest, PollRequest, StreamEvent, Submission};
 use tokio::sync::mpsc;
 
 use super::Gateway;
 use super::error::ApiError;
-use crate::router::{Placement, RouterMsg};
-use crate::worker::WorkerMsg;
+use crate::protocol::{Placement, RouterHandle};
 
 /// How long one long-poll may wait on the worker side.
 const POLL_WAIT: Duration = Duration::from_millis(1000);
@@ -26,13 +24,9 @@ const POLL_WAIT: Duration = Duration::from_millis(1000);
 const LEASE_CHECK: Duration = Duration::from_millis(250);
 
 /// Longest one placement call to the router may take.
-const PLACE_TIMEOUT_MS: u64 = 2_000;
+const PLACE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type EventTx = mpsc::Sender<Result<StreamEvent, ApiError>>;
-
-pub fn router() -> Option<ActorRef<RouterMsg>> {
-    ActorRef::<RouterMsg>::where_is(crate::protocol::ROUTER_NAME)
-}
 
 /// The lifecycle's settings from `[gateway]`.
 pub fn lifecycle_config(gw: &Gateway) -> LifecycleConfig {
@@ -62,9 +56,9 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                 Output::Place { avoid } => {
                     let hashes = gw.hasher.sequence_hashes(&life.request().prompt_tokens);
                     let placement = place(&life.request().id, hashes, avoid).await;
-                    let worker = placement.as_ref().map(|p| p.worker_id.clone());
+                    let worker = placement.as_ref().map(|p| p.worker.id.clone());
                     if let Some(p) = placement {
-                        placements.insert(p.worker_id.clone(), p);
+                        placements.insert(p.worker.id.clone(), p);
                     }
                     life.handle_placed(now(), worker);
                 }
@@ -75,15 +69,14 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                         prefill_from: p.prefill.clone(),
                         onboard: p.onboard.clone(),
                     };
-                    let timeout_ms = gw.config.worker_timeout.get().as_millis() as u64;
-                    match call_t!(p.worker, WorkerMsg::Submit, timeout_ms, submission) {
+                    match p.worker.submit(submission, gw.config.worker_timeout.get()).await {
                         Ok(admission) => life.handle_admission(now(), admission),
                         Err(e) => life.handle_worker_failed(now(), &worker, format!("submit failed: {e}")),
                     }
                 }
                 Output::FirstToken { .. } => {
-                    if let Some(r) = router() {
-                        let _ = r.cast(RouterMsg::FirstToken(id.clone()));
+                    if let Some(r) = RouterHandle::local() {
+                        r.first_token(id.clone());
                     }
                 }
                 Output::Deliver(event) => {
@@ -93,12 +86,12 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                 }
                 Output::Cancel { worker, .. } => {
                     if let Some(p) = placements.get(&worker) {
-                        let _ = p.worker.cast(WorkerMsg::Cancel(id.clone()));
+                        p.worker.cancel(id.clone());
                     }
                 }
                 Output::Ended { .. } => {
-                    if let Some(r) = router() {
-                        let _ = r.cast(RouterMsg::Finished(id.clone()));
+                    if let Some(r) = RouterHandle::local() {
+                        r.finished(id.clone());
                     }
                 }
                 Output::Fail(failure) => {
@@ -133,7 +126,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
 }
 
 /// Metrics and logs for what the lifecycle noted.
-fn record(id: &runtime::ids::RequestId, life: &Lifecycle<WorkerId>, note: Note) {
+fn record(id: &RequestId, life: &Lifecycle<WorkerId>, note: Note) {
     match note {
         Note::AttemptFailed { attempt, why } => {
             let worker = life.worker().map(ToString::to_string).unwrap_or_default();
@@ -151,11 +144,9 @@ fn record(id: &runtime::ids::RequestId, life: &Lifecycle<WorkerId>, note: Note) 
 }
 
 /// One placement call to the router (the lifecycle decides whether and when to ask again).
-async fn place(request: &runtime::ids::RequestId, hashes: Vec<u64>, avoid: Vec<WorkerId>) -> Option<Placement> {
-    let r = router()?;
-    call_t!(r, |reply| RouterMsg::Place { request: request.clone(), hashes, avoid, reply }, PLACE_TIMEOUT_MS)
-        .ok()
-        .flatten()
+async fn place(request: &RequestId, hashes: Vec<u64>, avoid: Vec<WorkerId>) -> Option<Placement> {
+    let router = RouterHandle::local()?;
+    router.place(request.clone(), hashes, avoid, PLACE_TIMEOUT).await.ok().flatten()
 }
 
 enum Polled {
@@ -165,11 +156,9 @@ enum Polled {
 }
 
 /// One long-poll of the worker, watching the client and the worker node's lease meanwhile.
-async fn poll_worker(gw: &Gateway, placement: &Placement, id: &runtime::ids::RequestId, tx: &EventTx) -> Polled {
-    let timeout_ms = gw.config.worker_timeout.get().as_millis() as u64;
-    let worker = &placement.worker;
+async fn poll_worker(gw: &Gateway, placement: &Placement, id: &RequestId, tx: &EventTx) -> Polled {
     let poll = PollRequest { id: id.clone(), max_wait_ms: POLL_WAIT.as_millis() as u64 };
-    let call = async { call_t!(worker, WorkerMsg::Poll, timeout_ms + POLL_WAIT.as_millis() as u64, poll) };
+    let call = placement.worker.poll(poll, gw.config.worker_timeout.get());
     tokio::pin!(call);
     // The poll stays pending across lease checks: dropping it could lose the events it takes.
     let mut lease = tokio::time::interval(LEASE_CHECK);
@@ -181,7 +170,7 @@ async fn poll_worker(gw: &Gateway, placement: &Placement, id: &runtime::ids::Req
                 Err(e) => Polled::Failed(format!("poll failed: {e}")),
             },
             _ = lease.tick() => {
-                let node = &placement.worker_id.node;
+                let node = &placement.worker.id.node;
                 if !gw.node.view.is_alive(node) {
                     // A stopped or partitioned node keeps its connection open; its lease is what
                     // says it is gone.

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -15,7 +15,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::stream;
-use ractor::call_t;
 use runtime::ids::RequestId;
 use runtime::request::{FinishReason, GenerateRequest, StreamEvent, Usage};
 use serde_json::{Value, json};
@@ -26,7 +25,10 @@ use super::Gateway;
 use super::driver::{self, EventTx};
 use super::error::ApiError;
 use super::openai::{self, Endpoint, ResponseMeta};
-use crate::router::RouterMsg;
+use crate::protocol::{RouterHandle, WorkerHandle};
+
+/// Longest `/health` and `/debug/router` wait for the router.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 type EventRx = mpsc::Receiver<Result<StreamEvent, ApiError>>;
 
@@ -279,8 +281,8 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "draining" }))).into_response();
     }
-    let workers = match driver::router() {
-        Some(r) => call_t!(r, RouterMsg::Status, 1_000).map(|s| s.live_workers).unwrap_or_default(),
+    let workers = match RouterHandle::local() {
+        Some(r) => r.status(STATUS_TIMEOUT).await.map(|s| s.live_workers).unwrap_or_default(),
         None => Vec::new(),
     };
     let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
@@ -293,8 +295,8 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
 /// What this node's router believes: index size and fingerprint, per-worker blocks and load,
 /// and its recent decisions with their explanations.
 async fn router_status() -> Response {
-    match driver::router() {
-        Some(r) => match call_t!(r, RouterMsg::Status, 1_000) {
+    match RouterHandle::local() {
+        Some(r) => match r.status(STATUS_TIMEOUT).await {
             Ok(status) => axum::Json(status).into_response(),
             Err(e) => ApiError::unavailable(format!("The router did not answer: {e}")).into_response(),
         },
@@ -320,10 +322,10 @@ async fn set_role(body: axum::body::Bytes) -> Response {
     let Some(id) = runtime::ids::WorkerId::parse(&req.worker) else {
         return ApiError::bad_request(format!("{:?} is not node/device", req.worker), Some("worker")).into_response();
     };
-    let Some(cell) = runtime::discovery::worker(&id) else {
+    let Some(worker) = WorkerHandle::find(&id) else {
         return ApiError::bad_request(format!("no worker {id} in the cluster"), Some("worker")).into_response();
     };
-    match ractor::ActorRef::<crate::worker::WorkerMsg>::from(cell).cast(crate::worker::WorkerMsg::SetRole(req.role)) {
+    match worker.set_role(req.role) {
         Ok(()) => axum::Json(json!({ "worker": id.to_string(), "role": req.role })).into_response(),
         Err(e) => ApiError::unavailable(format!("worker {id}: {e}")).into_response(),
     }

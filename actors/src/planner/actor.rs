@@ -19,8 +19,7 @@ use runtime::discovery;
 use runtime::ids::WorkerId;
 
 use crate::protocol::NodeState;
-use crate::router::{RouterMsg, RouterStatus};
-use crate::worker::{SpareMsg, WorkerMsg};
+use crate::protocol::{RouterHandle, RouterStatus, SpareMsg, WorkerHandle};
 use policy::planner::actuation::heading_pools;
 use policy::planner::{Action, Interval, Member, MemberState, Planner, PlannerConfig, actuate};
 
@@ -101,10 +100,10 @@ impl PlannerState {
     async fn tick(&mut self) {
         let mut seen = self.node.latency.take(self.interval);
         // What waits for prefill, from the router's predicted loads.
-        let router = ractor::registry::where_is(crate::protocol::ROUTER_NAME).map(ActorRef::<RouterMsg>::from);
+        let router = RouterHandle::local();
         let mut status = None;
         if let Some(router) = &router
-            && let Ok(s) = ractor::call_t!(router, RouterMsg::Status, 1000)
+            && let Ok(s) = router.status(Duration::from_secs(1)).await
         {
             let (queue, tokens) = prefill_backlog(&s, self.block_size, &seen);
             seen.prefill_queue = queue;
@@ -176,7 +175,7 @@ impl PlannerState {
             && self.threshold != Some(decision.disagg_min_blocks)
         {
             self.threshold = Some(decision.disagg_min_blocks);
-            let _ = router.cast(RouterMsg::SetDisaggMinBlocks(decision.disagg_min_blocks));
+            router.set_disagg_min_blocks(decision.disagg_min_blocks);
         }
         let want = decision.pools;
         let why = decision.reason.as_str();
@@ -193,7 +192,7 @@ impl PlannerState {
                     let label = if to == WorkerRole::Prefill { "prefill" } else { "decode" };
                     metrics::counter!("armature_planner_flips_total", "to" => label).increment(1);
                     if let Some(cell) = cells.get(&worker) {
-                        let _ = ActorRef::<WorkerMsg>::from(cell.clone()).cast(WorkerMsg::SetRole(to));
+                        let _ = WorkerHandle::new(worker.clone(), ActorRef::from(cell.clone())).set_role(to);
                     }
                 }
                 Action::Start { worker, role } => {
@@ -243,7 +242,7 @@ fn decode_load(status: &RouterStatus) -> (f64, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::WorkerView;
+    use crate::protocol::WorkerView;
 
     fn view(worker: &str, prefill_load: u64) -> WorkerView {
         WorkerView {

@@ -7,21 +7,20 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, call_t};
-use ractor_cluster::RactorMessage;
-use runtime::config::{RouterSection, RoutingPolicy, WorkerRole};
+use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
+use runtime::config::{RouterSection, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
-use runtime::kv::{KvPublish, KvSnapshot, OnboardHint, TierKind, WorkerLoad};
+use runtime::kv::{KvPublish, OnboardHint, TierKind, WorkerLoad};
 use runtime::node::ClusterView;
-use serde::Serialize;
 
 use policy::router::index::Tier;
 use policy::router::{DisaggConfig, DisaggOutcome, Eligible, Placer, placer_config};
 
 use super::listener::KvListener;
-use crate::cache::TierMsg;
-use crate::worker::WorkerMsg;
+use crate::protocol::{
+    ExplainedDecision, Placement, RouterMsg, RouterStatus, TierMsg, WorkerHandle, WorkerMsg, WorkerView,
+};
 
 /// How often the router drops gone workers, expires assumptions and checks for silence.
 const TICK: Duration = Duration::from_secs(1);
@@ -29,90 +28,6 @@ const TICK: Duration = Duration::from_secs(1);
 const RECENT_DECISIONS: usize = 32;
 /// Longest a worker may take to answer a dump request.
 const DUMP_TIMEOUT_MS: u64 = 5_000;
-
-/// Where a request goes.
-#[derive(Clone)]
-pub struct Placement {
-    pub worker_id: WorkerId,
-    pub worker: ActorRef<WorkerMsg>,
-    /// Disaggregated: this prefill worker computes the prompt's uncached blocks for `worker`.
-    pub prefill: Option<WorkerId>,
-    /// A cache tier holds more of the prompt than the worker: onboard from it.
-    pub onboard: Option<OnboardHint>,
-}
-
-/// One decision and why it was made.
-#[derive(Clone, Debug, Serialize)]
-pub struct ExplainedDecision {
-    pub request: String,
-    pub worker: String,
-    /// The prefill worker, when disaggregated.
-    pub prefill: Option<String>,
-    pub prompt_blocks: u32,
-    /// Leading prompt blocks the chosen worker was believed to hold.
-    pub overlap_blocks: u32,
-    /// Every candidate's score and its terms.
-    pub explanation: String,
-}
-
-/// What the router believes about one worker.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct WorkerView {
-    pub worker: String,
-    pub device_blocks: usize,
-    pub assumed_blocks: usize,
-    /// For a cache tier (`node/host`, `node/disk`): the blocks it holds.
-    pub tier_blocks: usize,
-    pub prefill_load: u64,
-    pub decode_load: u64,
-    /// Its KV events stopped arriving.
-    pub silent: bool,
-    /// How full it said it was, with its last KV events or heartbeat.
-    pub load: Option<WorkerLoad>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RouterStatus {
-    pub policy: RoutingPolicy,
-    pub live_workers: Vec<WorkerId>,
-    /// Distinct blocks in the index.
-    pub index_blocks: usize,
-    /// A digest of the whole index (hex): routers fed the same events agree on it.
-    pub fingerprint: String,
-    pub workers: Vec<WorkerView>,
-    /// Each live worker's role.
-    pub roles: Vec<(String, WorkerRole)>,
-    pub in_flight: usize,
-    pub recent: Vec<ExplainedDecision>,
-}
-
-#[derive(RactorMessage)]
-pub enum RouterMsg {
-    /// Pick a worker for `request`, whose prompt has the block hashes `hashes`, avoiding
-    /// `avoid` when another one is available.
-    Place {
-        request: RequestId,
-        hashes: Vec<u64>,
-        avoid: Vec<WorkerId>,
-        reply: RpcReplyPort<Option<Placement>>,
-    },
-    /// A placed request produced its first token.
-    FirstToken(RequestId),
-    /// A placed request is over (finished, failed or cancelled).
-    Finished(RequestId),
-    /// A worker's KV publication, from the listener.
-    Kv(KvPublish),
-    /// A worker's dump arrived (None: asking failed).
-    Dumped {
-        worker: WorkerId,
-        snapshot: Option<KvSnapshot>,
-    },
-    Tick,
-    Status(RpcReplyPort<RouterStatus>),
-    /// From the planner: send prompts with fewer uncached blocks than this to prefill workers no
-    /// more (`router.disagg_min_blocks`, changed while the prefill pool is behind).
-    SetDisaggMinBlocks(u32),
-}
 
 pub struct RouterArgs {
     pub config: RouterSection,
@@ -219,7 +134,7 @@ impl RouterState {
             metrics::counter!("armature_router_tier_hints_total", "tier" => o.credited_as.name()).increment(1);
             Some(OnboardHint { source: o.source.clone(), kind, blocks: o.blocks })
         });
-        Some(Placement { worker_id: chosen.worker.clone(), worker, prefill, onboard })
+        Some(Placement { worker: WorkerHandle::new(chosen.worker.clone(), worker), prefill, onboard })
     }
 
     fn receive(&mut self, p: KvPublish, router: &ActorRef<RouterMsg>) {
@@ -253,8 +168,8 @@ impl RouterState {
             let (worker, router, tier) = (p.worker, router.clone(), p.tier);
             tokio::spawn(async move {
                 let snapshot = match tier {
-                    TierKind::Device => match discovery::worker(&worker) {
-                        Some(c) => call_t!(ActorRef::<WorkerMsg>::from(c), WorkerMsg::KvDump, DUMP_TIMEOUT_MS).ok(),
+                    TierKind::Device => match WorkerHandle::find(&worker) {
+                        Some(w) => w.kv_dump(Duration::from_millis(DUMP_TIMEOUT_MS)).await.ok(),
                         None => None,
                     },
                     _ => match discovery::tier(&worker) {

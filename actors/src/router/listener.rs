@@ -5,8 +5,7 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef, pg};
 use runtime::discovery::KV_LISTENERS;
 
-use super::actor::RouterMsg;
-use crate::protocol::KvListenerMsg;
+use crate::protocol::{KvListenerMsg, RouterMsg};
 
 pub struct KvListener;
 

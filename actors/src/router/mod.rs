@@ -5,5 +5,5 @@
 mod actor;
 mod listener;
 
-pub use actor::{ExplainedDecision, Placement, RouterActor, RouterArgs, RouterMsg, RouterStatus, WorkerView};
+pub use actor::{RouterActor, RouterArgs};
 pub use listener::KvListener;

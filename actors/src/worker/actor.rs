@@ -8,55 +8,20 @@ use std::time::Duration;
 use gpu::model::KvBudget;
 use gpu::{Engine, EngineHandle, EngineLimits, LoadedModel, Taken};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorClusterMessage;
 use runtime::config::{ModelSection, WorkerConfig, WorkerRole};
 use runtime::discovery;
 use runtime::ids::{RequestId, WorkerId};
 use runtime::kv::{KvSnapshot, TierKind};
 use runtime::request::{
-    Admission, GenerateRequest, PollReply, PollRequest, PrefillReply, PrefillRequest, StreamEvent, Submission,
-    WorkerFailure,
+    Admission, GenerateRequest, PollReply, PollRequest, PrefillReply, StreamEvent, Submission, WorkerFailure,
 };
 
 use super::disagg::{self, Disagg};
 use super::onboard::{TierAccess, onboard_then_run};
-use crate::protocol::KvPublisher;
+use crate::protocol::{KvPublisher, WorkerMsg};
 
 /// Longest a poll may wait for output before answering with nothing.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(5);
-/// How often new KV events are published to the routers (and offloaded blocks handed to the
-/// node's cache tier).
-
-#[derive(RactorClusterMessage)]
-pub enum WorkerMsg {
-    /// Queue a request (after fetching its prompt's KV from a prefill worker, if one is named).
-    #[rpc]
-    Submit(Submission, RpcReplyPort<Admission>),
-    /// Compute a prompt's KV for a decode worker and stream it there.
-    #[rpc]
-    Prefill(PrefillRequest, RpcReplyPort<PrefillReply>),
-    /// Take another role from now on (what the router sends here changes; work in flight
-    /// finishes as it was).
-    SetRole(WorkerRole),
-    /// New output of a request, waiting up to `max_wait_ms` for some.
-    #[rpc]
-    Poll(PollRequest, RpcReplyPort<PollReply>),
-    /// Stop a request and free what it holds.
-    Cancel(RequestId),
-    /// The pool's full state, for a router that lost track of its events (no answer when the
-    /// engine is gone).
-    #[rpc]
-    KvDump(RpcReplyPort<KvSnapshot>),
-    /// The node is shutting down: take no new requests (routers stop placing here) and answer
-    /// with the requests still open; those run on until they finish or the node stops.
-    #[rpc]
-    Drain(RpcReplyPort<u32>),
-    /// Local timer: publish new KV events (or a heartbeat) to the routers.
-    PublishKv,
-    /// From the engine thread: it ended (with why).
-    EngineExited(String),
-}
-
 #[derive(Clone)]
 pub struct WorkerArgs {
     pub id: WorkerId,

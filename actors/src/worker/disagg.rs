@@ -18,7 +18,7 @@ use runtime::request::{GenerateRequest, PrefillReply, PrefillRequest};
 use transport::frame::{Frame, FrameHeader};
 use transport::{DataPlane, PeerAddr};
 
-use super::WorkerMsg;
+use crate::protocol::WorkerMsg;
 
 /// Longest the decode worker waits for the prefill worker to answer at all (it also gives up
 /// when frames stop for `transfer_timeout`).

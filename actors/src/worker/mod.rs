@@ -8,6 +8,6 @@ pub mod disagg;
 pub mod onboard;
 pub mod spare;
 
-pub use actor::{WorkerActor, WorkerArgs, WorkerMsg};
+pub use actor::{WorkerActor, WorkerArgs};
 pub use disagg::Disagg;
-pub use spare::{SpareActor, SpareArgs, SpareMsg};
+pub use spare::{SpareActor, SpareArgs};

@@ -19,7 +19,7 @@ use transport::DataPlane;
 
 use policy::cache::onboard_pays;
 
-use crate::cache::{TierBlock, TierBlocks, TierMsg, TierRead};
+use crate::protocol::{TierBlock, TierBlocks, TierMsg, TierRead};
 
 /// Longest a worker waits for a tier to answer.
 const TIER_RPC_TIMEOUT_MS: u64 = 30_000;

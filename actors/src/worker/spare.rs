@@ -7,24 +7,14 @@
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent, call_t};
-use ractor_cluster::RactorClusterMessage;
 use runtime::config::WorkerRole;
 use runtime::discovery;
 
-use super::actor::{WorkerActor, WorkerArgs, WorkerMsg};
+use super::actor::{WorkerActor, WorkerArgs};
+use crate::protocol::{SpareMsg, WorkerMsg};
 
 /// How often a stopping worker is asked how much it still holds.
 const DRAIN_CHECK: Duration = Duration::from_millis(200);
-
-#[derive(RactorClusterMessage)]
-pub enum SpareMsg {
-    /// Start the worker in `role` (nothing if it runs).
-    Start(WorkerRole),
-    /// Drain the worker, then stop it (nothing if it is stopped or stopping).
-    Stop,
-    /// Local: the worker being stopped holds nothing more (or its grace ran out).
-    Drained,
-}
 
 pub struct SpareArgs {
     pub worker: WorkerArgs,

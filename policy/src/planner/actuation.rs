@@ -5,7 +5,9 @@
 //!
 //! The rules, in order, repeated until the pools are the wanted size or nothing can move:
 //!
-//! - Neither pool is sized below one worker.
+//! - Neither pool is sized below one worker, and devices that cannot stop (they are not spares)
+//!   stay on: when the wanted pools are smaller than those, the decode pool takes the rest (the
+//!   prefill target is kept).
 //! - One pool short and the other over: the over pool's least-loaded worker flips (ties: the last
 //!   by key, so decisions are stable across ticks).
 //! - A pool short and none over: a worker draining to stop is turned to the short pool (it is
@@ -107,7 +109,9 @@ fn pools_of(states: impl IntoIterator<Item = MemberState>) -> Pools {
 
 /// The actions that move `members` towards `want`, in the order to carry them out.
 pub fn actuate<W: Clone + Ord>(members: &[Member<W>], want: Pools) -> Vec<Action<W>> {
-    let want = Pools { prefill: want.prefill.max(1), decode: want.decode.max(1) };
+    let mut want = Pools { prefill: want.prefill.max(1), decode: want.decode.max(1) };
+    let staying = members.iter().filter(|m| m.state.heading().is_some() && !m.spare).count();
+    want.decode += staying.saturating_sub(want.total());
     let mut states: Vec<MemberState> = members.iter().map(|m| m.state).collect();
     let mut actions = Vec::new();
     // The least-loaded member heading for `role` that `ok` allows; ties to the last by key.
@@ -205,6 +209,13 @@ mod tests {
             member("c", MemberState::Serving(D), 0, false),
         ];
         assert_eq!(actuate(&two, pools(1, 1)), vec![], "no spare to stop");
+        // Fewer wanted than can stop: the prefill target holds and the decode pool takes the rest.
+        let fixed3 = [
+            member("a", MemberState::Serving(P), 0, false),
+            member("b", MemberState::Serving(D), 0, false),
+            member("c", MemberState::Serving(P), 0, false),
+        ];
+        assert_eq!(actuate(&fixed3, pools(1, 1)), vec![Action::Flip { worker: "c", to: D }]);
     }
 
     #[test]
