@@ -134,16 +134,16 @@ enum Command {
         fault_seed: Option<u64>,
         #[arg(long, default_value = "30s")]
         fault_every: runtime::config::HumanDuration,
-        /// Under faults: a silent node is declared dead after this long.
-        #[arg(long, default_value = "3s")]
+        /// Under faults: a silent node is declared dead after this long (`cluster.lease_timeout`).
+        #[arg(long, default_value_t = runtime::config::ClusterSection::default_lease_timeout())]
         lease: runtime::config::HumanDuration,
         /// Under faults: moves of one request after its first token before it fails
         /// (`gateway.migrations`).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = runtime::config::GatewaySection::default().migrations)]
         migrations: u32,
         /// Under faults: placements again after a failure before the first token
         /// (`gateway.retries`).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = runtime::config::GatewaySection::default().retries)]
         retries: u32,
         /// Disaggregated: prefill and decode workers, `P,D` (the rest of `--workers` are spare
         /// devices, off). Writes DIR/pools.json with goodput and device-hours.
@@ -152,7 +152,7 @@ enum Command {
         /// Disaggregated, with the planner sizing the pools (`load` or `throughput`) within
         /// `--workers` devices, starting from `--pools` (default 1,1).
         #[arg(long)]
-        planner: Option<String>,
+        planner: Option<policy::planner::PlannerMode>,
         #[arg(long, default_value = "2s")]
         slo_ttft: runtime::config::HumanDuration,
         #[arg(long, default_value = "50ms")]
@@ -438,12 +438,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let started = std::time::Instant::now();
             if pools.is_some() || planner.is_some() {
-                let mode = match planner.as_deref() {
-                    None => None,
-                    Some("load") => Some(policy::planner::PlannerMode::Load),
-                    Some("throughput") => Some(policy::planner::PlannerMode::Throughput),
-                    Some(other) => anyhow::bail!("--planner {other:?}: load or throughput"),
-                };
+                let mode = planner;
                 let p = pools.unwrap_or_else(|| vec![1, 1]);
                 if p.len() != 2 {
                     anyhow::bail!("--pools takes two counts, prefill and decode: P,D");

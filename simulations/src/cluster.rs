@@ -7,8 +7,6 @@
 //! waits for the blocks to move (the tier link's latency plus size over bandwidth) before it runs,
 //! when `onboard_pays` says moving beats prefilling.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +25,7 @@ use vocab::ids::RequestId;
 use vocab::kv::{KvBatch, KvEventRecord};
 use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
 
+use crate::queue::EventQueue;
 use crate::trace::{TraceRequest, synthesize_prompt};
 
 /// How requests are placed: the router's policies.
@@ -198,19 +197,14 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
     let mut landing: HashMap<usize, (Reservation, Vec<u64>, GenerateRequest)> = HashMap::new();
     let candidates: Vec<usize> = (0..config.workers).collect();
     let mut outcomes: Vec<RequestOutcome> = vec![RequestOutcome::default(); trace.len()];
-    let mut queue: BinaryHeap<Reverse<(Duration, Event, u64)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |queue: &mut BinaryHeap<_>, at: Duration, e: Event| {
-        seq += 1;
-        queue.push(Reverse((at, e, seq)));
-    };
+    let mut queue: EventQueue<Event> = EventQueue::new();
     for (i, r) in trace.iter().enumerate() {
-        push(&mut queue, r.arrival.div_f64(config.speed), Event::Arrival(i));
+        queue.push(r.arrival.div_f64(config.speed), Event::Arrival(i));
     }
-    push(&mut queue, Duration::ZERO, Event::Sample);
+    queue.push(Duration::ZERO, Event::Sample);
     let (mut prompt_tokens, mut samples, mut now) = (0u64, Vec::new(), Duration::ZERO);
     let mut done = 0usize;
-    while let Some(Reverse((at, event, _))) = queue.pop() {
+    while let Some((at, event)) = queue.pop() {
         now = at;
         match event {
             Event::Arrival(i) => {
@@ -278,7 +272,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                             counts.onboarded_blocks += n as u64;
                             let at = now + transfer_time(n, t.block_bytes as usize, link);
                             landing.insert(i, (res, wanted[..have + n].to_vec(), req));
-                            push(&mut queue, at, Event::Onboarded(i));
+                            queue.push(at, Event::Onboarded(i));
                             continue;
                         }
                     }
@@ -290,7 +284,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     continue;
                 }
                 if !workers[w].busy {
-                    start_step(&mut workers[w], now, w, &mut queue, &mut push);
+                    start_step(&mut workers[w], now, w, &mut queue);
                 }
             }
             Event::Onboarded(i) => {
@@ -304,7 +298,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     continue;
                 }
                 if !workers[w].busy {
-                    start_step(&mut workers[w], now, w, &mut queue, &mut push);
+                    start_step(&mut workers[w], now, w, &mut queue);
                 }
             }
             Event::StepDone(w) => {
@@ -377,7 +371,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     }
                 }
                 if worker.engine.has_work() {
-                    start_step(worker, now, w, &mut queue, &mut push);
+                    start_step(worker, now, w, &mut queue);
                 }
             }
             Event::Sample => {
@@ -389,7 +383,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     load: workers.iter().map(|w| w.engine.running() + w.engine.waiting()).collect(),
                 });
                 if done < trace.len() {
-                    push(&mut queue, now + SAMPLE_EVERY, Event::Sample);
+                    queue.push(now + SAMPLE_EVERY, Event::Sample);
                 }
             }
         }
@@ -405,15 +399,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
 }
 
 /// Run one engine step now; its outputs take effect when it ends.
-fn start_step<F>(
-    worker: &mut Worker,
-    now: Duration,
-    w: usize,
-    queue: &mut BinaryHeap<Reverse<(Duration, Event, u64)>>,
-    push: &mut F,
-) where
-    F: FnMut(&mut BinaryHeap<Reverse<(Duration, Event, u64)>>, Duration, Event),
-{
+fn start_step(worker: &mut Worker, now: Duration, w: usize, queue: &mut EventQueue<Event>) {
     let outputs = worker.engine.step().expect("the simulated executor does not fail");
     let took = worker.clock.last_step();
     worker.pending.extend(outputs);
@@ -423,7 +409,7 @@ fn start_step<F>(
         return;
     }
     worker.busy = true;
-    push(queue, now + took.max(Duration::from_micros(1)), Event::StepDone(w));
+    queue.push(now + took.max(Duration::from_micros(1)), Event::StepDone(w));
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod bounds;
 pub mod cluster;
 pub mod faults;
 pub mod pools;
+pub mod queue;
 pub mod report;
 pub mod simulate;
 pub mod trace;

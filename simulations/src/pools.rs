@@ -10,8 +10,6 @@
 //! Every worker is the real engine and block pool over the timing model. Reports goodput (requests within both SLOs) and
 //! device-hours (time devices were on, draining and starting included).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +26,7 @@ use vocab::kv::KvBatch;
 use vocab::request::{GenerateRequest, SamplingParams, StreamEvent};
 
 use crate::cluster::{ClusterConfig, FIRST_TOKEN, TOKEN_SPAN, simulated_engine};
+use crate::queue::{EventQueue, Simulation};
 use crate::trace::{TraceRequest, synthesize_prompt};
 
 /// How the pools are sized.
@@ -183,14 +182,18 @@ struct Request {
     decode: Option<usize>,
 }
 
-type Queue = BinaryHeap<Reverse<(Duration, Event, u64)>>;
-
 struct Sim<'a> {
     c: &'a PoolsConfig,
     workers: Vec<Worker>,
     requests: Vec<Request>,
-    queue: Queue,
-    seq: u64,
+    queue: EventQueue<Event>,
+    /// The planner and its interval (None: static pools).
+    planner: Option<(Planner, Duration)>,
+    /// The next entry of `c.disagg_schedule` to take effect.
+    schedule_next: usize,
+    /// TTFTs and ITLs of the intervals already planned.
+    all_ttft: Vec<Duration>,
+    all_itl: Vec<Duration>,
     hasher: BlockHasher,
     now: Duration,
     on_since: Duration,
@@ -246,8 +249,11 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
         c,
         workers,
         requests: Vec::with_capacity(trace.len()),
-        queue: BinaryHeap::new(),
-        seq: 0,
+        queue: EventQueue::new(),
+        planner: None,
+        schedule_next: 0,
+        all_ttft: Vec::new(),
+        all_itl: Vec::new(),
         hasher: BlockHasher::new(c.cluster.block_size),
         now: Duration::ZERO,
         on_since: Duration::ZERO,
@@ -271,71 +277,16 @@ pub fn run_pools(c: &PoolsConfig, trace: &[TraceRequest]) -> PoolsReport {
         let prompt = synthesize_prompt(r, i, c.cluster.block_size, FIRST_TOKEN, TOKEN_SPAN);
         sim.requests.push(Request { prompt, output: r.output_tokens.max(1), ..Default::default() });
     }
-    let mut planner = match &c.sizing {
+    sim.planner = match &c.sizing {
         Sizing::Planner { config, interval, .. } => {
             sim.push(*interval, Event::Plan);
             Some((Planner::new(config.clone()), *interval))
         }
         Sizing::Static(_) => None,
     };
-    let mut all_ttft = Vec::new();
-    let mut all_itl = Vec::new();
-    let mut schedule = c.disagg_schedule.iter().peekable();
-    while let Some(Reverse((at, event, _))) = sim.queue.pop() {
-        if event == Event::Plan && sim.done == sim.requests.len() {
-            // The run ended with its last request; a planning tick after it counts no device time.
-            continue;
-        }
-        sim.account(at);
-        match event {
-            Event::Arrival(i) => {
-                while let Some(&&(from, blocks)) = schedule.peek()
-                    && from <= at
-                {
-                    sim.disagg_min_blocks = blocks;
-                    schedule.next();
-                }
-                sim.requests[i].arrival = at;
-                sim.interval_arrivals += 1;
-                sim.interval_input += sim.requests[i].prompt.len() as u64;
-                sim.backlog.push_back(i);
-                sim.dispatch_prefills();
-            }
-            Event::StepDone(w) => sim.step_done(w),
-            Event::Landed(i) => sim.land(i),
-            Event::Ready => sim.dispatch_prefills(),
-            Event::Plan => {
-                let (p, interval) = planner.as_mut().expect("plans only with a planner");
-                let seen = sim.interval(*interval);
-                all_ttft.append(&mut sim.ttfts);
-                all_itl.append(&mut sim.itls);
-                let current = heading_pools(&sim.members());
-                let d = p.decide(&seen, current);
-                if d.disagg_min_blocks != sim.disagg_min_blocks {
-                    sim.report.decisions.push(format!(
-                        "{:.0}s: disaggregation threshold {} -> {} blocks",
-                        at.as_secs_f64(),
-                        sim.disagg_min_blocks,
-                        d.disagg_min_blocks
-                    ));
-                    sim.disagg_min_blocks = d.disagg_min_blocks;
-                }
-                if d.pools != current {
-                    sim.report.decisions.push(format!(
-                        "{:.0}s: {:?} -> {:?}: {}",
-                        at.as_secs_f64(),
-                        current,
-                        d.pools,
-                        d.reason
-                    ));
-                    sim.resize(d.pools);
-                }
-                if sim.done < sim.requests.len() {
-                    sim.push(at + *interval, Event::Plan);
-                }
-            }
-        }
-    }
+    sim.drive().unwrap_or_else(|never: std::convert::Infallible| match never {});
+    let mut all_ttft = std::mem::take(&mut sim.all_ttft);
+    let mut all_itl = std::mem::take(&mut sim.all_itl);
     all_ttft.append(&mut sim.ttfts);
     all_itl.append(&mut sim.itls);
     sim.account(sim.now);
@@ -371,10 +322,79 @@ fn p90(v: &mut [Duration]) -> Duration {
     v[(v.len() * 9 / 10).min(v.len() - 1)]
 }
 
+impl Simulation for Sim<'_> {
+    type Event = Event;
+    type Error = std::convert::Infallible;
+
+    fn queue(&mut self) -> &mut EventQueue<Event> {
+        &mut self.queue
+    }
+
+    fn step(&mut self, at: Duration, event: Event) -> Result<(), Self::Error> {
+        if event == Event::Plan && self.done == self.requests.len() {
+            // The run ended with its last request; a planning tick after it counts no device time.
+            return Ok(());
+        }
+        self.account(at);
+        match event {
+            Event::Arrival(i) => {
+                while let Some(&(from, blocks)) = self.c.disagg_schedule.get(self.schedule_next)
+                    && from <= at
+                {
+                    self.disagg_min_blocks = blocks;
+                    self.schedule_next += 1;
+                }
+                self.requests[i].arrival = at;
+                self.interval_arrivals += 1;
+                self.interval_input += self.requests[i].prompt.len() as u64;
+                self.backlog.push_back(i);
+                self.dispatch_prefills();
+            }
+            Event::StepDone(w) => self.step_done(w),
+            Event::Landed(i) => self.land(i),
+            Event::Ready => self.dispatch_prefills(),
+            Event::Plan => self.plan(at),
+        }
+        Ok(())
+    }
+}
+
 impl Sim<'_> {
+    /// A planning tick: the planner sees the interval and the actuation moves workers.
+    fn plan(&mut self, at: Duration) {
+        let Some((mut planner, interval)) = self.planner.take() else { return };
+        let seen = self.interval(interval);
+        self.all_ttft.append(&mut self.ttfts);
+        self.all_itl.append(&mut self.itls);
+        let current = heading_pools(&self.members());
+        let d = planner.decide(&seen, current);
+        if d.disagg_min_blocks != self.disagg_min_blocks {
+            self.report.decisions.push(format!(
+                "{:.0}s: disaggregation threshold {} -> {} blocks",
+                at.as_secs_f64(),
+                self.disagg_min_blocks,
+                d.disagg_min_blocks
+            ));
+            self.disagg_min_blocks = d.disagg_min_blocks;
+        }
+        if d.pools != current {
+            self.report.decisions.push(format!(
+                "{:.0}s: {:?} -> {:?}: {}",
+                at.as_secs_f64(),
+                current,
+                d.pools,
+                d.reason
+            ));
+            self.resize(d.pools);
+        }
+        if self.done < self.requests.len() {
+            self.push(at + interval, Event::Plan);
+        }
+        self.planner = Some((planner, interval));
+    }
+
     fn push(&mut self, at: Duration, e: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, e, self.seq)));
+        self.queue.push(at, e);
     }
 
     /// Advance the clock, counting device time.

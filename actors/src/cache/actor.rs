@@ -47,7 +47,6 @@ pub struct TierState {
     node: String,
     publisher: KvPublisher,
     corrupt: u64,
-    timer: tokio::task::JoinHandle<()>,
 }
 
 pub struct CacheTierActor;
@@ -69,7 +68,8 @@ impl Actor for CacheTierActor {
             _ => Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(4), store: TierStore::new(args.budget) },
         };
         discovery::join_tier(&args.node, args.kind, myself.get_cell());
-        let timer = myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
+        // Ends with the actor (ractor stops an interval whose actor is gone).
+        myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
         let state = TierState {
             kind: args.kind,
             blocks,
@@ -79,15 +79,9 @@ impl Actor for CacheTierActor {
             publisher: KvPublisher::new(args.kind.source(&args.node), args.kind),
             node: args.node,
             corrupt: 0,
-            timer,
         };
         state.record();
         Ok(state)
-    }
-
-    async fn post_stop(&self, _: ActorRef<TierMsg>, state: &mut TierState) -> Result<(), ActorProcessingErr> {
-        state.timer.abort();
-        Ok(())
     }
 
     async fn handle(

@@ -52,7 +52,6 @@ pub struct PlannerState {
     threshold: Option<u32>,
     /// Spares asked to start and not yet serving: since when, in which role.
     starting: HashMap<WorkerId, (Instant, WorkerRole)>,
-    timer: tokio::task::JoinHandle<()>,
 }
 
 impl Actor for PlannerActor {
@@ -65,7 +64,8 @@ impl Actor for PlannerActor {
         myself: ActorRef<PlannerMsg>,
         args: PlannerArgs,
     ) -> Result<PlannerState, ActorProcessingErr> {
-        let timer = myself.send_interval(args.interval, || PlannerMsg::Tick);
+        // Ends with the actor (ractor stops an interval whose actor is gone).
+        myself.send_interval(args.interval, || PlannerMsg::Tick);
         tracing::info!(mode = ?args.config.mode, interval_ms = args.interval.as_millis() as u64, "planner started");
         Ok(PlannerState {
             planner: Planner::new(args.config),
@@ -74,13 +74,7 @@ impl Actor for PlannerActor {
             block_size: args.block_size,
             threshold: None,
             starting: HashMap::new(),
-            timer,
         })
-    }
-
-    async fn post_stop(&self, _: ActorRef<PlannerMsg>, state: &mut PlannerState) -> Result<(), ActorProcessingErr> {
-        state.timer.abort();
-        Ok(())
     }
 
     async fn handle(

@@ -50,7 +50,6 @@ pub struct RouterState {
     /// What each worker last said about how full it is.
     loads: HashMap<WorkerId, WorkerLoad>,
     recent: VecDeque<ExplainedDecision>,
-    timer: tokio::task::JoinHandle<()>,
 }
 
 fn worker_key(w: &WorkerId) -> u64 {
@@ -248,7 +247,8 @@ impl Actor for RouterActor {
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
         Actor::spawn_linked(None, KvListener, myself.clone(), myself.get_cell()).await?;
-        let timer = myself.send_interval(TICK, || RouterMsg::Tick);
+        // Ends with the actor (ractor stops an interval whose actor is gone).
+        myself.send_interval(TICK, || RouterMsg::Tick);
         Ok(RouterState {
             placer: Placer::new(placer_config(&args.config), rand::random()).with_locality(|w, t| w.node == t.node),
             disagg_min_blocks: args.config.disagg_min_blocks,
@@ -260,13 +260,7 @@ impl Actor for RouterActor {
             loads: HashMap::new(),
             silent: HashSet::new(),
             recent: VecDeque::new(),
-            timer,
         })
-    }
-
-    async fn post_stop(&self, _: ActorRef<RouterMsg>, state: &mut RouterState) -> Result<(), ActorProcessingErr> {
-        state.timer.abort();
-        Ok(())
     }
 
     async fn handle(

@@ -47,7 +47,6 @@ pub struct WorkerState {
     capacity: usize,
     /// None: this worker publishes no KV events (`kv_events = false`).
     kv: Option<KvPublisher>,
-    timer: tokio::task::JoinHandle<()>,
     /// Taking no new requests (`Drain`).
     draining: bool,
 }
@@ -88,7 +87,8 @@ impl Actor for WorkerActor {
         discovery::set_role(myself.get_cell(), args.config.role);
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");
         let kv = args.config.kv_events.then(|| KvPublisher::new(args.id.clone(), TierKind::Device));
-        let timer = myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
+        // Ends with the actor (ractor stops an interval whose actor is gone).
+        myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || WorkerMsg::PublishKv);
         Ok(WorkerState {
             id: args.id,
             engine: Arc::new(handle),
@@ -97,14 +97,8 @@ impl Actor for WorkerActor {
             tiers: args.tiers,
             capacity: limits.max_batch + limits.max_queue,
             kv,
-            timer,
             draining: false,
         })
-    }
-
-    async fn post_stop(&self, _: ActorRef<WorkerMsg>, state: &mut WorkerState) -> Result<(), ActorProcessingErr> {
-        state.timer.abort();
-        Ok(())
     }
 
     async fn handle(
@@ -191,14 +185,14 @@ impl WorkerState {
             return Admission::Overloaded { queued: open as u32 };
         }
         if let Err(reason) = Engine::check(&self.engine.limits(), &req) {
-            return Admission::Rejected(reason);
+            return Admission::Rejected(reason.to_string());
         }
         if let (Some(from), Some(d)) = (sub.prefill_from, &self.disagg)
             && self.engine.block_layout().is_some()
         {
             // Polls wait on the open outbox while the prompt's KV arrives.
             if let Err(reason) = self.engine.open(&req.id) {
-                return Admission::Unavailable(reason);
+                return Admission::Unavailable(reason.to_string());
             }
             tokio::spawn(disagg::prefill_remotely(self.engine.clone(), d.clone(), req, from));
             return Admission::Accepted;
@@ -207,14 +201,14 @@ impl WorkerState {
             && self.engine.block_layout().is_some()
         {
             if let Err(reason) = self.engine.open(&req.id) {
-                return Admission::Unavailable(reason);
+                return Admission::Unavailable(reason.to_string());
             }
             tokio::spawn(onboard_then_run(self.engine.clone(), t.clone(), req, hint));
             return Admission::Accepted;
         }
         match self.engine.submit(req) {
             Ok(()) => Admission::Accepted,
-            Err(reason) => Admission::Unavailable(reason),
+            Err(reason) => Admission::Unavailable(reason.to_string()),
         }
     }
 

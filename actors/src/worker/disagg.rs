@@ -28,6 +28,42 @@ const CLIENT_CHECK: Duration = Duration::from_millis(200);
 /// Frames stay within one shared-memory slot.
 const MAX_FRAME_BYTES: usize = (4 << 20) - (64 << 10);
 
+/// Why a transfer of a prompt's KV failed (the decode worker then computes the prompt itself), or
+/// why a prefill for another worker did.
+#[derive(Debug, thiserror::Error)]
+pub enum DisaggError {
+    #[error("this worker's blocks cannot move (its executor exports none)")]
+    NoLayout,
+    #[error("no room in the KV pool for the transfer")]
+    NoRoom,
+    #[error("prefill worker {0} is gone")]
+    PrefillWorkerGone(WorkerId),
+    #[error(transparent)]
+    Engine(#[from] gpu::engine::EngineError),
+    #[error("no KV frame for {0:?}")]
+    Silent(Duration),
+    #[error("the transfer's inbox closed")]
+    InboxClosed,
+    #[error("the client went away")]
+    ClientGone,
+    #[error("prefill worker: {0}")]
+    PrefillFailed(String),
+    #[error("prefill worker did not answer")]
+    PrefillCall(#[source] Box<ractor::RactorErr<WorkerMsg>>),
+    #[error("a frame for another model or block layout")]
+    WrongModel,
+    #[error("frame blocks {first}..{end} do not match the prompt")]
+    WrongBlocks { first: usize, end: usize },
+    #[error("the decode worker runs another model or block layout")]
+    PeerModel,
+    #[error("bad data-plane address {0:?}")]
+    BadAddress(String, #[source] std::net::AddrParseError),
+    #[error("sending a KV frame failed")]
+    Send(#[source] transport::TransportError),
+    #[error("the prefill stopped before its last block (cancelled, or the engine failed)")]
+    Stopped,
+}
+
 /// What a worker needs to take part in disaggregated prefill.
 pub struct Disagg {
     pub plane: Arc<DataPlane>,
@@ -40,7 +76,7 @@ pub struct Disagg {
 /// scratch if the transfer failed). The request's outbox is already open.
 pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: GenerateRequest, from: WorkerId) {
     let started = Instant::now();
-    match fetch(&engine, &d, &req, &from).await.map_err(|e| e.to_string()) {
+    match fetch(&engine, &d, &req, &from).await {
         Ok(Fetched { received, skipped }) => {
             metrics::counter!("armature_disagg_requests_total", "outcome" => "transferred").increment(1);
             metrics::counter!("armature_kv_transfer_blocks_total").increment(received as u64);
@@ -66,7 +102,7 @@ pub(crate) fn run_opened(engine: &EngineHandle, req: GenerateRequest) {
     if engine.outputs().is_open(&req.id) {
         let id = req.id.clone();
         if let Err(why) = engine.submit_opened(req) {
-            engine.fail_opened(&id, runtime::request::WorkerFailure::Crashed(why));
+            engine.fail_opened(&id, runtime::request::WorkerFailure::Crashed(why.to_string()));
         }
     }
 }
@@ -76,13 +112,18 @@ struct Fetched {
     skipped: usize,
 }
 
-async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &WorkerId) -> Result<Fetched, String> {
-    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+async fn fetch(
+    engine: &EngineHandle,
+    d: &Disagg,
+    req: &GenerateRequest,
+    from: &WorkerId,
+) -> Result<Fetched, DisaggError> {
+    let layout = engine.block_layout().ok_or(DisaggError::NoLayout)?;
     let bs = d.hasher.block_size();
     // The last prompt token is always computed here: its logits give the first token.
     let usable = (req.prompt_tokens.len().saturating_sub(1)) / bs;
     let hashes = d.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
-    let reservation = engine.reserve(hashes.clone()).await.ok_or("no room in the KV pool for the transfer")?;
+    let reservation = engine.reserve(hashes.clone()).await.ok_or(DisaggError::NoRoom)?;
     let have = reservation.cached.len();
     if have == usable {
         engine.abort(reservation);
@@ -104,13 +145,13 @@ async fn fetch(engine: &EngineHandle, d: &Disagg, req: &GenerateRequest, from: &
     let worker = discovery::worker(from).map(ActorRef::<WorkerMsg>::from);
     let Some(worker) = worker else {
         engine.abort(reservation);
-        return Err(format!("prefill worker {from} is gone"));
+        return Err(DisaggError::PrefillWorkerGone(from.clone()));
     };
     let received = receive(engine, d, inbox, request, &worker, &hashes, &fresh, have, layout).await;
     match received {
         Ok(n) => {
             if !engine.commit(reservation, hashes).await {
-                return Err("the engine thread is gone".into());
+                return Err(gpu::engine::EngineError::Gone.into());
             }
             Ok(Fetched { received: n, skipped: have })
         }
@@ -134,7 +175,7 @@ async fn receive(
     fresh: &[gpu::pool::BlockId],
     have: usize,
     layout: BlockLayout,
-) -> Result<usize, String> {
+) -> Result<usize, DisaggError> {
     let (model, id) = (request.model, request.id.clone());
     let worker = worker.clone();
     let rpc = async move { call_t!(worker, WorkerMsg::Prefill, PREFILL_RPC_TIMEOUT_MS, request) };
@@ -149,8 +190,8 @@ async fn receive(
         tokio::select! {
             frame = tokio::time::timeout(d.transfer_timeout, inbox.recv()) => {
                 let frame = match frame {
-                    Err(_) => return Err(format!("no KV frame for {:?}", d.transfer_timeout)),
-                    Ok(None) => return Err("the transfer's inbox closed".into()),
+                    Err(_) => return Err(DisaggError::Silent(d.transfer_timeout)),
+                    Ok(None) => return Err(DisaggError::InboxClosed),
                     Ok(Some(f)) => f,
                 };
                 let (first, k) = check_frame(&frame, model, layout, hashes, have)?;
@@ -164,7 +205,7 @@ async fn receive(
             }
             _ = check.tick() => {
                 if !engine.outputs().is_open(&id) {
-                    return Err("the client went away".into());
+                    return Err(DisaggError::ClientGone);
                 }
             }
             reply = &mut rpc, if !answered => {
@@ -172,8 +213,8 @@ async fn receive(
                 match reply {
                     // Frames may still be on their way; keep receiving.
                     Ok(PrefillReply::Sent { .. }) => {}
-                    Ok(PrefillReply::Failed(why)) => return Err(format!("prefill worker: {why}")),
-                    Err(e) => return Err(format!("prefill worker: {e}")),
+                    Ok(PrefillReply::Failed(why)) => return Err(DisaggError::PrefillFailed(why)),
+                    Err(e) => return Err(DisaggError::PrefillCall(Box::new(e))),
                 }
             }
         }
@@ -188,14 +229,14 @@ fn check_frame(
     layout: BlockLayout,
     hashes: &[u64],
     have: usize,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), DisaggError> {
     let h = &frame.header;
     if h.model != model || BlockLayout::from(h.layout) != layout {
-        return Err("a frame for another model or block layout".into());
+        return Err(DisaggError::WrongModel);
     }
     let (first, k) = (h.first_block as usize, h.hashes.len());
     if first < have || first + k > hashes.len() || h.hashes[..] != hashes[first..first + k] {
-        return Err(format!("frame blocks {first}..{} do not match the prompt", first + k));
+        return Err(DisaggError::WrongBlocks { first, end: first + k });
     }
     Ok((first, k))
 }
@@ -220,18 +261,18 @@ pub async fn serve_prefill(
         Err(why) => {
             tracing::warn!(request = %id, "prefill for another worker failed: {why}");
             engine.cancel(&id);
-            PrefillReply::Failed(why)
+            PrefillReply::Failed(why.to_string())
         }
     };
     let _ = reply.send(answer);
 }
 
-async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: PrefillRequest) -> Result<u32, String> {
-    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: PrefillRequest) -> Result<u32, DisaggError> {
+    let layout = engine.block_layout().ok_or(DisaggError::NoLayout)?;
     if layout != r.layout || engine.model_fingerprint() != r.model {
-        return Err("the decode worker runs another model or block layout".into());
+        return Err(DisaggError::PeerModel);
     }
-    let addr = r.to_addr.parse().map_err(|e| format!("bad data-plane address {:?}: {e}", r.to_addr))?;
+    let addr = r.to_addr.parse().map_err(|e| DisaggError::BadAddress(r.to_addr.clone(), e))?;
     let peer = PeerAddr { node: r.to_node.clone(), addr };
     let per_frame = (MAX_FRAME_BYTES / layout.block_bytes()).max(1);
     let mut chunks = engine.prefill(r.id.clone(), r.tokens, r.skip as usize);
@@ -249,7 +290,7 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
                 chunk.done,
                 &chunk.data,
             );
-            plane.send(&peer, Frame { header, body: chunk.data }).await.map_err(|e| e.to_string())?;
+            plane.send(&peer, Frame { header, body: chunk.data }).await.map_err(DisaggError::Send)?;
         } else {
             for start in (0..n).step_by(per_frame) {
                 let end = (start + per_frame).min(n);
@@ -265,7 +306,7 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
                     last,
                     &body,
                 );
-                plane.send(&peer, Frame { header, body }).await.map_err(|e| e.to_string())?;
+                plane.send(&peer, Frame { header, body }).await.map_err(DisaggError::Send)?;
             }
         }
         sent += n as u32;
@@ -273,5 +314,5 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
             return Ok(sent);
         }
     }
-    Err("the prefill stopped before its last block (cancelled, or the engine failed)".into())
+    Err(DisaggError::Stopped)
 }

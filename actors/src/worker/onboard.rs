@@ -13,6 +13,7 @@ use ractor::{ActorRef, call_t};
 use runtime::blocks::BlockHasher;
 use runtime::config::{CacheSection, TierLink};
 use runtime::discovery;
+use runtime::ids::WorkerId;
 use runtime::kv::{OnboardHint, TierKind, TierSendRequest};
 use runtime::request::GenerateRequest;
 use transport::DataPlane;
@@ -23,6 +24,32 @@ use crate::protocol::{TierBlock, TierBlocks, TierMsg, TierRead};
 
 /// Longest a worker waits for a tier to answer.
 const TIER_RPC_TIMEOUT_MS: u64 = 30_000;
+
+/// Why onboarding from a tier failed (the worker then computes the prompt itself).
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardError {
+    #[error("this worker's blocks cannot move (its executor exports none)")]
+    NoLayout,
+    #[error("no room in the KV pool")]
+    NoRoom,
+    #[error("tier {0} is gone")]
+    TierGone(WorkerId),
+    #[error("tier {0} did not answer")]
+    TierCall(WorkerId, #[source] Box<ractor::RactorErr<TierMsg>>),
+    #[error("this node has no data plane for another node's tier")]
+    NoPlane,
+    #[error("no frame from the tier for {0:?}")]
+    Silent(Duration),
+    #[error("the transfer's inbox closed")]
+    InboxClosed,
+    #[error("a frame that does not belong to this transfer")]
+    StrayFrame,
+    #[error(transparent)]
+    Engine(#[from] gpu::engine::EngineError),
+}
+
+/// Longest a remote tier's transfer may go without a frame.
+const TIER_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a worker needs to use its node's cache tiers.
 pub struct TierAccess {
@@ -98,13 +125,13 @@ async fn onboard(
     access: &TierAccess,
     req: &GenerateRequest,
     hint: &OnboardHint,
-) -> Result<usize, String> {
-    let layout = engine.block_layout().ok_or("this worker's blocks cannot move")?;
+) -> Result<usize, OnboardError> {
+    let layout = engine.block_layout().ok_or(OnboardError::NoLayout)?;
     let bs = access.hasher.block_size();
     // The last prompt token is always computed: its logits give the first token.
     let usable = ((req.prompt_tokens.len().saturating_sub(1)) / bs).min(hint.blocks as usize);
     let hashes = access.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
-    let mut reservation = engine.reserve(hashes.clone()).await.ok_or("no room in the KV pool")?;
+    let mut reservation = engine.reserve(hashes.clone()).await.ok_or(OnboardError::NoRoom)?;
     let have = reservation.cached.len();
     let want = usable - have;
     if !onboard_pays(want, layout.block_bytes(), bs, access.link(hint), access.cache.prefill_tokens_per_s) {
@@ -140,10 +167,10 @@ async fn onboard(
     let body = runtime::buffers::Buffer::unpooled(&all);
     if let Err(why) = engine.import(reservation.fresh.clone(), body).await {
         engine.abort(reservation);
-        return Err(why);
+        return Err(why.into());
     }
     if !engine.commit(reservation, hashes[..have + got].to_vec()).await {
-        return Err("the engine thread is gone".into());
+        return Err(gpu::engine::EngineError::Gone.into());
     }
     Ok(got)
 }
@@ -153,11 +180,11 @@ async fn read_local(
     hashes: &[u64],
     model: u64,
     layout: runtime::kv::BlockLayout,
-) -> Result<Vec<TierBlock>, String> {
-    let tier: ActorRef<TierMsg> = discovery::tier(&hint.source).ok_or(format!("tier {} is gone", hint.source))?.into();
+) -> Result<Vec<TierBlock>, OnboardError> {
+    let tier = tier_of(hint)?;
     let read = TierRead { hashes: hashes.to_vec(), model, layout };
-    let blocks =
-        call_t!(tier, TierMsg::Read, TIER_RPC_TIMEOUT_MS, read).map_err(|e| format!("tier {}: {e}", hint.source))?;
+    let blocks = call_t!(tier, TierMsg::Read, TIER_RPC_TIMEOUT_MS, read)
+        .map_err(|e| OnboardError::TierCall(hint.source.clone(), Box::new(e)))?;
     Ok(blocks.blocks)
 }
 
@@ -168,9 +195,9 @@ async fn read_remote(
     hashes: &[u64],
     model: u64,
     layout: runtime::kv::BlockLayout,
-) -> Result<Vec<TierBlock>, String> {
-    let plane = access.plane.as_ref().ok_or("this node has no data plane for another node's tier")?;
-    let tier: ActorRef<TierMsg> = discovery::tier(&hint.source).ok_or(format!("tier {} is gone", hint.source))?.into();
+) -> Result<Vec<TierBlock>, OnboardError> {
+    let plane = access.plane.as_ref().ok_or(OnboardError::NoPlane)?;
+    let tier = tier_of(hint)?;
     let transfer: u64 = rand::random();
     let mut inbox = plane.expect(transfer);
     let request = TierSendRequest {
@@ -181,21 +208,26 @@ async fn read_remote(
         model,
         layout,
     };
-    let sent =
-        call_t!(tier, TierMsg::Send, TIER_RPC_TIMEOUT_MS, request).map_err(|e| format!("tier {}: {e}", hint.source))?;
+    let sent = call_t!(tier, TierMsg::Send, TIER_RPC_TIMEOUT_MS, request)
+        .map_err(|e| OnboardError::TierCall(hint.source.clone(), Box::new(e)))?;
     let n = sent.blocks as usize;
     let mut blocks: Vec<Option<TierBlock>> = vec![None; n];
     for _ in 0..n {
-        let frame = tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+        let frame = tokio::time::timeout(TIER_FRAME_TIMEOUT, inbox.recv())
             .await
-            .map_err(|_| "no frame from the tier for 10s".to_string())?
-            .ok_or("the transfer's inbox closed")?;
+            .map_err(|_| OnboardError::Silent(TIER_FRAME_TIMEOUT))?
+            .ok_or(OnboardError::InboxClosed)?;
         let h = &frame.header;
         let i = h.first_block as usize;
         if h.model != model || runtime::kv::BlockLayout::from(h.layout) != layout || i >= n || h.hashes.len() != 1 {
-            return Err("a frame that does not belong to this transfer".into());
+            return Err(OnboardError::StrayFrame);
         }
         blocks[i] = Some(TierBlock { hash: h.hashes[0], parent: None, reuses: 0, data: frame.body.to_vec() });
     }
     Ok(blocks.into_iter().map_while(|b| b).collect())
+}
+
+/// The tier a hint names, if discovery shows it.
+fn tier_of(hint: &OnboardHint) -> Result<ActorRef<TierMsg>, OnboardError> {
+    discovery::tier(&hint.source).map(ActorRef::from).ok_or_else(|| OnboardError::TierGone(hint.source.clone()))
 }

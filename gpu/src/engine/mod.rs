@@ -9,6 +9,7 @@
 //! limits, and reports stream events.
 //! No threads or clocks inside; `thread.rs` drives it.
 
+mod error;
 mod sequence;
 mod thread;
 
@@ -46,6 +47,7 @@ pub struct Prefilled {
     pub done: bool,
 }
 
+pub use error::{EngineError, RequestError};
 pub use thread::{EngineHandle, KvFeed, Outputs, PrefillChunk, Taken};
 
 /// A registered block copied out of the pool for the cache tiers (write-back: as it was
@@ -232,12 +234,12 @@ impl Engine {
 
     /// Compute the KV of `tokens` (whole blocks) for another worker. The blocks from `skip` on
     /// are reported by `take_prefilled` as they complete.
-    pub fn submit_prefill(&mut self, id: RequestId, tokens: Vec<u32>, skip: usize) -> Result<(), String> {
+    pub fn submit_prefill(&mut self, id: RequestId, tokens: Vec<u32>, skip: usize) -> Result<(), RequestError> {
         if self.block_layout().is_none() {
-            return Err("this worker's executor cannot export KV blocks".into());
+            return Err(RequestError::NoExport);
         }
         if tokens.is_empty() || !tokens.len().is_multiple_of(self.limits.block_size) {
-            return Err(format!("a prefill takes whole blocks of {} tokens", self.limits.block_size));
+            return Err(RequestError::NotWholeBlocks { block_size: self.limits.block_size });
         }
         let req = GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling: Default::default() };
         Self::check(&self.limits, &req)?;
@@ -263,24 +265,18 @@ impl Engine {
     }
 
     /// Why a request can never run here, if it cannot.
-    pub fn check(limits: &EngineLimits, req: &GenerateRequest) -> Result<(), String> {
+    pub fn check(limits: &EngineLimits, req: &GenerateRequest) -> Result<(), RequestError> {
         let prompt = req.prompt_tokens.len();
         if prompt == 0 {
-            return Err("the prompt is empty".into());
+            return Err(RequestError::EmptyPrompt);
         }
         if prompt >= limits.context_length as usize {
-            return Err(format!(
-                "the prompt has {prompt} tokens; this model's context length is {}",
-                limits.context_length
-            ));
+            return Err(RequestError::TooLong { prompt, context: limits.context_length });
         }
         let longest = (prompt + req.sampling.max_tokens.max(1) as usize).min(limits.context_length as usize);
         let blocks = longest.div_ceil(limits.block_size);
         if blocks > limits.kv_blocks {
-            return Err(format!(
-                "the request needs up to {longest} tokens of KV cache ({blocks} blocks); this worker's pool has {} blocks",
-                limits.kv_blocks
-            ));
+            return Err(RequestError::PoolTooSmall { tokens: longest, blocks, pool: limits.kv_blocks });
         }
         Ok(())
     }
@@ -288,7 +284,7 @@ impl Engine {
     /// Queue a request. Returns an immediate failure event when it can never run.
     pub fn submit(&mut self, req: GenerateRequest) -> Option<StreamEvent> {
         if let Err(reason) = Self::check(&self.limits, &req).and_then(|()| self.check_vocab(&req.prompt_tokens)) {
-            return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason)));
+            return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason.to_string())));
         }
         let mut seq = Sequence::new(req);
         let bs = self.limits.block_size;
@@ -300,10 +296,10 @@ impl Engine {
     }
 
     /// Every token id must be in the model's vocabulary.
-    fn check_vocab(&self, tokens: &[u32]) -> Result<(), String> {
+    fn check_vocab(&self, tokens: &[u32]) -> Result<(), RequestError> {
         let vocab = self.executor.info().vocab_size;
         match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(bad) => Err(format!("token id {bad} is outside the vocabulary of {vocab}")),
+            Some(&id) => Err(RequestError::OutsideVocabulary { id, vocab }),
             None => Ok(()),
         }
     }

@@ -451,7 +451,9 @@ fn a_misplaced_block_is_caught_and_an_aborted_reservation_frees_everything() {
     assert_eq!(fresh.stats().pool.free, free);
     // A prefill asked for with tokens outside the vocabulary is refused, not run.
     let outside = vec![u32::MAX; limits.block_size];
-    assert!(prefill.submit_prefill(RequestId("bad".into()), outside, 0).unwrap_err().contains("vocabulary"));
+    assert!(
+        prefill.submit_prefill(RequestId("bad".into()), outside, 0).unwrap_err().to_string().contains("vocabulary")
+    );
     // A pool too small for the reservation says so and keeps nothing.
     let mut tiny = kv_engine(EngineLimits { kv_blocks: 2, ..limits });
     assert!(tiny.reserve(&hashes).is_none());

@@ -14,7 +14,8 @@ use runtime::kv::{BlockLayout, KvDump, KvEventRecord, WorkerLoad};
 use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
 use tokio::sync::{Notify, mpsc as tmpsc, oneshot};
 
-use super::{Engine, Reservation};
+use super::{Engine, EngineError, Reservation};
+use crate::executor::ExecutorError;
 use crate::pool::BlockId;
 
 enum Command {
@@ -22,7 +23,7 @@ enum Command {
     Cancel(RequestId),
     Dump(oneshot::Sender<KvDump>),
     Reserve(Vec<u64>, oneshot::Sender<Option<Reservation>>),
-    Import(Vec<BlockId>, Buffer, oneshot::Sender<Result<(), String>>),
+    Import(Vec<BlockId>, Buffer, oneshot::Sender<Result<(), EngineError>>),
     Commit(Reservation, Vec<u64>, oneshot::Sender<()>),
     Abort(Reservation),
     Prefill { id: RequestId, tokens: Vec<u32>, skip: usize, sink: tmpsc::UnboundedSender<PrefillChunk> },
@@ -127,10 +128,10 @@ impl Outputs {
     }
 
     /// Open an outbox; fails when the engine is gone.
-    fn open(&self, id: &RequestId) -> Result<(), String> {
+    fn open(&self, id: &RequestId) -> Result<(), EngineError> {
         let mut inner = self.lock();
         if let Some(reason) = &inner.closed {
-            return Err(reason.clone());
+            return Err(EngineError::Stopped(reason.clone()));
         }
         inner.boxes.insert(id.clone(), Outbox { events: Vec::new(), done: false, notify: Arc::new(Notify::new()) });
         Ok(())
@@ -220,7 +221,7 @@ impl EngineHandle {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut engine, &rx, &out, &feed, &worker)));
             let failure = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
+                Ok(Err(e)) => Some(e.to_string()),
                 Err(payload) => Some(panic_message(payload.as_ref())),
             };
             out.close(failure.as_deref().unwrap_or("the worker stopped"));
@@ -258,10 +259,10 @@ impl EngineHandle {
         &self,
         blocks: Vec<BlockId>,
         data: Buffer,
-    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), EngineError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Import(blocks, data, tx));
-        async move { rx.await.unwrap_or_else(|_| Err("the engine thread is gone".into())) }
+        async move { rx.await.unwrap_or(Err(EngineError::Gone)) }
     }
 
     /// Register a filled reservation in the prefix cache (see `Engine::commit`).
@@ -285,16 +286,16 @@ impl EngineHandle {
 
     /// Open the outbox of a request that will be submitted later (`submit_opened`), so that polls
     /// wait for it meanwhile.
-    pub fn open(&self, id: &RequestId) -> Result<(), String> {
+    pub fn open(&self, id: &RequestId) -> Result<(), EngineError> {
         self.outputs.open(id)
     }
 
     /// Submit a request whose outbox is open.
-    pub fn submit_opened(&self, req: GenerateRequest) -> Result<(), String> {
+    pub fn submit_opened(&self, req: GenerateRequest) -> Result<(), EngineError> {
         let id = req.id.clone();
         self.commands.send(Command::Submit(req)).map_err(|_| {
             self.outputs.remove(&id);
-            "the engine thread is gone".to_string()
+            EngineError::Gone
         })
     }
 
@@ -318,12 +319,12 @@ impl EngineHandle {
     }
 
     /// Hand a request to the engine; its events then appear in `outputs()`.
-    pub fn submit(&self, req: GenerateRequest) -> Result<(), String> {
+    pub fn submit(&self, req: GenerateRequest) -> Result<(), EngineError> {
         self.outputs.open(&req.id)?;
         let id = req.id.clone();
         self.commands.send(Command::Submit(req)).map_err(|_| {
             self.outputs.remove(&id);
-            "the engine thread is gone".to_string()
+            EngineError::Gone
         })
     }
 
@@ -356,7 +357,7 @@ fn run(
     out: &Outputs,
     kv: &KvFeed,
     name: &str,
-) -> Result<(), String> {
+) -> Result<(), ExecutorError> {
     let mut st = ThreadState { out, kv, sinks: HashMap::new(), buffers: BufferPool::new(16) };
     loop {
         if !engine.has_work() {
@@ -382,7 +383,7 @@ fn run(
         }
         // Commands evict and register blocks too (reservations, commits).
         kv.offload(engine.take_offloaded());
-        for (id, event) in engine.step().map_err(|e| e.to_string())? {
+        for (id, event) in engine.step()? {
             out.push(&id, event);
         }
         // Before any command can reuse their blocks.
@@ -467,13 +468,13 @@ fn apply(engine: &mut Engine, cmd: Command, st: &mut ThreadState<'_>) -> bool {
         Command::Import(blocks, data, reply) => {
             let n = engine.block_layout().map_or(0, |l| l.block_bytes());
             let result = if n == 0 || data.len() != n * blocks.len() {
-                Err(format!("{} bytes for {} blocks", data.len(), blocks.len()))
+                Err(EngineError::ImportSize { bytes: data.len(), blocks: blocks.len() })
             } else {
                 blocks
                     .iter()
                     .zip(data.chunks_exact(n))
                     .try_for_each(|(&b, bytes)| engine.import_block(b, bytes))
-                    .map_err(|e| e.to_string())
+                    .map_err(EngineError::Import)
             };
             let _ = reply.send(result);
         }

@@ -17,7 +17,7 @@ pub fn config_from(
     router: &vocab::config::RouterSection,
     devices: usize,
 ) -> PlannerConfig {
-    let mode = if section.mode == "throughput" { PlannerMode::Throughput } else { PlannerMode::Load };
+    let mode = section.mode;
     let slo = Slo { ttft: section.slo_ttft.get(), itl: section.slo_itl.get() };
     let capacity = Capacity {
         prefill_tokens_per_s: section.prefill_tokens_per_s,

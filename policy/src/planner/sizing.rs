@@ -28,11 +28,7 @@ pub struct Slo {
     pub itl: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlannerMode {
-    Load,
-    Throughput,
-}
+pub use vocab::config::PlannerMode;
 
 /// What one worker sustains within the SLOs.
 #[derive(Clone, Copy, Debug, PartialEq)]

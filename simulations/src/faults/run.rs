@@ -7,8 +7,7 @@
 //! product's pauses. Outputs of a request's earlier placements are dropped and cancelled by the
 //! lifecycle's stale rule; a healed node's stale copies are cancelled when it rejoins.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use crate::cluster::{
     ClusterConfig, ClusterRun, FIRST_TOKEN, RequestOutcome, SAMPLE_EVERY, Sample, TOKEN_SPAN, TierCounts,
     simulated_engine,
 };
+use crate::queue::{EventQueue, Simulation};
 use crate::trace::{TraceRequest, synthesize_prompt};
 
 /// The gateway's and cluster's settings that faults exercise.
@@ -59,13 +59,10 @@ impl FaultConfig {
 
 impl Default for FaultConfig {
     fn default() -> Self {
-        Self {
-            lease: Duration::from_secs(3),
-            retries: 1,
-            migrations: 2,
-            heartbeat: Duration::from_secs(1),
-            deliver_stale: false,
-        }
+        // The product's own defaults (`cluster.lease_timeout`, `gateway.retries`, `gateway.migrations`).
+        let gateway = vocab::config::GatewaySection::default();
+        let lease = vocab::config::ClusterSection::default_lease_timeout().get();
+        Self::new(lease, gateway.retries, gateway.migrations)
     }
 }
 
@@ -183,8 +180,6 @@ fn parse_id(id: &RequestId) -> (usize, u32) {
     (i.parse().expect("index"), a.parse().expect("attempt"))
 }
 
-type Queue = BinaryHeap<Reverse<(Duration, Event, u64)>>;
-
 struct Sim<'a> {
     config: &'a ClusterConfig,
     faults: &'a FaultConfig,
@@ -197,8 +192,9 @@ struct Sim<'a> {
     requests: Vec<Request>,
     outcomes: Vec<RequestOutcome>,
     counts: FaultCounts,
-    queue: Queue,
-    seq: u64,
+    queue: EventQueue<Event>,
+    /// Keys of deliveries on their way.
+    next_delivery: u64,
     deliveries: HashMap<u64, Delivery>,
     rng: StdRng,
     now: Duration,
@@ -252,8 +248,8 @@ pub fn run_with_faults(
         requests: Vec::with_capacity(trace.len()),
         outcomes: vec![RequestOutcome::default(); trace.len()],
         counts: FaultCounts::default(),
-        queue: BinaryHeap::new(),
-        seq: 0,
+        queue: EventQueue::new(),
+        next_delivery: 0,
         deliveries: HashMap::new(),
         rng: StdRng::seed_from_u64(config.seed ^ 0x10_57_e7_e5),
         now: Duration::ZERO,
@@ -278,10 +274,69 @@ pub fn run_with_faults(
     })
 }
 
+impl Simulation for Sim<'_> {
+    type Event = Event;
+    type Error = Violation;
+
+    fn queue(&mut self) -> &mut EventQueue<Event> {
+        &mut self.queue
+    }
+
+    fn step(&mut self, at: Duration, event: Event) -> Result<(), Violation> {
+        self.now = at;
+        match event {
+            Event::Arrival(i) => self.arrive(i)?,
+            Event::StepDone { worker, incarnation } => self.step_done(worker, incarnation)?,
+            Event::Deliver(k) => {
+                let d = self.deliveries.remove(&k).expect("each delivery once");
+                self.deliver(d)?;
+            }
+            Event::FaultStart(k) => self.fault_start(k)?,
+            Event::FaultEnd(k) => self.fault_end(k)?,
+            Event::LeaseExpired { worker, silence } => self.lease_expired(worker, silence)?,
+            Event::Timer(i) => {
+                self.requests[i].timer = None;
+                self.requests[i].life.handle_timeout(self.now);
+                self.pump(i)?;
+            }
+            Event::Heartbeat => {
+                for w in 0..self.nodes.len() {
+                    let n = &self.nodes[w];
+                    if n.up {
+                        let kv = KvBatch::Heartbeat { last_event_id: n.last_event_id };
+                        self.send(Delivery {
+                            worker: w,
+                            incarnation: n.incarnation,
+                            outputs: Vec::new(),
+                            kv: Some(kv),
+                        });
+                    }
+                }
+                if !self.quiet() {
+                    self.push(self.now + self.faults.heartbeat, Event::Heartbeat);
+                }
+            }
+            Event::Sample => {
+                let cached = self.nodes.iter().map(|n| n.engine.stats().cached_tokens).sum();
+                let load = self.nodes.iter().map(|n| n.engine.running() + n.engine.waiting()).collect();
+                self.samples.push(Sample {
+                    at: self.now,
+                    cached_tokens: cached,
+                    prompt_tokens: self.prompt_tokens,
+                    load,
+                });
+                if !self.quiet() {
+                    self.push(self.now + SAMPLE_EVERY, Event::Sample);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sim<'_> {
     fn push(&mut self, at: Duration, e: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse((at, e, self.seq)));
+        self.queue.push(at, e);
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -301,55 +356,7 @@ impl Sim<'_> {
         }
         self.push(Duration::ZERO, Event::Sample);
         self.push(self.faults.heartbeat, Event::Heartbeat);
-        while let Some(Reverse((at, event, _))) = self.queue.pop() {
-            self.now = at;
-            match event {
-                Event::Arrival(i) => self.arrive(i)?,
-                Event::StepDone { worker, incarnation } => self.step_done(worker, incarnation)?,
-                Event::Deliver(k) => {
-                    let d = self.deliveries.remove(&k).expect("each delivery once");
-                    self.deliver(d)?;
-                }
-                Event::FaultStart(k) => self.fault_start(k)?,
-                Event::FaultEnd(k) => self.fault_end(k)?,
-                Event::LeaseExpired { worker, silence } => self.lease_expired(worker, silence)?,
-                Event::Timer(i) => {
-                    self.requests[i].timer = None;
-                    self.requests[i].life.handle_timeout(self.now);
-                    self.pump(i)?;
-                }
-                Event::Heartbeat => {
-                    for w in 0..self.nodes.len() {
-                        let n = &self.nodes[w];
-                        if n.up {
-                            let kv = KvBatch::Heartbeat { last_event_id: n.last_event_id };
-                            self.send(Delivery {
-                                worker: w,
-                                incarnation: n.incarnation,
-                                outputs: Vec::new(),
-                                kv: Some(kv),
-                            });
-                        }
-                    }
-                    if !self.quiet() {
-                        self.push(self.now + self.faults.heartbeat, Event::Heartbeat);
-                    }
-                }
-                Event::Sample => {
-                    let cached = self.nodes.iter().map(|n| n.engine.stats().cached_tokens).sum();
-                    let load = self.nodes.iter().map(|n| n.engine.running() + n.engine.waiting()).collect();
-                    self.samples.push(Sample {
-                        at: self.now,
-                        cached_tokens: cached,
-                        prompt_tokens: self.prompt_tokens,
-                        load,
-                    });
-                    if !self.quiet() {
-                        self.push(self.now + SAMPLE_EVERY, Event::Sample);
-                    }
-                }
-            }
-        }
+        self.drive()?;
         self.finish()
     }
 
@@ -548,8 +555,8 @@ impl Sim<'_> {
         }
         let at = (self.now + node.delay).max(node.last_delivery);
         node.last_delivery = at;
-        self.seq += 1;
-        let key = self.seq;
+        self.next_delivery += 1;
+        let key = self.next_delivery;
         self.deliveries.insert(key, d);
         self.push(at, Event::Deliver(key));
     }

@@ -77,8 +77,8 @@ pub struct PlannerSection {
     pub enabled: bool,
     /// `"load"` (a step at a time on SLO pressure) or `"throughput"` (pools sized from predicted
     /// token rates and the capacities below).
-    #[serde(default = "default_planner_mode")]
-    pub mode: String,
+    #[serde(default)]
+    pub mode: PlannerMode,
     #[serde(default = "default_planner_interval")]
     pub interval: HumanDuration,
     #[serde(default = "default_slo_ttft")]
@@ -95,9 +95,6 @@ pub struct PlannerSection {
     pub decode_tokens_per_s: f64,
 }
 
-fn default_planner_mode() -> String {
-    "load".into()
-}
 fn default_planner_interval() -> HumanDuration {
     HumanDuration::from_millis(10_000)
 }
@@ -121,7 +118,7 @@ impl Default for PlannerSection {
     fn default() -> Self {
         Self {
             enabled: false,
-            mode: default_planner_mode(),
+            mode: PlannerMode::default(),
             interval: default_planner_interval(),
             slo_ttft: default_slo_ttft(),
             slo_itl: default_slo_itl(),
@@ -278,7 +275,7 @@ pub struct ClusterSection {
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: HumanDuration,
     /// A peer not heard from for this long is marked dead.
-    #[serde(default = "default_lease")]
+    #[serde(default = "ClusterSection::default_lease_timeout")]
     pub lease_timeout: HumanDuration,
     /// On SIGTERM, how long in-flight work may run before the node stops.
     #[serde(default = "default_grace")]
@@ -294,8 +291,11 @@ fn default_join_timeout() -> HumanDuration {
 fn default_heartbeat() -> HumanDuration {
     HumanDuration::from_millis(500)
 }
-fn default_lease() -> HumanDuration {
-    HumanDuration::from_secs(3)
+impl ClusterSection {
+    /// `cluster.lease_timeout` when the file sets none.
+    pub fn default_lease_timeout() -> HumanDuration {
+        HumanDuration::from_secs(3)
+    }
 }
 fn default_grace() -> HumanDuration {
     HumanDuration::from_secs(10)
@@ -599,6 +599,37 @@ pub struct NodeConfig {
     /// This node's KV cache tiers (host RAM, disk).
     #[serde(default)]
     pub cache: NodeCacheConfig,
+}
+
+/// How the planner sizes the pools (`planner.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlannerMode {
+    /// A step at a time on SLO pressure that lasts.
+    #[default]
+    Load,
+    /// Pools sized from predicted token rates and per-worker capacities.
+    Throughput,
+}
+
+impl std::str::FromStr for PlannerMode {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "load" => Ok(Self::Load),
+            "throughput" => Ok(Self::Throughput),
+            other => Err(UnknownName { given: other.to_string(), expected: "load or throughput" }),
+        }
+    }
+}
+
+/// A name that is none of the ones a setting takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not {expected}")]
+pub struct UnknownName {
+    pub given: String,
+    pub expected: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -154,10 +154,10 @@ fn cache_tiers_parse_and_checks_name_the_field() {
 fn planner_section_defaults_and_checks() {
     let c = ClusterConfig::parse(TWO_NODES, "two").unwrap();
     assert!(!c.planner.enabled);
-    assert_eq!((c.planner.mode.as_str(), c.planner.interval.get().as_secs()), ("load", 10));
+    assert_eq!((c.planner.mode, c.planner.interval.get().as_secs()), (PlannerMode::Load, 10));
     let with = |planner: &str| format!("{TWO_NODES}\n[planner]\n{planner}\n");
     let c = ClusterConfig::parse(&with("enabled = true\nmode = \"throughput\"\nslo_ttft = \"800ms\""), "t").unwrap();
-    assert!(c.planner.enabled && c.planner.mode == "throughput");
+    assert!(c.planner.enabled && c.planner.mode == PlannerMode::Throughput);
     assert_eq!(c.planner.slo_ttft.get().as_millis(), 800);
     for (text, path) in [
         ("mode = \"fast\"", "planner.mode"),

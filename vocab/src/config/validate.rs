@@ -83,9 +83,6 @@ impl ClusterConfig {
             }
         }
         let pl = &self.planner;
-        if !matches!(pl.mode.as_str(), "load" | "throughput") {
-            return Err(("planner.mode".into(), format!("{:?} is not \"load\" or \"throughput\"", pl.mode)));
-        }
         for (name, d) in [("interval", pl.interval), ("slo_ttft", pl.slo_ttft), ("slo_itl", pl.slo_itl)] {
             if d.get().is_zero() {
                 return Err((format!("planner.{name}"), "must be above zero".into()));
