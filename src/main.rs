@@ -211,7 +211,7 @@ enum BenchCommand {
         model: String,
         /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
-        device: String,
+        device: runtime::config::Device,
         #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
         concurrency: Vec<usize>,
         #[arg(long, default_value_t = 16)]
@@ -341,7 +341,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 block_size: 16,
             };
             let mut load = |blocks: usize| {
-                let m = gpu::model::LoadedModel::load(&section, &device, gpu::model::KvBudget::Blocks(blocks), 16)?;
+                let m = gpu::model::LoadedModel::load(&section, device, gpu::model::KvBudget::Blocks(blocks), 16)?;
                 Ok((m.executor, m.tokenizer))
             };
             let report = bench.run(&mut load).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -62,7 +62,11 @@ impl NodePlan {
             roles: node.roles.iter().copied().collect(),
             gateway: node.gateway.as_deref().and_then(|g| with_port(g, http_port)),
             data: node.data.as_deref().and_then(|d| d.parse().ok()),
-            workers: node.workers.iter().map(|w| (WorkerId::new(&node.name, &w.device), w.clone())).collect(),
+            workers: node
+                .workers
+                .iter()
+                .map(|w| (WorkerId::new(&node.name, &w.device.to_string()), w.clone()))
+                .collect(),
             heartbeat: Some(Heartbeat {
                 interval: config.cluster.heartbeat_interval.get(),
                 lease_timeout: config.cluster.lease_timeout.get(),
@@ -83,7 +87,7 @@ impl NodePlan {
             workers: config
                 .nodes
                 .iter()
-                .flat_map(|n| n.workers.iter().map(move |w| (WorkerId::new(&n.name, &w.device), w.clone())))
+                .flat_map(|n| n.workers.iter().map(move |w| (WorkerId::new(&n.name, &w.device.to_string()), w.clone())))
                 .collect(),
             heartbeat: None,
             cache: config.nodes[0].cache.clone(),

@@ -52,4 +52,13 @@ mod tests {
         let text = handle.render();
         assert!(text.contains("armature_test_total{kind=\"unit\"} 3"), "{text}");
     }
+
+    #[test]
+    fn catalogued_families_render_with_their_help_text() {
+        let handle = super::prometheus();
+        metrics::counter!("armature_request_retries_total").increment(1);
+        let text = handle.render();
+        let help = crate::catalogue::FAMILIES.iter().find(|f| f.name == "armature_request_retries_total").unwrap().help;
+        assert!(text.contains(&format!("# HELP armature_request_retries_total {help}")), "{text}");
+    }
 }

@@ -65,7 +65,7 @@ impl Actor for WorkerActor {
             Some(bytes) => KvBudget::Bytes(bytes.bytes()),
             None => KvBudget::Blocks(args.config.kv_blocks as usize),
         };
-        let model = LoadedModel::load(&args.model, &args.config.device, budget, args.block_size as usize)?;
+        let model = LoadedModel::load(&args.model, args.config.device, budget, args.block_size as usize)?;
         let info = model.executor.info();
         let limits = EngineLimits {
             max_batch: args.config.max_batch as usize,

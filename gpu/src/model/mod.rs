@@ -13,7 +13,7 @@ pub mod tiny;
 use std::path::Path;
 use std::sync::Arc;
 
-use runtime::config::ModelSection;
+use runtime::config::{Device, ModelSection};
 
 use crate::chat::{CHATML, ChatMessage, ChatTemplate};
 use crate::cpu::Precision;
@@ -39,7 +39,7 @@ pub enum ModelError {
     Threads(#[source] std::io::Error),
     /// The device named cannot run the model (not built with CUDA, no driver, no such device).
     #[error("device \"{device}\": {reason}")]
-    Device { device: String, reason: String },
+    Device { device: Device, reason: String },
 }
 
 /// What a gateway needs of a model: its id, tokenizer, chat format and context length.
@@ -147,8 +147,13 @@ impl KvBudget {
 impl LoadedModel {
     /// The executor and tokenizer for `section` on `device` (`cpu` or `cuda:N`), with a KV cache
     /// of the given budget in blocks of `block_size` positions.
-    pub fn load(section: &ModelSection, device: &str, budget: KvBudget, block_size: usize) -> Result<Self, ModelError> {
-        if device != "cpu" && section.source != "test" {
+    pub fn load(
+        section: &ModelSection,
+        device: Device,
+        budget: KvBudget,
+        block_size: usize,
+    ) -> Result<Self, ModelError> {
+        if device != Device::Cpu && section.source != "test" {
             return cuda_model(section, device, budget, block_size);
         }
         let limit = |exec: &mut crate::cpu::ModelExecutor| {
@@ -200,14 +205,13 @@ impl LoadedModel {
 #[cfg(feature = "cuda")]
 fn cuda_model(
     section: &ModelSection,
-    device: &str,
+    device: Device,
     budget: KvBudget,
     block_size: usize,
 ) -> Result<LoadedModel, ModelError> {
     use crate::cuda::CudaExecutor;
-    let err = |reason: String| ModelError::Device { device: device.into(), reason };
-    let ordinal =
-        crate::cuda::parse_device(device).ok_or_else(|| err("not a device: use \"cpu\" or \"cuda:N\"".into()))?;
+    let err = |reason: String| ModelError::Device { device, reason };
+    let ordinal = device.cuda_ordinal().ok_or_else(|| err("not a CUDA device".into()))? as usize;
     let dir = Path::new(&section.source);
     let (mut exec, tokenizer, kv_blocks) = if dir.is_dir() {
         let (tok, ..) = hf::HfModel::tokenizer(dir)?;
@@ -231,9 +235,9 @@ fn cuda_model(
 
 /// Without the `cuda` feature, a CUDA device is refused by name.
 #[cfg(not(feature = "cuda"))]
-fn cuda_model(_: &ModelSection, device: &str, _: KvBudget, _: usize) -> Result<LoadedModel, ModelError> {
+fn cuda_model(_: &ModelSection, device: Device, _: KvBudget, _: usize) -> Result<LoadedModel, ModelError> {
     Err(ModelError::Device {
-        device: device.into(),
+        device,
         reason: "this build has no CUDA backend (build with `--features cuda`); use \"cpu\"".into(),
     })
 }

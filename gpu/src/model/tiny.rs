@@ -194,10 +194,15 @@ mod budget_tests {
         let section =
             runtime::config::ModelSection { source: path.to_string_lossy().into_owned(), ..Default::default() };
         // 2 layers × K and V × 4 positions × 2 KV heads × 16 dims × 2 bytes (f16) = 1024 bytes a block.
-        let m = LoadedModel::load(&section, "cpu", KvBudget::Bytes(10_000), 4).unwrap();
+        let m = LoadedModel::load(&section, runtime::config::Device::Cpu, KvBudget::Bytes(10_000), 4).unwrap();
         assert_eq!(m.kv_blocks, 9);
-        assert_eq!(LoadedModel::load(&section, "cpu", KvBudget::Blocks(7), 4).unwrap().kv_blocks, 7);
-        let err = LoadedModel::load(&section, "cpu", KvBudget::Bytes(1000), 4).err().expect("too small");
+        assert_eq!(
+            LoadedModel::load(&section, runtime::config::Device::Cpu, KvBudget::Blocks(7), 4).unwrap().kv_blocks,
+            7
+        );
+        let err = LoadedModel::load(&section, runtime::config::Device::Cpu, KvBudget::Bytes(1000), 4)
+            .err()
+            .expect("too small");
         assert!(err.to_string().contains("one block takes 1024 bytes"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }

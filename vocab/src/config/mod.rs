@@ -601,6 +601,61 @@ pub struct NodeConfig {
     pub cache: NodeCacheConfig,
 }
 
+/// A worker's device: the CPU, or CUDA GPU number N. Written `cpu` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl Device {
+    /// The CUDA ordinal, for a GPU.
+    pub fn cuda_ordinal(self) -> Option<u32> {
+        match self {
+            Self::Cpu => None,
+            Self::Cuda(n) => Some(n),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        if s == "cpu" {
+            return Ok(Self::Cpu);
+        }
+        match s.strip_prefix("cuda:").map(str::parse::<u32>) {
+            Some(Ok(n)) => Ok(Self::Cuda(n)),
+            _ => Err(UnknownName { given: s.to_string(), expected: "a device: \"cpu\" or \"cuda:N\"" }),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = UnknownName;
+
+    fn try_from(s: String) -> Result<Self, UnknownName> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
+}
+
 /// How the planner sizes the pools (`planner.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -645,7 +700,7 @@ pub enum WorkerRole {
 #[serde(deny_unknown_fields)]
 pub struct WorkerConfig {
     /// `cpu` or `cuda:N`.
-    pub device: String,
+    pub device: Device,
     #[serde(default)]
     pub role: WorkerRole,
     /// KV blocks in this worker's pool.

@@ -13,7 +13,7 @@ fn embedded_default_has_one_node_with_every_role() {
     assert_eq!(c.nodes.len(), 1);
     assert_eq!(c.nodes[0].roles, vec![Role::Gateway, Role::Router]);
     assert_eq!(c.nodes[0].workers.len(), 1);
-    assert_eq!(c.nodes[0].workers[0].device, "cpu");
+    assert_eq!(c.nodes[0].workers[0].device, Device::Cpu);
     assert_eq!(c.cluster.join_timeout.get(), std::time::Duration::from_secs(30));
     assert_eq!(c.model_name(), "SmolLM2-135M-Instruct");
 }

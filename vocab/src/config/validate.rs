@@ -189,7 +189,7 @@ impl ClusterConfig {
             }
             for (w, worker) in node.workers.iter().enumerate() {
                 let wat = |field: &str| format!("nodes[{i}].workers[{w}].{field}");
-                check_device(&worker.device).map_err(|m| (wat("device"), m))?;
+                check_device(worker.device).map_err(|m| (wat("device"), m))?;
                 if worker.spare && !self.planner.enabled {
                     return Err((wat("spare"), "only the planner starts spare workers: set planner.enabled".into()));
                 }
@@ -246,15 +246,11 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
-fn check_device(device: &str) -> Result<(), String> {
-    if device == "cpu" {
-        return Ok(());
-    }
-    match device.strip_prefix("cuda:").map(str::parse::<u32>) {
-        Some(Ok(_)) if cfg!(feature = "cuda") => Ok(()),
-        Some(Ok(_)) => Err(format!(
+fn check_device(device: super::Device) -> Result<(), String> {
+    match device {
+        super::Device::Cuda(_) if !cfg!(feature = "cuda") => Err(format!(
             "\"{device}\": the CUDA backend is not in this build (build with `--features cuda`); use \"cpu\""
         )),
-        _ => Err(format!("\"{device}\" is not a device: use \"cpu\" or \"cuda:N\"")),
+        _ => Ok(()),
     }
 }
