@@ -32,11 +32,6 @@ pub enum CudaError {
     Model(String),
 }
 
-/// A `device = "cuda:N"` name's N.
-pub fn parse_device(device: &str) -> Option<usize> {
-    device.strip_prefix("cuda:")?.parse().ok()
-}
-
 /// One device as the driver describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CudaDeviceInfo {

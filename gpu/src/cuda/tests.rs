@@ -82,9 +82,10 @@ fn architectures_for_devices() {
     assert_eq!(kernels::architecture((9, 0)), "compute_90");
     assert_eq!(kernels::architecture((8, 6)), "compute_86");
     assert_eq!(kernels::architecture((10, 3)), "compute_90");
-    assert_eq!(parse_device("cuda:3"), Some(3));
-    assert_eq!(parse_device("cuda:x"), None);
-    assert_eq!(parse_device("cpu"), None);
+    use runtime::config::Device;
+    assert_eq!("cuda:3".parse::<Device>().map(Device::cuda_ordinal), Ok(Some(3)));
+    assert!("cuda:x".parse::<Device>().is_err());
+    assert_eq!("cpu".parse::<Device>().map(Device::cuda_ordinal), Ok(None));
 }
 
 /// The model for the GPU tests: `ARMATURE_TEST_MODEL` (a GGUF path), required on GPU machines.
@@ -359,14 +360,14 @@ fn a_cuda_device_without_a_driver_is_a_clear_error() {
     let path = dir.join("tiny.gguf");
     crate::model::tiny::write_gguf(&path, crate::model::tiny::TinyArch::Llama, 1).unwrap();
     let section = runtime::config::ModelSection { source: path.display().to_string(), ..Default::default() };
-    let err = crate::model::LoadedModel::load(&section, "cuda:0", crate::model::KvBudget::Blocks(8), 4)
+    let cuda0 = runtime::config::Device::Cuda(0);
+    let err = crate::model::LoadedModel::load(&section, cuda0, crate::model::KvBudget::Blocks(8), 4)
         .err()
         .expect("no driver here");
     let text = err.to_string();
     assert!(text.contains("cuda:0") && text.contains("no CUDA driver"), "{text}");
-    let err = crate::model::LoadedModel::load(&section, "cuda:zero", crate::model::KvBudget::Blocks(8), 4)
-        .err()
-        .expect("not a device");
+    // A name that is no device never gets this far: the config and the CLI refuse it.
+    let err = "cuda:zero".parse::<runtime::config::Device>().expect_err("not a device");
     assert!(err.to_string().contains("not a device"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
