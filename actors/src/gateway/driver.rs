@@ -54,6 +54,9 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
         while let Some(output) = life.poll() {
             match output {
                 Output::Place { avoid } => {
+                    // For the router only: the worker hashes the prompt again as it admits it,
+                    // because it trusts no hashes from another node and a migrated prompt
+                    // changes (docs/design.md#block-hashes).
                     let hashes = gw.hasher.sequence_hashes(&life.request().prompt_tokens);
                     let placement = place(&life.request().id, hashes, avoid).await;
                     let worker = placement.as_ref().map(|p| p.worker.id.clone());
