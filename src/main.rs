@@ -208,7 +208,7 @@ enum BenchCommand {
     Engine {
         /// `default`, a path to a .gguf file, or `test`.
         #[arg(long, default_value = "default")]
-        model: String,
+        model: runtime::config::ModelSource,
         /// `cpu`, or `cuda:N` in a build with the `cuda` feature.
         #[arg(long, default_value = "cpu")]
         device: runtime::config::Device,
@@ -253,7 +253,7 @@ enum ModelCommand {
         hf: PathBuf,
         /// `default` or a path to a .gguf file.
         #[arg(long, default_value = "default")]
-        model: String,
+        model: runtime::config::ModelSource,
     },
 }
 

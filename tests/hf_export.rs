@@ -40,7 +40,7 @@ fn exported_folder_loads_back_with_identical_outputs() {
 
     // Tokenizer and chat template from the folder behave as the GGUF's.
     let from_gguf = ModelFrontend::from_gguf(&g, "m".into(), None, 16).unwrap();
-    let section = ModelSection { source: dir.to_string_lossy().into_owned(), ..Default::default() };
+    let section = ModelSection { source: runtime::config::ModelSource::Path(dir.clone()), ..Default::default() };
     let from_hf = ModelFrontend::load(&section, "m".into()).unwrap();
     assert_eq!(from_hf.context_length, 8192);
     for case in reference["tokenize"].as_array().unwrap() {

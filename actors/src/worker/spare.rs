@@ -155,7 +155,7 @@ mod tests {
     async fn a_spare_starts_in_a_role_is_started_again_after_a_failure_and_stops() {
         let id = WorkerId::new("spare-test", "cpu");
         let config: WorkerConfig = serde_json::from_str(r#"{"device": "cpu", "spare": true}"#).unwrap();
-        let model = ModelSection { source: "test".into(), ..Default::default() };
+        let model = ModelSection { source: runtime::config::ModelSource::Test, ..Default::default() };
         let worker = WorkerArgs { id: id.clone(), block_size: 16, config, model, disagg: None, tiers: None };
         let (spare, _) =
             Actor::spawn(None, SpareActor, SpareArgs { worker, grace: Duration::from_secs(5) }).await.unwrap();

@@ -359,7 +359,10 @@ fn a_cuda_device_without_a_driver_is_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.gguf");
     crate::model::tiny::write_gguf(&path, crate::model::tiny::TinyArch::Llama, 1).unwrap();
-    let section = runtime::config::ModelSection { source: path.display().to_string(), ..Default::default() };
+    let section = runtime::config::ModelSection {
+        source: runtime::config::ModelSource::Path(path.clone()),
+        ..Default::default()
+    };
     let cuda0 = runtime::config::Device::Cuda(0);
     let err = crate::model::LoadedModel::load(&section, cuda0, crate::model::KvBudget::Blocks(8), 4)
         .err()

@@ -10,10 +10,9 @@ pub mod safetensors;
 pub mod spm;
 pub mod tiny;
 
-use std::path::Path;
 use std::sync::Arc;
 
-use runtime::config::{Device, ModelSection};
+use runtime::config::{Device, ModelSection, ModelSource};
 
 use crate::chat::{CHATML, ChatMessage, ChatTemplate};
 use crate::cpu::Precision;
@@ -54,19 +53,19 @@ pub struct ModelFrontend {
 
 impl ModelFrontend {
     pub fn load(section: &ModelSection, name: String) -> Result<Self, ModelError> {
-        match section.source.as_str() {
-            "test" => Ok(Self {
+        match &section.source {
+            ModelSource::Test => Ok(Self {
                 name,
                 tokenizer: Arc::new(TestTokenizer::default()),
                 chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
                 default_max_tokens: section.default_max_tokens,
             }),
-            source if Path::new(source).is_dir() => {
-                let (tok, template, bos, eos) = hf::HfModel::tokenizer(Path::new(source))?;
+            ModelSource::Path(dir) if dir.is_dir() => {
+                let (tok, template, bos, eos) = hf::HfModel::tokenizer(dir)?;
                 let chat = ChatTemplate::new(template.as_deref().unwrap_or(CHATML), &bos, &eos)
                     .map_err(ModelError::Template)?;
-                let native = hf::HfModel::open(Path::new(source))?.config.context_length as u32;
+                let native = hf::HfModel::open(dir)?.config.context_length as u32;
                 Ok(Self {
                     name,
                     tokenizer: Arc::new(tok),
@@ -153,7 +152,7 @@ impl LoadedModel {
         budget: KvBudget,
         block_size: usize,
     ) -> Result<Self, ModelError> {
-        if device != Device::Cpu && section.source != "test" {
+        if device != Device::Cpu && section.source != ModelSource::Test {
             return cuda_model(section, device, budget, block_size);
         }
         let limit = |exec: &mut crate::cpu::ModelExecutor| {
@@ -161,8 +160,8 @@ impl LoadedModel {
                 exec.limit_context(limit as usize);
             }
         };
-        match section.source.as_str() {
-            "test" => {
+        match &section.source {
+            ModelSource::Test => {
                 let kv_blocks = budget.blocks(TEST_KV_BYTES_PER_TOKEN * block_size as u64)?;
                 let exec = TestExecutor::new(
                     section.test.step_delay.get(),
@@ -171,8 +170,7 @@ impl LoadedModel {
                 .with_kv(kv_blocks, block_size);
                 Ok(Self { executor: Box::new(exec), tokenizer: Arc::new(TestTokenizer::default()), kv_blocks })
             }
-            source if Path::new(source).is_dir() => {
-                let dir = Path::new(source);
+            ModelSource::Path(dir) if dir.is_dir() => {
                 let (tok, ..) = hf::HfModel::tokenizer(dir)?;
                 let hf = hf::HfModel::open(dir)?;
                 let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
@@ -186,6 +184,7 @@ impl LoadedModel {
             }
             source => {
                 let g = open_source(section)?;
+                let source = source.to_string();
                 let tokenizer = tokenizer_from_gguf(&g)?;
                 let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
                 let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
@@ -193,7 +192,7 @@ impl LoadedModel {
                     block_size,
                     Precision::Fast,
                 ))?;
-                let mut exec = crate::cpu::ModelExecutor::from_gguf(&g, source, kv_blocks, block_size)?;
+                let mut exec = crate::cpu::ModelExecutor::from_gguf(&g, &source, kv_blocks, block_size)?;
                 limit(&mut exec);
                 Ok(Self { executor: Box::new(exec), tokenizer, kv_blocks })
             }
@@ -212,8 +211,9 @@ fn cuda_model(
     use crate::cuda::CudaExecutor;
     let err = |reason: String| ModelError::Device { device, reason };
     let ordinal = device.cuda_ordinal().ok_or_else(|| err("not a CUDA device".into()))? as usize;
-    let dir = Path::new(&section.source);
-    let (mut exec, tokenizer, kv_blocks) = if dir.is_dir() {
+    let (mut exec, tokenizer, kv_blocks) = if let ModelSource::Path(dir) = &section.source
+        && dir.is_dir()
+    {
         let (tok, ..) = hf::HfModel::tokenizer(dir)?;
         let hf = hf::HfModel::open(dir)?;
         let blocks = budget.blocks(CudaExecutor::kv_bytes_per_block(&hf.config, block_size))?;
@@ -223,7 +223,7 @@ fn cuda_model(
         let g = open_source(section)?;
         let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
         let blocks = budget.blocks(CudaExecutor::kv_bytes_per_block(&config, block_size))?;
-        let exec = CudaExecutor::from_gguf(&g, &section.source, ordinal, blocks, block_size)
+        let exec = CudaExecutor::from_gguf(&g, &section.source.to_string(), ordinal, blocks, block_size)
             .map_err(|e| err(e.to_string()))?;
         (exec, tokenizer_from_gguf(&g)?, blocks)
     };
@@ -256,8 +256,8 @@ pub fn tokenizer_from_gguf(g: &gguf::GgufFile) -> Result<Arc<dyn Tokenizer>, Mod
 
 /// The GGUF file `section` names, fetching the default model on first use.
 pub fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError> {
-    let path = match section.source.as_str() {
-        "default" => {
+    let path = match &section.source {
+        ModelSource::Default => {
             let mut last = 0;
             fetch::fetch(&fetch::DEFAULT_MODEL, &fetch::cache_dir(), &mut |done, total| {
                 let pct = (done * 100).checked_div(total).unwrap_or(100);
@@ -268,7 +268,8 @@ pub fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError>
             })
             .map_err(|e| ModelError::Fetch(e.to_string()))?
         }
-        path => std::path::PathBuf::from(path),
+        ModelSource::Path(path) => path.clone(),
+        ModelSource::Test => return Err(ModelError::Fetch("the test executor has no GGUF file".into())),
     };
     Ok(gguf::GgufFile::open(&path)?)
 }

@@ -191,8 +191,10 @@ mod budget_tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tiny.gguf");
         write_gguf(&path, TinyArch::Llama, 3).unwrap();
-        let section =
-            runtime::config::ModelSection { source: path.to_string_lossy().into_owned(), ..Default::default() };
+        let section = runtime::config::ModelSection {
+            source: runtime::config::ModelSource::Path(path.clone()),
+            ..Default::default()
+        };
         // 2 layers × K and V × 4 positions × 2 KV heads × 16 dims × 2 bytes (f16) = 1024 bytes a block.
         let m = LoadedModel::load(&section, runtime::config::Device::Cpu, KvBudget::Bytes(10_000), 4).unwrap();
         assert_eq!(m.kv_blocks, 9);

@@ -307,7 +307,7 @@ fn default_grace() -> HumanDuration {
 pub struct ModelSection {
     /// `default` (SmolLM2-135M-Instruct, fetched on first use), a path to a `.gguf` file, or `test`
     /// (the deterministic test executor, no weights).
-    pub source: String,
+    pub source: ModelSource,
     /// The id clients send as `model`; defaults to the source's own name.
     #[serde(default)]
     pub name: Option<String>,
@@ -329,7 +329,7 @@ fn default_max_tokens() -> u32 {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
-            source: "default".into(),
+            source: ModelSource::Default,
             name: None,
             context_length: None,
             default_max_tokens: default_max_tokens(),
@@ -601,6 +601,58 @@ pub struct NodeConfig {
     pub cache: NodeCacheConfig,
 }
 
+/// Which weights the workers run (`model.source`): `default`, `test`, or a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ModelSource {
+    /// SmolLM2-135M-Instruct, fetched and checked on first use.
+    Default,
+    /// The deterministic test executor, no weights.
+    Test,
+    /// A `.gguf` file (or, outside the config file, a Hugging Face folder).
+    Path(std::path::PathBuf),
+}
+
+impl fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::Test => f.write_str("test"),
+            Self::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ModelSource {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s {
+            "" => Err(UnknownName {
+                given: String::new(),
+                expected: "a model source: \"default\", a path to a .gguf file, or \"test\"",
+            }),
+            "default" => Ok(Self::Default),
+            "test" => Ok(Self::Test),
+            path => Ok(Self::Path(path.into())),
+        }
+    }
+}
+
+impl TryFrom<String> for ModelSource {
+    type Error = UnknownName;
+
+    fn try_from(s: String) -> Result<Self, UnknownName> {
+        s.parse()
+    }
+}
+
+impl From<ModelSource> for String {
+    fn from(s: ModelSource) -> String {
+        s.to_string()
+    }
+}
+
 /// A worker's device: the CPU, or CUDA GPU number N. Written `cpu` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -794,12 +846,12 @@ impl ClusterConfig {
 
     /// The model id clients use.
     pub fn model_name(&self) -> String {
-        self.model.name.clone().unwrap_or_else(|| match self.model.source.as_str() {
-            "test" => "armature-test".to_string(),
-            "default" => "SmolLM2-135M-Instruct".to_string(),
-            path => std::path::Path::new(path)
-                .file_stem()
-                .map_or_else(|| path.to_string(), |s| s.to_string_lossy().into_owned()),
+        self.model.name.clone().unwrap_or_else(|| match &self.model.source {
+            ModelSource::Test => "armature-test".to_string(),
+            ModelSource::Default => "SmolLM2-135M-Instruct".to_string(),
+            ModelSource::Path(path) => {
+                path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+            }
         })
     }
 

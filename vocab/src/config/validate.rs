@@ -35,12 +35,14 @@ impl ClusterConfig {
         for (i, seed) in c.seeds.iter().enumerate() {
             check_host_port(seed).map_err(|m| (format!("cluster.seeds[{i}]"), m))?;
         }
-        let source = self.model.source.as_str();
-        if !matches!(source, "test" | "default") && !source.ends_with(".gguf") {
+        if let super::ModelSource::Path(path) = &self.model.source
+            && path.extension().is_none_or(|e| e != "gguf")
+        {
             return Err((
                 "model.source".into(),
                 format!(
-                    "\"{source}\" is not a model source: use \"default\", a path to a .gguf file, or \"test\" (Hugging Face folders are not supported yet)"
+                    "\"{}\" is not a model source: use \"default\", a path to a .gguf file, or \"test\" (Hugging Face folders are not supported yet)",
+                    path.display()
                 ),
             ));
         }
