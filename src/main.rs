@@ -513,10 +513,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let addrs = [Some(&n.control), n.data.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|a| a.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+                    let addrs = [Some(n.control), n.data].into_iter().flatten().map(|s| s.ip());
                     let mut ips: Vec<std::net::IpAddr> = addrs.collect();
                     ips.dedup();
                     (n.name.clone(), ips)
@@ -671,17 +668,17 @@ async fn run_node(
 /// problem (busy port, unreachable seed).
 async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Result<ControlPlane, NodeError>> {
     let index = config.nodes.iter().position(|n| n.name == name).context("node in topology")?;
-    let listen = config.nodes[index].control.parse().context("validated control address")?;
+    let listen = config.nodes[index].control;
     let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
         Ok(cp) => cp,
         Err(e) => return Ok(Err(e)),
     };
-    let by_addr: std::collections::HashMap<&str, &str> =
-        config.nodes.iter().map(|n| (n.control.as_str(), n.name.as_str())).collect();
+    let by_addr: std::collections::HashMap<String, &str> =
+        config.nodes.iter().map(|n| (n.control.to_string(), n.name.as_str())).collect();
     let seeds: Vec<Seed> = config
         .seeds_for(name)
         .into_iter()
-        .map(|(path, addr)| Seed { node: by_addr.get(addr.as_str()).map(|n| n.to_string()), path, addr })
+        .map(|(path, addr)| Seed { node: by_addr.get(&addr).map(|n| n.to_string()), path, addr })
         .collect();
     if let Err(e) = cp.join(&seeds, config.cluster.join_timeout.get()).await {
         return Ok(Err(e));

@@ -42,12 +42,11 @@ pub struct NodePlan {
     pub cache: NodeCacheConfig,
 }
 
-fn with_port(addr: &str, port: Option<u16>) -> Option<SocketAddr> {
-    let mut a: SocketAddr = addr.parse().ok()?;
+fn with_port(mut addr: SocketAddr, port: Option<u16>) -> SocketAddr {
     if let Some(p) = port {
-        a.set_port(p);
+        addr.set_port(p);
     }
-    Some(a)
+    addr
 }
 
 impl NodePlan {
@@ -60,8 +59,8 @@ impl NodePlan {
         Ok(Self {
             name: node.name.clone(),
             roles: node.roles.iter().copied().collect(),
-            gateway: node.gateway.as_deref().and_then(|g| with_port(g, http_port)),
-            data: node.data.as_deref().and_then(|d| d.parse().ok()),
+            gateway: node.gateway.map(|g| with_port(g, http_port)),
+            data: node.data,
             workers: node
                 .workers
                 .iter()
@@ -78,12 +77,12 @@ impl NodePlan {
     /// The whole topology in one process, as `armature serve` runs it: every role and every
     /// worker, the first gateway address, no control-plane networking.
     pub fn whole(config: &ClusterConfig, http_port: Option<u16>) -> Self {
-        let gateway = config.nodes.iter().find_map(|n| n.gateway.as_deref()).and_then(|g| with_port(g, http_port));
+        let gateway = config.nodes.iter().find_map(|n| n.gateway).map(|g| with_port(g, http_port));
         Self {
             name: config.nodes[0].name.clone(),
             roles: config.nodes.iter().flat_map(|n| n.roles.iter().copied()).collect(),
             gateway,
-            data: config.nodes.iter().find_map(|n| n.data.as_deref()?.parse().ok()),
+            data: config.nodes.iter().find_map(|n| n.data),
             workers: config
                 .nodes
                 .iter()

@@ -5,6 +5,7 @@ mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -583,15 +584,16 @@ pub enum Role {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
-    /// Control-plane (ractor_cluster) listen address, `host:port`.
-    pub control: String,
+    /// Control-plane (ractor_cluster) listen address, `ip:port`.
+    #[serde(deserialize_with = "units::listen_addr")]
+    pub control: SocketAddr,
     /// HTTP listen address of the gateway, when the node has the gateway role.
-    #[serde(default)]
-    pub gateway: Option<String>,
+    #[serde(default, deserialize_with = "units::optional_listen_addr")]
+    pub gateway: Option<SocketAddr>,
     /// KV data-plane (QUIC) listen address, `ip:port`; needed by nodes with prefill or decode
     /// workers.
-    #[serde(default)]
-    pub data: Option<String>,
+    #[serde(default, deserialize_with = "units::optional_listen_addr")]
+    pub data: Option<SocketAddr>,
     #[serde(default)]
     pub roles: Vec<Role>,
     #[serde(default)]
@@ -864,14 +866,14 @@ impl ClusterConfig {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (format!("cluster.seeds[{i}]"), s.clone()))
-                .filter(|(_, s)| self.node(node).is_none_or(|n| &n.control != s))
+                .filter(|(_, s)| self.node(node).is_none_or(|n| n.control.to_string() != *s))
                 .collect();
         }
         self.nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| n.name != node)
-            .map(|(i, n)| (format!("nodes[{i}].control"), n.control.clone()))
+            .map(|(i, n)| (format!("nodes[{i}].control"), n.control.to_string()))
             .collect()
     }
 

@@ -165,6 +165,18 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A listen address, `ip:port`, refused with an example when it is not one.
+pub(crate) fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<std::net::SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse()
+        .map_err(|_| de::Error::custom(format!("\"{text}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\"")))
+}
+
+/// An optional listen address (see `listen_addr`).
+pub(crate) fn optional_listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    listen_addr(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

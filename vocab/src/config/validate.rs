@@ -141,7 +141,7 @@ impl ClusterConfig {
 
     fn validate_nodes(&self) -> Result<(), Invalid> {
         let mut names: HashMap<&str, usize> = HashMap::new();
-        let mut addrs: HashMap<&str, String> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
         let mut workers = 0usize;
         let mut gateways = 0usize;
         for (i, node) in self.nodes.iter().enumerate() {
@@ -153,12 +153,12 @@ impl ClusterConfig {
             if let Some(first) = names.insert(&node.name, i) {
                 return Err((at("name"), format!("duplicate node name \"{}\" (also nodes[{first}].name)", node.name)));
             }
-            let mut listen = vec![(at("control"), node.control.as_str())];
-            if let Some(g) = &node.gateway {
-                listen.push((at("gateway"), g.as_str()));
+            let mut listen = vec![(at("control"), node.control)];
+            if let Some(g) = node.gateway {
+                listen.push((at("gateway"), g));
             }
-            if let Some(d) = &node.data {
-                listen.push((at("data"), d.as_str()));
+            if let Some(d) = node.data {
+                listen.push((at("data"), d));
                 if self.transport.certs.is_none() {
                     return Err((
                         "transport.certs".into(),
@@ -169,7 +169,6 @@ impl ClusterConfig {
                 }
             }
             for (path, addr) in listen {
-                check_socket_addr(addr).map_err(|m| (path.clone(), m))?;
                 if let Some(other) = addrs.insert(addr, path.clone()) {
                     return Err((path, format!("address \"{addr}\" is already used by {other}")));
                 }
@@ -233,12 +232,6 @@ impl ClusterConfig {
         }
         Ok(())
     }
-}
-
-fn check_socket_addr(addr: &str) -> Result<(), String> {
-    addr.parse::<SocketAddr>()
-        .map(|_| ())
-        .map_err(|_| format!("\"{addr}\" is not an IP address with a port, e.g. \"127.0.0.1:7400\""))
 }
 
 fn check_host_port(addr: &str) -> Result<(), String> {
