@@ -229,7 +229,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                     },
                 };
                 if let (Some(o), Some(t)) = (onboard, &config.tiers) {
-                    let usable = (req.prompt_tokens.len() - 1) / config.block_size;
+                    let usable = hasher.reusable_blocks(req.prompt_tokens.len());
                     let wanted = hashes[..(o.blocks as usize).min(usable)].to_vec();
                     let source = o.source & !(TIER_BIT | DISK_BIT);
                     let on_disk = o.source & DISK_BIT != 0;

@@ -539,8 +539,7 @@ impl Sim<'_> {
             return;
         }
         let r = &self.requests[i];
-        let usable = (r.prompt.len() - 1) / self.c.cluster.block_size;
-        let hashes = self.hasher.sequence_hashes(&r.prompt[..usable * self.c.cluster.block_size]);
+        let hashes = self.hasher.reusable_hashes(&r.prompt);
         let mut tokens = r.prompt.clone();
         tokens.push(u32::from(b'a'));
         let req = GenerateRequest {

@@ -32,6 +32,18 @@ impl BlockHasher {
         self.block_size
     }
 
+    /// How many leading full blocks of a prompt of `len` tokens can come from a cache (a pool's
+    /// prefix cache, another worker, a tier): all but the block of the last token, which is
+    /// always computed because its logits give the next token.
+    pub fn reusable_blocks(&self, len: usize) -> usize {
+        len.saturating_sub(1) / self.block_size
+    }
+
+    /// The sequence hashes of `tokens`' reusable blocks (`reusable_blocks`).
+    pub fn reusable_hashes(&self, tokens: &[u32]) -> Vec<u64> {
+        self.sequence_hashes(&tokens[..self.reusable_blocks(tokens.len()) * self.block_size])
+    }
+
     /// Local hashes of every full block of `tokens`.
     pub fn local_hashes(&self, tokens: &[u32]) -> Vec<u64> {
         tokens.chunks_exact(self.block_size).map(|block| self.local_hash(block)).collect()
@@ -90,6 +102,15 @@ mod tests {
 
     /// The shared vectors, copied from `../shared/block_hash_vectors.json`.
     const VECTORS: &str = include_str!("../tests/block_hash_vectors.json");
+
+    #[test]
+    fn the_last_token_is_never_reusable() {
+        let h = BlockHasher::new(4);
+        assert_eq!([0, 1, 4, 5, 8, 9].map(|n| h.reusable_blocks(n)), [0, 0, 0, 1, 1, 2]);
+        let tokens: Vec<u32> = (0..9).collect();
+        assert_eq!(h.reusable_hashes(&tokens), h.sequence_hashes(&tokens[..8]));
+        assert_eq!(h.reusable_hashes(&tokens[..8]), h.sequence_hashes(&tokens[..4]));
+    }
 
     #[test]
     fn matches_the_shared_test_vectors() {

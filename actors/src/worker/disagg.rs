@@ -120,9 +120,8 @@ async fn fetch(
 ) -> Result<Fetched, DisaggError> {
     let layout = engine.block_layout().ok_or(DisaggError::NoLayout)?;
     let bs = d.hasher.block_size();
-    // The last prompt token is always computed here: its logits give the first token.
-    let usable = (req.prompt_tokens.len().saturating_sub(1)) / bs;
-    let hashes = d.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
+    let hashes = d.hasher.reusable_hashes(&req.prompt_tokens);
+    let usable = hashes.len();
     let reservation = engine.reserve(hashes.clone()).await.ok_or(DisaggError::NoRoom)?;
     let have = reservation.cached.len();
     if have == usable {

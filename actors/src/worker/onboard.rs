@@ -128,8 +128,7 @@ async fn onboard(
 ) -> Result<usize, OnboardError> {
     let layout = engine.block_layout().ok_or(OnboardError::NoLayout)?;
     let bs = access.hasher.block_size();
-    // The last prompt token is always computed: its logits give the first token.
-    let usable = ((req.prompt_tokens.len().saturating_sub(1)) / bs).min(hint.blocks as usize);
+    let usable = access.hasher.reusable_blocks(req.prompt_tokens.len()).min(hint.blocks as usize);
     let hashes = access.hasher.sequence_hashes(&req.prompt_tokens[..usable * bs]);
     let mut reservation = engine.reserve(hashes.clone()).await.ok_or(OnboardError::NoRoom)?;
     let have = reservation.cached.len();

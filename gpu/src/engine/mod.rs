@@ -287,10 +287,8 @@ impl Engine {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason.to_string())));
         }
         let mut seq = Sequence::new(req);
-        let bs = self.limits.block_size;
-        let reusable = (seq.tokens.len() - 1) / bs;
-        seq.ready = reusable > 0
-            && self.pool.cached_prefix(&self.hasher.sequence_hashes(&seq.tokens[..reusable * bs])) == reusable;
+        let reusable = self.hasher.reusable_hashes(&seq.tokens);
+        seq.ready = !reusable.is_empty() && self.pool.cached_prefix(&reusable) == reusable.len();
         self.waiting.push_back(seq);
         None
     }
@@ -472,7 +470,7 @@ impl Engine {
             let Some(seq) = self.waiting.get(next) else { break };
             let hashes = self.hasher.sequence_hashes(&seq.tokens);
             // Leave at least one token to compute: its logits are the next token's.
-            let reusable = (seq.tokens.len() - 1) / bs;
+            let reusable = self.hasher.reusable_blocks(seq.tokens.len());
             let cached = self.pool.acquire_prefix(&hashes[..reusable.min(hashes.len())]);
             let computed = cached.len() * bs;
             let end = computed + (seq.tokens.len() - computed).min(budget);
