@@ -66,7 +66,10 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     life.handle_placed(now(), worker);
                 }
                 Output::Submit { worker, .. } => {
-                    let Some(p) = placements.get(&worker) else { continue };
+                    let Some(p) = placements.get(&worker) else {
+                        life.handle_worker_failed(now(), &worker, "no placement for this worker");
+                        continue;
+                    };
                     let submission = Submission {
                         request: life.request().clone(),
                         prefill_from: p.prefill.clone(),
@@ -112,11 +115,17 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
             }
             continue;
         }
-        let Some((worker, attempt)) = life.running().map(|(w, a)| (w.clone(), a)) else {
-            return; // nothing in flight and nothing to wait for: the lifecycle is over
+        // Every output is carried out and nothing is timed: the request runs on a worker.
+        let running = life.running().map(|(w, a)| (w.clone(), a));
+        let Some(((worker, attempt), placement)) =
+            running.and_then(|(w, a)| placements.get(&w).cloned().map(|p| ((w, a), p)))
+        else {
+            // Unreachable while the lifecycle keeps its calling order; never leave a client hanging.
+            tracing::error!(request = %id, "request stopped with nothing in flight");
+            let _ = tx.send(Err(ApiError::unavailable("The request could not be run; retry later."))).await;
+            return;
         };
-        let Some(placement) = placements.get(&worker) else { return };
-        match poll_worker(&gw, placement, &id, &tx).await {
+        match poll_worker(&gw, &placement, &id, &tx).await {
             Polled::Events(events) => {
                 for event in events {
                     life.handle_event(now(), &worker, attempt, event);
