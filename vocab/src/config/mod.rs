@@ -268,7 +268,7 @@ pub struct ClusterSection {
     pub block_size: u32,
     /// Control addresses to join; empty means every other node's `control` address.
     #[serde(default)]
-    pub seeds: Vec<String>,
+    pub seeds: Vec<HostPort>,
     /// How long a starting node waits for its first seed before giving up.
     #[serde(default = "default_join_timeout")]
     pub join_timeout: HumanDuration,
@@ -603,6 +603,48 @@ pub struct NodeConfig {
     pub cache: NodeCacheConfig,
 }
 
+/// An address to connect to, `host:port`, where the host may be a name (`cluster.seeds`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        match s.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+                Ok(port) => Ok(Self { host: host.to_string(), port }),
+                Err(_) => Err(UnknownName { given: s.to_string(), expected: "host:port" }),
+            },
+            _ => Err(UnknownName { given: s.to_string(), expected: "host:port" }),
+        }
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = UnknownName;
+
+    fn try_from(s: String) -> Result<Self, UnknownName> {
+        s.parse()
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(h: HostPort) -> String {
+        h.to_string()
+    }
+}
+
 /// Which weights the workers run (`model.source`): `default`, `test`, or a path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -865,7 +907,7 @@ impl ClusterConfig {
                 .seeds
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (format!("cluster.seeds[{i}]"), s.clone()))
+                .map(|(i, s)| (format!("cluster.seeds[{i}]"), s.to_string()))
                 .filter(|(_, s)| self.node(node).is_none_or(|n| n.control.to_string() != *s))
                 .collect();
         }

@@ -32,9 +32,6 @@ impl ClusterConfig {
                 ),
             ));
         }
-        for (i, seed) in c.seeds.iter().enumerate() {
-            check_host_port(seed).map_err(|m| (format!("cluster.seeds[{i}]"), m))?;
-        }
         if let super::ModelSource::Path(path) = &self.model.source
             && path.extension().is_none_or(|e| e != "gguf")
         {
@@ -231,13 +228,6 @@ impl ClusterConfig {
             return Err(("nodes".into(), "no node has a worker".into()));
         }
         Ok(())
-    }
-}
-
-fn check_host_port(addr: &str) -> Result<(), String> {
-    match addr.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(format!("\"{addr}\" is not host:port")),
     }
 }
 
