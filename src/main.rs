@@ -669,7 +669,15 @@ async fn run_node(
 async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Result<ControlPlane, NodeError>> {
     let index = config.nodes.iter().position(|n| n.name == name).context("node in topology")?;
     let listen = config.nodes[index].control;
-    let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), config.cookie()).await {
+    let cookie = config.cookie();
+    if ClusterConfig::is_default_cookie(&cookie) {
+        tracing::warn!(
+            "cluster.cookie is the example's \"{}\": any process that knows it may join this cluster; \
+             set cluster.cookie or ARMATURE_COOKIE to a secret",
+            runtime::config::DEFAULT_COOKIE
+        );
+    }
+    let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), cookie).await {
         Ok(cp) => cp,
         Err(e) => return Ok(Err(e)),
     };

@@ -42,6 +42,18 @@ fn write(path: &Path, text: &str) -> Result<(), CertError> {
     std::fs::write(path, text).map_err(|source| CertError::Io { path: path.into(), source })
 }
 
+/// Write a private key readable by its owner only (0600), whatever the umask, also over a file
+/// that was there before.
+fn write_secret(path: &Path, text: &str) -> Result<(), CertError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |source| CertError::Io { path: path.into(), source };
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)
+}
+
 /// Write a new CA and a certificate for each node (`(name, addresses)`) into `dir`. Refuses to
 /// overwrite an existing CA.
 pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>, CertError> {
@@ -57,7 +69,7 @@ pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>,
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&ca_path, &ca_cert.pem())?;
-    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_secret(&dir.join("ca.key"), &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
     let mut written = vec![ca_path];
     for (name, addrs) in nodes {
@@ -69,7 +81,7 @@ pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>,
         let cert = p.signed_by(&key, &issuer)?;
         let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
         write(&cert_path, &cert.pem())?;
-        write(&key_path, &key.serialize_pem())?;
+        write_secret(&key_path, &key.serialize_pem())?;
         written.push(cert_path);
     }
     Ok(written)
@@ -164,8 +176,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("armature-certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let nodes = vec![("n0".to_string(), vec!["127.0.0.1".parse().unwrap()]), ("n_1".to_string(), vec![])];
+        // A node key left over with loose permissions is tightened when it is written again.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("n0.key"), "old").unwrap();
+        std::fs::set_permissions(dir.join("n0.key"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let written = init(&dir, &nodes).unwrap();
         assert_eq!(written.len(), 3);
+        let mode = |f: &str| {
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join(f)).unwrap().permissions()) & 0o777
+        };
+        for key in ["ca.key", "n0.key", "n_1.key"] {
+            assert_eq!(mode(key), 0o600, "{key}");
+        }
+        assert_eq!(mode("n0.pem") & 0o600, 0o600, "certificates stay readable");
         for n in ["n0", "n_1"] {
             let id = Identity::load(&dir, n).unwrap();
             id.server_tls().unwrap();

@@ -8,6 +8,7 @@
 //! slot contents like network input (frames are validated).
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -132,7 +133,8 @@ impl ShmSender {
     pub fn create(path: &Path, slots: usize, slot_size: usize) -> Result<Self, ShmError> {
         let io = |source| ShmError::Io { path: path.into(), source };
         let slot_size = slot_size.next_multiple_of(ALIGN);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).map_err(io)?;
+        // Only this user may map the ring: its slots hold KV blocks of other users' prompts.
+        let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
         let size = Ring::size(slots, slot_size);
         file.set_len(size as u64).map_err(io)?;
         // Take the memory now: a full tmpfs then fails here instead of killing the process with
@@ -402,6 +404,8 @@ mod tests {
         let path = ring_path("test", "a", "b");
         let mut tx = ShmSender::create(&path, 2, 100).unwrap();
         assert_eq!(tx.slot_size(), 128);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "only this user may map the ring");
         let mut rx = ShmReceiver::open(&path).unwrap();
         let quick = Duration::from_millis(20);
         tx.send(&[b"one", b"!"], quick).unwrap();

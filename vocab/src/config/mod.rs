@@ -260,6 +260,9 @@ impl Default for TransportSection {
     }
 }
 
+/// The cookie the shipped `cluster.toml` and examples carry; a node started with it warns.
+pub const DEFAULT_COOKIE: &str = "change-me";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
@@ -704,6 +707,11 @@ impl ClusterConfig {
     /// The cookie, with `ARMATURE_COOKIE` taking precedence.
     pub fn cookie(&self) -> String {
         std::env::var("ARMATURE_COOKIE").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| self.cluster.cookie.clone())
+    }
+
+    /// Whether `cookie` is the example files' own, which anyone who read them knows.
+    pub fn is_default_cookie(cookie: &str) -> bool {
+        cookie == DEFAULT_COOKIE
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeConfig> {

@@ -177,3 +177,11 @@ fn planner_section_defaults_and_checks() {
     let c = ClusterConfig::parse(&format!("{spare}\n[planner]\nenabled = true\n"), "t").unwrap();
     assert_eq!(c.nodes.iter().flat_map(|n| &n.workers).filter(|w| w.spare).count(), 1);
 }
+
+#[test]
+fn the_example_cookie_is_known_for_what_it_is() {
+    let c = ClusterConfig::parse(TWO_NODES, "two").unwrap();
+    assert_eq!(c.cluster.cookie, DEFAULT_COOKIE, "the example topology carries the example cookie");
+    assert!(ClusterConfig::is_default_cookie(DEFAULT_COOKIE));
+    assert!(!ClusterConfig::is_default_cookie("s3cret-from-a-vault"));
+}
