@@ -2,6 +2,7 @@
 //! timeout), reconnecting to peers that went away, and the node agent that keeps leases.
 
 mod agent;
+mod sessions;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use ractor_cluster::{
 };
 
 pub use agent::{AgentArgs, AgentMsg, ClusterView, NodeAgent};
+use sessions::{Closed, Sessions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -44,7 +46,7 @@ pub struct ControlPlane {
 
 struct SessionLog {
     failed_auth: Arc<AtomicU32>,
-    authenticated: std::sync::Mutex<HashSet<ractor_cluster::NodeId>>,
+    sessions: std::sync::Mutex<Sessions<ractor_cluster::NodeId>>,
 }
 
 /// ractor_cluster names a peer `name@host`; the topology knows it as `name`.
@@ -61,19 +63,22 @@ impl NodeEventSubscription for SessionLog {
         tracing::debug!(peer = %ses.peer_addr, incoming = ses.is_server, "control-plane session opened");
     }
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let was_authenticated = self.authenticated.lock().map(|mut a| a.remove(&ses.node_id)).unwrap_or(true);
-        if !was_authenticated {
-            self.failed_auth.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %ses.peer_addr, "control-plane session closed before authentication (wrong cookie?)");
-        } else {
-            tracing::warn!(peer = %peer(&ses), "control-plane session to peer closed");
+        let name = ses.peer_name.as_ref().map(|n| node_name(&n.name));
+        let closed = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).closed(&ses.node_id, name.as_deref());
+        match closed {
+            Closed::Duplicate => {
+                tracing::debug!(peer = %peer(&ses), "duplicate control-plane session closed (another remains)");
+            }
+            Closed::LastToPeer => tracing::warn!(peer = %peer(&ses), "control-plane session to peer closed"),
+            Closed::BeforeAuthentication => {
+                self.failed_auth.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %ses.peer_addr, "control-plane session closed before authentication (wrong cookie?)");
+            }
         }
         metrics::counter!("armature_control_sessions_closed_total").increment(1);
     }
     fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
-        if let Ok(mut a) = self.authenticated.lock() {
-            a.insert(ses.node_id);
-        }
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).authenticated(ses.node_id, peer(&ses));
         tracing::info!(peer = %peer(&ses), addr = %ses.peer_addr, "control-plane peer authenticated");
     }
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
@@ -102,10 +107,7 @@ impl ControlPlane {
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "armature-session-log".into(),
-                subscription: Box::new(SessionLog {
-                    failed_auth: failed_auth.clone(),
-                    authenticated: Default::default(),
-                }),
+                subscription: Box::new(SessionLog { failed_auth: failed_auth.clone(), sessions: Default::default() }),
             })
             .map_err(|e| listen_err(e.to_string()))?;
         Ok(Self { server, name: name.to_string(), failed_auth })
