@@ -265,7 +265,6 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
         match worker {
             Some(worker) => {
                 self.first = false;
-                self.delivered.clear();
                 self.out.push_back(Output::Submit { worker: worker.clone(), attempt: self.attempt });
                 self.phase = Phase::Submitting { worker };
             }

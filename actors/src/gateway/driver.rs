@@ -50,6 +50,8 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
     let mut life: Lifecycle<WorkerId> = Lifecycle::new(req, lifecycle_config(&gw), now());
     // The workers placed on, by id, to submit to and cancel on.
     let mut placements: HashMap<WorkerId, Placement> = HashMap::new();
+    // The worker of the latest attempt, for the logs (the lifecycle has moved on when it notes a failure).
+    let mut last_worker: Option<WorkerId> = None;
     loop {
         while let Some(output) = life.poll() {
             match output {
@@ -66,6 +68,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     life.handle_placed(now(), worker);
                 }
                 Output::Submit { worker, .. } => {
+                    last_worker = Some(worker.clone());
                     let Some(p) = placements.get(&worker) else {
                         life.handle_worker_failed(now(), &worker, "no placement for this worker");
                         continue;
@@ -103,7 +106,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                 Output::Fail(failure) => {
                     let _ = tx.send(Err(api_error(failure))).await;
                 }
-                Output::Note(note) => record(&id, &life, note),
+                Output::Note(note) => record(&id, last_worker.as_ref(), life.migrations(), note),
                 Output::Done => return,
             }
         }
@@ -138,16 +141,16 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
 }
 
 /// Metrics and logs for what the lifecycle noted.
-fn record(id: &RequestId, life: &Lifecycle<WorkerId>, note: Note) {
+fn record(id: &RequestId, worker: Option<&WorkerId>, migrations: u32, note: Note) {
+    let worker = worker.map(ToString::to_string).unwrap_or_default();
     match note {
         Note::AttemptFailed { attempt, why } => {
-            let worker = life.worker().map(ToString::to_string).unwrap_or_default();
             tracing::warn!(request = %id, %worker, attempt, "attempt failed: {why}");
             metrics::counter!("armature_request_attempt_failures_total").increment(1);
         }
         Note::Retry => metrics::counter!("armature_request_retries_total").increment(1),
         Note::Migration { why } => {
-            tracing::warn!(request = %id, migrations = life.migrations(), "worker failed mid-stream: {why}");
+            tracing::warn!(request = %id, %worker, migrations, "worker failed mid-stream: {why}");
             metrics::counter!("armature_request_migrations_total").increment(1);
         }
         Note::ClientGone => metrics::counter!("armature_requests_client_gone_total").increment(1),
