@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ractor::{Actor, ActorRef};
 use runtime::config::{ClusterConfig, TierLink};
-use runtime::node::{ControlPlane, NodeError, Seed};
+use runtime::node::{ControlPlane, ControlTls, GateSettings, NodeError, Seed};
 use runtime::supervision::{NodeSupervisor, RestartPolicy, SupervisorArgs, SupervisorExit};
 use tokio::sync::{mpsc, watch};
 
@@ -588,33 +588,55 @@ async fn shutdown_signal() {
     }
 }
 
-/// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
-/// run until a signal, stdin closing, or the supervisor giving up.
+/// Node `name`'s certificate pair and the cluster CA, when `transport.certs` is set. Loaded before
+/// anything starts, so that a missing or bad certificate is a configuration error (exit 2) named
+/// in one line, not a failure after the node joined.
+fn load_identity(config: &ClusterConfig, name: &str) -> Result<Option<transport::Identity>, String> {
+    let Some(dir) = &config.transport.certs else { return Ok(None) };
+    transport::Identity::load(dir, name).map(Some).map_err(|e| {
+        format!(
+            "transport.certs: node {name}'s certificate: {e}; create them with `armature cert init --config <topology>`, \
+             or start with `armature launch --dev-certs` (loopback only)"
+        )
+    })
+}
+
 /// The node's KV data plane, when the topology gives it a `data` address.
-fn start_data_plane(config: &ClusterConfig, plan: &NodePlan) -> anyhow::Result<Option<Arc<transport::DataPlane>>> {
+fn start_data_plane(
+    config: &ClusterConfig,
+    plan: &NodePlan,
+    identity: Option<&transport::Identity>,
+) -> anyhow::Result<Option<Arc<transport::DataPlane>>> {
     let Some(addr) = plan.data else { return Ok(None) };
-    let dir = config.transport.certs.as_ref().context("transport.certs is not set")?;
-    let identity = transport::Identity::load(dir, &plan.name)
-        .with_context(|| format!("loading node {}'s data-plane certificate (run `armature cert init`)", plan.name))?;
+    let identity = identity.context("transport.certs is not set (the data plane is mutual TLS)")?;
     let t = &config.transport;
     let plane_config = transport::PlaneConfig {
         shared_memory: t.shared_memory,
         connections: t.connections.max(1) as usize,
         ..transport::PlaneConfig::new(&config.cluster.name, &plan.name)
     };
-    let plane = transport::DataPlane::bind(addr, &identity, plane_config)
+    let plane = transport::DataPlane::bind(addr, identity, plane_config)
         .with_context(|| format!("starting the data plane of node {}", plan.name))?;
     Ok(Some(plane))
 }
 
+/// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
+/// run until a signal, stdin closing, or the supervisor giving up.
 async fn run_node(
     config: ClusterConfig,
     plan: NodePlan,
     control_of: Option<String>,
     mut stdin_closed: Option<mpsc::Receiver<()>>,
 ) -> anyhow::Result<ExitCode> {
+    let identity = match load_identity(&config, &plan.name) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
     let control = match &control_of {
-        Some(name) => match join_cluster(&config, name).await? {
+        Some(name) => match join_cluster(&config, name, identity.as_ref()).await? {
             Ok(cp) => Some(cp),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -623,7 +645,7 @@ async fn run_node(
         },
         None => None,
     };
-    let data_plane = match start_data_plane(&config, &plan) {
+    let data_plane = match start_data_plane(&config, &plan, identity.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -631,6 +653,9 @@ async fn run_node(
         }
     };
     let state = Arc::new(NodeState::new(control, data_plane));
+    if let Some(cp) = &state.control {
+        cp.gate().watch_leases(state.view.clone());
+    }
     let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
     let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };
@@ -666,7 +691,11 @@ async fn run_node(
 
 /// Start node `name`'s control plane and join its seeds. The inner error is a configuration
 /// problem (busy port, unreachable seed).
-async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Result<ControlPlane, NodeError>> {
+async fn join_cluster(
+    config: &ClusterConfig,
+    name: &str,
+    identity: Option<&transport::Identity>,
+) -> anyhow::Result<Result<ControlPlane, NodeError>> {
     let index = config.nodes.iter().position(|n| n.name == name).context("node in topology")?;
     let listen = config.nodes[index].control;
     let cookie = config.cookie();
@@ -677,7 +706,21 @@ async fn join_cluster(config: &ClusterConfig, name: &str) -> anyhow::Result<Resu
             runtime::config::DEFAULT_COOKIE
         );
     }
-    let cp = match ControlPlane::start(name, listen, &format!("nodes[{index}].control"), cookie).await {
+    let tls = match identity {
+        Some(id) => {
+            let (server, client) = id.control_tls().context("the control plane's TLS settings")?;
+            Some(ControlTls { server: Arc::new(server), client: Arc::new(client), cert_name: transport::certs::server_name })
+        }
+        None => None,
+    };
+    let settings = GateSettings {
+        handshake_timeout: config.cluster.handshake_timeout.get(),
+        max_handshakes: config.cluster.max_handshakes as usize,
+        tls,
+        topology: config.nodes.iter().filter(|n| n.name != name).map(|n| (n.name.clone(), n.control)).collect(),
+    };
+    let path = format!("nodes[{index}].control");
+    let cp = match ControlPlane::start(name, listen, &path, cookie, settings).await {
         Ok(cp) => cp,
         Err(e) => return Ok(Err(e)),
     };

@@ -19,6 +19,10 @@ use rustls::server::WebPkiClientVerifier;
 /// The ALPN protocol of the KV data plane.
 pub const ALPN: &[u8] = b"armature-kv/1";
 
+/// The ALPN protocol of the control plane (ractor_cluster over TLS), so that neither plane's
+/// connection can be taken for the other's.
+pub const CONTROL_ALPN: &[u8] = b"armature-control/1";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("{path}: {source}")]
@@ -136,9 +140,24 @@ impl Identity {
         Ok(Arc::new(roots))
     }
 
-    /// rustls server settings: this node's certificate, client certificates required and
-    /// checked against the CA.
+    /// rustls server settings of the data plane: this node's certificate, client certificates
+    /// required and checked against the CA.
     pub fn server_tls(&self) -> Result<rustls::ServerConfig, CertError> {
+        self.server_tls_for(ALPN)
+    }
+
+    /// rustls client settings of the data plane: servers checked against the CA; this node's
+    /// certificate offered.
+    pub fn client_tls(&self) -> Result<rustls::ClientConfig, CertError> {
+        self.client_tls_for(ALPN)
+    }
+
+    /// The same pair for the control plane.
+    pub fn control_tls(&self) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
+        Ok((self.server_tls_for(CONTROL_ALPN)?, self.client_tls_for(CONTROL_ALPN)?))
+    }
+
+    fn server_tls_for(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, CertError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
@@ -149,12 +168,11 @@ impl Identity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(|e| CertError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         Ok(tls)
     }
 
-    /// rustls client settings: servers checked against the CA; this node's certificate offered.
-    pub fn client_tls(&self) -> Result<rustls::ClientConfig, CertError> {
+    fn client_tls_for(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -162,7 +180,7 @@ impl Identity {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(|e| CertError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.alpn_protocols = vec![alpn.to_vec()];
         Ok(tls)
     }
 }
@@ -193,6 +211,7 @@ mod tests {
             let id = Identity::load(&dir, n).unwrap();
             id.server_tls().unwrap();
             id.client_tls().unwrap();
+            id.control_tls().unwrap();
         }
         assert!(matches!(init(&dir, &nodes), Err(CertError::Exists { .. })), "never overwrites a CA");
         let err = Identity::load(&dir, "n9").unwrap_err().to_string();

@@ -2,21 +2,24 @@
 //! timeout), reconnecting to peers that went away, and the node agent that keeps leases.
 
 mod agent;
+mod gate;
+mod guard;
 mod sessions;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
-use ractor_cluster::{
-    NodeEventSubscription, NodeServer, NodeServerMessage, node::NodeConnectionMode, node::NodeServerSessionInformation,
-};
+use ractor_cluster::{IncomingEncryptionMode, NodeServer, NodeServerMessage, node::NodeConnectionMode};
+
+use gate::node_name;
 
 pub use agent::{AgentArgs, AgentMsg, ClusterView, NodeAgent};
-use sessions::{Closed, Sessions};
+pub use gate::{ControlTls, DialError, Gate, GateSettings, Refusal};
+pub use guard::FRAME_LIMIT_BEFORE_AUTH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -41,76 +44,56 @@ pub struct Seed {
 pub struct ControlPlane {
     pub server: ActorRef<NodeServerMessage>,
     pub name: String,
-    failed_auth: Arc<AtomicU32>,
-}
-
-struct SessionLog {
-    failed_auth: Arc<AtomicU32>,
-    sessions: std::sync::Mutex<Sessions<ractor_cluster::NodeId>>,
-}
-
-/// ractor_cluster names a peer `name@host`; the topology knows it as `name`.
-fn node_name(full: &str) -> String {
-    full.split_once('@').map_or(full, |(n, _)| n).to_string()
-}
-
-fn peer(ses: &NodeServerSessionInformation) -> String {
-    ses.peer_name.as_ref().map(|n| node_name(&n.name)).unwrap_or_else(|| ses.peer_addr.clone())
-}
-
-impl NodeEventSubscription for SessionLog {
-    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
-        tracing::debug!(peer = %ses.peer_addr, incoming = ses.is_server, "control-plane session opened");
-    }
-    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let name = ses.peer_name.as_ref().map(|n| node_name(&n.name));
-        let closed = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).closed(&ses.node_id, name.as_deref());
-        match closed {
-            Closed::Duplicate => {
-                tracing::debug!(peer = %peer(&ses), "duplicate control-plane session closed (another remains)");
-            }
-            Closed::LastToPeer => tracing::warn!(peer = %peer(&ses), "control-plane session to peer closed"),
-            Closed::BeforeAuthentication => {
-                self.failed_auth.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(peer = %ses.peer_addr, "control-plane session closed before authentication (wrong cookie?)");
-            }
-        }
-        metrics::counter!("armature_control_sessions_closed_total").increment(1);
-    }
-    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).authenticated(ses.node_id, peer(&ses));
-        tracing::info!(peer = %peer(&ses), addr = %ses.peer_addr, "control-plane peer authenticated");
-    }
-    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
-        tracing::info!(peer = %peer(&ses), "control-plane peer ready");
-    }
+    gate: Arc<Gate>,
 }
 
 impl ControlPlane {
-    /// Start the control-plane server for node `name`, listening on `listen` (field `path`).
-    pub async fn start(name: &str, listen: SocketAddr, path: &str, cookie: String) -> Result<Self, NodeError> {
+    /// Start the control plane for node `name`, listening on `listen` (field `path`), admitting
+    /// peers as `settings` says.
+    pub async fn start(
+        name: &str,
+        listen: SocketAddr,
+        path: &str,
+        cookie: String,
+        settings: GateSettings,
+    ) -> Result<Self, NodeError> {
         let listen_err =
             |detail: String| NodeError::Listen { path: path.to_string(), addr: listen.to_string(), detail };
-        // Bind once ourselves first: ractor_cluster's listener failure is less specific.
-        std::net::TcpListener::bind(listen).map_err(|e| listen_err(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| listen_err(e.to_string()))?;
+        // ractor_cluster always runs a listener of its own: bind it to an ephemeral loopback port
+        // and let it complete no handshake, so that every peer comes through the gate. Nodes
+        // connect to each other from the topology (no transitive dialling, which would bypass TLS).
+        let refuse_all = gate::refuse_every_handshake().map_err(|e| listen_err(e.to_string()))?;
         let server = NodeServer::new(
-            listen.port(),
+            0,
             cookie,
             name.to_string(),
             "localhost".into(),
-            None,
-            Some(NodeConnectionMode::Transitive),
+            Some(IncomingEncryptionMode::Tls(refuse_all)),
+            Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(listen.ip());
+        .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into());
         let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| listen_err(e.to_string()))?;
-        let failed_auth = Arc::new(AtomicU32::new(0));
+        let gate = Gate::new(name, listen.ip(), settings);
+        gate.set_server(server.clone());
         server
             .cast(NodeServerMessage::SubscribeToEvents {
-                id: "armature-session-log".into(),
-                subscription: Box::new(SessionLog { failed_auth: failed_auth.clone(), sessions: Default::default() }),
+                id: "armature-gate".into(),
+                subscription: Box::new(gate::Events(gate.clone())),
             })
             .map_err(|e| listen_err(e.to_string()))?;
-        Ok(Self { server, name: name.to_string(), failed_auth })
+        gate.serve(listener);
+        if !gate.is_encrypted() {
+            tracing::warn!(
+                "the control plane is not encrypted (transport.certs is not set): prompts and tokens cross it in clear"
+            );
+        }
+        Ok(Self { server, name: name.to_string(), gate })
+    }
+
+    /// The gate that admits this node's peers.
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     /// Names of the peers with an authenticated session.
@@ -131,10 +114,10 @@ impl ControlPlane {
         };
         let start = Instant::now();
         let mut detail = String::from("no answer");
-        let auth_failures_before = self.failed_auth.load(Ordering::Relaxed);
+        let auth_failures_before = self.gate.failed_auth.load(Ordering::Relaxed);
         loop {
             for seed in seeds {
-                match ractor_cluster::client_connect(&self.server, seed.addr.as_str()).await {
+                match self.gate.dial(&seed.addr, seed.node.as_deref()).await {
                     Ok(()) => {
                         let settle = Instant::now();
                         while settle.elapsed() < Duration::from_secs(2) {
@@ -144,13 +127,21 @@ impl ControlPlane {
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        detail = if self.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
+                        detail = if self.gate.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
                             "the peer refused our cookie (authentication failed)".into()
                         } else {
                             "connected, but no session was established".into()
                         };
                     }
-                    Err(e) => detail = connect_error(&e),
+                    Err(e @ DialError::UnnamedSeed) => {
+                        return Err(NodeError::Unreachable {
+                            path: seed.path.clone(),
+                            addr: seed.addr.clone(),
+                            waited: Duration::ZERO,
+                            detail: e.to_string(),
+                        });
+                    }
+                    Err(e) => detail = e.to_string(),
                 }
             }
             if start.elapsed() >= timeout {
@@ -165,34 +156,33 @@ impl ControlPlane {
         }
     }
 
-    /// Keep reconnecting to seeds whose node has no session (a peer that restarted, or one that
-    /// was not up when this node started).
+    /// Keep dialling the nodes of the topology that have no session (a peer that restarted, or
+    /// one that was not up when this node started), and the seeds while no peer is connected.
     pub fn spawn_reconnect(&self, seeds: Vec<Seed>, every: Duration) -> tokio::task::JoinHandle<()> {
         let cp = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let peers = cp.peers().await;
-                for seed in &seeds {
-                    let missing = match &seed.node {
-                        Some(name) => !peers.contains(name),
-                        None => peers.is_empty(),
-                    };
-                    if !missing {
-                        continue;
-                    }
-                    if let Err(e) = ractor_cluster::client_connect(&cp.server, seed.addr.as_str()).await {
-                        tracing::debug!(seed = %seed.addr, "reconnect failed: {e:?}");
+                let mut targets: Vec<(String, Option<String>)> = cp
+                    .gate
+                    .topology()
+                    .iter()
+                    .filter(|(name, _)| !peers.contains(*name))
+                    .map(|(name, addr)| (addr.to_string(), Some(name.clone())))
+                    .collect();
+                if peers.is_empty() {
+                    let known: HashSet<String> = targets.iter().map(|(a, _)| a.clone()).collect();
+                    targets.extend(
+                        seeds.iter().filter(|s| !known.contains(&s.addr)).map(|s| (s.addr.clone(), s.node.clone())),
+                    );
+                }
+                for (addr, node) in targets {
+                    if let Err(e) = cp.gate.dial(&addr, node.as_deref()).await {
+                        tracing::debug!(%addr, "reconnect failed: {e}");
                     }
                 }
             }
         })
-    }
-}
-
-fn connect_error(e: &ractor_cluster::ClientConnectErr) -> String {
-    match e {
-        ractor_cluster::ClientConnectErr::Socket(io) => format!("unreachable ({io})"),
-        other => format!("{other:?}"),
     }
 }

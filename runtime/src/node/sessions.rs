@@ -28,6 +28,14 @@ impl<Id: Eq + std::hash::Hash> Sessions<Id> {
         self.authenticated.insert(id, peer);
     }
 
+    /// The authenticated sessions to `peer`.
+    pub fn ids_of(&self, peer: &str) -> Vec<Id>
+    where
+        Id: Clone,
+    {
+        self.authenticated.iter().filter(|(_, n)| *n == peer).map(|(id, _)| id.clone()).collect()
+    }
+
     /// Session `id` (to `peer`, when its name is known) closed.
     pub fn closed(&mut self, id: &Id, peer: Option<&str>) -> Closed {
         let name = self.authenticated.remove(id);
@@ -52,7 +60,9 @@ mod tests {
         // n0 and n1 dialled each other: two sessions to n1, and one of them closes.
         s.authenticated(1, "n1".to_string());
         s.authenticated(2, "n1".to_string());
+        assert_eq!(s.ids_of("n1").len(), 2);
         assert_eq!(s.closed(&1, Some("n1")), Closed::Duplicate);
+        assert_eq!(s.ids_of("n1"), vec![2]);
         // One closing before it authenticated while the other holds is a duplicate too.
         assert_eq!(s.closed(&3, Some("n1")), Closed::Duplicate);
         // The last one is a lost peer.

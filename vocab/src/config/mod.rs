@@ -286,6 +286,12 @@ pub struct ClusterSection {
     /// On SIGTERM, how long in-flight work may run before the node stops.
     #[serde(default = "default_grace")]
     pub shutdown_grace: HumanDuration,
+    /// How long a control connection may take to authenticate (TLS and cookie) before it is closed.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// How many control connections may be authenticating at once; more are closed at accept.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: u32,
 }
 
 fn default_block_size() -> u32 {
@@ -305,6 +311,12 @@ impl ClusterSection {
 }
 fn default_grace() -> HumanDuration {
     HumanDuration::from_secs(10)
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_max_handshakes() -> u32 {
+    64
 }
 
 /// Which model the workers run.

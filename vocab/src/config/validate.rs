@@ -32,6 +32,12 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if c.handshake_timeout.get().is_zero() {
+            return Err(("cluster.handshake_timeout".into(), "must be above zero".into()));
+        }
+        if c.max_handshakes == 0 {
+            return Err(("cluster.max_handshakes".into(), "must be at least 1".into()));
+        }
         if let super::ModelSource::Path(path) = &self.model.source
             && path.extension().is_none_or(|e| e != "gguf")
         {
