@@ -126,6 +126,18 @@ pub const FAMILIES: &[Family] = &[
         help: "Disk tier writes that failed.",
     },
     Family {
+        name: "armature_control_handshakes",
+        kind: Kind::Gauge,
+        labels: "",
+        help: "Control connections accepted that have not authenticated yet (at most cluster.max_handshakes).",
+    },
+    Family {
+        name: "armature_control_refused_total",
+        kind: Kind::Counter,
+        labels: "reason",
+        help: "Control connections the gate refused, by reason (tls, deadline, frame_too_large, certificate_name, ...).",
+    },
+    Family {
         name: "armature_control_sessions_closed_total",
         kind: Kind::Counter,
         labels: "",

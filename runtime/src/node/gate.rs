@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::ClusterView;
-use super::guard::{Admit, FRAME_LIMIT_BEFORE_AUTH, Guard, GuardedRead};
+use super::guard::{Admit, FRAME_LIMIT_BEFORE_AUTH, Guard, GuardStop, GuardedRead};
 use super::sessions::{Closed, Sessions};
 
 /// The control plane's TLS settings: the node's certificate, the cluster CA, and how a node name
@@ -256,11 +256,14 @@ impl Gate {
         let peer = strip_label(&label).to_string();
         let authenticated = Arc::new(AtomicBool::new(false));
         lock(&self.waiting).insert(label.clone(), Waiting { authenticated: authenticated.clone(), expected });
-        let timed_out = {
+        let report = {
             let gate = self.clone();
-            Box::new(move || gate.refused(Refusal::Deadline, &peer, &"no authentication before the deadline"))
+            Box::new(move |stop: GuardStop| match stop {
+                GuardStop::Deadline => gate.refused(Refusal::Deadline, &peer, &"no authentication before the deadline"),
+                GuardStop::Frame(e) => gate.refused(Refusal::FrameTooLarge, &peer, &e),
+            })
         };
-        let guard = Guard { limit: FRAME_LIMIT_BEFORE_AUTH, deadline, authenticated, admit, on_timeout: timed_out, permit };
+        let guard = Guard { limit: FRAME_LIMIT_BEFORE_AUTH, deadline, authenticated, admit, report, permit };
         let is_server = guard.admit.is_some();
         let stream = Gated { read: Box::new(GuardedRead::new(read, guard)), write, label: label.clone() };
         let opened = NodeServerMessage::ConnectionOpenedExternal { stream: Box::new(stream), is_server };

@@ -116,6 +116,13 @@ pub trait Admit: Send + Sync {
     fn admit(&self, claimed: Option<String>) -> Result<(), io::Error>;
 }
 
+/// Why the guard closed a connection, for the caller's count and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardStop {
+    Deadline,
+    Frame(ScanError),
+}
+
 /// What a connection holds until it authenticates.
 struct Pending {
     scan: FrameScan,
@@ -123,7 +130,7 @@ struct Pending {
     authenticated: Arc<AtomicBool>,
     /// Checks the opening frame of an incoming connection; `None` for one we dialled, or once used.
     admit: Option<Box<dyn Admit>>,
-    on_timeout: Box<dyn Fn() + Send + Sync>,
+    report: Box<dyn Fn(GuardStop) + Send + Sync>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -139,8 +146,8 @@ pub struct Guard {
     pub deadline: tokio::time::Instant,
     pub authenticated: Arc<AtomicBool>,
     pub admit: Option<Box<dyn Admit>>,
-    /// Called once when the deadline closes the connection (for the metric and the log).
-    pub on_timeout: Box<dyn Fn() + Send + Sync>,
+    /// Called once when the guard closes the connection (for the metric and the log).
+    pub report: Box<dyn Fn(GuardStop) + Send + Sync>,
     /// The slot this connection takes among the unauthenticated ones, given back with it.
     pub permit: Option<OwnedSemaphorePermit>,
 }
@@ -152,7 +159,7 @@ impl<R> GuardedRead<R> {
             deadline: Box::pin(tokio::time::sleep_until(guard.deadline)),
             authenticated: guard.authenticated,
             admit: guard.admit,
-            on_timeout: guard.on_timeout,
+            report: guard.report,
             _permit: guard.permit,
         };
         Self { inner, pending: Some(pending) }
@@ -166,15 +173,20 @@ impl<R: AsyncRead + Unpin> AsyncRead for GuardedRead<R> {
             if p.authenticated.load(Ordering::Acquire) {
                 this.pending = None;
             } else if p.deadline.as_mut().poll(cx).is_ready() {
-                (p.on_timeout)();
+                (p.report)(GuardStop::Deadline);
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no authentication before the deadline")));
             }
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Some(p) = &mut this.pending {
-            let first = p.scan.feed(&buf.filled()[before..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            if let (Some(frame), Some(admit)) = (first, p.admit.take()) {
+            let first = p.scan.feed(&buf.filled()[before..]).map_err(|e| {
+                (p.report)(GuardStop::Frame(e.clone()));
+                io::Error::new(io::ErrorKind::InvalidData, e)
+            })?;
+            if let Some(frame) = first
+                && let Some(admit) = p.admit.take()
+            {
                 admit.admit(claimed_name(&frame))?;
             }
         }
