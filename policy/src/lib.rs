@@ -6,10 +6,12 @@
 //! - `planner`: the pool sizing and its actuation (which worker flips, drains, starts or stops).
 //! - `cache`: a cache tier's bookkeeping and the onboarding cost.
 //! - `lifecycle`: one request's life from placement to its end: retries, migrations, cancels.
+//! - `limits`: per-key rate limits (token buckets over requests and tokens per second).
 //!
 //! Architecture invariant: this crate knows nothing of tokio, ractor, sockets or the wall clock.
 
 pub mod cache;
 pub mod lifecycle;
+pub mod limits;
 pub mod planner;
 pub mod router;

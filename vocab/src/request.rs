@@ -22,11 +22,24 @@ pub struct SamplingParams {
     /// Keep generating past end-of-sequence tokens (benchmarks want fixed lengths).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
+    /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: 1.0, top_k: 0, seed: 0, max_tokens: 16, stop: Vec::new(), ignore_eos: false }
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+            max_tokens: 16,
+            stop: Vec::new(),
+            ignore_eos: false,
+            priority: 0,
+        }
     }
 }
 

@@ -239,6 +239,8 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             max_tokens,
             stop,
             ignore_eos: body.ignore_eos.unwrap_or(false),
+            // The caller's key sets it, after parsing.
+            priority: 0,
         },
         stream,
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),

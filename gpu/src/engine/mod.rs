@@ -463,10 +463,15 @@ impl Engine {
             plan.push(Planned { index: i, end });
             i += 1;
         }
-        // Admit waiting sequences, those whose prompt is in the pool first, then in arrival
-        // order, unless this step already had to make room.
+        // Admit waiting sequences: of higher priority first, then those whose prompt is in the
+        // pool, then in arrival order; unless this step already had to make room.
         while !preempted && budget > 0 && self.running.len() < self.limits.max_batch {
-            let next = self.waiting.iter().position(|s| s.ready).unwrap_or(0);
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, s)| (s.priority, s.ready, std::cmp::Reverse(*i)))
+                .map_or(0, |(i, _)| i);
             let Some(seq) = self.waiting.get(next) else { break };
             let hashes = self.hasher.sequence_hashes(&seq.tokens);
             // Leave at least one token to compute: its logits are the next token's.

@@ -17,6 +17,8 @@ pub(super) struct Sequence {
     pub prompt_len: usize,
     max_tokens: u32,
     ignore_eos: bool,
+    /// The caller's priority: higher is admitted first.
+    pub priority: i32,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
@@ -52,6 +54,7 @@ impl Sequence {
             prompt_len: req.prompt_tokens.len(),
             max_tokens: req.sampling.max_tokens.max(1),
             ignore_eos: req.sampling.ignore_eos,
+            priority: req.sampling.priority,
             sampler: Sampler::new(&req.sampling),
             stop: StopMatcher::new(&req.sampling.stop),
             tokens: req.prompt_tokens,

@@ -125,6 +125,28 @@ fn batch_is_capped_and_queue_is_fifo() {
 }
 
 #[test]
+fn higher_priority_is_admitted_first_then_arrival_order() {
+    // One sequence at a time: the order they finish in is the order they were admitted in.
+    let mut e = engine(1);
+    let with = |priority| SamplingParams { max_tokens: 1, priority, ..Default::default() };
+    for (id, p) in [("low-1", 0), ("low-2", 0), ("high", 5), ("mid", 1), ("high-2", 5)] {
+        e.submit(req(id, "x", with(p)));
+    }
+    let mut order = Vec::new();
+    for _ in 0..50 {
+        if !e.has_work() {
+            break;
+        }
+        for (id, ev) in e.step().unwrap() {
+            if matches!(ev, StreamEvent::Finished { .. }) {
+                order.push(id.0);
+            }
+        }
+    }
+    assert_eq!(order, ["high", "high-2", "mid", "low-1", "low-2"]);
+}
+
+#[test]
 fn prompt_too_long_is_refused() {
     let mut e = engine(1);
     let long = "x".repeat(100);

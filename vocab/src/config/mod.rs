@@ -1,5 +1,6 @@
 //! The `cluster.toml` schema: typed, unknown keys refused, errors that name the field path and value.
 
+mod keys;
 mod units;
 mod validate;
 mod values;
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use keys::{ApiKey, KeysFile, sha256};
 pub use units::{ByteSize, HumanDuration};
 pub use values::{Device, HostPort, ModelSource, PlannerMode, UnknownName};
 
@@ -390,6 +392,13 @@ pub struct GatewaySection {
     /// Longest a worker may stay silent about a running request before the gateway gives up.
     #[serde(default = "default_worker_timeout")]
     pub worker_timeout: HumanDuration,
+    /// The API keys (see `KeysFile`); `ARMATURE_API_KEYS_FILE` overrides it. Without keys the API
+    /// is open and the admin routes answer loopback clients only.
+    #[serde(default)]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Browser origins allowed to call the API (CORS); none by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 fn default_max_body() -> ByteSize {
@@ -412,6 +421,8 @@ impl Default for GatewaySection {
             retries: default_retries(),
             migrations: default_migrations(),
             worker_timeout: default_worker_timeout(),
+            api_keys_file: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -682,23 +693,7 @@ fn default_max_queue() -> u32 {
 impl ClusterConfig {
     /// Parse and validate TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
-            origin: origin.into(),
-            path: String::new(),
-            line: e.span().map(|s| line_of(s.start)),
-            message: first_line(e.message()),
-        })?;
-        let config: ClusterConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            ConfigError {
-                origin: origin.into(),
-                path: if path == "." { String::new() } else { path },
-                line: inner.span().map(|s| line_of(s.start)),
-                message: first_line(inner.message()),
-            }
-        })?;
+        let config: ClusterConfig = parse_toml(text, origin)?;
         config.validate().map_err(|(path, message)| ConfigError::new(origin, path, message))?;
         Ok(config)
     }
@@ -765,6 +760,27 @@ impl ClusterConfig {
     pub fn workers_by_node(&self) -> BTreeMap<String, usize> {
         self.nodes.iter().map(|n| (n.name.clone(), n.workers.len())).collect()
     }
+}
+
+/// Deserialize TOML text, naming the field and line of the first problem.
+pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        origin: origin.into(),
+        path: String::new(),
+        line: e.span().map(|s| line_of(s.start)),
+        message: first_line(e.message()),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError {
+            origin: origin.into(),
+            path: if path == "." { String::new() } else { path },
+            line: inner.span().map(|s| line_of(s.start)),
+            message: first_line(inner.message()),
+        }
+    })
 }
 
 fn first_line(s: &str) -> String {
