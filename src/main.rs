@@ -656,7 +656,14 @@ async fn run_node(
     if let Some(cp) = &state.control {
         cp.gate().watch_leases(state.view.clone());
     }
-    let specs = children(&plan, &config, state.clone()).context("preparing the node's actors")?;
+    let specs = match children(&plan, &config, state.clone()) {
+        Ok(specs) => specs,
+        Err(actors::node::ChildrenError::Keys(e)) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("preparing the node's actors")),
+    };
     let (exit_tx, mut exit_rx) = watch::channel(SupervisorExit::Running);
     let args = SupervisorArgs { children: specs, policy: RestartPolicy::from(&config.supervision), exit: exit_tx };
     let (supervisor, handle) = Actor::spawn(Some("node-supervisor".into()), NodeSupervisor, args)

@@ -95,7 +95,17 @@ impl NodePlan {
 }
 
 /// The supervised children of a node, in start order: agent, router, workers, gateway.
-pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ModelError> {
+/// Why a node's actors could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildrenError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The API keys file (a configuration error).
+    #[error(transparent)]
+    Keys(#[from] runtime::config::ConfigError),
+}
+
+pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ChildrenError> {
     let mut specs = Vec::new();
     if let Some(hb) = plan.heartbeat {
         let (node, view, control) = (plan.name.clone(), state.view.clone(), state.control.clone());
@@ -206,7 +216,15 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
         }));
     }
     if let (true, Some(addr)) = (plan.roles.contains(&Role::Gateway), plan.gateway) {
+        let auth = Arc::new(crate::gateway::Auth::load(&config.gateway)?);
+        if auth.required() {
+            tracing::info!("the API needs a key (gateway.api_keys_file)");
+        } else if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "no API keys are configured: anyone who reaches the gateway may use the API");
+        }
+        auth.spawn_reload();
         let gateway = Arc::new(Gateway {
+            auth,
             model: ModelFrontend::load(&config.model, config.model_name())?,
             node: state,
             config: config.gateway.clone(),

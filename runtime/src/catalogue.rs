@@ -168,6 +168,12 @@ pub const FAMILIES: &[Family] = &[
         help: "Tokens generated for clients.",
     },
     Family {
+        name: "armature_http_refused_total",
+        kind: Kind::Counter,
+        labels: "reason",
+        help: "HTTP calls refused before any work: missing_key, invalid_key, admin, rate_requests, rate_tokens, media_type.",
+    },
+    Family {
         name: "armature_http_requests_total",
         kind: Kind::Counter,
         labels: "path, status",

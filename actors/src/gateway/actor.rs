@@ -41,6 +41,7 @@ impl Actor for GatewayActor {
         let app = super::http_router(args.gateway);
         tracing::info!(addr = %args.addr, "gateway listening: http://{}/v1", args.addr);
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let why = match axum::serve(listener, app).await {
                 Ok(()) => "server returned".to_string(),
                 Err(e) => e.to_string(),

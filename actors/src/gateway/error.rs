@@ -12,6 +12,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub param: Option<String>,
     pub code: Option<&'static str>,
+    /// Seconds for `retry-after` on a 429 or 503 (1 when not set).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: param.map(str::to_string),
             code: None,
+            retry_after_s: None,
         }
     }
 
@@ -37,6 +40,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+            retry_after_s: None,
         }
     }
 
@@ -47,6 +51,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("request_too_large"),
+            retry_after_s: None,
         }
     }
 
@@ -57,6 +62,7 @@ impl ApiError {
             kind: "invalid_request_error",
             param: None,
             code: Some("not_found"),
+            retry_after_s: None,
         }
     }
 
@@ -67,6 +73,7 @@ impl ApiError {
             kind: "server_overloaded",
             param: None,
             code: Some("overloaded"),
+            retry_after_s: None,
         }
     }
 
@@ -77,6 +84,53 @@ impl ApiError {
             kind: "service_unavailable",
             param: None,
             code: Some("unavailable"),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+            retry_after_s: None,
+        }
+    }
+
+    pub fn forbidden(message: &str) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            kind: "permission_error",
+            param: None,
+            code: Some("forbidden"),
+            retry_after_s: None,
+        }
+    }
+
+    /// The key `id` is over its limit of `what` (requests or tokens) for `retry_after`.
+    pub fn rate_limited(id: &str, what: &'static str, retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!("Rate limit reached for key `{id}` on {what} per second; retry in {secs} s."),
+            kind: what,
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after_s: Some(secs),
+        }
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: "POST bodies must be JSON, sent with `Content-Type: application/json`.".into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unsupported_media_type"),
+            retry_after_s: None,
         }
     }
 
@@ -89,7 +143,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
         if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            let secs = self.retry_after_s.unwrap_or(1);
+            resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp
     }

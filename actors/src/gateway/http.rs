@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::auth::{self, Auth, Caller};
 use super::Gateway;
 use super::driver::{self, EventTx};
 use super::error::ApiError;
@@ -33,15 +34,23 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 type EventRx = mpsc::Receiver<Result<StreamEvent, ApiError>>;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_key));
+    let admin = Router::new()
         .route("/debug/router", get(router_status))
         .route("/debug/role", post(set_role))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_admin));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .fallback(fallback)
+        .layer(middleware::from_fn(auth::require_json))
+        .layer(middleware::from_fn_with_state(gw.clone(), auth::cors))
         .layer(middleware::from_fn(request_id))
         .with_state(gw)
 }
@@ -71,12 +80,12 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-async fn chat(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    complete(gw, Endpoint::Chat, headers, body).await
+async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    complete(gw, Endpoint::Chat, req).await
 }
 
-async fn completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    complete(gw, Endpoint::Completion, headers, body).await
+async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    complete(gw, Endpoint::Completion, req).await
 }
 
 async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
@@ -95,8 +104,11 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
+async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let caller = parts.extensions.get::<Caller>().cloned();
     if gw.node.is_draining() {
         return ApiError::unavailable("This node is draining; retry on another.").into_response();
     }
@@ -104,10 +116,16 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let parsed = match openai::parse(endpoint, &bytes, &gw.model) {
+    let mut parsed = match openai::parse(endpoint, &bytes, &gw.model) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if let Some(caller) = &caller {
+        if let Err(e) = gw.auth.admit(caller, parsed.prompt_tokens.len()) {
+            return e.into_response();
+        }
+        parsed.sampling.priority = caller.priority;
+    }
     let id = RequestId::new_random();
     let meta = ResponseMeta {
         id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
@@ -128,7 +146,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, headers: HeaderMap, body
             return ApiError::unavailable("The request ended without a result.").into_response();
         }
     };
-    let timing = Timing { started, first_token: None, node: gw.node.clone() };
+    let timing = Timing { started, first_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
     if parsed.stream {
         sse(meta, parsed.include_usage, first, rx, timing).into_response()
     } else {
@@ -142,6 +160,9 @@ struct Timing {
     first_token: Option<std::time::Duration>,
     /// The planner's window of what this gateway sees.
     node: Arc<crate::protocol::NodeState>,
+    /// The caller, whose token limit the completion is counted against.
+    caller: Option<Caller>,
+    auth: Arc<Auth>,
 }
 
 impl Timing {
@@ -162,6 +183,9 @@ impl Timing {
                 metrics::histogram!("armature_request_duration_seconds").record(total.as_secs_f64());
                 if let Some(ttft) = self.first_token {
                     self.node.latency.finished(ttft, total, usage.completion_tokens);
+                }
+                if let Some(caller) = &self.caller {
+                    self.auth.charge(caller, usage.completion_tokens);
                 }
             }
             StreamEvent::Failed(_) => {}

@@ -2,6 +2,7 @@
 //! health and metrics.
 
 mod actor;
+mod auth;
 mod driver;
 mod error;
 mod http;
@@ -14,6 +15,7 @@ use runtime::blocks::BlockHasher;
 use runtime::config::GatewaySection;
 
 pub use actor::{GatewayActor, GatewayArgs, GatewayMsg};
+pub use auth::{Auth, Caller};
 pub use error::ApiError;
 pub use http::router as http_router;
 
@@ -26,4 +28,6 @@ pub struct Gateway {
     pub config: GatewaySection,
     /// The workers' block-hash scheme, so the router can match prompts against their caches.
     pub hasher: BlockHasher,
+    /// The API keys and their limits.
+    pub auth: Arc<Auth>,
 }
