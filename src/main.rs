@@ -716,7 +716,11 @@ async fn join_cluster(
     let tls = match identity {
         Some(id) => {
             let (server, client) = id.control_tls().context("the control plane's TLS settings")?;
-            Some(ControlTls { server: Arc::new(server), client: Arc::new(client), cert_name: transport::certs::server_name })
+            Some(ControlTls {
+                server: Arc::new(server),
+                client: Arc::new(client),
+                cert_name: transport::certs::server_name,
+            })
         }
         None => None,
     };

@@ -87,9 +87,7 @@ fn recording_proxy(listen: u16, to: u16) -> Arc<Mutex<Vec<u8>>> {
     std::thread::spawn(move || {
         for client in listener.incoming().map_while(Result::ok) {
             let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else { continue };
-            for (mut from, mut into) in
-                [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-            {
+            for (mut from, mut into) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
                 let record = record.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];

@@ -79,7 +79,8 @@ const COMPLETION: &str = r#"{"model":"armature-test","prompt":"hello","max_token
 
 fn complete_with(port: u16, key: &str) -> (u16, String, serde_json::Value) {
     let auth = format!("Bearer {key}");
-    let (status, head, body) = http_with("POST", port, "/v1/completions", Some(COMPLETION), &[("Authorization", &auth)]);
+    let (status, head, body) =
+        http_with("POST", port, "/v1/completions", Some(COMPLETION), &[("Authorization", &auth)]);
     (status, head, if body.is_empty() { serde_json::Value::Null } else { json(&body) })
 }
 

@@ -105,7 +105,11 @@ pub enum ChildrenError {
     Keys(#[from] runtime::config::ConfigError),
 }
 
-pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) -> Result<Vec<ChildSpec>, ChildrenError> {
+pub fn children(
+    plan: &NodePlan,
+    config: &ClusterConfig,
+    state: Arc<NodeState>,
+) -> Result<Vec<ChildSpec>, ChildrenError> {
     let mut specs = Vec::new();
     if let Some(hb) = plan.heartbeat {
         let (node, view, control) = (plan.name.clone(), state.view.clone(), state.control.clone());
@@ -223,9 +227,10 @@ pub fn children(plan: &NodePlan, config: &ClusterConfig, state: Arc<NodeState>) 
             tracing::warn!(%addr, "no API keys are configured: anyone who reaches the gateway may use the API");
         }
         auth.spawn_reload();
+        let model = ModelFrontend::load(&config.model, config.model_name())?;
         let gateway = Arc::new(Gateway {
             auth,
-            model: ModelFrontend::load(&config.model, config.model_name())?,
+            model,
             node: state,
             config: config.gateway.clone(),
             hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),

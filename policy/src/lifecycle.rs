@@ -39,6 +39,9 @@ pub struct LifecycleConfig {
     pub placement_wait: Duration,
     /// How often it asks again meanwhile.
     pub placement_retry: Duration,
+    /// How long an admitted attempt may wait in its worker's queue for its first token before
+    /// the request fails (`gateway.queue_timeout`); `None` waits as long as it takes.
+    pub queue_timeout: Option<Duration>,
 }
 
 impl LifecycleConfig {
@@ -50,7 +53,13 @@ impl LifecycleConfig {
             retry_pause: Duration::from_millis(150),
             placement_wait: Duration::from_secs(3),
             placement_retry: Duration::from_millis(100),
+            queue_timeout: None,
         }
+    }
+
+    /// The same, failing requests that wait longer than `wait` in a worker's queue.
+    pub fn with_queue_timeout(self, wait: Duration) -> Self {
+        Self { queue_timeout: Some(wait), ..self }
     }
 }
 
@@ -63,6 +72,8 @@ pub enum Failure {
     Overloaded { queued: u32 },
     /// The request can never be served (400).
     Invalid(String),
+    /// It waited `waited` in a worker's queue without a token (503).
+    Queued { waited: Duration },
 }
 
 impl fmt::Display for Failure {
@@ -72,6 +83,11 @@ impl fmt::Display for Failure {
             Self::Overloaded { queued } => {
                 write!(f, "The server is at capacity ({queued} requests queued on the chosen worker); retry later.")
             }
+            Self::Queued { waited } => write!(
+                f,
+                "The request waited {:.1} s in the worker's queue without starting (gateway.queue_timeout); retry later.",
+                waited.as_secs_f64()
+            ),
         }
     }
 }
@@ -101,6 +117,10 @@ pub enum Output<W> {
     /// Submit `request()` to `worker` as attempt `attempt`.
     Submit {
         worker: W,
+        attempt: u32,
+    },
+    /// Attempt `attempt` was admitted by its worker (it may wait in the worker's queue).
+    Admitted {
         attempt: u32,
     },
     /// Attempt `attempt` produced its first token (the router counts it as decode load now).
@@ -144,9 +164,10 @@ enum Phase<W> {
     Submitting {
         worker: W,
     },
-    /// Admitted; its events flow.
+    /// Admitted at `since`; its events flow.
     Running {
         worker: W,
+        since: Duration,
     },
     Done,
 }
@@ -217,7 +238,7 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
     /// The worker the current attempt was submitted to, if it is there now.
     pub fn worker(&self) -> Option<&W> {
         match &self.phase {
-            Phase::Submitting { worker } | Phase::Running { worker } => Some(worker),
+            Phase::Submitting { worker } | Phase::Running { worker, .. } => Some(worker),
             _ => None,
         }
     }
@@ -225,7 +246,7 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
     /// The worker whose events to wait for (admitted), with the attempt.
     pub fn running(&self) -> Option<(&W, u32)> {
         match &self.phase {
-            Phase::Running { worker } => Some((worker, self.attempt)),
+            Phase::Running { worker, .. } => Some((worker, self.attempt)),
             _ => None,
         }
     }
@@ -239,16 +260,30 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
         self.out.pop_front()
     }
 
-    /// When to call `handle_timeout` (while pausing, or waiting to ask for a worker again).
+    /// When to call `handle_timeout`: while pausing, waiting to ask for a worker again, or
+    /// (with a queue timeout) waiting in a worker's queue for the first token. While `running`
+    /// names a worker, the pump waits for its events and this deadline at once.
     pub fn poll_timeout(&self) -> Option<Duration> {
         match self.phase {
             Phase::Paused { until } => Some(until),
             Phase::PlaceAgain { at, .. } => Some(at),
+            Phase::Running { since, .. } if !self.first => self.config.queue_timeout.map(|q| since + q),
             _ => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now: Duration) {
+        if let (Phase::Running { since, .. }, Some(wait)) = (&self.phase, self.config.queue_timeout)
+            && !self.first
+            && now >= *since + wait
+        {
+            let waited = now - *since;
+            if let Some(worker) = self.worker().cloned() {
+                self.out.push_back(Output::Cancel { worker, attempt: self.attempt });
+            }
+            self.end_attempt();
+            return self.fail(Failure::Queued { waited });
+        }
         match self.phase {
             Phase::Paused { until } if now >= until => self.place(now),
             Phase::PlaceAgain { since, at } if now >= at => {
@@ -280,7 +315,10 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
     pub fn handle_admission(&mut self, now: Duration, admission: Admission) {
         let Phase::Submitting { worker } = &self.phase else { return };
         match admission {
-            Admission::Accepted => self.phase = Phase::Running { worker: worker.clone() },
+            Admission::Accepted => {
+                self.out.push_back(Output::Admitted { attempt: self.attempt });
+                self.phase = Phase::Running { worker: worker.clone(), since: now };
+            }
             Admission::Unavailable(why) => self.attempt_failed(now, why),
             Admission::Overloaded { queued } => {
                 self.end_attempt();
@@ -296,7 +334,7 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
     /// An event from `worker` for attempt `attempt`. Events of anything but the running attempt
     /// are stale: dropped, and their worker told to cancel. Returns whether it was current.
     pub fn handle_event(&mut self, now: Duration, worker: &W, attempt: u32, event: StreamEvent) -> bool {
-        let current = matches!(&self.phase, Phase::Running { worker: w } if w == worker) && attempt == self.attempt;
+        let current = matches!(&self.phase, Phase::Running { worker: w, .. } if w == worker) && attempt == self.attempt;
         if !current {
             self.out.push_back(Output::Note(Note::Stale));
             if !event.is_terminal() {

@@ -38,14 +38,11 @@ impl Actor for GatewayActor {
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| format!("gateway cannot listen on {}: {e}", args.addr))?;
+        let header_timeout = args.gateway.config.header_timeout.get();
         let app = super::http_router(args.gateway);
         tracing::info!(addr = %args.addr, "gateway listening: http://{}/v1", args.addr);
         let server = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let why = match axum::serve(listener, app).await {
-                Ok(()) => "server returned".to_string(),
-                Err(e) => e.to_string(),
-            };
+            let why = super::serve::serve(listener, app, header_timeout).await.to_string();
             let _ = myself.cast(GatewayMsg::ServerExited(why));
         });
         Ok(GatewayState { server })

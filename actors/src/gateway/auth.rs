@@ -277,11 +277,8 @@ pub async fn cors(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> R
     let origin = req.headers().get(header::ORIGIN).cloned();
     let allowed = origin.filter(|o| o.to_str().is_ok_and(|o| gw.auth.cors.iter().any(|a| a == o || a == "*")));
     let Some(origin) = allowed else { return next.run(req).await };
-    let mut resp = if req.method() == Method::OPTIONS {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(req).await
-    };
+    let mut resp =
+        if req.method() == Method::OPTIONS { StatusCode::NO_CONTENT.into_response() } else { next.run(req).await };
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
@@ -322,6 +319,9 @@ mod tests {
         assert!(a.limits.lock().unwrap().admit(1, Duration::ZERO).is_ok());
         let second = KeyRing::new(KeysFile::parse(text, "keys.toml").unwrap(), Some(&first), Duration::ZERO);
         let again = &second.find("sk-aaaaaaaaaaaaaaaa").unwrap().caller;
-        assert!(again.limits.lock().unwrap().admit(1, Duration::ZERO).is_err(), "the bucket was not refilled by a reload");
+        assert!(
+            again.limits.lock().unwrap().admit(1, Duration::ZERO).is_err(),
+            "the bucket was not refilled by a reload"
+        );
     }
 }

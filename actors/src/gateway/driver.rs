@@ -26,16 +26,26 @@ const LEASE_CHECK: Duration = Duration::from_millis(250);
 /// Longest one placement call to the router may take.
 const PLACE_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub type EventTx = mpsc::Sender<Result<StreamEvent, ApiError>>;
+/// What the driver tells the HTTP side about its request.
+#[derive(Debug)]
+pub enum Update {
+    /// A worker took it (it may wait in that worker's queue): a stream can start now.
+    Admitted,
+    Event(StreamEvent),
+    /// It failed, in the client's terms.
+    Error(ApiError),
+}
+
+pub type EventTx = mpsc::Sender<Update>;
 
 /// The lifecycle's settings from `[gateway]`.
 pub fn lifecycle_config(gw: &Gateway) -> LifecycleConfig {
-    LifecycleConfig::new(gw.config.retries, gw.config.migrations)
+    LifecycleConfig::new(gw.config.retries, gw.config.migrations).with_queue_timeout(gw.config.queue_timeout.get())
 }
 
 fn api_error(failure: Failure) -> ApiError {
     match &failure {
-        Failure::Unavailable(_) => ApiError::unavailable(failure.to_string()),
+        Failure::Unavailable(_) | Failure::Queued { .. } => ApiError::unavailable(failure.to_string()),
         Failure::Overloaded { .. } => ApiError::overloaded(failure.to_string()),
         Failure::Invalid(why) => ApiError::bad_request(why.clone(), None),
     }
@@ -83,13 +93,18 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                         Err(e) => life.handle_worker_failed(now(), &worker, format!("submit failed: {e}")),
                     }
                 }
+                Output::Admitted { .. } => {
+                    if tx.send(Update::Admitted).await.is_err() {
+                        life.handle_client_gone(now());
+                    }
+                }
                 Output::FirstToken { .. } => {
                     if let Some(r) = RouterHandle::local() {
                         r.first_token(id.clone());
                     }
                 }
                 Output::Deliver(event) => {
-                    if tx.send(Ok(event)).await.is_err() {
+                    if tx.send(Update::Event(event)).await.is_err() {
                         life.handle_client_gone(now());
                     }
                 }
@@ -104,13 +119,14 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     }
                 }
                 Output::Fail(failure) => {
-                    let _ = tx.send(Err(api_error(failure))).await;
+                    let _ = tx.send(Update::Error(api_error(failure))).await;
                 }
                 Output::Note(note) => record(&id, last_worker.as_ref(), life.migrations(), note),
                 Output::Done => return,
             }
         }
-        if let Some(deadline) = life.poll_timeout() {
+        let deadline = life.poll_timeout();
+        if let Some(deadline) = deadline.filter(|_| life.running().is_none()) {
             let wait = deadline.saturating_sub(now());
             tokio::select! {
                 _ = tx.closed() => life.handle_client_gone(now()),
@@ -125,10 +141,11 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
         else {
             // Unreachable while the lifecycle keeps its calling order; never leave a client hanging.
             tracing::error!(request = %id, "request stopped with nothing in flight");
-            let _ = tx.send(Err(ApiError::unavailable("The request could not be run; retry later."))).await;
+            let _ = tx.send(Update::Error(ApiError::unavailable("The request could not be run; retry later."))).await;
             return;
         };
-        match poll_worker(&gw, &placement, &id, &tx).await {
+        let until = deadline.map(|d| epoch + d);
+        match poll_worker(&gw, &placement, &id, &tx, until).await {
             Polled::Events(events) => {
                 for event in events {
                     life.handle_event(now(), &worker, attempt, event);
@@ -136,6 +153,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
             }
             Polled::Failed(why) => life.handle_worker_failed(now(), &worker, why),
             Polled::ClientGone => life.handle_client_gone(now()),
+            Polled::Deadline => life.handle_timeout(now()),
         }
     }
 }
@@ -168,18 +186,36 @@ enum Polled {
     Events(Vec<StreamEvent>),
     Failed(String),
     ClientGone,
+    /// The lifecycle's deadline (the queue timeout) came first.
+    Deadline,
 }
 
-/// One long-poll of the worker, watching the client and the worker node's lease meanwhile.
-async fn poll_worker(gw: &Gateway, placement: &Placement, id: &RequestId, tx: &EventTx) -> Polled {
+/// One long-poll of the worker, watching the client, the worker node's lease and the lifecycle's
+/// deadline (`until`) meanwhile.
+async fn poll_worker(
+    gw: &Gateway,
+    placement: &Placement,
+    id: &RequestId,
+    tx: &EventTx,
+    until: Option<Instant>,
+) -> Polled {
     let poll = PollRequest { id: id.clone(), max_wait_ms: POLL_WAIT.as_millis() as u64 };
     let call = placement.worker.poll(poll, gw.config.worker_timeout.get());
     tokio::pin!(call);
     // The poll stays pending across lease checks: dropping it could lose the events it takes.
     let mut lease = tokio::time::interval(LEASE_CHECK);
+    let deadline = async {
+        match until {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
             _ = tx.closed() => return Polled::ClientGone,
+            // Dropping the pending poll loses nothing here: the lifecycle cancels the attempt.
+            _ = &mut deadline => return Polled::Deadline,
             r = &mut call => return match r {
                 Ok(reply) => Polled::Events(reply.events),
                 Err(e) => Polled::Failed(format!("poll failed: {e}")),

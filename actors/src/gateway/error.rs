@@ -123,6 +123,31 @@ impl ApiError {
         }
     }
 
+    pub fn body_timeout(wait: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!("The request body did not arrive within {} s (gateway.body_timeout).", wait.as_secs()),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+            retry_after_s: None,
+        }
+    }
+
+    /// A prompt of `bytes` that cannot fit `context` tokens whatever it holds.
+    pub fn cannot_fit(bytes: usize, context: u32, param: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: format!(
+                "The prompt ({bytes} bytes) cannot fit this model's context of {context} tokens; it was refused before tokenizing."
+            ),
+            kind: "invalid_request_error",
+            param: Some(param.to_string()),
+            code: Some("context_length_exceeded"),
+            retry_after_s: None,
+        }
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -21,9 +21,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::auth::{self, Auth, Caller};
 use super::Gateway;
-use super::driver::{self, EventTx};
+use super::auth::{self, Auth, Caller};
+use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
 use super::openai::{self, Endpoint, ResponseMeta};
 use crate::protocol::{RouterHandle, WorkerHandle};
@@ -31,7 +31,10 @@ use crate::protocol::{RouterHandle, WorkerHandle};
 /// Longest `/health` and `/debug/router` wait for the router.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
-type EventRx = mpsc::Receiver<Result<StreamEvent, ApiError>>;
+/// How often an SSE stream with nothing to say sends a comment (so proxies keep it open).
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+type EventRx = mpsc::Receiver<Update>;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     let api = Router::new()
@@ -95,9 +98,11 @@ async fn read_body(gw: &Gateway, headers: &HeaderMap, body: Body) -> Result<axum
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }
-    axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .await
-        .map_err(|_| ApiError::too_large(limit))
+    let wait = gw.config.body_timeout.get();
+    match tokio::time::timeout(wait, axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))).await {
+        Ok(read) => read.map_err(|_| ApiError::too_large(limit)),
+        Err(_) => Err(ApiError::body_timeout(wait)),
+    }
 }
 
 fn unix_now() -> u64 {
@@ -116,9 +121,16 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let mut parsed = match openai::parse(endpoint, &bytes, &gw.model) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
+    // Tokenizing and templating take a while on long prompts: off the async runtime, so that
+    // health checks and streams on the same threads are not held up.
+    let parse = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || openai::parse(endpoint, &bytes, &gw.model))
+    };
+    let mut parsed = match parse.await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::unavailable("The request could not be read.").into_response(),
     };
     if let Some(caller) = &caller {
         if let Err(e) = gw.auth.admit(caller, parsed.prompt_tokens.len()) {
@@ -139,18 +151,21 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let req = GenerateRequest { id, tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
     tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
-    let first = match rx.recv().await {
-        Some(Ok(ev)) => ev,
-        Some(Err(e)) => return e.into_response(),
-        None => {
-            return ApiError::unavailable("The request ended without a result.").into_response();
+    // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
+    // its headers and keep-alives; errors before that get their own status.
+    let first = loop {
+        match rx.recv().await {
+            Some(Update::Admitted) if parsed.stream => break None,
+            Some(Update::Admitted) => continue,
+            Some(Update::Event(ev)) => break Some(ev),
+            Some(Update::Error(e)) => return e.into_response(),
+            None => return ApiError::unavailable("The request ended without a result.").into_response(),
         }
     };
     let timing = Timing { started, first_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
-    if parsed.stream {
-        sse(meta, parsed.include_usage, first, rx, timing).into_response()
-    } else {
-        whole(meta, first, rx, timing).await
+    match first {
+        Some(first) if !parsed.stream => whole(meta, first, rx, timing).await,
+        first => sse(meta, parsed.include_usage, first, rx, timing).into_response(),
     }
 }
 
@@ -195,10 +210,11 @@ impl Timing {
 
 async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
     let mut text = String::new();
-    let mut next: Option<Result<StreamEvent, ApiError>> = Some(Ok(first));
+    let mut next = Some(Update::Event(first));
     while let Some(item) = next {
         match item {
-            Ok(ev) => {
+            Update::Admitted => {}
+            Update::Event(ev) => {
                 timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text: t, .. } => text.push_str(&t),
@@ -210,7 +226,7 @@ async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timi
                     }
                 }
             }
-            Err(e) => return e.into_response(),
+            Update::Error(e) => return e.into_response(),
         }
         next = rx.recv().await;
     }
@@ -232,9 +248,10 @@ fn data(v: &Value) -> Event {
 
 impl SseState {
     /// Turn one item from the driver into SSE events.
-    fn push(&mut self, item: Result<StreamEvent, ApiError>) {
+    fn push(&mut self, item: Update) {
         match item {
-            Ok(ev) => {
+            Update::Admitted => {}
+            Update::Event(ev) => {
                 self.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, .. } => {
@@ -244,7 +261,7 @@ impl SseState {
                     StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
                 }
             }
-            Err(e) => self.fail(e),
+            Update::Error(e) => self.fail(e),
         }
     }
 
@@ -266,7 +283,7 @@ impl SseState {
 fn sse(
     meta: ResponseMeta,
     include_usage: bool,
-    first: StreamEvent,
+    first: Option<StreamEvent>,
     rx: EventRx,
     timing: Timing,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
@@ -275,7 +292,9 @@ fn sse(
         let opener = data(&state.meta.chunk(None, None, include_usage));
         state.queue.push_back(opener);
     }
-    state.push(Ok(first));
+    if let Some(first) = first {
+        state.push(Update::Event(first));
+    }
     let events = stream::unfold(state, |mut s| async move {
         loop {
             if let Some(ev) = s.queue.pop_front() {
@@ -290,7 +309,7 @@ fn sse(
             }
         }
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
 async fn models(State(gw): State<Arc<Gateway>>) -> Response {

@@ -7,6 +7,7 @@ mod driver;
 mod error;
 mod http;
 mod openai;
+mod serve;
 
 use std::sync::Arc;
 

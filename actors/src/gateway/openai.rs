@@ -167,14 +167,21 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let prompt = model.render_chat(&chat_messages(messages)?).map_err(|e| {
                 ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some("messages"))
             })?;
+            fits_context(model, &prompt, "messages")?;
             model.tokenizer.encode_prompt(&prompt)
         }
         Endpoint::Completion => match body.prompt {
             None => {
                 return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt")));
             }
-            Some(Prompt::Text(t)) => model.tokenizer.encode_prompt(&t),
-            Some(Prompt::Texts(v)) if v.len() == 1 => model.tokenizer.encode_prompt(&v[0]),
+            Some(Prompt::Text(t)) => {
+                fits_context(model, &t, "prompt")?;
+                model.tokenizer.encode_prompt(&t)
+            }
+            Some(Prompt::Texts(v)) if v.len() == 1 => {
+                fits_context(model, &v[0], "prompt")?;
+                model.tokenizer.encode_prompt(&v[0])
+            }
             Some(Prompt::Texts(v)) => {
                 return Err(ApiError::bad_request(
                     format!("Batched prompts are not supported: got {} prompts, send one.", v.len()),
@@ -245,6 +252,17 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         stream,
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),
     })
+}
+
+/// Refuse a text that cannot fit the context whatever its tokens, before tokenizing it: it has at
+/// least `len / longest_token` of them.
+fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), ApiError> {
+    let context = model.context_length as usize;
+    if text.len() / model.longest_token.max(1) >= context {
+        metrics::counter!("armature_http_refused_total", "reason" => "cannot_fit").increment(1);
+        return Err(ApiError::cannot_fit(text.len(), model.context_length, param));
+    }
+    Ok(())
 }
 
 fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {

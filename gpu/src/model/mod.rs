@@ -49,6 +49,14 @@ pub struct ModelFrontend {
     pub chat: Arc<ChatTemplate>,
     pub context_length: u32,
     pub default_max_tokens: u32,
+    /// The byte length of the vocabulary's longest token: a text of `n` bytes is at least
+    /// `n / longest_token` tokens, which sizes up a prompt before it is tokenized.
+    pub longest_token: usize,
+}
+
+/// The byte length of `tokenizer`'s longest token (at least 1).
+pub fn longest_token(tokenizer: &dyn Tokenizer) -> usize {
+    (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(1).max(1)
 }
 
 impl ModelFrontend {
@@ -56,6 +64,7 @@ impl ModelFrontend {
         match &section.source {
             ModelSource::Test => Ok(Self {
                 name,
+                longest_token: longest_token(&TestTokenizer::default()),
                 tokenizer: Arc::new(TestTokenizer::default()),
                 chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
@@ -68,6 +77,7 @@ impl ModelFrontend {
                 let native = hf::HfModel::open(dir)?.config.context_length as u32;
                 Ok(Self {
                     name,
+                    longest_token: longest_token(&tok),
                     tokenizer: Arc::new(tok),
                     chat: Arc::new(chat),
                     context_length: section.context_length.map_or(native, |c| c.min(native)),
@@ -95,6 +105,7 @@ impl ModelFrontend {
         let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
         Ok(Self {
             name,
+            longest_token: longest_token(&*tokenizer),
             tokenizer,
             chat: Arc::new(chat),
             context_length: match (context_length, native) {

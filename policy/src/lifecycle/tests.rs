@@ -39,7 +39,42 @@ fn admit(l: &mut Lifecycle<&'static str>, worker: &'static str, now: Duration) {
     l.handle_placed(now, Some(worker));
     assert_eq!(drain(l), vec![Output::Submit { worker, attempt: l.attempt() }]);
     l.handle_admission(now, Admission::Accepted);
+    assert_eq!(drain(l), vec![Output::Admitted { attempt: l.attempt() }]);
     assert_eq!(l.running(), Some((&worker, l.attempt())));
+}
+
+#[test]
+fn a_request_that_waits_too_long_in_a_queue_fails_and_is_cancelled() {
+    let config = LifecycleConfig::new(1, 2).with_queue_timeout(Duration::from_secs(5));
+    let mut l = Lifecycle::new(request(3), config, Duration::ZERO);
+    drain(&mut l);
+    admit(&mut l, "a", MS);
+    assert_eq!(l.poll_timeout(), Some(MS + Duration::from_secs(5)));
+    // Early: nothing happens.
+    l.handle_timeout(Duration::from_secs(2));
+    assert_eq!(drain(&mut l), vec![]);
+    l.handle_timeout(MS + Duration::from_secs(5));
+    let waited = Duration::from_secs(5);
+    assert_eq!(
+        drain(&mut l),
+        vec![
+            Output::Cancel { worker: "a", attempt: 0 },
+            Output::Ended { attempt: 0 },
+            Output::Fail(Failure::Queued { waited }),
+            Output::Done
+        ]
+    );
+    assert!(l.is_done());
+    // Once a token came, the queue timeout no longer applies.
+    let mut l = Lifecycle::new(request(3), config, Duration::ZERO);
+    drain(&mut l);
+    admit(&mut l, "a", MS);
+    l.handle_event(MS, &"a", 0, delta(&[7]));
+    drain(&mut l);
+    assert_eq!(l.poll_timeout(), None);
+    l.handle_timeout(Duration::from_secs(60));
+    assert_eq!(drain(&mut l), vec![]);
+    assert!(!l.is_done());
 }
 
 #[test]

@@ -227,7 +227,9 @@ impl Gate {
                         (Box::new(r), Box::new(w), cert)
                     }
                     Ok(Err(e)) => return self.refused(Refusal::Tls, &peer_text, &e),
-                    Err(_) => return self.refused(Refusal::Deadline, &peer_text, &"no TLS handshake before the deadline"),
+                    Err(_) => {
+                        return self.refused(Refusal::Deadline, &peer_text, &"no TLS handshake before the deadline");
+                    }
                 }
             }
             None => {
@@ -300,7 +302,11 @@ impl Gate {
                 let name = ServerName::try_from((tls.cert_name)(node))
                     .map_err(|e| DialError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
                 let connector = tokio_rustls::TlsConnector::from(tls.client.clone());
-                let stream = within(tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await, wait, DialError::Tls)?;
+                let stream = within(
+                    tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await,
+                    wait,
+                    DialError::Tls,
+                )?;
                 let (r, w) = tokio::io::split(stream);
                 (Box::new(r), Box::new(w))
             }
@@ -397,7 +403,10 @@ impl IncomingCheck {
                     .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok())
             });
             if !named {
-                return Err((Refusal::CertificateName, format!("it claims to be {name}, but its certificate is not {dns}")));
+                return Err((
+                    Refusal::CertificateName,
+                    format!("it claims to be {name}, but its certificate is not {dns}"),
+                ));
             }
         }
         if gate.holds_live_session(&name) {

@@ -174,7 +174,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for GuardedRead<R> {
                 this.pending = None;
             } else if p.deadline.as_mut().poll(cx).is_ready() {
                 (p.report)(GuardStop::Deadline);
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no authentication before the deadline")));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no authentication before the deadline",
+                )));
             }
         }
         let before = buf.filled().len();

@@ -419,7 +419,7 @@ impl Sim<'_> {
                 Output::Fail(_) => self.end(i, false)?,
                 Output::Note(Note::Retry | Note::Migration { .. }) => self.counts.migrated += 1,
                 Output::Note(Note::Stale) => self.counts.stale_discarded += 1,
-                Output::Note(_) => {}
+                Output::Note(_) | Output::Admitted { .. } => {}
                 Output::Done => self.done += 1,
             }
         }

@@ -100,7 +100,9 @@ impl KeysFile {
                 }
                 _ => {}
             }
-            for (field, rate) in [("requests_per_second", k.requests_per_second), ("tokens_per_second", k.tokens_per_second)] {
+            for (field, rate) in
+                [("requests_per_second", k.requests_per_second), ("tokens_per_second", k.tokens_per_second)]
+            {
                 if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                     return Err(ConfigError::new(origin, at(field), "must be a number above zero"));
                 }
@@ -141,8 +143,10 @@ mod tests {
         assert!(bad("[[keys]]\nid = \"a\"\nsha256 = \"abc\"\n").contains("keys[0].sha256"));
         let twice = "[[keys]]\nid = \"a\"\nkey = \"sk-0123456789abcdef\"\n[[keys]]\nid = \"a\"\nkey = \"sk-0123456789abcdeg\"\n";
         assert!(bad(twice).contains("keys[1].id"));
-        assert!(bad("[[keys]]\nid = \"a\"\nkey = \"sk-0123456789abcdef\"\nrequests_per_second = 0\n")
-            .contains("keys[0].requests_per_second"));
+        assert!(
+            bad("[[keys]]\nid = \"a\"\nkey = \"sk-0123456789abcdef\"\nrequests_per_second = 0\n")
+                .contains("keys[0].requests_per_second")
+        );
         assert!(bad("[[keys]]\nid = \"a\"\nkey = \"sk-0123456789abcdef\"\nrole = \"x\"\n").contains("role"));
     }
 }

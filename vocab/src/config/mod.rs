@@ -392,6 +392,17 @@ pub struct GatewaySection {
     /// Longest a worker may stay silent about a running request before the gateway gives up.
     #[serde(default = "default_worker_timeout")]
     pub worker_timeout: HumanDuration,
+    /// A connection's time to send a request's headers, from when it opened or its last response
+    /// ended (so also how long a kept-alive connection may sit idle).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// A request's time to send its whole body once its headers are in; past it, 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: HumanDuration,
+    /// How long a request may wait for a worker to take it; past it the client is told so (a 503,
+    /// or an error event on a stream that already started).
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: HumanDuration,
     /// The API keys (see `KeysFile`); `ARMATURE_API_KEYS_FILE` overrides it. Without keys the API
     /// is open and the admin routes answer loopback clients only.
     #[serde(default)]
@@ -413,6 +424,15 @@ fn default_retries() -> u32 {
 fn default_worker_timeout() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_queue_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
 
 impl Default for GatewaySection {
     fn default() -> Self {
@@ -421,6 +441,9 @@ impl Default for GatewaySection {
             retries: default_retries(),
             migrations: default_migrations(),
             worker_timeout: default_worker_timeout(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            queue_timeout: default_queue_timeout(),
             api_keys_file: None,
             cors_origins: Vec::new(),
         }

@@ -15,6 +15,7 @@ fn model() -> ModelFrontend {
         chat: Arc::new(gpu::chat::ChatTemplate::new(gpu::chat::CHATML, "", "<|im_end|>").unwrap()),
         context_length: 64,
         default_max_tokens: 20,
+        longest_token: gpu::model::longest_token(&TestTokenizer::default()),
     }
 }
 
@@ -149,4 +150,22 @@ fn response_bodies() {
     assert_eq!(meta.usage_chunk(usage)["choices"], serde_json::json!([]));
     let text = ResponseMeta { endpoint: Endpoint::Completion, ..meta };
     assert_eq!(text.chunk(Some("x"), None, false)["object"], "text_completion");
+}
+
+#[test]
+fn a_prompt_that_cannot_fit_is_refused_before_tokenizing() {
+    let m = model();
+    let at_most = m.context_length as usize * m.longest_token;
+    let long = "a".repeat(at_most);
+    let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"{long}"}}"#));
+    assert_eq!(
+        (e.status, e.code, e.param.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("context_length_exceeded"), Some("prompt"))
+    );
+    assert!(e.message.contains("refused before tokenizing"), "{}", e.message);
+    let e = bad(Endpoint::Chat, &format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{long}"}}]}}"#));
+    assert_eq!(e.param.as_deref(), Some("messages"));
+    // Under the bound it is tokenized, and the exact count decides.
+    let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(100)));
+    assert!(e.message.contains("the prompt has 100 tokens"), "{}", e.message);
 }
