@@ -1,5 +1,7 @@
 //! The `armature` binary: serve, node and launch.
 
+mod preflight;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +60,10 @@ enum Command {
     Launch {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Create a development CA and node certificates in `transport.certs` when it has none
+        /// (only for a topology whose nodes are all on loopback).
+        #[arg(long)]
+        dev_certs: bool,
     },
     /// Measure performance.
     Bench {
@@ -556,17 +562,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Launch { config: path } => {
+        Command::Launch { config: path, dev_certs } => {
             let config = match load(Some(&path)) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            if let Err(e) = preflight::check(&config, &path, dev_certs) {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             let spec = runtime::launch::LaunchSpec {
                 exe: std::env::current_exe().context("locating the armature binary")?,
                 config: path,
                 nodes: config.nodes.iter().map(|n| n.name.clone()).collect(),
                 restart: RestartPolicy::from(&config.supervision),
                 stop_timeout: config.cluster.shutdown_grace.get() + Duration::from_secs(2),
+                config_exit_code: i32::from(EXIT_CONFIG),
             };
             let (tx, rx) = watch::channel(false);
             tokio::spawn(async move {
@@ -574,8 +585,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 println!("[launch] stopping all nodes");
                 let _ = tx.send(true);
             });
-            runtime::launch::run(spec, rx).await;
-            Ok(ExitCode::SUCCESS)
+            Ok(match runtime::launch::run(spec, rx).await {
+                runtime::launch::LaunchEnd::Stopped => ExitCode::SUCCESS,
+                runtime::launch::LaunchEnd::ConfigError { node } => {
+                    eprintln!("error: node {node} stopped with a configuration error (its log above says which)");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            })
         }
     }
 }

@@ -1,5 +1,7 @@
 //! `armature launch`: every node of a topology as a child process on this machine, with each
-//! node's log lines prefixed by its name, restarts with backoff, and a clean stop on a signal.
+//! node's log lines prefixed by its name, restarts with backoff, and a clean stop on a signal. A
+//! node that exits with the configuration-error code is not restarted: launch stops every node
+//! and reports it, since starting it again would fail the same way.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -23,33 +25,67 @@ pub struct LaunchSpec {
     pub restart: RestartPolicy,
     /// How long a node may take to stop after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// The exit code by which a node says its configuration is wrong (never restarted).
+    pub config_exit_code: i32,
 }
 
-/// Run until `shutdown` turns true, then stop every node.
-pub async fn run(spec: LaunchSpec, shutdown: watch::Receiver<bool>) {
+/// How a launch ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LaunchEnd {
+    /// Stopped on a signal.
+    Stopped,
+    /// Node `node` exited with the configuration-error code.
+    ConfigError { node: String },
+}
+
+/// Run until `shutdown` turns true, or a node reports a configuration error, then stop every node.
+pub async fn run(spec: LaunchSpec, mut shutdown: watch::Receiver<bool>) -> LaunchEnd {
+    let (halt_tx, halt) = watch::channel(false);
+    let halt_tx = std::sync::Arc::new(halt_tx);
+    let forward = {
+        let halt_tx = halt_tx.clone();
+        tokio::spawn(async move {
+            stopping(&mut shutdown).await;
+            let _ = halt_tx.send(true);
+        })
+    };
     let tasks: Vec<_> = spec
         .nodes
         .iter()
-        .map(|name| tokio::spawn(keep_node_running(spec.clone(), name.clone(), shutdown.clone())))
+        .map(|name| tokio::spawn(keep_node_running(spec.clone(), name.clone(), halt.clone(), halt_tx.clone())))
         .collect();
+    let mut end = LaunchEnd::Stopped;
     for t in tasks {
-        let _ = t.await;
+        if let Ok(Some(node)) = t.await
+            && end == LaunchEnd::Stopped
+        {
+            end = LaunchEnd::ConfigError { node };
+        }
     }
+    forward.abort();
     println!("[launch] all nodes stopped");
+    end
 }
 
-async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::Receiver<bool>) {
+/// Keep node `name` running until `shutdown`; returns its name if it exited with the
+/// configuration-error code (after asking every other node to stop through `halt`).
+async fn keep_node_running(
+    spec: LaunchSpec,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+    halt: std::sync::Arc<watch::Sender<bool>>,
+) -> Option<String> {
     let mut tracker = RestartTracker::new(spec.restart);
     let epoch = Instant::now();
     loop {
         if *shutdown.borrow() {
-            return;
+            return None;
         }
         let mut child = match spawn_node(&spec, &name) {
             Ok(c) => c,
             Err(e) => {
                 println!("[launch] cannot start node {name}: {e}");
-                return;
+                return None;
             }
         };
         // `Child::wait` closes a stdin it still holds; keep ours open so the node keeps running
@@ -58,12 +94,21 @@ async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::
         let pid = child.id().unwrap_or(0);
         println!("[launch] started node {name} (pid {pid})");
         let status = tokio::select! {
-            status = child.wait() => status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            status = child.wait() => status,
             _ = stopping(&mut shutdown) => {
                 stop_child(&mut child, pid, &name, spec.stop_timeout).await;
-                return;
+                return None;
             }
         };
+        if status.as_ref().ok().and_then(|s| s.code()) == Some(spec.config_exit_code) {
+            println!(
+                "[launch] node {name} (pid {pid}) exited with a configuration error (code {}); not restarting it, stopping every node",
+                spec.config_exit_code
+            );
+            let _ = halt.send(true);
+            return Some(name);
+        }
+        let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
         let after = match tracker.on_failure(&name, epoch.elapsed()) {
             RestartDecision::Restart { after, .. } => after,
             RestartDecision::Escalate { .. } => spec.restart.backoff_max,
@@ -71,7 +116,7 @@ async fn keep_node_running(spec: LaunchSpec, name: String, mut shutdown: watch::
         println!("[launch] node {name} (pid {pid}) exited: {status}; restarting in {after:?}");
         tokio::select! {
             _ = tokio::time::sleep(after) => {}
-            _ = stopping(&mut shutdown) => return,
+            _ = stopping(&mut shutdown) => return None,
         }
     }
 }

@@ -1,0 +1,84 @@
+//! `armature launch`'s checks of a whole topology before it starts any node, so that a bad
+//! configuration is one line and exit code 2, never a node restarted forever: certificates
+//! (created for a loopback-only topology with `--dev-certs`), the API keys file, free ports, a model
+//! file that exists.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+
+use runtime::config::{ClusterConfig, ModelSource};
+
+/// Every address a node of `config` binds, with the field that names it.
+fn addresses(config: &ClusterConfig) -> Vec<(String, SocketAddr, bool)> {
+    let mut out = Vec::new();
+    for (i, n) in config.nodes.iter().enumerate() {
+        out.push((format!("nodes[{i}].control"), n.control, false));
+        if let Some(g) = n.gateway {
+            out.push((format!("nodes[{i}].gateway"), g, false));
+        }
+        if let Some(d) = n.data {
+            // The data plane is QUIC (UDP).
+            out.push((format!("nodes[{i}].data"), d, true));
+        }
+    }
+    out
+}
+
+fn loopback_only(config: &ClusterConfig) -> bool {
+    addresses(config).iter().all(|(_, a, _)| a.ip().is_loopback())
+}
+
+/// Check `config` as `armature launch --config CONFIG_PATH` would run it; `dev_certs` creates
+/// missing certificates for a loopback-only topology. The error is one line.
+pub fn check(config: &ClusterConfig, config_path: &Path, dev_certs: bool) -> Result<(), String> {
+    certificates(config, config_path, dev_certs)?;
+    if config.nodes.iter().any(|n| n.gateway.is_some()) {
+        actors::gateway::Auth::load(&config.gateway).map_err(|e| e.to_string())?;
+    }
+    for (field, addr, udp) in addresses(config) {
+        let free = if udp { UdpSocket::bind(addr).map(drop) } else { TcpListener::bind(addr).map(drop) };
+        free.map_err(|e| format!("{field}: {addr} cannot be bound ({e}); is another node or server using it?"))?;
+    }
+    if let ModelSource::Path(path) = &config.model.source
+        && !path.exists()
+    {
+        return Err(format!("model.source: {} does not exist", path.display()));
+    }
+    Ok(())
+}
+
+fn certificates(config: &ClusterConfig, config_path: &Path, dev_certs: bool) -> Result<(), String> {
+    let Some(dir) = &config.transport.certs else {
+        if dev_certs {
+            return Err("--dev-certs: set transport.certs in the topology to say where the certificates go".into());
+        }
+        return Ok(());
+    };
+    let missing = !dir.join("ca.pem").exists();
+    if missing && dev_certs {
+        if !loopback_only(config) {
+            return Err("--dev-certs is for topologies whose nodes are all on loopback; make real certificates with \
+                 `armature cert init --config FILE`"
+                .into());
+        }
+        let nodes: Vec<(String, Vec<IpAddr>)> =
+            config.nodes.iter().map(|n| (n.name.clone(), vec![n.control.ip()])).collect();
+        transport::certs::init(dir, &nodes).map_err(|e| format!("transport.certs: {e}"))?;
+        println!(
+            "[launch] created a development CA and node certificates in {} (for this loopback cluster only; \
+             use `armature cert init` for a real one)",
+            dir.display()
+        );
+    }
+    for n in &config.nodes {
+        transport::Identity::load(dir, &n.name).map_err(|e| {
+            format!(
+                "transport.certs: node {}'s certificate: {e}; create them with `armature cert init --config {}`, \
+                 or start with `armature launch --dev-certs` (loopback only)",
+                n.name,
+                config_path.display()
+            )
+        })?;
+    }
+    Ok(())
+}
