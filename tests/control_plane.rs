@@ -313,3 +313,37 @@ fn unauthenticated_connections_cannot_grow_a_node_and_silent_ones_are_closed() {
     assert!(served_by_n1(p.gateway));
     assert_eq!(complete(p.gateway)["usage"]["completion_tokens"], 8);
 }
+
+#[test]
+fn a_worker_serving_another_model_is_not_placed_on() {
+    let dir = temp_dir("control-model-check");
+    let p = ports();
+    let n2 = free_port();
+    let three = topology(&p, &format!("127.0.0.1:{}", p.n1), None)
+        + &format!("\n[[nodes]]\nname = \"n2\"\ncontrol = \"127.0.0.1:{n2}\"\nworkers = [{{ device = \"cpu\" }}]\n");
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, &three).unwrap();
+    // n2 runs the same topology with another model (its own file says so).
+    let other = dir.join("other-model.toml");
+    std::fs::write(&other, three.replace("source = \"test\"", "source = \"test\"\nname = \"another-model\"")).unwrap();
+    let _n0 = node("n0", &config, &dir);
+    let _n1 = node("n1", &config, &dir);
+    let n2_proc = node("n2", &other, &dir);
+    let seen = wait_until(Duration::from_secs(60), || {
+        let (status, _, body) = http("GET", p.gateway, "/health", None);
+        status == 200 && json(&body)["wrong_model"] == serde_json::json!(["n2/cpu"])
+    });
+    assert!(seen, "health does not list n2 apart: {}", http("GET", p.gateway, "/health", None).2);
+    let (_, _, health) = http("GET", p.gateway, "/health", None);
+    assert_eq!(json(&health)["workers"], serde_json::json!(["n1/cpu"]));
+    for _ in 0..12 {
+        assert_eq!(complete(p.gateway)["usage"]["completion_tokens"], 8);
+    }
+    let (_, _, router) = http("GET", p.gateway, "/debug/router", None);
+    let chosen: Vec<String> =
+        json(&router)["recent"].as_array().unwrap().iter().map(|d| d["worker"].as_str().unwrap().to_string()).collect();
+    assert_eq!(chosen.len(), 12, "{router}");
+    assert!(chosen.iter().all(|w| w == "n1/cpu"), "placed on {chosen:?}");
+    assert_eq!(metric(p.gateway, "armature_router_wrong_model_workers"), 1.0);
+    assert!(n2_proc.log_text().contains("worker started"), "n2 ran its worker");
+}

@@ -230,6 +230,7 @@ pub fn children(
         let model = ModelFrontend::load(&config.model, config.model_name())?;
         let gateway = Arc::new(Gateway {
             auth,
+            model_identity: model.identity(),
             model,
             node: state,
             config: config.gateway.clone(),

@@ -319,15 +319,15 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
                 self.out.push_back(Output::Admitted { attempt: self.attempt });
                 self.phase = Phase::Running { worker: worker.clone(), since: now };
             }
-            Admission::Unavailable(why) => self.attempt_failed(now, why),
+            Admission::Unavailable(why) => self.attempt_ended(now, why, false),
             Admission::Overloaded { queued } => {
                 self.end_attempt();
                 self.fail(Failure::Overloaded { queued });
             }
-            Admission::Rejected(why) => {
-                self.end_attempt();
-                self.fail(Failure::Invalid(why));
-            }
+            // The gateway checked the request against its own model, so a worker that refuses
+            // it differs from that model (another vocabulary, a smaller pool): another worker may
+            // take it. Only when none does is it the client's 400.
+            Admission::Rejected(why) => self.attempt_ended(now, why, true),
         }
     }
 
@@ -411,6 +411,12 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
 
     /// The current attempt failed with `why`: place again elsewhere, or give up.
     fn attempt_failed(&mut self, now: Duration, why: String) {
+        self.attempt_ended(now, why, false)
+    }
+
+    /// The current attempt ended with `why` (`rejected`: its worker refused the request, which
+    /// becomes the client's 400 once no retry is left): place again elsewhere, or give up.
+    fn attempt_ended(&mut self, now: Duration, why: String, rejected: bool) {
         let Some(worker) = self.worker().cloned() else { return };
         self.out.push_back(Output::Cancel { worker: worker.clone(), attempt: self.attempt });
         self.end_attempt();
@@ -440,7 +446,11 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
         } else {
             self.out.push_back(Output::Note(Note::AttemptFailed { attempt: self.attempt, why: why.clone() }));
             if self.retries >= self.config.retries {
-                return self.fail(Failure::Unavailable(format!("The worker serving this request failed: {why}")));
+                return self.fail(if rejected {
+                    Failure::Invalid(why)
+                } else {
+                    Failure::Unavailable(format!("The worker serving this request failed: {why}"))
+                });
             }
             self.retries += 1;
             self.out.push_back(Output::Note(Note::Retry));

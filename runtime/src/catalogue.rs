@@ -363,6 +363,12 @@ pub const FAMILIES: &[Family] = &[
     },
     Family { name: "armature_router_live_workers", kind: Kind::Gauge, labels: "", help: "Workers on live nodes." },
     Family {
+        name: "armature_router_wrong_model_workers",
+        kind: Kind::Gauge,
+        labels: "",
+        help: "Workers the router passes over because they announce another model than the requests' gateway.",
+    },
+    Family {
         name: "armature_router_overlap_blocks_total",
         kind: Kind::Counter,
         labels: "",

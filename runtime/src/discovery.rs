@@ -100,6 +100,22 @@ pub fn draining() -> std::collections::HashSet<ActorId> {
     pg::get_members(&DRAINING.to_string()).into_iter().map(|c| c.get_id()).collect()
 }
 
+const MODEL_PREFIX: &str = "worker-model/";
+
+/// Announce the model identity a worker serves (`gpu::model::identity`).
+pub fn announce_model(identity: u64, cell: ActorCell) {
+    pg::join(format!("{MODEL_PREFIX}{identity:016x}"), vec![cell]);
+}
+
+/// The announced model identity of every worker actor visible from this node.
+pub fn models() -> HashMap<ActorId, u64> {
+    pg::which_groups()
+        .into_iter()
+        .filter_map(|g| Some((u64::from_str_radix(g.strip_prefix(MODEL_PREFIX)?, 16).ok()?, g)))
+        .flat_map(|(identity, g)| pg::get_members(&g).into_iter().map(move |c| (c.get_id(), identity)))
+        .collect()
+}
+
 const TIER_PREFIX: &str = "cache-tier/";
 
 /// Join the group of a node's cache tier (`cache-tier/<node>/<host|disk>`).

@@ -70,7 +70,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     // because it trusts no hashes from another node and a migrated prompt
                     // changes (docs/design.md#block-hashes).
                     let hashes = gw.hasher.sequence_hashes(&life.request().prompt_tokens);
-                    let placement = place(&life.request().id, hashes, avoid).await;
+                    let placement = place(&life.request().id, hashes, avoid, gw.model_identity).await;
                     let worker = placement.as_ref().map(|p| p.worker.id.clone());
                     if let Some(p) = placement {
                         placements.insert(p.worker.id.clone(), p);
@@ -177,9 +177,9 @@ fn record(id: &RequestId, worker: Option<&WorkerId>, migrations: u32, note: Note
 }
 
 /// One placement call to the router (the lifecycle decides whether and when to ask again).
-async fn place(request: &RequestId, hashes: Vec<u64>, avoid: Vec<WorkerId>) -> Option<Placement> {
+async fn place(request: &RequestId, hashes: Vec<u64>, avoid: Vec<WorkerId>, model: u64) -> Option<Placement> {
     let router = RouterHandle::local()?;
-    router.place(request.clone(), hashes, avoid, PLACE_TIMEOUT).await.ok().flatten()
+    router.place(request.clone(), hashes, avoid, model, PLACE_TIMEOUT).await.ok().flatten()
 }
 
 enum Polled {

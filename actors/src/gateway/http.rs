@@ -328,11 +328,23 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
         Some(r) => r.status(STATUS_TIMEOUT).await.map(|s| s.live_workers).unwrap_or_default(),
         None => Vec::new(),
     };
-    let names: Vec<String> = workers.iter().map(ToString::to_string).collect();
+    // Workers announcing another model than this gateway's get none of its requests: listed apart.
+    let models = runtime::discovery::models();
+    let announced: std::collections::HashMap<_, _> = runtime::discovery::workers()
+        .into_iter()
+        .filter_map(|(id, cell)| models.get(&cell.get_id()).map(|m| (id, *m)))
+        .collect();
+    let (names, wrong_model): (Vec<String>, Vec<String>) = {
+        let (ok, wrong): (Vec<_>, Vec<_>) =
+            workers.iter().partition(|w| announced.get(*w).is_none_or(|m| *m == gw.model_identity));
+        (ok.iter().map(ToString::to_string).collect(), wrong.iter().map(ToString::to_string).collect())
+    };
     let status = if names.is_empty() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     let word = if names.is_empty() { "no_workers" } else { "ok" };
-    (status, axum::Json(json!({ "status": word, "workers": names, "dead_nodes": gw.node.view.dead_nodes() })))
-        .into_response()
+    let body = json!({
+        "status": word, "workers": names, "wrong_model": wrong_model, "dead_nodes": gw.node.view.dead_nodes(),
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// What this node's router believes: index size and fingerprint, per-worker blocks and load,

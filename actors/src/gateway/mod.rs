@@ -31,4 +31,6 @@ pub struct Gateway {
     pub hasher: BlockHasher,
     /// The API keys and their limits.
     pub auth: Arc<Auth>,
+    /// `model.identity()`: requests go only to workers that announce it.
+    pub model_identity: u64,
 }

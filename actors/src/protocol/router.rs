@@ -77,6 +77,8 @@ pub enum RouterMsg {
         request: RequestId,
         hashes: Vec<u64>,
         avoid: Vec<WorkerId>,
+        /// The gateway's model identity: only workers that announce it are eligible.
+        model: u64,
         reply: RpcReplyPort<Option<Placement>>,
     },
     /// A placed request produced its first token.
@@ -107,16 +109,18 @@ impl RouterHandle {
         ActorRef::<RouterMsg>::where_is(ROUTER_NAME).map(Self)
     }
 
-    /// A worker for `request` (prompt block hashes `hashes`), passing over `avoid` while another
-    /// will do; None when no worker is eligible.
+    /// A worker of model `model` for `request` (prompt block hashes `hashes`), passing over
+    /// `avoid` while another will do; None when no worker is eligible.
     pub async fn place(
         &self,
         request: RequestId,
         hashes: Vec<u64>,
         avoid: Vec<WorkerId>,
+        model: u64,
         timeout: Duration,
     ) -> CallResult<Option<Placement>, RouterMsg> {
-        call_t!(self.0, |reply| RouterMsg::Place { request, hashes, avoid, reply }, millis(timeout)).map_err(Box::new)
+        let place = |reply| RouterMsg::Place { request, hashes, avoid, model, reply };
+        call_t!(self.0, place, millis(timeout)).map_err(Box::new)
     }
 
     /// `request` produced its first token (its prefill load becomes decode load).

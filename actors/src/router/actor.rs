@@ -50,6 +50,9 @@ pub struct RouterState {
     /// What each worker last said about how full it is.
     loads: HashMap<WorkerId, WorkerLoad>,
     recent: VecDeque<ExplainedDecision>,
+    /// Workers passed over because they announce another model than a request's gateway
+    /// (warned once each).
+    wrong_model: HashSet<WorkerId>,
 }
 
 fn worker_key(w: &WorkerId) -> u64 {
@@ -85,9 +88,32 @@ impl RouterState {
         live
     }
 
-    fn place(&mut self, request: RequestId, hashes: &[u64], avoid: &[WorkerId]) -> Option<Placement> {
+    /// Keep the workers that announce `model`; warn once about each that announces another.
+    fn same_model(&mut self, live: &mut Vec<(WorkerId, ActorRef<WorkerMsg>, WorkerRole)>, model: u64) {
+        let models = discovery::models();
+        live.retain(|(id, cell, _)| {
+            let theirs = models.get(&cell.get_id()).copied();
+            if theirs == Some(model) {
+                return true;
+            }
+            // No announcement yet (process groups sync one by one): not eligible, not wrong.
+            if let Some(theirs) = theirs
+                && self.wrong_model.insert(id.clone())
+            {
+                let (theirs, expected) = (format!("{theirs:016x}"), format!("{model:016x}"));
+                tracing::warn!(worker = %id, model = %theirs, %expected, "worker serves another model: not placing on it");
+            }
+            false
+        });
+        let ids: Vec<&WorkerId> = live.iter().map(|(id, _, _)| id).collect();
+        self.wrong_model.retain(|w| !ids.contains(&w));
+        metrics::gauge!("armature_router_wrong_model_workers").set(self.wrong_model.len() as f64);
+    }
+
+    fn place(&mut self, request: RequestId, hashes: &[u64], avoid: &[WorkerId], model: u64) -> Option<Placement> {
         let started = Instant::now();
-        let live = self.live();
+        let mut live = self.live();
+        self.same_model(&mut live, model);
         let eligible: Vec<Eligible<WorkerId>> =
             live.iter().map(|(id, _, role)| Eligible { worker: id.clone(), role: *role }).collect();
         let disagg = DisaggConfig { min_blocks: self.disagg_min_blocks, busy_blocks: self.prefill_busy_blocks };
@@ -260,6 +286,7 @@ impl Actor for RouterActor {
             loads: HashMap::new(),
             silent: HashSet::new(),
             recent: VecDeque::new(),
+            wrong_model: HashSet::new(),
         })
     }
 
@@ -270,8 +297,8 @@ impl Actor for RouterActor {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Place { request, hashes, avoid, reply } => {
-                let _ = reply.send(state.place(request, &hashes, &avoid));
+            RouterMsg::Place { request, hashes, avoid, model, reply } => {
+                let _ = reply.send(state.place(request, &hashes, &avoid, model));
             }
             RouterMsg::FirstToken(request) => state.placer.first_token(&request),
             RouterMsg::Finished(request) => state.placer.finished(&request),

@@ -75,6 +75,7 @@ impl Actor for WorkerActor {
             kv_blocks: model.kv_blocks,
             max_batch_tokens: args.config.max_batch_tokens as usize,
         };
+        let identity = gpu::model::identity(&args.model.served_name(), &*model.tokenizer);
         let mut engine = Engine::new(model.executor, model.tokenizer, limits);
         if let Some(t) = &args.tiers {
             engine.set_offload(t.offload);
@@ -83,6 +84,8 @@ impl Actor for WorkerActor {
         let handle = EngineHandle::spawn(engine, &args.id.to_string(), move |why| {
             let _ = me.cast(WorkerMsg::EngineExited(why.unwrap_or_else(|| "stopped".into())));
         })?;
+        // The model first: a router places only on workers whose model it can see.
+        discovery::announce_model(identity, myself.get_cell());
         discovery::join_worker(&args.id, myself.get_cell());
         discovery::set_role(myself.get_cell(), args.config.role);
         tracing::info!(worker = %args.id, model = %info.name, max_batch = limits.max_batch, kv_events = args.config.kv_events, "worker started");

@@ -54,6 +54,32 @@ pub struct ModelFrontend {
     pub longest_token: usize,
 }
 
+/// What a gateway and a worker must agree on to serve each other: the served model name and the
+/// whole vocabulary (every token's bytes, the end tokens, the prompt's first token). A gateway
+/// places requests only on workers that announce the same identity.
+pub fn identity(name: &str, tokenizer: &dyn Tokenizer) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(name.as_bytes());
+    h.update(&(tokenizer.vocab_size() as u64).to_le_bytes());
+    for id in 0..tokenizer.vocab_size() as u32 {
+        let bytes = tokenizer.token_bytes(id);
+        h.update(&(bytes.len() as u32).to_le_bytes());
+        h.update(bytes);
+    }
+    for eos in tokenizer.eos_tokens() {
+        h.update(&eos.to_le_bytes());
+    }
+    h.update(&tokenizer.prompt_bos().map_or(u64::MAX, u64::from).to_le_bytes());
+    h.digest()
+}
+
+impl ModelFrontend {
+    /// This model's `identity`.
+    pub fn identity(&self) -> u64 {
+        identity(&self.name, &*self.tokenizer)
+    }
+}
+
 /// The byte length of `tokenizer`'s longest token (at least 1).
 pub fn longest_token(tokenizer: &dyn Tokenizer) -> usize {
     (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(1).max(1)

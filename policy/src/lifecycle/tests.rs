@@ -235,6 +235,29 @@ fn no_worker_is_asked_again_until_the_placement_wait_then_fails() {
 }
 
 #[test]
+fn a_worker_that_refuses_a_request_is_passed_over_and_the_last_refusal_is_the_clients() {
+    let mut l = life(4);
+    drain(&mut l);
+    l.handle_placed(MS, Some("other-model"));
+    drain(&mut l);
+    l.handle_admission(MS, Admission::Rejected("token id 70000 is outside the vocabulary".into()));
+    let out = drain(&mut l);
+    assert!(out.contains(&Output::Note(Note::Retry)), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Fail(_))), "{out:?}");
+    // After the pause it asks again, avoiding the worker that refused.
+    l.handle_timeout(MS + Duration::from_secs(1));
+    assert_eq!(drain(&mut l), vec![Output::Place { avoid: vec!["other-model"] }]);
+    admit(&mut l, "right", 2 * MS);
+    // With no retry left, a refusal is the client's 400.
+    let mut l = Lifecycle::new(request(4), LifecycleConfig::new(0, 2), Duration::ZERO);
+    drain(&mut l);
+    l.handle_placed(MS, Some("a"));
+    drain(&mut l);
+    l.handle_admission(MS, Admission::Rejected("too long for every pool".into()));
+    assert!(drain(&mut l).contains(&Output::Fail(Failure::Invalid("too long for every pool".into()))));
+}
+
+#[test]
 fn admission_refusals_and_invalid_requests_end_without_a_retry() {
     let mut l = life(4);
     drain(&mut l);

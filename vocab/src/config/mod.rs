@@ -321,6 +321,19 @@ fn default_max_handshakes() -> u32 {
     64
 }
 
+impl ModelSection {
+    /// The id clients send as `model`: `name`, else the source's own name.
+    pub fn served_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| match &self.source {
+            ModelSource::Test => "armature-test".to_string(),
+            ModelSource::Default => "SmolLM2-135M-Instruct".to_string(),
+            ModelSource::Path(path) => {
+                path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
+            }
+        })
+    }
+}
+
 /// Which model the workers run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -750,13 +763,7 @@ impl ClusterConfig {
 
     /// The model id clients use.
     pub fn model_name(&self) -> String {
-        self.model.name.clone().unwrap_or_else(|| match &self.model.source {
-            ModelSource::Test => "armature-test".to_string(),
-            ModelSource::Default => "SmolLM2-135M-Instruct".to_string(),
-            ModelSource::Path(path) => {
-                path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned())
-            }
-        })
+        self.model.served_name()
     }
 
     /// The seed addresses `node` joins, each with the field path that named it (for errors).
