@@ -198,7 +198,8 @@ enum Command {
 #[derive(Subcommand)]
 enum CertCommand {
     /// Write a new cluster CA and a certificate for every node of the topology into
-    /// `transport.certs` (or --out): ca.pem, ca.key, <node>.pem, <node>.key.
+    /// `transport.certs` (or --out): ca.pem, <node>.pem, <node>.key; the CA's key goes beside
+    /// the directory (<dir>.ca.key), never in it, since the directory is what nodes are given.
     Init {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
@@ -609,6 +610,13 @@ async fn shutdown_signal() {
 /// in one line, not a failure after the node joined.
 fn load_identity(config: &ClusterConfig, name: &str) -> Result<Option<transport::Identity>, String> {
     let Some(dir) = &config.transport.certs else { return Ok(None) };
+    if dir.join("ca.key").exists() {
+        tracing::warn!(
+            dir = %dir.display(),
+            "transport.certs holds ca.key: whoever can read this node's files can make a certificate for any node; \
+             keep the CA key off the nodes"
+        );
+    }
     transport::Identity::load(dir, name).map(Some).map_err(|e| {
         format!(
             "transport.certs: node {name}'s certificate: {e}; create them with `armature cert init --config <topology>`, \

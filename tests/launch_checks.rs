@@ -86,10 +86,11 @@ fn dev_certs_make_a_loopback_cluster_that_serves_over_tls() {
     let log = p.log_text();
     assert!(log.contains("created a development CA"), "{log}");
     assert!(!log.contains("not encrypted"), "the control plane runs TLS: {log}");
-    for key in ["ca.key", "n0.key", "n1.key"] {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(certs.join(key)).unwrap().permissions());
-        assert_eq!(mode & 0o777, 0o600, "{key}");
+    for key in [certs.join("n0.key"), certs.join("n1.key"), dir.join("certs.ca.key")] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "{}", key.display());
     }
+    assert!(!certs.join("ca.key").exists());
     let body = r#"{"model":"armature-test","prompt":"hello","max_tokens":3}"#;
     let (status, _, text) = http("POST", gateway, "/v1/completions", Some(body));
     assert_eq!(status, 200, "{text}");

@@ -1,7 +1,9 @@
-//! The cluster CA and node certificates of the data plane (mutual TLS): `armature cert init`
-//! writes `ca.pem` and `ca.key` plus `<node>.pem` and `<node>.key` for every node; a node loads
-//! its own pair and the CA, serves with its certificate, and accepts only peers whose certificate
-//! the CA signed (and only servers that present one, under the node name it dialled).
+//! The cluster CA and node certificates of both planes (mutual TLS): `armature cert init` writes
+//! `ca.pem` plus `<node>.pem` and `<node>.key` for every node into the certificates directory, and
+//! the CA's key beside it, never in it (`ca_key_path`): the directory is what nodes are given, and
+//! whoever holds the CA key can make certificates for any node name. A node loads its own pair and
+//! the CA, serves with its certificate, and accepts only peers whose certificate the CA signed
+//! (and only servers that present one, under the node name it dialled).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -58,13 +60,23 @@ fn write_secret(path: &Path, text: &str) -> Result<(), CertError> {
     file.write_all(text.as_bytes()).map_err(io)
 }
 
-/// Write a new CA and a certificate for each node (`(name, addresses)`) into `dir`. Refuses to
-/// overwrite an existing CA.
+/// Where `init` keeps the CA's key for certificates directory `dir`: beside it, as
+/// `<dir>.ca.key` (so `certs/prod` has `certs/prod.ca.key`).
+pub fn ca_key_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map_or_else(|| "certs".into(), |n| n.to_string_lossy().into_owned());
+    dir.with_file_name(format!("{name}.ca.key"))
+}
+
+/// Write a new CA and a certificate for each node (`(name, addresses)`) into `dir`, and the CA's
+/// key to `ca_key_path(dir)`. Refuses to overwrite an existing CA.
 pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>, CertError> {
     std::fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.into(), source })?;
     let ca_path = dir.join("ca.pem");
     if ca_path.exists() {
         return Err(CertError::Exists { path: ca_path });
+    }
+    if ca_key_path(dir).exists() {
+        return Err(CertError::Exists { path: ca_key_path(dir) });
     }
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -73,9 +85,10 @@ pub fn init(dir: &Path, nodes: &[(String, Vec<IpAddr>)]) -> Result<Vec<PathBuf>,
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&ca_path, &ca_cert.pem())?;
-    write_secret(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    let ca_key_path = ca_key_path(dir);
+    write_secret(&ca_key_path, &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
-    let mut written = vec![ca_path];
+    let mut written = vec![ca_path, ca_key_path];
     for (name, addrs) in nodes {
         let mut p = CertificateParams::new(vec![server_name(name)])?;
         p.subject_alt_names.extend(addrs.iter().map(|a| SanType::IpAddress(*a)));
@@ -193,19 +206,26 @@ mod tests {
     fn init_writes_a_ca_and_node_pairs_that_load() {
         let dir = std::env::temp_dir().join(format!("armature-certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(ca_key_path(&dir));
         let nodes = vec![("n0".to_string(), vec!["127.0.0.1".parse().unwrap()]), ("n_1".to_string(), vec![])];
         // A node key left over with loose permissions is tightened when it is written again.
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("n0.key"), "old").unwrap();
         std::fs::set_permissions(dir.join("n0.key"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         let written = init(&dir, &nodes).unwrap();
-        assert_eq!(written.len(), 3);
+        assert_eq!(written.len(), 4);
+        assert!(!dir.join("ca.key").exists(), "the CA key is not among what nodes are given");
+        let ca_key = ca_key_path(&dir);
+        assert_eq!(ca_key.parent(), dir.parent());
+        assert!(ca_key.to_string_lossy().ends_with(".ca.key"));
         let mode = |f: &str| {
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join(f)).unwrap().permissions()) & 0o777
         };
-        for key in ["ca.key", "n0.key", "n_1.key"] {
+        for key in ["n0.key", "n_1.key"] {
             assert_eq!(mode(key), 0o600, "{key}");
         }
+        let ca_mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&ca_key).unwrap().permissions());
+        assert_eq!(ca_mode & 0o777, 0o600);
         assert_eq!(mode("n0.pem") & 0o600, 0o600, "certificates stay readable");
         for n in ["n0", "n_1"] {
             let id = Identity::load(&dir, n).unwrap();
@@ -221,5 +241,6 @@ mod tests {
         assert!(Identity::load(&dir, "bad").unwrap_err().to_string().contains("not a PEM certificate"));
         assert_eq!(server_name("n_1"), "n-1.nodes.armature");
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&ca_key).unwrap();
     }
 }
