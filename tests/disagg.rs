@@ -69,7 +69,10 @@ fn disaggregated_output_equals_aggregated_and_only_missing_blocks_move() {
     for f in ["ca.pem", "prefill.pem", "prefill.key", "decode.pem", "decode.key"] {
         assert!(certs.join(f).exists(), "{f}");
     }
-    assert!(!certs.join("ca.key").exists() && dir.join("certs.ca.key").exists(), "the CA key is kept beside the directory");
+    assert!(
+        !certs.join("ca.key").exists() && dir.join("certs.ca.key").exists(),
+        "the CA key is kept beside the directory"
+    );
     let launch = Proc::spawn(&["launch", "--config", config.to_str().unwrap()], dir.join("launch.log"));
     let both = || {
         let (status, _, body) = http("GET", port, "/health", None);
