@@ -1,7 +1,7 @@
 //! `armature launch`'s checks of a whole topology before it starts any node, so that a bad
 //! configuration is one line and exit code 2, never a node restarted forever: certificates
-//! (created for a loopback-only topology with `--dev-certs`), the API keys file, free ports, a model
-//! file that exists.
+//! (created for a loopback-only topology with `--dev-certs`), the API keys file, free ports, and
+//! the model (the default one fetched once here, a GGUF file opened).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
@@ -39,10 +39,16 @@ pub fn check(config: &ClusterConfig, config_path: &Path, dev_certs: bool) -> Res
         let free = if udp { UdpSocket::bind(addr).map(drop) } else { TcpListener::bind(addr).map(drop) };
         free.map_err(|e| format!("{field}: {addr} cannot be bound ({e}); is another node or server using it?"))?;
     }
-    if let ModelSource::Path(path) = &config.model.source
-        && !path.exists()
-    {
-        return Err(format!("model.source: {} does not exist", path.display()));
+    match &config.model.source {
+        ModelSource::Test => {}
+        ModelSource::Path(path) if !path.exists() => {
+            return Err(format!("model.source: {} does not exist", path.display()));
+        }
+        ModelSource::Path(path) if path.is_dir() => {}
+        // Fetched here once (the default model), and opened, so that no node finds out alone.
+        _ => {
+            gpu::model::open_source(&config.model).map_err(|e| format!("model.source: {e}"))?;
+        }
     }
     Ok(())
 }

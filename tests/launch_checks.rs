@@ -1,5 +1,5 @@
 //! `armature launch` refuses a bad topology before it starts anything (exit code 2, one line):
-//! a missing certificate, naming both ways out; a busy port. `--dev-certs` makes certificates for
+//! a missing certificate, naming both ways out; a busy port; a missing model file. `--dev-certs` makes certificates for
 //! a loopback topology and the cluster serves. A node that exits with code 2 is not restarted.
 
 mod support;
@@ -69,6 +69,15 @@ fn bad_topologies_are_refused_before_anything_starts() {
     assert_eq!(p.wait_exit(Duration::from_secs(20)).expect("launch did not stop").code(), Some(2));
     let log = p.log_text();
     assert!(log.contains("error: nodes[0].gateway: 127.0.0.1:") && log.contains("cannot be bound"), "{log}");
+    assert!(!log.contains("started node"), "{log}");
+
+    // A model file that is not there.
+    let (text, _) = topology(None, "");
+    let text = text.replace("source = \"test\"", "source = \"/nonexistent/model.gguf\"");
+    let mut p = launch(&dir, &text, &[]);
+    assert_eq!(p.wait_exit(Duration::from_secs(20)).expect("launch did not stop").code(), Some(2));
+    let log = p.log_text();
+    assert!(log.contains("error: model.source: /nonexistent/model.gguf does not exist"), "{log}");
     assert!(!log.contains("started node"), "{log}");
 }
 

@@ -363,12 +363,6 @@ pub const FAMILIES: &[Family] = &[
     },
     Family { name: "armature_router_live_workers", kind: Kind::Gauge, labels: "", help: "Workers on live nodes." },
     Family {
-        name: "armature_router_wrong_model_workers",
-        kind: Kind::Gauge,
-        labels: "",
-        help: "Workers the router passes over because they announce another model than the requests' gateway.",
-    },
-    Family {
         name: "armature_router_overlap_blocks_total",
         kind: Kind::Counter,
         labels: "",
@@ -403,6 +397,12 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         labels: "tier",
         help: "Placements that named a cache tier to onboard from.",
+    },
+    Family {
+        name: "armature_router_wrong_model_workers",
+        kind: Kind::Gauge,
+        labels: "",
+        help: "Workers the router passes over because they announce another model than the requests' gateway.",
     },
     Family { name: "armature_spare_starts_total", kind: Kind::Counter, labels: "", help: "Spare workers started." },
     Family { name: "armature_spare_stops_total", kind: Kind::Counter, labels: "", help: "Spare workers stopped." },
