@@ -26,7 +26,7 @@ impl ClusterView {
         self.dead.read().expect("cluster view lock").iter().cloned().collect()
     }
 
-    fn apply(&self, change: &PeerChange) {
+    pub(crate) fn apply(&self, change: &PeerChange) {
         let mut dead = self.dead.write().expect("cluster view lock");
         match change {
             PeerChange::Up(n) => dead.remove(n),

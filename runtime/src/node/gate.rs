@@ -329,7 +329,10 @@ impl Gate {
             .await?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address")))?;
-        let own = self.own_address().filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4());
+        // A loopback address cannot be the source towards another host.
+        let own = self.own_address().filter(|ip| {
+            !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4() && ip.is_loopback() == target.ip().is_loopback()
+        });
         let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         if let Some(ip) = own {
             socket.bind(SocketAddr::new(ip, 0))?;
@@ -520,4 +523,46 @@ pub(super) fn refuse_every_handshake() -> Result<tokio_rustls::TlsAcceptor, rust
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(NoCertificate));
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> Arc<Gate> {
+        let topology = [("n1", "127.0.0.1:7001"), ("n2", "10.0.0.2:7002"), ("n3", "0.0.0.0:7003")]
+            .into_iter()
+            .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
+            .collect();
+        let settings =
+            GateSettings { handshake_timeout: Duration::from_secs(1), max_handshakes: 4, tls: None, topology };
+        Gate::new("n0", "127.0.0.1".parse().unwrap(), settings)
+    }
+
+    fn check(gate: &Arc<Gate>, from: &str, claimed: Option<&str>) -> Result<String, Refusal> {
+        let peer: SocketAddr = from.parse().unwrap();
+        let c = IncomingCheck { gate: gate.clone(), peer, cert: None, label: gate.label(from) };
+        c.check(claimed.map(str::to_string)).map_err(|(reason, _)| reason)
+    }
+
+    #[test]
+    fn a_peer_is_admitted_by_name_address_and_live_session() {
+        let g = gate();
+        assert_eq!(check(&g, "127.0.0.1:50000", Some("n1")), Ok("n1".to_string()));
+        assert_eq!(check(&g, "10.0.0.2:50000", Some("n2")), Ok("n2".to_string()));
+        // A node whose topology address names no host may come from anywhere.
+        assert_eq!(check(&g, "192.168.1.9:50000", Some("n3")), Ok("n3".to_string()));
+        assert_eq!(check(&g, "127.0.0.1:50000", None), Err(Refusal::NotANode));
+        assert_eq!(check(&g, "127.0.0.1:50000", Some("n9")), Err(Refusal::UnknownNode));
+        assert_eq!(check(&g, "127.0.0.2:50000", Some("n1")), Err(Refusal::WrongAddress));
+        assert_eq!(check(&g, "127.0.0.1:50000", Some("n0")), Err(Refusal::NameInUse), "this node's own name");
+        // A name with a live session is taken; once its lease expires it is free again.
+        lock(&g.sessions).authenticated(ractor_cluster::NodeId::default(), "n1".into());
+        assert_eq!(check(&g, "127.0.0.1:50001", Some("n1")), Err(Refusal::NameInUse));
+        let view = Arc::new(ClusterView::default());
+        g.watch_leases(view.clone());
+        view.apply(&crate::lease::PeerChange::Down("n1".into()));
+        assert_eq!(check(&g, "127.0.0.1:50001", Some("n1")), Ok("n1".to_string()));
+        assert_eq!(strip_label(&g.label("127.0.0.1:5")), "127.0.0.1:5");
+    }
 }

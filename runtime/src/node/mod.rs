@@ -128,7 +128,7 @@ impl ControlPlane {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         detail = if self.gate.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
-                            "the peer refused our cookie (authentication failed)".into()
+                            "the peer closed the session before authentication: it refused our cookie, or its gate refused this node (its log says why)".into()
                         } else {
                             "connected, but no session was established".into()
                         };
