@@ -200,6 +200,9 @@ fn impostors_and_plaintext_peers_are_refused_and_the_real_node_keeps_serving() {
     assert!(wait_until(Duration::from_secs(60), || served_by_n1(p.gateway)), "the cluster did not start");
     let refused = |reason: &str| metric(p.gateway, &format!("armature_control_refused_total{{reason=\"{reason}\"}}"));
 
+    // A second connection within 2 s of a session's start counts as a simultaneous dial (refused
+    // as `duplicate`, quietly); these impostors come later.
+    std::thread::sleep(Duration::from_millis(2500));
     // Each claims to be n1 from another port: with n2's certificate; with n1's own (a second
     // claimant while n1 holds its lease); with n1's own from another address; and in plaintext.
     let impostors = [

@@ -7,7 +7,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Install the tracing subscriber and the Prometheus recorder once. `RUST_LOG` filters (default `info`, with ractor_cluster's per-session lines at `warn`); `ARMATURE_LOG_FORMAT`
+/// Install the tracing subscriber and the Prometheus recorder once. `RUST_LOG` filters (default `info`; ractor_cluster's
+/// per-session lines, duplicate dials included, only at `error`: the node's gate and session log say what matters); `ARMATURE_LOG_FORMAT`
 /// (`text` or `json`) overrides `format`. Logs go to stderr.
 pub fn init_logging(format: LogFormat) {
     let format = match std::env::var("ARMATURE_LOG_FORMAT").as_deref() {
@@ -15,7 +16,7 @@ pub fn init_logging(format: LogFormat) {
         Ok("text") => LogFormat::Text,
         _ => format,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     prometheus();

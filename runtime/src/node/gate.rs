@@ -66,6 +66,9 @@ pub enum Refusal {
     WrongAddress,
     CertificateName,
     NameInUse,
+    /// A second connection from a node moments after its first authenticated: two nodes that
+    /// dialled each other at once (refused like `NameInUse`, and not worth a warning).
+    Duplicate,
     NameChanged,
 }
 
@@ -81,9 +84,20 @@ impl Refusal {
             Self::WrongAddress => "wrong_address",
             Self::CertificateName => "certificate_name",
             Self::NameInUse => "name_in_use",
+            Self::Duplicate => "duplicate",
             Self::NameChanged => "name_changed",
         }
     }
+}
+
+/// How long after a session authenticates a second one from the same name counts as the other
+/// half of a simultaneous dial rather than a second claimant.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// A live session to a name.
+enum Held {
+    JustNow,
+    Settled,
 }
 
 /// Why dialling a peer failed.
@@ -117,7 +131,8 @@ pub struct Gate {
     slots: Arc<Semaphore>,
     waiting: Mutex<HashMap<String, Waiting>>,
     sessions: Mutex<Sessions<ractor_cluster::NodeId>>,
-    session_actors: Mutex<HashMap<ractor_cluster::NodeId, ActorRef<NodeSessionMessage>>>,
+    /// Each authenticated session's actor, and when it authenticated.
+    session_actors: Mutex<HashMap<ractor_cluster::NodeId, (ActorRef<NodeSessionMessage>, std::time::Instant)>>,
     view: OnceLock<Arc<ClusterView>>,
     next_id: AtomicU64,
     pub(super) failed_auth: AtomicU32,
@@ -178,7 +193,9 @@ impl Gate {
         metrics::counter!("armature_control_refused_total", "reason" => reason.label()).increment(1);
         match reason {
             // A flood of these is itself the attack; the counter says how many.
-            Refusal::HandshakeSlots => tracing::debug!(%peer, "control connection refused: {detail}"),
+            Refusal::HandshakeSlots | Refusal::Duplicate => {
+                tracing::debug!(%peer, reason = reason.label(), "control connection refused: {detail}")
+            }
             _ => tracing::warn!(%peer, reason = reason.label(), "control connection refused: {detail}"),
         }
     }
@@ -344,24 +361,27 @@ impl Gate {
         Some(self.own)
     }
 
-    /// Whether `name` holds a live session. A session whose node's lease expired is stale: it is
-    /// closed, and the name is free again.
-    fn holds_live_session(&self, name: &str) -> bool {
+    /// Whether `name` holds a live session, and whether it authenticated within `SETTLE` (a second
+    /// dial then is the other half of two nodes dialling each other). A session whose node's lease
+    /// expired is stale: it is closed, and the name is free again.
+    fn live_session(&self, name: &str) -> Option<Held> {
         let ids = lock(&self.sessions).ids_of(name);
         if ids.is_empty() {
-            return false;
+            return None;
         }
+        let actors = lock(&self.session_actors);
         let alive = self.view.get().is_none_or(|v| v.is_alive(name));
         if !alive {
-            let actors = lock(&self.session_actors);
             for id in ids {
-                if let Some(actor) = actors.get(&id) {
+                if let Some((actor, _)) = actors.get(&id) {
                     tracing::warn!(peer = %name, "closing the stale session of a node whose lease expired");
                     actor.stop(Some("lease expired; the name has a new claimant".into()));
                 }
             }
+            return None;
         }
-        alive
+        let newest = ids.iter().filter_map(|id| actors.get(id).map(|(_, since)| since.elapsed())).min();
+        Some(if newest.is_some_and(|age| age < SETTLE) { Held::JustNow } else { Held::Settled })
     }
 
     fn label(&self, peer: &str) -> String {
@@ -412,8 +432,12 @@ impl IncomingCheck {
                 ));
             }
         }
-        if gate.holds_live_session(&name) {
-            return Err((Refusal::NameInUse, format!("{name} already has a live session")));
+        match gate.live_session(&name) {
+            Some(Held::JustNow) => {
+                return Err((Refusal::Duplicate, format!("{name} authenticated another session a moment ago")));
+            }
+            Some(Held::Settled) => return Err((Refusal::NameInUse, format!("{name} already has a live session"))),
+            None => {}
         }
         Ok(name)
     }
@@ -476,6 +500,18 @@ impl NodeEventSubscription for Events {
             Closed::BeforeAuthentication => {
                 gate.failed_auth.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(peer = %strip_label(&ses.peer_addr), "control-plane session closed before authentication");
+                // A node that named itself and still has no session a moment later, when two
+                // nodes' dials have settled, was most likely refused for its cookie. (The gate
+                // warns itself about the peers it refuses, before they can name themselves.)
+                if let Some(name) = name {
+                    let gate = gate.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        if lock(&gate.sessions).ids_of(&name).is_empty() {
+                            tracing::warn!(peer = %name, "control-plane session closed before authentication (wrong cookie?)");
+                        }
+                    });
+                }
             }
         }
         gate.handshakes_gauge();
@@ -498,7 +534,7 @@ impl NodeEventSubscription for Events {
             waiting.authenticated.store(true, Ordering::Release);
         }
         lock(&gate.sessions).authenticated(ses.node_id, name.clone());
-        lock(&gate.session_actors).insert(ses.node_id, ses.actor.clone());
+        lock(&gate.session_actors).insert(ses.node_id, (ses.actor.clone(), std::time::Instant::now()));
         gate.handshakes_gauge();
         tracing::info!(peer = %name, addr = %strip_label(&ses.peer_addr), "control-plane peer authenticated");
     }
@@ -528,6 +564,17 @@ pub(super) fn refuse_every_handshake() -> Result<tokio_rustls::TlsAcceptor, rust
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An actor that only stands in for a session's.
+    struct Idle;
+    impl ractor::Actor for Idle {
+        type Msg = NodeSessionMessage;
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(&self, _: ActorRef<Self::Msg>, _: ()) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
 
     fn gate() -> Arc<Gate> {
         let topology = [("n1", "127.0.0.1:7001"), ("n2", "10.0.0.2:7002"), ("n3", "0.0.0.0:7003")]
@@ -559,6 +606,12 @@ mod tests {
         // A name with a live session is taken; once its lease expires it is free again.
         lock(&g.sessions).authenticated(ractor_cluster::NodeId::default(), "n1".into());
         assert_eq!(check(&g, "127.0.0.1:50001", Some("n1")), Err(Refusal::NameInUse));
+        // Moments after a session authenticated, a second one is the other half of a double dial.
+        lock(&g.sessions).authenticated(7, "n2".into());
+        let (actor, _) =
+            tokio::runtime::Runtime::new().unwrap().block_on(ractor::Actor::spawn(None, Idle, ())).unwrap();
+        lock(&g.session_actors).insert(7, (actor, std::time::Instant::now()));
+        assert_eq!(check(&g, "10.0.0.2:50001", Some("n2")), Err(Refusal::Duplicate));
         let view = Arc::new(ClusterView::default());
         g.watch_leases(view.clone());
         view.apply(&crate::lease::PeerChange::Down("n1".into()));
