@@ -412,8 +412,8 @@ pub struct GatewaySection {
     /// A request's time to send its whole body once its headers are in; past it, 408.
     #[serde(default = "default_body_timeout")]
     pub body_timeout: HumanDuration,
-    /// How long a request may wait for a worker to take it; past it the client is told so (a 503,
-    /// or an error event on a stream that already started).
+    /// How long a request a worker took may go without its first token (queue wait and prefill);
+    /// past it the client is told so (a 503, or an error event on a stream that already started).
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: HumanDuration,
     /// The API keys (see `KeysFile`); `ARMATURE_API_KEYS_FILE` overrides it. Without keys the API
