@@ -36,6 +36,8 @@ fn openai_python_client_end_to_end() {
             "completion",
             "stop-sequence",
             "max-completion-tokens",
+            "models-retrieve",
+            "penalties",
             "n-rejected",
             "unknown-model",
             "malformed-json",

@@ -126,6 +126,41 @@ def _():
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length", r
 
 
+@check("models-retrieve")
+def _():
+    m = client.models.retrieve(model)
+    assert m.id == model and m.object == "model", m
+    try:
+        client.models.retrieve("no-such-model")
+    except openai.NotFoundError as e:
+        assert e.body["code"] == "model_not_found", e.body
+    else:
+        raise AssertionError("an unknown model was retrieved")
+
+
+REPEAT = dict(model=model, prompt="I like apples. I like apples. I like apples. I like", max_tokens=24, temperature=0)
+
+
+@check("penalties")
+def _():
+    plain = client.completions.create(**REPEAT).choices[0].text
+    assert plain.count("apple") >= 3, plain  # greedy keeps repeating: the case the penalties are for
+    for name, value in [("frequency_penalty", 2.0), ("presence_penalty", 2.0)]:
+        text = client.completions.create(**REPEAT, **{name: value}).choices[0].text
+        assert text != plain and text.count("apple") < plain.count("apple"), (name, plain, text)
+    text = client.completions.create(**REPEAT, extra_body={"repetition_penalty": 1.8}).choices[0].text
+    assert text != plain and text.count("apple") < plain.count("apple"), ("repetition_penalty", plain, text)
+    # A negative frequency penalty favours what was said: no fewer repeats than greedy.
+    text = client.completions.create(**REPEAT, frequency_penalty=-2.0).choices[0].text
+    assert text.count("apple") >= plain.count("apple"), (plain, text)
+    try:
+        client.completions.create(**REPEAT, presence_penalty="1.5")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "presence_penalty", e.body
+    else:
+        raise AssertionError("a string penalty was accepted")
+
+
 @check("n-rejected")
 def _():
     try:

@@ -22,10 +22,42 @@ pub struct SamplingParams {
     /// Keep generating past end-of-sequence tokens (benchmarks want fixed lengths).
     #[serde(default)]
     pub ignore_eos: bool,
+    /// OpenAI's: subtracted from the logit of every token generated so far, once (presence) or
+    /// once per occurrence (frequency); in [-2, 2], 0 for none.
+    #[serde(default)]
+    pub presence_penalty: f32,
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// vLLM's and llama.cpp's multiplicative penalty on every token of the prompt and of the
+    /// output so far: a positive logit is divided by it, a negative one multiplied; 1 for none.
+    #[serde(default = "no_repetition_penalty")]
+    pub repetition_penalty: f32,
+    /// Drop tokens whose probability is under `min_p` times the most likely one's; 0 for none.
+    #[serde(default)]
+    pub min_p: f32,
+    /// Added to the logits of these token ids (OpenAI's `logit_bias`, in [-100, 100]).
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
     /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
     /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
     #[serde(default)]
     pub priority: i32,
+}
+
+fn no_repetition_penalty() -> f32 {
+    1.0
+}
+
+impl SamplingParams {
+    /// Whether the logits are changed before a token is chosen (penalties, bias), or the
+    /// candidates cut by `min_p`: then only the host's sampler can choose.
+    pub fn adjusts_logits(&self) -> bool {
+        self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || self.repetition_penalty != 1.0
+            || self.min_p > 0.0
+            || !self.logit_bias.is_empty()
+    }
 }
 
 impl Default for SamplingParams {
@@ -38,6 +70,11 @@ impl Default for SamplingParams {
             max_tokens: 16,
             stop: Vec::new(),
             ignore_eos: false,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            min_p: 0.0,
+            logit_bias: Vec::new(),
             priority: 0,
         }
     }

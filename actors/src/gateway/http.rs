@@ -41,6 +41,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_key));
     let admin = Router::new()
         .route("/debug/router", get(router_status))
@@ -76,7 +77,8 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"];
+    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{id}", "/health", "/metrics"];
+    let path = if path.starts_with("/v1/models/") { "/v1/models/{id}".to_string() } else { path };
     let path = if known.contains(&path.as_str()) { path } else { "other".into() };
     metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string())
         .increment(1);
@@ -312,12 +314,21 @@ fn sse(
     Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
+fn model_object(gw: &Gateway) -> Value {
+    json!({ "id": gw.model.name, "object": "model", "created": gw.node.started_unix, "owned_by": "armature" })
+}
+
 async fn models(State(gw): State<Arc<Gateway>>) -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{ "id": gw.model.name, "object": "model", "created": gw.node.started_unix, "owned_by": "armature" }],
-    }))
-    .into_response()
+    axum::Json(json!({ "object": "list", "data": [model_object(&gw)] })).into_response()
+}
+
+/// `GET /v1/models/{id}` (what `client.models.retrieve` asks).
+async fn model(State(gw): State<Arc<Gateway>>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    if id == gw.model.name {
+        axum::Json(model_object(&gw)).into_response()
+    } else {
+        ApiError::unknown_model(&id, &gw.model.name).into_response()
+    }
 }
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {

@@ -90,6 +90,18 @@ struct Body {
     /// Extension (as in vLLM): keep generating past end-of-sequence, for benchmarks.
     #[serde(default)]
     ignore_eos: Option<bool>,
+    #[serde(default)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    frequency_penalty: Option<f32>,
+    /// Extensions, as in vLLM.
+    #[serde(default)]
+    repetition_penalty: Option<f32>,
+    #[serde(default)]
+    min_p: Option<f32>,
+    /// Token id (as a string, OpenAI's shape) to a bias in [-100, 100].
+    #[serde(default)]
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -108,7 +120,7 @@ const MAX_STOPS: usize = 4;
 /// Parse and validate a body for `endpoint` against the served model.
 pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -121,6 +133,13 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         return Err(ApiError::unknown_model(&body.model, &model.name));
     }
     refuse_unsupported(&body.rest)?;
+    let body_controls = Controls {
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
+        repetition_penalty: body.repetition_penalty,
+        min_p: body.min_p,
+        logit_bias: body.logit_bias.take(),
+    };
     if let Some(n) = body.n
         && n != 1
     {
@@ -212,6 +231,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
     if max_tokens == 0 {
         return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
     }
+    let adjust = logit_controls(&body_controls, model)?;
     let context = model.context_length as usize;
     if prompt_tokens.len() >= context {
         return Err(ApiError::bad_request(
@@ -246,6 +266,11 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             max_tokens,
             stop,
             ignore_eos: body.ignore_eos.unwrap_or(false),
+            presence_penalty: adjust.presence_penalty,
+            frequency_penalty: adjust.frequency_penalty,
+            repetition_penalty: adjust.repetition_penalty,
+            min_p: adjust.min_p,
+            logit_bias: adjust.logit_bias,
             // The caller's key sets it, after parsing.
             priority: 0,
         },
@@ -265,9 +290,58 @@ fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), Ap
     Ok(())
 }
 
+/// The fields that change the logits before a token is chosen, as sent.
+struct Controls {
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    min_p: Option<f32>,
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+}
+
+/// The controls, checked: each out-of-range value is a 400 naming its field.
+fn logit_controls(c: &Controls, model: &ModelFrontend) -> Result<SamplingParams, ApiError> {
+    let within = |name: &str, v: Option<f32>, lo: f32, hi: f32, default: f32| match v {
+        None => Ok(default),
+        Some(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+        Some(v) => Err(ApiError::bad_request(format!("{name} = {v} is outside [{lo}, {hi}]."), Some(name))),
+    };
+    let presence_penalty = within("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?;
+    let frequency_penalty = within("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?;
+    let min_p = within("min_p", c.min_p, 0.0, 1.0, 0.0)?;
+    let repetition_penalty = match c.repetition_penalty {
+        None => 1.0,
+        Some(r) if r.is_finite() && r > 0.0 && r <= 10.0 => r,
+        Some(r) => {
+            let message = format!("repetition_penalty = {r} is outside (0, 10] (1 is none).");
+            return Err(ApiError::bad_request(message, Some("repetition_penalty")));
+        }
+    };
+    let mut logit_bias = Vec::new();
+    for (key, &bias) in c.logit_bias.iter().flatten() {
+        let param = format!("logit_bias.{key}");
+        let id: u32 =
+            key.parse().ok().filter(|&id| (id as usize) < model.tokenizer.vocab_size()).ok_or_else(|| {
+                ApiError::bad_request(format!("`{key}` is not a token id of this model."), Some(&param))
+            })?;
+        if !(bias.is_finite() && (-100.0..=100.0).contains(&bias)) {
+            return Err(ApiError::bad_request(format!("The bias {bias} is outside [-100, 100]."), Some(&param)));
+        }
+        logit_bias.push((id, bias));
+    }
+    Ok(SamplingParams {
+        presence_penalty,
+        frequency_penalty,
+        repetition_penalty,
+        min_p,
+        logit_bias,
+        ..Default::default()
+    })
+}
+
 fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let set = |k: &str| rest.get(k).filter(|v| !v.is_null());
-    for key in ["tools", "functions", "logit_bias", "suffix"] {
+    for key in ["tools", "functions", "suffix"] {
         if set(key)
             .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty()))
         {
@@ -277,14 +351,6 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
     for key in ["logprobs", "echo"] {
         if set(key).is_some_and(|v| v != &Value::Bool(false)) {
             return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
-        }
-    }
-    for key in ["presence_penalty", "frequency_penalty"] {
-        if set(key).and_then(Value::as_f64).is_some_and(|v| v != 0.0) {
-            return Err(ApiError::bad_request(
-                format!("`{key}` is not supported by this server; leave it at 0."),
-                Some(key),
-            ));
         }
     }
     if let Some(rf) = set("response_format")

@@ -55,7 +55,7 @@ impl Sequence {
             max_tokens: req.sampling.max_tokens.max(1),
             ignore_eos: req.sampling.ignore_eos,
             priority: req.sampling.priority,
-            sampler: Sampler::new(&req.sampling),
+            sampler: Sampler::new(&req.sampling, &req.prompt_tokens),
             stop: StopMatcher::new(&req.sampling.stop),
             tokens: req.prompt_tokens,
             decoder: IncrementalDecoder::default(),
@@ -142,6 +142,7 @@ impl Sequence {
         events: &mut Vec<(RequestId, StreamEvent)>,
     ) -> Option<FinishReason> {
         self.tokens.push(token);
+        self.sampler.observe(token);
         self.unreported += 1;
         let is_eos = !self.ignore_eos && tokenizer.eos_tokens().contains(&token);
         let mut stopped = false;

@@ -169,3 +169,35 @@ fn a_prompt_that_cannot_fit_is_refused_before_tokenizing() {
     let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"{}"}}"#, "a".repeat(100)));
     assert!(e.message.contains("the prompt has 100 tokens"), "{}", e.message);
 }
+
+#[test]
+fn penalties_min_p_and_logit_bias_are_honoured_and_checked() {
+    let p = ok(
+        Endpoint::Completion,
+        r#"{"model":"m","prompt":"x","presence_penalty":0.5,"frequency_penalty":-1,"repetition_penalty":1.3,
+            "min_p":0.05,"logit_bias":{"65":-100,"66":2.5}}"#,
+    );
+    let s = &p.sampling;
+    assert_eq!((s.presence_penalty, s.frequency_penalty, s.repetition_penalty, s.min_p), (0.5, -1.0, 1.3, 0.05));
+    assert_eq!(s.logit_bias, vec![(65, -100.0), (66, 2.5)]);
+    assert!(s.adjusts_logits());
+    // Left out, nothing adjusts.
+    let plain = ok(Endpoint::Completion, r#"{"model":"m","prompt":"x"}"#);
+    assert!(!plain.sampling.adjusts_logits());
+    assert_eq!(plain.sampling.repetition_penalty, 1.0);
+    // Out of range, wrong types, unknown ids: 400 naming the field.
+    for (body, param) in [
+        (r#""presence_penalty":2.5"#, "presence_penalty"),
+        (r#""frequency_penalty":-3"#, "frequency_penalty"),
+        (r#""presence_penalty":"1.5""#, "presence_penalty"),
+        (r#""repetition_penalty":0"#, "repetition_penalty"),
+        (r#""min_p":1.5"#, "min_p"),
+        (r#""logit_bias":{"65":101}"#, "logit_bias.65"),
+        (r#""logit_bias":{"not-an-id":1}"#, "logit_bias.not-an-id"),
+        (r#""logit_bias":{"999999":1}"#, "logit_bias.999999"),
+        (r#""logit_bias":{"65":"up"}"#, "logit_bias.65"),
+    ] {
+        let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"x",{body}}}"#));
+        assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{body}: {}", e.message);
+    }
+}
