@@ -58,6 +58,8 @@ pub struct Sampler {
     min_p: f32,
     /// Set when the request adjusts its logits.
     adjust: Option<Adjust>,
+    /// Alternatives to report with each token's log probability.
+    logprobs: Option<usize>,
     rng: StdRng,
 }
 
@@ -83,6 +85,7 @@ impl Sampler {
             top_k: params.top_k,
             min_p: params.min_p,
             adjust,
+            logprobs: params.logprobs.map(|k| k.min(20) as usize),
             rng: StdRng::seed_from_u64(params.seed),
         }
     }
@@ -99,10 +102,17 @@ impl Sampler {
         }
     }
 
-    /// Whether `pick` describes this sampling: no top-k, min-p, penalties or bias, which only
-    /// the host applies (a device then hands its logits back).
+    /// Whether `pick` describes this sampling: no top-k, min-p, penalties, bias or log
+    /// probabilities, which only the host applies (a device then hands its logits back).
     pub fn can_pick(&self) -> bool {
-        self.adjust.is_none() && (self.temperature <= 0.0 || (self.top_k == 0 && self.min_p <= 0.0))
+        self.adjust.is_none()
+            && self.logprobs.is_none()
+            && (self.temperature <= 0.0 || (self.top_k == 0 && self.min_p <= 0.0))
+    }
+
+    /// How many alternatives to report with each token's log probability, when asked.
+    pub fn wants_logprobs(&self) -> Option<usize> {
+        self.logprobs
     }
 
     /// How a device that picks tokens itself should pick the next one, drawing its uniform from
@@ -174,6 +184,30 @@ impl Sampler {
         }
         cands[probs.len() - 1].0
     }
+}
+
+/// The log probability of `token` under the softmax of `logits`, and the `top` most likely tokens
+/// with theirs (most likely first, lower ids first on ties). Non-finite logits have none.
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> runtime::request::TokenLogprob {
+    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+    // In f64: a vocabulary's worth of small terms.
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |l: f32| if l.is_finite() { (f64::from(l) - log_z) as f32 } else { f32::NEG_INFINITY };
+    let logprob = logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if !l.is_finite() || (best.len() == top && l <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    let top = best.into_iter().map(|(i, l)| (i, lp(l))).collect();
+    runtime::request::TokenLogprob { id: token, logprob, top }
 }
 
 /// Index of the largest finite logit (the lowest index on ties).
@@ -325,5 +359,29 @@ mod tests {
         let mut s = Sampler::new(&params(1.0, 1.0, 0, 5), &[]);
         let drawn: std::collections::BTreeSet<u32> = (0..600).map(|_| s.sample(&LOGITS)).collect();
         assert_eq!(drawn.len(), 4);
+    }
+
+    #[test]
+    fn log_probabilities_are_of_the_raw_distribution_with_the_top_alternatives() {
+        let lp = logprobs(&LOGITS, 3, 2);
+        // log softmax of [1, 3, -inf, 2.5, 0]: Z = e^1 + e^3 + e^2.5 + e^0.
+        let z = (1f64.exp() + 3f64.exp() + 2.5f64.exp() + 1.0).ln();
+        assert!((f64::from(lp.logprob) - (2.5 - z)).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert!((f64::from(lp.top[0].1) - (3.0 - z)).abs() < 1e-6);
+        assert_eq!(lp.top[1].1, lp.logprob, "the chosen token among the alternatives has the same value");
+        // Greedy: the chosen token is the top one.
+        let greedy = Sampler::new(&params(0.0, 1.0, 0, 1), &[]).sample(&LOGITS);
+        assert_eq!(logprobs(&LOGITS, greedy, 1).top[0].0, greedy);
+        // Probabilities sum to one; a banned token has none.
+        let all = logprobs(&LOGITS, 2, 5);
+        assert_eq!(all.logprob, f32::NEG_INFINITY);
+        assert_eq!(all.top.len(), 4, "non-finite logits are never alternatives");
+        let total: f32 = all.top.iter().map(|t| t.1.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5);
+        assert!(logprobs(&LOGITS, 1, 0).top.is_empty());
+        // Asking for them keeps the token choice on the host.
+        let asks = SamplingParams { logprobs: Some(3), ..params(0.0, 1.0, 0, 1) };
+        assert!(!Sampler::new(&asks, &[]).can_pick());
     }
 }

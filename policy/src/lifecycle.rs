@@ -343,13 +343,13 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
             return false;
         }
         match event {
-            StreamEvent::Delta { text, tokens, ids } => {
+            StreamEvent::Delta { text, tokens, ids, logprobs } => {
                 if !self.first {
                     self.first = true;
                     self.out.push_back(Output::FirstToken { attempt });
                 }
                 self.delivered.extend_from_slice(&ids);
-                self.out.push_back(Output::Deliver(StreamEvent::Delta { text, tokens, ids }));
+                self.out.push_back(Output::Deliver(StreamEvent::Delta { text, tokens, ids, logprobs }));
             }
             StreamEvent::Finished { reason, usage } => {
                 let usage = Usage {

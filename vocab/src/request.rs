@@ -38,6 +38,10 @@ pub struct SamplingParams {
     /// Added to the logits of these token ids (OpenAI's `logit_bias`, in [-100, 100]).
     #[serde(default)]
     pub logit_bias: Vec<(u32, f32)>,
+    /// Report each generated token's log probability and this many most likely alternatives
+    /// (0–20); None reports none.
+    #[serde(default)]
+    pub logprobs: Option<u32>,
     /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
     /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
     #[serde(default)]
@@ -75,6 +79,7 @@ impl Default for SamplingParams {
             repetition_penalty: 1.0,
             min_p: 0.0,
             logit_bias: Vec::new(),
+            logprobs: None,
             priority: 0,
         }
     }
@@ -189,12 +194,25 @@ pub enum StreamEvent {
         /// another worker if this one dies (migration).
         #[serde(default)]
         ids: Vec<u32>,
+        /// Their log probabilities, one per id, when the request asked for them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        logprobs: Vec<TokenLogprob>,
     },
     Finished {
         reason: FinishReason,
         usage: Usage,
     },
     Failed(WorkerFailure),
+}
+
+/// A generated token's log probability under the model's distribution (raw logits, before any
+/// bias, penalty or temperature), and the most likely tokens with theirs, most likely first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    #[serde(default)]
+    pub top: Vec<(u32, f32)>,
 }
 
 impl StreamEvent {

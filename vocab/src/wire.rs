@@ -53,7 +53,7 @@ mod tests {
         assert_eq!(GenerateRequest::from_bytes(req.clone().into_bytes()), req);
         let reply = PollReply {
             events: vec![
-                StreamEvent::Delta { text: "hé".into(), tokens: 2, ids: vec![104, 233] },
+                StreamEvent::Delta { text: "hé".into(), tokens: 2, ids: vec![104, 233], logprobs: vec![] },
                 StreamEvent::Finished {
                     reason: FinishReason::Length,
                     usage: Usage { prompt_tokens: 3, completion_tokens: 2 },

@@ -25,6 +25,7 @@ use super::Gateway;
 use super::auth::{self, Auth, Caller};
 use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
+use super::openai::logprobs::Writer;
 use super::openai::{self, Endpoint, ResponseMeta};
 use crate::protocol::{RouterHandle, WorkerHandle};
 
@@ -151,6 +152,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
     gw.node.latency.arrived(parsed.prompt_tokens.len());
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let asked_logprobs = parsed.sampling.logprobs.is_some();
     let req = GenerateRequest { id, tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
     tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
     // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
@@ -165,9 +167,10 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         }
     };
     let timing = Timing { started, first_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
+    let logprobs = asked_logprobs.then(|| Writer::new(gw.model.tokenizer.clone(), endpoint == Endpoint::Chat));
     match first {
-        Some(first) if !parsed.stream => whole(meta, first, rx, timing).await,
-        first => sse(meta, parsed.include_usage, first, rx, timing).into_response(),
+        Some(first) if !parsed.stream => whole(meta, first, rx, timing, logprobs).await,
+        first => sse(meta, parsed.include_usage, first, rx, timing, logprobs).into_response(),
     }
 }
 
@@ -210,7 +213,13 @@ impl Timing {
     }
 }
 
-async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
+async fn whole(
+    meta: ResponseMeta,
+    first: StreamEvent,
+    mut rx: EventRx,
+    mut timing: Timing,
+    mut logprobs: Option<Writer>,
+) -> Response {
     let mut text = String::new();
     let mut next = Some(Update::Event(first));
     while let Some(item) = next {
@@ -219,9 +228,15 @@ async fn whole(meta: ResponseMeta, first: StreamEvent, mut rx: EventRx, mut timi
             Update::Event(ev) => {
                 timing.saw(&ev);
                 match ev {
-                    StreamEvent::Delta { text: t, .. } => text.push_str(&t),
+                    StreamEvent::Delta { text: t, logprobs: entries, .. } => {
+                        text.push_str(&t);
+                        if let Some(w) = &mut logprobs {
+                            w.keep(entries);
+                        }
+                    }
                     StreamEvent::Finished { reason, usage } => {
-                        return axum::Json(meta.full(&text, reason, usage)).into_response();
+                        let lp = logprobs.as_mut().map(Writer::whole);
+                        return axum::Json(meta.full(&text, reason, usage, lp)).into_response();
                     }
                     StreamEvent::Failed(f) => {
                         return ApiError::unavailable(f.to_string()).into_response();
@@ -242,6 +257,7 @@ struct SseState {
     queue: VecDeque<Event>,
     done: bool,
     timing: Timing,
+    logprobs: Option<Writer>,
 }
 
 fn data(v: &Value) -> Event {
@@ -256,8 +272,9 @@ impl SseState {
             Update::Event(ev) => {
                 self.timing.saw(&ev);
                 match ev {
-                    StreamEvent::Delta { text, .. } => {
-                        self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage)))
+                    StreamEvent::Delta { text, logprobs: entries, .. } => {
+                        let lp = self.logprobs.as_mut().map(|w| w.chunk(&entries));
+                        self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage, lp)))
                     }
                     StreamEvent::Finished { reason, usage } => self.finish(reason, usage),
                     StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
@@ -268,7 +285,7 @@ impl SseState {
     }
 
     fn finish(&mut self, reason: FinishReason, usage: Usage) {
-        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage)));
+        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage, None)));
         if self.include_usage {
             self.queue.push_back(data(&self.meta.usage_chunk(usage)));
         }
@@ -288,10 +305,11 @@ fn sse(
     first: Option<StreamEvent>,
     rx: EventRx,
     timing: Timing,
+    logprobs: Option<Writer>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing };
+    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing, logprobs };
     if state.meta.endpoint == Endpoint::Chat {
-        let opener = data(&state.meta.chunk(None, None, include_usage));
+        let opener = data(&state.meta.chunk(None, None, include_usage, None));
         state.queue.push_back(opener);
     }
     if let Some(first) = first {

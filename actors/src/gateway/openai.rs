@@ -102,6 +102,12 @@ struct Body {
     /// Token id (as a string, OpenAI's shape) to a bias in [-100, 100].
     #[serde(default)]
     logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Chat: a boolean; completions: how many alternatives (0–20). Read per endpoint.
+    #[serde(default)]
+    logprobs: Option<Value>,
+    /// Chat: alternatives per token (0–20), with `logprobs: true`.
+    #[serde(default)]
+    top_logprobs: Option<u32>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -232,6 +238,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
     }
     let adjust = logit_controls(&body_controls, model)?;
+    let logprobs = logprobs_asked(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
     let context = model.context_length as usize;
     if prompt_tokens.len() >= context {
         return Err(ApiError::bad_request(
@@ -271,6 +278,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             repetition_penalty: adjust.repetition_penalty,
             min_p: adjust.min_p,
             logit_bias: adjust.logit_bias,
+            logprobs,
             // The caller's key sets it, after parsing.
             priority: 0,
         },
@@ -288,6 +296,51 @@ fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), Ap
         return Err(ApiError::cannot_fit(text.len(), model.context_length, param));
     }
     Ok(())
+}
+
+/// Most alternatives per token a request may ask for (OpenAI allows 20 in chat, 5 in completions).
+const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// How many alternatives per token the request wants, if it wants log probabilities: chat's
+/// `logprobs: true` with `top_logprobs`, or completions' `logprobs: N`.
+fn logprobs_asked(endpoint: Endpoint, logprobs: Option<&Value>, top: Option<u32>) -> Result<Option<u32>, ApiError> {
+    let range = |n: u32, param: &str| {
+        if n > MAX_TOP_LOGPROBS {
+            let message = format!("{param} = {n} is outside [0, {MAX_TOP_LOGPROBS}].");
+            return Err(ApiError::bad_request(message, Some(param)));
+        }
+        Ok(n)
+    };
+    match endpoint {
+        Endpoint::Chat => {
+            let asked = match logprobs {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::bad_request("`logprobs` must be a boolean.", Some("logprobs"))),
+            };
+            match (asked, top) {
+                (false, Some(_)) => Err(ApiError::bad_request(
+                    "`top_logprobs` needs `logprobs` set to true.",
+                    Some("top_logprobs"),
+                )),
+                (false, None) => Ok(None),
+                (true, top) => Ok(Some(range(top.unwrap_or(0), "top_logprobs")?)),
+            }
+        }
+        Endpoint::Completion => {
+            if top.is_some() {
+                let message = "`top_logprobs` is a chat field; completions take `logprobs: N`.";
+                return Err(ApiError::bad_request(message, Some("top_logprobs")));
+            }
+            match logprobs {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                    Some(n) => Ok(Some(range(n, "logprobs")?)),
+                    None => Err(ApiError::bad_request("`logprobs` must be an integer in [0, 20].", Some("logprobs"))),
+                },
+            }
+        }
+    }
 }
 
 /// The fields that change the logits before a token is chosen, as sent.
@@ -348,10 +401,8 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
             return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
         }
     }
-    for key in ["logprobs", "echo"] {
-        if set(key).is_some_and(|v| v != &Value::Bool(false)) {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
-        }
+    if set("echo").is_some_and(|v| v != &Value::Bool(false)) {
+        return Err(ApiError::bad_request("`echo` is not supported by this server.", Some("echo")));
     }
     if let Some(rf) = set("response_format")
         && rf.get("type").and_then(Value::as_str) != Some("text")
@@ -422,22 +473,31 @@ impl ResponseMeta {
         }
     }
 
-    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage) -> Value {
+    /// The whole response; `logprobs` is the choice's (`logprobs::chat` or `::completion`).
+    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage, logprobs: Option<Value>) -> Value {
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let choice = match self.endpoint {
             Endpoint::Chat => {
-                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": null })
+                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": logprobs })
             }
             Endpoint::Completion => {
-                json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": null })
+                json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": logprobs })
             }
         };
         json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(usage) })
     }
 
     /// A streamed chunk: text (or the assistant role opener when `text` is None and it is a chat)
-    /// and, on the last one, the finish reason.
-    pub fn chunk(&self, text: Option<&str>, reason: Option<FinishReason>, with_usage_field: bool) -> Value {
+    /// and, on the last one, the finish reason; `logprobs` are its tokens'.
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        reason: Option<FinishReason>,
+        with_usage_field: bool,
+        logprobs: Option<Value>,
+    ) -> Value {
         let finish = reason.map(FinishReason::as_openai);
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let choice = match self.endpoint {
             Endpoint::Chat => {
                 let delta = match (text, reason) {
@@ -445,10 +505,10 @@ impl ResponseMeta {
                     (None, None) => json!({ "role": "assistant", "content": "" }),
                     (None, Some(_)) => json!({}),
                 };
-                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs })
             }
             Endpoint::Completion => {
-                json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null })
+                json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs })
             }
         };
         let mut v = json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] });
@@ -463,6 +523,8 @@ impl ResponseMeta {
         json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [], "usage": usage_json(usage) })
     }
 }
+
+pub mod logprobs;
 
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,8 @@ pub(super) struct Sequence {
     stop: StopMatcher,
     /// Tokens generated since the last text was emitted.
     unreported: u32,
+    /// Their log probabilities, when the request asked for them.
+    unreported_logprobs: Vec<runtime::request::TokenLogprob>,
     /// KV blocks, in token order.
     pub blocks: Vec<BlockId>,
     /// Tokens whose KV is in `blocks`.
@@ -60,6 +62,7 @@ impl Sequence {
             tokens: req.prompt_tokens,
             decoder: IncrementalDecoder::default(),
             unreported: 0,
+            unreported_logprobs: Vec::new(),
             blocks: Vec::new(),
             computed: 0,
             hashes: Vec::new(),
@@ -129,6 +132,9 @@ impl Sequence {
         events: &mut Vec<(RequestId, StreamEvent)>,
     ) -> Option<FinishReason> {
         let token = self.sampler.sample(logits);
+        if let Some(top) = self.sampler.wants_logprobs() {
+            self.unreported_logprobs.push(crate::sampling::logprobs(logits, token, top));
+        }
         self.push_token(tokenizer, token, context, events)
     }
 
@@ -166,7 +172,8 @@ impl Sequence {
     fn emit(&mut self, events: &mut Vec<(RequestId, StreamEvent)>, text: String) {
         if !text.is_empty() {
             let ids = self.tokens[self.tokens.len() - self.unreported as usize..].to_vec();
-            events.push((self.id.clone(), StreamEvent::Delta { text, tokens: self.unreported, ids }));
+            let logprobs = std::mem::take(&mut self.unreported_logprobs);
+            events.push((self.id.clone(), StreamEvent::Delta { text, tokens: self.unreported, ids, logprobs }));
             self.unreported = 0;
         }
     }

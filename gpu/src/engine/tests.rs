@@ -125,6 +125,42 @@ fn batch_is_capped_and_queue_is_fifo() {
 }
 
 #[test]
+fn log_probabilities_come_with_their_tokens() {
+    let mut e = engine(1);
+    e.submit(req("a", "hello", SamplingParams { max_tokens: 6, logprobs: Some(3), ..Default::default() }));
+    let mut ids = Vec::new();
+    let mut entries = Vec::new();
+    for _ in 0..50 {
+        if !e.has_work() {
+            break;
+        }
+        for (_, ev) in e.step().unwrap() {
+            if let StreamEvent::Delta { ids: i, logprobs, .. } = ev {
+                assert_eq!(i.len(), logprobs.len(), "one entry per token");
+                ids.extend(i);
+                entries.extend(logprobs);
+            }
+        }
+    }
+    assert!(!ids.is_empty());
+    for (id, lp) in ids.iter().zip(&entries) {
+        assert_eq!(lp.id, *id);
+        assert_eq!(lp.top.len(), 3);
+        // Greedy: the chosen token is the most likely one, with the same value.
+        assert_eq!(lp.top[0], (*id, lp.logprob));
+        assert!(lp.logprob <= 0.0 && lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+    // Without asking, none travel.
+    let mut e = engine(1);
+    e.submit(req("b", "hello", SamplingParams { max_tokens: 3, ..Default::default() }));
+    for (_, ev) in e.step().unwrap() {
+        if let StreamEvent::Delta { logprobs, .. } = ev {
+            assert!(logprobs.is_empty());
+        }
+    }
+}
+
+#[test]
 fn higher_priority_is_admitted_first_then_arrival_order() {
     // One sequence at a time: the order they finish in is the order they were admitted in.
     let mut e = engine(1);

@@ -24,7 +24,7 @@ fn drain(l: &mut Lifecycle<&'static str>) -> Vec<Output<&'static str>> {
 }
 
 fn delta(ids: &[u32]) -> StreamEvent {
-    StreamEvent::Delta { text: "x".repeat(ids.len()), tokens: ids.len() as u32, ids: ids.to_vec() }
+    StreamEvent::Delta { text: "x".repeat(ids.len()), tokens: ids.len() as u32, ids: ids.to_vec(), logprobs: vec![] }
 }
 
 fn finished(completion: u32) -> StreamEvent {

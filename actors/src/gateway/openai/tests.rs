@@ -141,15 +141,15 @@ fn error_body_has_openai_shape() {
 fn response_bodies() {
     let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into(), endpoint: Endpoint::Chat };
     let usage = Usage { prompt_tokens: 3, completion_tokens: 2 };
-    let full = meta.full("hi", FinishReason::Length, usage);
+    let full = meta.full("hi", FinishReason::Length, usage, None);
     assert_eq!(full["choices"][0]["message"]["content"], "hi");
     assert_eq!(full["choices"][0]["finish_reason"], "length");
     assert_eq!(full["usage"]["total_tokens"], 5);
-    assert_eq!(meta.chunk(None, None, false)["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(meta.chunk(Some("x"), None, true)["usage"], Value::Null);
+    assert_eq!(meta.chunk(None, None, false, None)["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(meta.chunk(Some("x"), None, true, None)["usage"], Value::Null);
     assert_eq!(meta.usage_chunk(usage)["choices"], serde_json::json!([]));
     let text = ResponseMeta { endpoint: Endpoint::Completion, ..meta };
-    assert_eq!(text.chunk(Some("x"), None, false)["object"], "text_completion");
+    assert_eq!(text.chunk(Some("x"), None, false, None)["object"], "text_completion");
 }
 
 #[test]
@@ -199,5 +199,32 @@ fn penalties_min_p_and_logit_bias_are_honoured_and_checked() {
     ] {
         let e = bad(Endpoint::Completion, &format!(r#"{{"model":"m","prompt":"x",{body}}}"#));
         assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{body}: {}", e.message);
+    }
+}
+
+#[test]
+fn log_probabilities_are_asked_per_endpoint_shape() {
+    let chat = |extra: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+    assert_eq!(ok(Endpoint::Chat, &chat("")).sampling.logprobs, None);
+    assert_eq!(ok(Endpoint::Chat, &chat(r#","logprobs":true"#)).sampling.logprobs, Some(0));
+    assert_eq!(ok(Endpoint::Chat, &chat(r#","logprobs":true,"top_logprobs":5"#)).sampling.logprobs, Some(5));
+    assert_eq!(ok(Endpoint::Chat, &chat(r#","logprobs":false"#)).sampling.logprobs, None);
+    for (extra, param) in [
+        (r#","top_logprobs":3"#, "top_logprobs"),
+        (r#","logprobs":true,"top_logprobs":21"#, "top_logprobs"),
+        (r#","logprobs":3"#, "logprobs"),
+    ] {
+        assert_eq!(bad(Endpoint::Chat, &chat(extra)).param.as_deref(), Some(param), "{extra}");
+    }
+    let completion = |extra: &str| format!(r#"{{"model":"m","prompt":"hi"{extra}}}"#);
+    assert_eq!(ok(Endpoint::Completion, &completion(r#","logprobs":2"#)).sampling.logprobs, Some(2));
+    assert_eq!(ok(Endpoint::Completion, &completion(r#","logprobs":0"#)).sampling.logprobs, Some(0));
+    for (extra, param) in [
+        (r#","logprobs":true"#, "logprobs"),
+        (r#","logprobs":21"#, "logprobs"),
+        (r#","top_logprobs":2"#, "top_logprobs"),
+        (r#","echo":true"#, "echo"),
+    ] {
+        assert_eq!(bad(Endpoint::Completion, &completion(extra)).param.as_deref(), Some(param), "{extra}");
     }
 }
