@@ -38,6 +38,7 @@ fn openai_python_client_end_to_end() {
             "max-completion-tokens",
             "models-retrieve",
             "penalties",
+            "logprobs",
             "n-rejected",
             "unknown-model",
             "malformed-json",

@@ -3,7 +3,8 @@
 
 #[derive(Debug, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// The stop strings, with their index in the request's list (empty ones dropped).
+    stops: Vec<(usize, String)>,
     pending: String,
 }
 
@@ -13,28 +14,33 @@ pub struct StopOutput {
     pub emit: String,
     /// A stop string was found; generation ends and nothing after it is emitted.
     pub stopped: bool,
+    /// Which one (its index in the request's list), when `stopped`.
+    pub matched: Option<usize>,
 }
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        let stops = stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.clone())).collect();
+        Self { stops, pending: String::new() }
     }
 
     pub fn push(&mut self, text: &str) -> StopOutput {
         if self.stops.is_empty() {
-            return StopOutput { emit: text.to_string(), stopped: false };
+            return StopOutput { emit: text.to_string(), stopped: false, matched: None };
         }
         self.pending.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        // The earliest match; on a tie, the first in the request's list.
+        let found = self.stops.iter().filter_map(|(i, s)| self.pending.find(s.as_str()).map(|at| (at, *i))).min();
+        if let Some((at, index)) = found {
             let emit = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutput { emit, stopped: true };
+            return StopOutput { emit, stopped: true, matched: Some(index) };
         }
         let hold = self.held_suffix_len();
         let cut = self.pending.len() - hold;
         let emit = self.pending[..cut].to_string();
         self.pending.drain(..cut);
-        StopOutput { emit, stopped: false }
+        StopOutput { emit, stopped: false, matched: None }
     }
 
     /// Text held back at the end of generation (it was not a stop string after all).
@@ -50,7 +56,7 @@ impl StopMatcher {
             .filter(|&n| p.is_char_boundary(p.len() - n))
             .find(|&n| {
                 let suffix = &p[p.len() - n..];
-                self.stops.iter().any(|s| s.len() > n && s.starts_with(suffix))
+                self.stops.iter().any(|(_, s)| s.len() > n && s.starts_with(suffix))
             })
             .unwrap_or(0)
     }
@@ -89,14 +95,17 @@ mod tests {
     #[test]
     fn earliest_of_several_stops_wins() {
         assert_eq!(run(&["world", "lo"], &["hello world"]), ("hel".to_string(), true));
+        // It says which, by its index in the request's list (empty ones count).
+        let mut m = StopMatcher::new(&["".to_string(), "world".to_string(), "lo".to_string()]);
+        assert_eq!(m.push("hello world").matched, Some(2));
     }
 
     #[test]
     fn held_text_is_not_emitted_early() {
         let mut m = StopMatcher::new(&["\n\n".to_string()]);
-        assert_eq!(m.push("a\n"), StopOutput { emit: "a".into(), stopped: false });
-        assert_eq!(m.push("b"), StopOutput { emit: "\nb".into(), stopped: false });
-        assert_eq!(m.push("é\n"), StopOutput { emit: "é".into(), stopped: false });
+        assert_eq!(m.push("a\n"), StopOutput { emit: "a".into(), stopped: false, matched: None });
+        assert_eq!(m.push("b"), StopOutput { emit: "\nb".into(), stopped: false, matched: None });
+        assert_eq!(m.push("é\n"), StopOutput { emit: "é".into(), stopped: false, matched: None });
     }
 
     #[test]

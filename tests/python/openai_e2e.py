@@ -161,6 +161,36 @@ def _():
         raise AssertionError("a string penalty was accepted")
 
 
+@check("logprobs")
+def _():
+    greedy = dict(model=model, messages=MESSAGES, max_tokens=8, temperature=0)
+    r = client.chat.completions.create(**greedy, logprobs=True, top_logprobs=3)
+    c = r.choices[0]
+    content = c.logprobs.content
+    assert len(content) == r.usage.completion_tokens, (len(content), r.usage)
+    assert b"".join(bytes(t.bytes) for t in content).decode() == c.message.content, content
+    for t in content:
+        assert len(t.top_logprobs) == 3, t
+        # Greedy: the chosen token is the most likely, with the same log probability.
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob, t
+        assert t.logprob <= 0 and t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+    # Streamed, the same tokens and values arrive chunk by chunk.
+    streamed = []
+    for chunk in client.chat.completions.create(**greedy, logprobs=True, top_logprobs=3, stream=True):
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed.extend(chunk.choices[0].logprobs.content)
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    # Completions: tokens, token_logprobs, top_logprobs and text_offset line up with the text.
+    r = client.completions.create(model=model, prompt="Once upon a time", max_tokens=6, temperature=0, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text, (lp.tokens, r.choices[0].text)
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset) == 6
+    assert lp.text_offset[0] == 0 and all(len(top) <= 2 for top in lp.top_logprobs), lp
+    assert all(max(top.values()) == v for top, v in zip(lp.top_logprobs, lp.token_logprobs)), lp
+    # Not asked for, none come.
+    assert client.chat.completions.create(**greedy).choices[0].logprobs is None
+
+
 @check("n-rejected")
 def _():
     try:

@@ -230,8 +230,15 @@ pub fn metric(port: u16, prefix: &str) -> f64 {
 }
 
 /// Packages the Python side of the tests needs.
-const PY_PACKAGES: [&str; 6] =
-    ["openai>=1.40", "gguf==0.19.0", "numpy>=1.26", "sentencepiece==0.2.0", "transformers==4.57.1", "protobuf>=5"];
+const PY_PACKAGES: [&str; 7] = [
+    "openai>=1.40",
+    "anthropic>=0.40",
+    "gguf==0.19.0",
+    "numpy>=1.26",
+    "sentencepiece==0.2.0",
+    "transformers==4.57.1",
+    "protobuf>=5",
+];
 
 /// A Python interpreter with the packages above: `ARMATURE_TEST_PYTHON` if set, else a
 /// venv under `target/` made on first use (`python3 -m venv`, `pip install`).
@@ -245,7 +252,7 @@ pub fn python_venv() -> PathBuf {
         let py = venv.join("bin/python");
         let ready = || {
             Command::new(&py)
-                .args(["-c", "import openai, gguf, numpy, sentencepiece, transformers, google.protobuf"])
+                .args(["-c", "import openai, anthropic, gguf, numpy, sentencepiece, transformers, google.protobuf"])
                 .status()
                 .is_ok_and(|s| s.success())
         };

@@ -138,8 +138,10 @@ pub enum PrefillReply {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// End of sequence or a stop string.
+    /// End of sequence.
     Stop,
+    /// The request's stop string of this index (in `SamplingParams::stop`) was generated.
+    StopSequence(u32),
     /// `max_tokens` or the context length was reached.
     Length,
     /// The client went away or the request was cancelled.
@@ -150,7 +152,7 @@ impl FinishReason {
     /// The OpenAI spelling.
     pub fn as_openai(self) -> &'static str {
         match self {
-            FinishReason::Stop | FinishReason::Cancelled => "stop",
+            FinishReason::Stop | FinishReason::StopSequence(_) | FinishReason::Cancelled => "stop",
             FinishReason::Length => "length",
         }
     }

@@ -223,6 +223,11 @@ impl Auth {
     }
 }
 
+/// An error in the shape of the API the path belongs to (Anthropic's for `/v1/messages`).
+fn refusal(path: &str, e: ApiError) -> Response {
+    if path.starts_with("/v1/messages") { super::anthropic::error_response(e) } else { e.into_response() }
+}
+
 /// `/v1/*`: the caller's key, checked, goes into the request's extensions.
 pub async fn require_key(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     match gw.auth.identify(req.headers()) {
@@ -232,7 +237,7 @@ pub async fn require_key(State(gw): State<Arc<Gateway>>, mut req: Request, next:
             }
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => refusal(req.uri().path(), e),
     }
 }
 
@@ -266,7 +271,7 @@ pub async fn require_json(req: Request, next: Next) -> Response {
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
         if !json {
             refused("media_type");
-            return ApiError::unsupported_media_type().into_response();
+            return refusal(req.uri().path(), ApiError::unsupported_media_type());
         }
     }
     next.run(req).await

@@ -22,20 +22,21 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::Gateway;
+use super::anthropic;
 use super::auth::{self, Auth, Caller};
 use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
 use super::openai::logprobs::Writer;
-use super::openai::{self, Endpoint, ResponseMeta};
+use super::openai::{self, Endpoint, ParsedRequest, ResponseMeta};
 use crate::protocol::{RouterHandle, WorkerHandle};
 
 /// Longest `/health` and `/debug/router` wait for the router.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often an SSE stream with nothing to say sends a comment (so proxies keep it open).
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
+pub(super) const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-type EventRx = mpsc::Receiver<Update>;
+pub(super) type EventRx = mpsc::Receiver<Update>;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     let api = Router::new()
@@ -43,6 +44,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_key));
     let admin = Router::new()
         .route("/debug/router", get(router_status))
@@ -78,7 +81,16 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    let known = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/models/{id}", "/health", "/metrics"];
+    let known = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/models",
+        "/v1/models/{id}",
+        "/health",
+        "/metrics",
+    ];
     let path = if path.starts_with("/v1/models/") { "/v1/models/{id}".to_string() } else { path };
     let path = if known.contains(&path.as_str()) { path } else { "other".into() };
     metrics::counter!("armature_http_requests_total", "path" => path, "status" => resp.status().as_u16().to_string())
@@ -113,14 +125,7 @@ fn unix_now() -> u64 {
 }
 
 async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Response {
-    let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
-    let caller = parts.extensions.get::<Caller>().cloned();
-    if gw.node.is_draining() {
-        return ApiError::unavailable("This node is draining; retry on another.").into_response();
-    }
-    let bytes = match read_body(&gw, &headers, body).await {
+    let (bytes, request) = match accept(&gw, req).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -130,30 +135,72 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         let gw = gw.clone();
         tokio::task::spawn_blocking(move || openai::parse(endpoint, &bytes, &gw.model))
     };
-    let mut parsed = match parse.await {
+    let parsed = match parse.await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return e.into_response(),
         Err(_) => return ApiError::unavailable("The request could not be read.").into_response(),
     };
-    if let Some(caller) = &caller {
-        if let Err(e) = gw.auth.admit(caller, parsed.prompt_tokens.len()) {
-            return e.into_response();
-        }
-        parsed.sampling.priority = caller.priority;
-    }
-    let id = RequestId::new_random();
+    let (stream, include_usage, asked_logprobs) =
+        (parsed.stream, parsed.include_usage, parsed.sampling.logprobs.is_some());
+    let run = match run(&gw, request, parsed).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let meta = ResponseMeta {
-        id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
+        id: format!("{}-{}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }, run.id),
         created: unix_now(),
         model: gw.model.name.clone(),
         endpoint,
     };
+    let logprobs = asked_logprobs.then(|| Writer::new(gw.model.tokenizer.clone(), endpoint == Endpoint::Chat));
+    match run.first {
+        Some(first) if !stream => whole(meta, first, run.rx, run.timing, logprobs).await,
+        first => sse(meta, include_usage, first, run.rx, run.timing, logprobs).into_response(),
+    }
+}
+
+/// A request's start, before its body is parsed: when it came, its headers and its caller.
+pub(super) struct Incoming {
+    started: Instant,
+    headers: HeaderMap,
+    caller: Option<Caller>,
+}
+
+/// Take a request: refuse it while draining, and read its body.
+pub(super) async fn accept(gw: &Gateway, req: Request) -> Result<(axum::body::Bytes, Incoming), ApiError> {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let caller = parts.extensions.get::<Caller>().cloned();
+    if gw.node.is_draining() {
+        return Err(ApiError::unavailable("This node is draining; retry on another."));
+    }
+    let bytes = read_body(gw, &parts.headers, body).await?;
+    Ok((bytes, Incoming { started, headers: parts.headers, caller }))
+}
+
+/// A request on its way: its id, its first event (None when a stream should start before it),
+/// the rest of its events, and what records its timings.
+pub(super) struct Running {
+    pub id: RequestId,
+    pub first: Option<StreamEvent>,
+    pub rx: EventRx,
+    pub timing: Timing,
+}
+
+/// Admit a parsed request under its caller's limits and start driving it; returns once a worker
+/// took it (a stream) or its first event came, or with its error.
+pub(super) async fn run(gw: &Arc<Gateway>, incoming: Incoming, mut parsed: ParsedRequest) -> Result<Running, ApiError> {
+    let Incoming { started, headers, caller } = incoming;
+    if let Some(caller) = &caller {
+        gw.auth.admit(caller, parsed.prompt_tokens.len())?;
+        parsed.sampling.priority = caller.priority;
+    }
+    let id = RequestId::new_random();
     tracing::debug!(request = %id, prompt_tokens = parsed.prompt_tokens.len(), stream = parsed.stream, "request accepted");
     gw.node.latency.arrived(parsed.prompt_tokens.len());
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let asked_logprobs = parsed.sampling.logprobs.is_some();
-    let req = GenerateRequest { id, tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
+    let req = GenerateRequest { id: id.clone(), tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
     tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
     // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
     // its headers and keep-alives; errors before that get their own status.
@@ -162,19 +209,15 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
             Some(Update::Admitted) if parsed.stream => break None,
             Some(Update::Admitted) => continue,
             Some(Update::Event(ev)) => break Some(ev),
-            Some(Update::Error(e)) => return e.into_response(),
-            None => return ApiError::unavailable("The request ended without a result.").into_response(),
+            Some(Update::Error(e)) => return Err(e),
+            None => return Err(ApiError::unavailable("The request ended without a result.")),
         }
     };
     let timing = Timing { started, first_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
-    let logprobs = asked_logprobs.then(|| Writer::new(gw.model.tokenizer.clone(), endpoint == Endpoint::Chat));
-    match first {
-        Some(first) if !parsed.stream => whole(meta, first, rx, timing, logprobs).await,
-        first => sse(meta, parsed.include_usage, first, rx, timing, logprobs).into_response(),
-    }
+    Ok(Running { id, first, rx, timing })
 }
 
-struct Timing {
+pub(super) struct Timing {
     started: Instant,
     /// When the first token came, after `started`.
     first_token: Option<std::time::Duration>,
@@ -186,7 +229,7 @@ struct Timing {
 }
 
 impl Timing {
-    fn saw(&mut self, ev: &StreamEvent) {
+    pub(super) fn saw(&mut self, ev: &StreamEvent) {
         match ev {
             StreamEvent::Delta { tokens, .. } => {
                 if self.first_token.is_none() {

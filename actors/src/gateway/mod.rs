@@ -1,7 +1,8 @@
 //! The gateway role: the OpenAI-compatible HTTP API (chat and text completions, models, SSE),
-//! health and metrics.
+//! Anthropic's Messages API, health and metrics.
 
 mod actor;
+mod anthropic;
 mod auth;
 mod driver;
 mod error;

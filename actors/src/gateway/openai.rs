@@ -123,10 +123,10 @@ pub struct ParsedRequest {
 
 const MAX_STOPS: usize = 4;
 
-/// Parse and validate a body for `endpoint` against the served model.
-pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
+/// A JSON body as `T`: malformed JSON, or a field of the wrong type (named in `param`), is a 400.
+pub(super) fn deserialize<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let mut body: Body = serde_path_to_error::deserialize(de).map_err(|e| {
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -134,7 +134,26 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         }
         let param = (path != "." && path != "?").then_some(path.as_str());
         ApiError::bad_request(format!("Invalid request body: {inner}"), param)
-    })?;
+    })
+}
+
+/// The served model of the unit tests: the test tokenizer, ChatML, a context of 64.
+#[cfg(test)]
+pub(crate) fn tests_model() -> ModelFrontend {
+    use gpu::executor::TestTokenizer;
+    ModelFrontend {
+        name: "m".into(),
+        tokenizer: std::sync::Arc::new(TestTokenizer::default()),
+        chat: std::sync::Arc::new(gpu::chat::ChatTemplate::new(gpu::chat::CHATML, "", "<|im_end|>").unwrap()),
+        context_length: 64,
+        default_max_tokens: 20,
+        longest_token: gpu::model::longest_token(&TestTokenizer::default()),
+    }
+}
+
+/// Parse and validate a body for `endpoint` against the served model.
+pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<ParsedRequest, ApiError> {
+    let mut body: Body = deserialize(bytes)?;
     if body.model != model.name {
         return Err(ApiError::unknown_model(&body.model, &model.name));
     }
@@ -189,11 +208,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let messages = body
                 .messages
                 .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
-            let prompt = model.render_chat(&chat_messages(messages)?).map_err(|e| {
-                ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some("messages"))
-            })?;
-            fits_context(model, &prompt, "messages")?;
-            model.tokenizer.encode_prompt(&prompt)
+            chat_tokens(model, &chat_messages(messages)?, "messages")?
         }
         Endpoint::Completion => match body.prompt {
             None => {
@@ -239,29 +254,9 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
     }
     let adjust = logit_controls(&body_controls, model)?;
     let logprobs = logprobs_asked(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
-    let context = model.context_length as usize;
-    if prompt_tokens.len() >= context {
-        return Err(ApiError::bad_request(
-            format!(
-                "This model's maximum context length is {context} tokens; the prompt has {} tokens.",
-                prompt_tokens.len()
-            ),
-            Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }),
-        )
-        .with_code("context_length_exceeded"));
-    }
     let explicit_max = body.max_completion_tokens.or(body.max_tokens).is_some();
-    if explicit_max && prompt_tokens.len() + max_tokens as usize > context {
-        return Err(ApiError::bad_request(
-            format!(
-                "This model's maximum context length is {context} tokens; the prompt has {} and {param} asks for {max_tokens}.",
-                prompt_tokens.len()
-            ),
-            Some(param),
-        )
-        .with_code("context_length_exceeded"));
-    }
-    let max_tokens = max_tokens.min((context - prompt_tokens.len()) as u32);
+    let prompt_param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
+    let max_tokens = budget(model, prompt_tokens.len(), max_tokens, explicit_max, param, prompt_param)?;
     let stream = body.stream.unwrap_or(false);
     Ok(ParsedRequest {
         prompt_tokens,
@@ -298,6 +293,47 @@ fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), Ap
     Ok(())
 }
 
+/// A chat's prompt tokens: its template rendered, sized up against the context, tokenized
+/// (`param` names the messages field in errors).
+pub(super) fn chat_tokens(model: &ModelFrontend, messages: &[ChatMessage], param: &str) -> Result<Vec<u32>, ApiError> {
+    let prompt = model
+        .render_chat(messages)
+        .map_err(|e| ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some(param)))?;
+    fits_context(model, &prompt, param)?;
+    Ok(model.tokenizer.encode_prompt(&prompt))
+}
+
+/// How many tokens a request of `prompt_len` tokens may generate: `max_tokens` (named `param`),
+/// cut to the context when the client did not set it (`explicit`), refused when it did and it
+/// does not fit, or when the prompt alone does not (`prompt_param`).
+pub(super) fn budget(
+    model: &ModelFrontend,
+    prompt_len: usize,
+    max_tokens: u32,
+    explicit: bool,
+    param: &str,
+    prompt_param: &str,
+) -> Result<u32, ApiError> {
+    let context = model.context_length as usize;
+    if prompt_len >= context {
+        return Err(ApiError::bad_request(
+            format!("This model's maximum context length is {context} tokens; the prompt has {prompt_len} tokens."),
+            Some(prompt_param),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    if explicit && prompt_len + max_tokens as usize > context {
+        return Err(ApiError::bad_request(
+            format!(
+                "This model's maximum context length is {context} tokens; the prompt has {prompt_len} and {param} asks for {max_tokens}."
+            ),
+            Some(param),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    Ok(max_tokens.min((context - prompt_len) as u32))
+}
+
 /// Most alternatives per token a request may ask for (OpenAI allows 20 in chat, 5 in completions).
 const MAX_TOP_LOGPROBS: u32 = 20;
 
@@ -319,10 +355,9 @@ fn logprobs_asked(endpoint: Endpoint, logprobs: Option<&Value>, top: Option<u32>
                 Some(_) => return Err(ApiError::bad_request("`logprobs` must be a boolean.", Some("logprobs"))),
             };
             match (asked, top) {
-                (false, Some(_)) => Err(ApiError::bad_request(
-                    "`top_logprobs` needs `logprobs` set to true.",
-                    Some("top_logprobs"),
-                )),
+                (false, Some(_)) => {
+                    Err(ApiError::bad_request("`top_logprobs` needs `logprobs` set to true.", Some("top_logprobs")))
+                }
                 (false, None) => Ok(None),
                 (true, top) => Ok(Some(range(top.unwrap_or(0), "top_logprobs")?)),
             }

@@ -152,13 +152,18 @@ impl Sequence {
         self.unreported += 1;
         let is_eos = !self.ignore_eos && tokenizer.eos_tokens().contains(&token);
         let mut stopped = false;
+        let mut matched = None;
         if !is_eos {
             let text = self.decoder.push(tokenizer, token);
             let out = self.stop.push(&text);
-            stopped = out.stopped;
+            (stopped, matched) = (out.stopped, out.matched);
             self.emit(events, out.emit);
         }
         let reason = finish_reason(is_eos, stopped, self.generated(), self.max_tokens, self.tokens.len(), context)?;
+        let reason = match matched {
+            Some(i) => FinishReason::StopSequence(i as u32),
+            None => reason,
+        };
         if !stopped {
             // Release text held back for a UTF-8 or stop-string edge.
             let tail = self.decoder.finish();

@@ -107,7 +107,7 @@ fn stop_string_cuts_output() {
     e.submit(req("a", "hi", SamplingParams { stop: vec![word.clone()], ..greedy }));
     let (text, fin) = drain(&mut e).remove("a").unwrap();
     assert_eq!(text, full[..full.find(&word).unwrap()]);
-    assert!(matches!(fin, StreamEvent::Finished { reason: FinishReason::Stop, .. }));
+    assert!(matches!(fin, StreamEvent::Finished { reason: FinishReason::StopSequence(0), .. }), "{fin:?}");
 }
 
 #[test]

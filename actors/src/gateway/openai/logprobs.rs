@@ -24,7 +24,11 @@ impl Writer {
 
     /// The `logprobs` of one streamed chunk.
     pub fn chunk(&mut self, entries: &[TokenLogprob]) -> Value {
-        if self.chat { chat(entries, &*self.tokenizer) } else { completion(entries, &*self.tokenizer, &mut self.offset) }
+        if self.chat {
+            chat(entries, &*self.tokenizer)
+        } else {
+            completion(entries, &*self.tokenizer, &mut self.offset)
+        }
     }
 
     /// Keep `entries` for `whole`.

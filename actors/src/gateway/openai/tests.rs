@@ -9,14 +9,7 @@ use gpu::tokenizer::Tokenizer;
 use super::*;
 
 fn model() -> ModelFrontend {
-    ModelFrontend {
-        name: "m".into(),
-        tokenizer: Arc::new(TestTokenizer::default()),
-        chat: Arc::new(gpu::chat::ChatTemplate::new(gpu::chat::CHATML, "", "<|im_end|>").unwrap()),
-        context_length: 64,
-        default_max_tokens: 20,
-        longest_token: gpu::model::longest_token(&TestTokenizer::default()),
-    }
+    tests_model()
 }
 
 fn ok(endpoint: Endpoint, body: &str) -> ParsedRequest {
