@@ -39,7 +39,7 @@ fn openai_python_client_end_to_end() {
             "models-retrieve",
             "penalties",
             "logprobs",
-            "n-rejected",
+            "n-choices",
             "unknown-model",
             "malformed-json",
             "request-id"

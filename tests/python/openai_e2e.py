@@ -191,16 +191,41 @@ def _():
     assert client.chat.completions.create(**greedy).choices[0].logprobs is None
 
 
-@check("n-rejected")
+def prefix_cache_tokens():
+    text = urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=30).read().decode()
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("armature_prefix_cache_tokens_total"))
+
+
+# A prompt of several KV blocks (16 tokens each), new to the pool.
+LONG = [{"role": "user", "content": "Write four different one-line openings for a story set in a lighthouse on a stormy night, each with a different narrator."}]
+
+
+@check("n-choices")
 def _():
+    before = prefix_cache_tokens()
+    r = client.chat.completions.create(model=model, messages=LONG, max_tokens=12, temperature=1.0, seed=7, n=4)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3], r.choices
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) >= 3, texts  # seeds 7, 8, 9, 10
+    single = client.chat.completions.create(model=model, messages=LONG, max_tokens=12, temperature=1.0, seed=7)
+    assert single.choices[0].message.content == texts[0], "choice 0 samples with the request's seed"
+    assert r.usage.prompt_tokens == single.usage.prompt_tokens, "the prompt is counted once"
+    assert 12 < r.usage.completion_tokens <= 4 * 12, r.usage  # every choice's tokens
+    # Choices 1..3 found choice 0's prompt blocks in the pool (the prompt was computed once).
+    assert prefix_cache_tokens() - before >= 3 * 16 * (r.usage.prompt_tokens // 16 - 1), (before, prefix_cache_tokens())
+    # Streamed: every choice's chunks carry its index, and each reassembles.
+    parts = {}
+    for chunk in client.chat.completions.create(model=model, messages=LONG, max_tokens=12, temperature=1.0, seed=7, n=4, stream=True):
+        for c in chunk.choices:
+            parts.setdefault(c.index, []).append(c.delta.content or "")
+    assert sorted(parts) == [0, 1, 2, 3], parts
+    assert ["".join(parts[i]) for i in range(4)] == texts, (parts, texts)
     try:
-        client.chat.completions.create(**PARAMS, n=2)
+        client.chat.completions.create(**PARAMS, n=17)
     except openai.BadRequestError as e:
-        assert e.status_code == 400
         assert e.body["param"] == "n", e.body
-        assert "n = 2" in e.body["message"], e.body
     else:
-        raise AssertionError("n=2 was accepted")
+        raise AssertionError("n=17 was accepted")
 
 
 @check("unknown-model")

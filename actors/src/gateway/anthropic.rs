@@ -152,7 +152,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         stop,
         ..Default::default()
     };
-    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false })
+    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1 })
 }
 
 /// Anthropic's name for what went wrong, by status.
@@ -242,7 +242,7 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let stream = parsed.stream;
     let prompt_tokens = parsed.prompt_tokens.len() as u32;
     let stops = parsed.sampling.stop.clone();
-    let run = http::run(&gw, incoming, parsed).await?;
+    let run = http::run(&gw, incoming, parsed, true, stream).await?;
     let meta = Meta { id: format!("msg_{}", run.id), model: gw.model.name.clone(), prompt_tokens, stops };
     Ok(match run.first {
         Some(first) if !stream => whole(meta, first, run.rx, run.timing).await,

@@ -1,8 +1,6 @@
 //! HTTP routes and handlers: body limits, OpenAI responses (whole or SSE), health, metrics and the
 //! `x-request-id` header.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,12 +9,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::stream;
 use runtime::ids::RequestId;
-use runtime::request::{FinishReason, GenerateRequest, StreamEvent, Usage};
+use runtime::request::{GenerateRequest, StreamEvent};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -24,6 +20,7 @@ use tracing::Instrument;
 use super::Gateway;
 use super::anthropic;
 use super::auth::{self, Auth, Caller};
+use super::choices::{self, Choice};
 use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
 use super::openai::logprobs::Writer;
@@ -125,7 +122,7 @@ fn unix_now() -> u64 {
 }
 
 async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Response {
-    let (bytes, request) = match accept(&gw, req).await {
+    let (bytes, incoming) = match accept(&gw, req).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -140,26 +137,45 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         Ok(Err(e)) => return e.into_response(),
         Err(_) => return ApiError::unavailable("The request could not be read.").into_response(),
     };
-    let (stream, include_usage, asked_logprobs) =
-        (parsed.stream, parsed.include_usage, parsed.sampling.logprobs.is_some());
-    let run = match run(&gw, request, parsed).await {
+    let (stream, include_usage, n) = (parsed.stream, parsed.include_usage, parsed.n);
+    let writer = || {
+        let chat = endpoint == Endpoint::Chat;
+        parsed.sampling.logprobs.is_some().then(|| Writer::new(gw.model.tokenizer.clone(), chat))
+    };
+    // With several choices the first runs to its first token, so that its prompt's blocks are in
+    // the pool when the others start: they find them there, and the prompt is computed once.
+    let first = match run(&gw, incoming.clone(), parsed.clone(), true, stream && n == 1).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let id = first.id.clone();
+    let others = (1..n).map(|i| {
+        let mut p = parsed.clone();
+        p.sampling.seed = parsed.sampling.seed.wrapping_add(u64::from(i));
+        run(&gw, incoming.clone(), p, false, stream)
+    });
+    let mut choices = vec![Choice { first: first.first, rx: first.rx, timing: first.timing, logprobs: writer() }];
+    for r in futures_util::future::join_all(others).await {
+        match r {
+            Ok(r) => choices.push(Choice { first: r.first, rx: r.rx, timing: r.timing, logprobs: writer() }),
+            Err(e) => return e.into_response(),
+        }
+    }
     let meta = ResponseMeta {
-        id: format!("{}-{}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }, run.id),
+        id: format!("{}-{id}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }),
         created: unix_now(),
         model: gw.model.name.clone(),
         endpoint,
     };
-    let logprobs = asked_logprobs.then(|| Writer::new(gw.model.tokenizer.clone(), endpoint == Endpoint::Chat));
-    match run.first {
-        Some(first) if !stream => whole(meta, first, run.rx, run.timing, logprobs).await,
-        first => sse(meta, include_usage, first, run.rx, run.timing, logprobs).into_response(),
+    if stream {
+        choices::sse(meta, include_usage, choices).into_response()
+    } else {
+        choices::whole(meta, choices).await
     }
 }
 
 /// A request's start, before its body is parsed: when it came, its headers and its caller.
+#[derive(Clone)]
 pub(super) struct Incoming {
     started: Instant,
     headers: HeaderMap,
@@ -187,12 +203,21 @@ pub(super) struct Running {
     pub timing: Timing,
 }
 
-/// Admit a parsed request under its caller's limits and start driving it; returns once a worker
-/// took it (a stream) or its first event came, or with its error.
-pub(super) async fn run(gw: &Arc<Gateway>, incoming: Incoming, mut parsed: ParsedRequest) -> Result<Running, ApiError> {
+/// Start driving a parsed request (admitted under its caller's limits when `admit`; further
+/// choices of one request are not); returns once a worker took it (`at_admission`, for a
+/// stream) or its first event came, or with its error.
+pub(super) async fn run(
+    gw: &Arc<Gateway>,
+    incoming: Incoming,
+    mut parsed: ParsedRequest,
+    admit: bool,
+    at_admission: bool,
+) -> Result<Running, ApiError> {
     let Incoming { started, headers, caller } = incoming;
     if let Some(caller) = &caller {
-        gw.auth.admit(caller, parsed.prompt_tokens.len())?;
+        if admit {
+            gw.auth.admit(caller, parsed.prompt_tokens.len())?;
+        }
         parsed.sampling.priority = caller.priority;
     }
     let id = RequestId::new_random();
@@ -206,7 +231,7 @@ pub(super) async fn run(gw: &Arc<Gateway>, incoming: Incoming, mut parsed: Parse
     // its headers and keep-alives; errors before that get their own status.
     let first = loop {
         match rx.recv().await {
-            Some(Update::Admitted) if parsed.stream => break None,
+            Some(Update::Admitted) if at_admission => break None,
             Some(Update::Admitted) => continue,
             Some(Update::Event(ev)) => break Some(ev),
             Some(Update::Error(e)) => return Err(e),
@@ -254,125 +279,6 @@ impl Timing {
             StreamEvent::Failed(_) => {}
         }
     }
-}
-
-async fn whole(
-    meta: ResponseMeta,
-    first: StreamEvent,
-    mut rx: EventRx,
-    mut timing: Timing,
-    mut logprobs: Option<Writer>,
-) -> Response {
-    let mut text = String::new();
-    let mut next = Some(Update::Event(first));
-    while let Some(item) = next {
-        match item {
-            Update::Admitted => {}
-            Update::Event(ev) => {
-                timing.saw(&ev);
-                match ev {
-                    StreamEvent::Delta { text: t, logprobs: entries, .. } => {
-                        text.push_str(&t);
-                        if let Some(w) = &mut logprobs {
-                            w.keep(entries);
-                        }
-                    }
-                    StreamEvent::Finished { reason, usage } => {
-                        let lp = logprobs.as_mut().map(Writer::whole);
-                        return axum::Json(meta.full(&text, reason, usage, lp)).into_response();
-                    }
-                    StreamEvent::Failed(f) => {
-                        return ApiError::unavailable(f.to_string()).into_response();
-                    }
-                }
-            }
-            Update::Error(e) => return e.into_response(),
-        }
-        next = rx.recv().await;
-    }
-    ApiError::unavailable("The request ended without a result.").into_response()
-}
-
-struct SseState {
-    meta: ResponseMeta,
-    include_usage: bool,
-    rx: EventRx,
-    queue: VecDeque<Event>,
-    done: bool,
-    timing: Timing,
-    logprobs: Option<Writer>,
-}
-
-fn data(v: &Value) -> Event {
-    Event::default().data(v.to_string())
-}
-
-impl SseState {
-    /// Turn one item from the driver into SSE events.
-    fn push(&mut self, item: Update) {
-        match item {
-            Update::Admitted => {}
-            Update::Event(ev) => {
-                self.timing.saw(&ev);
-                match ev {
-                    StreamEvent::Delta { text, logprobs: entries, .. } => {
-                        let lp = self.logprobs.as_mut().map(|w| w.chunk(&entries));
-                        self.queue.push_back(data(&self.meta.chunk(Some(&text), None, self.include_usage, lp)))
-                    }
-                    StreamEvent::Finished { reason, usage } => self.finish(reason, usage),
-                    StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
-                }
-            }
-            Update::Error(e) => self.fail(e),
-        }
-    }
-
-    fn finish(&mut self, reason: FinishReason, usage: Usage) {
-        self.queue.push_back(data(&self.meta.chunk(None, Some(reason), self.include_usage, None)));
-        if self.include_usage {
-            self.queue.push_back(data(&self.meta.usage_chunk(usage)));
-        }
-        self.queue.push_back(Event::default().data("[DONE]"));
-        self.done = true;
-    }
-
-    fn fail(&mut self, e: ApiError) {
-        self.queue.push_back(data(&e.body()));
-        self.done = true;
-    }
-}
-
-fn sse(
-    meta: ResponseMeta,
-    include_usage: bool,
-    first: Option<StreamEvent>,
-    rx: EventRx,
-    timing: Timing,
-    logprobs: Option<Writer>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let mut state = SseState { meta, include_usage, rx, queue: VecDeque::new(), done: false, timing, logprobs };
-    if state.meta.endpoint == Endpoint::Chat {
-        let opener = data(&state.meta.chunk(None, None, include_usage, None));
-        state.queue.push_back(opener);
-    }
-    if let Some(first) = first {
-        state.push(Update::Event(first));
-    }
-    let events = stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(ev) = s.queue.pop_front() {
-                return Some((Ok(ev), s));
-            }
-            if s.done {
-                return None;
-            }
-            match s.rx.recv().await {
-                Some(item) => s.push(item),
-                None => s.fail(ApiError::unavailable("The request ended without a result.")),
-            }
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }
 
 fn model_object(gw: &Gateway) -> Value {

@@ -4,6 +4,7 @@
 mod actor;
 mod anthropic;
 mod auth;
+mod choices;
 mod driver;
 mod error;
 mod http;

@@ -113,13 +113,18 @@ struct Body {
 }
 
 /// A validated request, ready for a worker.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ParsedRequest {
     pub prompt_tokens: Vec<u32>,
     pub sampling: SamplingParams,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (choice `i` samples with `seed + i`).
+    pub n: u32,
 }
+
+/// Most choices one request may ask for.
+pub const MAX_CHOICES: u32 = 16;
 
 const MAX_STOPS: usize = 4;
 
@@ -165,11 +170,15 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         min_p: body.min_p,
         logit_bias: body.logit_bias.take(),
     };
-    if let Some(n) = body.n
-        && n != 1
+    let n = body.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ApiError::bad_request(format!("n = {n} is outside [1, {MAX_CHOICES}]."), Some("n")));
+    }
+    if let Some(best_of) = body.rest.get("best_of").filter(|v| !v.is_null())
+        && best_of.as_u64() != Some(u64::from(n))
     {
-        let message = format!("n = {n} is not supported: this server returns exactly one choice (n = 1).");
-        return Err(ApiError::bad_request(message, Some("n")));
+        let message = "`best_of` other than `n` is not supported: every generated choice is returned.";
+        return Err(ApiError::bad_request(message, Some("best_of")));
     }
     let temperature = body.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -279,6 +288,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         },
         stream,
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),
+        n,
     })
 }
 
@@ -499,6 +509,14 @@ pub struct ResponseMeta {
     pub endpoint: Endpoint,
 }
 
+/// One finished choice of a whole response.
+#[derive(Clone, Debug)]
+pub struct ChoiceOut {
+    pub text: String,
+    pub reason: FinishReason,
+    pub logprobs: Option<Value>,
+}
+
 impl ResponseMeta {
     fn object(&self, chunk: bool) -> &'static str {
         match (self.endpoint, chunk) {
@@ -508,24 +526,33 @@ impl ResponseMeta {
         }
     }
 
-    /// The whole response; `logprobs` is the choice's (`logprobs::chat` or `::completion`).
-    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage, logprobs: Option<Value>) -> Value {
-        let logprobs = logprobs.unwrap_or(Value::Null);
-        let choice = match self.endpoint {
-            Endpoint::Chat => {
-                json!({ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": reason.as_openai(), "logprobs": logprobs })
-            }
-            Endpoint::Completion => {
-                json!({ "index": 0, "text": text, "finish_reason": reason.as_openai(), "logprobs": logprobs })
-            }
-        };
-        json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": [choice], "usage": usage_json(usage) })
+    /// The whole response: its choices in order, and the usage of all of them.
+    pub fn full(&self, choices: &[ChoiceOut], usage: Usage) -> Value {
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let logprobs = c.logprobs.clone().unwrap_or(Value::Null);
+                let reason = c.reason.as_openai();
+                match self.endpoint {
+                    Endpoint::Chat => json!({
+                        "index": index, "message": { "role": "assistant", "content": c.text },
+                        "finish_reason": reason, "logprobs": logprobs,
+                    }),
+                    Endpoint::Completion => {
+                        json!({ "index": index, "text": c.text, "finish_reason": reason, "logprobs": logprobs })
+                    }
+                }
+            })
+            .collect();
+        json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": choices, "usage": usage_json(usage) })
     }
 
-    /// A streamed chunk: text (or the assistant role opener when `text` is None and it is a chat)
-    /// and, on the last one, the finish reason; `logprobs` are its tokens'.
+    /// A streamed chunk of choice `index`: text (or the assistant role opener when `text` is None
+    /// and it is a chat) and, on its last one, the finish reason; `logprobs` are its tokens'.
     pub fn chunk(
         &self,
+        index: usize,
         text: Option<&str>,
         reason: Option<FinishReason>,
         with_usage_field: bool,
@@ -540,10 +567,10 @@ impl ResponseMeta {
                     (None, None) => json!({ "role": "assistant", "content": "" }),
                     (None, Some(_)) => json!({}),
                 };
-                json!({ "index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs })
+                json!({ "index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs })
             }
             Endpoint::Completion => {
-                json!({ "index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs })
+                json!({ "index": index, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs })
             }
         };
         let mut v = json!({ "id": self.id, "object": self.object(true), "created": self.created, "model": self.model, "choices": [choice] });

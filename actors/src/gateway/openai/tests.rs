@@ -134,15 +134,15 @@ fn error_body_has_openai_shape() {
 fn response_bodies() {
     let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into(), endpoint: Endpoint::Chat };
     let usage = Usage { prompt_tokens: 3, completion_tokens: 2 };
-    let full = meta.full("hi", FinishReason::Length, usage, None);
+    let full = meta.full(&[ChoiceOut { text: "hi".into(), reason: FinishReason::Length, logprobs: None }], usage);
     assert_eq!(full["choices"][0]["message"]["content"], "hi");
     assert_eq!(full["choices"][0]["finish_reason"], "length");
     assert_eq!(full["usage"]["total_tokens"], 5);
-    assert_eq!(meta.chunk(None, None, false, None)["choices"][0]["delta"]["role"], "assistant");
-    assert_eq!(meta.chunk(Some("x"), None, true, None)["usage"], Value::Null);
+    assert_eq!(meta.chunk(0, None, None, false, None)["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(meta.chunk(0, Some("x"), None, true, None)["usage"], Value::Null);
     assert_eq!(meta.usage_chunk(usage)["choices"], serde_json::json!([]));
     let text = ResponseMeta { endpoint: Endpoint::Completion, ..meta };
-    assert_eq!(text.chunk(Some("x"), None, false, None)["object"], "text_completion");
+    assert_eq!(text.chunk(0, Some("x"), None, false, None)["object"], "text_completion");
 }
 
 #[test]

@@ -1,0 +1,197 @@
+//! OpenAI responses of one or more choices (`n`): whole, with every choice collected at once and
+//! the usage counting the prompt once, or streamed, with the choices' chunks merged as they come,
+//! each with its `index`, and the end (`[DONE]`, the usage chunk) once every choice finished.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use runtime::request::{FinishReason, StreamEvent, Usage};
+use serde_json::Value;
+
+use super::driver::Update;
+use super::error::ApiError;
+use super::http::{EventRx, SSE_KEEP_ALIVE, Timing};
+use super::openai::logprobs::Writer;
+use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
+
+/// One choice on its way: its first event (None when its stream started before it), the rest,
+/// its timings and its log-probability writer when the request asked for them.
+pub struct Choice {
+    pub first: Option<StreamEvent>,
+    pub rx: EventRx,
+    pub timing: Timing,
+    pub logprobs: Option<Writer>,
+}
+
+/// Wait for one choice's end.
+async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
+    let mut text = String::new();
+    let mut next = c.first.take().map(Update::Event);
+    if next.is_none() {
+        next = c.rx.recv().await;
+    }
+    while let Some(item) = next {
+        match item {
+            Update::Admitted => {}
+            Update::Event(ev) => {
+                c.timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text: t, logprobs, .. } => {
+                        text.push_str(&t);
+                        if let Some(w) = &mut c.logprobs {
+                            w.keep(logprobs);
+                        }
+                    }
+                    StreamEvent::Finished { reason, usage } => {
+                        let logprobs = c.logprobs.as_mut().map(Writer::whole);
+                        return Ok((ChoiceOut { text, reason, logprobs }, usage));
+                    }
+                    StreamEvent::Failed(f) => return Err(ApiError::unavailable(f.to_string())),
+                }
+            }
+            Update::Error(e) => return Err(e),
+        }
+        next = c.rx.recv().await;
+    }
+    Err(ApiError::unavailable("The request ended without a result."))
+}
+
+/// The usage of several choices of one prompt: the prompt once, every completion.
+fn add(total: &mut Usage, one: Usage) {
+    total.prompt_tokens = one.prompt_tokens;
+    total.completion_tokens += one.completion_tokens;
+}
+
+/// The whole response once every choice finished (the first failure answers instead).
+pub async fn whole(meta: ResponseMeta, choices: Vec<Choice>) -> Response {
+    let done = futures_util::future::join_all(choices.into_iter().map(collect)).await;
+    let mut outs = Vec::with_capacity(done.len());
+    let mut usage = Usage::default();
+    for d in done {
+        match d {
+            Ok((out, u)) => {
+                add(&mut usage, u);
+                outs.push(out);
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    axum::Json(meta.full(&outs, usage)).into_response()
+}
+
+fn data(v: &Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+/// A choice's side of the stream.
+struct Side {
+    timing: Timing,
+    logprobs: Option<Writer>,
+    finished: bool,
+}
+
+struct SseState {
+    meta: ResponseMeta,
+    include_usage: bool,
+    sides: Vec<Side>,
+    usage: Usage,
+    /// Every choice's updates, tagged with its index; `None` when its channel closed.
+    merged: BoxStream<'static, (usize, Option<Update>)>,
+    queue: VecDeque<Event>,
+    done: bool,
+}
+
+impl SseState {
+    fn push(&mut self, index: usize, item: Option<Update>) {
+        if self.done {
+            return;
+        }
+        match item {
+            Some(Update::Admitted) => {}
+            Some(Update::Event(ev)) => {
+                let side = &mut self.sides[index];
+                side.timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text, logprobs, .. } => {
+                        let lp = side.logprobs.as_mut().map(|w| w.chunk(&logprobs));
+                        let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
+                        self.queue.push_back(data(&chunk));
+                    }
+                    StreamEvent::Finished { reason, usage } => self.finish(index, reason, usage),
+                    StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
+                }
+            }
+            Some(Update::Error(e)) => self.fail(e),
+            None if !self.sides[index].finished => {
+                self.fail(ApiError::unavailable("The request ended without a result."))
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) {
+        self.sides[index].finished = true;
+        add(&mut self.usage, usage);
+        self.queue.push_back(data(&self.meta.chunk(index, None, Some(reason), self.include_usage, None)));
+        if self.sides.iter().all(|s| s.finished) {
+            if self.include_usage {
+                self.queue.push_back(data(&self.meta.usage_chunk(self.usage)));
+            }
+            self.queue.push_back(Event::default().data("[DONE]"));
+            self.done = true;
+        }
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        self.queue.push_back(data(&e.body()));
+        self.done = true;
+    }
+}
+
+/// The streamed response of every choice.
+pub fn sse(
+    meta: ResponseMeta,
+    include_usage: bool,
+    choices: Vec<Choice>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let mut firsts = Vec::new();
+    let mut sides = Vec::new();
+    let mut streams = Vec::new();
+    for (index, c) in choices.into_iter().enumerate() {
+        firsts.push(c.first);
+        sides.push(Side { timing: c.timing, logprobs: c.logprobs, finished: false });
+        let updates = stream::unfold(c.rx, |mut rx| async move { rx.recv().await.map(|u| (Some(u), rx)) });
+        streams.push(updates.chain(stream::once(async { None })).map(move |u| (index, u)).boxed());
+    }
+    let merged = stream::select_all(streams).boxed();
+    let mut state =
+        SseState { meta, include_usage, sides, usage: Usage::default(), merged, queue: VecDeque::new(), done: false };
+    for (index, first) in firsts.into_iter().enumerate() {
+        if state.meta.endpoint == Endpoint::Chat {
+            let opener = data(&state.meta.chunk(index, None, None, include_usage, None));
+            state.queue.push_back(opener);
+        }
+        if let Some(first) = first {
+            state.push(index, Some(Update::Event(first)));
+        }
+    }
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(ev) = s.queue.pop_front() {
+                return Some((Ok(ev), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.merged.next().await {
+                Some((index, item)) => s.push(index, item),
+                None => s.fail(ApiError::unavailable("The request ended without a result.")),
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
