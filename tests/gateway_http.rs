@@ -78,9 +78,29 @@ fn limits_overload_disconnect_health_and_metrics() {
     assert_eq!(status, 413);
     assert_eq!(json(&body)["error"]["code"], "request_too_large");
 
-    // 404 with an OpenAI body for an unknown path.
+    // 404 with an OpenAI body for an unknown path, 405 for a known one with the wrong method.
     let (status, _, body) = http("GET", port, "/v2/nothing", None);
     assert_eq!((status, json(&body)["error"]["type"].as_str()), (404, Some("invalid_request_error")));
+    let (status, _, body) = http("GET", port, "/v1/chat/completions", None);
+    assert_eq!((status, json(&body)["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+
+    // Tokenize and back (the test tokenizer: one id per byte), and through the chat template.
+    let (status, _, body) = http("POST", port, "/tokenize", Some(r#"{"model":"armature-test","prompt":"hello"}"#));
+    assert_eq!(status, 200, "{body}");
+    let t = json(&body);
+    assert_eq!(t["tokens"], serde_json::json!([104, 101, 108, 108, 111]));
+    assert_eq!(t["count"], 5);
+    assert!(t["max_model_len"].as_u64().unwrap() > 5);
+    let messages = r#"{"model":"armature-test","messages":[{"role":"user","content":"hello"}]}"#;
+    let (_, _, body) = http("POST", port, "/tokenize", Some(messages));
+    assert!(json(&body)["count"].as_u64().unwrap() > 5, "the template adds its turns: {body}");
+    let (status, _, body) = http("POST", port, "/detokenize", Some(r#"{"model":"armature-test","tokens":[104,105]}"#));
+    assert_eq!((status, json(&body)["prompt"].as_str()), (200, Some("hi")));
+    let (status, _, body) =
+        http("POST", port, "/detokenize", Some(r#"{"model":"armature-test","tokens":[104,999999]}"#));
+    assert_eq!((status, json(&body)["error"]["param"].as_str()), (400, Some("tokens[1]")));
+    let (status, _, _) = http("POST", port, "/tokenize", Some(r#"{"model":"nope","prompt":"x"}"#));
+    assert_eq!(status, 404);
 
     // The only batch slot is taken and nothing may queue: a second request gets 429.
     let stream = open_stream(port, 4000);

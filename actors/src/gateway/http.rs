@@ -18,13 +18,13 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::Gateway;
-use super::anthropic;
 use super::auth::{self, Auth, Caller};
 use super::choices::{self, Choice};
 use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
 use super::openai::logprobs::Writer;
 use super::openai::{self, Endpoint, ParsedRequest, ResponseMeta};
+use super::{anthropic, tokenize};
 use crate::protocol::{RouterHandle, WorkerHandle};
 
 /// Longest `/health` and `/debug/router` wait for the router.
@@ -41,6 +41,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_key));
@@ -54,6 +56,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(auth::require_json))
         .layer(middleware::from_fn_with_state(gw.clone(), auth::cors))
         .layer(middleware::from_fn(request_id))
@@ -85,6 +88,8 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         "/v1/messages/count_tokens",
         "/v1/models",
         "/v1/models/{id}",
+        "/tokenize",
+        "/detokenize",
         "/health",
         "/metrics",
     ];
@@ -370,4 +375,8 @@ async fn metrics_text() -> Response {
 
 async fn fallback(req: Request) -> Response {
     ApiError::not_found(req.uri().path()).into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    ApiError::method_not_allowed(req.method().as_str(), req.uri().path()).into_response()
 }

@@ -10,6 +10,7 @@ mod error;
 mod http;
 mod openai;
 mod serve;
+mod tokenize;
 
 use std::sync::Arc;
 

@@ -44,7 +44,7 @@ struct ContentPart {
 }
 
 #[derive(Debug, Deserialize)]
-struct Message {
+pub(super) struct Message {
     role: String,
     #[serde(default)]
     content: Option<Content>,
@@ -108,6 +108,12 @@ struct Body {
     /// Chat: alternatives per token (0–20), with `logprobs: true`.
     #[serde(default)]
     top_logprobs: Option<u32>,
+    /// Typed so that a wrong type is refused; otherwise not used.
+    #[serde(default)]
+    #[allow(dead_code)]
+    user: Option<String>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -163,6 +169,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         return Err(ApiError::unknown_model(&body.model, &model.name));
     }
     refuse_unsupported(&body.rest)?;
+    refuse_dangling(&body)?;
     let body_controls = Controls {
         presence_penalty: body.presence_penalty,
         frequency_penalty: body.frequency_penalty,
@@ -388,6 +395,23 @@ fn logprobs_asked(endpoint: Endpoint, logprobs: Option<&Value>, top: Option<u32>
     }
 }
 
+/// Fields that only mean something with another, refused without it as OpenAI refuses them.
+fn refuse_dangling(body: &Body) -> Result<(), ApiError> {
+    if body.tool_choice.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad_request(
+            "`tool_choice` is only allowed when `tools` are specified.",
+            Some("tool_choice"),
+        ));
+    }
+    if body.stream_options.is_some() && body.stream != Some(true) {
+        return Err(ApiError::bad_request(
+            "`stream_options` is only allowed when `stream` is true.",
+            Some("stream_options"),
+        ));
+    }
+    Ok(())
+}
+
 /// The fields that change the logits before a token is chosen, as sent.
 struct Controls {
     presence_penalty: Option<f32>,
@@ -458,7 +482,7 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
     Ok(())
 }
 
-fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
+pub(super) fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request("`messages` must not be empty.", Some("messages")));
     }

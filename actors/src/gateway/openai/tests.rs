@@ -64,7 +64,7 @@ fn bad_requests_name_the_parameter() {
         ),
         (
             Endpoint::Chat,
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":17}"#,
             StatusCode::BAD_REQUEST,
             Some("n"),
         ),
@@ -220,4 +220,30 @@ fn log_probabilities_are_asked_per_endpoint_shape() {
     ] {
         assert_eq!(bad(Endpoint::Completion, &completion(extra)).param.as_deref(), Some(param), "{extra}");
     }
+}
+
+#[test]
+fn dependent_fields_and_wrong_types_are_refused_by_name() {
+    let chat = |extra: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#);
+    for (extra, param) in [
+        (r#","tool_choice":"auto""#, "tool_choice"),
+        (r#","stream_options":{"include_usage":true}"#, "stream_options"),
+        (r#","stream":false,"stream_options":{"include_usage":true}"#, "stream_options"),
+        (r#","user":5"#, "user"),
+        (r#","temperature":"hot""#, "temperature"),
+        (r#","seed":"x""#, "seed"),
+        (r#","n":0"#, "n"),
+        (r#","max_tokens":-1"#, "max_tokens"),
+    ] {
+        let e = bad(Endpoint::Chat, &chat(extra));
+        assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}: {}", e.message);
+    }
+    // Fields outside OpenAI's spec are accepted and ignored.
+    ok(
+        Endpoint::Chat,
+        &chat(r#","some_vendor_extension":{"a":1},"user":"u-1","stream":true,"stream_options":{"include_usage":true}"#),
+    );
+    let e = bad(Endpoint::Completion, r#"{"model":"m","prompt":"x","best_of":3}"#);
+    assert_eq!(e.param.as_deref(), Some("best_of"));
+    assert_eq!(ok(Endpoint::Completion, r#"{"model":"m","prompt":"x","n":2,"best_of":2}"#).n, 2);
 }
