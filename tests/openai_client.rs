@@ -40,6 +40,7 @@ fn openai_python_client_end_to_end() {
             "penalties",
             "logprobs",
             "n-choices",
+            "responses",
             "unknown-model",
             "malformed-json",
             "request-id"

@@ -228,6 +228,42 @@ def _():
         raise AssertionError("n=17 was accepted")
 
 
+@check("responses")
+def _():
+    base = dict(model=model, instructions="You are terse.", input="Describe a harbor at dawn.", max_output_tokens=10, temperature=0)
+    r = client.responses.create(**base)
+    assert r.object == "response" and r.id.startswith("resp_"), r
+    assert r.status in ("completed", "incomplete") and r.output_text, r
+    assert r.output[0].type == "message" and r.output[0].content[0].type == "output_text", r.output
+    assert r.usage.input_tokens > 0 and 0 < r.usage.output_tokens <= 10, r.usage
+    if r.status == "incomplete":
+        assert r.incomplete_details.reason == "max_output_tokens", r.incomplete_details
+    # The same request as a chat completion gives the same greedy text.
+    chat = client.chat.completions.create(
+        model=model, max_tokens=10, temperature=0,
+        messages=[{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Describe a harbor at dawn."}],
+    )
+    assert chat.choices[0].message.content == r.output_text, (chat.choices[0].message.content, r.output_text)
+    # Streamed: the semantic events, whose deltas make the same text.
+    kinds, deltas, final = [], [], None
+    for ev in client.responses.create(**base, stream=True):
+        kinds.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            deltas.append(ev.delta)
+        if ev.type in ("response.completed", "response.incomplete"):
+            final = ev.response
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"], kinds
+    assert kinds[-4:-1] == ["response.output_text.done", "response.content_part.done", "response.output_item.done"], kinds
+    assert "".join(deltas) == r.output_text and final.output_text == r.output_text, (deltas, r.output_text)
+    # Nothing is stored: asking to is refused by name.
+    try:
+        client.responses.create(**base, store=True)
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "store", e.body
+    else:
+        raise AssertionError("store=True was accepted")
+
+
 @check("unknown-model")
 def _():
     try:

@@ -24,7 +24,7 @@ use super::driver::{self, EventTx, Update};
 use super::error::ApiError;
 use super::openai::logprobs::Writer;
 use super::openai::{self, Endpoint, ParsedRequest, ResponseMeta};
-use super::{anthropic, tokenize};
+use super::{anthropic, responses, tokenize};
 use crate::protocol::{RouterHandle, WorkerHandle};
 
 /// Longest `/health` and `/debug/router` wait for the router.
@@ -41,6 +41,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v1/responses", post(responses::responses))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/messages", post(anthropic::messages))
@@ -86,6 +87,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         "/v1/completions",
         "/v1/messages",
         "/v1/messages/count_tokens",
+        "/v1/responses",
         "/v1/models",
         "/v1/models/{id}",
         "/tokenize",

@@ -1,5 +1,5 @@
 //! The gateway role: the OpenAI-compatible HTTP API (chat and text completions, models, SSE),
-//! Anthropic's Messages API, health and metrics.
+//! the Responses API, Anthropic's Messages API, tokenizing, health and metrics.
 
 mod actor;
 mod anthropic;
@@ -9,6 +9,7 @@ mod driver;
 mod error;
 mod http;
 mod openai;
+mod responses;
 mod serve;
 mod tokenize;
 

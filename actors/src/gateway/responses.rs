@@ -1,0 +1,420 @@
+//! OpenAI's Responses API (`POST /v1/responses`), stateless: `input` as a string or message
+//! items, `instructions`, `max_output_tokens`, `temperature`, `top_p`, streaming with its semantic
+//! events (`response.created`, `response.output_text.delta`, `response.completed`, …). Nothing is
+//! stored, so `store: true`, `previous_response_id` and `background` are refused by name, as are
+//! tools and non-text formats until those land. The request runs like a chat completion.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use gpu::chat::ChatMessage;
+use gpu::model::ModelFrontend;
+use runtime::request::{FinishReason, SamplingParams, StreamEvent, Usage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Gateway;
+use super::driver::Update;
+use super::error::ApiError;
+use super::http::{self, EventRx, Timing};
+use super::openai::{self, ParsedRequest};
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Text(String),
+    Items(Vec<Item>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ItemContent {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Item {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    content: Option<ItemContent>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Body {
+    model: String,
+    input: Input,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
+}
+
+/// What the response echoes of its request.
+#[derive(Clone, Debug)]
+struct Echo {
+    instructions: Option<String>,
+    max_output_tokens: Option<u32>,
+    temperature: f32,
+    top_p: f32,
+}
+
+fn messages(body_input: Input, instructions: Option<&str>) -> Result<Vec<ChatMessage>, ApiError> {
+    let mut chat = Vec::new();
+    if let Some(i) = instructions {
+        chat.push(ChatMessage { role: "system".into(), content: i.to_string() });
+    }
+    match body_input {
+        Input::Text(t) => chat.push(ChatMessage { role: "user".into(), content: t }),
+        Input::Items(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                let at = |f: &str| format!("input[{i}].{f}");
+                if item.kind.as_deref().is_some_and(|k| k != "message") {
+                    let message = format!(
+                        "Input items of type `{}` are not supported; send messages.",
+                        item.kind.unwrap_or_default()
+                    );
+                    return Err(ApiError::bad_request(message, Some(&at("type"))));
+                }
+                let role = item.role.unwrap_or_default();
+                if !matches!(role.as_str(), "user" | "assistant" | "system" | "developer") {
+                    return Err(ApiError::bad_request(format!("Unknown role `{role}`."), Some(&at("role"))));
+                }
+                let content = match item.content {
+                    None => String::new(),
+                    Some(ItemContent::Text(t)) => t,
+                    Some(ItemContent::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, p) in parts.into_iter().enumerate() {
+                            match (p.kind.as_str(), p.text) {
+                                ("input_text" | "output_text" | "text", Some(t)) => text.push_str(&t),
+                                (kind, _) => {
+                                    return Err(ApiError::bad_request(
+                                        format!("Content of type `{kind}` is not supported; send text."),
+                                        Some(&format!("input[{i}].content[{j}]")),
+                                    ));
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                let role = if role == "developer" { "system".to_string() } else { role };
+                chat.push(ChatMessage { role, content });
+            }
+        }
+    }
+    Ok(chat)
+}
+
+fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), ApiError> {
+    let body: Body = openai::deserialize(bytes)?;
+    if body.model != model.name {
+        return Err(ApiError::unknown_model(&body.model, &model.name));
+    }
+    if body.store == Some(true) {
+        return Err(ApiError::bad_request("This server keeps no responses: send `store: false`.", Some("store")));
+    }
+    for key in ["previous_response_id", "conversation", "background", "tools", "reasoning"] {
+        let set = body.rest.get(key).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!(false));
+        if set {
+            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
+        }
+    }
+    if let Some(format) = body.rest.get("text").and_then(|t| t.get("format"))
+        && format.get("type").and_then(Value::as_str) != Some("text")
+    {
+        return Err(ApiError::bad_request("Only text.format {\"type\": \"text\"} is supported.", Some("text.format")));
+    }
+    let chat = messages(body.input, body.instructions.as_deref())?;
+    let prompt_tokens = openai::chat_tokens(model, &chat, "input")?;
+    let max = body.max_output_tokens.unwrap_or(model.default_max_tokens);
+    if max == 0 {
+        return Err(ApiError::bad_request("max_output_tokens must be at least 1.", Some("max_output_tokens")));
+    }
+    let explicit = body.max_output_tokens.is_some();
+    let max_tokens = openai::budget(model, prompt_tokens.len(), max, explicit, "max_output_tokens", "input")?;
+    let temperature = body.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        let message = format!("temperature = {temperature} is outside [0, 2].");
+        return Err(ApiError::bad_request(message, Some("temperature")));
+    }
+    let top_p = body.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
+    }
+    let sampling = SamplingParams { temperature, top_p, seed: rand::random(), max_tokens, ..Default::default() };
+    let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
+    let stream = body.stream.unwrap_or(false);
+    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1 }, echo))
+}
+
+/// What a response is about.
+struct Meta {
+    id: String,
+    message_id: String,
+    created_at: u64,
+    model: String,
+    echo: Echo,
+}
+
+impl Meta {
+    fn item(&self, text: Option<&str>, done: bool) -> Value {
+        let content = match text {
+            Some(t) => json!([{ "type": "output_text", "text": t, "annotations": [] }]),
+            None => json!([]),
+        };
+        json!({
+            "type": "message", "id": self.message_id, "status": if done { "completed" } else { "in_progress" },
+            "role": "assistant", "content": content,
+        })
+    }
+
+    /// The response object: in progress (`end` None, no output yet) or at its end.
+    fn response(&self, end: Option<(&str, FinishReason, Usage)>) -> Value {
+        let (status, output, incomplete, usage) = match end {
+            None => ("in_progress", json!([]), Value::Null, Value::Null),
+            Some((text, reason, u)) => {
+                let (status, incomplete) = match reason {
+                    FinishReason::Length => ("incomplete", json!({ "reason": "max_output_tokens" })),
+                    _ => ("completed", Value::Null),
+                };
+                let usage = json!({
+                    "input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
+                    "total_tokens": u.prompt_tokens + u.completion_tokens,
+                    "input_tokens_details": { "cached_tokens": 0 }, "output_tokens_details": { "reasoning_tokens": 0 },
+                });
+                (status, json!([self.item(Some(text), true)]), incomplete, usage)
+            }
+        };
+        json!({
+            "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
+            "model": self.model, "output": output, "incomplete_details": incomplete, "error": null, "usage": usage,
+            "instructions": self.echo.instructions, "max_output_tokens": self.echo.max_output_tokens,
+            "temperature": self.echo.temperature, "top_p": self.echo.top_p,
+            "parallel_tool_calls": false, "tool_choice": "none", "tools": [], "store": false,
+            "text": { "format": { "type": "text" } }, "metadata": {}, "previous_response_id": null,
+        })
+    }
+}
+
+/// `POST /v1/responses`.
+pub async fn responses(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    match start(gw, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
+    let (bytes, incoming) = http::accept(&gw, req).await?;
+    let (parsed, echo) = {
+        let gw = gw.clone();
+        tokio::task::spawn_blocking(move || parse(&bytes, &gw.model))
+            .await
+            .map_err(|_| ApiError::unavailable("The request could not be read."))??
+    };
+    let stream = parsed.stream;
+    let run = http::run(&gw, incoming, parsed, true, stream).await?;
+    let meta = Meta {
+        id: format!("resp_{}", run.id),
+        message_id: format!("msg_{}", run.id),
+        created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        model: gw.model.name.clone(),
+        echo,
+    };
+    Ok(match run.first {
+        Some(first) if !stream => whole(meta, first, run.rx, run.timing).await,
+        first => sse(meta, first, run.rx, run.timing).into_response(),
+    })
+}
+
+async fn whole(meta: Meta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
+    let mut text = String::new();
+    let mut next = Some(Update::Event(first));
+    while let Some(item) = next {
+        match item {
+            Update::Admitted => {}
+            Update::Event(ev) => {
+                timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text: t, .. } => text.push_str(&t),
+                    StreamEvent::Finished { reason, usage } => {
+                        return axum::Json(meta.response(Some((&text, reason, usage)))).into_response();
+                    }
+                    StreamEvent::Failed(f) => return ApiError::unavailable(f.to_string()).into_response(),
+                }
+            }
+            Update::Error(e) => return e.into_response(),
+        }
+        next = rx.recv().await;
+    }
+    ApiError::unavailable("The request ended without a result.").into_response()
+}
+
+struct StreamState {
+    meta: Meta,
+    rx: EventRx,
+    queue: VecDeque<Event>,
+    text: String,
+    sequence: u64,
+    done: bool,
+    timing: Timing,
+}
+
+impl StreamState {
+    fn emit(&mut self, kind: &str, mut v: Value) {
+        v["type"] = json!(kind);
+        v["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        self.queue.push_back(Event::default().event(kind).data(v.to_string()));
+    }
+
+    fn at(&self) -> Value {
+        json!({ "item_id": self.meta.message_id, "output_index": 0, "content_index": 0 })
+    }
+
+    fn push(&mut self, item: Update) {
+        match item {
+            Update::Admitted => {}
+            Update::Event(ev) => {
+                self.timing.saw(&ev);
+                match ev {
+                    StreamEvent::Delta { text, .. } => {
+                        self.text.push_str(&text);
+                        let mut v = self.at();
+                        v["delta"] = json!(text);
+                        self.emit("response.output_text.delta", v);
+                    }
+                    StreamEvent::Finished { reason, usage } => {
+                        let text = self.text.clone();
+                        let part = json!({ "type": "output_text", "text": text, "annotations": [] });
+                        let mut v = self.at();
+                        v["text"] = json!(text);
+                        self.emit("response.output_text.done", v);
+                        let mut v = self.at();
+                        v["part"] = part;
+                        self.emit("response.content_part.done", v);
+                        let item = self.meta.item(Some(&text), true);
+                        self.emit("response.output_item.done", json!({ "output_index": 0, "item": item }));
+                        let kind =
+                            if reason == FinishReason::Length { "response.incomplete" } else { "response.completed" };
+                        let response = self.meta.response(Some((&text, reason, usage)));
+                        self.emit(kind, json!({ "response": response }));
+                        self.done = true;
+                    }
+                    StreamEvent::Failed(f) => self.fail(ApiError::unavailable(f.to_string())),
+                }
+            }
+            Update::Error(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        let code = e.code.unwrap_or("server_error");
+        self.emit("error", json!({ "code": code, "message": e.message, "param": e.param }));
+        self.done = true;
+    }
+}
+
+fn sse(
+    meta: Meta,
+    first: Option<StreamEvent>,
+    rx: EventRx,
+    timing: Timing,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let mut state =
+        StreamState { meta, rx, queue: VecDeque::new(), text: String::new(), sequence: 0, done: false, timing };
+    let started = state.meta.response(None);
+    state.emit("response.created", json!({ "response": started.clone() }));
+    state.emit("response.in_progress", json!({ "response": started }));
+    let item = state.meta.item(None, false);
+    state.emit("response.output_item.added", json!({ "output_index": 0, "item": item }));
+    let mut v = state.at();
+    v["part"] = json!({ "type": "output_text", "text": "", "annotations": [] });
+    state.emit("response.content_part.added", v);
+    if let Some(first) = first {
+        state.push(Update::Event(first));
+    }
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(ev) = s.queue.pop_front() {
+                return Some((Ok(ev), s));
+            }
+            if s.done {
+                return None;
+            }
+            match s.rx.recv().await {
+                Some(item) => s.push(item),
+                None => s.fail(ApiError::unavailable("The request ended without a result.")),
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(http::SSE_KEEP_ALIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_becomes_a_chat_and_what_needs_storage_is_refused() {
+        let m = openai::tests_model();
+        let (p, echo) = parse(
+            br#"{"model":"m","instructions":"Brief.","max_output_tokens":2,"temperature":0,
+                "input":[{"role":"user","content":"hi"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"yo"}]},
+                         {"role":"user","content":[{"type":"input_text","text":"m"}]}]}"#,
+            &m,
+        )
+        .unwrap();
+        let rendered = m.tokenizer.decode(&p.prompt_tokens);
+        assert!(
+            rendered.contains("system\nBrief.") && rendered.contains("assistant\nyo") && rendered.contains("user\nm\n")
+        );
+        assert_eq!((p.sampling.max_tokens, echo.temperature), (2, 0.0));
+        let (p, _) = parse(br#"{"model":"m","input":"hello"}"#, &m).unwrap();
+        assert!(m.tokenizer.decode(&p.prompt_tokens).contains("user\nhello"));
+        let bad = |b: &str| parse(b.as_bytes(), &m).unwrap_err().param;
+        assert_eq!(bad(r#"{"model":"m","input":"x","store":true}"#).as_deref(), Some("store"));
+        assert_eq!(
+            bad(r#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#).as_deref(),
+            Some("previous_response_id")
+        );
+        assert_eq!(bad(r#"{"model":"m","input":"x","tools":[{"type":"function"}]}"#).as_deref(), Some("tools"));
+        assert_eq!(bad(r#"{"model":"m","input":[{"type":"function_call"}]}"#).as_deref(), Some("input[0].type"));
+        assert_eq!(
+            bad(r#"{"model":"m","input":"x","text":{"format":{"type":"json_object"}}}"#).as_deref(),
+            Some("text.format")
+        );
+        assert!(
+            parse(br#"{"model":"m","input":"x","store":false,"tools":[],"text":{"format":{"type":"text"}}}"#, &m)
+                .is_ok()
+        );
+    }
+}
