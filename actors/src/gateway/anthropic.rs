@@ -128,12 +128,12 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         (None, false) => return Err(ApiError::bad_request("max_tokens: Field required", Some("max_tokens"))),
     };
     let max_tokens = openai::budget(model, prompt_tokens.len(), max_tokens, !counting, "max_tokens", "messages")?;
-    let temperature = body.temperature.unwrap_or(1.0);
+    let temperature = body.temperature.or(model.sampling.temperature).unwrap_or(1.0);
     if !(0.0..=1.0).contains(&temperature) {
         let message = format!("temperature: {temperature} is outside [0, 1].");
         return Err(ApiError::bad_request(message, Some("temperature")));
     }
-    let top_p = body.top_p.unwrap_or(1.0);
+    let top_p = body.top_p.or(model.sampling.top_p).unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request(format!("top_p: {top_p} is outside (0, 1]."), Some("top_p")));
     }
@@ -146,7 +146,9 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
     let sampling = SamplingParams {
         temperature,
         top_p,
-        top_k: body.top_k.unwrap_or(0),
+        top_k: body.top_k.or(model.sampling.top_k).unwrap_or(0),
+        min_p: model.sampling.min_p.unwrap_or(0.0),
+        repetition_penalty: model.sampling.repetition_penalty.unwrap_or(1.0),
         seed: rand::random(),
         max_tokens,
         stop,

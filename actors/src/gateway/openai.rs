@@ -159,6 +159,7 @@ pub(crate) fn tests_model() -> ModelFrontend {
         context_length: 64,
         default_max_tokens: 20,
         longest_token: gpu::model::longest_token(&TestTokenizer::default()),
+        sampling: Default::default(),
     }
 }
 
@@ -187,19 +188,20 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         let message = "`best_of` other than `n` is not supported: every generated choice is returned.";
         return Err(ApiError::bad_request(message, Some("best_of")));
     }
-    let temperature = body.temperature.unwrap_or(1.0);
+    let temperature = body.temperature.or(model.sampling.temperature).unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::bad_request(
             format!("temperature = {temperature} is outside [0, 2]."),
             Some("temperature"),
         ));
     }
-    let top_p = body.top_p.unwrap_or(1.0);
+    let top_p = body.top_p.or(model.sampling.top_p).unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
     }
     let top_k = match body.top_k {
-        None | Some(-1) | Some(0) => 0,
+        None => model.sampling.top_k.unwrap_or(0),
+        Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => u32::try_from(k).unwrap_or(u32::MAX),
         Some(k) => {
             return Err(ApiError::bad_request(format!("top_k = {k} must be positive, or -1 for none."), Some("top_k")));
@@ -430,8 +432,8 @@ fn logit_controls(c: &Controls, model: &ModelFrontend) -> Result<SamplingParams,
     };
     let presence_penalty = within("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?;
     let frequency_penalty = within("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?;
-    let min_p = within("min_p", c.min_p, 0.0, 1.0, 0.0)?;
-    let repetition_penalty = match c.repetition_penalty {
+    let min_p = within("min_p", c.min_p.or(model.sampling.min_p), 0.0, 1.0, 0.0)?;
+    let repetition_penalty = match c.repetition_penalty.or(model.sampling.repetition_penalty) {
         None => 1.0,
         Some(r) if r.is_finite() && r > 0.0 && r <= 10.0 => r,
         Some(r) => {

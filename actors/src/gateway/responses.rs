@@ -160,16 +160,26 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
     }
     let explicit = body.max_output_tokens.is_some();
     let max_tokens = openai::budget(model, prompt_tokens.len(), max, explicit, "max_output_tokens", "input")?;
-    let temperature = body.temperature.unwrap_or(1.0);
+    let temperature = body.temperature.or(model.sampling.temperature).unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         let message = format!("temperature = {temperature} is outside [0, 2].");
         return Err(ApiError::bad_request(message, Some("temperature")));
     }
-    let top_p = body.top_p.unwrap_or(1.0);
+    let top_p = body.top_p.or(model.sampling.top_p).unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::bad_request(format!("top_p = {top_p} is outside (0, 1]."), Some("top_p")));
     }
-    let sampling = SamplingParams { temperature, top_p, seed: rand::random(), max_tokens, ..Default::default() };
+    let d = &model.sampling;
+    let sampling = SamplingParams {
+        temperature,
+        top_p,
+        top_k: d.top_k.unwrap_or(0),
+        min_p: d.min_p.unwrap_or(0.0),
+        repetition_penalty: d.repetition_penalty.unwrap_or(1.0),
+        seed: rand::random(),
+        max_tokens,
+        ..Default::default()
+    };
     let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
     let stream = body.stream.unwrap_or(false);
     Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1 }, echo))

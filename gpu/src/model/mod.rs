@@ -10,9 +10,10 @@ pub mod safetensors;
 pub mod spm;
 pub mod tiny;
 
+use std::path::Path;
 use std::sync::Arc;
 
-use runtime::config::{Device, ModelSection, ModelSource};
+use runtime::config::{Device, ModelSection, ModelSource, SamplingDefaults};
 
 use crate::chat::{CHATML, ChatMessage, ChatTemplate};
 use crate::cpu::Precision;
@@ -52,6 +53,28 @@ pub struct ModelFrontend {
     /// The byte length of the vocabulary's longest token: a text of `n` bytes is at least
     /// `n / longest_token` tokens, which sizes up a prompt before it is tokenized.
     pub longest_token: usize,
+    /// What a request that leaves a sampling field out gets: `[model.sampling]`, then a Hugging
+    /// Face folder's `generation_config.json`.
+    pub sampling: SamplingDefaults,
+}
+
+/// The sampling fields of a Hugging Face folder's `generation_config.json`, if it has one.
+pub fn generation_config(dir: &Path) -> SamplingDefaults {
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return SamplingDefaults::default();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        tracing::warn!(dir = %dir.display(), "generation_config.json does not parse; its sampling defaults are ignored");
+        return SamplingDefaults::default();
+    };
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).map(|x| x as f32);
+    SamplingDefaults {
+        temperature: f("temperature"),
+        top_p: f("top_p"),
+        top_k: v.get("top_k").and_then(serde_json::Value::as_u64).map(|k| k as u32),
+        min_p: f("min_p"),
+        repetition_penalty: f("repetition_penalty"),
+    }
 }
 
 /// What a gateway and a worker must agree on to serve each other: the served model name and the
@@ -90,6 +113,7 @@ impl ModelFrontend {
         match &section.source {
             ModelSource::Test => Ok(Self {
                 name,
+                sampling: section.sampling,
                 longest_token: longest_token(&TestTokenizer::default()),
                 tokenizer: Arc::new(TestTokenizer::default()),
                 chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
@@ -103,6 +127,7 @@ impl ModelFrontend {
                 let native = hf::HfModel::open(dir)?.config.context_length as u32;
                 Ok(Self {
                     name,
+                    sampling: section.sampling.or(generation_config(dir)),
                     longest_token: longest_token(&tok),
                     tokenizer: Arc::new(tok),
                     chat: Arc::new(chat),
@@ -110,7 +135,12 @@ impl ModelFrontend {
                     default_max_tokens: section.default_max_tokens,
                 })
             }
-            _ => Self::from_gguf(&open_source(section)?, name, section.context_length, section.default_max_tokens),
+            _ => {
+                let mut frontend =
+                    Self::from_gguf(&open_source(section)?, name, section.context_length, section.default_max_tokens)?;
+                frontend.sampling = section.sampling;
+                Ok(frontend)
+            }
         }
     }
 
@@ -131,6 +161,7 @@ impl ModelFrontend {
         let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
         Ok(Self {
             name,
+            sampling: SamplingDefaults::default(),
             longest_token: longest_token(&*tokenizer),
             tokenizer,
             chat: Arc::new(chat),
@@ -309,4 +340,32 @@ pub fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError>
         ModelSource::Test => return Err(ModelError::Fetch("the test executor has no GGUF file".into())),
     };
     Ok(gguf::GgufFile::open(&path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_config_gives_sampling_defaults_and_the_topology_comes_first() {
+        let dir = std::env::temp_dir().join(format!("armature-genconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(generation_config(&dir), SamplingDefaults::default(), "no file, no defaults");
+        std::fs::write(
+            dir.join("generation_config.json"),
+            r#"{"do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "eos_token_id": 2}"#,
+        )
+        .unwrap();
+        let g = generation_config(&dir);
+        assert_eq!(
+            (g.temperature, g.top_p, g.top_k, g.min_p, g.repetition_penalty),
+            (Some(0.7), Some(0.8), Some(20), None, Some(1.05))
+        );
+        let topology = SamplingDefaults { temperature: Some(0.2), ..Default::default() };
+        let merged = topology.or(g);
+        assert_eq!((merged.temperature, merged.top_k), (Some(0.2), Some(20)));
+        std::fs::write(dir.join("generation_config.json"), "not json").unwrap();
+        assert_eq!(generation_config(&dir), SamplingDefaults::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -353,6 +353,39 @@ pub struct ModelSection {
     /// Settings of the test executor.
     #[serde(default)]
     pub test: TestExecutorSection,
+    /// Sampling defaults for requests that leave a field out (before a Hugging Face folder's
+    /// `generation_config.json`, and OpenAI's own defaults).
+    #[serde(default)]
+    pub sampling: SamplingDefaults,
+}
+
+/// `[model.sampling]`: what a request that leaves a field out samples with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingDefaults {
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingDefaults {
+    /// These defaults, with `other`'s where these have none.
+    pub fn or(self, other: SamplingDefaults) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature.or(other.temperature),
+            top_p: self.top_p.or(other.top_p),
+            top_k: self.top_k.or(other.top_k),
+            min_p: self.min_p.or(other.min_p),
+            repetition_penalty: self.repetition_penalty.or(other.repetition_penalty),
+        }
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -367,6 +400,7 @@ impl Default for ModelSection {
             context_length: None,
             default_max_tokens: default_max_tokens(),
             test: TestExecutorSection::default(),
+            sampling: SamplingDefaults::default(),
         }
     }
 }

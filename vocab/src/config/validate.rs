@@ -49,6 +49,20 @@ impl ClusterConfig {
                 ),
             ));
         }
+        let d = &self.model.sampling;
+        let checks = [
+            ("model.sampling.temperature", d.temperature, 0.0, 2.0),
+            ("model.sampling.top_p", d.top_p, f32::MIN_POSITIVE, 1.0),
+            ("model.sampling.min_p", d.min_p, 0.0, 1.0),
+            ("model.sampling.repetition_penalty", d.repetition_penalty, f32::MIN_POSITIVE, 10.0),
+        ];
+        for (field, value, lo, hi) in checks {
+            if let Some(v) = value
+                && !(v.is_finite() && (lo..=hi).contains(&v))
+            {
+                return Err((field.into(), format!("{v} is outside [{lo}, {hi}]")));
+            }
+        }
         if self.model.context_length == Some(0) {
             return Err(("model.context_length".into(), "must be above zero".into()));
         }

@@ -247,3 +247,21 @@ fn dependent_fields_and_wrong_types_are_refused_by_name() {
     assert_eq!(e.param.as_deref(), Some("best_of"));
     assert_eq!(ok(Endpoint::Completion, r#"{"model":"m","prompt":"x","n":2,"best_of":2}"#).n, 2);
 }
+
+#[test]
+fn the_models_sampling_defaults_fill_what_a_request_leaves_out() {
+    let mut m = model();
+    m.sampling = runtime::config::SamplingDefaults {
+        temperature: Some(0.3),
+        top_p: Some(0.8),
+        top_k: Some(40),
+        min_p: Some(0.05),
+        repetition_penalty: Some(1.1),
+    };
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let s = parse(Endpoint::Chat, body.as_bytes(), &m).unwrap().sampling;
+    assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty), (0.3, 0.8, 40, 0.05, 1.1));
+    let explicit = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1,"top_p":1,"top_k":-1,"min_p":0,"repetition_penalty":1}"#;
+    let s = parse(Endpoint::Chat, explicit.as_bytes(), &m).unwrap().sampling;
+    assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty), (1.0, 1.0, 0, 0.0, 1.0));
+}
