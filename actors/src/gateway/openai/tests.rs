@@ -1,5 +1,4 @@
 //! Unit tests of `openai`.
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use gpu::executor::TestTokenizer;
