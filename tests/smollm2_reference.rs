@@ -261,3 +261,39 @@ fn batching_prefix_cache_and_preemption_keep_real_outputs() {
     assert_eq!(stats.cached_tokens, ((prompts[4].len() - 1) / 16 * 16) as u64);
     assert!(stats.cached_tokens >= 16);
 }
+
+/// Log-softmax of `logits` in f64, the reference's.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z = max + logits.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+    logits.iter().map(|&l| l as f64 - z).collect()
+}
+
+#[test]
+fn log_probabilities_match_the_numpy_forward_pass() {
+    // What the API reports (`gpu::sampling::logprobs`, over the executor's logits) against the
+    // log-softmax of the f32 numpy forward pass: within 1e-3 in exact mode, 0.5 in fast mode.
+    let reference = support::json(REFERENCE);
+    let g = model();
+    let mut exact = gpu::cpu::ModelExecutor::with_precision(&g, "smollm2", 64, 16, gpu::cpu::Precision::Exact).unwrap();
+    let mut fast = gpu::cpu::ModelExecutor::from_gguf(&g, "smollm2", 64, 16).unwrap();
+    for case in reference["logits"].as_array().unwrap() {
+        let numpy: Vec<f32> =
+            case["numpy_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want = log_softmax(&numpy);
+        let best = gpu::sampling::argmax(&numpy);
+        for (mode, exec, tolerance) in [("exact", &mut exact, 1e-3), ("fast", &mut fast, 0.5)] {
+            let logits = last_logits(exec, &ids(&case["ids"]));
+            let got = gpu::sampling::logprobs(&logits, best, 5);
+            let mut worst = (got.logprob as f64 - want[best as usize]).abs();
+            for &(id, lp) in &got.top {
+                worst = worst.max((lp as f64 - want[id as usize]).abs());
+            }
+            println!("{:?}: {mode} log probabilities vs numpy: {worst:.5}", &case["text"].as_str().unwrap()[..12]);
+            assert!(worst < tolerance, "{mode}: log probabilities differ from numpy's by {worst}");
+            if mode == "exact" {
+                assert_eq!(got.top[0].0, best, "the most likely token is numpy's");
+            }
+        }
+    }
+}
