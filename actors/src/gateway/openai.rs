@@ -475,6 +475,30 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
     if set("echo").is_some_and(|v| v != &Value::Bool(false)) {
         return Err(ApiError::bad_request("`echo` is not supported by this server.", Some("echo")));
     }
+    // OpenAI fields that ask for what this server does not do: refused rather than ignored.
+    for (key, what) in [
+        ("audio", "audio output"),
+        ("prediction", "predicted outputs"),
+        ("web_search_options", "web search"),
+        ("reasoning_effort", "reasoning effort (the served model does not reason)"),
+        ("function_call", "`function_call` (and `functions`)"),
+    ] {
+        if set(key).is_some() {
+            return Err(ApiError::bad_request(format!("{what} is not supported by this server."), Some(key)));
+        }
+    }
+    if let Some(m) = set("modalities")
+        && m.as_array().is_none_or(|a| a.iter().any(|x| x.as_str() != Some("text")))
+    {
+        return Err(ApiError::bad_request("Only the `text` modality is supported.", Some("modalities")));
+    }
+    if set("store").is_some_and(|v| v != &Value::Bool(false)) {
+        return Err(ApiError::bad_request("This server stores no completions: send `store: false`.", Some("store")));
+    }
+    if set("parallel_tool_calls").is_some() && set("tools").is_none() {
+        let message = "`parallel_tool_calls` is only allowed when `tools` are specified.";
+        return Err(ApiError::bad_request(message, Some("parallel_tool_calls")));
+    }
     if let Some(rf) = set("response_format")
         && rf.get("type").and_then(Value::as_str) != Some("text")
     {

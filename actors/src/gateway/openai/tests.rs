@@ -264,3 +264,64 @@ fn the_models_sampling_defaults_fill_what_a_request_leaves_out() {
     let s = parse(Endpoint::Chat, explicit.as_bytes(), &m).unwrap().sampling;
     assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty), (1.0, 1.0, 0, 0.0, 1.0));
 }
+
+/// What this server does with each field of OpenAI's chat completion request.
+#[derive(Debug, PartialEq)]
+enum Disposition {
+    Honoured,
+    /// Accepted and ignored (documented): it changes nothing a client can observe here.
+    Ignored,
+    Refused,
+}
+
+#[test]
+fn every_openai_chat_field_is_honoured_ignored_as_documented_or_refused_by_name() {
+    use Disposition::*;
+    let table: &[(&str, &str, Disposition)] = &[
+        ("frequency_penalty", "0.5", Honoured),
+        ("logit_bias", r#"{"65": 1}"#, Honoured),
+        ("logprobs", "true", Honoured),
+        ("max_completion_tokens", "5", Honoured),
+        ("max_tokens", "5", Honoured),
+        ("n", "2", Honoured),
+        ("presence_penalty", "0.5", Honoured),
+        ("seed", "1", Honoured),
+        ("stop", r#"["x"]"#, Honoured),
+        ("stream", "true", Honoured),
+        ("temperature", "0.5", Honoured),
+        ("top_p", "0.5", Honoured),
+        ("response_format", r#"{"type": "text"}"#, Honoured),
+        ("metadata", r#"{"k": "v"}"#, Ignored),
+        ("service_tier", r#""auto""#, Ignored),
+        ("user", r#""u-1""#, Ignored),
+        ("prompt_cache_key", r#""k""#, Ignored),
+        ("safety_identifier", r#""s""#, Ignored),
+        ("store", "false", Ignored),
+        ("modalities", r#"["text"]"#, Ignored),
+        ("audio", r#"{"voice": "alloy", "format": "wav"}"#, Refused),
+        ("modalities", r#"["text", "audio"]"#, Refused),
+        ("prediction", r#"{"type": "content", "content": "x"}"#, Refused),
+        ("web_search_options", "{}", Refused),
+        ("reasoning_effort", r#""low""#, Refused),
+        ("store", "true", Refused),
+        ("parallel_tool_calls", "true", Refused),
+        ("tool_choice", r#""none""#, Refused),
+        ("tools", r#"[{"type": "function", "function": {"name": "f"}}]"#, Refused),
+        ("functions", r#"[{"name": "f"}]"#, Refused),
+        ("function_call", r#""auto""#, Refused),
+        ("response_format", r#"{"type": "json_object"}"#, Refused),
+        ("top_logprobs", "2", Refused),
+        ("stream_options", r#"{"include_usage": true}"#, Refused),
+    ];
+    for (field, value, disposition) in table {
+        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#);
+        let parsed = parse(Endpoint::Chat, body.as_bytes(), &model());
+        match disposition {
+            Honoured | Ignored => assert!(parsed.is_ok(), "{field} = {value}: {:?}", parsed.err()),
+            Refused => {
+                let e = parsed.expect_err(&body);
+                assert_eq!(e.param.as_deref(), Some(*field), "{field} = {value}: {}", e.message);
+            }
+        }
+    }
+}
