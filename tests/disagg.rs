@@ -114,6 +114,28 @@ fn disaggregated_output_equals_aggregated_and_only_missing_blocks_move() {
     assert_eq!(complete(port, SHORT).0, reference[4]);
     assert_eq!(m("armature_disagg_requests_total{outcome=\"transferred\"}"), transfers);
     assert!(m("armature_router_disagg_decisions_total{outcome=\"short\"}") >= 1.0);
+
+    // A disaggregated request reports log probabilities like any other: one per token, the
+    // greedy choice on top.
+    let transfers = m("armature_disagg_requests_total{outcome=\"transferred\"}");
+    // A prompt the decode worker has not seen past its first document: its blocks must move.
+    let fresh = format!("{} {}", PROMPTS[1], PROMPTS[0]);
+    let body = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct", "prompt": fresh, "max_tokens": 6, "temperature": 0, "logprobs": 2
+    });
+    let (status, _, text) = http("POST", port, "/v1/completions", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let v = json(&text);
+    assert_eq!(m("armature_disagg_requests_total{outcome=\"transferred\"}"), transfers + 1.0, "it was disaggregated");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(
+        lp["token_logprobs"].as_array().unwrap().len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for (top, chosen) in lp["top_logprobs"].as_array().unwrap().iter().zip(lp["token_logprobs"].as_array().unwrap()) {
+        let best = top.as_object().unwrap().values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        assert_eq!(best, chosen.as_f64().unwrap(), "{lp}");
+    }
     drop(launch);
 }
 
