@@ -67,11 +67,7 @@ impl Sampler {
     /// A sampler for a request with `params` whose prompt is `prompt` (the repetition penalty
     /// counts it).
     pub fn new(params: &SamplingParams, prompt: &[u32]) -> Self {
-        let adjusts = params.presence_penalty != 0.0
-            || params.frequency_penalty != 0.0
-            || params.repetition_penalty != 1.0
-            || !params.logit_bias.is_empty();
-        let adjust = adjusts.then(|| Adjust {
+        let adjust = params.changes_logits().then(|| Adjust {
             presence: params.presence_penalty,
             frequency: params.frequency_penalty,
             repetition: params.repetition_penalty,

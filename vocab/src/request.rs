@@ -53,14 +53,18 @@ fn no_repetition_penalty() -> f32 {
 }
 
 impl SamplingParams {
-    /// Whether the logits are changed before a token is chosen (penalties, bias), or the
-    /// candidates cut by `min_p`: then only the host's sampler can choose.
-    pub fn adjusts_logits(&self) -> bool {
+    /// Whether the logits are changed before a token is chosen (penalties, bias).
+    pub fn changes_logits(&self) -> bool {
         self.presence_penalty != 0.0
             || self.frequency_penalty != 0.0
             || self.repetition_penalty != 1.0
-            || self.min_p > 0.0
             || !self.logit_bias.is_empty()
+    }
+
+    /// Whether the logits are changed (`changes_logits`) or the candidates cut by `min_p`: then
+    /// only the host's sampler can choose.
+    pub fn adjusts_logits(&self) -> bool {
+        self.changes_logits() || self.min_p > 0.0
     }
 }
 

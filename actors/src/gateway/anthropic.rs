@@ -178,8 +178,8 @@ fn error_body(e: &ApiError) -> Value {
 /// An error in Anthropic's shape (with `retry-after` where OpenAI's has it).
 pub fn error_response(e: ApiError) -> Response {
     let mut resp = (e.status, axum::Json(error_body(&e))).into_response();
-    if let Some(retry) = e.clone().into_response().headers().get("retry-after") {
-        resp.headers_mut().insert("retry-after", retry.clone());
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from(secs));
     }
     resp
 }

@@ -170,6 +170,12 @@ impl ApiError {
         }
     }
 
+    /// Seconds for `retry-after`: set on a 429 or 503 (1 unless the error says).
+    pub fn retry_after(&self) -> Option<u64> {
+        matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE)
+            .then(|| self.retry_after_s.unwrap_or(1))
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code } })
     }
@@ -178,8 +184,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(self.body())).into_response();
-        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            let secs = self.retry_after_s.unwrap_or(1);
+        if let Some(secs) = self.retry_after() {
             resp.headers_mut().insert("retry-after", axum::http::HeaderValue::from(secs));
         }
         resp

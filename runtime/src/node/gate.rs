@@ -347,7 +347,7 @@ impl Gate {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address")))?;
         // A loopback address cannot be the source towards another host.
-        let own = self.own_address().filter(|ip| {
+        let own = Some(self.own).filter(|ip| {
             !ip.is_unspecified() && ip.is_ipv4() == target.is_ipv4() && ip.is_loopback() == target.ip().is_loopback()
         });
         let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
@@ -355,10 +355,6 @@ impl Gate {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
         socket.connect(target).await
-    }
-
-    fn own_address(&self) -> Option<IpAddr> {
-        Some(self.own)
     }
 
     /// Whether `name` holds a live session, and whether it authenticated within `SETTLE` (a second
