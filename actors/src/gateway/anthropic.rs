@@ -8,9 +8,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
 use gpu::chat::ChatMessage;
 use gpu::model::ModelFrontend;
 use runtime::request::{FinishReason, SamplingParams, StreamEvent, Usage};
@@ -18,9 +17,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Gateway;
+use super::choices::{self, Choice};
 use super::driver::Update;
 use super::error::ApiError;
-use super::http::{self, EventRx, Timing};
+use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::{self, ParsedRequest};
 
 /// Most stop sequences a request may give.
@@ -252,27 +252,11 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     })
 }
 
-async fn whole(meta: Meta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
-    let mut text = String::new();
-    let mut next = Some(Update::Event(first));
-    while let Some(item) = next {
-        match item {
-            Update::Admitted => {}
-            Update::Event(ev) => {
-                timing.saw(&ev);
-                match ev {
-                    StreamEvent::Delta { text: t, .. } => text.push_str(&t),
-                    StreamEvent::Finished { reason, usage } => {
-                        return axum::Json(meta.message(&text, Some(reason), usage)).into_response();
-                    }
-                    StreamEvent::Failed(f) => return error_response(ApiError::unavailable(f.to_string())),
-                }
-            }
-            Update::Error(e) => return error_response(e),
-        }
-        next = rx.recv().await;
+async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
+    match choices::collect(Choice { first: Some(first), rx, timing, logprobs: None }).await {
+        Ok((out, usage)) => axum::Json(meta.message(&out.text, Some(out.reason), usage)).into_response(),
+        Err(e) => error_response(e),
     }
-    error_response(ApiError::unavailable("The request ended without a result."))
 }
 
 fn event(name: &str, v: Value) -> Event {
@@ -287,7 +271,21 @@ struct StreamState {
     timing: Timing,
 }
 
-impl StreamState {
+impl SsePump for StreamState {
+    type Input = Update;
+
+    fn ready(&mut self) -> Option<Event> {
+        self.queue.pop_front()
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Update>> + Send {
+        self.rx.recv()
+    }
+
     fn push(&mut self, item: Update) {
         match item {
             Update::Admitted => {}
@@ -342,21 +340,7 @@ fn sse(
     if let Some(first) = first {
         state.push(Update::Event(first));
     }
-    let events = stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(ev) = s.queue.pop_front() {
-                return Some((Ok(ev), s));
-            }
-            if s.done {
-                return None;
-            }
-            match s.rx.recv().await {
-                Some(item) => s.push(item),
-                None => s.fail(ApiError::unavailable("The request ended without a result.")),
-            }
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(http::SSE_KEEP_ALIVE))
+    http::sse(state)
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens, as the model's template renders it.

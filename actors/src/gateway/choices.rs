@@ -3,9 +3,8 @@
 //! each with its `index`, and the end (`[DONE]`, the usage chunk) once every choice finished.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
@@ -14,7 +13,7 @@ use serde_json::Value;
 
 use super::driver::Update;
 use super::error::ApiError;
-use super::http::{EventRx, SSE_KEEP_ALIVE, Timing};
+use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::logprobs::Writer;
 use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
 
@@ -27,8 +26,8 @@ pub struct Choice {
     pub logprobs: Option<Writer>,
 }
 
-/// Wait for one choice's end.
-async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
+/// Wait for one choice's end: its text, finish reason and log probabilities, and its usage.
+pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
     let mut text = String::new();
     let mut next = c.first.take().map(Update::Event);
     if next.is_none() {
@@ -105,8 +104,22 @@ struct SseState {
     done: bool,
 }
 
-impl SseState {
-    fn push(&mut self, index: usize, item: Option<Update>) {
+impl SsePump for SseState {
+    type Input = (usize, Option<Update>);
+
+    fn ready(&mut self) -> Option<Event> {
+        self.queue.pop_front()
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Input>> + Send {
+        self.merged.next()
+    }
+
+    fn push(&mut self, (index, item): Self::Input) {
         if self.done {
             return;
         }
@@ -133,6 +146,13 @@ impl SseState {
         }
     }
 
+    fn fail(&mut self, e: ApiError) {
+        self.queue.push_back(data(&e.body()));
+        self.done = true;
+    }
+}
+
+impl SseState {
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) {
         self.sides[index].finished = true;
         add(&mut self.usage, usage);
@@ -145,11 +165,6 @@ impl SseState {
             self.done = true;
         }
     }
-
-    fn fail(&mut self, e: ApiError) {
-        self.queue.push_back(data(&e.body()));
-        self.done = true;
-    }
 }
 
 /// The streamed response of every choice.
@@ -157,7 +172,7 @@ pub fn sse(
     meta: ResponseMeta,
     include_usage: bool,
     choices: Vec<Choice>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let mut firsts = Vec::new();
     let mut sides = Vec::new();
     let mut streams = Vec::new();
@@ -176,22 +191,8 @@ pub fn sse(
             state.queue.push_back(opener);
         }
         if let Some(first) = first {
-            state.push(index, Some(Update::Event(first)));
+            state.push((index, Some(Update::Event(first))));
         }
     }
-    let events = stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(ev) = s.queue.pop_front() {
-                return Some((Ok(ev), s));
-            }
-            if s.done {
-                return None;
-            }
-            match s.merged.next().await {
-                Some((index, item)) => s.push(index, item),
-                None => s.fail(ApiError::unavailable("The request ended without a result.")),
-            }
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+    http::sse(state)
 }

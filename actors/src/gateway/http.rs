@@ -1,6 +1,7 @@
 //! HTTP routes and handlers: body limits, OpenAI responses (whole or SSE), health, metrics and the
 //! `x-request-id` header.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use runtime::ids::RequestId;
@@ -31,7 +33,40 @@ use crate::protocol::{RouterHandle, WorkerHandle};
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often an SSE stream with nothing to say sends a comment (so proxies keep it open).
-pub(super) const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// A streamed response in the making: the events it has ready, whether it is over, and where its
+/// next input comes from. `sse` pumps it.
+pub(super) trait SsePump: Send + 'static {
+    type Input: Send;
+    /// The next event ready to send.
+    fn ready(&mut self) -> Option<Event>;
+    fn done(&self) -> bool;
+    /// The next input; None when the inputs ended.
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Self::Input>> + Send;
+    fn push(&mut self, input: Self::Input);
+    fn fail(&mut self, e: ApiError);
+}
+
+/// Stream `pump`'s events (with keep-alives) until it is done; inputs that end first are a
+/// failure in the stream.
+pub(super) fn sse<P: SsePump>(pump: P) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let events = futures_util::stream::unfold(pump, |mut s| async move {
+        loop {
+            if let Some(ev) = s.ready() {
+                return Some((Ok(ev), s));
+            }
+            if s.done() {
+                return None;
+            }
+            match s.next().await {
+                Some(input) => s.push(input),
+                None => s.fail(ApiError::unavailable("The request ended without a result.")),
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
+
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 pub(super) type EventRx = mpsc::Receiver<Update>;
 

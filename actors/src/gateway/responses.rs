@@ -9,9 +9,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
 use gpu::chat::ChatMessage;
 use gpu::model::ModelFrontend;
 use runtime::request::{FinishReason, SamplingParams, StreamEvent, Usage};
@@ -19,9 +18,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Gateway;
+use super::choices::{self, Choice};
 use super::driver::Update;
 use super::error::ApiError;
-use super::http::{self, EventRx, Timing};
+use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::{self, ParsedRequest};
 
 #[derive(Debug, Deserialize)]
@@ -265,27 +265,11 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     })
 }
 
-async fn whole(meta: Meta, first: StreamEvent, mut rx: EventRx, mut timing: Timing) -> Response {
-    let mut text = String::new();
-    let mut next = Some(Update::Event(first));
-    while let Some(item) = next {
-        match item {
-            Update::Admitted => {}
-            Update::Event(ev) => {
-                timing.saw(&ev);
-                match ev {
-                    StreamEvent::Delta { text: t, .. } => text.push_str(&t),
-                    StreamEvent::Finished { reason, usage } => {
-                        return axum::Json(meta.response(Some((&text, reason, usage)))).into_response();
-                    }
-                    StreamEvent::Failed(f) => return ApiError::unavailable(f.to_string()).into_response(),
-                }
-            }
-            Update::Error(e) => return e.into_response(),
-        }
-        next = rx.recv().await;
+async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
+    match choices::collect(Choice { first: Some(first), rx, timing, logprobs: None }).await {
+        Ok((out, usage)) => axum::Json(meta.response(Some((&out.text, out.reason, usage)))).into_response(),
+        Err(e) => ApiError::into_response(e),
     }
-    ApiError::unavailable("The request ended without a result.").into_response()
 }
 
 struct StreamState {
@@ -308,6 +292,22 @@ impl StreamState {
 
     fn at(&self) -> Value {
         json!({ "item_id": self.meta.message_id, "output_index": 0, "content_index": 0 })
+    }
+}
+
+impl SsePump for StreamState {
+    type Input = Update;
+
+    fn ready(&mut self) -> Option<Event> {
+        self.queue.pop_front()
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn next(&mut self) -> impl std::future::Future<Output = Option<Update>> + Send {
+        self.rx.recv()
     }
 
     fn push(&mut self, item: Update) {
@@ -372,21 +372,7 @@ fn sse(
     if let Some(first) = first {
         state.push(Update::Event(first));
     }
-    let events = stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(ev) = s.queue.pop_front() {
-                return Some((Ok(ev), s));
-            }
-            if s.done {
-                return None;
-            }
-            match s.rx.recv().await {
-                Some(item) => s.push(item),
-                None => s.fail(ApiError::unavailable("The request ended without a result.")),
-            }
-        }
-    });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(http::SSE_KEEP_ALIVE))
+    http::sse(state)
 }
 
 #[cfg(test)]
