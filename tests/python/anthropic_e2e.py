@@ -4,24 +4,13 @@ Usage: python anthropic_e2e.py BASE_URL MODEL
 Each check asserts values; the last line printed is a summary the Rust test reads.
 """
 
-import json
 import sys
 
 import anthropic
+from e2e_checks import check, summary
 
 base_url, model = sys.argv[1], sys.argv[2]
 client = anthropic.Anthropic(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-checks = []
-
-
-def check(name):
-    def wrap(fn):
-        fn()
-        checks.append(name)
-        print(f"ok {name}", flush=True)
-        return fn
-
-    return wrap
 
 
 MESSAGES = [{"role": "user", "content": "Describe a harbor at dawn."}]
@@ -93,4 +82,4 @@ def _():
         raise AssertionError("temperature 1.5 accepted")
 
 
-print(json.dumps({"passed": checks}))
+summary()

@@ -10,20 +10,10 @@ import urllib.error
 import urllib.request
 
 import openai
+from e2e_checks import check, summary
 
 base_url, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
-checks = []
-
-
-def check(name):
-    def wrap(fn):
-        fn()
-        checks.append(name)
-        print(f"ok {name}", flush=True)
-        return fn
-
-    return wrap
 
 
 def assert_usage(usage, completion_tokens=None):
@@ -295,4 +285,4 @@ def _():
     assert raw.parse().choices[0].message.content == state["chat"].choices[0].message.content
 
 
-print(json.dumps({"passed": checks}))
+summary()

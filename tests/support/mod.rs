@@ -271,6 +271,18 @@ pub fn python_venv() -> PathBuf {
     .clone()
 }
 
+/// Run the client script `tests/python/SCRIPT` with `args` and return the names of the checks it
+/// passed (its last line); panics with its output if it failed.
+pub fn python_checks(script: &str, args: &[&str]) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new(python_venv()).arg(path).args(args).output().expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "python checks failed:\n{stdout}\n{stderr}");
+    let summary = json(stdout.lines().last().unwrap_or(""));
+    summary["passed"].as_array().expect("a summary").iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
+}
+
 /// Read a launch log until a line `[launch] started node NAME (pid N)` appears after `skip`
 /// such lines; returns N.
 pub fn started_pid(proc: &Proc, node: &str, skip: usize, timeout: Duration) -> Option<i32> {
