@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How often the default model answers a question right at given [model.sampling] defaults: for
 # each candidate, `armature serve` with that section, then RUNS chat requests with no sampling
-# fields, counting the answers that contain WANT. Not part of the test suite.
+# fields, counting the answers that contain WANT (any case). Not part of the test suite.
 #
 #   bench/sampling_defaults.sh [RUNS] [QUESTION] [WANT]
 #
@@ -42,7 +42,7 @@ T
   for _ in $(seq 1 "$runs"); do
     answer=$(curl -s "localhost:$port/v1/chat/completions" -H 'content-type: application/json' -d "$body" \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["choices"][0]["message"]["content"])')
-    if grep -q "$want" <<< "$answer"; then right=$((right + 1)); fi
+    if grep -qi "$want" <<< "$answer"; then right=$((right + 1)); fi
   done
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "${candidate//|/, }: $right/$runs contain \"$want\""
