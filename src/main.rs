@@ -568,6 +568,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            for warning in preflight::warnings(&config) {
+                eprintln!("warning: {warning}");
+            }
             if let Err(e) = preflight::check(&config, &path, dev_certs) {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::from(EXIT_CONFIG));

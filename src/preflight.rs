@@ -24,6 +24,30 @@ fn addresses(config: &ClusterConfig) -> Vec<(String, SocketAddr, bool)> {
     out
 }
 
+/// The fields whose port is in this host's ephemeral range, one warning each. Nodes started
+/// together bind loopback listeners and dial out from ports the kernel picks in that range, so
+/// one of them may take a port another node has not bound yet, and that node then stops with
+/// "address in use".
+pub fn warnings(config: &ClusterConfig) -> Vec<String> {
+    let Some((low, high)) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|s| {
+        let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    }) else {
+        return Vec::new();
+    };
+    addresses(config)
+        .into_iter()
+        .filter(|(_, a, _)| (low..=high).contains(&a.port()))
+        .map(|(field, a, _)| {
+            format!(
+                "{field}: port {} is in this host's ephemeral range ({low}-{high}); the kernel may give it to \
+                 another socket before the node binds it; a port below {low} is safer",
+                a.port()
+            )
+        })
+        .collect()
+}
+
 fn loopback_only(config: &ClusterConfig) -> bool {
     addresses(config).iter().all(|(_, a, _)| a.ip().is_loopback())
 }

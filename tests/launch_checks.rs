@@ -71,12 +71,19 @@ fn bad_topologies_are_refused_before_anything_starts() {
     assert!(log.contains("error: nodes[0].gateway: 127.0.0.1:") && log.contains("cannot be bound"), "{log}");
     assert!(!log.contains("started node"), "{log}");
 
-    // A model file that is not there.
-    let (text, _) = topology(None, "");
-    let text = text.replace("source = \"test\"", "source = \"/nonexistent/model.gguf\"");
+    // A model file that is not there; and a gateway port the kernel handed out for `:0`, so in
+    // its ephemeral range, which is warned about.
+    let (text, gateway) = topology(None, "");
+    let ephemeral = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = text
+        .replace("source = \"test\"", "source = \"/nonexistent/model.gguf\"")
+        .replace(&format!(":{gateway}\""), &format!(":{ephemeral}\""));
     let mut p = launch(&dir, &text, &[]);
     assert_eq!(p.wait_exit(Duration::from_secs(20)).expect("launch did not stop").code(), Some(2));
     let log = p.log_text();
+    let warning = format!("warning: nodes[0].gateway: port {ephemeral} is in this host's ephemeral range");
+    assert!(log.contains(&warning), "{log}");
+    assert!(!log.contains("warning: nodes[1]"), "{log}");
     assert!(log.contains("error: model.source: /nonexistent/model.gguf does not exist"), "{log}");
     assert!(!log.contains("started node"), "{log}");
 }

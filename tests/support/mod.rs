@@ -52,15 +52,30 @@ pub fn model_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("model-cache")
 }
 
-/// A port nothing listens on now, never the same twice in one test process (the kernel may hand
-/// a just-released ephemeral port out again, and a topology with the same address twice is
-/// refused).
+/// A port nothing listens on now (TCP or UDP), never the same twice in one test process.
+///
+/// It is drawn from below the kernel's ephemeral range (`ip_local_port_range`). A port the
+/// kernel hands out for `:0` may be handed out again before the test's node binds it: a CI run
+/// lost a launch to exactly that, when another node's loopback listener (bound to `:0`) took the
+/// port the topology gave node `c`.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 { (10_000, ephemeral_low) } else { (ephemeral_low.max(1024), 60_000) };
+    // A start that differs between the test processes that may run side by side.
+    let mut port = low + ((std::process::id() as u64 * 7919 + given.len() as u64 * 104_729) % u64::from(high - low)) as u16;
     loop {
-        let port = TcpListener::bind("127.0.0.1:0").expect("bind :0").local_addr().expect("addr").port();
-        if !given.contains(&port) {
+        port = if port + 1 >= high { low } else { port + 1 };
+        if given.contains(&port) {
+            continue;
+        }
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
             given.push(port);
             return port;
         }
