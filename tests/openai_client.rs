@@ -29,6 +29,7 @@ fn openai_python_client_end_to_end() {
             "models-retrieve",
             "penalties",
             "logprobs",
+            "echo",
             "n-choices",
             "responses",
             "unknown-model",

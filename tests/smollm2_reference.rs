@@ -53,7 +53,14 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 fn last_logits(exec: &mut gpu::cpu::ModelExecutor, tokens: &[u32]) -> Vec<f32> {
     use gpu::executor::{Executor, SequenceView};
     let table: Vec<gpu::pool::BlockId> = (0..64).map(gpu::pool::BlockId).collect();
-    let view = SequenceView { tokens, start: 0, prompt_len: tokens.len(), blocks: &table, wants_logits: true };
+    let view = SequenceView {
+        tokens,
+        start: 0,
+        prompt_len: tokens.len(),
+        blocks: &table,
+        wants_logits: true,
+        all_logits: false,
+    };
     exec.forward(&[view]).unwrap().remove(0).unwrap()
 }
 
@@ -156,8 +163,14 @@ fn greedy_decoding_continues_with_paris_like_llama_cpp() {
     let mut agreed = 0;
     for (i, &theirs) in want.iter().enumerate() {
         let start = if i == 0 { 0 } else { tokens.len() - 1 };
-        let view =
-            SequenceView { tokens: &tokens, start, prompt_len: prompt.len(), blocks: &table, wants_logits: true };
+        let view = SequenceView {
+            tokens: &tokens,
+            start,
+            prompt_len: prompt.len(),
+            blocks: &table,
+            wants_logits: true,
+            all_logits: false,
+        };
         let logits = exec.forward(&[view]).unwrap().remove(0).unwrap();
         let ours = gpu::sampling::argmax(&logits);
         if ours != theirs {
@@ -214,6 +227,7 @@ fn run_engine(
             match ev {
                 StreamEvent::Delta { text: t, .. } => text[id.0.parse::<usize>().unwrap()].push_str(&t),
                 StreamEvent::Finished { .. } => done += 1,
+                StreamEvent::Scored { .. } => {}
                 StreamEvent::Failed(f) => panic!("{f}"),
             }
         }
@@ -293,6 +307,59 @@ fn log_probabilities_match_the_numpy_forward_pass() {
             assert!(worst < tolerance, "{mode}: log probabilities differ from numpy's by {worst}");
             if mode == "exact" {
                 assert_eq!(got.top[0].0, best, "the most likely token is numpy's");
+            }
+        }
+    }
+}
+
+#[test]
+fn prompt_scores_match_the_numpy_forward_pass() {
+    // A scored prompt (`echo` with `logprobs`) is one forward pass with every row's logits. Its
+    // last token's score is the log-softmax of numpy's logits after the tokens before it; every
+    // other row is the logits of its own prefix, computed alone.
+    use gpu::executor::{Executor, SequenceView};
+    let reference = support::json(REFERENCE);
+    let g = model();
+    let mut exact = gpu::cpu::ModelExecutor::with_precision(&g, "smollm2", 64, 16, gpu::cpu::Precision::Exact).unwrap();
+    let mut fast = gpu::cpu::ModelExecutor::from_gguf(&g, "smollm2", 64, 16).unwrap();
+    let table: Vec<gpu::pool::BlockId> = (0..64).map(gpu::pool::BlockId).collect();
+    let vocab = 49152;
+    for case in reference["logits"].as_array().unwrap() {
+        let numpy: Vec<f32> =
+            case["numpy_last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want = log_softmax(&numpy);
+        let mut tokens = ids(&case["ids"]);
+        let (best, second) = {
+            let top = gpu::sampling::logprobs(&numpy, 0, 2).top;
+            (top[0].0, top[1].0)
+        };
+        for (mode, exec, tolerance) in [("exact", &mut exact, 1e-3), ("fast", &mut fast, 0.5)] {
+            for last in [best, second] {
+                tokens.push(last);
+                let n = tokens.len();
+                let view = SequenceView {
+                    tokens: &tokens,
+                    start: 0,
+                    prompt_len: n,
+                    blocks: &table,
+                    wants_logits: true,
+                    all_logits: true,
+                };
+                let rows = exec.forward(&[view]).unwrap().remove(0).unwrap();
+                assert_eq!(rows.len(), n * vocab, "a row per token");
+                let scored = gpu::sampling::logprobs(&rows[(n - 2) * vocab..(n - 1) * vocab], last, 5);
+                let off = (scored.logprob as f64 - want[last as usize]).abs();
+                println!("{:?}: {mode} prompt score vs numpy: {off:.5}", &case["text"].as_str().unwrap()[..12]);
+                assert!(off < tolerance, "{mode}: the last prompt token's score is {off} off numpy's");
+                if mode == "exact" {
+                    for p in [1, n / 2, n - 1] {
+                        let alone = log_softmax(&last_logits(exec, &tokens[..p]));
+                        let row = log_softmax(&rows[(p - 1) * vocab..p * vocab]);
+                        let worst = alone.iter().zip(&row).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        assert!(worst < 1e-3, "row {p} differs from its prefix alone by {worst}");
+                    }
+                }
+                tokens.pop();
             }
         }
     }

@@ -351,6 +351,11 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
                 self.delivered.extend_from_slice(&ids);
                 self.out.push_back(Output::Deliver(StreamEvent::Delta { text, tokens, ids, logprobs }));
             }
+            StreamEvent::Scored { first, logprobs } => {
+                // Delivered once: an attempt after this one does not score the prompt again.
+                self.current.sampling.prompt_logprobs = None;
+                self.out.push_back(Output::Deliver(StreamEvent::Scored { first, logprobs }));
+            }
             StreamEvent::Finished { reason, usage } => {
                 let usage = Usage {
                     prompt_tokens: self.prompt_tokens,

@@ -356,7 +356,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                             }
                             o.generated += tokens;
                         }
-                        StreamEvent::Delta { .. } => {}
+                        StreamEvent::Delta { .. } | StreamEvent::Scored { .. } => {}
                         StreamEvent::Finished { usage, .. } => {
                             o.finished = Some(now);
                             o.generated = usage.completion_tokens;

@@ -181,6 +181,46 @@ def _():
     assert client.chat.completions.create(**greedy).choices[0].logprobs is None
 
 
+def close(a, b, tolerance=1e-4):
+    return len(a) == len(b) and all((x is None and y is None) or abs(x - y) <= tolerance for x, y in zip(a, b))
+
+
+@check("echo")
+def _():
+    prompt = "The capital of France is"
+    # Scored with nothing generated: each prompt token given those before it, the first null.
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=0, echo=True, logprobs=2)
+    c, n = r.choices[0], r.usage.prompt_tokens
+    lp = c.logprobs
+    assert (c.text, c.finish_reason, r.usage.completion_tokens) == (prompt, "length", 0), r
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n > 2, lp
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp
+    assert "".join(lp.tokens) == prompt, lp.tokens
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(n)], lp.text_offset
+    for top, v in zip(lp.top_logprobs[1:], lp.token_logprobs[1:]):
+        assert v <= 0 and len(top) == 2 and max(top.values()) >= v, (top, v)
+    # With a completion: the prompt's scores, then the completion's, as it would be alone.
+    greedy = dict(model=model, prompt=prompt, max_tokens=4, temperature=0, logprobs=2)
+    alone = client.completions.create(**greedy).choices[0]
+    g = client.completions.create(**greedy, echo=True).choices[0]
+    assert g.text == prompt + alone.text, (g.text, alone.text)
+    assert close(g.logprobs.token_logprobs[:n], lp.token_logprobs), (g.logprobs.token_logprobs, lp.token_logprobs)
+    assert close(g.logprobs.token_logprobs[n:], alone.logprobs.token_logprobs)
+    assert g.logprobs.text_offset[n] == len(prompt), g.logprobs.text_offset
+    # Streamed: the first chunk echoes the prompt with its scores.
+    chunks = [ch.choices[0] for ch in client.completions.create(**greedy, echo=True, stream=True) if ch.choices]
+    assert chunks[0].text == prompt and chunks[0].logprobs.token_logprobs[0] is None, chunks[0]
+    assert "".join(ch.text for ch in chunks) == g.text
+    streamed = [v for ch in chunks if ch.logprobs for v in ch.logprobs.token_logprobs]
+    assert close(streamed, g.logprobs.token_logprobs), streamed
+    # Without log probabilities, the text only; with several choices, each echoes the prompt.
+    e = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, echo=True).choices[0]
+    assert e.text == g.text and e.logprobs is None, e
+    two = client.completions.create(**dict(greedy, temperature=1.0), seed=3, n=2, echo=True)
+    for ch in two.choices:
+        assert ch.text.startswith(prompt) and close(ch.logprobs.token_logprobs[:n], lp.token_logprobs), ch
+
+
 def prefix_cache_tokens():
     text = urllib.request.urlopen(base_url.removesuffix("/v1") + "/metrics", timeout=30).read().decode()
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("armature_prefix_cache_tokens_total"))

@@ -67,7 +67,8 @@ pub fn free_port() -> u16 {
         .unwrap_or(32768);
     let (low, high) = if ephemeral_low > 12_000 { (10_000, ephemeral_low) } else { (ephemeral_low.max(1024), 60_000) };
     // A start that differs between the test processes that may run side by side.
-    let mut port = low + ((std::process::id() as u64 * 7919 + given.len() as u64 * 104_729) % u64::from(high - low)) as u16;
+    let mut port =
+        low + ((std::process::id() as u64 * 7919 + given.len() as u64 * 104_729) % u64::from(high - low)) as u16;
     loop {
         port = if port + 1 >= high { low } else { port + 1 };
         if given.contains(&port) {

@@ -42,6 +42,12 @@ pub struct SamplingParams {
     /// (0–20); None reports none.
     #[serde(default)]
     pub logprobs: Option<u32>,
+    /// Score the prompt: each prompt token after the first gets its log probability given the
+    /// tokens before it, with this many alternatives (0–20), in one `StreamEvent::Scored`. The
+    /// worker then computes the whole prompt (its cached prefix cannot say what it would have
+    /// predicted), and computes it itself (never on a prefill worker).
+    #[serde(default)]
+    pub prompt_logprobs: Option<u32>,
     /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
     /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
     #[serde(default)]
@@ -84,6 +90,7 @@ impl Default for SamplingParams {
             min_p: 0.0,
             logit_bias: Vec::new(),
             logprobs: None,
+            prompt_logprobs: None,
             priority: 0,
         }
     }
@@ -204,6 +211,13 @@ pub enum StreamEvent {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         logprobs: Vec<TokenLogprob>,
     },
+    /// The prompt's log probabilities, when the request asked for them (`prompt_logprobs`): its
+    /// first token, which has none, and an entry for each token after it, in order. Comes once,
+    /// before the first `Delta`.
+    Scored {
+        first: u32,
+        logprobs: Vec<TokenLogprob>,
+    },
     Finished {
         reason: FinishReason,
         usage: Usage,
@@ -223,7 +237,7 @@ pub struct TokenLogprob {
 
 impl StreamEvent {
     pub fn is_terminal(&self) -> bool {
-        !matches!(self, StreamEvent::Delta { .. })
+        !matches!(self, StreamEvent::Delta { .. } | StreamEvent::Scored { .. })
     }
 }
 

@@ -154,7 +154,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         stop,
         ..Default::default()
     };
-    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1 })
+    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None })
 }
 
 /// Anthropic's name for what went wrong, by status.
@@ -253,7 +253,7 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
 }
 
 async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
-    match choices::collect(Choice { first: Some(first), rx, timing, logprobs: None }).await {
+    match choices::collect(Choice::single(first, rx, timing)).await {
         Ok((out, usage)) => axum::Json(meta.message(&out.text, Some(out.reason), usage)).into_response(),
         Err(e) => error_response(e),
     }
@@ -296,6 +296,8 @@ impl SsePump for StreamState {
                         let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
                         self.queue.push_back(event("content_block_delta", delta));
                     }
+                    // Never asked for here.
+                    StreamEvent::Scored { .. } => {}
                     StreamEvent::Finished { reason, usage } => {
                         let (why, seq) = stop(reason, &self.meta.stops);
                         self.queue.push_back(event(

@@ -17,23 +17,36 @@ use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::logprobs::Writer;
 use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
 
-/// One choice on its way: its first event (None when its stream started before it), the rest,
-/// its timings and its log-probability writer when the request asked for them.
+/// One choice on its way: the events it had before its stream started, the rest, its timings,
+/// its log-probability writer when the request asked for them, and the prompt text it echoes
+/// (completions' `echo`; scored with the log probabilities when they were asked for).
 pub struct Choice {
-    pub first: Option<StreamEvent>,
+    pub first: Vec<StreamEvent>,
     pub rx: EventRx,
     pub timing: Timing,
     pub logprobs: Option<Writer>,
+    pub echo: Option<String>,
+}
+
+impl Choice {
+    /// The one choice of a request whose first event came.
+    pub fn single(first: StreamEvent, rx: EventRx, timing: Timing) -> Self {
+        Self { first: vec![first], rx, timing, logprobs: None, echo: None }
+    }
 }
 
 /// Wait for one choice's end: its text, finish reason and log probabilities, and its usage.
 pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
-    let mut text = String::new();
-    let mut next = c.first.take().map(Update::Event);
-    if next.is_none() {
-        next = c.rx.recv().await;
-    }
-    while let Some(item) = next {
+    let mut text = c.echo.take().unwrap_or_default();
+    let mut early = std::mem::take(&mut c.first).into_iter();
+    loop {
+        let item = match early.next() {
+            Some(ev) => Update::Event(ev),
+            None => match c.rx.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         match item {
             Update::Admitted => {}
             Update::Event(ev) => {
@@ -45,6 +58,11 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
                             w.keep(logprobs);
                         }
                     }
+                    StreamEvent::Scored { first, logprobs } => {
+                        if let Some(w) = &mut c.logprobs {
+                            w.keep_prompt(first, logprobs);
+                        }
+                    }
                     StreamEvent::Finished { reason, usage } => {
                         let logprobs = c.logprobs.as_mut().map(Writer::whole);
                         return Ok((ChoiceOut { text, reason, logprobs }, usage));
@@ -54,7 +72,6 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
             }
             Update::Error(e) => return Err(e),
         }
-        next = c.rx.recv().await;
     }
     Err(ApiError::unavailable("The request ended without a result."))
 }
@@ -90,6 +107,8 @@ fn data(v: &Value) -> Event {
 struct Side {
     timing: Timing,
     logprobs: Option<Writer>,
+    /// The prompt text still to echo: with the prompt's log probabilities when they come.
+    echo: Option<String>,
     finished: bool,
 }
 
@@ -131,6 +150,12 @@ impl SsePump for SseState {
                 match ev {
                     StreamEvent::Delta { text, logprobs, .. } => {
                         let lp = side.logprobs.as_mut().map(|w| w.chunk(&logprobs));
+                        let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
+                        self.queue.push_back(data(&chunk));
+                    }
+                    StreamEvent::Scored { first, logprobs } => {
+                        let text = side.echo.take().unwrap_or_default();
+                        let lp = side.logprobs.as_mut().map(|w| w.prompt_chunk(first, &logprobs));
                         let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
                         self.queue.push_back(data(&chunk));
                     }
@@ -178,7 +203,7 @@ pub fn sse(
     let mut streams = Vec::new();
     for (index, c) in choices.into_iter().enumerate() {
         firsts.push(c.first);
-        sides.push(Side { timing: c.timing, logprobs: c.logprobs, finished: false });
+        sides.push(Side { timing: c.timing, logprobs: c.logprobs, echo: c.echo, finished: false });
         let updates = stream::unfold(c.rx, |mut rx| async move { rx.recv().await.map(|u| (Some(u), rx)) });
         streams.push(updates.chain(stream::once(async { None })).map(move |u| (index, u)).boxed());
     }
@@ -190,8 +215,15 @@ pub fn sse(
             let opener = data(&state.meta.chunk(index, None, None, include_usage, None));
             state.queue.push_back(opener);
         }
-        if let Some(first) = first {
-            state.push((index, Some(Update::Event(first))));
+        // An echo without log probabilities leads the choice; with them, it waits for them.
+        if state.sides[index].logprobs.is_none()
+            && let Some(text) = state.sides[index].echo.take()
+        {
+            let chunk = state.meta.chunk(index, Some(&text), None, include_usage, None);
+            state.queue.push_back(data(&chunk));
+        }
+        for ev in first {
+            state.push((index, Some(Update::Event(ev))));
         }
     }
     http::sse(state)

@@ -83,10 +83,13 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                         life.handle_worker_failed(now(), &worker, "no placement for this worker");
                         continue;
                     };
+                    // A prompt being scored is computed whole where it decodes: blocks from a
+                    // prefill worker or a cache tier would say nothing of its logits.
+                    let whole = life.request().sampling.prompt_logprobs.is_some();
                     let submission = Submission {
                         request: life.request().clone(),
-                        prefill_from: p.prefill.clone(),
-                        onboard: p.onboard.clone(),
+                        prefill_from: p.prefill.clone().filter(|_| !whole),
+                        onboard: p.onboard.clone().filter(|_| !whole),
                     };
                     match p.worker.submit(submission, gw.config.worker_timeout.get()).await {
                         Ok(admission) => life.handle_admission(now(), admission),

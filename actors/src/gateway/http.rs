@@ -184,22 +184,32 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         let chat = endpoint == Endpoint::Chat;
         parsed.sampling.logprobs.is_some().then(|| Writer::new(gw.model.tokenizer.clone(), chat))
     };
-    // With several choices the first runs to its first token, so that its prompt's blocks are in
-    // the pool when the others start: they find them there, and the prompt is computed once.
+    // With several choices the first runs to its first event, so that its prompt's blocks are in
+    // the pool when the others start: they find them there, and the prompt is computed once. A
+    // scored prompt (`echo` with `logprobs`) is scored by the first; the others echo its scores.
     let first = match run(&gw, incoming.clone(), parsed.clone(), true, stream && n == 1).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let id = first.id.clone();
+    let scored = first.first.clone().filter(|ev| matches!(ev, StreamEvent::Scored { .. }));
     let others = (1..n).map(|i| {
         let mut p = parsed.clone();
         p.sampling.seed = parsed.sampling.seed.wrapping_add(u64::from(i));
-        run(&gw, incoming.clone(), p, false, stream)
+        p.sampling.prompt_logprobs = None;
+        run(&gw, incoming.clone(), p, false, stream || scored.is_some())
     });
-    let mut choices = vec![Choice { first: first.first, rx: first.rx, timing: first.timing, logprobs: writer() }];
+    let choice = |r: Running, early: Option<StreamEvent>| Choice {
+        first: early.into_iter().chain(r.first).collect(),
+        rx: r.rx,
+        timing: r.timing,
+        logprobs: writer(),
+        echo: parsed.echo.clone(),
+    };
+    let mut choices = vec![choice(first, None)];
     for r in futures_util::future::join_all(others).await {
         match r {
-            Ok(r) => choices.push(Choice { first: r.first, rx: r.rx, timing: r.timing, logprobs: writer() }),
+            Ok(r) => choices.push(choice(r, scored.clone())),
             Err(e) => return e.into_response(),
         }
     }
@@ -318,7 +328,7 @@ impl Timing {
                     self.auth.charge(caller, usage.completion_tokens);
                 }
             }
-            StreamEvent::Failed(_) => {}
+            StreamEvent::Scored { .. } | StreamEvent::Failed(_) => {}
         }
     }
 }

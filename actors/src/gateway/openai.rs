@@ -114,6 +114,9 @@ struct Body {
     user: Option<String>,
     #[serde(default)]
     tool_choice: Option<Value>,
+    /// Completions: return the prompt before the completion (scored with `logprobs`).
+    #[serde(default)]
+    echo: Option<bool>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -127,6 +130,8 @@ pub struct ParsedRequest {
     pub include_usage: bool,
     /// Choices to generate (choice `i` samples with `seed + i`).
     pub n: u32,
+    /// Completions' `echo`: the prompt text each choice starts with.
+    pub echo: Option<String>,
 }
 
 /// Most choices one request may ask for.
@@ -228,13 +233,13 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
                 .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
             chat_tokens(model, &chat_messages(messages)?, "messages")?
         }
-        Endpoint::Completion => match body.prompt {
+        Endpoint::Completion => match &body.prompt {
             None => {
                 return Err(ApiError::bad_request("Missing required parameter: 'prompt'.", Some("prompt")));
             }
             Some(Prompt::Text(t)) => {
-                fits_context(model, &t, "prompt")?;
-                model.tokenizer.encode_prompt(&t)
+                fits_context(model, t, "prompt")?;
+                model.tokenizer.encode_prompt(t)
             }
             Some(Prompt::Texts(v)) if v.len() == 1 => {
                 fits_context(model, &v[0], "prompt")?;
@@ -246,7 +251,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
                     Some("prompt"),
                 ));
             }
-            Some(Prompt::Tokens(ids)) => ids,
+            Some(Prompt::Tokens(ids)) => ids.clone(),
         },
     };
     if let Some(bad) = prompt_tokens.iter().find(|&&t| t as usize >= model.tokenizer.vocab_size()) {
@@ -267,11 +272,24 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         (None, Some(m)) => (m, "max_tokens"),
         (None, None) => (default_max, "max_tokens"),
     };
-    if max_tokens == 0 {
-        return Err(ApiError::bad_request(format!("{param} must be at least 1."), Some(param)));
+    let echo = match (endpoint, body.echo) {
+        (Endpoint::Chat, Some(true)) => {
+            return Err(ApiError::bad_request("`echo` is a completions field.", Some("echo")));
+        }
+        (Endpoint::Completion, Some(true)) => Some(match body.prompt {
+            Some(Prompt::Text(t)) => t,
+            Some(Prompt::Texts(mut v)) => v.remove(0),
+            _ => model.tokenizer.decode(&prompt_tokens),
+        }),
+        _ => None,
+    };
+    // Nothing to generate is a request only to echo (and score) the prompt.
+    if max_tokens == 0 && echo.is_none() {
+        return Err(ApiError::bad_request(format!("{param} must be at least 1 (or 0 with `echo`)."), Some(param)));
     }
     let adjust = logit_controls(&body_controls, model)?;
     let logprobs = logprobs_asked(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
+    let prompt_logprobs = if echo.is_some() { logprobs } else { None };
     let explicit_max = body.max_completion_tokens.or(body.max_tokens).is_some();
     let prompt_param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let max_tokens = budget(model, prompt_tokens.len(), max_tokens, explicit_max, param, prompt_param)?;
@@ -292,12 +310,14 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             min_p: adjust.min_p,
             logit_bias: adjust.logit_bias,
             logprobs,
+            prompt_logprobs,
             // The caller's key sets it, after parsing.
             priority: 0,
         },
         stream,
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),
         n,
+        echo,
     })
 }
 
@@ -471,9 +491,6 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
         {
             return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
         }
-    }
-    if set("echo").is_some_and(|v| v != &Value::Bool(false)) {
-        return Err(ApiError::bad_request("`echo` is not supported by this server.", Some("echo")));
     }
     // OpenAI fields that ask for what this server does not do: refused rather than ignored.
     for (key, what) in [

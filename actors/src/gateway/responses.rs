@@ -182,7 +182,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
     };
     let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
     let stream = body.stream.unwrap_or(false);
-    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1 }, echo))
+    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None }, echo))
 }
 
 /// What a response is about.
@@ -266,7 +266,7 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
 }
 
 async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
-    match choices::collect(Choice { first: Some(first), rx, timing, logprobs: None }).await {
+    match choices::collect(Choice::single(first, rx, timing)).await {
         Ok((out, usage)) => axum::Json(meta.response(Some((&out.text, out.reason, usage)))).into_response(),
         Err(e) => ApiError::into_response(e),
     }
@@ -322,6 +322,8 @@ impl SsePump for StreamState {
                         v["delta"] = json!(text);
                         self.emit("response.output_text.delta", v);
                     }
+                    // Never asked for here.
+                    StreamEvent::Scored { .. } => {}
                     StreamEvent::Finished { reason, usage } => {
                         let text = self.text.clone();
                         let part = json!({ "type": "output_text", "text": text, "annotations": [] });

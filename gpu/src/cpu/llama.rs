@@ -304,14 +304,17 @@ impl LlamaModel {
             layer.down.forward(&gate, n, &mut proj, &mut scratch);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
-        // Logits only for the last token of sequences that want them.
+        // Logits for the last token of sequences that want them, and for every token of those
+        // that score their prompt.
         let mut out = vec![None; batch.len()];
-        let wanted: Vec<(usize, usize)> = batch
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.wants_logits)
-            .map(|(s, v)| (s, rows.iter().position(|&(rs, rp)| rs == s && rp == v.tokens.len() - 1).expect("last row")))
-            .collect();
+        // Rows are in batch order: each sequence's are the `len` after the previous ones'.
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
+        let mut first = 0;
+        for (s, v) in batch.iter().enumerate() {
+            let len = v.tokens.len() - v.start;
+            wanted.extend((first + len.saturating_sub(v.logit_rows())..first + len).map(|r| (s, r)));
+            first += len;
+        }
         if wanted.is_empty() {
             return out;
         }
@@ -325,7 +328,8 @@ impl LlamaModel {
             None => self.embed.matmul(&last, wanted.len(), None, &mut logits, &mut scratch),
         }
         for (i, &(s, _)) in wanted.iter().enumerate() {
-            out[s] = Some(logits[i * c.vocab..(i + 1) * c.vocab].to_vec());
+            let row = &logits[i * c.vocab..(i + 1) * c.vocab];
+            out[s].get_or_insert_with(Vec::new).extend_from_slice(row);
         }
         out
     }

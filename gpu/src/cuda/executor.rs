@@ -586,7 +586,8 @@ impl MetaLayout {
 /// One step's metadata as i32s: each new row's token, position and sequence; each sequence's
 /// table offset; the block tables (each padded to `table_cap` entries when it is not 0); the
 /// rows that want logits; with `tiled`, each sequence's rows cut into prefill tiles (first row,
-/// row count). Also the batch indices that want logits.
+/// row count). Also, for each logits row, the batch index of its sequence (a sequence scoring its
+/// prompt has a row for each of its tokens).
 fn metadata(batch: &[SequenceView<'_>], table_cap: usize, tiled: bool) -> (Vec<i32>, MetaLayout, Vec<usize>) {
     let (mut tokens, mut pos, mut seq, mut table_off, mut tables, mut want, mut wanting) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -608,8 +609,9 @@ fn metadata(batch: &[SequenceView<'_>], table_cap: usize, tiled: bool) -> (Vec<i
             pos.push(p as i32);
             seq.push(s as i32);
         }
-        if v.wants_logits {
-            want.push(tokens.len() as i32 - 1);
+        // One logits row for each wanted row (every row of a chunk that scores its prompt).
+        for row in tokens.len() - v.logit_rows()..tokens.len() {
+            want.push(row as i32);
             wanting.push(s);
         }
     }
@@ -667,7 +669,7 @@ impl Executor for CudaExecutor {
         }
         self.stream.synchronize().map_err(|e| ExecutorError::Forward(e.to_string()))?;
         for (i, s) in wanting.into_iter().enumerate() {
-            out[s] = Some(host[i * vocab..(i + 1) * vocab].to_vec());
+            out[s].get_or_insert_with(Vec::new).extend_from_slice(&host[i * vocab..(i + 1) * vocab]);
         }
         Ok(out)
     }
@@ -681,6 +683,10 @@ impl Executor for CudaExecutor {
         batch: &[SequenceView<'_>],
         picks: &[Option<Pick>],
     ) -> Option<Result<Vec<Option<u32>>, ExecutorError>> {
+        // A prompt being scored needs its logits on the host: not a batch this picks for.
+        if batch.iter().any(|v| v.all_logits) {
+            return None;
+        }
         Some(self.forward_and_pick(batch, picks))
     }
 

@@ -157,7 +157,7 @@ fn sampling_kernels_pick_from_the_nucleus() {
 }
 
 fn view<'a>(tokens: &'a [u32], start: usize, blocks: &'a [crate::pool::BlockId]) -> SequenceView<'a> {
-    SequenceView { tokens, start, prompt_len: tokens.len(), blocks, wants_logits: true }
+    SequenceView { tokens, start, prompt_len: tokens.len(), blocks, wants_logits: true, all_logits: false }
 }
 
 use crate::executor::{Executor, SequenceView};

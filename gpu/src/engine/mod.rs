@@ -288,7 +288,7 @@ impl Engine {
         }
         let mut seq = Sequence::new(req);
         let reusable = self.hasher.reusable_hashes(&seq.tokens);
-        seq.ready = !reusable.is_empty() && self.pool.cached_prefix(&reusable) == reusable.len();
+        seq.ready = seq.score.is_none() && !reusable.is_empty() && self.pool.cached_prefix(&reusable) == reusable.len();
         self.waiting.push_back(seq);
         None
     }
@@ -361,6 +361,7 @@ impl Engine {
                     prompt_len: s.prompt_len,
                     blocks: &s.blocks,
                     wants_logits: p.end == s.tokens.len() && s.prefill.is_none(),
+                    all_logits: s.score.is_some(),
                 }
             })
             .collect();
@@ -373,6 +374,7 @@ impl Engine {
         let mut finished = Vec::new();
         for (p, row) in plan.iter().zip(outputs) {
             let seq = &mut self.running[p.index];
+            let start = seq.computed;
             self.stats.computed_tokens += (p.end - seq.computed) as u64;
             seq.computed = p.end;
             seq.register_full_blocks(&mut self.pool, &self.hasher);
@@ -394,8 +396,25 @@ impl Engine {
                 }
                 continue;
             }
+            let vocab = self.executor.info().vocab_size;
+            let row = match row {
+                Some(StepOutput::Logits(rows)) if seq.score.is_some() => {
+                    seq.score_rows(start, &rows, vocab, &mut events);
+                    // The last row is the next token's, when the chunk ends the sequence.
+                    (p.end == seq.tokens.len() && rows.len() >= vocab)
+                        .then(|| StepOutput::Logits(rows[rows.len() - vocab..].to_vec()))
+                }
+                row => row,
+            };
             if p.end < seq.tokens.len() {
                 continue; // a prefill chunk: no token yet
+            }
+            if seq.wants_no_tokens() {
+                // Only the prompt was wanted (scored): done without a token.
+                events
+                    .push((seq.id.clone(), StreamEvent::Finished { reason: FinishReason::Length, usage: seq.usage() }));
+                finished.push(p.index);
+                continue;
             }
             let context = self.limits.context_length as usize;
             let finish = match row {
@@ -425,7 +444,11 @@ impl Engine {
             return None;
         }
         let wants = |s: &Sequence, p: &Planned| p.end == s.tokens.len() && s.prefill.is_none();
-        if plan.iter().any(|p| wants(&self.running[p.index], p) && !self.running[p.index].can_pick()) {
+        // A prompt being scored needs every row's logits on the host.
+        if plan.iter().any(|p| {
+            let s = &self.running[p.index];
+            s.score.is_some() || (wants(s, p) && !s.can_pick())
+        }) {
             return None;
         }
         Some(
@@ -474,8 +497,9 @@ impl Engine {
                 .map_or(0, |(i, _)| i);
             let Some(seq) = self.waiting.get(next) else { break };
             let hashes = self.hasher.sequence_hashes(&seq.tokens);
-            // Leave at least one token to compute: its logits are the next token's.
-            let reusable = self.hasher.reusable_blocks(seq.tokens.len());
+            // Leave at least one token to compute: its logits are the next token's. A prompt
+            // being scored is computed whole: a cached block says nothing of its logits.
+            let reusable = if seq.score.is_some() { 0 } else { self.hasher.reusable_blocks(seq.tokens.len()) };
             let cached = self.pool.acquire_prefix(&hashes[..reusable.min(hashes.len())]);
             let computed = cached.len() * bs;
             let end = computed + (seq.tokens.len() - computed).min(budget);

@@ -34,10 +34,20 @@ pub(super) struct Sequence {
     hashes: Vec<u64>,
     /// Set for a prefill computed for another worker: no sampling, blocks reported instead.
     pub prefill: Option<PrefillState>,
+    /// Prompt scoring, while the prompt's log probabilities are still to be sent.
+    pub score: Option<PromptScore>,
     /// Its prompt's KV, all but the last token, was in the pool when it was submitted (blocks
     /// that landed from a prefill worker, or a cached prefix): admitting it costs one token, so
     /// it goes before prompts still waiting to be computed.
     pub ready: bool,
+}
+
+/// A prompt being scored: how many alternatives each token reports, and the entries of the
+/// prompt's tokens from the second on, as far as computed.
+#[derive(Debug)]
+pub struct PromptScore {
+    top: u32,
+    entries: Vec<runtime::request::TokenLogprob>,
 }
 
 /// A prefill for another worker: which blocks it wants, and how far they have been reported.
@@ -54,7 +64,7 @@ impl Sequence {
         Self {
             id: req.id,
             prompt_len: req.prompt_tokens.len(),
-            max_tokens: req.sampling.max_tokens.max(1),
+            max_tokens: req.sampling.max_tokens,
             ignore_eos: req.sampling.ignore_eos,
             priority: req.sampling.priority,
             sampler: Sampler::new(&req.sampling, &req.prompt_tokens),
@@ -67,7 +77,32 @@ impl Sequence {
             computed: 0,
             hashes: Vec::new(),
             prefill: None,
+            score: req.sampling.prompt_logprobs.map(|top| PromptScore { top, entries: Vec::new() }),
             ready: false,
+        }
+    }
+
+    /// Whether it asked for no tokens at all (it only scores its prompt).
+    pub fn wants_no_tokens(&self) -> bool {
+        self.max_tokens == 0
+    }
+
+    /// Take the logits `rows` after each token of `tokens[start..start + rows.len() / vocab]`:
+    /// each gives the next prompt token's entry, until the prompt's last. Once the whole prompt
+    /// is scored, its `Scored` event goes out and scoring stops.
+    pub fn score_rows(&mut self, start: usize, rows: &[f32], vocab: usize, events: &mut Vec<(RequestId, StreamEvent)>) {
+        let Some(score) = &mut self.score else { return };
+        for (i, row) in rows.chunks_exact(vocab).enumerate() {
+            let next = start + i + 1;
+            // Rows already scored before a preemption are computed again, and skipped.
+            if next < self.prompt_len && next == score.entries.len() + 1 {
+                score.entries.push(crate::sampling::logprobs(row, self.tokens[next], score.top as usize));
+            }
+        }
+        if score.entries.len() + 1 >= self.prompt_len {
+            let logprobs = std::mem::take(&mut score.entries);
+            self.score = None;
+            events.push((self.id.clone(), StreamEvent::Scored { first: self.tokens[0], logprobs }));
         }
     }
 

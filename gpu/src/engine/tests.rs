@@ -46,6 +46,7 @@ fn drain(e: &mut Engine) -> HashMap<String, (String, StreamEvent)> {
         for (id, ev) in e.step().unwrap() {
             match ev {
                 StreamEvent::Delta { text: t, .. } => text.entry(id.0).or_default().push_str(&t),
+                StreamEvent::Scored { .. } => {}
                 other => {
                     done.insert(id.0.clone(), (text.remove(&id.0).unwrap_or_default(), other));
                 }
@@ -158,6 +159,73 @@ fn log_probabilities_come_with_their_tokens() {
             assert!(logprobs.is_empty());
         }
     }
+}
+
+/// Every event of a request, in order, run to completion.
+fn events(e: &mut Engine) -> Vec<StreamEvent> {
+    let mut all = Vec::new();
+    while e.has_work() {
+        all.extend(e.step().unwrap().into_iter().map(|(_, ev)| ev));
+    }
+    all
+}
+
+#[test]
+fn a_scored_prompt_reports_each_token_given_those_before_it_whatever_the_chunking_and_cache() {
+    let prompt = "a prompt long enough to fill several blocks";
+    let tokens = TestTokenizer::default().encode(prompt);
+    // The reference: the executor's logits after each prefix, on their own.
+    let mut exec = TestExecutor::new(Duration::ZERO, 256);
+    let expected: Vec<runtime::request::TokenLogprob> = (1..tokens.len())
+        .map(|p| {
+            let view = SequenceView {
+                tokens: &tokens[..p],
+                start: 0,
+                prompt_len: tokens.len(),
+                blocks: &[],
+                wants_logits: true,
+                all_logits: false,
+            };
+            let logits = exec.forward(&[view]).unwrap().remove(0).unwrap();
+            crate::sampling::logprobs(&logits, tokens[p], 2)
+        })
+        .collect();
+    let scored = SamplingParams { max_tokens: 6, prompt_logprobs: Some(2), ..Default::default() };
+    let plain = |e: &mut Engine| {
+        e.submit(req("plain", prompt, greedy(6)));
+        events(e)
+    };
+    let reference = plain(&mut engine_with(limits(256, 4, 512), Duration::ZERO));
+    // In one step, in chunks of five tokens, and with the prompt's blocks already cached.
+    for (budget, warm) in [(512, false), (5, false), (512, true)] {
+        let mut e = engine_with(limits(256, 4, budget), Duration::ZERO);
+        if warm {
+            assert_eq!(plain(&mut e), reference);
+        }
+        let cached = e.stats().cached_tokens;
+        e.submit(req("scored", prompt, scored.clone()));
+        let out = events(&mut e);
+        assert_eq!(e.stats().cached_tokens, cached, "a scored prompt is computed whole");
+        let StreamEvent::Scored { first, logprobs } = &out[0] else { panic!("scores come first: {out:?}") };
+        assert_eq!(*first, tokens[0]);
+        assert_eq!(logprobs, &expected, "budget {budget}, warm {warm}");
+        assert_eq!(out.iter().filter(|ev| matches!(ev, StreamEvent::Scored { .. })).count(), 1);
+        // What it generates is what it would have without scoring.
+        assert_eq!(out[1..], reference[..], "budget {budget}, warm {warm}");
+        assert_no_leak(&e);
+    }
+    // Nothing to generate: the scores, and the end.
+    let mut e = engine_with(limits(256, 4, 512), Duration::ZERO);
+    e.submit(req("score-only", prompt, SamplingParams { max_tokens: 0, ..scored.clone() }));
+    let out = events(&mut e);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(matches!(&out[0], StreamEvent::Scored { logprobs, .. } if logprobs == &expected));
+    let usage = Usage { prompt_tokens: tokens.len() as u32, completion_tokens: 0 };
+    assert_eq!(out[1], StreamEvent::Finished { reason: FinishReason::Length, usage });
+    // A one-token prompt has nothing to score but its first token.
+    e.submit(req("one", "a", SamplingParams { max_tokens: 0, ..scored }));
+    let out = events(&mut e);
+    assert!(matches!(&out[0], StreamEvent::Scored { logprobs, .. } if logprobs.is_empty()), "{out:?}");
 }
 
 #[test]

@@ -29,6 +29,17 @@ pub struct SequenceView<'a> {
     pub blocks: &'a [crate::pool::BlockId],
     /// The chunk reaches the end of the sequence: return the next-token logits.
     pub wants_logits: bool,
+    /// Prompt scoring: return the logits after every token of the chunk, not only the last (rows
+    /// in token order, `tokens.len() - start` of them, each `vocab_size` long, concatenated),
+    /// whether or not `wants_logits`.
+    pub all_logits: bool,
+}
+
+impl SequenceView<'_> {
+    /// How many logit rows `forward` returns for this sequence.
+    pub fn logit_rows(&self) -> usize {
+        if self.all_logits { self.tokens.len() - self.start } else { usize::from(self.wants_logits) }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +63,8 @@ pub enum Pick {
 pub trait Executor: Send {
     fn info(&self) -> ModelInfo;
     /// Compute each sequence's chunk. For each, in batch order: the next-token logits (length
-    /// `vocab_size`) after its last token when `wants_logits`, else None (a prefill chunk).
+    /// `vocab_size`) after its last token when `wants_logits`; every row of the chunk with
+    /// `all_logits` (see `SequenceView::logit_rows`); else None (a prefill chunk).
     fn forward(&mut self, batch: &[SequenceView<'_>]) -> Result<Vec<Option<Vec<f32>>>, ExecutorError>;
 
     /// Whether `forward_picked` picks tokens on the executor's device (then the engine does not
@@ -62,7 +74,8 @@ pub trait Executor: Send {
     }
 
     /// As `forward`, but each sequence that wants logits gets its next token, picked as
-    /// `picks[i]` says (`None`: greedy). None when this executor does not pick tokens.
+    /// `picks[i]` says (`None`: greedy). None when this executor does not pick tokens. The engine
+    /// never asks for picks in a batch with an `all_logits` sequence.
     fn forward_picked(
         &mut self,
         batch: &[SequenceView<'_>],

@@ -102,11 +102,9 @@ impl Executor for SimulatedExecutor {
         Ok(batch
             .iter()
             .map(|s| {
-                s.wants_logits.then(|| {
-                    let mut logits = vec![0.0; self.vocab_size];
-                    logits[self.token as usize] = 1.0;
-                    logits
-                })
+                let mut row = vec![0.0; self.vocab_size];
+                row[self.token as usize] = 1.0;
+                (s.logit_rows() > 0).then(|| row.repeat(s.logit_rows()))
             })
             .collect())
     }
@@ -126,7 +124,7 @@ mod tests {
     };
 
     fn view(tokens: &[u32], start: usize, prompt_len: usize) -> SequenceView<'_> {
-        SequenceView { tokens, start, prompt_len, blocks: &[], wants_logits: true }
+        SequenceView { tokens, start, prompt_len, blocks: &[], wants_logits: true, all_logits: false }
     }
 
     #[test]

@@ -151,6 +151,19 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The test model's next-token logits after `tokens`: a function of their count and the last four.
+fn logits_after(tokens: &[u32], prompt_len: usize, vocab: usize) -> Vec<f32> {
+    let ctx = &tokens[tokens.len().saturating_sub(4)..];
+    let h = ctx.iter().fold(mix(tokens.len() as u64), |h, &t| mix(h ^ u64::from(t)));
+    let mut logits = vec![f32::NEG_INFINITY; vocab];
+    for id in FIRST_WORD..vocab as u32 {
+        logits[id as usize] = (mix(h ^ u64::from(id)) % 1000) as f32 / 100.0;
+    }
+    let generated = tokens.len().saturating_sub(prompt_len) as f32;
+    logits[IM_END as usize] = 6.0 + 0.08 * generated;
+    logits
+}
+
 impl Executor for TestExecutor {
     fn info(&self) -> ModelInfo {
         ModelInfo {
@@ -176,18 +189,16 @@ impl Executor for TestExecutor {
                 if seq.start == 0 && seq.tokens.windows(self.panic_marker.len()).any(|w| w == self.panic_marker) {
                     panic!("test executor: the prompt asked for a panic");
                 }
-                if !seq.wants_logits {
+                let rows = seq.logit_rows();
+                if rows == 0 {
                     return None;
                 }
-                let ctx = &seq.tokens[seq.tokens.len().saturating_sub(4)..];
-                let h = ctx.iter().fold(mix(seq.tokens.len() as u64), |h, &t| mix(h ^ u64::from(t)));
-                let mut logits = vec![f32::NEG_INFINITY; vocab];
-                for id in FIRST_WORD..vocab as u32 {
-                    logits[id as usize] = (mix(h ^ u64::from(id)) % 1000) as f32 / 100.0;
-                }
-                let generated = seq.tokens.len().saturating_sub(seq.prompt_len) as f32;
-                logits[IM_END as usize] = 6.0 + 0.08 * generated;
-                Some(logits)
+                let end = seq.tokens.len();
+                Some(
+                    (end + 1 - rows..=end)
+                        .flat_map(|len| logits_after(&seq.tokens[..len], seq.prompt_len, vocab))
+                        .collect(),
+                )
             })
             .collect())
     }
@@ -243,7 +254,7 @@ mod tests {
     }
 
     fn view(t: &[u32]) -> SequenceView<'_> {
-        SequenceView { tokens: t, start: 0, prompt_len: t.len(), blocks: &[], wants_logits: true }
+        SequenceView { tokens: t, start: 0, prompt_len: t.len(), blocks: &[], wants_logits: true, all_logits: false }
     }
 
     #[test]

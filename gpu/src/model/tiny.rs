@@ -135,6 +135,7 @@ mod tests {
                 prompt_len: ids.len(),
                 blocks: &table,
                 wants_logits: true,
+                all_logits: false,
             };
             use crate::executor::Executor;
             let (e, f) = (exact.forward(&[view]).unwrap(), fast.forward(&[view]).unwrap());

@@ -599,7 +599,7 @@ impl Sim<'_> {
             return match ev {
                 StreamEvent::Delta { ids, .. } => self.received(i, &ids),
                 StreamEvent::Finished { .. } => self.end(i, true),
-                StreamEvent::Failed(_) => Ok(()),
+                StreamEvent::Scored { .. } | StreamEvent::Failed(_) => Ok(()),
             };
         }
         req.life.handle_event(self.now, &w, attempt, ev);

@@ -15,19 +15,31 @@ pub struct Writer {
     offset: usize,
     /// Every entry, for a whole (not streamed) response.
     all: Vec<TokenLogprob>,
+    /// The echoed prompt's first token (which has no log probability), for a whole response.
+    first: Option<u32>,
 }
 
 impl Writer {
     pub fn new(tokenizer: std::sync::Arc<dyn Tokenizer>, chat: bool) -> Self {
-        Self { tokenizer, chat, offset: 0, all: Vec::new() }
+        Self { tokenizer, chat, offset: 0, all: Vec::new(), first: None }
     }
 
     /// The `logprobs` of one streamed chunk.
     pub fn chunk(&mut self, entries: &[TokenLogprob]) -> Value {
+        self.render(None, entries)
+    }
+
+    /// The `logprobs` of the streamed chunk that echoes the prompt (completions' `echo`): its
+    /// first token, with a `null` log probability, then the rest of its tokens.
+    pub fn prompt_chunk(&mut self, first: u32, entries: &[TokenLogprob]) -> Value {
+        self.render(Some(first), entries)
+    }
+
+    fn render(&mut self, first: Option<u32>, entries: &[TokenLogprob]) -> Value {
         if self.chat {
             chat(entries, &*self.tokenizer)
         } else {
-            completion(entries, &*self.tokenizer, &mut self.offset)
+            completion(first, entries, &*self.tokenizer, &mut self.offset)
         }
     }
 
@@ -36,10 +48,16 @@ impl Writer {
         self.all.extend(entries);
     }
 
+    /// Keep the scored prompt for `whole`, before every generated token.
+    pub fn keep_prompt(&mut self, first: u32, entries: Vec<TokenLogprob>) {
+        self.first = Some(first);
+        self.all.splice(0..0, entries);
+    }
+
     /// The `logprobs` of the whole response.
     pub fn whole(&mut self) -> Value {
-        let all = std::mem::take(&mut self.all);
-        self.chunk(&all)
+        let (first, all) = (self.first.take(), std::mem::take(&mut self.all));
+        self.render(first, &all)
     }
 }
 
@@ -78,15 +96,23 @@ pub fn chat(entries: &[TokenLogprob], tok: &dyn Tokenizer) -> Value {
 }
 
 /// Completions' `logprobs` of a choice (or of one chunk), whose first token starts at character
-/// `offset` of the text; `offset` moves past them.
-pub fn completion(entries: &[TokenLogprob], tok: &dyn Tokenizer, offset: &mut usize) -> Value {
+/// `offset` of the text; `offset` moves past them (a special token, no text, moves it not at all).
+/// With `first`, the echoed prompt's first token leads, its log probabilities `null`.
+pub fn completion(first: Option<u32>, entries: &[TokenLogprob], tok: &dyn Tokenizer, offset: &mut usize) -> Value {
     let (mut tokens, mut token_logprobs, mut top_logprobs, mut text_offset) = (vec![], vec![], vec![], vec![]);
-    for e in entries {
-        let (text, _) = token(tok, e.id);
+    let mut place = |id: u32, tokens: &mut Vec<String>| {
         text_offset.push(*offset);
-        *offset += text.chars().count();
-        tokens.push(text);
-        token_logprobs.push(value(e.logprob));
+        *offset += String::from_utf8_lossy(tok.token_bytes(id)).chars().count();
+        tokens.push(token(tok, id).0);
+    };
+    if let Some(id) = first {
+        place(id, &mut tokens);
+        token_logprobs.push(Value::Null);
+        top_logprobs.push(Value::Null);
+    }
+    for e in entries {
+        place(e.id, &mut tokens);
+        token_logprobs.push(json!(value(e.logprob)));
         let mut top = Map::new();
         for &(id, lp) in &e.top {
             top.insert(token(tok, id).0, json!(value(lp)));
@@ -117,11 +143,18 @@ mod tests {
         assert_eq!(c["content"][0]["top_logprobs"][1]["logprob"], -1.5);
         assert_eq!(c["content"][1]["logprob"], -9999.0, "no minus infinity in JSON");
         let mut offset = 3;
-        let p = completion(&entries, &tok, &mut offset);
+        let p = completion(None, &entries, &tok, &mut offset);
         assert_eq!(p["tokens"], json!(["a", "b"]));
         assert_eq!(p["token_logprobs"], json!([-0.5, -9999.0]));
         assert_eq!(p["top_logprobs"][0], json!({ "a": -0.5, "b": -1.5 }));
         assert_eq!(p["text_offset"], json!([3, 4]));
         assert_eq!(offset, 5);
+        // An echoed prompt: its first token leads, with nulls.
+        let mut offset = 0;
+        let p = completion(Some(b), &entries, &tok, &mut offset);
+        assert_eq!(p["tokens"], json!(["b", "a", "b"]));
+        assert_eq!(p["token_logprobs"], json!([null, -0.5, -9999.0]));
+        assert_eq!(p["top_logprobs"][0], json!(null));
+        assert_eq!(p["text_offset"], json!([0, 1, 2]));
     }
 }

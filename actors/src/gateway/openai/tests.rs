@@ -215,10 +215,25 @@ fn log_probabilities_are_asked_per_endpoint_shape() {
         (r#","logprobs":true"#, "logprobs"),
         (r#","logprobs":21"#, "logprobs"),
         (r#","top_logprobs":2"#, "top_logprobs"),
-        (r#","echo":true"#, "echo"),
+        (r#","echo":"yes""#, "echo"),
+        (r#","max_tokens":0"#, "max_tokens"),
     ] {
         assert_eq!(bad(Endpoint::Completion, &completion(extra)).param.as_deref(), Some(param), "{extra}");
     }
+    // `echo` returns the prompt, scored when log probabilities are asked for, even with nothing
+    // to generate; chat has no `echo`.
+    let echoed = ok(Endpoint::Completion, &completion(r#","echo":true,"logprobs":3,"max_tokens":0"#));
+    assert_eq!(
+        (echoed.echo.as_deref(), echoed.sampling.prompt_logprobs, echoed.sampling.max_tokens),
+        (Some("hi"), Some(3), 0)
+    );
+    let echoed = ok(Endpoint::Completion, &completion(r#","echo":true"#));
+    assert_eq!((echoed.echo.as_deref(), echoed.sampling.prompt_logprobs), (Some("hi"), None));
+    let ids = ok(Endpoint::Completion, r#"{"model":"m","prompt":[104,105],"echo":true}"#);
+    assert_eq!(ids.echo.as_deref(), Some("hi"), "a prompt of token ids echoes as their text");
+    let plain = ok(Endpoint::Completion, &completion(r#","echo":false,"logprobs":1"#));
+    assert_eq!((plain.echo, plain.sampling.prompt_logprobs), (None, None));
+    assert_eq!(bad(Endpoint::Chat, &chat(r#","echo":true"#)).param.as_deref(), Some("echo"));
 }
 
 #[test]
@@ -290,7 +305,7 @@ fn every_openai_chat_field_is_honoured_ignored_as_documented_or_refused_by_name(
         ("stream", "true", Honoured),
         ("temperature", "0.5", Honoured),
         ("top_p", "0.5", Honoured),
-        ("response_format", r#"{"type": "text"}"#, Honoured),
+        ("response_format", r#"{"type": "text"}"#, Ignored),
         ("metadata", r#"{"k": "v"}"#, Ignored),
         ("service_tier", r#""auto""#, Ignored),
         ("user", r#""u-1""#, Ignored),
@@ -313,15 +328,68 @@ fn every_openai_chat_field_is_honoured_ignored_as_documented_or_refused_by_name(
         ("top_logprobs", "2", Refused),
         ("stream_options", r#"{"include_usage": true}"#, Refused),
     ];
-    for (field, value, disposition) in table {
-        let body = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{field}":{value}}}"#);
-        let parsed = parse(Endpoint::Chat, body.as_bytes(), &model());
-        match disposition {
-            Honoured | Ignored => assert!(parsed.is_ok(), "{field} = {value}: {:?}", parsed.err()),
-            Refused => {
-                let e = parsed.expect_err(&body);
-                assert_eq!(e.param.as_deref(), Some(*field), "{field} = {value}: {}", e.message);
+    check_fields(Endpoint::Chat, r#""messages":[{"role":"user","content":"hi"}]"#, table);
+}
+
+/// Each field of `table` sent alone beside `base`: an honoured one changes the parsed request, an
+/// ignored one does not, a refused one is a 400 naming it.
+fn check_fields(endpoint: Endpoint, base: &str, table: &[(&str, &str, Disposition)]) {
+    // The seed is drawn when the request has none: the same one everywhere, for comparing.
+    let parsed = |body: String, field: &str| {
+        parse(endpoint, body.as_bytes(), &model()).map(|mut p| {
+            if field != "seed" {
+                p.sampling.seed = 0;
             }
+            format!("{p:?}")
+        })
+    };
+    let plain = parsed(format!(r#"{{"model":"m",{base}}}"#), "").unwrap();
+    for (field, value, disposition) in table {
+        let body = format!(r#"{{"model":"m",{base},"{field}":{value}}}"#);
+        match (disposition, parsed(body.clone(), field)) {
+            (Disposition::Honoured, Ok(p)) => assert_ne!(p, plain, "{field} = {value} changed nothing"),
+            (Disposition::Ignored, Ok(p)) => assert_eq!(p, plain, "{field} = {value} is documented as ignored"),
+            (Disposition::Refused, Err(e)) => {
+                assert_eq!(e.param.as_deref(), Some(*field), "{field} = {value}: {}", e.message)
+            }
+            (d, got) => panic!("{field} = {value}: {d:?} expected, got {got:?}"),
         }
     }
+}
+
+#[test]
+fn every_openai_completion_field_is_honoured_ignored_as_documented_or_refused_by_name() {
+    use Disposition::*;
+    let table: &[(&str, &str, Disposition)] = &[
+        ("best_of", "1", Ignored),
+        ("echo", "true", Honoured),
+        ("echo", "false", Ignored),
+        ("frequency_penalty", "0.5", Honoured),
+        ("logit_bias", r#"{"65": 1}"#, Honoured),
+        ("logprobs", "2", Honoured),
+        ("max_tokens", "5", Honoured),
+        ("n", "2", Honoured),
+        ("presence_penalty", "0.5", Honoured),
+        ("seed", "1", Honoured),
+        ("stop", r#"["x"]"#, Honoured),
+        ("stream", "true", Honoured),
+        ("temperature", "0.5", Honoured),
+        ("top_p", "0.5", Honoured),
+        ("user", r#""u-1""#, Ignored),
+        // vLLM's extensions.
+        ("top_k", "5", Honoured),
+        ("min_p", "0.1", Honoured),
+        ("repetition_penalty", "1.2", Honoured),
+        ("ignore_eos", "true", Honoured),
+        ("best_of", "3", Refused),
+        ("suffix", r#""x""#, Refused),
+        ("stream_options", r#"{"include_usage": true}"#, Refused),
+        ("top_logprobs", "2", Refused),
+        ("logprobs", "21", Refused),
+        ("max_tokens", "0", Refused),
+        ("user", "5", Refused),
+    ];
+    check_fields(Endpoint::Completion, r#""prompt":"hi""#, table);
+    let batched = bad(Endpoint::Completion, r#"{"model":"m","prompt":["a","b"]}"#);
+    assert_eq!(batched.param.as_deref(), Some("prompt"), "{}", batched.message);
 }
