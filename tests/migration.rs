@@ -4,7 +4,8 @@
 //! mid-stream; the gateway moves the request to the other worker with its prompt and the tokens
 //! generated so far, and the client's stream goes on: no error, nothing repeated or missing (the
 //! text equals an uninterrupted run's), usage counts every token once, and the migration is
-//! counted. Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
+//! counted; the prompt's scores (`echo` with `logprobs`) come once, and every token's log
+//! probability once. Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
 //! stream moves on. Then with SIGTERM: the node drains (its worker takes nothing new, so a request
 //! sent meanwhile goes to the other worker, and its stream goes on there) until
 //! `shutdown_grace` (1 s), stops, and the rest of the stream moves.
@@ -28,26 +29,36 @@ fn body(stream: bool) -> String {
         "model": "armature-test",
         "prompt": "Here is a long story about a lighthouse keeper and the ships she saw:",
         "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": true, "stream": stream,
-        "stream_options": { "include_usage": true }
+        "stream_options": { "include_usage": true }, "echo": true, "logprobs": 1
     })
     .to_string()
 }
 
-/// The text and the completion tokens of an SSE stream; panics on an error event.
-fn read_stream(sse: &str) -> (String, u64) {
-    let mut text = String::new();
-    let mut completion = 0;
+/// What a stream said: its text (the prompt echoed, then the completion), its completion tokens,
+/// and every token's log probability (the prompt's first is None).
+struct Streamed {
+    text: String,
+    completion: u64,
+    logprobs: Vec<Option<f64>>,
+}
+
+/// Read an SSE stream; panics on an error event.
+fn read_stream(sse: &str) -> Streamed {
+    let mut out = Streamed { text: String::new(), completion: 0, logprobs: Vec::new() };
     for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
         if line == "[DONE]" {
-            return (text, completion);
+            return out;
         }
         let v = json(line);
         assert!(v.get("error").is_none(), "error event: {line}");
         if let Some(t) = v["choices"][0]["text"].as_str() {
-            text.push_str(t);
+            out.text.push_str(t);
+        }
+        if let Some(lp) = v["choices"][0]["logprobs"]["token_logprobs"].as_array() {
+            out.logprobs.extend(lp.iter().map(serde_json::Value::as_f64));
         }
         if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-            completion = n;
+            out.completion = n;
         }
     }
     panic!("the stream did not end with [DONE]: {sse}");
@@ -120,8 +131,11 @@ workers = [{{ device = "cpu" }}]
     // The uninterrupted reference.
     let (status, _, sse) = http("POST", port, "/v1/completions", Some(&body(true)));
     assert_eq!(status, 200);
-    let (reference, n) = read_stream(&sse);
-    assert_eq!(n, MAX_TOKENS);
+    let reference = read_stream(&sse);
+    assert_eq!(reference.completion, MAX_TOKENS);
+    assert!(reference.text.starts_with("Here is a long story"), "the prompt is echoed");
+    let prompt_len = reference.logprobs.len() - MAX_TOKENS as usize;
+    assert!(prompt_len > 10 && reference.logprobs[0].is_none() && reference.logprobs[1..].iter().all(Option::is_some));
 
     // The same request, twice: once it is under way, its worker's node is killed (SIGKILL), then
     // stopped (SIGSTOP: its connection stays open, and only its lease, 2 s, says it is gone).
@@ -157,9 +171,19 @@ workers = [{{ device = "cpu" }}]
             kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
         }
         assert_eq!(status, 200);
-        let (text, completion) = read_stream(&sse);
-        assert_eq!(text, reference, "{sig}: the migrated stream differs from the uninterrupted one");
-        assert_eq!(completion, MAX_TOKENS, "usage counts every token once");
+        let got = read_stream(&sse);
+        assert_eq!(got.text, reference.text, "{sig}: the migrated stream differs from the uninterrupted one");
+        assert_eq!(got.completion, MAX_TOKENS, "usage counts every token once");
+        // Log probabilities: the prompt scored once (before the move) and one per token, each
+        // where it belongs. The test model's end-of-text logit grows with the tokens generated,
+        // which a continuation counts from its own start, so the values after the move may
+        // differ a little (the log-softmax's normaliser); another token's would be far off.
+        assert_eq!(got.logprobs.len(), reference.logprobs.len(), "{sig}: {:?}", got.logprobs);
+        assert_eq!(got.logprobs[..prompt_len], reference.logprobs[..prompt_len], "{sig}: the prompt's scores");
+        for (i, (a, b)) in got.logprobs.iter().zip(&reference.logprobs).enumerate().skip(prompt_len) {
+            let (a, b) = (a.expect("a generated token's log probability"), b.unwrap());
+            assert!((a - b).abs() < 0.1, "{sig}: token {i}: {a} against {b} uninterrupted");
+        }
         assert_eq!(metric(port, "armature_request_migrations_total"), round, "{}", launch.log_text());
     }
     drop(launch);

@@ -230,9 +230,24 @@ pub enum StreamEvent {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprob {
     pub id: u32,
+    /// Minus infinity for a token the logits rule out (sent as `null`: JSON has no infinity).
+    #[serde(with = "neg_infinity_as_null")]
     pub logprob: f32,
     #[serde(default)]
     pub top: Vec<(u32, f32)>,
+}
+
+/// An `f32` that may be minus infinity, on the JSON control plane: `null` stands for it.
+mod neg_infinity_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() { s.serialize_f32(*v) } else { s.serialize_none() }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NEG_INFINITY))
+    }
 }
 
 impl StreamEvent {

@@ -40,7 +40,7 @@ mod tests {
     use ractor::BytesConvertable;
 
     use crate::ids::RequestId;
-    use crate::request::{FinishReason, GenerateRequest, PollReply, SamplingParams, StreamEvent, Usage};
+    use crate::request::{FinishReason, GenerateRequest, PollReply, SamplingParams, StreamEvent, TokenLogprob, Usage};
 
     #[test]
     fn payloads_round_trip() {
@@ -54,6 +54,14 @@ mod tests {
         let reply = PollReply {
             events: vec![
                 StreamEvent::Delta { text: "hé".into(), tokens: 2, ids: vec![104, 233], logprobs: vec![] },
+                // A prompt token the logits rule out: minus infinity, which JSON cannot hold.
+                StreamEvent::Scored {
+                    first: 1,
+                    logprobs: vec![
+                        TokenLogprob { id: 2, logprob: f32::NEG_INFINITY, top: vec![(5, -0.25)] },
+                        TokenLogprob { id: 3, logprob: -1.5, top: vec![] },
+                    ],
+                },
                 StreamEvent::Finished {
                     reason: FinishReason::Length,
                     usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
