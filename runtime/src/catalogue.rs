@@ -171,7 +171,7 @@ pub const FAMILIES: &[Family] = &[
         name: "armature_http_refused_total",
         kind: Kind::Counter,
         labels: "reason",
-        help: "HTTP calls refused before any work: missing_key, invalid_key, admin, rate_requests, rate_tokens, media_type, cannot_fit.",
+        help: "HTTP calls refused before any work: missing_key, invalid_key, admin, rate_requests, rate_tokens, media_type, header_size, cannot_fit.",
     },
     Family {
         name: "armature_http_requests_total",

@@ -160,7 +160,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
 /// Anthropic's name for what went wrong, by status.
 fn error_type(e: &ApiError) -> &'static str {
     match e.status.as_u16() {
-        400 | 408 | 415 => "invalid_request_error",
+        400 | 405 | 408 | 415 | 431 => "invalid_request_error",
         401 => "authentication_error",
         403 => "permission_error",
         404 => "not_found_error",

@@ -261,6 +261,18 @@ pub async fn require_admin(State(gw): State<Arc<Gateway>>, req: Request, next: N
 }
 
 /// POSTs must carry `Content-Type: application/json`.
+/// Requests whose headers pass `serve::MAX_HEADERS` or `serve::MAX_HEADER_BYTES`: a 431 in the
+/// API's error shape.
+pub async fn header_limits(req: Request, next: Next) -> Response {
+    let count = req.headers().len();
+    let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if count > super::serve::MAX_HEADERS || bytes > super::serve::MAX_HEADER_BYTES {
+        refused("header_size");
+        return refusal(req.uri().path(), ApiError::headers_too_large(bytes, count));
+    }
+    next.run(req).await
+}
+
 pub async fn require_json(req: Request, next: Next) -> Response {
     if req.method() == Method::POST {
         let json = req

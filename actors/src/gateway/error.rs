@@ -159,6 +159,20 @@ impl ApiError {
         }
     }
 
+    pub fn headers_too_large(bytes: usize, count: usize) -> Self {
+        use super::serve::{MAX_HEADER_BYTES, MAX_HEADERS};
+        Self {
+            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            message: format!(
+                "The request's headers are too large: {count} headers of {bytes} bytes; at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes."
+            ),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_header_fields_too_large"),
+            retry_after_s: None,
+        }
+    }
+
     pub fn unsupported_media_type() -> Self {
         Self {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,

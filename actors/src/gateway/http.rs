@@ -94,6 +94,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(auth::require_json))
+        .layer(middleware::from_fn(auth::header_limits))
         .layer(middleware::from_fn_with_state(gw.clone(), auth::cors))
         .layer(middleware::from_fn(request_id))
         .with_state(gw)

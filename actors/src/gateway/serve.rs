@@ -13,11 +13,30 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tower_service::Service;
 
+/// The most header bytes (names, values and their separators) a request may send; more is a
+/// 431 in the API's error shape (`auth::header_limits`).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most headers a request may send.
+pub const MAX_HEADERS: usize = 100;
+/// What hyper itself reads before it gives up with a bare 431 and no body: far enough above the
+/// limits above that a request over them still reaches the router and gets a JSON answer.
+const HYPER_HEADER_BUFFER: usize = 1024 * 1024;
+const HYPER_MAX_HEADERS: usize = 4 * MAX_HEADERS;
+
 /// Serve `app` on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) -> std::io::Error {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(header_timeout));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(HYPER_HEADER_BUFFER)
+        .max_headers(HYPER_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(header_timeout))
+        .max_header_list_size(HYPER_HEADER_BUFFER as u32);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
