@@ -255,6 +255,40 @@ fn a_mixed_batch_matches_sequences_run_alone() {
 }
 
 #[test]
+fn a_scored_prompt_gets_every_rows_logits_like_the_cpu_backend() {
+    let Some(g) = test_model() else { return };
+    let tok = crate::model::tokenizer_from_gguf(&g).unwrap();
+    let bs = 16;
+    let mut cpu = crate::cpu::ModelExecutor::with_precision(&g, "m", 64, bs, crate::cpu::Precision::Exact).unwrap();
+    let mut gpu = CudaExecutor::from_gguf(&g, "m", 0, 256, bs).unwrap();
+    let vocab = gpu.info().vocab_size;
+    let a = tok.encode("The capital of France is Paris, and the capital of Italy is Rome.");
+    let b = tok.encode("Short one.");
+    let table: Vec<BlockId> = (0..64).map(BlockId).collect();
+    let (ta, tb) = ((64..128).map(BlockId).collect::<Vec<_>>(), (128..192).map(BlockId).collect::<Vec<_>>());
+    // `a` scored in two chunks beside a plain `b`: a row per token of each chunk.
+    let half = a.len() / 2;
+    fn scored(v: SequenceView<'_>) -> SequenceView<'_> {
+        SequenceView { all_logits: true, ..v }
+    }
+    let first = SequenceView { wants_logits: false, ..scored(view(&a[..half], 0, &ta)) };
+    let out = gpu.forward(&[first, view(&b, 0, &tb)]).unwrap();
+    let mut rows = out[0].clone().expect("rows of a scored chunk");
+    assert_eq!(rows.len(), half * vocab);
+    assert_eq!(out[1].as_ref().unwrap().len(), vocab, "a plain sequence keeps its one row");
+    let rest = gpu.forward(&[scored(view(&a, half, &ta))]).unwrap().remove(0).unwrap();
+    assert_eq!(rest.len(), (a.len() - half) * vocab);
+    rows.extend(rest);
+    let reference = cpu.forward(&[SequenceView { all_logits: true, ..view(&a, 0, &table) }]).unwrap().remove(0).unwrap();
+    let (max, mean) = diff(&rows, &reference);
+    println!("scored prompt, every row against the CPU's: max |diff| {max:.4}, mean {mean:.5}");
+    assert!(max <= GOLDEN_MAX_ABS && mean <= GOLDEN_MEAN_ABS, "{max} {mean}");
+    // A batch with a scored sequence is not one the device picks tokens for.
+    let picks = [Some(crate::executor::Pick::Greedy)];
+    assert!(gpu.forward_picked(&[scored(view(&b, 0, &tb))], &picks).is_none());
+}
+
+#[test]
 fn kv_blocks_move_between_the_cuda_and_cpu_backends() {
     let Some(g) = test_model() else { return };
     let tok = crate::model::tokenizer_from_gguf(&g).unwrap();
