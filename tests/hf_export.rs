@@ -1,6 +1,7 @@
 //! `armature model export --hf`: SmolLM2 from GGUF to a Hugging Face folder, loaded back through
 //! the Hugging Face path (safetensors, tokenizer.json, tokenizer_config.json, halves RoPE with
-//! un-permuted q/k): the same logits, tokens and chat prompts as the GGUF.
+//! un-permuted q/k): the same logits, tokens and chat prompts as the GGUF; served, its log
+//! probabilities (generated, and a prompt's with `echo`) match the numpy forward pass.
 
 mod support;
 
@@ -71,4 +72,34 @@ fn exported_folder_loads_back_with_identical_outputs() {
     let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "GGUF and exported folder differ by {worst}");
     assert_eq!(gpu::sampling::argmax(&lb), 7042, "\" Paris\"");
+
+    // Served (a folder runs in exact mode), the log probabilities the official client gets are
+    // within 1e-3 of the f32 numpy forward pass: generated, and a prompt's scores with `echo`.
+    let port = free_port();
+    let config = export.join("cluster.toml");
+    let topology = format!(
+        r#"[cluster]
+name = "hf"
+cookie = "a-cookie-for-the-tests"
+
+[model]
+source = {dir:?}
+name = "smollm2-hf"
+
+[[nodes]]
+name = "n0"
+control = "127.0.0.1:{}"
+gateway = "127.0.0.1:{port}"
+roles = ["gateway", "router"]
+workers = [{{ device = "cpu", kv_blocks = 64 }}]
+"#,
+        free_port()
+    );
+    std::fs::write(&config, topology).unwrap();
+    let _serve = Proc::spawn(&["serve", "--config", config.to_str().unwrap()], export.join("serve.log"));
+    assert!(wait_health(port, 200, std::time::Duration::from_secs(120)), "the folder was not served");
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2.json");
+    let passed = python_checks("logprobs_numpy.py", &[&url, "smollm2-hf", reference, "1e-3"]);
+    assert_eq!(passed, ["generated-logprobs", "prompt-scores"]);
 }

@@ -37,6 +37,10 @@ fn openai_python_client_end_to_end() {
             "request-id"
         ]
     );
+    // The served default runs the fast CPU mode: within 0.5 of the f32 numpy forward pass.
+    let reference = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference/smollm2.json");
+    let passed = python_checks("logprobs_numpy.py", &[&url, "SmolLM2-135M-Instruct", reference, "0.5"]);
+    assert_eq!(passed, ["generated-logprobs", "prompt-scores"]);
 }
 
 /// The body of the README's first `curl` (between `-d '` and the closing `'`).

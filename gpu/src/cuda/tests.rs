@@ -279,7 +279,8 @@ fn a_scored_prompt_gets_every_rows_logits_like_the_cpu_backend() {
     let rest = gpu.forward(&[scored(view(&a, half, &ta))]).unwrap().remove(0).unwrap();
     assert_eq!(rest.len(), (a.len() - half) * vocab);
     rows.extend(rest);
-    let reference = cpu.forward(&[SequenceView { all_logits: true, ..view(&a, 0, &table) }]).unwrap().remove(0).unwrap();
+    let reference =
+        cpu.forward(&[SequenceView { all_logits: true, ..view(&a, 0, &table) }]).unwrap().remove(0).unwrap();
     let (max, mean) = diff(&rows, &reference);
     println!("scored prompt, every row against the CPU's: max |diff| {max:.4}, mean {mean:.5}");
     assert!(max <= GOLDEN_MAX_ABS && mean <= GOLDEN_MEAN_ABS, "{max} {mean}");

@@ -38,13 +38,16 @@ impl ClusterConfig {
         if c.max_handshakes == 0 {
             return Err(("cluster.max_handshakes".into(), "must be at least 1".into()));
         }
+        // A folder is a Hugging Face model; a file must be a GGUF. Whether either is there, and
+        // loads, is for the loader to say (it names what is missing).
         if let super::ModelSource::Path(path) = &self.model.source
+            && path.is_file()
             && path.extension().is_none_or(|e| e != "gguf")
         {
             return Err((
                 "model.source".into(),
                 format!(
-                    "\"{}\" is not a model source: use \"default\", a path to a .gguf file, or \"test\" (Hugging Face folders are not supported yet)",
+                    "\"{}\" is not a model source: use \"default\", a .gguf file, a Hugging Face folder (config.json, safetensors, tokenizer.json), or \"test\"",
                     path.display()
                 ),
             ));
