@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod constraint;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

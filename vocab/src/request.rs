@@ -48,6 +48,9 @@ pub struct SamplingParams {
     /// predicted), and computes it itself (never on a prefill worker).
     #[serde(default)]
     pub prompt_logprobs: Option<u32>,
+    /// What the output must match (structured outputs); None for free text.
+    #[serde(default)]
+    pub constraint: Option<Constraint>,
     /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
     /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
     #[serde(default)]
@@ -91,8 +94,42 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             logprobs: None,
             prompt_logprobs: None,
+            constraint: None,
             priority: 0,
         }
+    }
+}
+
+/// A constraint on a request's output, compiled on the worker (by llguidance) into a matcher that
+/// masks each step's logits: only tokens that keep the output matching can be chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub grammar: Grammar,
+    /// Tokens already generated under it by an earlier attempt (a migrated request's, now part
+    /// of its prompt): the new worker's matcher consumes them first.
+    #[serde(default)]
+    pub consumed: Vec<u32>,
+}
+
+/// What the output must match.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grammar {
+    /// A JSON schema, as JSON text.
+    JsonSchema(String),
+    /// Any JSON object.
+    JsonObject,
+    /// A regular expression the whole output matches.
+    Regex(String),
+    /// A Lark grammar (llguidance's dialect).
+    Lark(String),
+    /// Exactly one of these strings.
+    Choice(Vec<String>),
+}
+
+impl Constraint {
+    pub fn new(grammar: Grammar) -> Self {
+        Self { grammar, consumed: Vec::new() }
     }
 }
 

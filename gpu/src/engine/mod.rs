@@ -81,12 +81,18 @@ pub struct EngineStats {
     /// Prompt tokens whose KV came from the prefix cache instead.
     pub cached_tokens: u64,
     pub preemptions: u64,
+    /// Constrained sequences' token masks computed, and the time they took (on the mask thread,
+    /// beside the forward pass).
+    pub masks: u64,
+    pub mask_micros: u64,
     pub pool: PoolStats,
 }
 
 pub struct Engine {
     executor: Box<dyn Executor>,
     tokenizer: Arc<dyn Tokenizer>,
+    /// Compiles requests' constraints against the model's vocabulary.
+    grammars: Arc<crate::constraint::Grammars>,
     limits: EngineLimits,
     pool: BlockPool,
     hasher: BlockHasher,
@@ -127,6 +133,7 @@ impl Engine {
     pub fn new(executor: Box<dyn Executor>, tokenizer: Arc<dyn Tokenizer>, limits: EngineLimits) -> Self {
         Self {
             executor,
+            grammars: Arc::new(crate::constraint::Grammars::new(tokenizer.clone())),
             tokenizer,
             pool: BlockPool::new(limits.kv_blocks),
             hasher: BlockHasher::new(limits.block_size),
@@ -286,7 +293,15 @@ impl Engine {
         if let Err(reason) = Self::check(&self.limits, &req).and_then(|()| self.check_vocab(&req.prompt_tokens)) {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason.to_string())));
         }
+        let matcher = match &req.sampling.constraint {
+            Some(c) => match self.grammars.matcher(c) {
+                Ok(m) => Some(m),
+                Err(e) => return Some(StreamEvent::Failed(WorkerFailure::Invalid(format!("constraint: {e}")))),
+            },
+            None => None,
+        };
         let mut seq = Sequence::new(req);
+        seq.matcher = matcher;
         let reusable = self.hasher.reusable_hashes(&seq.tokens);
         seq.ready = seq.score.is_none() && !reusable.is_empty() && self.pool.cached_prefix(&reusable) == reusable.len();
         self.waiting.push_back(seq);
@@ -351,6 +366,17 @@ impl Engine {
             return Ok(Vec::new());
         }
         let picks = self.picks(&plan);
+        // Constrained sequences' masks are computed on another thread while the forward pass
+        // runs (their matchers taken out meanwhile, and put back before sampling).
+        let mut matchers: Vec<(usize, crate::constraint::Matcher)> = Vec::new();
+        for p in &plan {
+            let s = &mut self.running[p.index];
+            if p.end == s.tokens.len()
+                && let Some(m) = s.matcher.take()
+            {
+                matchers.push((p.index, m));
+            }
+        }
         let views: Vec<SequenceView<'_>> = plan
             .iter()
             .map(|p| {
@@ -365,8 +391,32 @@ impl Engine {
                 }
             })
             .collect();
-        let outputs = run_batch(&mut *self.executor, &views, picks)?;
+        let executor = &mut *self.executor;
+        let (outputs, matchers, mask_time) = std::thread::scope(|scope| {
+            let masks = (!matchers.is_empty()).then(|| {
+                scope.spawn(move || {
+                    let start = std::time::Instant::now();
+                    for (_, m) in &mut matchers {
+                        // An error is met again, and handled, when the mask is applied.
+                        let _ = m.compute_mask();
+                    }
+                    (matchers, start.elapsed())
+                })
+            });
+            let outputs = run_batch(executor, &views, picks);
+            let (matchers, took) = match masks {
+                Some(h) => h.join().expect("the mask thread does not panic"),
+                None => (Vec::new(), std::time::Duration::ZERO),
+            };
+            (outputs, matchers, took)
+        });
         drop(views);
+        self.stats.masks += matchers.len() as u64;
+        self.stats.mask_micros += mask_time.as_micros() as u64;
+        for (i, m) in matchers {
+            self.running[i].matcher = Some(m);
+        }
+        let outputs = outputs?;
         if outputs.len() != plan.len() {
             return Err(ExecutorError::Forward(format!("{} results for a batch of {}", outputs.len(), plan.len())));
         }

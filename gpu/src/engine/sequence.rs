@@ -34,6 +34,8 @@ pub(super) struct Sequence {
     hashes: Vec<u64>,
     /// Set for a prefill computed for another worker: no sampling, blocks reported instead.
     pub prefill: Option<PrefillState>,
+    /// The constraint's matcher, when the output must match one: it masks each token.
+    pub matcher: Option<crate::constraint::Matcher>,
     /// Prompt scoring, while the prompt's log probabilities are still to be sent.
     pub score: Option<PromptScore>,
     /// Its prompt's KV, all but the last token, was in the pool when it was submitted (blocks
@@ -77,6 +79,7 @@ impl Sequence {
             computed: 0,
             hashes: Vec::new(),
             prefill: None,
+            matcher: None,
             score: req.sampling.prompt_logprobs.map(|top| PromptScore { top, entries: Vec::new() }),
             ready: false,
         }
@@ -148,9 +151,10 @@ impl Sequence {
         }
     }
 
-    /// Whether `pick` describes this sequence's sampling.
+    /// Whether `pick` describes this sequence's sampling (a constrained one is masked and
+    /// sampled on the host).
     pub fn can_pick(&self) -> bool {
-        self.sampler.can_pick()
+        self.matcher.is_none() && self.sampler.can_pick()
     }
 
     /// How the executor may pick this sequence's next token itself (see `Sampler::pick`).
@@ -166,7 +170,18 @@ impl Sequence {
         context: usize,
         events: &mut Vec<(RequestId, StreamEvent)>,
     ) -> Option<FinishReason> {
-        let token = self.sampler.sample(logits);
+        let token = match &mut self.matcher {
+            Some(m) => {
+                let mut masked = logits.to_vec();
+                if let Err(e) = m.apply(&mut masked) {
+                    tracing::warn!(request = %self.id, "constrained decoding stopped: {e}");
+                    return Some(FinishReason::Stop);
+                }
+                self.sampler.sample(&masked)
+            }
+            None => self.sampler.sample(logits),
+        };
+        // Of the model's distribution: before the constraint's mask, as before the penalties.
         if let Some(top) = self.sampler.wants_logprobs() {
             self.unreported_logprobs.push(crate::sampling::logprobs(logits, token, top));
         }
@@ -186,6 +201,17 @@ impl Sequence {
         self.sampler.observe(token);
         self.unreported += 1;
         let is_eos = !self.ignore_eos && tokenizer.eos_tokens().contains(&token);
+        // A constrained output ends where its grammar does.
+        let mut complete = false;
+        if let (Some(m), false) = (&mut self.matcher, is_eos) {
+            match m.consume(token) {
+                Ok(()) => complete = m.is_complete(),
+                Err(e) => {
+                    tracing::warn!(request = %self.id, "constrained decoding stopped: {e}");
+                    complete = true;
+                }
+            }
+        }
         let mut stopped = false;
         let mut matched = None;
         if !is_eos {
@@ -194,7 +220,8 @@ impl Sequence {
             (stopped, matched) = (out.stopped, out.matched);
             self.emit(events, out.emit);
         }
-        let reason = finish_reason(is_eos, stopped, self.generated(), self.max_tokens, self.tokens.len(), context)?;
+        let ended = is_eos || complete;
+        let reason = finish_reason(ended, stopped, self.generated(), self.max_tokens, self.tokens.len(), context)?;
         let reason = match matched {
             Some(i) => FinishReason::StopSequence(i as u32),
             None => reason,

@@ -228,6 +228,102 @@ fn a_scored_prompt_reports_each_token_given_those_before_it_whatever_the_chunkin
     assert!(matches!(&out[0], StreamEvent::Scored { logprobs, .. } if logprobs.is_empty()), "{out:?}");
 }
 
+/// Every event of each request, run to completion.
+fn events_by_id(e: &mut Engine) -> HashMap<String, Vec<StreamEvent>> {
+    let mut all: HashMap<String, Vec<StreamEvent>> = HashMap::new();
+    while e.has_work() {
+        for (id, ev) in e.step().unwrap() {
+            all.entry(id.0).or_default().push(ev);
+        }
+    }
+    all
+}
+
+fn text_and_ids(events: &[StreamEvent]) -> (String, Vec<u32>) {
+    let (mut text, mut all) = (String::new(), Vec::new());
+    for ev in events {
+        if let StreamEvent::Delta { text: t, ids, .. } = ev {
+            text.push_str(t);
+            all.extend(ids);
+        }
+    }
+    (text, all)
+}
+
+fn constrained(grammar: runtime::request::Grammar, temperature: f32, seed: u64) -> SamplingParams {
+    let constraint = Some(runtime::request::Constraint::new(grammar));
+    SamplingParams { max_tokens: 60, temperature, seed, constraint, ..Default::default() }
+}
+
+const SCHEMA: &str = r#"{"type": "object", "properties": {"n": {"type": "integer"}, "word": {"enum": ["sea", "sky"]}},
+    "required": ["n", "word"], "additionalProperties": false}"#;
+
+fn matches_schema(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| v["n"].is_i64() && ["sea", "sky"].contains(&v["word"].as_str().unwrap_or("")))
+}
+
+#[test]
+fn constrained_and_free_sequences_share_a_batch_and_each_gets_its_own() {
+    use runtime::request::Grammar;
+    let free = alone(12);
+    let mut e = engine_with(limits(256, 8, 512), Duration::ZERO);
+    for (i, p) in PROMPTS.iter().enumerate().take(3) {
+        e.submit(req(&format!("free{i}"), p, greedy(12)));
+    }
+    e.submit(req("json", "hello", constrained(Grammar::JsonSchema(SCHEMA.into()), 0.0, 1)));
+    e.submit(req("json-sampled", "hello", constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, 7)));
+    e.submit(req("regex", "hello", constrained(Grammar::Regex("[a-c]{4}!".into()), 1.0, 3)));
+    e.submit(req("choice", "hello", constrained(Grammar::Choice(vec!["north".into(), "south".into()]), 0.8, 5)));
+    let out = events_by_id(&mut e);
+    for i in 0..3 {
+        let evs = &out[&format!("free{i}")];
+        let text = text_and_ids(evs).0;
+        assert_eq!((text, evs.last().unwrap().clone()), free[i], "a free sequence is as it is alone");
+    }
+    for id in ["json", "json-sampled"] {
+        let text = text_and_ids(&out[id]).0;
+        assert!(matches_schema(&text), "{id}: {text:?}");
+    }
+    let regex = text_and_ids(&out["regex"]).0;
+    assert!(regex.len() == 5 && regex[..4].bytes().all(|b| (b'a'..=b'c').contains(&b)) && regex.ends_with('!'), "{regex:?}");
+    assert!(["north", "south"].contains(&text_and_ids(&out["choice"]).0.as_str()));
+    // A grammar that completes stops its sequence.
+    for id in ["json", "json-sampled", "regex", "choice"] {
+        assert!(matches!(out[id].last(), Some(StreamEvent::Finished { reason: FinishReason::Stop, .. })), "{id}");
+    }
+    let stats = e.stats();
+    assert!(stats.masks > 10, "{stats:?}");
+    assert_no_leak(&e);
+    // A constraint that does not compile is refused at submission.
+    let bad = constrained(Grammar::Regex("(".into()), 0.0, 1);
+    assert!(matches!(e.submit(req("bad", "x", bad)), Some(StreamEvent::Failed(WorkerFailure::Invalid(_)))));
+}
+
+#[test]
+fn a_constrained_request_resumed_after_its_fifth_token_still_matches() {
+    use runtime::request::{Constraint, Grammar};
+    let prompt = TestTokenizer::default().encode("hello");
+    for seed in 0..4 {
+        let sampling = constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, seed);
+        let mut e = engine(2);
+        e.submit(GenerateRequest { id: RequestId("a".into()), tag: None, prompt_tokens: prompt.clone(), sampling: sampling.clone() });
+        let (whole, ids) = text_and_ids(&events_by_id(&mut e)["a"]);
+        assert!(matches_schema(&whole) && ids.len() > 5, "{whole:?}");
+        // What a migration sends the next worker: the first five tokens are now prompt, and
+        // the constraint has consumed them.
+        let mut rest = sampling.clone();
+        rest.max_tokens -= 5;
+        rest.constraint = Some(Constraint { grammar: Grammar::JsonSchema(SCHEMA.into()), consumed: ids[..5].to_vec() });
+        let mut e = engine(2);
+        let resumed = [prompt.clone(), ids[..5].to_vec()].concat();
+        e.submit(GenerateRequest { id: RequestId("b".into()), tag: None, prompt_tokens: resumed, sampling: rest });
+        let (tail, _) = text_and_ids(&events_by_id(&mut e)["b"]);
+        let text = TestTokenizer::default().decode(&ids[..5]) + &tail;
+        assert!(matches_schema(&text), "seed {seed}: {text:?}");
+    }
+}
+
 #[test]
 fn higher_priority_is_admitted_first_then_arrival_order() {
     // One sequence at a time: the order they finish in is the order they were admitted in.

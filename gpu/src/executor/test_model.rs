@@ -159,6 +159,11 @@ fn logits_after(tokens: &[u32], prompt_len: usize, vocab: usize) -> Vec<f32> {
     for id in FIRST_WORD..vocab as u32 {
         logits[id as usize] = (mix(h ^ u64::from(id)) % 1000) as f32 / 100.0;
     }
+    // Bytes are possible but never likely (e^-20 against the words'), so that a constraint that
+    // allows only bytes (a JSON brace, a digit) still has a choice among them.
+    for id in 0..BYTES {
+        logits[id as usize] = -30.0 + (mix(h ^ u64::from(id)) % 1000) as f32 / 100.0;
+    }
     let generated = tokens.len().saturating_sub(prompt_len) as f32;
     logits[IM_END as usize] = 6.0 + 0.08 * generated;
     logits
@@ -266,7 +271,10 @@ mod tests {
         assert_ne!(l2[0], l2[1]);
         let l = l1[0].as_ref().unwrap();
         assert_eq!(l.len(), 259 + 64);
-        assert_eq!(l[..259].iter().filter(|l| l.is_finite()).count(), 1, "only end-of-turn among specials and bytes");
+        assert_eq!(l[256..259].iter().filter(|l| l.is_finite()).count(), 1, "only end-of-turn among specials");
+        // Bytes are possible, never likely: below every word.
+        let lowest_word = l[259..].iter().copied().fold(f32::INFINITY, f32::min);
+        assert!(l[..256].iter().all(|&b| b.is_finite() && b < -19.0 && b < lowest_word));
         let chunk = SequenceView { wants_logits: false, ..view(&[1, 2, 3]) };
         assert_eq!(e.forward(&[chunk]).unwrap(), vec![None]);
     }
