@@ -438,6 +438,10 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
             let ids = std::mem::take(&mut self.delivered);
             self.before += ids.len() as u32;
             self.current.sampling.max_tokens = self.current.sampling.max_tokens.saturating_sub(ids.len() as u32);
+            // A constrained output goes on where it was in its grammar.
+            if let Some(c) = &mut self.current.sampling.constraint {
+                c.consumed.extend_from_slice(&ids);
+            }
             self.current.prompt_tokens.extend(ids);
             if self.current.sampling.max_tokens == 0 {
                 // Every token was delivered; only the end was lost.

@@ -165,6 +165,7 @@ pub(crate) fn tests_model() -> ModelFrontend {
         default_max_tokens: 20,
         longest_token: gpu::model::longest_token(&TestTokenizer::default()),
         sampling: Default::default(),
+        grammars: std::sync::Arc::new(gpu::constraint::Grammars::new(std::sync::Arc::new(TestTokenizer::default()))),
     }
 }
 
@@ -290,6 +291,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
     let adjust = logit_controls(&body_controls, model)?;
     let logprobs = logprobs_asked(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
     let prompt_logprobs = if echo.is_some() { logprobs } else { None };
+    let constraint = structured::constraint(&body.rest, model)?;
     let explicit_max = body.max_completion_tokens.or(body.max_tokens).is_some();
     let prompt_param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let max_tokens = budget(model, prompt_tokens.len(), max_tokens, explicit_max, param, prompt_param)?;
@@ -311,6 +313,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             logit_bias: adjust.logit_bias,
             logprobs,
             prompt_logprobs,
+            constraint,
             // The caller's key sets it, after parsing.
             priority: 0,
         },
@@ -516,12 +519,6 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
         let message = "`parallel_tool_calls` is only allowed when `tools` are specified.";
         return Err(ApiError::bad_request(message, Some("parallel_tool_calls")));
     }
-    if let Some(rf) = set("response_format")
-        && rf.get("type").and_then(Value::as_str) != Some("text")
-    {
-        let message = "Only response_format {\"type\": \"text\"} is supported.";
-        return Err(ApiError::bad_request(message, Some("response_format")));
-    }
     Ok(())
 }
 
@@ -654,6 +651,7 @@ impl ResponseMeta {
 }
 
 pub mod logprobs;
+mod structured;
 
 #[cfg(test)]
 mod tests;

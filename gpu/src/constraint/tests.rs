@@ -42,10 +42,7 @@ fn a_regex_holds_whatever_the_logits() {
     for seed in 0..10 {
         let mut m = g.matcher(&Constraint::new(Grammar::Regex("[0-9]{3}-[a-z]{2}".into()))).unwrap();
         let text = generate(&mut m, seed, 50);
-        assert!(
-            text.len() == 6 && text[..3].bytes().all(|b| b.is_ascii_digit()) && &text[3..4] == "-",
-            "{text:?}"
-        );
+        assert!(text.len() == 6 && text[..3].bytes().all(|b| b.is_ascii_digit()) && &text[3..4] == "-", "{text:?}");
         assert!(m.is_complete(), "nothing can follow the last letter");
     }
 }

@@ -286,7 +286,10 @@ fn constrained_and_free_sequences_share_a_batch_and_each_gets_its_own() {
         assert!(matches_schema(&text), "{id}: {text:?}");
     }
     let regex = text_and_ids(&out["regex"]).0;
-    assert!(regex.len() == 5 && regex[..4].bytes().all(|b| (b'a'..=b'c').contains(&b)) && regex.ends_with('!'), "{regex:?}");
+    assert!(
+        regex.len() == 5 && regex[..4].bytes().all(|b| (b'a'..=b'c').contains(&b)) && regex.ends_with('!'),
+        "{regex:?}"
+    );
     assert!(["north", "south"].contains(&text_and_ids(&out["choice"]).0.as_str()));
     // A grammar that completes stops its sequence.
     for id in ["json", "json-sampled", "regex", "choice"] {
@@ -307,7 +310,12 @@ fn a_constrained_request_resumed_after_its_fifth_token_still_matches() {
     for seed in 0..4 {
         let sampling = constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, seed);
         let mut e = engine(2);
-        e.submit(GenerateRequest { id: RequestId("a".into()), tag: None, prompt_tokens: prompt.clone(), sampling: sampling.clone() });
+        e.submit(GenerateRequest {
+            id: RequestId("a".into()),
+            tag: None,
+            prompt_tokens: prompt.clone(),
+            sampling: sampling.clone(),
+        });
         let (whole, ids) = text_and_ids(&events_by_id(&mut e)["a"]);
         assert!(matches_schema(&whole) && ids.len() > 5, "{whole:?}");
         // What a migration sends the next worker: the first five tokens are now prompt, and

@@ -56,6 +56,9 @@ pub struct ModelFrontend {
     /// What a request that leaves a sampling field out gets: `[model.sampling]`, then a Hugging
     /// Face folder's `generation_config.json`.
     pub sampling: SamplingDefaults,
+    /// Compiles requests' constraints, so that one that cannot compile is refused before it is
+    /// placed (built on first use).
+    pub grammars: Arc<crate::constraint::Grammars>,
 }
 
 /// The sampling fields of a Hugging Face folder's `generation_config.json`, if it has one.
@@ -115,6 +118,7 @@ impl ModelFrontend {
                 name,
                 sampling: section.sampling,
                 longest_token: longest_token(&TestTokenizer::default()),
+                grammars: Arc::new(crate::constraint::Grammars::new(Arc::new(TestTokenizer::default()))),
                 tokenizer: Arc::new(TestTokenizer::default()),
                 chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
@@ -125,11 +129,13 @@ impl ModelFrontend {
                 let chat = ChatTemplate::new(template.as_deref().unwrap_or(CHATML), &bos, &eos)
                     .map_err(ModelError::Template)?;
                 let native = hf::HfModel::open(dir)?.config.context_length as u32;
+                let tok: Arc<dyn Tokenizer> = Arc::new(tok);
                 Ok(Self {
                     name,
                     sampling: section.sampling.or(generation_config(dir)),
-                    longest_token: longest_token(&tok),
-                    tokenizer: Arc::new(tok),
+                    longest_token: longest_token(&*tok),
+                    grammars: Arc::new(crate::constraint::Grammars::new(tok.clone())),
+                    tokenizer: tok,
                     chat: Arc::new(chat),
                     context_length: section.context_length.map_or(native, |c| c.min(native)),
                     default_max_tokens: section.default_max_tokens,
@@ -163,6 +169,7 @@ impl ModelFrontend {
             name,
             sampling: SamplingDefaults::default(),
             longest_token: longest_token(&*tokenizer),
+            grammars: Arc::new(crate::constraint::Grammars::new(tokenizer.clone())),
             tokenizer,
             chat: Arc::new(chat),
             context_length: match (context_length, native) {

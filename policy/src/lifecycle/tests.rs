@@ -153,6 +153,36 @@ fn a_failure_mid_stream_migrates_with_the_tokens_so_far_and_counts_usage_across_
 }
 
 #[test]
+fn a_migrated_constraint_has_consumed_every_token_delivered_and_scores_go_once() {
+    use vocab::request::{Constraint, Grammar, TokenLogprob};
+    let mut req = request(10);
+    req.sampling.constraint = Some(Constraint::new(Grammar::Regex("[a-z]+".into())));
+    req.sampling.prompt_logprobs = Some(1);
+    let mut l = Lifecycle::new(req, LifecycleConfig::new(1, 3), Duration::ZERO);
+    drain(&mut l);
+    admit(&mut l, "a", MS);
+    let scored = StreamEvent::Scored { first: 1, logprobs: vec![TokenLogprob { id: 2, logprob: -1.0, top: vec![] }] };
+    l.handle_event(MS, &"a", 0, scored.clone());
+    assert!(drain(&mut l).contains(&Output::Deliver(scored)));
+    assert_eq!(l.request().sampling.prompt_logprobs, None, "delivered once: not asked for again");
+    l.handle_event(MS, &"a", 0, delta(&[10, 11]));
+    drain(&mut l);
+    l.handle_worker_failed(MS * 2, &"a", "gone");
+    drain(&mut l);
+    assert_eq!(l.request().sampling.constraint.as_ref().unwrap().consumed, vec![10, 11]);
+    // A second move adds what the second worker delivered.
+    l.handle_timeout(MS * 200);
+    drain(&mut l);
+    admit(&mut l, "b", MS * 201);
+    l.handle_event(MS * 202, &"b", 1, delta(&[12]));
+    drain(&mut l);
+    l.handle_worker_failed(MS * 203, &"b", "gone too");
+    drain(&mut l);
+    assert_eq!(l.request().sampling.constraint.as_ref().unwrap().consumed, vec![10, 11, 12]);
+    assert_eq!(l.request().prompt_tokens, vec![1, 2, 3, 10, 11, 12]);
+}
+
+#[test]
 fn migrations_run_out_and_a_lost_ending_still_finishes() {
     let mut l = life(2);
     drain(&mut l);

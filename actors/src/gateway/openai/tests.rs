@@ -324,7 +324,13 @@ fn every_openai_chat_field_is_honoured_ignored_as_documented_or_refused_by_name(
         ("tools", r#"[{"type": "function", "function": {"name": "f"}}]"#, Refused),
         ("functions", r#"[{"name": "f"}]"#, Refused),
         ("function_call", r#""auto""#, Refused),
-        ("response_format", r#"{"type": "json_object"}"#, Refused),
+        ("response_format", r#"{"type": "json_object"}"#, Honoured),
+        (
+            "response_format",
+            r#"{"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer"}}}"#,
+            Honoured,
+        ),
+        ("response_format", r#"{"type": "xml"}"#, Refused),
         ("top_logprobs", "2", Refused),
         ("stream_options", r#"{"include_usage": true}"#, Refused),
     ];
@@ -350,7 +356,8 @@ fn check_fields(endpoint: Endpoint, base: &str, table: &[(&str, &str, Dispositio
             (Disposition::Honoured, Ok(p)) => assert_ne!(p, plain, "{field} = {value} changed nothing"),
             (Disposition::Ignored, Ok(p)) => assert_eq!(p, plain, "{field} = {value} is documented as ignored"),
             (Disposition::Refused, Err(e)) => {
-                assert_eq!(e.param.as_deref(), Some(*field), "{field} = {value}: {}", e.message)
+                let named = e.param.as_deref().is_some_and(|p| p == *field || p.starts_with(&format!("{field}.")));
+                assert!(named, "{field} = {value}: {:?} {}", e.param, e.message)
             }
             (d, got) => panic!("{field} = {value}: {d:?} expected, got {got:?}"),
         }
@@ -381,6 +388,8 @@ fn every_openai_completion_field_is_honoured_ignored_as_documented_or_refused_by
         ("min_p", "0.1", Honoured),
         ("repetition_penalty", "1.2", Honoured),
         ("ignore_eos", "true", Honoured),
+        ("structured_outputs", r#"{"regex": "[0-9]+"}"#, Honoured),
+        ("structured_outputs", r#"{"choice": ["a", "b"]}"#, Honoured),
         ("best_of", "3", Refused),
         ("suffix", r#""x""#, Refused),
         ("stream_options", r#"{"include_usage": true}"#, Refused),
@@ -392,4 +401,55 @@ fn every_openai_completion_field_is_honoured_ignored_as_documented_or_refused_by
     check_fields(Endpoint::Completion, r#""prompt":"hi""#, table);
     let batched = bad(Endpoint::Completion, r#"{"model":"m","prompt":["a","b"]}"#);
     assert_eq!(batched.param.as_deref(), Some("prompt"), "{}", batched.message);
+}
+
+#[test]
+fn structured_outputs_become_constraints_and_bad_ones_name_their_field() {
+    use runtime::request::Grammar;
+    let chat = |extra: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+    let grammar = |extra: &str| ok(Endpoint::Chat, &chat(extra)).sampling.constraint.map(|c| c.grammar);
+    assert_eq!(grammar(r#""response_format":{"type":"text"}"#), None);
+    assert_eq!(grammar(r#""response_format":{"type":"json_object"}"#), Some(Grammar::JsonObject));
+    let schema = r#"{"type":"object","properties":{"a":{"type":"integer"}}}"#;
+    let got = grammar(&format!(
+        r#""response_format":{{"type":"json_schema","json_schema":{{"name":"t","schema":{schema},"strict":true}}}}"#
+    ));
+    let Some(Grammar::JsonSchema(text)) = got else { panic!("{got:?}") };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        serde_json::from_str::<serde_json::Value>(schema).unwrap()
+    );
+    assert_eq!(grammar(r#""structured_outputs":{"regex":"[ab]+"}"#), Some(Grammar::Regex("[ab]+".into())));
+    assert_eq!(
+        grammar(r#""structured_outputs":{"choice":["x","y"]}"#),
+        Some(Grammar::Choice(vec!["x".into(), "y".into()]))
+    );
+    assert_eq!(
+        grammar(r#""structured_outputs":{"grammar":"start: \"a\""}"#),
+        Some(Grammar::Lark("start: \"a\"".into()))
+    );
+    assert_eq!(
+        grammar(r#""structured_outputs":{"json":{"type":"integer"}}"#),
+        Some(Grammar::JsonSchema(r#"{"type":"integer"}"#.into()))
+    );
+    for (extra, param) in [
+        (
+            r#""response_format":{"type":"json_schema","json_schema":{"name":"t","schema":{"type":"no-such"}}}"#,
+            "response_format.json_schema.schema",
+        ),
+        (
+            r#""response_format":{"type":"json_schema","json_schema":{"name":"t","schema":[1]}}"#,
+            "response_format.json_schema.schema",
+        ),
+        (r#""response_format":{"type":"json_schema"}"#, "response_format.json_schema"),
+        (r#""response_format":{"type":"yaml"}"#, "response_format.type"),
+        (r#""structured_outputs":{"regex":"("}"#, "structured_outputs.regex"),
+        (r#""structured_outputs":{"choice":[]}"#, "structured_outputs.choice"),
+        (r#""structured_outputs":{"grammar":"start: nowhere"}"#, "structured_outputs.grammar"),
+        (r#""structured_outputs":{"regex":"a","choice":["b"]}"#, "structured_outputs"),
+        (r#""structured_outputs":{"regex":"a"},"response_format":{"type":"json_object"}"#, "structured_outputs"),
+    ] {
+        let e = bad(Endpoint::Chat, &chat(extra));
+        assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}: {}", e.message);
+    }
 }
