@@ -30,6 +30,7 @@ fn openai_python_client_end_to_end() {
             "penalties",
             "logprobs",
             "echo",
+            "structured-outputs",
             "n-choices",
             "responses",
             "unknown-model",

@@ -5,11 +5,14 @@ Each check asserts values; the last line printed is a summary the Rust test read
 """
 
 import json
+import re
 import sys
+from typing import List, Literal
 import urllib.error
 import urllib.request
 
 import openai
+import pydantic
 from e2e_checks import check, summary
 
 base_url, model = sys.argv[1], sys.argv[2]
@@ -219,6 +222,60 @@ def _():
     two = client.completions.create(**dict(greedy, temperature=1.0), seed=3, n=2, echo=True)
     for ch in two.choices:
         assert ch.text.startswith(prompt) and close(ch.logprobs.token_logprobs[:n], lp.token_logprobs), ch
+
+
+class Address(pydantic.BaseModel):
+    city: str = pydantic.Field(max_length=24)
+    zip_code: int
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=24)
+    age: int
+    role: Literal["admin", "editor", "viewer"]
+    hobbies: List[str] = pydantic.Field(max_length=3)
+    address: Address
+
+
+@check("structured-outputs")
+def _():
+    ask = [{"role": "user", "content": "Describe a fictional person as JSON."}]
+    for temperature in (0, 1):
+        r = client.beta.chat.completions.parse(
+            model=model, messages=ask, response_format=Person, temperature=temperature, seed=11, max_tokens=300
+        )
+        person = r.choices[0].message.parsed
+        assert isinstance(person, Person) and isinstance(person.address, Address), r
+        assert r.choices[0].finish_reason == "stop", r.choices[0]
+        assert person.role in ("admin", "editor", "viewer") and len(person.hobbies) <= 3, person
+        with client.beta.chat.completions.stream(
+            model=model, messages=ask, response_format=Person, temperature=temperature, seed=11, max_tokens=300
+        ) as stream:
+            streamed = stream.get_final_completion().choices[0].message.parsed
+        assert streamed == person, (streamed, person)
+    # Any JSON object, and vLLM's regex and choice, on 20 seeded samples each.
+    o = client.chat.completions.create(model=model, messages=ask, response_format={"type": "json_object"}, max_tokens=200, temperature=0)
+    assert isinstance(json.loads(o.choices[0].message.content), dict), o
+    regex, choices = r"[A-Z][a-z]{2,6} [0-9]{2}", ["red", "green", "blue"]
+    seen = set()
+    for seed in range(20):
+        common = dict(model=model, messages=ask, temperature=1.0, seed=seed, max_tokens=20)
+        text = client.chat.completions.create(**common, extra_body={"structured_outputs": {"regex": regex}}).choices[0].message.content
+        assert re.fullmatch(regex, text), text
+        pick = client.chat.completions.create(**common, extra_body={"structured_outputs": {"choice": choices}}).choices[0].message.content
+        assert pick in choices, pick
+        seen.add(pick)
+    assert len(seen) >= 2, seen
+    # A schema that cannot compile is a 400 naming the field, before anything runs.
+    try:
+        client.chat.completions.create(
+            model=model, messages=ask, max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "no-such-type"}}},
+        )
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "response_format.json_schema.schema", e.body
+    else:
+        raise AssertionError("an uncompilable schema was accepted")
 
 
 def prefix_cache_tokens():
