@@ -229,6 +229,10 @@ enum BenchCommand {
         prefill_tokens: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// A JSON schema file: decode again with it constraining every sequence, and report the
+        /// ratio to the free runs beside them.
+        #[arg(long)]
+        json_schema: Option<PathBuf>,
     },
     /// KV frames of 1 MiB between two data planes on this host, over QUIC (mutual TLS) and
     /// shared memory, beside a plain TCP socket copy and memcpy (GB/s, medians of --repeats).
@@ -335,9 +339,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             command:
-                BenchCommand::Engine { model, device, concurrency, prompt_tokens, max_tokens, prefill_tokens, repeats },
+                BenchCommand::Engine {
+                    model,
+                    device,
+                    concurrency,
+                    prompt_tokens,
+                    max_tokens,
+                    prefill_tokens,
+                    repeats,
+                    json_schema,
+                },
         } => {
             runtime::telemetry::init_logging(Default::default());
+            let constraint = match json_schema {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    Some(runtime::request::Constraint::new(runtime::request::Grammar::JsonSchema(text)))
+                }
+                None => None,
+            };
             let section = runtime::config::ModelSection { source: model, ..Default::default() };
             let bench = gpu::bench::EngineBench {
                 concurrency,
@@ -346,6 +368,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 prefill_tokens,
                 repeats: repeats.max(1),
                 block_size: 16,
+                constraint,
             };
             let mut load = |blocks: usize| {
                 let m = gpu::model::LoadedModel::load(&section, device, gpu::model::KvBudget::Blocks(blocks), 16)?;
@@ -359,6 +382,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     "decode x{:<3} aggregate {:>8.1} tok/s   per stream {:>7.1} tok/s",
                     d.concurrency, d.aggregate_tok_s, d.per_stream_tok_s
                 );
+                if let (Some(with), Some(ratio), Some(mask)) = (d.constrained_tok_s, d.constrained_ratio, d.mask_us) {
+                    println!("  with the JSON schema: {with:>8.1} tok/s, {ratio:.2}x of free, mask {mask:.0} us a sequence");
+                }
             }
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)

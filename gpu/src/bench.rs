@@ -1,11 +1,12 @@
 //! `armature bench engine`: the engine and an executor measured directly, without HTTP: prefill
-//! throughput for one long prompt, and decode throughput at several concurrencies.
+//! throughput for one long prompt, and decode throughput at several concurrencies; with a
+//! constraint, decode again with it on every sequence, beside the free runs of the same repeat.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use runtime::ids::RequestId;
-use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
+use runtime::request::{Constraint, GenerateRequest, SamplingParams, StreamEvent};
 use serde::Serialize;
 
 use crate::engine::{Engine, EngineLimits};
@@ -24,6 +25,8 @@ pub struct EngineBench {
     pub prefill_tokens: usize,
     pub repeats: usize,
     pub block_size: usize,
+    /// Decode each concurrency again with this constraint on every sequence.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,6 +35,15 @@ pub struct DecodeFigure {
     /// Median over repeats of generated tokens per second, all sequences together.
     pub aggregate_tok_s: f64,
     pub per_stream_tok_s: f64,
+    /// With the constraint: median aggregate tok/s, its ratio to the free runs (the median of
+    /// each repeat's ratio), and the mean time of one sequence's mask (computed beside the
+    /// forward pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constrained_tok_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constrained_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_us: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -58,12 +70,12 @@ fn prompt(tokenizer: &dyn Tokenizer, i: usize, len: usize) -> Vec<u32> {
     ids
 }
 
-fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32) -> GenerateRequest {
+fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32, constraint: Option<&Constraint>) -> GenerateRequest {
     GenerateRequest {
         id: RequestId(format!("bench-{id}")),
         tag: None,
         prompt_tokens,
-        sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
+        sampling: SamplingParams { max_tokens, ignore_eos: true, constraint: constraint.cloned(), ..Default::default() },
     }
 }
 
@@ -87,7 +99,7 @@ impl EngineBench {
             let (exec, tok) = load(limits.kv_blocks)?;
             let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
             let mut engine = Engine::new(exec, tok.clone(), limits);
-            engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1));
+            engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1, None));
             let start = Instant::now();
             while engine.has_work() {
                 engine.step().map_err(|e| ModelError::Metadata(e.to_string()))?;
@@ -96,33 +108,26 @@ impl EngineBench {
         }
         let mut decode = Vec::new();
         for &c in &self.concurrency {
-            let mut runs = Vec::new();
+            let (mut free, mut constrained, mut ratios, mut mask_us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..self.repeats {
-                let limits = self.limits(c, self.prompt_tokens + self.max_tokens as usize, 1 << 20);
-                let (exec, tok) = load(limits.kv_blocks)?;
-                let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
-                let mut engine = Engine::new(exec, tok.clone(), limits);
-                for i in 0..c {
-                    engine.submit(request(i, prompt(&*tok, i + 1, self.prompt_tokens), self.max_tokens));
+                let (tok_s, _) = self.decode_once(c, None, load)?;
+                free.push(tok_s);
+                if let Some(constraint) = &self.constraint {
+                    let (with, stats) = self.decode_once(c, Some(constraint), load)?;
+                    constrained.push(with);
+                    ratios.push(with / tok_s);
+                    mask_us.push(stats.mask_micros as f64 / stats.masks.max(1) as f64);
                 }
-                // The first step prefills every prompt and samples each first token; time the rest.
-                engine.step().map_err(|e| ModelError::Metadata(e.to_string()))?;
-                let start = Instant::now();
-                let mut generated = 0u64;
-                while engine.has_work() {
-                    for (_, ev) in engine.step().map_err(|e| ModelError::Metadata(e.to_string()))? {
-                        if let StreamEvent::Finished { usage, .. } = ev {
-                            generated += u64::from(usage.completion_tokens.saturating_sub(1));
-                        }
-                    }
-                }
-                runs.push(generated as f64 / start.elapsed().as_secs_f64());
             }
-            let aggregate = median(runs);
+            let aggregate = median(free);
+            let some = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
             decode.push(DecodeFigure {
                 concurrency: c,
                 aggregate_tok_s: aggregate,
                 per_stream_tok_s: aggregate / c as f64,
+                constrained_tok_s: some(constrained),
+                constrained_ratio: some(ratios),
+                mask_us: some(mask_us),
             });
         }
         Ok(EngineReport {
@@ -131,5 +136,37 @@ impl EngineBench {
             decode,
             threads: crate::cpu::threads::threads(),
         })
+    }
+
+    /// One decode run of `c` sequences: generated tokens per second after the first step (which
+    /// prefills every prompt), and the engine's counters.
+    fn decode_once(
+        &self,
+        c: usize,
+        constraint: Option<&Constraint>,
+        load: Loader<'_>,
+    ) -> Result<(f64, crate::engine::EngineStats), ModelError> {
+        let limits = self.limits(c, self.prompt_tokens + self.max_tokens as usize, 1 << 20);
+        let (exec, tok) = load(limits.kv_blocks)?;
+        let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
+        let mut engine = Engine::new(exec, tok.clone(), limits);
+        for i in 0..c {
+            let req = request(i, prompt(&*tok, i + 1, self.prompt_tokens), self.max_tokens, constraint);
+            if let Some(StreamEvent::Failed(f)) = engine.submit(req) {
+                return Err(ModelError::Metadata(format!("the benchmark's request was refused: {f}")));
+            }
+        }
+        let step = |e: &mut Engine| e.step().map_err(|e| ModelError::Metadata(e.to_string()));
+        step(&mut engine)?;
+        let start = Instant::now();
+        let mut generated = 0u64;
+        while engine.has_work() {
+            for (_, ev) in step(&mut engine)? {
+                if let StreamEvent::Finished { usage, .. } = ev {
+                    generated += u64::from(usage.completion_tokens.saturating_sub(1));
+                }
+            }
+        }
+        Ok((generated as f64 / start.elapsed().as_secs_f64(), engine.stats()))
     }
 }
