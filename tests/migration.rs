@@ -5,7 +5,8 @@
 //! generated so far, and the client's stream goes on: no error, nothing repeated or missing (the
 //! text equals an uninterrupted run's), usage counts every token once, and the migration is
 //! counted; the prompt's scores (`echo` with `logprobs`) come once, and every token's log
-//! probability once. Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
+//! probability once; the output's regex constraint holds across the move (the new worker's
+//! matcher goes on from the tokens already streamed). Then the same with a node that is stopped (SIGSTOP) instead: its lease expires and the
 //! stream moves on. Then with SIGTERM: the node drains (its worker takes nothing new, so a request
 //! sent meanwhile goes to the other worker, and its stream goes on there) until
 //! `shutdown_grace` (1 s), stops, and the rest of the stream moves.
@@ -24,12 +25,32 @@ use support::*;
 /// tokens generated, which a continuation counts from its own start).
 const MAX_TOKENS: u64 = 30;
 
+/// The output's constraint: three digits, then words. A worker that took a migrated request and
+/// restarted the grammar would write digits again mid-stream.
+const REGEX: &str = "[0-9]{3}(the |sea |ship |sail |harbor |north |south )+";
+const WORDS: [&str; 7] = ["the ", "sea ", "ship ", "sail ", "harbor ", "north ", "south "];
+
+/// Whether a completion matches `REGEX`.
+fn matches_regex(text: &str) -> bool {
+    let Some(mut rest) = text.get(3..).filter(|_| text.as_bytes()[..3].iter().all(u8::is_ascii_digit)) else {
+        return false;
+    };
+    while !rest.is_empty() {
+        match WORDS.iter().find(|w| rest.starts_with(*w)) {
+            Some(w) => rest = &rest[w.len()..],
+            None => return false,
+        }
+    }
+    text.len() > 3
+}
+
 fn body(stream: bool) -> String {
     serde_json::json!({
         "model": "armature-test",
         "prompt": "Here is a long story about a lighthouse keeper and the ships she saw:",
         "max_tokens": MAX_TOKENS, "temperature": 0, "ignore_eos": true, "stream": stream,
-        "stream_options": { "include_usage": true }, "echo": true, "logprobs": 1
+        "stream_options": { "include_usage": true }, "echo": true, "logprobs": 1,
+        "structured_outputs": { "regex": REGEX }
     })
     .to_string()
 }
@@ -133,7 +154,9 @@ workers = [{{ device = "cpu" }}]
     assert_eq!(status, 200);
     let reference = read_stream(&sse);
     assert_eq!(reference.completion, MAX_TOKENS);
-    assert!(reference.text.starts_with("Here is a long story"), "the prompt is echoed");
+    let prompt = "Here is a long story about a lighthouse keeper and the ships she saw:";
+    assert!(reference.text.starts_with(prompt), "the prompt is echoed");
+    assert!(matches_regex(&reference.text[prompt.len()..]), "{:?}", reference.text);
     let prompt_len = reference.logprobs.len() - MAX_TOKENS as usize;
     assert!(prompt_len > 10 && reference.logprobs[0].is_none() && reference.logprobs[1..].iter().all(Option::is_some));
 

@@ -171,16 +171,18 @@ impl Matcher {
     }
 
     /// Set every token the mask does not allow to minus infinity (computing the mask first if
-    /// `compute_mask` was not called for this step).
-    pub fn apply(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
+    /// `compute_mask` was not called for this step); the end-of-sequence tokens too unless
+    /// `allow_end` (a request that ignores them goes on while its grammar does).
+    pub fn apply(&mut self, logits: &mut [f32], allow_end: bool) -> Result<(), ConstraintError> {
         if self.mask.is_none() {
             self.compute_mask()?;
         }
         let mask = self.mask.as_ref().expect("computed above");
-        let ending = self.eos.first().is_some_and(|&e| mask.is_allowed(e));
+        let ending = allow_end && self.eos.first().is_some_and(|&e| mask.is_allowed(e));
         for (id, l) in logits.iter_mut().enumerate() {
             let id = id as u32;
-            if !(mask.is_allowed(id) || (ending && self.eos.contains(&id))) {
+            let end = self.eos.contains(&id);
+            if !((mask.is_allowed(id) && !end) || (ending && end)) {
                 *l = f32::NEG_INFINITY;
             }
         }

@@ -21,7 +21,7 @@ fn generate(m: &mut Matcher, seed: u64, max: usize) -> String {
     let mut out = Vec::new();
     for _ in 0..max {
         let mut logits: Vec<f32> = (0..tok.vocab_size()).map(|_| rng.random::<f32>()).collect();
-        m.apply(&mut logits).unwrap();
+        m.apply(&mut logits, true).unwrap();
         let token = crate::sampling::argmax(&logits);
         assert!(logits[token as usize].is_finite(), "the mask allowed nothing");
         if tok.eos_tokens().contains(&token) {
@@ -70,7 +70,7 @@ fn a_json_schema_gives_an_object_that_matches_it() {
     }
     let mut any = g.matcher(&Constraint::new(Grammar::JsonObject)).unwrap();
     let mut logits = vec![0.0; TestTokenizer::default().vocab_size()];
-    any.apply(&mut logits).unwrap();
+    any.apply(&mut logits, true).unwrap();
     let allowed: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
     assert!(allowed.contains(&usize::from(b'{')) && !allowed.contains(&usize::from(b'x')), "{allowed:?}");
 }
@@ -115,4 +115,22 @@ fn what_does_not_compile_is_an_error_that_says_why() {
     let lark = r#"start: "a" b
 b: "b"+"#;
     assert!(g.check(&Constraint::new(Grammar::Lark(lark.into()))).is_ok());
+}
+
+#[test]
+fn the_end_is_allowed_where_the_grammar_accepts_unless_the_request_ignores_it() {
+    let g = grammars();
+    let tok = TestTokenizer::default();
+    let c = Constraint { grammar: Grammar::Regex("[0-9]+".into()), consumed: tok.encode("4") };
+    let allowed = |allow_end: bool| {
+        let mut m = g.matcher(&c).unwrap();
+        let mut logits = vec![0.0; tok.vocab_size()];
+        m.apply(&mut logits, allow_end).unwrap();
+        (0..logits.len() as u32).filter(|&i| logits[i as usize].is_finite()).collect::<Vec<u32>>()
+    };
+    let with_end = allowed(true);
+    assert!(tok.eos_tokens().iter().all(|e| with_end.contains(e)), "every end token: {with_end:?}");
+    let without = allowed(false);
+    assert!(tok.eos_tokens().iter().all(|e| !without.contains(e)), "{without:?}");
+    assert!(without.contains(&u32::from(b'7')) && !without.contains(&u32::from(b'a')));
 }

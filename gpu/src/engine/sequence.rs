@@ -173,7 +173,7 @@ impl Sequence {
         let token = match &mut self.matcher {
             Some(m) => {
                 let mut masked = logits.to_vec();
-                if let Err(e) = m.apply(&mut masked) {
+                if let Err(e) = m.apply(&mut masked, !self.ignore_eos) {
                     tracing::warn!(request = %self.id, "constrained decoding stopped: {e}");
                     return Some(FinishReason::Stop);
                 }
