@@ -136,6 +136,21 @@ fn disaggregated_output_equals_aggregated_and_only_missing_blocks_move() {
         let best = top.as_object().unwrap().values().map(|x| x.as_f64().unwrap()).fold(f64::MIN, f64::max);
         assert_eq!(best, chosen.as_f64().unwrap(), "{lp}");
     }
+
+    // A constrained request disaggregated: its first token, sampled on the decode worker after
+    // the blocks moved, is already under the constraint, and so is the rest.
+    let transfers = m("armature_disagg_requests_total{outcome=\"transferred\"}");
+    let fresh = format!("{} {}", PROMPTS[2], PROMPTS[0]);
+    let body = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct", "prompt": fresh, "max_tokens": 8, "temperature": 1.0, "seed": 3,
+        "structured_outputs": { "regex": "[0-9]{4}-[0-9]{2}" }
+    });
+    let (status, _, text) = http("POST", port, "/v1/completions", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(m("armature_disagg_requests_total{outcome=\"transferred\"}"), transfers + 1.0, "it was disaggregated");
+    let out = json(&text)["choices"][0]["text"].as_str().unwrap().to_string();
+    let b = out.as_bytes();
+    assert!(b.len() == 7 && b[4] == b'-' && b.iter().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()), "{out:?}");
     drop(launch);
 }
 
