@@ -383,7 +383,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     d.concurrency, d.aggregate_tok_s, d.per_stream_tok_s
                 );
                 if let (Some(with), Some(ratio), Some(mask)) = (d.constrained_tok_s, d.constrained_ratio, d.mask_us) {
-                    println!("  with the JSON schema: {with:>8.1} tok/s, {ratio:.2}x of free, mask {mask:.0} us a sequence");
+                    println!(
+                        "  with the JSON schema: {with:>8.1} tok/s, {ratio:.2}x of free, mask {mask:.0} us a sequence"
+                    );
                 }
             }
             println!("{}", serde_json::to_string(&report)?);

@@ -75,7 +75,12 @@ fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32, constraint: Opti
         id: RequestId(format!("bench-{id}")),
         tag: None,
         prompt_tokens,
-        sampling: SamplingParams { max_tokens, ignore_eos: true, constraint: constraint.cloned(), ..Default::default() },
+        sampling: SamplingParams {
+            max_tokens,
+            ignore_eos: true,
+            constraint: constraint.cloned().map(Box::new),
+            ..Default::default()
+        },
     }
 }
 

@@ -50,7 +50,7 @@ pub struct SamplingParams {
     pub prompt_logprobs: Option<u32>,
     /// What the output must match (structured outputs); None for free text.
     #[serde(default)]
-    pub constraint: Option<Constraint>,
+    pub constraint: Option<Box<Constraint>>,
     /// Scheduling, not sampling: the caller's API-key priority. A worker admits waiting
     /// sequences of higher priority first (then those whose prompt is cached, then by arrival).
     #[serde(default)]

@@ -313,7 +313,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             logit_bias: adjust.logit_bias,
             logprobs,
             prompt_logprobs,
-            constraint,
+            constraint: constraint.map(Box::new),
             // The caller's key sets it, after parsing.
             priority: 0,
         },

@@ -251,7 +251,7 @@ fn text_and_ids(events: &[StreamEvent]) -> (String, Vec<u32>) {
 }
 
 fn constrained(grammar: runtime::request::Grammar, temperature: f32, seed: u64) -> SamplingParams {
-    let constraint = Some(runtime::request::Constraint::new(grammar));
+    let constraint = Some(Box::new(runtime::request::Constraint::new(grammar)));
     SamplingParams { max_tokens: 60, temperature, seed, constraint, ..Default::default() }
 }
 
@@ -322,7 +322,8 @@ fn a_constrained_request_resumed_after_its_fifth_token_still_matches() {
         // the constraint has consumed them.
         let mut rest = sampling.clone();
         rest.max_tokens -= 5;
-        rest.constraint = Some(Constraint { grammar: Grammar::JsonSchema(SCHEMA.into()), consumed: ids[..5].to_vec() });
+        rest.constraint =
+            Some(Box::new(Constraint { grammar: Grammar::JsonSchema(SCHEMA.into()), consumed: ids[..5].to_vec() }));
         let mut e = engine(2);
         let resumed = [prompt.clone(), ids[..5].to_vec()].concat();
         e.submit(GenerateRequest { id: RequestId("b".into()), tag: None, prompt_tokens: resumed, sampling: rest });

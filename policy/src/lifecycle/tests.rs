@@ -156,7 +156,7 @@ fn a_failure_mid_stream_migrates_with_the_tokens_so_far_and_counts_usage_across_
 fn a_migrated_constraint_has_consumed_every_token_delivered_and_scores_go_once() {
     use vocab::request::{Constraint, Grammar, TokenLogprob};
     let mut req = request(10);
-    req.sampling.constraint = Some(Constraint::new(Grammar::Regex("[a-z]+".into())));
+    req.sampling.constraint = Some(Box::new(Constraint::new(Grammar::Regex("[a-z]+".into()))));
     req.sampling.prompt_logprobs = Some(1);
     let mut l = Lifecycle::new(req, LifecycleConfig::new(1, 3), Duration::ZERO);
     drain(&mut l);
