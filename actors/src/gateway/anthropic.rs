@@ -107,7 +107,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
     }
     let mut chat = Vec::new();
     if let Some(system) = body.system {
-        chat.push(ChatMessage { role: "system".into(), content: text_of(system, "system")? });
+        chat.push(ChatMessage::new("system", text_of(system, "system")?));
     }
     let messages = body
         .messages
@@ -118,7 +118,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
             let message = format!("Unknown role `{}`: messages are `user` or `assistant`.", m.role);
             return Err(ApiError::bad_request(message, Some(&format!("messages.{i}.role"))));
         }
-        chat.push(ChatMessage { role: m.role, content: text_of(m.content, &format!("messages.{i}.content"))? });
+        chat.push(ChatMessage::new(m.role, text_of(m.content, &format!("messages.{i}.content"))?));
     }
     let prompt_tokens = openai::chat_tokens(model, &chat, "messages")?;
     let max_tokens = match (body.max_tokens, counting) {
@@ -154,7 +154,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         stop,
         ..Default::default()
     };
-    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None })
+    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None, tools: None })
 }
 
 /// Anthropic's name for what went wrong, by status.

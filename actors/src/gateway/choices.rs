@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::logprobs::Writer;
 use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
+use super::tools::reply::{Reading, Stream as ToolStream};
 
 /// One choice on its way: the events it had before its stream started, the rest, its timings,
 /// its log-probability writer when the request asked for them, and the prompt text it echoes
@@ -26,12 +27,14 @@ pub struct Choice {
     pub timing: Timing,
     pub logprobs: Option<Writer>,
     pub echo: Option<String>,
+    /// How the output is read for tool calls, when the request has tools.
+    pub tools: Option<Reading>,
 }
 
 impl Choice {
     /// The one choice of a request whose first event came.
     pub fn single(first: StreamEvent, rx: EventRx, timing: Timing) -> Self {
-        Self { first: vec![first], rx, timing, logprobs: None, echo: None }
+        Self { first: vec![first], rx, timing, logprobs: None, echo: None, tools: None }
     }
 }
 
@@ -65,7 +68,14 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
                     }
                     StreamEvent::Finished { reason, usage } => {
                         let logprobs = c.logprobs.as_mut().map(Writer::whole);
-                        return Ok((ChoiceOut { text, reason, logprobs }, usage));
+                        let (text, tool_calls) = match &c.tools {
+                            Some(reading) => {
+                                let parsed = reading.read(&text);
+                                (parsed.content.unwrap_or_default(), parsed.calls)
+                            }
+                            None => (text, Vec::new()),
+                        };
+                        return Ok((ChoiceOut { text, reason, logprobs, tool_calls }, usage));
                     }
                     StreamEvent::Failed(f) => return Err(ApiError::unavailable(f.to_string())),
                 }
@@ -109,6 +119,8 @@ struct Side {
     logprobs: Option<Writer>,
     /// The prompt text still to echo: with the prompt's log probabilities when they come.
     echo: Option<String>,
+    /// The output so far, read for tool calls, when the request has tools.
+    tools: Option<ToolStream>,
     finished: bool,
 }
 
@@ -149,9 +161,16 @@ impl SsePump for SseState {
                 side.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, logprobs, .. } => {
+                        // With tools, content goes out up to where a call may start.
+                        let text = match &mut side.tools {
+                            Some(t) => t.push(&text),
+                            None => Some(text),
+                        };
                         let lp = side.logprobs.as_mut().map(|w| w.chunk(&logprobs));
-                        let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
-                        self.queue.push_back(data(&chunk));
+                        if let Some(text) = text {
+                            let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
+                            self.queue.push_back(data(&chunk));
+                        }
                     }
                     StreamEvent::Scored { first, logprobs } => {
                         let text = side.echo.take().unwrap_or_default();
@@ -181,7 +200,23 @@ impl SseState {
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) {
         self.sides[index].finished = true;
         add(&mut self.usage, usage);
-        self.queue.push_back(data(&self.meta.chunk(index, None, Some(reason), self.include_usage, None)));
+        let mut calls = Vec::new();
+        if let Some(t) = self.sides[index].tools.take() {
+            let (rest, found) = t.finish();
+            if let Some(rest) = rest {
+                self.queue.push_back(data(&self.meta.chunk(index, Some(&rest), None, self.include_usage, None)));
+            }
+            calls = found;
+        }
+        if calls.is_empty() {
+            self.queue.push_back(data(&self.meta.chunk(index, None, Some(reason), self.include_usage, None)));
+        } else {
+            for chunk in self.meta.tool_call_chunks(index, &calls, self.include_usage) {
+                self.queue.push_back(data(&chunk));
+            }
+            let end = self.meta.delta_chunk(index, serde_json::json!({}), Some("tool_calls"), self.include_usage);
+            self.queue.push_back(data(&end));
+        }
         if self.sides.iter().all(|s| s.finished) {
             if self.include_usage {
                 self.queue.push_back(data(&self.meta.usage_chunk(self.usage)));
@@ -203,7 +238,8 @@ pub fn sse(
     let mut streams = Vec::new();
     for (index, c) in choices.into_iter().enumerate() {
         firsts.push(c.first);
-        sides.push(Side { timing: c.timing, logprobs: c.logprobs, echo: c.echo, finished: false });
+        let tools = c.tools.map(ToolStream::new);
+        sides.push(Side { timing: c.timing, logprobs: c.logprobs, echo: c.echo, tools, finished: false });
         let updates = stream::unfold(c.rx, |mut rx| async move { rx.recv().await.map(|u| (Some(u), rx)) });
         streams.push(updates.chain(stream::once(async { None })).map(move |u| (index, u)).boxed());
     }

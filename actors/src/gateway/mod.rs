@@ -12,6 +12,7 @@ mod openai;
 mod responses;
 mod serve;
 mod tokenize;
+mod tools;
 
 use std::sync::Arc;
 

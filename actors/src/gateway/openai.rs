@@ -48,6 +48,26 @@ pub(super) struct Message {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant's calls: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallIn>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ToolCallIn {
+    #[serde(default)]
+    id: Option<String>,
+    function: FunctionIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FunctionIn {
+    name: String,
+    /// JSON text, as OpenAI sends it.
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +152,8 @@ pub struct ParsedRequest {
     pub n: u32,
     /// Completions' `echo`: the prompt text each choice starts with.
     pub echo: Option<String>,
+    /// Chat's tools: the output is read for calls.
+    pub tools: Option<super::tools::Tools>,
 }
 
 /// Most choices one request may ask for.
@@ -166,6 +188,7 @@ pub(crate) fn tests_model() -> ModelFrontend {
         longest_token: gpu::model::longest_token(&TestTokenizer::default()),
         sampling: Default::default(),
         grammars: std::sync::Arc::new(gpu::constraint::Grammars::new(std::sync::Arc::new(TestTokenizer::default()))),
+        tool_parser: runtime::config::ToolParser::Hermes,
     }
 }
 
@@ -224,6 +247,24 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             Some("stop"),
         ));
     }
+    let tools = match endpoint {
+        Endpoint::Chat => super::tools::read(
+            body.rest.get("tools"),
+            body.tool_choice.as_ref(),
+            body.rest.get("parallel_tool_calls"),
+            model,
+        )?,
+        Endpoint::Completion => {
+            for key in ["tools", "tool_choice", "parallel_tool_calls"] {
+                if body.rest.get(key).is_some_and(|v| !v.is_null())
+                    || (key == "tool_choice" && body.tool_choice.is_some())
+                {
+                    return Err(ApiError::bad_request(format!("`{key}` is a chat completions field."), Some(key)));
+                }
+            }
+            None
+        }
+    };
     let prompt_tokens = match endpoint {
         Endpoint::Chat => {
             if body.prompt.is_some() {
@@ -232,7 +273,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let messages = body
                 .messages
                 .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
-            chat_tokens(model, &chat_messages(messages)?, "messages")?
+            chat_tokens_with_tools(model, &chat_messages(messages)?, tools.as_ref(), "messages")?
         }
         Endpoint::Completion => match &body.prompt {
             None => {
@@ -291,7 +332,13 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
     let adjust = logit_controls(&body_controls, model)?;
     let logprobs = logprobs_asked(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
     let prompt_logprobs = if echo.is_some() { logprobs } else { None };
-    let constraint = structured::constraint(&body.rest, model)?;
+    let constraint = match (structured::constraint(&body.rest, model)?, tools.as_ref().and_then(|t| t.constraint())) {
+        (Some(_), Some(_)) => {
+            let message = "A required or named tool call cannot also have a `response_format`.";
+            return Err(ApiError::bad_request(message, Some("tool_choice")));
+        }
+        (c, None) | (None, c) => c,
+    };
     let explicit_max = body.max_completion_tokens.or(body.max_tokens).is_some();
     let prompt_param = if endpoint == Endpoint::Chat { "messages" } else { "prompt" };
     let max_tokens = budget(model, prompt_tokens.len(), max_tokens, explicit_max, param, prompt_param)?;
@@ -321,6 +368,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         include_usage: stream && body.stream_options.is_some_and(|o| o.include_usage),
         n,
         echo,
+        tools,
     })
 }
 
@@ -338,8 +386,17 @@ fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), Ap
 /// A chat's prompt tokens: its template rendered, sized up against the context, tokenized
 /// (`param` names the messages field in errors).
 pub(super) fn chat_tokens(model: &ModelFrontend, messages: &[ChatMessage], param: &str) -> Result<Vec<u32>, ApiError> {
-    let prompt = model
-        .render_chat(messages)
+    chat_tokens_with_tools(model, messages, None, param)
+}
+
+/// `chat_tokens`, with the request's tools described to the model.
+pub(super) fn chat_tokens_with_tools(
+    model: &ModelFrontend,
+    messages: &[ChatMessage],
+    tools: Option<&super::tools::Tools>,
+    param: &str,
+) -> Result<Vec<u32>, ApiError> {
+    let prompt = super::tools::render(model, messages, tools)
         .map_err(|e| ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some(param)))?;
     fits_context(model, &prompt, param)?;
     Ok(model.tokenizer.encode_prompt(&prompt))
@@ -422,12 +479,6 @@ fn logprobs_asked(endpoint: Endpoint, logprobs: Option<&Value>, top: Option<u32>
 
 /// Fields that only mean something with another, refused without it as OpenAI refuses them.
 fn refuse_dangling(body: &Body) -> Result<(), ApiError> {
-    if body.tool_choice.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::bad_request(
-            "`tool_choice` is only allowed when `tools` are specified.",
-            Some("tool_choice"),
-        ));
-    }
     if body.stream_options.is_some() && body.stream != Some(true) {
         return Err(ApiError::bad_request(
             "`stream_options` is only allowed when `stream` is true.",
@@ -488,7 +539,7 @@ fn logit_controls(c: &Controls, model: &ModelFrontend) -> Result<SamplingParams,
 
 fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let set = |k: &str| rest.get(k).filter(|v| !v.is_null());
-    for key in ["tools", "functions", "suffix"] {
+    for key in ["functions", "suffix"] {
         if set(key)
             .is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty()))
         {
@@ -514,10 +565,6 @@ fn refuse_unsupported(rest: &serde_json::Map<String, Value>) -> Result<(), ApiEr
     }
     if set("store").is_some_and(|v| v != &Value::Bool(false)) {
         return Err(ApiError::bad_request("This server stores no completions: send `store: false`.", Some("store")));
-    }
-    if set("parallel_tool_calls").is_some() && set("tools").is_none() {
-        let message = "`parallel_tool_calls` is only allowed when `tools` are specified.";
-        return Err(ApiError::bad_request(message, Some("parallel_tool_calls")));
     }
     Ok(())
 }
@@ -555,7 +602,18 @@ pub(super) fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, 
                     text
                 }
             };
-            Ok(ChatMessage { role: m.role, content })
+            // As Hugging Face templates take them: the arguments an object where they parse.
+            let tool_calls = m
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    let text = c.function.arguments.unwrap_or_else(|| "{}".into());
+                    let arguments = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                    json!({ "id": c.id, "type": "function", "function": { "name": c.function.name, "arguments": arguments } })
+                })
+                .collect();
+            Ok(ChatMessage { role: m.role, content, tool_calls, tool_call_id: m.tool_call_id })
         })
         .collect()
 }
@@ -579,6 +637,8 @@ pub struct ChoiceOut {
     pub text: String,
     pub reason: FinishReason,
     pub logprobs: Option<Value>,
+    /// Calls read from a chat output (the text is then what is outside them).
+    pub tool_calls: Vec<super::tools::parse::Call>,
 }
 
 impl ResponseMeta {
@@ -599,6 +659,14 @@ impl ResponseMeta {
                 let logprobs = c.logprobs.clone().unwrap_or(Value::Null);
                 let reason = c.reason.as_openai();
                 match self.endpoint {
+                    Endpoint::Chat if !c.tool_calls.is_empty() => {
+                        let content = Some(&c.text).filter(|t| !t.is_empty());
+                        let calls = super::tools::reply::calls_json(&c.tool_calls);
+                        json!({
+                            "index": index, "message": { "role": "assistant", "content": content, "tool_calls": calls },
+                            "finish_reason": "tool_calls", "logprobs": logprobs,
+                        })
+                    }
                     Endpoint::Chat => json!({
                         "index": index, "message": { "role": "assistant", "content": c.text },
                         "finish_reason": reason, "logprobs": logprobs,

@@ -88,10 +88,10 @@ struct Echo {
 fn messages(body_input: Input, instructions: Option<&str>) -> Result<Vec<ChatMessage>, ApiError> {
     let mut chat = Vec::new();
     if let Some(i) = instructions {
-        chat.push(ChatMessage { role: "system".into(), content: i.to_string() });
+        chat.push(ChatMessage::new("system", i.to_string()));
     }
     match body_input {
-        Input::Text(t) => chat.push(ChatMessage { role: "user".into(), content: t }),
+        Input::Text(t) => chat.push(ChatMessage::new("user", t)),
         Input::Items(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 let at = |f: &str| format!("input[{i}].{f}");
@@ -126,7 +126,7 @@ fn messages(body_input: Input, instructions: Option<&str>) -> Result<Vec<ChatMes
                     }
                 };
                 let role = if role == "developer" { "system".to_string() } else { role };
-                chat.push(ChatMessage { role, content });
+                chat.push(ChatMessage::new(role, content));
             }
         }
     }
@@ -182,7 +182,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
     };
     let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
     let stream = body.stream.unwrap_or(false);
-    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None }, echo))
+    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None, tools: None }, echo))
 }
 
 /// What a response is about.

@@ -59,6 +59,8 @@ pub struct ModelFrontend {
     /// Compiles requests' constraints, so that one that cannot compile is refused before it is
     /// placed (built on first use).
     pub grammars: Arc<crate::constraint::Grammars>,
+    /// How tool calls are read from the output (`model.tool_parser`, else from the template).
+    pub tool_parser: runtime::config::ToolParser,
 }
 
 /// The sampling fields of a Hugging Face folder's `generation_config.json`, if it has one.
@@ -111,6 +113,19 @@ pub fn longest_token(tokenizer: &dyn Tokenizer) -> usize {
     (0..tokenizer.vocab_size() as u32).map(|id| tokenizer.token_bytes(id).len()).max().unwrap_or(1).max(1)
 }
 
+/// The tool-call format a chat template teaches its model: Hermes (`<tool_call>`) unless it
+/// speaks Mistral's `[TOOL_CALLS]` or Llama 3's `<|python_tag|>`.
+pub fn tool_parser_of(template: &str) -> runtime::config::ToolParser {
+    use runtime::config::ToolParser;
+    if template.contains("[TOOL_CALLS]") {
+        ToolParser::Mistral
+    } else if template.contains("<|python_tag|>") || template.contains("ipython") {
+        ToolParser::Llama3
+    } else {
+        ToolParser::Hermes
+    }
+}
+
 impl ModelFrontend {
     pub fn load(section: &ModelSection, name: String) -> Result<Self, ModelError> {
         match &section.source {
@@ -119,6 +134,7 @@ impl ModelFrontend {
                 sampling: section.sampling,
                 longest_token: longest_token(&TestTokenizer::default()),
                 grammars: Arc::new(crate::constraint::Grammars::new(Arc::new(TestTokenizer::default()))),
+                tool_parser: section.tool_parser.unwrap_or(runtime::config::ToolParser::Hermes),
                 tokenizer: Arc::new(TestTokenizer::default()),
                 chat: Arc::new(ChatTemplate::new(CHATML, "", "<|im_end|>").map_err(ModelError::Template)?),
                 context_length: section.context_length.unwrap_or(TEST_CONTEXT_LENGTH),
@@ -130,8 +146,10 @@ impl ModelFrontend {
                     .map_err(ModelError::Template)?;
                 let native = hf::HfModel::open(dir)?.config.context_length as u32;
                 let tok: Arc<dyn Tokenizer> = Arc::new(tok);
+                let tool_parser = section.tool_parser.unwrap_or_else(|| tool_parser_of(chat.source()));
                 Ok(Self {
                     name,
+                    tool_parser,
                     sampling: section.sampling.or(generation_config(dir)),
                     longest_token: longest_token(&*tok),
                     grammars: Arc::new(crate::constraint::Grammars::new(tok.clone())),
@@ -145,6 +163,9 @@ impl ModelFrontend {
                 let mut frontend =
                     Self::from_gguf(&open_source(section)?, name, section.context_length, section.default_max_tokens)?;
                 frontend.sampling = section.sampling;
+                if let Some(p) = section.tool_parser {
+                    frontend.tool_parser = p;
+                }
                 Ok(frontend)
             }
         }
@@ -170,6 +191,7 @@ impl ModelFrontend {
             sampling: SamplingDefaults::default(),
             longest_token: longest_token(&*tokenizer),
             grammars: Arc::new(crate::constraint::Grammars::new(tokenizer.clone())),
+            tool_parser: tool_parser_of(chat.source()),
             tokenizer,
             chat: Arc::new(chat),
             context_length: match (context_length, native) {

@@ -357,6 +357,24 @@ pub struct ModelSection {
     /// `generation_config.json`, and OpenAI's own defaults).
     #[serde(default)]
     pub sampling: SamplingDefaults,
+    /// How tool calls are read from the model's output; by default, from the chat template
+    /// (`<tool_call>` tags: `hermes`; `[TOOL_CALLS]`: `mistral`; `<|python_tag|>`: `llama3`),
+    /// and `hermes` for a template that knows no tools (the server then describes them).
+    #[serde(default)]
+    pub tool_parser: Option<ToolParser>,
+}
+
+/// A model family's way of writing tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolParser {
+    /// Hermes and Qwen: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one per call.
+    Hermes,
+    /// Llama 3.x: a JSON object `{"name": ..., "parameters": {...}}` (after `<|python_tag|>` or
+    /// alone), several separated by `;`.
+    Llama3,
+    /// Mistral: `[TOOL_CALLS]` and a JSON list of `{"name", "arguments"}`.
+    Mistral,
 }
 
 /// `[model.sampling]`: what a request that leaves a field out samples with.
@@ -401,6 +419,7 @@ impl Default for ModelSection {
             default_max_tokens: default_max_tokens(),
             test: TestExecutorSection::default(),
             sampling: SamplingDefaults::default(),
+            tool_parser: None,
         }
     }
 }
