@@ -31,6 +31,7 @@ fn openai_python_client_end_to_end() {
             "logprobs",
             "echo",
             "structured-outputs",
+            "tools",
             "n-choices",
             "responses",
             "unknown-model",

@@ -11,6 +11,7 @@ from typing import List, Literal
 import urllib.error
 import urllib.request
 
+import jsonschema
 import openai
 import pydantic
 from e2e_checks import check, summary
@@ -276,6 +277,108 @@ def _():
         assert e.body["param"] == "response_format.json_schema.schema", e.body
     else:
         raise AssertionError("an uncompilable schema was accepted")
+
+
+def function(name, description, properties, required):
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return {"type": "function", "function": {"name": name, "description": description, "parameters": schema}}
+
+
+TOOL_SETS = [
+    (
+        "What is the weather in Paris right now?",
+        [function("get_weather", "Current weather in a city", {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}}, ["city", "unit"])],
+    ),
+    (
+        "What is 12 plus 30, and 6 times 7?",
+        [
+            function("add", "Add two integers", {"a": {"type": "integer"}, "b": {"type": "integer"}}, ["a", "b"]),
+            function("multiply", "Multiply two numbers", {"a": {"type": "number"}, "b": {"type": "number"}}, ["a", "b"]),
+        ],
+    ),
+    (
+        "Find recent news about volcanoes and email a summary to ana@example.com.",
+        [
+            function("search_web", "Search the web", {"query": {"type": "string", "maxLength": 60}, "max_results": {"type": "integer", "minimum": 1, "maximum": 10}}, ["query", "max_results"]),
+            function("send_email", "Send an email", {"to": {"type": "string", "maxLength": 40}, "subject": {"type": "string", "maxLength": 40}, "urgent": {"type": "boolean"}}, ["to", "subject", "urgent"]),
+        ],
+    ),
+]
+
+
+def valid_calls(calls, tools):
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    assert calls, "no calls"
+    for c in calls:
+        assert c.type == "function" and c.id.startswith("call_"), c
+        jsonschema.validate(json.loads(c.function.arguments), schemas[c.function.name])
+    return [(c.function.name, json.loads(c.function.arguments)) for c in calls]
+
+
+def streamed_calls(**kwargs):
+    calls, content, finish = {}, "", None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            finish = ch.finish_reason or finish
+            for d in ch.delta.tool_calls or []:
+                c = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+                if d.id:
+                    assert c["id"] is None and d.function.name, "id and name come first, once"
+                    c["id"], c["name"] = d.id, d.function.name
+                c["arguments"] += d.function.arguments or ""
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+@check("tools")
+def _():
+    for ask, tools in TOOL_SETS:
+        messages = [{"role": "user", "content": ask}]
+        common = dict(model=model, messages=messages, tools=tools, max_tokens=120, temperature=0)
+        r = client.chat.completions.create(**common, tool_choice="required")
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls" and c.message.content is None, c
+        calls = valid_calls(c.message.tool_calls, tools)
+        # Streamed, the deltas reassemble to the same calls.
+        content, parts, finish = streamed_calls(**common, tool_choice="required")
+        assert finish == "tool_calls" and content == "", (finish, content)
+        assert [(p["name"], json.loads(p["arguments"])) for p in parts] == calls, (parts, calls)
+        # A named function, sampled, one call.
+        name = tools[-1]["function"]["name"]
+        for seed in range(3):
+            r = client.chat.completions.create(
+                **dict(common, temperature=1.0), seed=seed, parallel_tool_calls=False,
+                tool_choice={"type": "function", "function": {"name": name}},
+            )
+            named = valid_calls(r.choices[0].message.tool_calls, tools)
+            assert [n for n, _ in named] == [name], named
+        # Auto: content, or valid calls.
+        m = client.chat.completions.create(**common).choices[0]
+        if m.message.tool_calls:
+            assert m.finish_reason == "tool_calls"
+            valid_calls(m.message.tool_calls, tools)
+        else:
+            assert isinstance(m.message.content, str) and m.finish_reason in ("stop", "length"), m
+    # Two turns: the call, its result, and an answer that uses it.
+    ask, tools = TOOL_SETS[0]
+    first = client.chat.completions.create(model=model, messages=[{"role": "user", "content": ask}], tools=tools, tool_choice="required", max_tokens=120, temperature=0)
+    call = first.choices[0].message.tool_calls[0]
+    messages = [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18, "sky": "sunny"})},
+    ]
+    answer = client.chat.completions.create(model=model, messages=messages, tools=tools, tool_choice="none", max_tokens=40, temperature=0)
+    a = answer.choices[0]
+    assert a.finish_reason in ("stop", "length") and a.message.content and not a.message.tool_calls, a
+    assert answer.usage.prompt_tokens > first.usage.prompt_tokens - 150, "the history is in the prompt"
+    # A malformed tool is refused by its path.
+    try:
+        client.chat.completions.create(model=model, messages=messages[:1], tools=[{"type": "function", "function": {"name": "x", "parameters": {"type": "object", "properties": {"a": {"type": "no-such"}}}}}])
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "tools[0].function.parameters", e.body
+    else:
+        raise AssertionError("a bad parameters schema was accepted")
 
 
 def prefix_cache_tokens():

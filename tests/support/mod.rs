@@ -246,7 +246,7 @@ pub fn metric(port: u16, prefix: &str) -> f64 {
 }
 
 /// Packages the Python side of the tests needs.
-const PY_PACKAGES: [&str; 7] = [
+const PY_PACKAGES: [&str; 8] = [
     "openai>=1.40",
     "anthropic>=0.40",
     "gguf==0.19.0",
@@ -254,6 +254,7 @@ const PY_PACKAGES: [&str; 7] = [
     "sentencepiece==0.2.0",
     "transformers==4.57.1",
     "protobuf>=5",
+    "jsonschema>=4",
 ];
 
 /// A Python interpreter with the packages above: `ARMATURE_TEST_PYTHON` if set, else a
@@ -268,7 +269,10 @@ pub fn python_venv() -> PathBuf {
         let py = venv.join("bin/python");
         let ready = || {
             Command::new(&py)
-                .args(["-c", "import openai, anthropic, gguf, numpy, sentencepiece, transformers, google.protobuf"])
+                .args([
+                    "-c",
+                    "import openai, anthropic, gguf, numpy, sentencepiece, transformers, google.protobuf, jsonschema",
+                ])
                 .status()
                 .is_ok_and(|s| s.success())
         };

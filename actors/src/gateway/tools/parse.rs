@@ -59,16 +59,28 @@ pub fn output(format: ToolParser, text: &str) -> Parsed {
     parsed.unwrap_or_else(|| Parsed::content(text))
 }
 
-/// Calls read from an output constrained to a JSON list of `{"name", "arguments"}`.
+/// Calls read from an output constrained to a JSON list of `{"name", "arguments"}`. A list cut
+/// short (by `max_tokens`) gives the calls it completed.
 pub fn constrained(text: &str) -> Parsed {
-    let calls: Option<Vec<Call>> = serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v.as_array().map(|a| a.iter().map(call).collect()))
-        .flatten();
-    match calls {
-        Some(calls) if !calls.is_empty() => Parsed { content: None, calls },
-        _ => Parsed::content(text),
+    let mut calls = Vec::new();
+    let mut rest = text.trim_start().strip_prefix('[').unwrap_or("");
+    loop {
+        rest = rest.trim_start();
+        let mut items = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        match items.next() {
+            Some(Ok(v)) => match call(&v) {
+                Some(c) => calls.push(c),
+                None => break,
+            },
+            _ => break,
+        }
+        rest = rest[items.byte_offset()..].trim_start();
+        match rest.strip_prefix(',') {
+            Some(r) => rest = r,
+            None => break,
+        }
     }
+    if calls.is_empty() { Parsed::content(text) } else { Parsed { content: None, calls } }
 }
 
 fn hermes(text: &str) -> Option<Parsed> {

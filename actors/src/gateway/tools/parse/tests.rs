@@ -94,7 +94,9 @@ fn a_constrained_list_of_calls() {
     let p = constrained(r#"[{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]"#);
     assert_eq!(p.calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["f", "g"]);
     assert_eq!(p.calls[0].arguments, r#"{"x":1}"#);
-    assert_eq!(constrained("[1, 2").calls.len(), 0, "cut short: content");
+    assert_eq!(constrained("[1, 2").calls.len(), 0, "no call: content");
+    let cut = constrained(r#"[{"name": "f", "arguments": {}}, {"name": "f", "argu"#);
+    assert_eq!(cut.calls.len(), 1, "cut short by max_tokens: the calls it completed");
 }
 
 #[test]
