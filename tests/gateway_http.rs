@@ -1,5 +1,5 @@
 //! Gateway behaviour over raw HTTP against a real `armature serve`: body limits, overload,
-//! client disconnects, health and metrics.
+//! client disconnects, health and metrics, a reasoning answer's `reasoning_content`.
 
 mod support;
 
@@ -137,4 +137,30 @@ fn limits_overload_disconnect_health_and_metrics() {
     assert!(metric(port, "armature_http_requests_total{path=\"/v1/completions\",status=\"429\"}") >= 1.0);
     assert!(metric(port, "armature_http_requests_total{path=\"/v1/completions\",status=\"413\"}") >= 1.0);
     assert!(metric(port, "armature_generated_tokens_total") >= 2.0);
+
+    // A reasoning answer (forced here by a regex): its `<think>` block is `reasoning_content`,
+    // whole and streamed, and the rest is the content.
+    let think = |stream: bool| {
+        serde_json::json!({
+            "model": "armature-test", "messages": [{"role": "user", "content": "think"}], "max_tokens": 40,
+            "temperature": 1.0, "seed": 5, "stream": stream,
+            "structured_outputs": { "regex": "<think>[a-z]{3,6} [a-z]{3,6}</think>\\n[a-z]{2,5}\\." }
+        })
+        .to_string()
+    };
+    let (status, _, body) = http("POST", port, "/v1/chat/completions", Some(&think(false)));
+    assert_eq!(status, 200, "{body}");
+    let message = json(&body)["choices"][0]["message"].clone();
+    let (thought, said) = (message["reasoning_content"].as_str().unwrap(), message["content"].as_str().unwrap());
+    assert!(thought.contains(' ') && !thought.contains("think>"), "{message}");
+    assert!(said.ends_with('.') && !said.contains('<') && !said.starts_with('\n'), "{message}");
+    let (status, _, sse) = http("POST", port, "/v1/chat/completions", Some(&think(true)));
+    assert_eq!(status, 200);
+    let (mut r, mut c) = (String::new(), String::new());
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|l| *l != "[DONE]") {
+        let delta = &json(line)["choices"][0]["delta"];
+        r.push_str(delta["reasoning_content"].as_str().unwrap_or(""));
+        c.push_str(delta["content"].as_str().unwrap_or(""));
+    }
+    assert_eq!((r.as_str(), c.as_str()), (thought, said), "streamed as whole");
 }

@@ -154,7 +154,16 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         stop,
         ..Default::default()
     };
-    Ok(ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None, tools: None })
+    Ok(ParsedRequest {
+        prompt_tokens,
+        sampling,
+        stream,
+        include_usage: false,
+        n: 1,
+        echo: None,
+        tools: None,
+        reasoning: None,
+    })
 }
 
 /// Anthropic's name for what went wrong, by status.

@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::logprobs::Writer;
 use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
+use super::reasoning::Splitter;
 use super::tools::reply::{Reading, Stream as ToolStream};
 
 /// One choice on its way: the events it had before its stream started, the rest, its timings,
@@ -29,12 +30,14 @@ pub struct Choice {
     pub echo: Option<String>,
     /// How the output is read for tool calls, when the request has tools.
     pub tools: Option<Reading>,
+    /// A chat answer's reasoning is split off: Some(whether the prompt opened the block).
+    pub reasoning: Option<bool>,
 }
 
 impl Choice {
     /// The one choice of a request whose first event came.
     pub fn single(first: StreamEvent, rx: EventRx, timing: Timing) -> Self {
-        Self { first: vec![first], rx, timing, logprobs: None, echo: None, tools: None }
+        Self { first: vec![first], rx, timing, logprobs: None, echo: None, tools: None, reasoning: None }
     }
 }
 
@@ -68,6 +71,10 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
                     }
                     StreamEvent::Finished { reason, usage } => {
                         let logprobs = c.logprobs.as_mut().map(Writer::whole);
+                        let (reasoning, text) = match c.reasoning {
+                            Some(inside) => super::reasoning::split(&text, inside),
+                            None => (None, text),
+                        };
                         let (text, tool_calls) = match &c.tools {
                             Some(reading) => {
                                 let parsed = reading.read(&text);
@@ -75,7 +82,7 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
                             }
                             None => (text, Vec::new()),
                         };
-                        return Ok((ChoiceOut { text, reason, logprobs, tool_calls }, usage));
+                        return Ok((ChoiceOut { text, reason, logprobs, tool_calls, reasoning }, usage));
                     }
                     StreamEvent::Failed(f) => return Err(ApiError::unavailable(f.to_string())),
                 }
@@ -121,6 +128,8 @@ struct Side {
     echo: Option<String>,
     /// The output so far, read for tool calls, when the request has tools.
     tools: Option<ToolStream>,
+    /// A chat answer's reasoning, split off as it comes.
+    reasoning: Option<Splitter>,
     finished: bool,
 }
 
@@ -161,16 +170,16 @@ impl SsePump for SseState {
                 side.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, logprobs, .. } => {
-                        // With tools, content goes out up to where a call may start.
-                        let text = match &mut side.tools {
-                            Some(t) => t.push(&text),
-                            None => Some(text),
-                        };
                         let lp = side.logprobs.as_mut().map(|w| w.chunk(&logprobs));
-                        if let Some(text) = text {
-                            let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, lp);
-                            self.queue.push_back(data(&chunk));
-                        }
+                        let text = match &mut side.reasoning {
+                            Some(r) => {
+                                let (thought, said) = r.push(&text);
+                                self.reasoning_delta(index, &thought);
+                                said
+                            }
+                            None => text,
+                        };
+                        self.content_delta(index, &text, lp);
                     }
                     StreamEvent::Scored { first, logprobs } => {
                         let text = side.echo.take().unwrap_or_default();
@@ -197,9 +206,33 @@ impl SsePump for SseState {
 }
 
 impl SseState {
+    fn reasoning_delta(&mut self, index: usize, thought: &str) {
+        if !thought.is_empty() {
+            let delta = serde_json::json!({ "reasoning_content": thought });
+            self.queue.push_back(data(&self.meta.delta_chunk(index, delta, None, self.include_usage)));
+        }
+    }
+
+    /// Content of choice `index`: with tools, it goes out up to where a call may start.
+    fn content_delta(&mut self, index: usize, text: &str, logprobs: Option<Value>) {
+        let text = match &mut self.sides[index].tools {
+            Some(t) => t.push(text),
+            None => Some(text.to_string()),
+        };
+        if let Some(text) = text.filter(|t| !t.is_empty() || logprobs.is_some()) {
+            let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, logprobs);
+            self.queue.push_back(data(&chunk));
+        }
+    }
+
     fn finish(&mut self, index: usize, reason: FinishReason, usage: Usage) {
         self.sides[index].finished = true;
         add(&mut self.usage, usage);
+        if let Some(mut r) = self.sides[index].reasoning.take() {
+            let (thought, said) = r.finish();
+            self.reasoning_delta(index, &thought);
+            self.content_delta(index, &said, None);
+        }
         let mut calls = Vec::new();
         if let Some(t) = self.sides[index].tools.take() {
             let (rest, found) = t.finish();
@@ -239,7 +272,8 @@ pub fn sse(
     for (index, c) in choices.into_iter().enumerate() {
         firsts.push(c.first);
         let tools = c.tools.map(ToolStream::new);
-        sides.push(Side { timing: c.timing, logprobs: c.logprobs, echo: c.echo, tools, finished: false });
+        let reasoning = c.reasoning.map(Splitter::new);
+        sides.push(Side { timing: c.timing, logprobs: c.logprobs, echo: c.echo, tools, reasoning, finished: false });
         let updates = stream::unfold(c.rx, |mut rx| async move { rx.recv().await.map(|u| (Some(u), rx)) });
         streams.push(updates.chain(stream::once(async { None })).map(move |u| (index, u)).boxed());
     }

@@ -207,6 +207,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         logprobs: writer(),
         echo: parsed.echo.clone(),
         tools: parsed.tools.as_ref().map(super::tools::reply::Reading::of),
+        reasoning: parsed.reasoning,
     };
     let mut choices = vec![choice(first, None)];
     for r in futures_util::future::join_all(others).await {

@@ -9,6 +9,7 @@ mod driver;
 mod error;
 mod http;
 mod openai;
+mod reasoning;
 mod responses;
 mod serve;
 mod tokenize;

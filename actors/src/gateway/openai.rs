@@ -154,6 +154,9 @@ pub struct ParsedRequest {
     pub echo: Option<String>,
     /// Chat's tools: the output is read for calls.
     pub tools: Option<super::tools::Tools>,
+    /// Chat: a `<think>` block at the answer's start is its reasoning (Some: whether the prompt
+    /// opened it).
+    pub reasoning: Option<bool>,
 }
 
 /// Most choices one request may ask for.
@@ -265,6 +268,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             None
         }
     };
+    let mut reasoning = None;
     let prompt_tokens = match endpoint {
         Endpoint::Chat => {
             if body.prompt.is_some() {
@@ -273,7 +277,10 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             let messages = body
                 .messages
                 .ok_or_else(|| ApiError::bad_request("Missing required parameter: 'messages'.", Some("messages")))?;
-            chat_tokens_with_tools(model, &chat_messages(messages)?, tools.as_ref(), "messages")?
+            let (tokens, inside) =
+                chat_tokens_with_tools(model, &chat_messages(messages)?, tools.as_ref(), "messages")?;
+            reasoning = Some(inside);
+            tokens
         }
         Endpoint::Completion => match &body.prompt {
             None => {
@@ -369,6 +376,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
         n,
         echo,
         tools,
+        reasoning,
     })
 }
 
@@ -386,20 +394,22 @@ fn fits_context(model: &ModelFrontend, text: &str, param: &str) -> Result<(), Ap
 /// A chat's prompt tokens: its template rendered, sized up against the context, tokenized
 /// (`param` names the messages field in errors).
 pub(super) fn chat_tokens(model: &ModelFrontend, messages: &[ChatMessage], param: &str) -> Result<Vec<u32>, ApiError> {
-    chat_tokens_with_tools(model, messages, None, param)
+    chat_tokens_with_tools(model, messages, None, param).map(|(tokens, _)| tokens)
 }
 
-/// `chat_tokens`, with the request's tools described to the model.
+/// `chat_tokens`, with the request's tools described to the model; also whether the prompt
+/// ends inside an opened `<think>` block (a reasoning model's template may open it).
 pub(super) fn chat_tokens_with_tools(
     model: &ModelFrontend,
     messages: &[ChatMessage],
     tools: Option<&super::tools::Tools>,
     param: &str,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<(Vec<u32>, bool), ApiError> {
     let prompt = super::tools::render(model, messages, tools)
         .map_err(|e| ApiError::bad_request(format!("The chat template rejected these messages: {e}"), Some(param)))?;
     fits_context(model, &prompt, param)?;
-    Ok(model.tokenizer.encode_prompt(&prompt))
+    let inside = prompt.trim_end().ends_with("<think>");
+    Ok((model.tokenizer.encode_prompt(&prompt), inside))
 }
 
 /// How many tokens a request of `prompt_len` tokens may generate: `max_tokens` (named `param`),
@@ -639,6 +649,8 @@ pub struct ChoiceOut {
     pub logprobs: Option<Value>,
     /// Calls read from a chat output (the text is then what is outside them).
     pub tool_calls: Vec<super::tools::parse::Call>,
+    /// A chat answer's `<think>` block.
+    pub reasoning: Option<String>,
 }
 
 impl ResponseMeta {
@@ -656,28 +668,36 @@ impl ResponseMeta {
             .iter()
             .enumerate()
             .map(|(index, c)| {
-                let logprobs = c.logprobs.clone().unwrap_or(Value::Null);
-                let reason = c.reason.as_openai();
-                match self.endpoint {
-                    Endpoint::Chat if !c.tool_calls.is_empty() => {
-                        let content = Some(&c.text).filter(|t| !t.is_empty());
-                        let calls = super::tools::reply::calls_json(&c.tool_calls);
-                        json!({
-                            "index": index, "message": { "role": "assistant", "content": content, "tool_calls": calls },
-                            "finish_reason": "tool_calls", "logprobs": logprobs,
-                        })
-                    }
-                    Endpoint::Chat => json!({
-                        "index": index, "message": { "role": "assistant", "content": c.text },
-                        "finish_reason": reason, "logprobs": logprobs,
-                    }),
-                    Endpoint::Completion => {
-                        json!({ "index": index, "text": c.text, "finish_reason": reason, "logprobs": logprobs })
-                    }
+                let mut choice = self.full_choice(index, c);
+                if let Some(r) = &c.reasoning {
+                    choice["message"]["reasoning_content"] = json!(r);
                 }
+                choice
             })
             .collect();
         json!({ "id": self.id, "object": self.object(false), "created": self.created, "model": self.model, "choices": choices, "usage": usage_json(usage) })
+    }
+
+    fn full_choice(&self, index: usize, c: &ChoiceOut) -> Value {
+        let logprobs = c.logprobs.clone().unwrap_or(Value::Null);
+        let reason = c.reason.as_openai();
+        match self.endpoint {
+            Endpoint::Chat if !c.tool_calls.is_empty() => {
+                let content = Some(&c.text).filter(|t| !t.is_empty());
+                let calls = super::tools::reply::calls_json(&c.tool_calls);
+                json!({
+                    "index": index, "message": { "role": "assistant", "content": content, "tool_calls": calls },
+                    "finish_reason": "tool_calls", "logprobs": logprobs,
+                })
+            }
+            Endpoint::Chat => json!({
+                "index": index, "message": { "role": "assistant", "content": c.text },
+                "finish_reason": reason, "logprobs": logprobs,
+            }),
+            Endpoint::Completion => {
+                json!({ "index": index, "text": c.text, "finish_reason": reason, "logprobs": logprobs })
+            }
+        }
     }
 
     /// A streamed chunk of choice `index`: text (or the assistant role opener when `text` is None

@@ -182,7 +182,19 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
     };
     let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
     let stream = body.stream.unwrap_or(false);
-    Ok((ParsedRequest { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None, tools: None }, echo))
+    Ok((
+        ParsedRequest {
+            prompt_tokens,
+            sampling,
+            stream,
+            include_usage: false,
+            n: 1,
+            echo: None,
+            tools: None,
+            reasoning: None,
+        },
+        echo,
+    ))
 }
 
 /// What a response is about.

@@ -134,7 +134,13 @@ fn response_bodies() {
     let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into(), endpoint: Endpoint::Chat };
     let usage = Usage { prompt_tokens: 3, completion_tokens: 2 };
     let full = meta.full(
-        &[ChoiceOut { text: "hi".into(), reason: FinishReason::Length, logprobs: None, tool_calls: vec![] }],
+        &[ChoiceOut {
+            text: "hi".into(),
+            reason: FinishReason::Length,
+            logprobs: None,
+            tool_calls: vec![],
+            reasoning: None,
+        }],
         usage,
     );
     assert_eq!(full["choices"][0]["message"]["content"], "hi");

@@ -153,15 +153,19 @@ pub fn streamable(format: ToolParser, text: &str) -> usize {
             return if maybe { 0 } else { text.len() };
         }
     };
+    before_marker(text, marker)
+}
+
+/// The bytes of `text` before `marker`, or, while it does not hold it, all but a tail that may
+/// be the marker's start.
+pub fn before_marker(text: &str, marker: &str) -> usize {
     if let Some(at) = text.find(marker) {
         return at;
     }
     let held = (1..marker.len()).rev().find(|&n| {
         text.len() >= n && text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
     });
-    let cut = text.len() - held.unwrap_or(0);
-    // On a character boundary.
-    (0..=cut).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
+    text.len() - held.unwrap_or(0)
 }
 
 #[cfg(test)]
