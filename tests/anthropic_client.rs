@@ -1,6 +1,8 @@
 //! Anthropic's Messages API against `armature serve` (the test executor) with the official
 //! `anthropic` Python client: plain and streamed messages with Anthropic's events, `max_tokens`
-//! and stop sequences as stop reasons, `count_tokens`, and errors in Anthropic's shape.
+//! and stop sequences as stop reasons, `count_tokens`, errors in Anthropic's shape, and tools
+//! (`any` and a named tool constrained to their schemas, streamed as input JSON deltas, a
+//! `tool_result` turn).
 
 mod support;
 
@@ -14,5 +16,5 @@ fn anthropic_python_client_end_to_end() {
     assert!(wait_health(port, 200, Duration::from_secs(60)), "not healthy");
     let url = format!("http://127.0.0.1:{port}");
     let passed = python_checks("anthropic_e2e.py", &[&url, "armature-test"]);
-    assert_eq!(passed, ["create", "max-tokens", "stream", "stop-sequence", "count-tokens", "errors"]);
+    assert_eq!(passed, ["create", "max-tokens", "stream", "stop-sequence", "count-tokens", "errors", "tools"]);
 }

@@ -22,6 +22,10 @@ use super::driver::Update;
 use super::error::ApiError;
 use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::{self, ParsedRequest};
+use super::tools::parse::Call;
+use super::tools::reply::{Reading, Stream as ToolStream};
+
+mod tools;
 
 /// Most stop sequences a request may give.
 const MAX_STOP_SEQUENCES: usize = 16;
@@ -44,7 +48,8 @@ struct Block {
 #[derive(Debug, Deserialize)]
 struct Message {
     role: String,
-    content: Content,
+    /// A string, or blocks (`text`, `tool_use`, `tool_result`).
+    content: Value,
 }
 
 /// A Messages request. Fields outside Anthropic's are accepted and ignored, as its clients
@@ -100,11 +105,12 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
     if body.model != model.name {
         return Err(ApiError::unknown_model(&body.model, &model.name));
     }
-    for key in ["tools", "tool_choice", "thinking"] {
-        if body.rest.get(key).is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
-        }
+    if body.rest.get("thinking").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::bad_request("`thinking` is not supported by this server.", Some("thinking")));
     }
+    let (tools, tool_choice, parallel) = tools::to_openai(body.rest.get("tools"), body.rest.get("tool_choice"))?;
+    let tools =
+        super::tools::read(tools.as_ref(), tool_choice.as_ref(), parallel.as_ref(), model).map_err(tools::rename)?;
     let mut chat = Vec::new();
     if let Some(system) = body.system {
         chat.push(ChatMessage::new("system", text_of(system, "system")?));
@@ -118,9 +124,14 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
             let message = format!("Unknown role `{}`: messages are `user` or `assistant`.", m.role);
             return Err(ApiError::bad_request(message, Some(&format!("messages.{i}.role"))));
         }
-        chat.push(ChatMessage::new(m.role, text_of(m.content, &format!("messages.{i}.content"))?));
+        let param = format!("messages.{i}.content");
+        match m.content {
+            Value::String(t) => chat.push(ChatMessage::new(m.role, t)),
+            Value::Array(blocks) => chat.extend(tools::turn(&m.role, &blocks, &param)?),
+            _ => return Err(ApiError::bad_request("`content` is a string or a list of blocks.", Some(&param))),
+        }
     }
-    let prompt_tokens = openai::chat_tokens(model, &chat, "messages")?;
+    let (prompt_tokens, _) = openai::chat_tokens_with_tools(model, &chat, tools.as_ref(), "messages")?;
     let max_tokens = match (body.max_tokens, counting) {
         (Some(0), _) => return Err(ApiError::bad_request("max_tokens must be at least 1.", Some("max_tokens"))),
         (Some(m), _) => m,
@@ -146,6 +157,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
     let sampling = SamplingParams {
         temperature,
         top_p,
+        constraint: tools.as_ref().and_then(super::tools::Tools::constraint).map(Box::new),
         top_k: body.top_k.or(model.sampling.top_k).unwrap_or(0),
         min_p: model.sampling.min_p.unwrap_or(0.0),
         repetition_penalty: model.sampling.repetition_penalty.unwrap_or(1.0),
@@ -161,7 +173,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         include_usage: false,
         n: 1,
         echo: None,
-        tools: None,
+        tools,
         reasoning: None,
     })
 }
@@ -214,18 +226,21 @@ struct Meta {
     model: String,
     prompt_tokens: u32,
     stops: Vec<String>,
+    /// How the output is read for tool calls, when the request has tools.
+    tools: Option<Reading>,
 }
 
 impl Meta {
-    fn message(&self, text: &str, reason: Option<FinishReason>, u: Usage) -> Value {
+    fn message(&self, text: &str, reason: Option<FinishReason>, u: Usage, calls: &[Call]) -> Value {
         let (stop_reason, stop_sequence) = match reason {
+            Some(_) if !calls.is_empty() => (json!("tool_use"), Value::Null),
             Some(r) => {
                 let (why, seq) = stop(r, &self.stops);
                 (Value::String(why.into()), seq)
             }
             None => (Value::Null, Value::Null),
         };
-        let content = if reason.is_some() { json!([{ "type": "text", "text": text }]) } else { json!([]) };
+        let content = if reason.is_some() { tools::content(text, calls) } else { json!([]) };
         json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
             "stop_reason": stop_reason, "stop_sequence": stop_sequence,
@@ -253,8 +268,10 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let stream = parsed.stream;
     let prompt_tokens = parsed.prompt_tokens.len() as u32;
     let stops = parsed.sampling.stop.clone();
+    let parsed_tools = parsed.tools.as_ref().map(Reading::of);
     let run = http::run(&gw, incoming, parsed, true, stream).await?;
-    let meta = Meta { id: format!("msg_{}", run.id), model: gw.model.name.clone(), prompt_tokens, stops };
+    let tools = parsed_tools;
+    let meta = Meta { id: format!("msg_{}", run.id), model: gw.model.name.clone(), prompt_tokens, stops, tools };
     Ok(match run.first {
         Some(first) if !stream => whole(meta, first, run.rx, run.timing).await,
         first => sse(meta, first, run.rx, run.timing).into_response(),
@@ -262,8 +279,10 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
 }
 
 async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
-    match choices::collect(Choice::single(first, rx, timing)).await {
-        Ok((out, usage)) => axum::Json(meta.message(&out.text, Some(out.reason), usage)).into_response(),
+    match choices::collect(Choice { tools: meta.tools, ..Choice::single(first, rx, timing) }).await {
+        Ok((out, usage)) => {
+            axum::Json(meta.message(&out.text, Some(out.reason), usage, &out.tool_calls)).into_response()
+        }
         Err(e) => error_response(e),
     }
 }
@@ -274,6 +293,8 @@ fn event(name: &str, v: Value) -> Event {
 
 struct StreamState {
     meta: Meta,
+    /// The output read for tool calls as it grows.
+    tools: Option<ToolStream>,
     rx: EventRx,
     queue: VecDeque<Event>,
     done: bool,
@@ -302,17 +323,42 @@ impl SsePump for StreamState {
                 self.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, .. } => {
-                        let delta = json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
-                        self.queue.push_back(event("content_block_delta", delta));
+                        let text = match &mut self.tools {
+                            Some(t) => t.push(&text),
+                            None => Some(text),
+                        };
+                        if let Some(text) = text {
+                            self.text_delta(&text);
+                        }
                     }
                     // Never asked for here.
                     StreamEvent::Scored { .. } => {}
                     StreamEvent::Finished { reason, usage } => {
-                        let (why, seq) = stop(reason, &self.meta.stops);
+                        let (mut why, mut seq) = stop(reason, &self.meta.stops);
+                        let (rest, calls) = self.tools.take().map(ToolStream::finish).unwrap_or_default();
+                        if let Some(rest) = rest {
+                            self.text_delta(&rest);
+                        }
                         self.queue.push_back(event(
                             "content_block_stop",
                             json!({ "type": "content_block_stop", "index": 0 }),
                         ));
+                        // Each call a block of its own: its id and name, then its input as JSON.
+                        for (i, c) in calls.iter().enumerate() {
+                            let index = i + 1;
+                            let start = json!({ "type": "content_block_start", "index": index, "content_block": tools::tool_use(c, false) });
+                            self.queue.push_back(event("content_block_start", start));
+                            let input = json!({ "type": "input_json_delta", "partial_json": c.arguments });
+                            let delta = json!({ "type": "content_block_delta", "index": index, "delta": input });
+                            self.queue.push_back(event("content_block_delta", delta));
+                            self.queue.push_back(event(
+                                "content_block_stop",
+                                json!({ "type": "content_block_stop", "index": index }),
+                            ));
+                        }
+                        if !calls.is_empty() {
+                            (why, seq) = ("tool_use", Value::Null);
+                        }
                         let delta = json!({
                             "type": "message_delta", "delta": { "stop_reason": why, "stop_sequence": seq },
                             "usage": { "output_tokens": usage.completion_tokens },
@@ -334,20 +380,29 @@ impl SsePump for StreamState {
     }
 }
 
+impl StreamState {
+    fn text_delta(&mut self, text: &str) {
+        let delta =
+            json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": text } });
+        self.queue.push_back(event("content_block_delta", delta));
+    }
+}
+
 fn sse(
     meta: Meta,
     first: Option<StreamEvent>,
     rx: EventRx,
     timing: Timing,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let start = json!({ "type": "message_start", "message": meta.message("", None, Usage::default()) });
+    let start = json!({ "type": "message_start", "message": meta.message("", None, Usage::default(), &[]) });
     let block = json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } });
     let queue = VecDeque::from([
         event("message_start", start),
         event("content_block_start", block),
         event("ping", json!({ "type": "ping" })),
     ]);
-    let mut state = StreamState { meta, rx, queue, done: false, timing };
+    let tools = meta.tools.map(ToolStream::new);
+    let mut state = StreamState { meta, tools, rx, queue, done: false, timing };
     if let Some(first) = first {
         state.push(Update::Event(first));
     }
@@ -405,6 +460,38 @@ mod tests {
             error_body(&bad("{")),
             json!({ "type": "error", "error": { "type": "invalid_request_error", "message": bad("{").message } })
         );
+        // Tools: Anthropic's shapes in, errors naming Anthropic's fields.
+        let tools = r#""tools":[{"name":"get_weather","description":"Weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}]"#;
+        let roomy = ModelFrontend { context_length: 4096, ..model() };
+        let with = |extra: &str| {
+            format!(
+                r#"{{"model":"m","max_tokens":20,{tools},{extra}"messages":[{{"role":"user","content":"Weather in Oslo?"}},
+            {{"role":"assistant","content":[{{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{{"city":"Oslo"}}}}]}},
+            {{"role":"user","content":[{{"type":"tool_result","tool_use_id":"toolu_1","content":"-3 C"}},{{"type":"text","text":"Thanks"}}]}}]}}"#
+            )
+        };
+        let p = parse(with(r#""tool_choice":{"type":"any"},"#).as_bytes(), &roomy, false).unwrap();
+        assert!(p.sampling.constraint.is_some(), "any: a constrained call");
+        let rendered = roomy.tokenizer.decode(&p.prompt_tokens);
+        assert!(
+            rendered.contains("get_weather") && rendered.contains("<tool_response>\n-3 C\n</tool_response>"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("\"arguments\":{\"city\":\"Oslo\"}") && rendered.contains("user\nThanks"),
+            "{rendered}"
+        );
+        let p = parse(with("").as_bytes(), &roomy, false).unwrap();
+        assert!(p.tools.is_some() && p.sampling.constraint.is_none(), "auto by default");
+        let p = parse(with(r#""tool_choice":{"type":"none"},"#).as_bytes(), &roomy, false).unwrap();
+        assert!(p.tools.is_none());
+        let bad_schema = with("").replace(r#""type":"string""#, r#""type":"no-such""#);
+        assert_eq!(
+            parse(bad_schema.as_bytes(), &roomy, false).unwrap_err().param.as_deref(),
+            Some("tools.0.input_schema")
+        );
+        let unknown = with(r#""tool_choice":{"type":"tool","name":"nope"},"#);
+        assert_eq!(parse(unknown.as_bytes(), &roomy, false).unwrap_err().param.as_deref(), Some("tool_choice.name"));
         // count_tokens needs no max_tokens.
         assert!(parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#, &m, true).is_ok());
     }

@@ -134,3 +134,31 @@ fn the_end_is_allowed_where_the_grammar_accepts_unless_the_request_ignores_it() 
     assert!(tok.eos_tokens().iter().all(|e| !without.contains(e)), "{without:?}");
     assert!(without.contains(&u32::from(b'7')) && !without.contains(&u32::from(b'a')));
 }
+
+#[test]
+fn string_lengths_hold_with_multi_byte_tokens() {
+    let g = grammars();
+    let tok = TestTokenizer::default();
+    let schema = r#"{"type": "object", "properties": {"z": {"type": "string", "maxLength": 10}}, "required": ["z"], "additionalProperties": false}"#;
+    for seed in 0..10 {
+        let mut m = g.matcher(&Constraint::new(Grammar::JsonSchema(schema.into()))).unwrap();
+        // Words (several bytes each) most likely, as the test model makes them.
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            let mut logits: Vec<f32> = (0..tok.vocab_size())
+                .map(|i| if i >= 259 { 10.0 + rng.random::<f32>() } else { rng.random::<f32>() })
+                .collect();
+            m.apply(&mut logits, false).unwrap();
+            let t = crate::sampling::argmax(&logits);
+            m.consume(t).unwrap();
+            out.push(t);
+            if m.is_complete() {
+                break;
+            }
+        }
+        let text = tok.decode(&out);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(v["z"].as_str().unwrap().chars().count() <= 10, "{text:?}");
+    }
+}
