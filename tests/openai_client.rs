@@ -34,6 +34,7 @@ fn openai_python_client_end_to_end() {
             "tools",
             "n-choices",
             "responses",
+            "responses-tools-and-formats",
             "unknown-model",
             "malformed-json",
             "request-id"

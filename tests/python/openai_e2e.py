@@ -454,6 +454,42 @@ def _():
         raise AssertionError("store=True was accepted")
 
 
+@check("responses-tools-and-formats")
+def _():
+    ask, tools = TOOL_SETS[0]
+    flat = [{"type": "function", **t["function"]} for t in tools]
+    common = dict(model=model, input=ask, tools=flat, max_output_tokens=120, temperature=0)
+    r = client.responses.create(**common, tool_choice="required")
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert calls and r.status == "completed", r.output
+    for c in calls:
+        jsonschema.validate(json.loads(c.arguments), tools[0]["function"]["parameters"])
+        assert c.call_id.startswith("call_") and c.name == "get_weather", c
+    # Streamed: the call's item and its arguments as events.
+    done = []
+    for ev in client.responses.create(**common, tool_choice="required", stream=True):
+        if ev.type == "response.function_call_arguments.done":
+            done.append(json.loads(ev.arguments))
+        if ev.type == "response.completed":
+            final = ev.response
+    assert done == [json.loads(c.arguments) for c in calls], done
+    assert [o.type for o in final.output if o.type == "function_call"] == ["function_call"] * len(calls)
+    # The call's output goes back as an input item, and the model answers.
+    turns = [{"role": "user", "content": ask}] + [
+        {"type": "function_call", "call_id": c.call_id, "name": c.name, "arguments": c.arguments} for c in calls
+    ] + [{"type": "function_call_output", "call_id": calls[0].call_id, "output": "18 C and sunny"}]
+    a = client.responses.create(**dict(common, input=turns), tool_choice="none")
+    assert a.output_text and not [o for o in a.output if o.type == "function_call"], a.output
+    # text.format with a schema, and with a pydantic model through responses.parse.
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}, "rain": {"type": "boolean"}},
+              "required": ["city", "rain"], "additionalProperties": False}
+    f = client.responses.create(model=model, input="Give a city and whether it rains there, as JSON.", max_output_tokens=60,
+                                temperature=0, text={"format": {"type": "json_schema", "name": "w", "schema": schema, "strict": True}})
+    jsonschema.validate(json.loads(f.output_text), schema)
+    p = client.responses.parse(model=model, input="Describe a fictional person.", text_format=Person, max_output_tokens=300, temperature=0)
+    assert isinstance(p.output_parsed, Person), p.output_parsed
+
+
 @check("unknown-model")
 def _():
     try:

@@ -739,7 +739,7 @@ impl ResponseMeta {
 }
 
 pub mod logprobs;
-mod structured;
+pub(super) mod structured;
 
 #[cfg(test)]
 mod tests;

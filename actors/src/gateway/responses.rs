@@ -1,8 +1,9 @@
 //! OpenAI's Responses API (`POST /v1/responses`), stateless: `input` as a string or message
 //! items, `instructions`, `max_output_tokens`, `temperature`, `top_p`, streaming with its semantic
-//! events (`response.created`, `response.output_text.delta`, `response.completed`, …). Nothing is
-//! stored, so `store: true`, `previous_response_id` and `background` are refused by name, as are
-//! tools and non-text formats until those land. The request runs like a chat completion.
+//! events (`response.created`, `response.output_text.delta`, `response.completed`, …), function
+//! tools (calls as `function_call` items, results as `function_call_output` inputs) and
+//! `text.format` schemas. Nothing is stored, so `store: true`, `previous_response_id` and
+//! `background` are refused by name. The request runs like a chat completion.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +24,8 @@ use super::driver::Update;
 use super::error::ApiError;
 use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::{self, ParsedRequest};
+use super::tools::parse::Call;
+use super::tools::reply::{Reading, Stream as ToolStream};
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -54,6 +57,15 @@ struct Item {
     role: Option<String>,
     #[serde(default)]
     content: Option<ItemContent>,
+    /// `function_call` and `function_call_output` items.
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+    #[serde(default)]
+    output: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +95,9 @@ struct Echo {
     max_output_tokens: Option<u32>,
     temperature: f32,
     top_p: f32,
+    tools: Value,
+    tool_choice: Value,
+    text: Value,
 }
 
 fn messages(body_input: Input, instructions: Option<&str>) -> Result<Vec<ChatMessage>, ApiError> {
@@ -95,6 +110,42 @@ fn messages(body_input: Input, instructions: Option<&str>) -> Result<Vec<ChatMes
         Input::Items(items) => {
             for (i, item) in items.into_iter().enumerate() {
                 let at = |f: &str| format!("input[{i}].{f}");
+                match item.kind.as_deref() {
+                    // An earlier call and its result, as the chat's assistant and tool turns.
+                    Some("function_call") => {
+                        let name = item.name.ok_or_else(|| {
+                            ApiError::bad_request("A function call needs a `name`.", Some(&at("name")))
+                        })?;
+                        let text = item.arguments.unwrap_or_else(|| "{}".into());
+                        let arguments = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
+                        let call = json!({ "id": item.call_id, "type": "function", "function": { "name": name, "arguments": arguments } });
+                        match chat.last_mut() {
+                            Some(m) if m.role == "assistant" && !m.tool_calls.is_empty() => m.tool_calls.push(call),
+                            _ => chat.push(ChatMessage {
+                                role: "assistant".into(),
+                                content: String::new(),
+                                tool_calls: vec![call],
+                                tool_call_id: None,
+                            }),
+                        }
+                        continue;
+                    }
+                    Some("function_call_output") => {
+                        let content = match item.output {
+                            Some(Value::String(s)) => s,
+                            Some(v) => v.to_string(),
+                            None => String::new(),
+                        };
+                        chat.push(ChatMessage {
+                            role: "tool".into(),
+                            content,
+                            tool_calls: Vec::new(),
+                            tool_call_id: item.call_id,
+                        });
+                        continue;
+                    }
+                    _ => {}
+                }
                 if item.kind.as_deref().is_some_and(|k| k != "message") {
                     let message = format!(
                         "Input items of type `{}` are not supported; send messages.",
@@ -141,19 +192,67 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
     if body.store == Some(true) {
         return Err(ApiError::bad_request("This server keeps no responses: send `store: false`.", Some("store")));
     }
-    for key in ["previous_response_id", "conversation", "background", "tools", "reasoning"] {
+    for key in ["previous_response_id", "conversation", "background", "reasoning"] {
         let set = body.rest.get(key).is_some_and(|v| !v.is_null() && v != &json!([]) && v != &json!(false));
         if set {
             return Err(ApiError::bad_request(format!("`{key}` is not supported by this server."), Some(key)));
         }
     }
-    if let Some(format) = body.rest.get("text").and_then(|t| t.get("format"))
-        && format.get("type").and_then(Value::as_str) != Some("text")
-    {
-        return Err(ApiError::bad_request("Only text.format {\"type\": \"text\"} is supported.", Some("text.format")));
+    // `text.format` as chat's `response_format` (the schema's fields one level up here).
+    let format = match body.rest.get("text").and_then(|t| t.get("format")) {
+        Some(f) if f.get("type").and_then(Value::as_str) == Some("json_schema") => {
+            let inner = json!({ "name": f.get("name"), "schema": f.get("schema"), "strict": f.get("strict") });
+            Some(json!({ "type": "json_schema", "json_schema": inner }))
+        }
+        other => other.cloned(),
+    };
+    let mut fields = serde_json::Map::new();
+    if let Some(f) = format {
+        fields.insert("response_format".into(), f);
     }
+    let rename = |mut e: ApiError| {
+        e.param = e
+            .param
+            .map(|p| p.replace("response_format.json_schema", "text.format").replace("response_format", "text.format"));
+        e
+    };
+    let format_constraint = openai::structured::constraint(&fields, model).map_err(rename)?;
+    // Function tools, flat here, as chat's.
+    let tools = match body.rest.get("tools").filter(|t| !t.is_null()) {
+        Some(Value::Array(list)) => Some(Value::Array(
+            list.iter()
+                .map(|t| match t.get("type").and_then(Value::as_str) {
+                    Some("function") => json!({ "type": "function", "function": {
+                        "name": t.get("name"), "description": t.get("description"), "parameters": t.get("parameters") } }),
+                    _ => t.clone(),
+                })
+                .collect(),
+        )),
+        other => other.cloned(),
+    };
+    let choice = match body.rest.get("tool_choice") {
+        Some(c) if c.get("type").and_then(Value::as_str) == Some("function") => {
+            Some(json!({ "type": "function", "function": { "name": c.get("name") } }))
+        }
+        other => other.cloned(),
+    };
+    let tools = super::tools::read(tools.as_ref(), choice.as_ref(), body.rest.get("parallel_tool_calls"), model)
+        .map_err(|mut e| {
+            e.param =
+                e.param.map(|p| p.replace(".function.", ".").replace("tool_choice.function.name", "tool_choice.name"));
+            e
+        })?;
+    let constraint = match (format_constraint, tools.as_ref().and_then(super::tools::Tools::constraint)) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "A required or named call cannot also have a `text.format`.",
+                Some("tool_choice"),
+            ));
+        }
+        (c, None) | (None, c) => c,
+    };
     let chat = messages(body.input, body.instructions.as_deref())?;
-    let prompt_tokens = openai::chat_tokens(model, &chat, "input")?;
+    let (prompt_tokens, _) = openai::chat_tokens_with_tools(model, &chat, tools.as_ref(), "input")?;
     let max = body.max_output_tokens.unwrap_or(model.default_max_tokens);
     if max == 0 {
         return Err(ApiError::bad_request("max_output_tokens must be at least 1.", Some("max_output_tokens")));
@@ -178,9 +277,18 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
         repetition_penalty: d.repetition_penalty.unwrap_or(1.0),
         seed: rand::random(),
         max_tokens,
+        constraint: constraint.map(Box::new),
         ..Default::default()
     };
-    let echo = Echo { instructions: body.instructions, max_output_tokens: body.max_output_tokens, temperature, top_p };
+    let echo = Echo {
+        instructions: body.instructions,
+        max_output_tokens: body.max_output_tokens,
+        temperature,
+        top_p,
+        tools: body.rest.get("tools").cloned().unwrap_or(json!([])),
+        tool_choice: body.rest.get("tool_choice").cloned().unwrap_or(json!("auto")),
+        text: body.rest.get("text").cloned().unwrap_or(json!({ "format": { "type": "text" } })),
+    };
     let stream = body.stream.unwrap_or(false);
     Ok((
         ParsedRequest {
@@ -190,7 +298,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
             include_usage: false,
             n: 1,
             echo: None,
-            tools: None,
+            tools,
             reasoning: None,
         },
         echo,
@@ -204,6 +312,26 @@ struct Meta {
     created_at: u64,
     model: String,
     echo: Echo,
+    /// How the output is read for calls, when the request has tools.
+    tools: Option<Reading>,
+}
+
+/// How a response ended: its text, calls, reason and usage; and whether its message item stays
+/// when it holds no text (a stream announced it at the start).
+struct End<'a> {
+    text: &'a str,
+    calls: &'a [Call],
+    reason: FinishReason,
+    usage: Usage,
+    keep_message: bool,
+}
+
+/// A `function_call` output item.
+fn call_item(c: &Call, done: bool) -> Value {
+    json!({
+        "type": "function_call", "id": format!("fc_{}", &c.id["call_".len()..]), "call_id": c.id, "name": c.name,
+        "arguments": if done { c.arguments.as_str() } else { "" }, "status": if done { "completed" } else { "in_progress" },
+    })
 }
 
 impl Meta {
@@ -219,10 +347,10 @@ impl Meta {
     }
 
     /// The response object: in progress (`end` None, no output yet) or at its end.
-    fn response(&self, end: Option<(&str, FinishReason, Usage)>) -> Value {
+    fn response(&self, end: Option<End<'_>>) -> Value {
         let (status, output, incomplete, usage) = match end {
             None => ("in_progress", json!([]), Value::Null, Value::Null),
-            Some((text, reason, u)) => {
+            Some(End { text, calls, reason, usage: u, keep_message }) => {
                 let (status, incomplete) = match reason {
                     FinishReason::Length => ("incomplete", json!({ "reason": "max_output_tokens" })),
                     _ => ("completed", Value::Null),
@@ -232,7 +360,14 @@ impl Meta {
                     "total_tokens": u.prompt_tokens + u.completion_tokens,
                     "input_tokens_details": { "cached_tokens": 0 }, "output_tokens_details": { "reasoning_tokens": 0 },
                 });
-                (status, json!([self.item(Some(text), true)]), incomplete, usage)
+                let mut output = Vec::new();
+                if keep_message || !text.is_empty() || calls.is_empty() {
+                    output.push(self.item(Some(text), true));
+                }
+                output.extend(calls.iter().map(|c| call_item(c, true)));
+                let (status, incomplete) =
+                    if calls.is_empty() { (status, incomplete) } else { ("completed", Value::Null) };
+                (status, Value::Array(output), incomplete, usage)
             }
         };
         json!({
@@ -240,8 +375,8 @@ impl Meta {
             "model": self.model, "output": output, "incomplete_details": incomplete, "error": null, "usage": usage,
             "instructions": self.echo.instructions, "max_output_tokens": self.echo.max_output_tokens,
             "temperature": self.echo.temperature, "top_p": self.echo.top_p,
-            "parallel_tool_calls": false, "tool_choice": "none", "tools": [], "store": false,
-            "text": { "format": { "type": "text" } }, "metadata": {}, "previous_response_id": null,
+            "parallel_tool_calls": self.tools.is_some(), "tool_choice": self.echo.tool_choice, "tools": self.echo.tools,
+            "store": false, "text": self.echo.text, "metadata": {}, "previous_response_id": null,
         })
     }
 }
@@ -263,8 +398,10 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::unavailable("The request could not be read."))??
     };
     let stream = parsed.stream;
+    let tools = parsed.tools.as_ref().map(Reading::of);
     let run = http::run(&gw, incoming, parsed, true, stream).await?;
     let meta = Meta {
+        tools,
         id: format!("resp_{}", run.id),
         message_id: format!("msg_{}", run.id),
         created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -278,14 +415,19 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
 }
 
 async fn whole(meta: Meta, first: StreamEvent, rx: EventRx, timing: Timing) -> Response {
-    match choices::collect(Choice::single(first, rx, timing)).await {
-        Ok((out, usage)) => axum::Json(meta.response(Some((&out.text, out.reason, usage)))).into_response(),
+    match choices::collect(Choice { tools: meta.tools, ..Choice::single(first, rx, timing) }).await {
+        Ok((out, usage)) => {
+            let end = End { text: &out.text, calls: &out.tool_calls, reason: out.reason, usage, keep_message: false };
+            axum::Json(meta.response(Some(end))).into_response()
+        }
         Err(e) => ApiError::into_response(e),
     }
 }
 
 struct StreamState {
     meta: Meta,
+    /// The output read for calls as it grows.
+    tools: Option<ToolStream>,
     rx: EventRx,
     queue: VecDeque<Event>,
     text: String,
@@ -300,6 +442,13 @@ impl StreamState {
         v["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
         self.queue.push_back(Event::default().event(kind).data(v.to_string()));
+    }
+
+    fn text_delta(&mut self, text: String) {
+        self.text.push_str(&text);
+        let mut v = self.at();
+        v["delta"] = json!(text);
+        self.emit("response.output_text.delta", v);
     }
 
     fn at(&self) -> Value {
@@ -329,14 +478,21 @@ impl SsePump for StreamState {
                 self.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, .. } => {
-                        self.text.push_str(&text);
-                        let mut v = self.at();
-                        v["delta"] = json!(text);
-                        self.emit("response.output_text.delta", v);
+                        let text = match &mut self.tools {
+                            Some(t) => t.push(&text),
+                            None => Some(text),
+                        };
+                        if let Some(text) = text {
+                            self.text_delta(text);
+                        }
                     }
                     // Never asked for here.
                     StreamEvent::Scored { .. } => {}
                     StreamEvent::Finished { reason, usage } => {
+                        let (rest, calls) = self.tools.take().map(ToolStream::finish).unwrap_or_default();
+                        if let Some(rest) = rest {
+                            self.text_delta(rest);
+                        }
                         let text = self.text.clone();
                         let part = json!({ "type": "output_text", "text": text, "annotations": [] });
                         let mut v = self.at();
@@ -347,9 +503,29 @@ impl SsePump for StreamState {
                         self.emit("response.content_part.done", v);
                         let item = self.meta.item(Some(&text), true);
                         self.emit("response.output_item.done", json!({ "output_index": 0, "item": item }));
-                        let kind =
-                            if reason == FinishReason::Length { "response.incomplete" } else { "response.completed" };
-                        let response = self.meta.response(Some((&text, reason, usage)));
+                        // Each call an item of its own: added, its arguments, done.
+                        for (i, c) in calls.iter().enumerate() {
+                            let (index, id) = (i + 1, call_item(c, true)["id"].clone());
+                            self.emit(
+                                "response.output_item.added",
+                                json!({ "output_index": index, "item": call_item(c, false) }),
+                            );
+                            let delta = json!({ "item_id": id, "output_index": index, "delta": c.arguments });
+                            self.emit("response.function_call_arguments.delta", delta);
+                            let done = json!({ "item_id": id, "output_index": index, "arguments": c.arguments });
+                            self.emit("response.function_call_arguments.done", done);
+                            self.emit(
+                                "response.output_item.done",
+                                json!({ "output_index": index, "item": call_item(c, true) }),
+                            );
+                        }
+                        let kind = if reason == FinishReason::Length && calls.is_empty() {
+                            "response.incomplete"
+                        } else {
+                            "response.completed"
+                        };
+                        let end = End { text: &text, calls: &calls, reason, usage, keep_message: true };
+                        let response = self.meta.response(Some(end));
                         self.emit(kind, json!({ "response": response }));
                         self.done = true;
                     }
@@ -373,8 +549,9 @@ fn sse(
     rx: EventRx,
     timing: Timing,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let tools = meta.tools.map(ToolStream::new);
     let mut state =
-        StreamState { meta, rx, queue: VecDeque::new(), text: String::new(), sequence: 0, done: false, timing };
+        StreamState { meta, tools, rx, queue: VecDeque::new(), text: String::new(), sequence: 0, done: false, timing };
     let started = state.meta.response(None);
     state.emit("response.created", json!({ "response": started.clone() }));
     state.emit("response.in_progress", json!({ "response": started }));
@@ -416,11 +593,32 @@ mod tests {
             bad(r#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#).as_deref(),
             Some("previous_response_id")
         );
-        assert_eq!(bad(r#"{"model":"m","input":"x","tools":[{"type":"function"}]}"#).as_deref(), Some("tools"));
-        assert_eq!(bad(r#"{"model":"m","input":[{"type":"function_call"}]}"#).as_deref(), Some("input[0].type"));
+        assert_eq!(bad(r#"{"model":"m","input":"x","tools":[{"type":"function"}]}"#).as_deref(), Some("tools[0].name"));
+        assert_eq!(bad(r#"{"model":"m","input":[{"type":"function_call"}]}"#).as_deref(), Some("input[0].name"));
+        assert_eq!(bad(r#"{"model":"m","input":[{"type":"web_search_call"}]}"#).as_deref(), Some("input[0].type"));
         assert_eq!(
-            bad(r#"{"model":"m","input":"x","text":{"format":{"type":"json_object"}}}"#).as_deref(),
-            Some("text.format")
+            bad(r#"{"model":"m","input":"x","text":{"format":{"type":"json_schema","name":"t","schema":{"type":"no-such"}}}}"#)
+                .as_deref(),
+            Some("text.format.schema")
+        );
+        // A JSON schema format, function tools and an earlier call with its output.
+        let roomy = ModelFrontend { context_length: 4096, ..openai::tests_model() };
+        let (p, _) = parse(
+            br#"{"model":"m","input":"x","text":{"format":{"type":"json_schema","name":"t","schema":{"type":"integer"}}}}"#,
+            &roomy,
+        )
+        .unwrap();
+        assert!(p.sampling.constraint.is_some());
+        let body = br#"{"model":"m","tools":[{"type":"function","name":"add","parameters":{"type":"object"}}],
+            "tool_choice":{"type":"function","name":"add"},
+            "input":[{"role":"user","content":"1+2?"},{"type":"function_call","call_id":"call_1","name":"add","arguments":"{\"a\":1}"},
+                {"type":"function_call_output","call_id":"call_1","output":"3"}]}"#;
+        let (p, _) = parse(body, &roomy).unwrap();
+        assert!(p.tools.is_some() && p.sampling.constraint.is_some(), "a named call is constrained");
+        let rendered = roomy.tokenizer.decode(&p.prompt_tokens);
+        assert!(
+            rendered.contains("\"name\":\"add\",\"arguments\":{\"a\":1}") && rendered.contains("<tool_response>\n3\n"),
+            "{rendered}"
         );
         assert!(
             parse(br#"{"model":"m","input":"x","store":false,"tools":[],"text":{"format":{"type":"text"}}}"#, &m)
