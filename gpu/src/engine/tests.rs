@@ -849,4 +849,35 @@ fn an_executor_that_picks_tokens_gets_picks_and_gives_the_same_greedy_text() {
     assert_eq!(u.len(), 8);
     assert!(u.iter().all(|u| (0.0..1.0).contains(u)));
     assert_eq!(u[..4], u[4..], "the same seed draws the same uniforms");
+    // A constrained sequence is masked and sampled on the host (the CUDA backend's seam): its
+    // steps take logits, and its output matches.
+    let before = (picked.load(ordering), logits.load(ordering));
+    e.submit(req("json", PROMPTS[0], constrained(runtime::request::Grammar::JsonSchema(SCHEMA.into()), 0.0, 1)));
+    let out = drain(&mut e);
+    assert!(matches_schema(&out["json"].0), "{:?}", out["json"]);
+    assert_eq!(picked.load(ordering), before.0, "no step of it was picked on the device");
+    assert!(logits.load(ordering) > before.1);
+}
+
+#[test]
+fn preempted_constrained_sequences_keep_their_place_in_the_grammar() {
+    use runtime::request::Grammar;
+    // 40 blocks of 4 tokens for six sequences of up to 120: preemption and recomputation.
+    let mut e = engine_with(limits(40, 6, 512), Duration::ZERO);
+    for i in 0..6 {
+        e.submit(req(&i.to_string(), PROMPTS[i], constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, i as u64)));
+    }
+    let out = drain(&mut e);
+    assert!(e.stats().preemptions > 0, "{:?}", e.stats());
+    for i in 0..6 {
+        let (text, end) = &out[&i.to_string()];
+        assert!(matches_schema(text), "{i}: {text:?} {end:?}");
+    }
+    assert_no_leak(&e);
+    // A cancelled constrained sequence frees its blocks (and its matcher with it).
+    e.submit(req("c", "hello", constrained(Grammar::Regex("[a-z]{30}".into()), 1.0, 1)));
+    e.step().unwrap();
+    assert!(e.cancel(&RequestId("c".into())));
+    assert!(!e.has_work());
+    assert_no_leak(&e);
 }
