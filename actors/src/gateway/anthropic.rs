@@ -108,9 +108,9 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
     if body.rest.get("thinking").is_some_and(|v| !v.is_null()) {
         return Err(ApiError::bad_request("`thinking` is not supported by this server.", Some("thinking")));
     }
-    let (tools, tool_choice, parallel) = tools::to_openai(body.rest.get("tools"), body.rest.get("tool_choice"))?;
+    let t = tools::to_openai(body.rest.get("tools"), body.rest.get("tool_choice"))?;
     let tools =
-        super::tools::read(tools.as_ref(), tool_choice.as_ref(), parallel.as_ref(), model).map_err(tools::rename)?;
+        super::tools::read(t.tools.as_ref(), t.choice.as_ref(), t.parallel.as_ref(), model).map_err(tools::rename)?;
     let mut chat = Vec::new();
     if let Some(system) = body.system {
         chat.push(ChatMessage::new("system", text_of(system, "system")?));

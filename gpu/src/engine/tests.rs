@@ -864,8 +864,8 @@ fn preempted_constrained_sequences_keep_their_place_in_the_grammar() {
     use runtime::request::Grammar;
     // 40 blocks of 4 tokens for six sequences of up to 120: preemption and recomputation.
     let mut e = engine_with(limits(40, 6, 512), Duration::ZERO);
-    for i in 0..6 {
-        e.submit(req(&i.to_string(), PROMPTS[i], constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, i as u64)));
+    for (i, p) in PROMPTS.iter().enumerate().take(6) {
+        e.submit(req(&i.to_string(), p, constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, i as u64)));
     }
     let out = drain(&mut e);
     assert!(e.stats().preemptions > 0, "{:?}", e.stats());

@@ -9,11 +9,15 @@ use serde_json::{Value, json};
 use super::super::error::ApiError;
 use super::super::tools::parse::Call;
 
+/// OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`, each when set.
+pub struct OpenAiTools {
+    pub tools: Option<Value>,
+    pub choice: Option<Value>,
+    pub parallel: Option<Value>,
+}
+
 /// Anthropic's tools and choice as OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`.
-pub fn to_openai(
-    tools: Option<&Value>,
-    choice: Option<&Value>,
-) -> Result<(Option<Value>, Option<Value>, Option<Value>), ApiError> {
+pub fn to_openai(tools: Option<&Value>, choice: Option<&Value>) -> Result<OpenAiTools, ApiError> {
     let bad = |m: &str, p: &str| ApiError::bad_request(m, Some(p));
     let tools = match tools.filter(|t| !t.is_null()) {
         None => None,
@@ -30,7 +34,9 @@ pub fn to_openai(
         )),
         Some(_) => return Err(bad("`tools` must be a list.", "tools")),
     };
-    let Some(choice) = choice.filter(|c| !c.is_null()) else { return Ok((tools, None, None)) };
+    let Some(choice) = choice.filter(|c| !c.is_null()) else {
+        return Ok(OpenAiTools { tools, choice: None, parallel: None });
+    };
     let parallel = choice.get("disable_parallel_tool_use").and_then(Value::as_bool).map(|d| Value::Bool(!d));
     let choice = match choice.get("type").and_then(Value::as_str) {
         Some("auto") => json!("auto"),
@@ -42,7 +48,7 @@ pub fn to_openai(
         },
         _ => return Err(bad("`tool_choice.type` is `auto`, `any`, `tool` or `none`.", "tool_choice.type")),
     };
-    Ok((tools, Some(choice), parallel))
+    Ok(OpenAiTools { tools, choice: Some(choice), parallel })
 }
 
 /// An error about the OpenAI shape, renamed to the field the Anthropic client sent.

@@ -11,7 +11,8 @@ fn read(p: &Parsed) -> (Option<&str>, Vec<(String, Value)>) {
 #[test]
 fn hermes_and_qwen_outputs() {
     use serde_json::json;
-    let table: &[(&str, Option<&str>, Vec<(&str, Value)>)] = &[
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, Value)>);
+    let table: &[Case] = &[
         // Qwen2.5 as it writes one call.
         (
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}\n</tool_call>",
