@@ -166,16 +166,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend, counting: bool) -> Result<ParsedRe
         stop,
         ..Default::default()
     };
-    Ok(ParsedRequest {
-        prompt_tokens,
-        sampling,
-        stream,
-        include_usage: false,
-        n: 1,
-        echo: None,
-        tools,
-        reasoning: None,
-    })
+    Ok(ParsedRequest::single(prompt_tokens, sampling, stream, tools))
 }
 
 /// Anthropic's name for what went wrong, by status.

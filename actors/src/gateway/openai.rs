@@ -159,6 +159,19 @@ pub struct ParsedRequest {
     pub reasoning: Option<bool>,
 }
 
+impl ParsedRequest {
+    /// A request of one choice, no echo and no reasoning split (the Responses and Messages
+    /// routes').
+    pub fn single(
+        prompt_tokens: Vec<u32>,
+        sampling: SamplingParams,
+        stream: bool,
+        tools: Option<super::tools::Tools>,
+    ) -> Self {
+        Self { prompt_tokens, sampling, stream, include_usage: false, n: 1, echo: None, tools, reasoning: None }
+    }
+}
+
 /// Most choices one request may ask for.
 pub const MAX_CHOICES: u32 = 16;
 

@@ -290,19 +290,7 @@ fn parse(bytes: &[u8], model: &ModelFrontend) -> Result<(ParsedRequest, Echo), A
         text: body.rest.get("text").cloned().unwrap_or(json!({ "format": { "type": "text" } })),
     };
     let stream = body.stream.unwrap_or(false);
-    Ok((
-        ParsedRequest {
-            prompt_tokens,
-            sampling,
-            stream,
-            include_usage: false,
-            n: 1,
-            echo: None,
-            tools,
-            reasoning: None,
-        },
-        echo,
-    ))
+    Ok((ParsedRequest::single(prompt_tokens, sampling, stream, tools), echo))
 }
 
 /// What a response is about.
