@@ -290,14 +290,27 @@ impl Engine {
 
     /// Queue a request. Returns an immediate failure event when it can never run.
     pub fn submit(&mut self, req: GenerateRequest) -> Option<StreamEvent> {
+        let matcher = req.sampling.constraint.as_ref().map(|c| self.grammars.matcher(c));
+        self.submit_compiled(req, matcher)
+    }
+
+    /// The compiler of this engine's constraints, for compiling them off the engine's thread.
+    pub fn grammars(&self) -> Arc<crate::constraint::Grammars> {
+        self.grammars.clone()
+    }
+
+    /// `submit`, with the request's constraint already compiled (None: it has none).
+    pub fn submit_compiled(
+        &mut self,
+        req: GenerateRequest,
+        matcher: Option<Result<crate::constraint::Matcher, crate::constraint::ConstraintError>>,
+    ) -> Option<StreamEvent> {
         if let Err(reason) = Self::check(&self.limits, &req).and_then(|()| self.check_vocab(&req.prompt_tokens)) {
             return Some(StreamEvent::Failed(WorkerFailure::Invalid(reason.to_string())));
         }
-        let matcher = match &req.sampling.constraint {
-            Some(c) => match self.grammars.matcher(c) {
-                Ok(m) => Some(m),
-                Err(e) => return Some(StreamEvent::Failed(WorkerFailure::Invalid(format!("constraint: {e}")))),
-            },
+        let matcher = match matcher {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => return Some(StreamEvent::Failed(WorkerFailure::Invalid(format!("constraint: {e}")))),
             None => None,
         };
         let mut seq = Sequence::new(req);

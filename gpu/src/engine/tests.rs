@@ -389,6 +389,37 @@ async fn thread_fails_open_requests_when_the_engine_panics() {
     assert!(handle.submit(req("late", "x", SamplingParams::default())).is_err());
 }
 
+#[tokio::test]
+async fn the_thread_compiles_constraints_aside_and_drops_one_cancelled_meanwhile() {
+    use runtime::request::Grammar;
+    let handle = EngineHandle::spawn(engine(2), "c", |_| {}).unwrap();
+    let text = |events: &[StreamEvent]| text_and_ids(events).0;
+    handle.submit(req("json", "hello", constrained(Grammar::JsonSchema(SCHEMA.into()), 1.0, 3))).unwrap();
+    handle.submit(req("free", "hello", greedy(4))).unwrap();
+    handle.submit(req("gone", "hello", constrained(Grammar::Regex("[a-z]{40}".into()), 1.0, 1))).unwrap();
+    assert!(handle.cancel(&RequestId("gone".into())));
+    handle.submit(req("bad", "hello", constrained(Grammar::Regex("(".into()), 1.0, 1))).unwrap();
+    let mut got: HashMap<&str, Vec<StreamEvent>> = HashMap::new();
+    for _ in 0..400 {
+        for id in ["json", "free", "bad"] {
+            if let Taken::Events(ev) = handle.outputs().take(&RequestId(id.into())) {
+                got.entry(id).or_default().extend(ev);
+            }
+        }
+        if ["json", "free", "bad"]
+            .iter()
+            .all(|id| got.get(id).is_some_and(|e| e.last().is_some_and(StreamEvent::is_terminal)))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(matches_schema(&text(&got["json"])), "{:?}", got["json"]);
+    assert!(matches!(got["free"].last(), Some(StreamEvent::Finished { .. })));
+    assert!(matches!(got["bad"].last(), Some(StreamEvent::Failed(WorkerFailure::Invalid(_)))), "{:?}", got["bad"]);
+    assert!(matches!(handle.outputs().take(&RequestId("gone".into())), Taken::Unknown));
+}
+
 fn limits(kv_blocks: usize, max_batch: usize, max_batch_tokens: usize) -> EngineLimits {
     EngineLimits { max_batch, max_queue: 64, context_length: 256, block_size: 4, kv_blocks, max_batch_tokens }
 }

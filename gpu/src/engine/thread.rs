@@ -18,15 +18,25 @@ use super::{Engine, EngineError, Reservation};
 use crate::executor::ExecutorError;
 use crate::pool::BlockId;
 
+/// A constraint compiled off the engine's thread.
+type Compiled = Option<Result<crate::constraint::Matcher, crate::constraint::ConstraintError>>;
+
 enum Command {
     Submit(GenerateRequest),
+    /// A constrained request, compiled on the handle's compiler thread.
+    SubmitCompiled(GenerateRequest, Box<Compiled>),
     Cancel(RequestId),
     Dump(oneshot::Sender<KvDump>),
     Reserve(Vec<u64>, oneshot::Sender<Option<Reservation>>),
     Import(Vec<BlockId>, Buffer, oneshot::Sender<Result<(), EngineError>>),
     Commit(Reservation, Vec<u64>, oneshot::Sender<()>),
     Abort(Reservation),
-    Prefill { id: RequestId, tokens: Vec<u32>, skip: usize, sink: tmpsc::UnboundedSender<PrefillChunk> },
+    Prefill {
+        id: RequestId,
+        tokens: Vec<u32>,
+        skip: usize,
+        sink: tmpsc::UnboundedSender<PrefillChunk>,
+    },
     Stop,
 }
 
@@ -193,6 +203,9 @@ impl Outputs {
 /// The worker's side of a running engine thread. Dropping it stops the thread.
 pub struct EngineHandle {
     commands: mpsc::Sender<Command>,
+    /// Compiles constrained requests' grammars on a thread of its own (started on first use), so
+    /// that no step waits for a compile (the first builds the vocabulary's trie: about 0.1 s).
+    compiler: Arc<Compiler>,
     outputs: Arc<Outputs>,
     kv: Arc<KvFeed>,
     limits: super::EngineLimits,
@@ -215,6 +228,8 @@ impl EngineHandle {
         let feed = kv.clone();
         let limits = engine.limits();
         let (layout, fingerprint) = (engine.block_layout(), engine.model_fingerprint());
+        let compiler =
+            Arc::new(Compiler { grammars: engine.grammars(), name: name.to_string(), queue: Mutex::new(None) });
         let worker = name.to_string();
         std::thread::Builder::new().name(format!("engine-{name}")).spawn(move || {
             let result =
@@ -227,7 +242,7 @@ impl EngineHandle {
             out.close(failure.as_deref().unwrap_or("the worker stopped"));
             on_exit(failure);
         })?;
-        Ok(Self { commands: tx, outputs, kv, limits, layout, fingerprint })
+        Ok(Self { commands: tx, compiler, outputs, kv, limits, layout, fingerprint })
     }
 
     pub fn limits(&self) -> super::EngineLimits {
@@ -293,10 +308,18 @@ impl EngineHandle {
     /// Submit a request whose outbox is open.
     pub fn submit_opened(&self, req: GenerateRequest) -> Result<(), EngineError> {
         let id = req.id.clone();
-        self.commands.send(Command::Submit(req)).map_err(|_| {
+        self.send_submission(req).map_err(|_| {
             self.outputs.remove(&id);
             EngineError::Gone
         })
+    }
+
+    /// A request to the engine thread; a constrained one by way of the compiler thread.
+    fn send_submission(&self, req: GenerateRequest) -> Result<(), ()> {
+        if req.sampling.constraint.is_none() {
+            return self.commands.send(Command::Submit(req)).map_err(drop);
+        }
+        self.compiler.compile(req, &self.commands)
     }
 
     /// Fail a request whose outbox is open and that never reached the engine.
@@ -321,11 +344,7 @@ impl EngineHandle {
     /// Hand a request to the engine; its events then appear in `outputs()`.
     pub fn submit(&self, req: GenerateRequest) -> Result<(), EngineError> {
         self.outputs.open(&req.id)?;
-        let id = req.id.clone();
-        self.commands.send(Command::Submit(req)).map_err(|_| {
-            self.outputs.remove(&id);
-            EngineError::Gone
-        })
+        self.submit_opened(req)
     }
 
     /// Stop a request and forget its output.
@@ -440,12 +459,55 @@ fn publish(engine: &Engine, worker: &str, kv: &KvFeed) {
     metrics::counter!("armature_kv_evictions_total", "worker" => worker.to_string()).absolute(s.pool.evictions);
 }
 
+/// The compiler thread of an engine's constrained requests: it takes them in order, compiles
+/// their constraints and hands them on to the engine thread.
+struct Compiler {
+    grammars: Arc<crate::constraint::Grammars>,
+    name: String,
+    queue: Mutex<Option<CompileQueue>>,
+}
+
+/// Requests to compile, each with where to send it next.
+type CompileQueue = mpsc::Sender<(GenerateRequest, mpsc::Sender<Command>)>;
+
+impl Compiler {
+    fn compile(&self, req: GenerateRequest, engine: &mpsc::Sender<Command>) -> Result<(), ()> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.is_none() {
+            let (tx, rx) = mpsc::channel::<(GenerateRequest, mpsc::Sender<Command>)>();
+            let grammars = self.grammars.clone();
+            // The thread ends when the handle (and with it this sender) is dropped.
+            std::thread::Builder::new()
+                .name(format!("grammar-{}", self.name))
+                .spawn(move || {
+                    for (req, engine) in rx {
+                        let matcher = req.sampling.constraint.as_ref().map(|c| grammars.matcher(c));
+                        if engine.send(Command::SubmitCompiled(req, Box::new(matcher))).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(drop)?;
+            *queue = Some(tx);
+        }
+        queue.as_ref().expect("started above").send((req, engine.clone())).map_err(drop)
+    }
+}
+
 /// Apply one command; false means stop.
 fn apply(engine: &mut Engine, cmd: Command, st: &mut ThreadState<'_>) -> bool {
     match cmd {
         Command::Submit(req) => {
             let id = req.id.clone();
             if let Some(event) = engine.submit(req) {
+                st.out.push(&id, event);
+            }
+        }
+        // Cancelled while it compiled: its outbox is gone, and so is it.
+        Command::SubmitCompiled(req, _) if !st.out.is_open(&req.id) => {}
+        Command::SubmitCompiled(req, matcher) => {
+            let id = req.id.clone();
+            if let Some(event) = engine.submit_compiled(req, *matcher) {
                 st.out.push(&id, event);
             }
         }
