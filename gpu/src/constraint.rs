@@ -165,19 +165,22 @@ impl Matcher {
     /// Compute the mask of the tokens allowed next (only end-of-sequence once the grammar is
     /// complete).
     pub fn compute_mask(&mut self) -> Result<(), ConstraintError> {
-        let mask = self.inner.compute_mask_or_eos().map_err(|e| ConstraintError::Rejected(e.to_string()))?;
-        self.mask = Some(mask);
+        self.mask = Some(self.fresh_mask()?);
         Ok(())
+    }
+
+    fn fresh_mask(&mut self) -> Result<SimpleVob, ConstraintError> {
+        self.inner.compute_mask_or_eos().map_err(|e| ConstraintError::Rejected(e.to_string()))
     }
 
     /// Set every token the mask does not allow to minus infinity (computing the mask first if
     /// `compute_mask` was not called for this step); the end-of-sequence tokens too unless
     /// `allow_end` (a request that ignores them goes on while its grammar does).
     pub fn apply(&mut self, logits: &mut [f32], allow_end: bool) -> Result<(), ConstraintError> {
-        if self.mask.is_none() {
-            self.compute_mask()?;
-        }
-        let mask = self.mask.as_ref().expect("computed above");
+        let mask = match self.mask.take() {
+            Some(m) => m,
+            None => self.fresh_mask()?,
+        };
         let ending = allow_end && self.eos.first().is_some_and(|&e| mask.is_allowed(e));
         for (id, l) in logits.iter_mut().enumerate() {
             let id = id as u32;
@@ -186,6 +189,7 @@ impl Matcher {
                 *l = f32::NEG_INFINITY;
             }
         }
+        self.mask = Some(mask);
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::{self, ParsedRequest};
 use super::tools::parse::Call;
-use super::tools::reply::{Reading, Stream as ToolStream};
+use super::tools::reply::{self, Reading, Stream as ToolStream};
 
 mod tools;
 
@@ -314,11 +314,7 @@ impl SsePump for StreamState {
                 self.timing.saw(&ev);
                 match ev {
                     StreamEvent::Delta { text, .. } => {
-                        let text = match &mut self.tools {
-                            Some(t) => t.push(&text),
-                            None => Some(text),
-                        };
-                        if let Some(text) = text {
+                        if let Some(text) = reply::pass(&mut self.tools, text) {
                             self.text_delta(&text);
                         }
                     }
@@ -326,7 +322,7 @@ impl SsePump for StreamState {
                     StreamEvent::Scored { .. } => {}
                     StreamEvent::Finished { reason, usage } => {
                         let (mut why, mut seq) = stop(reason, &self.meta.stops);
-                        let (rest, calls) = self.tools.take().map(ToolStream::finish).unwrap_or_default();
+                        let (rest, calls) = reply::finish(&mut self.tools);
                         if let Some(rest) = rest {
                             self.text_delta(&rest);
                         }

@@ -17,7 +17,7 @@ use super::http::{self, EventRx, SsePump, Timing};
 use super::openai::logprobs::Writer;
 use super::openai::{ChoiceOut, Endpoint, ResponseMeta};
 use super::reasoning::Splitter;
-use super::tools::reply::{Reading, Stream as ToolStream};
+use super::tools::reply::{self, Reading, Stream as ToolStream};
 
 /// One choice on its way: the events it had before its stream started, the rest, its timings,
 /// its log-probability writer when the request asked for them, and the prompt text it echoes
@@ -215,10 +215,7 @@ impl SseState {
 
     /// Content of choice `index`: with tools, it goes out up to where a call may start.
     fn content_delta(&mut self, index: usize, text: &str, logprobs: Option<Value>) {
-        let text = match &mut self.sides[index].tools {
-            Some(t) => t.push(text),
-            None => Some(text.to_string()),
-        };
+        let text = reply::pass(&mut self.sides[index].tools, text.to_string());
         if let Some(text) = text.filter(|t| !t.is_empty() || logprobs.is_some()) {
             let chunk = self.meta.chunk(index, Some(&text), None, self.include_usage, logprobs);
             self.queue.push_back(data(&chunk));
@@ -233,13 +230,9 @@ impl SseState {
             self.reasoning_delta(index, &thought);
             self.content_delta(index, &said, None);
         }
-        let mut calls = Vec::new();
-        if let Some(t) = self.sides[index].tools.take() {
-            let (rest, found) = t.finish();
-            if let Some(rest) = rest {
-                self.queue.push_back(data(&self.meta.chunk(index, Some(&rest), None, self.include_usage, None)));
-            }
-            calls = found;
+        let (rest, calls) = reply::finish(&mut self.sides[index].tools);
+        if let Some(rest) = rest {
+            self.queue.push_back(data(&self.meta.chunk(index, Some(&rest), None, self.include_usage, None)));
         }
         if calls.is_empty() {
             self.queue.push_back(data(&self.meta.chunk(index, None, Some(reason), self.include_usage, None)));

@@ -271,10 +271,13 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], model: &ModelFrontend) -> Result<
             model,
         )?,
         Endpoint::Completion => {
-            for key in ["tools", "tool_choice", "parallel_tool_calls"] {
-                if body.rest.get(key).is_some_and(|v| !v.is_null())
-                    || (key == "tool_choice" && body.tool_choice.is_some())
-                {
+            let set = |v: Option<&Value>| v.is_some_and(|v| !v.is_null());
+            for (key, value) in [
+                ("tools", body.rest.get("tools")),
+                ("tool_choice", body.tool_choice.as_ref()),
+                ("parallel_tool_calls", body.rest.get("parallel_tool_calls")),
+            ] {
+                if set(value) {
                     return Err(ApiError::bad_request(format!("`{key}` is a chat completions field."), Some(key)));
                 }
             }

@@ -459,13 +459,15 @@ impl Engine {
                 }
                 continue;
             }
-            let vocab = self.executor.info().vocab_size;
             let row = match row {
-                Some(StepOutput::Logits(rows)) if seq.score.is_some() => {
+                Some(StepOutput::Logits(mut rows)) if seq.score.is_some() => {
+                    let vocab = self.executor.info().vocab_size;
                     seq.score_rows(start, &rows, vocab, &mut events);
                     // The last row is the next token's, when the chunk ends the sequence.
-                    (p.end == seq.tokens.len() && rows.len() >= vocab)
-                        .then(|| StepOutput::Logits(rows[rows.len() - vocab..].to_vec()))
+                    (p.end == seq.tokens.len() && rows.len() >= vocab).then(|| {
+                        rows.drain(..rows.len() - vocab);
+                        StepOutput::Logits(rows)
+                    })
                 }
                 row => row,
             };

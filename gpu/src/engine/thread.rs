@@ -473,24 +473,26 @@ type CompileQueue = mpsc::Sender<(GenerateRequest, mpsc::Sender<Command>)>;
 impl Compiler {
     fn compile(&self, req: GenerateRequest, engine: &mpsc::Sender<Command>) -> Result<(), ()> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if queue.is_none() {
-            let (tx, rx) = mpsc::channel::<(GenerateRequest, mpsc::Sender<Command>)>();
-            let grammars = self.grammars.clone();
-            // The thread ends when the handle (and with it this sender) is dropped.
-            std::thread::Builder::new()
-                .name(format!("grammar-{}", self.name))
-                .spawn(move || {
-                    for (req, engine) in rx {
-                        let matcher = req.sampling.constraint.as_ref().map(|c| grammars.matcher(c));
-                        if engine.send(Command::SubmitCompiled(req, Box::new(matcher))).is_err() {
-                            return;
-                        }
-                    }
-                })
-                .map_err(drop)?;
-            *queue = Some(tx);
+        if let Some(tx) = queue.as_ref() {
+            return tx.send((req, engine.clone())).map_err(drop);
         }
-        queue.as_ref().expect("started above").send((req, engine.clone())).map_err(drop)
+        let (tx, rx): (CompileQueue, _) = mpsc::channel();
+        let grammars = self.grammars.clone();
+        // The thread ends when the handle (and with it this sender) is dropped.
+        std::thread::Builder::new()
+            .name(format!("grammar-{}", self.name))
+            .spawn(move || {
+                for (req, engine) in rx {
+                    let matcher = req.sampling.constraint.as_ref().map(|c| grammars.matcher(c));
+                    if engine.send(Command::SubmitCompiled(req, Box::new(matcher))).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(drop)?;
+        let sent = tx.send((req, engine.clone())).map_err(drop);
+        *queue = Some(tx);
+        sent
     }
 }
 

@@ -78,6 +78,19 @@ impl Stream {
     }
 }
 
+/// Generated text through a choice's tool reading, when it has one: the content to send now.
+pub fn pass(tools: &mut Option<Stream>, text: String) -> Option<String> {
+    match tools {
+        Some(t) => t.push(&text),
+        None => Some(text),
+    }
+}
+
+/// The end of a choice's output: what its tool reading still holds, and the calls.
+pub fn finish(tools: &mut Option<Stream>) -> (Option<String>, Vec<Call>) {
+    tools.take().map(Stream::finish).unwrap_or_default()
+}
+
 impl ResponseMeta {
     /// A chat chunk of choice `index` whose delta is `delta`, finishing it with `finish`.
     pub fn delta_chunk(&self, index: usize, delta: Value, finish: Option<&str>, with_usage_field: bool) -> Value {
