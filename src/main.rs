@@ -234,16 +234,27 @@ enum BenchCommand {
         #[arg(long)]
         json_schema: Option<PathBuf>,
     },
-    /// KV frames of 1 MiB between two data planes on this host, over QUIC (mutual TLS) and
-    /// shared memory, beside a plain TCP socket copy and memcpy (GB/s, medians of --repeats).
+    /// KV frames between two data planes on this host, over QUIC and TLS on TCP (both mutual TLS)
+    /// and shared memory, beside a plain TCP socket copy and memcpy (GB/s, medians of --repeats).
     Transfer {
+        /// Frames of 1 MiB per repeat (other --frame-bytes move as many bytes).
         #[arg(long, default_value_t = 1024)]
         frames: usize,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
-        /// QUIC connections between the two planes.
+        /// Connections between the two planes, on either network path.
         #[arg(long, default_value_t = 4)]
         connections: usize,
+        /// Bytes per frame (a multiple of 64).
+        #[arg(long, default_value_t = 1 << 20)]
+        frame_bytes: usize,
+        /// Measure the network paths again for 1, 2, 4 and 8 connections, and for frames of 64 KiB
+        /// to 4 MiB, each beside its own TCP baseline.
+        #[arg(long)]
+        sweep: bool,
+        /// Only these paths (memcpy, tcp, quic, tls, shm), for profiling one; the others read 0.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -391,15 +402,47 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Transfer { frames, repeats, connections } } => {
+        Command::Bench {
+            command: BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only },
+        } => {
             runtime::telemetry::init_logging(Default::default());
-            let bench = transport::bench::TransferBench { frames, repeats, connections };
+            let bench = transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only };
             let r = bench.run().await.map_err(|e| anyhow::anyhow!("transfer benchmark: {e}"))?;
-            println!("frames of {} bytes, {} per run, {} QUIC connections", r.frame_bytes, r.frames, r.connections);
+            let c = &r.copies_per_frame;
+            println!("frames of {} bytes, {} per run, {} connections", r.frame_bytes, r.frames, r.connections);
             println!("memcpy        {:6.2} GB/s", r.memcpy_gb_s);
             println!("tcp           {:6.2} GB/s", r.tcp_gb_s);
-            println!("quic (mTLS)   {:6.2} GB/s  ({:.0}% of tcp)", r.quic_gb_s, 100.0 * r.quic_gb_s / r.tcp_gb_s);
-            println!("shared memory {:6.2} GB/s  ({:.0}% of memcpy)", r.shm_gb_s, 100.0 * r.shm_gb_s / r.memcpy_gb_s);
+            let of_tcp = |v: f64| 100.0 * v / r.tcp_gb_s;
+            println!(
+                "quic (mTLS)   {:6.2} GB/s  ({:.0}% of tcp, {:.2} copies a body)",
+                r.quic_gb_s,
+                of_tcp(r.quic_gb_s),
+                c.quic
+            );
+            println!(
+                "tls over tcp  {:6.2} GB/s  ({:.0}% of tcp, {:.2} copies a body)",
+                r.tls_gb_s,
+                of_tcp(r.tls_gb_s),
+                c.tls
+            );
+            println!(
+                "shared memory {:6.2} GB/s  ({:.0}% of memcpy, {:.2} copies a body)",
+                r.shm_gb_s,
+                100.0 * r.shm_gb_s / r.memcpy_gb_s,
+                c.shm
+            );
+            for p in &r.sweep {
+                println!(
+                    "sweep: {:>8} bytes x{} connections: tcp {:5.2}  quic {:5.2} ({:3.0}%)  tls {:5.2} ({:3.0}%) GB/s",
+                    p.frame_bytes,
+                    p.connections,
+                    p.tcp_gb_s,
+                    p.quic_gb_s,
+                    100.0 * p.quic_gb_s / p.tcp_gb_s,
+                    p.tls_gb_s,
+                    100.0 * p.tls_gb_s / p.tcp_gb_s
+                );
+            }
             println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -668,6 +711,8 @@ fn start_data_plane(
     let plane_config = transport::PlaneConfig {
         shared_memory: t.shared_memory,
         connections: t.connections.max(1) as usize,
+        network: t.network,
+        network_by_peer: t.network_by_peer.clone(),
         ..transport::PlaneConfig::new(&config.cluster.name, &plan.name)
     };
     let plane = transport::DataPlane::bind(addr, identity, plane_config)

@@ -121,6 +121,15 @@ impl Buffer {
     pub fn is_lent(&self) -> bool {
         self.lent.is_some()
     }
+
+    /// Keep only the first `len` bytes (a buffer taken larger than its final contents, such as
+    /// one that also held the records its contents were opened from). No effect on lent bytes
+    /// or where `len` is not shorter.
+    pub fn truncate(&mut self, len: usize) {
+        if self.lent.is_none() {
+            self.len = self.len.min(len);
+        }
+    }
 }
 
 impl Deref for Buffer {

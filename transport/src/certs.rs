@@ -21,6 +21,9 @@ use rustls::server::WebPkiClientVerifier;
 /// The ALPN protocol of the KV data plane.
 pub const ALPN: &[u8] = b"armature-kv/1";
 
+/// The ALPN protocol of the KV data plane's TLS-over-TCP path.
+pub const TCP_ALPN: &[u8] = b"armature-kv-tcp/1";
+
 /// The ALPN protocol of the control plane (ractor_cluster over TLS), so that neither plane's
 /// connection can be taken for the other's.
 pub const CONTROL_ALPN: &[u8] = b"armature-control/1";
@@ -165,13 +168,36 @@ impl Identity {
         self.client_tls_for(ALPN)
     }
 
+    /// The same pair for the data plane's TLS-over-TCP path.
+    pub fn tcp_tls(&self) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
+        let mut provider = rustls::crypto::ring::default_provider();
+        // AES-128-GCM first (ring's order starts with AES-256-GCM): fewer rounds for bulk data.
+        provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let provider = Arc::new(provider);
+        let (mut server, mut client) =
+            (self.server_tls_with(TCP_ALPN, provider.clone())?, self.client_tls_with(TCP_ALPN, provider)?);
+        // No tickets: only application data may follow the handshake (`tls_records`).
+        server.send_tls13_tickets = 0;
+        // The record layer takes the traffic keys over after the handshake.
+        server.enable_secret_extraction = true;
+        client.enable_secret_extraction = true;
+        Ok((server, client))
+    }
+
     /// The same pair for the control plane.
     pub fn control_tls(&self) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
         Ok((self.server_tls_for(CONTROL_ALPN)?, self.client_tls_for(CONTROL_ALPN)?))
     }
 
     fn server_tls_for(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, CertError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        self.server_tls_with(alpn, Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    fn server_tls_with(
+        &self,
+        alpn: &[u8],
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<rustls::ServerConfig, CertError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
             .map_err(|e| CertError::Tls(e.to_string()))?;
@@ -186,7 +212,14 @@ impl Identity {
     }
 
     fn client_tls_for(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        self.client_tls_with(alpn, Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    fn client_tls_with(
+        &self,
+        alpn: &[u8],
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<rustls::ClientConfig, CertError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| CertError::Tls(e.to_string()))?
@@ -232,6 +265,7 @@ mod tests {
             id.server_tls().unwrap();
             id.client_tls().unwrap();
             id.control_tls().unwrap();
+            id.tcp_tls().unwrap();
         }
         assert!(matches!(init(&dir, &nodes), Err(CertError::Exists { .. })), "never overwrites a CA");
         let err = Identity::load(&dir, "n9").unwrap_err().to_string();

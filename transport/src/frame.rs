@@ -127,6 +127,8 @@ pub enum FrameError {
     Truncated(std::io::Error),
     #[error("bytes after the end of the frame")]
     Trailing,
+    #[error("TLS record: {0}")]
+    Record(#[source] std::io::Error),
 }
 
 impl FrameError {
@@ -141,6 +143,7 @@ impl FrameError {
             FrameError::Checksum { .. } => "checksum",
             FrameError::Truncated(_) => "truncated",
             FrameError::Trailing => "trailing",
+            FrameError::Record(_) => "record",
         }
     }
 }
@@ -167,7 +170,7 @@ pub fn encode(header: &FrameHeader, body: &[u8]) -> Vec<u8> {
 }
 
 /// Check the fixed prefix: (header length, body length).
-fn parse_prefix(prefix: &[u8; PREFIX_LEN]) -> Result<(usize, u64), FrameError> {
+pub(crate) fn parse_prefix(prefix: &[u8; PREFIX_LEN]) -> Result<(usize, u64), FrameError> {
     let magic: [u8; 4] = prefix[0..4].try_into().expect("4 bytes");
     if magic != MAGIC {
         return Err(FrameError::Magic(magic));
@@ -188,7 +191,7 @@ fn parse_prefix(prefix: &[u8; PREFIX_LEN]) -> Result<(usize, u64), FrameError> {
 }
 
 /// Validate the archived header and check it against the body length.
-fn parse_header(bytes: &AlignedVec, body_len: u64) -> Result<FrameHeader, FrameError> {
+pub(crate) fn parse_header(bytes: &AlignedVec, body_len: u64) -> Result<FrameHeader, FrameError> {
     let archived =
         rkyv::access::<ArchivedFrameHeader, BoxedError>(bytes).map_err(|e| FrameError::Header(e.to_string()))?;
     let header: FrameHeader =
@@ -206,7 +209,11 @@ fn parse_header(bytes: &AlignedVec, body_len: u64) -> Result<FrameHeader, FrameE
 }
 
 fn check_body(header: &FrameHeader, body: &[u8]) -> Result<(), FrameError> {
-    let actual = xxh3_64(body);
+    check_checksum(header, xxh3_64(body))
+}
+
+/// Compare the body's XXH3-64, computed as it arrived, with the header's.
+pub(crate) fn check_checksum(header: &FrameHeader, actual: u64) -> Result<(), FrameError> {
     if actual != header.checksum {
         return Err(FrameError::Checksum { expected: header.checksum, actual });
     }

@@ -1,8 +1,8 @@
 //! Moving KV blocks between workers: the versioned, validated rkyv frame (`frame`), pooled
-//! aligned buffers (`buffers`), the cluster CA and mutual TLS (`certs`), the QUIC data plane with
-//! its same-host shared-memory rings and in-process hand-off (`plane`, `shm`), and CUDA peer
-//! copies behind the `cuda` feature (`cuda_peer`). Actors decide what to move; this crate moves
-//! it.
+//! aligned buffers (`buffers`), the cluster CA and mutual TLS (`certs`), the data plane over QUIC
+//! or TLS on TCP (`tls_records` after the handshake) with its same-host shared-memory rings and
+//! in-process hand-off (`plane`, `tcp`, `shm`), and CUDA peer copies behind the `cuda` feature (`cuda_peer`). Actors decide what to
+//! move; this crate moves it.
 
 pub mod bench;
 pub mod certs;
@@ -11,8 +11,10 @@ pub mod cuda_peer;
 pub mod frame;
 pub mod plane;
 pub mod shm;
+mod tcp;
+mod tls_records;
 
 pub use certs::Identity;
 pub use frame::{Frame, FrameError, FrameHeader};
-pub use plane::{DataPlane, Inbox, PeerAddr, PlaneConfig, TransportError};
+pub use plane::{DataPlane, Inbox, KvNetwork, PeerAddr, PlaneConfig, TransportError};
 pub use runtime::buffers::{Buffer, BufferPool};

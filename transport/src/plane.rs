@@ -1,10 +1,22 @@
 //! `DataPlane`: a node's KV data plane. It listens for QUIC connections (mutual TLS from the
 //! cluster CA, CUBIC, 4 MiB socket buffers, several connections per peer, one stream per frame so
-//! a bad frame costs only its stream; towards a loopback peer 64 KiB datagrams without GSO), validates every frame and hands it to whoever expects its
-//! transfer id. Sending picks the path: in the same process the frame's buffer changes hands;
-//! on the same host (a loopback peer) it goes through a shared-memory ring announced over QUIC
-//! (the receiver's frames lend their bodies from the ring's slots); otherwise over QUIC.
+//! a bad frame costs only its stream; towards a loopback peer 64 KiB datagrams without GSO) and,
+//! on the same port number, for TLS-over-TCP connections (`tcp`), validates every frame and hands
+//! it to whoever expects its transfer id. Sending picks the path: in the same process the frame's
+//! buffer changes hands; on the same host (a loopback peer) it goes through a shared-memory ring
+//! announced over QUIC (the receiver's frames lend their bodies from the ring's slots); otherwise
+//! over the network path the configuration names for the peer (`KvNetwork`: TLS over TCP unless
+//! told QUIC).
+//!
+//! Copies of a received body, counted in bytes in `PlaneStats::body_bytes_copied_in` (the
+//! kernel's copy out of the socket is not among them): none in-process; none from shared memory
+//! while the body is lent from its slot (one when it is copied out); one over QUIC (from quinn's
+//! decrypted datagrams into the body's buffer); over TLS only the few records read ahead with the
+//! frame's header (at most two of 16 KiB: the rest of the body is read into its own buffer and
+//! decrypted there). The engine's import then writes the body into its KV pool: one more, on
+//! every path.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,15 +30,21 @@ use tokio::sync::mpsc;
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, encode_head, read_frame};
 use crate::shm::{ShmReceiver, ShmSender, ring_path};
+use crate::tcp::{self, TcpPath};
 use runtime::buffers::{Buffer, BufferPool};
+pub use vocab::config::KvNetwork;
 
 /// Settings of a data plane.
 #[derive(Clone, Debug)]
 pub struct PlaneConfig {
     pub cluster: String,
     pub node: String,
-    /// QUIC connections per peer (frames are spread over them).
+    /// Connections per peer (frames are spread over them), on either network path.
     pub connections: usize,
+    /// The network path towards peers that shared memory does not reach.
+    pub network: KvNetwork,
+    /// Per-peer exceptions to `network`, by node name.
+    pub network_by_peer: BTreeMap<String, KvNetwork>,
     /// Use shared memory towards peers on this host.
     pub shared_memory: bool,
     pub shm_slots: usize,
@@ -41,11 +59,18 @@ impl PlaneConfig {
             cluster: cluster.into(),
             node: node.into(),
             connections: 4,
+            network: KvNetwork::default(),
+            network_by_peer: BTreeMap::new(),
             shared_memory: true,
             shm_slots: 16,
             shm_slot_size: 4 << 20,
             socket_buffer: 4 << 20,
         }
+    }
+
+    /// The network path frames to `node` take.
+    pub fn network_for(&self, node: &str) -> KvNetwork {
+        self.network_by_peer.get(node).copied().unwrap_or(self.network)
     }
 }
 
@@ -74,6 +99,11 @@ pub struct PlaneStats {
     pub frames_in: AtomicU64,
     /// Of `frames_in`, those that came through shared memory.
     pub frames_in_shm: AtomicU64,
+    /// Of `frames_in`, those that came over TLS on TCP.
+    pub frames_in_tls: AtomicU64,
+    /// Bytes of received bodies copied between the socket (or ring) and delivery; see the
+    /// module. Divided by `bytes_in`: copies of a body.
+    pub body_bytes_copied_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub frames_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -98,6 +128,7 @@ pub struct DataPlane {
     pool: BufferPool,
     sinks: Mutex<HashMap<u64, mpsc::UnboundedSender<Frame>>>,
     links: tokio::sync::Mutex<HashMap<PeerAddr, Links>>,
+    tcp: TcpPath,
     stats: PlaneStats,
 }
 
@@ -154,7 +185,8 @@ const MAX_UDP_PAYLOAD: u16 = 65_527;
 const SHM_OPEN: &[u8; 4] = b"SHM1";
 
 impl DataPlane {
-    /// Listen on `addr` (port 0 picks one) with `identity`.
+    /// Listen on `addr` (port 0 picks one) with `identity`: QUIC on its UDP port, TLS over TCP on
+    /// the TCP port of the same number.
     pub fn bind(addr: SocketAddr, identity: &Identity, config: PlaneConfig) -> Result<Arc<Self>, TransportError> {
         let transport = Arc::new(transport_config());
         let server_tls = QuicServerConfig::try_from(identity.server_tls()?)
@@ -170,21 +202,14 @@ impl DataPlane {
         let mut loopback_client = quinn::ClientConfig::new(client_tls);
         loopback_client.transport_config(Arc::new(loopback_transport_config()));
         let bind = |source| TransportError::Bind { addr, source };
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )
-        .map_err(bind)?;
-        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-        let _ = socket.set_recv_buffer_size(config.socket_buffer);
-        let _ = socket.set_send_buffer_size(config.socket_buffer);
-        socket.bind(&addr.into()).map_err(bind)?;
-        socket.set_nonblocking(true).map_err(bind)?;
+        let (socket, listener) = bind_both(addr, config.socket_buffer).map_err(bind)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
+        let tcp_path = TcpPath::new(identity, config.connections, config.socket_buffer)?;
+        let acceptor = tcp_path.acceptor();
         let mut endpoint_config = EndpointConfig::default();
         endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
         let mut endpoint =
-            Endpoint::new(endpoint_config, Some(server), socket.into(), Arc::new(TokioRuntime)).map_err(bind)?;
+            Endpoint::new(endpoint_config, Some(server), socket, Arc::new(TokioRuntime)).map_err(bind)?;
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr().map_err(bind)?;
         let plane = Arc::new(Self {
@@ -195,11 +220,29 @@ impl DataPlane {
             loopback_client,
             sinks: Mutex::default(),
             links: tokio::sync::Mutex::default(),
+            tcp: tcp_path,
             stats: PlaneStats::default(),
         });
         tokio::spawn(accept_loop(plane.clone()));
-        tracing::info!(addr = %local, "KV data plane listening (QUIC, mutual TLS)");
+        tokio::spawn(tcp::accept_loop(listener, Arc::downgrade(&plane), acceptor));
+        tracing::info!(addr = %local, "KV data plane listening (QUIC and TLS over TCP, mutual TLS)");
         Ok(plane)
+    }
+
+    pub fn config(&self) -> &PlaneConfig {
+        &self.config
+    }
+
+    /// Buffers that received bodies land in.
+    pub(crate) fn receive_pool(&self) -> BufferPool {
+        self.pool.clone()
+    }
+
+    /// A peer whose handshake failed (no certificate from the cluster CA, say).
+    pub(crate) fn refused(&self, from: &str, why: &str) {
+        self.stats.refused_peers.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("armature_transfer_peers_refused_total").increment(1);
+        tracing::warn!(%from, "data-plane peer refused: {why}");
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -222,15 +265,23 @@ impl DataPlane {
         Inbox { plane: self.clone(), transfer, rx }
     }
 
+    /// Hand a received frame on; `copied` bytes of its body were copied since the socket or ring.
+    pub(crate) fn deliver_counted(&self, frame: Frame, path: &'static str, copied: u64) {
+        self.stats.body_bytes_copied_in.fetch_add(copied, Ordering::Relaxed);
+        self.deliver(frame, path);
+    }
+
     fn deliver(&self, frame: Frame, path: &'static str) {
         let len = frame.body.len() as u64;
         let sink = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&frame.header.transfer).cloned();
         match sink.map(|s| s.send(frame).is_ok()) {
             Some(true) => {
                 self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
-                if path == "shm" {
-                    self.stats.frames_in_shm.fetch_add(1, Ordering::Relaxed);
-                }
+                match path {
+                    "shm" => self.stats.frames_in_shm.fetch_add(1, Ordering::Relaxed),
+                    "tls" => self.stats.frames_in_tls.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
                 self.stats.bytes_in.fetch_add(len, Ordering::Relaxed);
                 metrics::counter!("armature_transfer_frames_total", "direction" => "in", "path" => path).increment(1);
                 metrics::counter!("armature_transfer_bytes_total", "direction" => "in", "path" => path).increment(len);
@@ -243,14 +294,14 @@ impl DataPlane {
         }
     }
 
-    fn reject(&self, err: &frame::FrameError, from: &str) {
+    pub(crate) fn reject(&self, err: &frame::FrameError, from: &str) {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("armature_transfer_frames_rejected_total", "reason" => err.reason()).increment(1);
         tracing::warn!(peer = from, "KV frame rejected: {err}");
     }
 
     /// Send `frame` to `peer`. The frame's buffer is handed over in-process, copied through
-    /// shared memory on this host, or streamed over QUIC.
+    /// shared memory on this host, or streamed over the peer's network path.
     pub async fn send(self: &Arc<Self>, peer: &PeerAddr, frame: Frame) -> Result<(), TransportError> {
         let len = frame.body.len() as u64;
         let path = if peer.addr == self.local {
@@ -267,9 +318,16 @@ impl DataPlane {
     }
 
     async fn send_remote(self: &Arc<Self>, peer: &PeerAddr, frame: Frame) -> Result<&'static str, TransportError> {
+        let network = self.config.network_for(&peer.node);
+        let head = encode_head(&frame.header, frame.body.len());
+        // Shared memory is announced over QUIC; without it, the TLS path needs no QUIC at all.
+        let shm_wanted = self.config.shared_memory && peer.addr.ip().is_loopback();
+        if network == KvNetwork::Tls && !shm_wanted {
+            self.tcp.send(peer, &head, &frame.body).await?;
+            return Ok("tls");
+        }
         let (conn, shm) = self.link(peer).await?;
         let fail = |detail: String| TransportError::Send { peer: peer.node.clone(), detail };
-        let head = encode_head(&frame.header, frame.body.len());
         if let Some(shm) = shm
             && shm.lock().unwrap_or_else(|p| p.into_inner()).fits(head.len() + frame.body.len())
         {
@@ -294,6 +352,10 @@ impl DataPlane {
                 }
             }
             return Ok("shm");
+        }
+        if network == KvNetwork::Tls {
+            self.tcp.send(peer, &head, &frame.body).await?;
+            return Ok("tls");
         }
         let mut stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         // The body's buffer goes to quinn as is (no copy into its send buffer); it returns to
@@ -395,11 +457,7 @@ async fn accept_loop(plane: Arc<DataPlane>) {
             let from = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => serve_connection(plane, conn).await,
-                Err(e) => {
-                    plane.stats.refused_peers.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("armature_transfer_peers_refused_total").increment(1);
-                    tracing::warn!(%from, "data-plane peer refused: {e}");
-                }
+                Err(e) => plane.refused(&from.to_string(), &e.to_string()),
             }
         });
     }
@@ -426,7 +484,10 @@ async fn serve_connection(plane: Arc<DataPlane>, conn: Connection) {
                         Err(e) => Err(e),
                     };
                     match read {
-                        Ok(frame) => plane.deliver(frame, "quic"),
+                        Ok(frame) => {
+                            let len = frame.body.len() as u64;
+                            plane.deliver_counted(frame, "quic", len)
+                        }
                         Err(e) => {
                             plane.reject(&e, &from);
                             let _ = stream.stop(1u32.into());
@@ -480,17 +541,47 @@ async fn accept_shm(
             // copied out and the slot freed at once, so slow consumers cannot starve the sender.
             let lend = ring.held() <= ring.slots() / 2;
             let frame = match frame::parse_in_place(slot.bytes()) {
-                Ok((header, body)) if lend => Ok(Frame { header, body: Buffer::lent(Box::new(slot.narrow(body))) }),
-                Ok((header, body)) => Ok(Frame { header, body: plane.pool.copy_of(&slot.bytes()[body]) }),
+                Ok((header, body)) if lend => {
+                    Ok((Frame { header, body: Buffer::lent(Box::new(slot.narrow(body))) }, 0))
+                }
+                Ok((header, body)) => {
+                    let copied = body.len() as u64;
+                    Ok((Frame { header, body: plane.pool.copy_of(&slot.bytes()[body]) }, copied))
+                }
                 Err(e) => Err(e),
             };
             match frame {
-                Ok(f) => plane.deliver(f, "shm"),
+                Ok((f, copies)) => plane.deliver_counted(f, "shm", copies),
                 Err(e) => plane.reject(&e, &from),
             }
         }
     });
     if let Err(e) = spawned {
         tracing::warn!("cannot start a shared-memory reader: {e}");
+    }
+}
+
+/// The QUIC socket on `addr` and a TCP listener on the same port number. Where `addr` leaves the
+/// port to the system, a port whose TCP side is taken is given back and another one tried.
+fn bind_both(addr: SocketAddr, socket_buffer: usize) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+        let _ = socket.set_recv_buffer_size(socket_buffer);
+        let _ = socket.set_send_buffer_size(socket_buffer);
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        let udp: std::net::UdpSocket = socket.into();
+        let port = udp.local_addr()?.port();
+        match tcp::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(listener) => return Ok((udp, listener)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 16 => tries += 1,
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -235,9 +235,15 @@ pub struct TransportSection {
     /// Frames to a peer on this host go through shared memory.
     #[serde(default = "default_true")]
     pub shared_memory: bool,
-    /// QUIC connections per peer.
+    /// Connections per peer (QUIC or TLS over TCP, whichever carries its frames).
     #[serde(default = "default_connections")]
     pub connections: u32,
+    /// How frames cross to peers that shared memory does not reach.
+    #[serde(default)]
+    pub network: KvNetwork,
+    /// Per-peer exceptions to `network`, by node name.
+    #[serde(default)]
+    pub network_by_peer: BTreeMap<String, KvNetwork>,
     /// A transfer that makes no progress this long is abandoned (the decode worker computes the
     /// prompt itself).
     #[serde(default = "default_transfer_timeout")]
@@ -257,7 +263,31 @@ impl Default for TransportSection {
             certs: None,
             shared_memory: true,
             connections: default_connections(),
+            network: KvNetwork::default(),
+            network_by_peer: BTreeMap::new(),
             transfer_timeout: default_transfer_timeout(),
+        }
+    }
+}
+
+/// The network path of KV frames between nodes. Both are mutual TLS 1.3 against the cluster CA,
+/// carry the same validated frames, and are always accepted; this picks what a node sends with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvNetwork {
+    /// TLS over TCP connections: the kernel's TCP does segmentation and acknowledgement.
+    #[default]
+    Tls,
+    /// QUIC (quinn): one stream per frame, so a bad frame costs only its stream.
+    Quic,
+}
+
+impl KvNetwork {
+    /// The label of this path in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            KvNetwork::Tls => "tls",
+            KvNetwork::Quic => "quic",
         }
     }
 }
