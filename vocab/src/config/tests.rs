@@ -185,3 +185,18 @@ fn the_example_cookie_is_known_for_what_it_is() {
     assert!(ClusterConfig::is_default_cookie(DEFAULT_COOKIE));
     assert!(!ClusterConfig::is_default_cookie("s3cret-from-a-vault"));
 }
+
+#[test]
+fn the_kv_network_is_tls_unless_told_quic_and_exceptions_name_nodes() {
+    let c = ClusterConfig::parse(TWO_NODES, "t").unwrap();
+    assert_eq!(c.transport.network, KvNetwork::Tls);
+    let text = format!("{TWO_NODES}\n[transport.network_by_peer]\nn1 = \"quic\"\n");
+    let c = ClusterConfig::parse(&text, "t").unwrap();
+    assert_eq!(c.transport.network_by_peer.get("n1"), Some(&KvNetwork::Quic));
+    let e = err(&format!("{TWO_NODES}\n[transport.network_by_peer]\nn7 = \"quic\"\n"));
+    assert_eq!(e.path, "transport.network_by_peer.n7");
+    assert!(e.message.contains("no node is named \"n7\""), "{e}");
+    let e = err(&format!("{TWO_NODES}\n[transport.network_by_peer]\nn1 = \"udp\"\n"));
+    assert_eq!(e.path, "transport.network_by_peer.n1");
+    assert!(e.message.contains("udp"), "{e}");
+}

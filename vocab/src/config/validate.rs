@@ -244,6 +244,11 @@ impl ClusterConfig {
                 workers += 1;
             }
         }
+        for peer in self.transport.network_by_peer.keys() {
+            if !self.nodes.iter().any(|n| &n.name == peer) {
+                return Err((format!("transport.network_by_peer.{peer}"), format!("no node is named \"{peer}\"")));
+            }
+        }
         if gateways == 0 {
             return Err(("nodes".into(), "no node has the gateway role".into()));
         }
