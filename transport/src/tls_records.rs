@@ -115,7 +115,7 @@ fn record_len(bytes: &[u8]) -> Result<Option<usize>, RecordError> {
     let Some(head) = bytes.get(..HEADER_LEN) else { return Ok(None) };
     let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
     let version = u16::from_be_bytes([head[1], head[2]]);
-    if head[0] != APPLICATION_DATA || version != 0x0303 || len > MAX_CIPHERTEXT || len < 1 + TAG_LEN {
+    if head[0] != APPLICATION_DATA || version != 0x0303 || !(1 + TAG_LEN..=MAX_CIPHERTEXT).contains(&len) {
         return Err(RecordError::Header { kind: head[0], version, len });
     }
     Ok((bytes.len() >= HEADER_LEN + len).then_some(len))
