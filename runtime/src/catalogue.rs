@@ -422,19 +422,19 @@ pub const FAMILIES: &[Family] = &[
         name: "armature_transfer_bytes_total",
         kind: Kind::Counter,
         labels: "direction, path",
-        help: "KV frame bytes by direction and path (quic, shm, local).",
+        help: "KV frame bytes by direction and path (tls, quic, shm, local).",
     },
     Family {
         name: "armature_transfer_frames_rejected_total",
         kind: Kind::Counter,
         labels: "reason",
-        help: "KV frames that failed validation.",
+        help: "KV frames that failed validation, by reason (magic, version, size, header, length, checksum, truncated, trailing, record).",
     },
     Family {
         name: "armature_transfer_frames_total",
         kind: Kind::Counter,
         labels: "direction, path",
-        help: "KV frames by direction and path (quic, shm, local).",
+        help: "KV frames by direction and path (tls, quic, shm, local).",
     },
     Family {
         name: "armature_transfer_frames_unexpected_total",
