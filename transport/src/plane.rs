@@ -266,12 +266,8 @@ impl DataPlane {
     }
 
     /// Hand a received frame on; `copied` bytes of its body were copied since the socket or ring.
-    pub(crate) fn deliver_counted(&self, frame: Frame, path: &'static str, copied: u64) {
+    pub(crate) fn deliver(&self, frame: Frame, path: &'static str, copied: u64) {
         self.stats.body_bytes_copied_in.fetch_add(copied, Ordering::Relaxed);
-        self.deliver(frame, path);
-    }
-
-    fn deliver(&self, frame: Frame, path: &'static str) {
         let len = frame.body.len() as u64;
         let sink = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).get(&frame.header.transfer).cloned();
         match sink.map(|s| s.send(frame).is_ok()) {
@@ -305,7 +301,7 @@ impl DataPlane {
     pub async fn send(self: &Arc<Self>, peer: &PeerAddr, frame: Frame) -> Result<(), TransportError> {
         let len = frame.body.len() as u64;
         let path = if peer.addr == self.local {
-            self.deliver(frame, "local");
+            self.deliver(frame, "local", 0);
             "local"
         } else {
             self.send_remote(peer, frame).await?
@@ -322,11 +318,12 @@ impl DataPlane {
         let head = encode_head(&frame.header, frame.body.len());
         // Shared memory is announced over QUIC; without it, the TLS path needs no QUIC at all.
         let shm_wanted = self.config.shared_memory && peer.addr.ip().is_loopback();
-        if network == KvNetwork::Tls && !shm_wanted {
-            self.tcp.send(peer, &head, &frame.body).await?;
-            return Ok("tls");
-        }
-        let (conn, shm) = self.link(peer).await?;
+        let (conn, shm) = if shm_wanted || network == KvNetwork::Quic {
+            let (conn, shm) = self.link(peer).await?;
+            (Some(conn), shm)
+        } else {
+            (None, None)
+        };
         let fail = |detail: String| TransportError::Send { peer: peer.node.clone(), detail };
         if let Some(shm) = shm
             && shm.lock().unwrap_or_else(|p| p.into_inner()).fits(head.len() + frame.body.len())
@@ -353,10 +350,10 @@ impl DataPlane {
             }
             return Ok("shm");
         }
-        if network == KvNetwork::Tls {
+        let Some(conn) = conn.filter(|_| network == KvNetwork::Quic) else {
             self.tcp.send(peer, &head, &frame.body).await?;
             return Ok("tls");
-        }
+        };
         let mut stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         // The body's buffer goes to quinn as is (no copy into its send buffer); it returns to
         // the pool once sent.
@@ -486,7 +483,7 @@ async fn serve_connection(plane: Arc<DataPlane>, conn: Connection) {
                     match read {
                         Ok(frame) => {
                             let len = frame.body.len() as u64;
-                            plane.deliver_counted(frame, "quic", len)
+                            plane.deliver(frame, "quic", len)
                         }
                         Err(e) => {
                             plane.reject(&e, &from);
@@ -551,7 +548,7 @@ async fn accept_shm(
                 Err(e) => Err(e),
             };
             match frame {
-                Ok((f, copies)) => plane.deliver_counted(f, "shm", copies),
+                Ok((f, copies)) => plane.deliver(f, "shm", copies),
                 Err(e) => plane.reject(&e, &from),
             }
         }

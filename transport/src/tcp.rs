@@ -196,16 +196,14 @@ pub(crate) async fn accept_loop(listener: TcpListener, plane: Weak<DataPlane>, a
         let (plane, acceptor) = (plane.clone(), acceptor.clone());
         tokio::spawn(async move {
             let from = from.to_string();
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &acceptor)).await {
-                Ok(Ok((tcp, reader))) => serve(tcp, reader, plane, from).await,
-                Ok(Err(e)) => {
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &acceptor))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
+            match accepted {
+                Ok((tcp, reader)) => serve(tcp, reader, plane, from).await,
+                Err(e) => {
                     if let Some(p) = plane.upgrade() {
                         p.refused(&from, &e.to_string());
-                    }
-                }
-                Err(_) => {
-                    if let Some(p) = plane.upgrade() {
-                        p.refused(&from, "TLS handshake timed out");
                     }
                 }
             }
@@ -226,13 +224,13 @@ async fn accept(tcp: TcpStream, acceptor: &TlsAcceptor) -> std::io::Result<(TcpS
 /// Read frames from one connection until it ends or a frame cannot be trusted to end where
 /// the next begins.
 async fn serve(mut tcp: TcpStream, mut reader: RecordReader, plane: Weak<DataPlane>, from: String) {
+    let Some(pool) = plane.upgrade().map(|p| p.receive_pool()) else { return };
     loop {
-        let Some(pool) = plane.upgrade().map(|p| p.receive_pool()) else { return };
         let read = read_frame(&mut reader, &mut tcp, &pool).await;
         let Some(p) = plane.upgrade() else { return };
         match read {
             Ok(None) => return,
-            Ok(Some((frame, copied))) => p.deliver_counted(frame, "tls", copied),
+            Ok(Some((frame, copied))) => p.deliver(frame, "tls", copied),
             // Read to its end: the next frame starts right after it.
             Err(e @ FrameError::Checksum { .. }) => p.reject(&e, &from),
             Err(e) => {

@@ -109,16 +109,16 @@ pub(crate) fn body_room(len: usize) -> usize {
     len + len.div_ceil(MAX_PLAINTEXT) * RECORD_OVERHEAD + HEADER_LEN + MAX_CIPHERTEXT
 }
 
-/// The ciphertext length of the record `bytes` start with, once all of it is there; an error
-/// for a header no TLS 1.3 peer sends after the handshake.
-fn record_len(bytes: &[u8]) -> Result<Option<usize>, RecordError> {
-    let Some(head) = bytes.get(..HEADER_LEN) else { return Ok(None) };
+/// The header and ciphertext length of the record `bytes` start with, once all of it is there;
+/// an error for a header no TLS 1.3 peer sends after the handshake.
+fn record_len(bytes: &[u8]) -> Result<Option<([u8; HEADER_LEN], usize)>, RecordError> {
+    let Some(&head) = bytes.first_chunk::<HEADER_LEN>() else { return Ok(None) };
     let len = usize::from(u16::from_be_bytes([head[3], head[4]]));
     let version = u16::from_be_bytes([head[1], head[2]]);
     if head[0] != APPLICATION_DATA || version != 0x0303 || !(1 + TAG_LEN..=MAX_CIPHERTEXT).contains(&len) {
         return Err(RecordError::Header { kind: head[0], version, len });
     }
-    Ok((bytes.len() >= HEADER_LEN + len).then_some(len))
+    Ok((bytes.len() >= HEADER_LEN + len).then_some((head, len)))
 }
 
 /// The content length of an opened record (content, its type, then any zero padding), which
@@ -340,8 +340,7 @@ impl RecordReader {
         end: usize,
         to: usize,
     ) -> Result<Option<(usize, usize)>, RecordError> {
-        let Some(len) = record_len(&buf[start..end])? else { return Ok(None) };
-        let head: [u8; HEADER_LEN] = buf[start..start + HEADER_LEN].try_into().expect("5 bytes");
+        let Some((head, len)) = record_len(&buf[start..end])? else { return Ok(None) };
         let next = start + HEADER_LEN + len;
         let nonce = self.key.next_nonce()?;
         let shift = start + HEADER_LEN - to;
@@ -356,8 +355,7 @@ impl RecordReader {
 
     /// Open the next whole record in the buffer, if there is one.
     fn open_next(&mut self) -> Result<bool, RecordError> {
-        let Some(len) = record_len(&self.buf[self.start..self.end])? else { return Ok(false) };
-        let head: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("5 bytes");
+        let Some((head, len)) = record_len(&self.buf[self.start..self.end])? else { return Ok(false) };
         let body = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
         let nonce = self.key.next_nonce()?;
         let opened = self
