@@ -1,5 +1,5 @@
 """Helpers shared by the end-to-end benchmark scripts: where the release binary is, a prompt of
-random words, and a small HTTP client for a node's gateway. Standard library only."""
+random words, and a small HTTP client for a node's gateway (completions, health, metrics). Standard library only."""
 import json
 import os
 import random
@@ -28,6 +28,26 @@ def post(port, body, timeout=600):
     )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def metrics(port):
+    """The gateway's /metrics as {(name, labels): value}, labels as {key: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, labels = head.partition("{")
+        pairs = tuple(sorted(tuple(kv.split("=", 1)) for kv in labels.rstrip("}").split(",") if "=" in kv))
+        out[(name, tuple((k, v.strip('"')) for k, v in pairs))] = float(value)
+    return out
+
+
+def metric_sum(sample, name, **labels):
+    """The sum of `name` over the series whose labels include `labels`."""
+    return sum(v for (n, ls), v in sample.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def healthy(port, workers=1):

@@ -98,13 +98,14 @@ impl Pair {
     }
 }
 
-/// Certificates for nodes a and b, in a directory removed when dropped.
+/// Certificates for nodes a and b, in a directory removed when dropped (with the CA's key, which
+/// `certs::init` writes beside the directory).
 struct Certs(std::path::PathBuf);
 
 impl Certs {
     fn new() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("armature-bench-certs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        Self::remove(&dir);
         let nodes: Vec<(String, Vec<std::net::IpAddr>)> =
             ["a", "b"].iter().map(|s| (s.to_string(), vec![std::net::Ipv4Addr::LOCALHOST.into()])).collect();
         certs::init(&dir, &nodes).map_err(|e| e.to_string())?;
@@ -121,9 +122,16 @@ impl Certs {
     }
 }
 
+impl Certs {
+    fn remove(dir: &std::path::Path) {
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_file(certs::ca_key_path(dir));
+    }
+}
+
 impl Drop for Certs {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        Self::remove(&self.0);
     }
 }
 
