@@ -23,12 +23,12 @@ import time
 
 from common import BIN, metric_sum, metrics, post, stop_node, wait_healthy, words
 
-# How each disaggregated run's KV crosses: `[transport]` settings, and the path label of
-# `armature_transfer_bytes_total` and of `armature bench transfer`'s JSON.
+# How each disaggregated run's KV crosses: its `[transport]` settings, by the path's name in
+# `armature_transfer_bytes_total` and in `armature bench transfer`'s JSON (`<name>_gb_s`).
 PATHS = {
-    "shm": ('shared_memory = true', "shm"),
-    "tls": ('shared_memory = false\nnetwork = "tls"', "tls"),
-    "quic": ('shared_memory = false\nnetwork = "quic"', "quic"),
+    "shm": 'shared_memory = true',
+    "tls": 'shared_memory = false\nnetwork = "tls"',
+    "quic": 'shared_memory = false\nnetwork = "quic"',
 }
 
 
@@ -48,7 +48,7 @@ disagg_min_blocks = 8
 
 [transport]
 certs = "{certs}"
-{PATHS[path][0]}
+{PATHS[path]}
 
 [[nodes]]
 name = "a"
@@ -72,6 +72,7 @@ def long_prompt(seed, n=1200):
 
 def run(mode, repeats, streams, certs, path="shm"):
     """TTFTs, decode rates meanwhile, and per prompt (KV bytes in, ask-to-last-block seconds)."""
+    label = mode if mode == "agg" else f"{mode}-{path}"
     port = random.randint(20000, 60000)
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     cfg.write(topology(mode, port, certs, path))
@@ -80,7 +81,7 @@ def run(mode, repeats, streams, certs, path="shm"):
     log = open(cfg.name + ".log", "w")
     proc = subprocess.Popen([BIN, "launch", "--config", cfg.name], env=env, stdout=log, stderr=log)
     try:
-        wait_healthy(port, 2, f"{mode}: cluster", log.name)
+        wait_healthy(port, 2, f"{label}: cluster", log.name)
         stop = threading.Event()
         done = []  # (finish time, tokens) of decode requests
 
@@ -114,7 +115,7 @@ def run(mode, repeats, streams, certs, path="shm"):
             moved.append((delta["armature_transfer_bytes_total"], delta["armature_kv_transfer_seconds_sum"]))
             # Decode tokens the other streams finished while this prompt was being prefilled.
             decode.append(sum(n for (t, n) in done if t0 <= t <= t1) / (t1 - t0))
-            print(f"  {mode if mode == 'agg' else f'{mode}-{path}'} run {r}: {out['usage']['prompt_tokens']} prompt tokens, TTFT {ttft[-1]:.2f} s, "
+            print(f"  {label} run {r}: {out['usage']['prompt_tokens']} prompt tokens, TTFT {ttft[-1]:.2f} s, "
                   f"decode streams {decode[-1]:.1f} tok/s meanwhile, KV in {moved[-1][0] / 1e6:.1f} MB, "
                   f"ask to last block {moved[-1][1]:.2f} s", flush=True)
         stop.set()
@@ -163,7 +164,7 @@ def main():
         ttft, decode, moved = results[f"disagg-{path}"]
         t, d = statistics.median(ttft), statistics.median(decode)
         kv, wait = statistics.median(m[0] for m in moved), statistics.median(m[1] for m in moved)
-        rate = rates[f"{PATHS[path][1]}_gb_s"] * 1e9
+        rate = rates[f"{path}_gb_s"] * 1e9
         wire = kv / rate
         print(f"| disaggregated, {path} | {t:.2f} s ({agg_t / t:.2f}x) | {d:.0f} tok/s ({d / max(agg_d, 1e-9):.1f}x) "
               f"| {kv / 1e6:.1f} MB | {wait:.2f} s | {rate / 1e9:.2f} GB/s | {wire * 1e3:.1f} ms | {wire / t:.1%} |")

@@ -120,9 +120,7 @@ impl Certs {
         };
         Ok(Pair { a: plane("a")?, b: plane("b")? })
     }
-}
 
-impl Certs {
     fn remove(dir: &std::path::Path) {
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_file(certs::ca_key_path(dir));
