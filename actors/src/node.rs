@@ -160,6 +160,7 @@ pub fn children(
             node: plan.name.clone(),
             hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),
             transfer_timeout: config.transport.transfer_timeout.get(),
+            device_copies: config.transport.device_copies,
         })
     });
     // Disk first: the host tier hands it what it evicts.

@@ -422,7 +422,7 @@ pub const FAMILIES: &[Family] = &[
         name: "armature_transfer_bytes_total",
         kind: Kind::Counter,
         labels: "direction, path",
-        help: "KV frame bytes by direction and path (tls, quic, shm, local).",
+        help: "KV bytes by direction and path: frames over tls, quic, shm or local (in-process), or device (copied between two workers' pools, no frame).",
     },
     Family {
         name: "armature_transfer_frames_rejected_total",

@@ -1,13 +1,12 @@
 //! Moving KV blocks between workers: the versioned, validated rkyv frame (`frame`), pooled
 //! aligned buffers (`buffers`), the cluster CA and mutual TLS (`certs`), the data plane over QUIC
 //! or TLS on TCP (`tls_records` after the handshake) with its same-host shared-memory rings and
-//! in-process hand-off (`plane`, `tcp`, `shm`), and CUDA peer copies behind the `cuda` feature (`cuda_peer`). Actors decide what to
-//! move; this crate moves it.
+//! in-process hand-off (`plane`, `tcp`, `shm`). Actors decide what to move; this crate moves it.
+//! (Blocks between two CUDA workers of one process do not come here: `gpu::cuda::peer` copies
+//! them device to device.)
 
 pub mod bench;
 pub mod certs;
-#[cfg(feature = "cuda")]
-pub mod cuda_peer;
 pub mod frame;
 pub mod plane;
 pub mod shm;

@@ -4,6 +4,10 @@
 //! its prefix cache and then runs the request, which finds them there. Anything that goes wrong
 //! (a dead prefill worker, a bad frame, silence past `transfer_timeout`) gives the reservation
 //! back and the decode worker computes the prompt itself: the client sees no error.
+//!
+//! Between two workers of one process whose pools reach each other (two CUDA devices with peer
+//! access), the blocks skip the frames: the decode worker offers its reserved blocks and the
+//! prefill worker's engine copies into them device to device (`device_route`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use runtime::request::{GenerateRequest, PrefillReply, PrefillRequest};
 use transport::frame::{Frame, FrameHeader};
 use transport::{DataPlane, PeerAddr};
 
+use super::device_route::{self, KvRoute, Offer};
 use crate::protocol::WorkerMsg;
 
 /// Longest the decode worker waits for the prefill worker to answer at all (it also gives up
@@ -70,6 +75,8 @@ pub struct Disagg {
     pub node: String,
     pub hasher: BlockHasher,
     pub transfer_timeout: Duration,
+    /// Offer reserved blocks for device-to-device copies (`transport.device_copies`).
+    pub device_copies: bool,
 }
 
 /// Decode side: fetch the prompt's missing blocks from `from`, then run `req` (locally from
@@ -146,7 +153,15 @@ async fn fetch(
         engine.abort(reservation);
         return Err(DisaggError::PrefillWorkerGone(from.clone()));
     };
-    let received = receive(engine, d, inbox, request, &worker, &hashes, &fresh, have, layout).await;
+    // Only a prefill worker of this process can take the offer (see `device_route`).
+    let offer = engine
+        .device_pool()
+        .filter(|_| d.device_copies)
+        .map(|pool| device_route::offer(transfer, pool.clone(), have, fresh.clone()));
+    let expected = Expected { hashes: &hashes, fresh: &fresh, have, layout };
+    let received = receive(engine, d, inbox, request, &worker, expected, offer.as_ref()).await;
+    // No copy into the reserved blocks runs once the offer is gone: then they may be reused.
+    drop(offer);
     match received {
         Ok(n) => {
             if !engine.commit(reservation, hashes).await {
@@ -163,45 +178,64 @@ async fn fetch(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a transfer fills: the prompt's reusable blocks' `hashes`, of which the decode worker
+/// holds the first `have` and reserved `fresh` for the rest.
+#[derive(Clone, Copy)]
+struct Expected<'a> {
+    hashes: &'a [u64],
+    fresh: &'a [gpu::pool::BlockId],
+    have: usize,
+    layout: BlockLayout,
+}
+
+/// Ask for the prefill and wait until every reserved block is filled, by frames or by device
+/// copies (whichever the prefill worker chose); a transfer silent for `transfer_timeout` fails.
 async fn receive(
     engine: &EngineHandle,
     d: &Disagg,
     mut inbox: transport::Inbox,
     request: PrefillRequest,
     worker: &ActorRef<WorkerMsg>,
-    hashes: &[u64],
-    fresh: &[gpu::pool::BlockId],
-    have: usize,
-    layout: BlockLayout,
+    x: Expected<'_>,
+    offer: Option<&Offer>,
 ) -> Result<usize, DisaggError> {
     let (model, id) = (request.model, request.id.clone());
     let worker = worker.clone();
     let rpc = async move { call_t!(worker, WorkerMsg::Prefill, PREFILL_RPC_TIMEOUT_MS, request) };
     // Every so often: is the client still there?
     let mut check = tokio::time::interval(CLIENT_CHECK);
-    tokio::pin!(rpc);
-    let need = hashes.len() - have;
+    let silence = tokio::time::sleep(d.transfer_timeout);
+    tokio::pin!(rpc, silence);
+    let mut progress = offer.map(|o| o.sink().progress());
+    let need = x.hashes.len() - x.have;
     let mut got = vec![false; need];
-    let mut received = 0;
+    let (mut received, mut copied) = (0, 0);
     let mut answered = false;
-    while received < need {
+    while received < need && copied < need {
         tokio::select! {
-            frame = tokio::time::timeout(d.transfer_timeout, inbox.recv()) => {
-                let frame = match frame {
-                    Err(_) => return Err(DisaggError::Silent(d.transfer_timeout)),
-                    Ok(None) => return Err(DisaggError::InboxClosed),
-                    Ok(Some(f)) => f,
-                };
-                let (first, k) = check_frame(&frame, model, layout, hashes, have)?;
-                if got[first - have..first - have + k].iter().any(|&g| g) {
+            frame = inbox.recv() => {
+                let frame = frame.ok_or(DisaggError::InboxClosed)?;
+                silence.as_mut().reset(tokio::time::Instant::now() + d.transfer_timeout);
+                let (first, k) = check_frame(&frame, model, x.layout, x.hashes, x.have)?;
+                let at = first - x.have;
+                if got[at..at + k].iter().any(|&g| g) {
                     continue; // a duplicate
                 }
-                let blocks = fresh[first - have..first - have + k].to_vec();
-                engine.import(blocks, frame.body).await?;
-                got[first - have..first - have + k].iter_mut().for_each(|g| *g = true);
+                engine.import(x.fresh[at..at + k].to_vec(), frame.body).await?;
+                got[at..at + k].iter_mut().for_each(|g| *g = true);
                 received += k;
             }
+            changed = async { progress.as_mut().expect("guarded").changed().await }, if progress.is_some() => {
+                match changed {
+                    Ok(()) => {
+                        copied = *progress.as_mut().expect("guarded").borrow_and_update();
+                        silence.as_mut().reset(tokio::time::Instant::now() + d.transfer_timeout);
+                    }
+                    // The sink is the offer's: it outlives this loop.
+                    Err(_) => progress = None,
+                }
+            }
+            () = &mut silence => return Err(DisaggError::Silent(d.transfer_timeout)),
             _ = check.tick() => {
                 if !engine.outputs().is_open(&id) {
                     return Err(DisaggError::ClientGone);
@@ -210,15 +244,21 @@ async fn receive(
             reply = &mut rpc, if !answered => {
                 answered = true;
                 match reply {
-                    // Frames may still be on their way; keep receiving.
-                    Ok(PrefillReply::Sent { .. }) => {}
+                    // Every copy completed before the reply; frames may still be on their way.
+                    Ok(PrefillReply::Sent { .. }) => {
+                        copied = progress.as_ref().map_or(copied, |p| *p.borrow());
+                    }
                     Ok(PrefillReply::Failed(why)) => return Err(DisaggError::PrefillFailed(why)),
                     Err(e) => return Err(DisaggError::PrefillCall(Box::new(e))),
                 }
             }
         }
     }
-    Ok(received)
+    if copied > 0 {
+        let bytes = (copied * x.layout.block_bytes()) as u64;
+        metrics::counter!("armature_transfer_bytes_total", "direction" => "in", "path" => "device").increment(bytes);
+    }
+    Ok(received.max(copied))
 }
 
 /// Check a frame against the transfer; (index of its first block, blocks).
@@ -274,12 +314,21 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
     let addr = r.to_addr.parse().map_err(|e| DisaggError::BadAddress(r.to_addr.clone(), e))?;
     let peer = PeerAddr { node: r.to_node.clone(), addr };
     let per_frame = (MAX_FRAME_BYTES / layout.block_bytes()).max(1);
-    let mut chunks = engine.prefill(r.id.clone(), r.tokens, r.skip as usize);
+    let device = match device_route::choose(engine.device_pool(), device_route::claim(r.transfer)) {
+        KvRoute::Device(sink) => {
+            tracing::debug!(request = %r.id, to = %sink.pool().place(), "prefill copies its blocks device to device");
+            Some(sink)
+        }
+        KvRoute::Frames => None,
+    };
+    let mut chunks = engine.prefill(r.id.clone(), r.tokens, r.skip as usize, device);
     let mut sent = 0u32;
     while let Some(chunk) = chunks.recv().await {
         let n = chunk.hashes.len();
         let bb = layout.block_bytes();
-        if n <= per_frame {
+        if chunk.copied {
+            // Already in the decode worker's pool.
+        } else if n <= per_frame {
             let header = FrameHeader::for_body(
                 r.transfer,
                 r.model,

@@ -119,6 +119,15 @@ pub struct CudaExecutor {
     staging: std::sync::Mutex<cudarc::driver::PinnedHostSlice<u16>>,
     /// cuBLAS's workspace, set explicitly so that graph capture never allocates.
     _workspace: Buf<u8>,
+    /// `pool` as other CUDA engines of this process see it (retired before `pool` is freed).
+    device_pool: Arc<super::peer::CudaPool>,
+}
+
+impl Drop for CudaExecutor {
+    fn drop(&mut self) {
+        // Before the fields, and with them the pool's allocation, are dropped.
+        self.device_pool.retire();
+    }
 }
 
 /// cuBLAS workspace bytes.
@@ -243,7 +252,11 @@ impl CudaExecutor {
         // SAFETY: plain page-locked host memory (not write-combined: the host reads it back).
         let staging = unsafe { ctx.alloc_pinned_with_flags::<u16>(block_len, 0)? };
         stream.synchronize()?;
+        let block_bytes = 2 * block_len;
+        let device_pool =
+            super::peer::CudaPool::new(ordinal, ctx.clone(), stream.clone(), pool.ptr, kv_blocks, block_bytes);
         Ok(Self {
+            device_pool,
             name: name.to_string(),
             config,
             ordinal,
@@ -702,6 +715,10 @@ impl Executor for CudaExecutor {
     fn model_fingerprint(&self) -> u64 {
         // The same as the CPU backend's, so blocks move between CPU and CUDA workers of one model.
         crate::cpu::fingerprint(&self.name, &self.config)
+    }
+
+    fn device_pool(&self) -> Option<Arc<dyn crate::executor::DevicePool>> {
+        Some(self.device_pool.clone())
     }
 
     fn export_block(&self, block: BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {

@@ -5,12 +5,14 @@
 
 mod executor;
 pub mod kernels;
+pub mod peer;
 #[cfg(test)]
 mod tests;
 
 use cudarc::driver::CudaContext;
 
 pub use executor::CudaExecutor;
+pub use peer::CudaPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {

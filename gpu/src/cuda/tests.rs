@@ -523,3 +523,44 @@ fn tiled_prefill_attention_matches_the_row_kernel() {
     // the backends (the golden test).
     assert!(worst <= 0.05, "{worst}");
 }
+
+/// Two CUDA executors of one process, on device 0 and on the last device (device 0 itself on a
+/// one-GPU machine): the prefill side's blocks copied pool to pool (`CudaPool`, peer copies
+/// between two devices) land bit for bit, and the decode side continues from them as from its own.
+#[test]
+fn kv_blocks_copy_device_to_device_between_two_executors() {
+    let Some(g) = test_model() else { return };
+    let tok = crate::model::tokenizer_from_gguf(&g).unwrap();
+    let last = devices().unwrap().len() - 1;
+    let bs = 16;
+    let mut prefill = CudaExecutor::from_gguf(&g, "m", 0, 64, bs).unwrap();
+    let mut decode = CudaExecutor::from_gguf(&g, "m", last, 64, bs).unwrap();
+    let (from, to) = (prefill.device_pool().unwrap(), decode.device_pool().unwrap());
+    assert!(from.reaches(&*to), "cuda:0 cannot reach cuda:{last} directly");
+    let tokens = tok.encode(&"A lighthouse keeper writes a letter to the sea every night. ".repeat(4));
+    let full = tokens.len() / bs;
+    assert!(full >= 3);
+    let table: Vec<BlockId> = (0..32).map(BlockId).collect();
+    // Scattered destinations, one run and single blocks: the copy coalesces only real runs.
+    let dst: Vec<BlockId> = (0..full as u32).map(|i| BlockId(if i % 2 == 0 { 40 + i } else { 20 + i })).collect();
+    prefill.forward(&[view(&tokens, 0, &table)]).unwrap();
+    from.copy_to(&table[..full], &*to, &dst).unwrap();
+    let bytes = prefill.block_layout().unwrap().block_bytes();
+    let (mut a, mut b) = (vec![0u8; bytes], vec![0u8; bytes]);
+    for i in 0..full {
+        prefill.export_block(table[i], &mut a).unwrap();
+        decode.export_block(dst[i], &mut b).unwrap();
+        assert!(a == b, "block {i} differs after the copy");
+    }
+    // The decode side continues from the copied blocks; the prefill side from its own.
+    let theirs = decode.forward(&[view(&tokens, full * bs, &dst)]).unwrap().remove(0).unwrap();
+    let ours = prefill.forward(&[view(&tokens, full * bs, &table)]).unwrap().remove(0).unwrap();
+    let (max, _) = diff(&theirs, &ours);
+    println!("device copy cuda:0 -> cuda:{last}: {full} blocks; logits after it: max |diff| {max}");
+    assert!(max <= 1e-3, "{max}");
+    assert!(from.copy_to(&[BlockId(64)], &*to, &[BlockId(0)]).is_err(), "outside the pool");
+    // A freed executor's pool takes no more copies.
+    drop(decode);
+    let err = from.copy_to(&table[..1], &*to, &dst[..1]).unwrap_err().to_string();
+    assert!(err.contains("being freed"), "{err}");
+}

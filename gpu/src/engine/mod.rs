@@ -187,6 +187,11 @@ impl Engine {
         self.executor.model_fingerprint()
     }
 
+    /// The executor's KV pool, when engines of this process can copy blocks into it directly.
+    pub fn device_pool(&self) -> Option<Arc<dyn crate::executor::DevicePool>> {
+        self.executor.device_pool()
+    }
+
     /// Hold the cached leading blocks of `hashes` and allocate blank ones for the rest, for KV
     /// that another worker will send. None when the pool cannot spare them.
     pub fn reserve(&mut self, hashes: &[u64]) -> Option<Reservation> {
@@ -612,5 +617,7 @@ fn finish_reason(
     }
 }
 
+#[cfg(test)]
+mod device_tests;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
 use tokio::sync::{Notify, mpsc as tmpsc, oneshot};
 
 use super::{Engine, EngineError, Reservation};
-use crate::executor::ExecutorError;
+use crate::executor::{DevicePool, DeviceSink, ExecutorError};
 use crate::pool::BlockId;
 
 /// A constraint compiled off the engine's thread.
@@ -35,19 +35,27 @@ enum Command {
         id: RequestId,
         tokens: Vec<u32>,
         skip: usize,
-        sink: tmpsc::UnboundedSender<PrefillChunk>,
+        sink: PrefillSink,
     },
     Stop,
 }
 
-/// Exported blocks of a prefill for another worker: blocks `first..` of the sequence, one after
-/// another in `data`, under `hashes`.
+/// Blocks `first..` of a prefill for another worker, under `hashes`: exported one after another
+/// into `data`, or, when `copied`, already copied into the other worker's pool (`data` empty).
 #[derive(Debug)]
 pub struct PrefillChunk {
     pub first: usize,
     pub hashes: Vec<u64>,
     pub data: Buffer,
+    pub copied: bool,
     pub done: bool,
+}
+
+/// Where a prefill for another worker puts its blocks: every chunk is reported on `chunks`; with
+/// `device`, its blocks are first copied into that pool instead of exported.
+struct PrefillSink {
+    chunks: tmpsc::UnboundedSender<PrefillChunk>,
+    device: Option<Arc<DeviceSink>>,
 }
 
 /// Most bytes of offloaded blocks the feed holds for the worker; more are dropped (and counted),
@@ -211,6 +219,7 @@ pub struct EngineHandle {
     limits: super::EngineLimits,
     layout: Option<BlockLayout>,
     fingerprint: u64,
+    device_pool: Option<Arc<dyn DevicePool>>,
 }
 
 impl EngineHandle {
@@ -227,7 +236,8 @@ impl EngineHandle {
         let kv = Arc::new(KvFeed::default());
         let feed = kv.clone();
         let limits = engine.limits();
-        let (layout, fingerprint) = (engine.block_layout(), engine.model_fingerprint());
+        let (layout, fingerprint, device_pool) =
+            (engine.block_layout(), engine.model_fingerprint(), engine.device_pool());
         let compiler =
             Arc::new(Compiler { grammars: engine.grammars(), name: name.to_string(), queue: Mutex::new(None) });
         let worker = name.to_string();
@@ -242,7 +252,7 @@ impl EngineHandle {
             out.close(failure.as_deref().unwrap_or("the worker stopped"));
             on_exit(failure);
         })?;
-        Ok(Self { commands: tx, compiler, outputs, kv, limits, layout, fingerprint })
+        Ok(Self { commands: tx, compiler, outputs, kv, limits, layout, fingerprint, device_pool })
     }
 
     pub fn limits(&self) -> super::EngineLimits {
@@ -260,6 +270,11 @@ impl EngineHandle {
 
     pub fn model_fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+
+    /// The KV pool engines of this process can copy blocks into directly, if there is one.
+    pub fn device_pool(&self) -> Option<&Arc<dyn DevicePool>> {
+        self.device_pool.as_ref()
     }
 
     /// Set blocks aside for KV another worker will send (see `Engine::reserve`).
@@ -293,9 +308,17 @@ impl EngineHandle {
 
     /// Compute the KV of `tokens` for another worker; its blocks from `skip` on arrive on the
     /// returned channel as they complete (it closes early if the prefill fails or is cancelled).
-    pub fn prefill(&self, id: RequestId, tokens: Vec<u32>, skip: usize) -> tmpsc::UnboundedReceiver<PrefillChunk> {
-        let (sink, rx) = tmpsc::unbounded_channel();
-        let _ = self.commands.send(Command::Prefill { id, tokens, skip, sink });
+    /// With `device`, the engine thread copies each chunk's blocks into that sink (from this
+    /// engine's `device_pool`, which must reach the sink's) before it reports the chunk.
+    pub fn prefill(
+        &self,
+        id: RequestId,
+        tokens: Vec<u32>,
+        skip: usize,
+        device: Option<Arc<DeviceSink>>,
+    ) -> tmpsc::UnboundedReceiver<PrefillChunk> {
+        let (chunks, rx) = tmpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Prefill { id, tokens, skip, sink: PrefillSink { chunks, device } });
         rx
     }
 
@@ -366,7 +389,7 @@ struct ThreadState<'a> {
     out: &'a Outputs,
     kv: &'a KvFeed,
     /// Where each prefill for another worker sends its blocks.
-    sinks: HashMap<RequestId, tmpsc::UnboundedSender<PrefillChunk>>,
+    sinks: HashMap<RequestId, PrefillSink>,
     buffers: BufferPool,
 }
 
@@ -416,23 +439,41 @@ fn run(
     }
 }
 
-/// Export the blocks prefills completed this step and send them on.
+/// Send on the blocks prefills completed this step: copied into the other worker's pool where
+/// the prefill has a device sink, else exported.
 fn ship_prefilled(engine: &mut Engine, st: &mut ThreadState<'_>) {
     let block_bytes = engine.block_layout().map_or(0, |l| l.block_bytes());
     for p in engine.take_prefilled() {
-        let mut data = st.buffers.take(p.blocks.len() * block_bytes);
-        let exported = engine.export_blocks(&p.blocks, &mut data);
+        let device = st.sinks.get(&p.id).and_then(|s| s.device.clone());
+        let (data, shipped) = match (&device, engine.device_pool()) {
+            (Some(sink), Some(own)) => {
+                let copied = sink.copy(&*own, p.first, &p.blocks).map_err(|e| e.to_string());
+                if copied.is_ok() {
+                    let bytes = (p.blocks.len() * block_bytes) as u64;
+                    metrics::counter!("armature_transfer_bytes_total", "direction" => "out", "path" => "device")
+                        .increment(bytes);
+                }
+                (st.buffers.take(0), copied)
+            }
+            (Some(_), None) => (st.buffers.take(0), Err("this engine has no device pool".to_string())),
+            (None, _) => {
+                let mut data = st.buffers.take(p.blocks.len() * block_bytes);
+                let exported = engine.export_blocks(&p.blocks, &mut data).map_err(|e| e.to_string());
+                (data, exported)
+            }
+        };
         engine.release_prefilled(&p);
         let Some(sink) = st.sinks.get(&p.id) else { continue };
-        match exported {
+        match shipped {
             Ok(()) => {
-                let chunk = PrefillChunk { first: p.first, hashes: p.hashes, data, done: p.done };
-                if sink.send(chunk).is_err() || p.done {
+                let copied = device.is_some();
+                let chunk = PrefillChunk { first: p.first, hashes: p.hashes, data, copied, done: p.done };
+                if sink.chunks.send(chunk).is_err() || p.done {
                     st.sinks.remove(&p.id);
                 }
             }
             Err(e) => {
-                tracing::warn!(request = %p.id, "exporting prefilled blocks failed: {e}");
+                tracing::warn!(request = %p.id, "shipping prefilled blocks failed: {e}");
                 engine.cancel(&p.id);
                 st.sinks.remove(&p.id);
             }

@@ -1,12 +1,14 @@
 //! The `Executor` seam: one forward step over a batch of sequences, giving next-token logits.
 //! A real model backend and the deterministic test executor sit behind it.
 
+mod device_pool;
 mod simulated;
 mod test_model;
 
+pub use device_pool::{DevicePool, DeviceSink, SinkError};
 pub use simulated::{SimulatedExecutor, StepClock, TimingModel};
 
-pub use test_model::{TEST_PANIC_MARKER, TestExecutor, TestTokenizer};
+pub use test_model::{TEST_PANIC_MARKER, TestExecutor, TestPool, TestTokenizer};
 
 /// What the scheduler needs to know about the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +97,12 @@ pub trait Executor: Send {
     /// fingerprints (and layouts).
     fn model_fingerprint(&self) -> u64 {
         0
+    }
+
+    /// This executor's KV pool, for engines of the same process to copy blocks into device to
+    /// device (`DevicePool`); None when its blocks move only as bytes.
+    fn device_pool(&self) -> Option<std::sync::Arc<dyn DevicePool>> {
+        None
     }
 
     /// Copy `block`'s K and V into `out` (`block_layout().block_bytes()` bytes).

@@ -3,11 +3,12 @@
 //! function of the prompt and sampled output a fixed function of (prompt, seed). It emits
 //! readable words and, more and more likely as the reply grows, end-of-turn.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use runtime::kv::BlockLayout;
 
-use super::{Executor, ExecutorError, ModelInfo, SequenceView};
+use super::{DevicePool, Executor, ExecutorError, ModelInfo, SequenceView};
 use crate::pool::BlockId;
 use crate::tokenizer::Tokenizer;
 
@@ -83,7 +84,7 @@ pub struct TestExecutor {
     step_delay: Duration,
     context_length: u32,
     panic_marker: Vec<u32>,
-    kv: Option<TestKv>,
+    kv: Option<Arc<TestPool>>,
 }
 
 /// A stand-in KV cache: each position's "K" is its token id and its "V" its position, so that
@@ -105,7 +106,62 @@ impl TestExecutor {
     /// Keep a stand-in KV cache of `blocks` blocks of `block_size` positions.
     pub fn with_kv(mut self, blocks: usize, block_size: usize) -> Self {
         let n = blocks * block_size;
-        self.kv = Some(TestKv { block_size, keys: vec![u32::MAX; n], values: vec![u32::MAX; n] });
+        let kv = TestKv { block_size, keys: vec![u32::MAX; n], values: vec![u32::MAX; n] };
+        self.kv = Some(Arc::new(TestPool { block_size, kv: Mutex::new(kv) }));
+        self
+    }
+}
+
+/// The stand-in KV cache as a device pool: test workers of one process copy blocks into each
+/// other's, as CUDA workers of one process do (`DevicePool`), so the worker's device path runs
+/// without a GPU.
+#[derive(Debug)]
+pub struct TestPool {
+    block_size: usize,
+    kv: Mutex<TestKv>,
+}
+
+impl TestPool {
+    fn lock(&self) -> MutexGuard<'_, TestKv> {
+        self.kv.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl DevicePool for TestPool {
+    fn place(&self) -> String {
+        "test".into()
+    }
+
+    fn reaches(&self, to: &dyn DevicePool) -> bool {
+        to.as_any().downcast_ref::<TestPool>().is_some_and(|t| t.block_size == self.block_size)
+    }
+
+    fn copy_to(&self, src: &[BlockId], to: &dyn DevicePool, dst: &[BlockId]) -> Result<(), ExecutorError> {
+        let to = to
+            .as_any()
+            .downcast_ref::<TestPool>()
+            .filter(|t| t.block_size == self.block_size)
+            .ok_or_else(|| ExecutorError::Blocks(format!("the test pool cannot copy into {}", to.place())))?;
+        if src.len() != dst.len() {
+            return Err(ExecutorError::Blocks(format!("{} blocks into {}", src.len(), dst.len())));
+        }
+        // Read, let go, then write: two pools copying into each other never wait on each other.
+        let blocks: Vec<(Vec<u32>, Vec<u32>)> = {
+            let kv = self.lock();
+            src.iter()
+                .map(|&b| kv.block(b).map(|r| (kv.keys[r.clone()].to_vec(), kv.values[r].to_vec())))
+                .collect::<Result<_, _>>()?
+        };
+        let mut kv = to.lock();
+        for (&b, (k, v)) in dst.iter().zip(blocks) {
+            let r = kv.block(b)?;
+            kv.keys[r.clone()].copy_from_slice(&k);
+            kv.values[r].copy_from_slice(&v);
+        }
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
         self
     }
 }
@@ -183,7 +239,8 @@ impl Executor for TestExecutor {
             std::thread::sleep(self.step_delay);
         }
         let vocab = self.info().vocab_size;
-        if let Some(kv) = &mut self.kv {
+        if let Some(pool) = &self.kv {
+            let mut kv = pool.lock();
             for seq in batch {
                 kv.step(seq)?;
             }
@@ -213,6 +270,10 @@ impl Executor for TestExecutor {
         Some(BlockLayout { layers: 1, block_size: kv.block_size as u32, kv_width: 1, dtype_bytes: 4 })
     }
 
+    fn device_pool(&self) -> Option<Arc<dyn DevicePool>> {
+        self.kv.clone().map(|p| p as Arc<dyn DevicePool>)
+    }
+
     fn model_fingerprint(&self) -> u64 {
         mix(u64::from_le_bytes(*b"armtest1"))
     }
@@ -220,7 +281,7 @@ impl Executor for TestExecutor {
     fn export_block(&self, block: BlockId, out: &mut [u8]) -> Result<(), ExecutorError> {
         let layout = self.block_layout().ok_or_else(|| ExecutorError::Blocks("no KV store".into()))?;
         crate::executor::check_block_len(&layout, out.len())?;
-        let kv = self.kv.as_ref().expect("layout implies a store");
+        let kv = self.kv.as_ref().expect("layout implies a store").lock();
         let r = kv.block(block)?;
         let words = kv.keys[r.clone()].iter().chain(&kv.values[r]);
         for (dst, w) in out.chunks_exact_mut(4).zip(words) {
@@ -232,7 +293,7 @@ impl Executor for TestExecutor {
     fn import_block(&mut self, block: BlockId, data: &[u8]) -> Result<(), ExecutorError> {
         let layout = self.block_layout().ok_or_else(|| ExecutorError::Blocks("no KV store".into()))?;
         crate::executor::check_block_len(&layout, data.len())?;
-        let kv = self.kv.as_mut().expect("layout implies a store");
+        let mut kv = self.kv.as_ref().expect("layout implies a store").lock();
         let r = kv.block(block)?;
         let words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         let (k, v) = words.split_at(kv.block_size);

@@ -235,6 +235,10 @@ pub struct TransportSection {
     /// Frames to a peer on this host go through shared memory.
     #[serde(default = "default_true")]
     pub shared_memory: bool,
+    /// Between two workers of one process whose KV pools reach each other (CUDA devices with peer
+    /// access, or one device), blocks are copied device to device instead of sent as frames.
+    #[serde(default = "default_true")]
+    pub device_copies: bool,
     /// Connections per peer (QUIC or TLS over TCP, whichever carries its frames).
     #[serde(default = "default_connections")]
     pub connections: u32,
@@ -262,6 +266,7 @@ impl Default for TransportSection {
         Self {
             certs: None,
             shared_memory: true,
+            device_copies: true,
             connections: default_connections(),
             network: KvNetwork::default(),
             network_by_peer: BTreeMap::new(),

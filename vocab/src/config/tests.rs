@@ -200,3 +200,19 @@ fn the_kv_network_is_tls_unless_told_quic_and_exceptions_name_nodes() {
     assert_eq!(e.path, "transport.network_by_peer.n1");
     assert!(e.message.contains("udp"), "{e}");
 }
+
+#[test]
+fn cuda_devices_need_the_backend_unless_the_test_executor_stands_in() {
+    let gpus = TWO_NODES.replace("{ device = \"cpu\"", "{ device = \"cuda:0\"");
+    if cfg!(feature = "cuda") {
+        assert!(ClusterConfig::parse(&gpus, "t").is_ok());
+    } else {
+        let e = err(&gpus);
+        assert_eq!(e.path, "nodes[1].workers[0].device");
+        assert!(e.message.contains("--features cuda"), "{e}");
+    }
+    let test = gpus.replace("source = \"default\"", "source = \"test\"");
+    let c = ClusterConfig::parse(&test, "t").unwrap();
+    assert_eq!(c.nodes[1].workers[0].device, Device::Cuda(0));
+    assert!(c.transport.device_copies, "on by default");
+}
