@@ -141,29 +141,34 @@ fn header(ciphertext_len: usize) -> [u8; HEADER_LEN] {
 /// Seals plaintext into records and writes them.
 pub(crate) struct RecordWriter {
     key: RecordKey,
-    out: Vec<u8>,
+    /// Sealed records waiting to be written: `out[..len]`. Allocated (and zeroed) once; each
+    /// record is encrypted from the caller's bytes straight into it, with no copy first.
+    out: Box<[u8]>,
+    len: usize,
 }
+
+/// Room for what is pending (under `WRITE_BATCH`) and one more sealed batch.
+const WRITE_ROOM: usize = 2 * WRITE_BATCH + (2 * WRITE_BATCH / MAX_PLAINTEXT + 2) * RECORD_OVERHEAD;
 
 impl RecordWriter {
     pub(crate) fn new(key: RecordKey) -> Self {
-        Self { key, out: Vec::with_capacity(WRITE_BATCH + WRITE_BATCH / 64) }
+        Self { key, out: vec![0; WRITE_ROOM].into_boxed_slice(), len: 0 }
     }
 
-    /// Append `data` to the pending output as records.
+    /// Append `data` (at most `WRITE_BATCH` bytes) to the pending output as records.
     fn seal(&mut self, data: &[u8]) -> Result<(), RecordError> {
         for chunk in data.chunks(MAX_PLAINTEXT) {
-            let start = self.out.len();
             let head = header(chunk.len() + 1 + TAG_LEN);
-            self.out.extend_from_slice(&head);
-            self.out.extend_from_slice(chunk);
-            self.out.push(APPLICATION_DATA);
+            let record = &mut self.out[self.len..self.len + HEADER_LEN + chunk.len() + 1 + TAG_LEN];
+            let (head_out, sealed) = record.split_at_mut(HEADER_LEN);
+            head_out.copy_from_slice(&head);
+            let (ciphertext, type_and_tag) = sealed.split_at_mut(chunk.len());
             let nonce = self.key.next_nonce()?;
-            let tag = self
+            self.key
                 .key
-                .key
-                .seal_in_place_separate_tag(nonce, Aad::from(head), &mut self.out[start + HEADER_LEN..])
+                .seal_out_of_place_scatter(nonce, Aad::from(head), chunk, ciphertext, &[APPLICATION_DATA], type_and_tag)
                 .map_err(|_| RecordError::Open)?;
-            self.out.extend_from_slice(tag.as_ref());
+            self.len += record.len();
         }
         Ok(())
     }
@@ -177,15 +182,15 @@ impl RecordWriter {
         for part in parts {
             for batch in part.chunks(WRITE_BATCH) {
                 self.seal(batch)?;
-                if self.out.len() >= WRITE_BATCH {
-                    w.write_all(&self.out).await?;
-                    self.out.clear();
+                if self.len >= WRITE_BATCH {
+                    w.write_all(&self.out[..self.len]).await?;
+                    self.len = 0;
                 }
             }
         }
-        if !self.out.is_empty() {
-            w.write_all(&self.out).await?;
-            self.out.clear();
+        if self.len > 0 {
+            w.write_all(&self.out[..self.len]).await?;
+            self.len = 0;
         }
         Ok(())
     }
