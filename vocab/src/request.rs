@@ -210,6 +210,11 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Prompt tokens whose KV the worker found in its pool when it admitted the request (a
+    /// cached prefix, or blocks that came from a prefill worker or a cache tier) instead of
+    /// computing them.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// Why a worker could not finish a request, classified by what the caller should do.

@@ -64,7 +64,7 @@ mod tests {
                 },
                 StreamEvent::Finished {
                     reason: FinishReason::Length,
-                    usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
+                    usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0 },
                 },
             ],
         };

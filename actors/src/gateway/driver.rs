@@ -14,6 +14,7 @@ use runtime::request::{GenerateRequest, PollRequest, StreamEvent, Submission};
 use tokio::sync::mpsc;
 
 use super::Gateway;
+use super::access::{Access, Outcome};
 use super::error::ApiError;
 use crate::protocol::{Placement, RouterHandle};
 
@@ -51,8 +52,8 @@ fn api_error(failure: Failure) -> ApiError {
     }
 }
 
-/// Drive `req` to its end, sending events (or one error) to `tx`.
-pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
+/// Drive `req` to its end, sending events (or one error) to `tx`; the access line at the end.
+pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut access: Access) {
     let _inflight = gw.node.inflight_guard();
     let epoch = Instant::now();
     let now = || epoch.elapsed();
@@ -86,6 +87,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     // A prompt being scored is computed whole where it decodes: blocks from a
                     // prefill worker or a cache tier would say nothing of its logits.
                     let whole = life.request().sampling.prompt_logprobs.is_some();
+                    access.placed(&worker, p.prefill.as_ref().filter(|_| !whole));
                     let submission = Submission {
                         request: life.request().clone(),
                         prefill_from: p.prefill.clone().filter(|_| !whole),
@@ -102,11 +104,16 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     }
                 }
                 Output::FirstToken { .. } => {
+                    access.first_token.get_or_insert_with(Instant::now);
                     if let Some(r) = RouterHandle::local() {
                         r.first_token(id.clone());
                     }
                 }
                 Output::Deliver(event) => {
+                    if let StreamEvent::Finished { reason, usage } = &event {
+                        access.usage = Some(*usage);
+                        access.ended(Outcome::Finished(*reason));
+                    }
                     if tx.send(Update::Event(event)).await.is_err() {
                         life.handle_client_gone(now());
                     }
@@ -122,10 +129,20 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
                     }
                 }
                 Output::Fail(failure) => {
+                    access.ended(Outcome::of_failure(&failure));
                     let _ = tx.send(Update::Error(api_error(failure))).await;
                 }
-                Output::Note(note) => record(&id, last_worker.as_ref(), life.migrations(), note),
-                Output::Done => return,
+                Output::Note(note) => {
+                    if matches!(note, Note::ClientGone) {
+                        access.ended(Outcome::ClientGone);
+                    }
+                    record(&id, last_worker.as_ref(), life.migrations(), note);
+                }
+                Output::Done => {
+                    let tag = life.request().tag.as_deref();
+                    access.log(&id, tag, life.attempt() + 1, life.migrations(), Instant::now());
+                    return;
+                }
             }
         }
         let deadline = life.poll_timeout();
@@ -145,6 +162,8 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx) {
             // Unreachable while the lifecycle keeps its calling order; never leave a client hanging.
             tracing::error!(request = %id, "request stopped with nothing in flight");
             let _ = tx.send(Update::Error(ApiError::unavailable("The request could not be run; retry later."))).await;
+            access.ended(Outcome::Failed("unavailable"));
+            access.log(&id, life.request().tag.as_deref(), life.attempt() + 1, life.migrations(), Instant::now());
             return;
         };
         let until = deadline.map(|d| epoch + d);

@@ -233,6 +233,7 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
 #[derive(Clone)]
 pub(super) struct Incoming {
     started: Instant,
+    path: String,
     headers: HeaderMap,
     caller: Option<Caller>,
 }
@@ -246,7 +247,8 @@ pub(super) async fn accept(gw: &Gateway, req: Request) -> Result<(axum::body::By
         return Err(ApiError::unavailable("This node is draining; retry on another."));
     }
     let bytes = read_body(gw, &parts.headers, body).await?;
-    Ok((bytes, Incoming { started, headers: parts.headers, caller }))
+    let path = parts.uri.path().to_string();
+    Ok((bytes, Incoming { started, path, headers: parts.headers, caller }))
 }
 
 /// A request on its way: its id, its first event (None when a stream should start before it),
@@ -268,7 +270,7 @@ pub(super) async fn run(
     admit: bool,
     at_admission: bool,
 ) -> Result<Running, ApiError> {
-    let Incoming { started, headers, caller } = incoming;
+    let Incoming { started, path, headers, caller } = incoming;
     if let Some(caller) = &caller {
         if admit {
             gw.auth.admit(caller, parsed.prompt_tokens.len())?;
@@ -281,7 +283,8 @@ pub(super) async fn run(
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let req = GenerateRequest { id: id.clone(), tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
-    tokio::spawn(driver::drive(gw.clone(), req, tx).in_current_span());
+    let access = super::access::Access::new(started, path, gw.model.name.clone(), caller.as_ref().map(|c| c.id.clone()));
+    tokio::spawn(driver::drive(gw.clone(), req, tx, access).in_current_span());
     // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
     // its headers and keep-alives; errors before that get their own status.
     let first = loop {

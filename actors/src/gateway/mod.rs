@@ -1,6 +1,8 @@
 //! The gateway role: the OpenAI-compatible HTTP API (chat and text completions, models, SSE),
-//! the Responses API, Anthropic's Messages API, tokenizing, health and metrics.
+//! the Responses API, Anthropic's Messages API, tokenizing, health and metrics, and the access log
+//! (`access`: one line per finished request).
 
+mod access;
 mod actor;
 mod anthropic;
 mod auth;

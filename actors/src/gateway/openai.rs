@@ -645,7 +645,12 @@ pub(super) fn chat_messages(messages: Vec<Message>) -> Result<Vec<ChatMessage>, 
 }
 
 pub fn usage_json(u: Usage) -> Value {
-    json!({ "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.prompt_tokens + u.completion_tokens })
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": u.cached_tokens },
+    })
 }
 
 /// Identity of one response, shared by all its chunks.

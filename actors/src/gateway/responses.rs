@@ -346,7 +346,7 @@ impl Meta {
                 let usage = json!({
                     "input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens,
                     "total_tokens": u.prompt_tokens + u.completion_tokens,
-                    "input_tokens_details": { "cached_tokens": 0 }, "output_tokens_details": { "reasoning_tokens": 0 },
+                    "input_tokens_details": { "cached_tokens": u.cached_tokens }, "output_tokens_details": { "reasoning_tokens": 0 },
                 });
                 let mut output = Vec::new();
                 if keep_message || !text.is_empty() || calls.is_empty() {

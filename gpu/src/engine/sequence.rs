@@ -30,6 +30,8 @@ pub(super) struct Sequence {
     pub blocks: Vec<BlockId>,
     /// Tokens whose KV is in `blocks`.
     pub computed: usize,
+    /// Prompt tokens whose KV was in the pool when it was first admitted.
+    cached: Option<usize>,
     /// Sequence hashes of the leading blocks that are registered in the pool.
     hashes: Vec<u64>,
     /// Set for a prefill computed for another worker: no sampling, blocks reported instead.
@@ -77,6 +79,7 @@ impl Sequence {
             unreported_logprobs: Vec::new(),
             blocks: Vec::new(),
             computed: 0,
+            cached: None,
             hashes: Vec::new(),
             prefill: None,
             matcher: None,
@@ -119,7 +122,11 @@ impl Sequence {
     }
 
     pub fn usage(&self) -> Usage {
-        Usage { prompt_tokens: self.prompt_len as u32, completion_tokens: self.generated() }
+        Usage {
+            prompt_tokens: self.prompt_len as u32,
+            completion_tokens: self.generated(),
+            cached_tokens: self.cached.unwrap_or(0).min(self.prompt_len) as u32,
+        }
     }
 
     /// Start running with `cached` prefix blocks (already registered, under `hashes`) and `fresh`
@@ -127,6 +134,8 @@ impl Sequence {
     pub fn admit(&mut self, cached: Vec<BlockId>, fresh: Vec<BlockId>, hashes: &[u64], block_size: usize) {
         self.hashes = hashes[..cached.len()].to_vec();
         self.computed = cached.len() * block_size;
+        // A preempted sequence admitted again finds its own blocks: not the cache's work.
+        self.cached.get_or_insert(self.computed);
         self.blocks = cached;
         self.blocks.extend(fresh);
     }

@@ -80,7 +80,7 @@ fn max_tokens_gives_length_and_usage() {
     let out = drain(&mut e);
     assert_eq!(
         out["a"].1,
-        StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 5, completion_tokens: 3 } }
+        StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 0 } }
     );
 }
 
@@ -220,7 +220,7 @@ fn a_scored_prompt_reports_each_token_given_those_before_it_whatever_the_chunkin
     let out = events(&mut e);
     assert_eq!(out.len(), 2, "{out:?}");
     assert!(matches!(&out[0], StreamEvent::Scored { logprobs, .. } if logprobs == &expected));
-    let usage = Usage { prompt_tokens: tokens.len() as u32, completion_tokens: 0 };
+    let usage = Usage { prompt_tokens: tokens.len() as u32, completion_tokens: 0, cached_tokens: 0 };
     assert_eq!(out[1], StreamEvent::Finished { reason: FinishReason::Length, usage });
     // A one-token prompt has nothing to score but its first token.
     e.submit(req("one", "a", SamplingParams { max_tokens: 0, ..scored }));

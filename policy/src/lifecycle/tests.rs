@@ -30,7 +30,7 @@ fn delta(ids: &[u32]) -> StreamEvent {
 fn finished(completion: u32) -> StreamEvent {
     StreamEvent::Finished {
         reason: FinishReason::Length,
-        usage: Usage { prompt_tokens: 99, completion_tokens: completion },
+        usage: Usage { prompt_tokens: 99, completion_tokens: completion, cached_tokens: 0 },
     }
 }
 
@@ -87,7 +87,7 @@ fn a_request_streams_and_ends_with_its_usage() {
     l.handle_event(MS, &"a", 0, delta(&[9]));
     l.handle_event(MS, &"a", 0, finished(3));
     let out = drain(&mut l);
-    let usage = Usage { prompt_tokens: 3, completion_tokens: 3 };
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 3, cached_tokens: 0 };
     assert_eq!(
         out[1..],
         [
@@ -147,7 +147,7 @@ fn a_failure_mid_stream_migrates_with_the_tokens_so_far_and_counts_usage_across_
     l.handle_event(MS * 154, &"b", 1, delta(&[12]));
     assert_eq!(drain(&mut l)[0], Output::FirstToken { attempt: 1 }, "each attempt's first token is told");
     l.handle_event(MS * 155, &"b", 1, finished(3));
-    let usage = Usage { prompt_tokens: 3, completion_tokens: 5 };
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 5, cached_tokens: 0 };
     assert!(drain(&mut l).contains(&Output::Deliver(StreamEvent::Finished { reason: FinishReason::Length, usage })));
     assert_eq!(l.delivered(), 3, "the client got 2 + 1 text tokens (the last attempt's end says 3)");
 }
@@ -213,7 +213,7 @@ fn migrations_run_out_and_a_lost_ending_still_finishes() {
     drain(&mut l);
     l.handle_worker_failed(MS, &"a", "gone");
     let out = drain(&mut l);
-    let usage = Usage { prompt_tokens: 3, completion_tokens: 1 };
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 1, cached_tokens: 0 };
     assert!(out.contains(&Output::Deliver(StreamEvent::Finished { reason: FinishReason::Length, usage })));
     assert_eq!(out.last(), Some(&Output::Done));
     assert!(!out.iter().any(|o| matches!(o, Output::Place { .. })));

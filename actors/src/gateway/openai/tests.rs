@@ -132,7 +132,7 @@ fn error_body_has_openai_shape() {
 #[test]
 fn response_bodies() {
     let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into(), endpoint: Endpoint::Chat };
-    let usage = Usage { prompt_tokens: 3, completion_tokens: 2 };
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 0 };
     let full = meta.full(
         &[ChoiceOut {
             text: "hi".into(),
