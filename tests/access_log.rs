@@ -1,10 +1,12 @@
 //! The access log against a real `armature serve` with JSON logs: one line per finished request,
 //! under the target `armature::access`, with the API key's id (never the key), the client's
 //! `x-request-id`, the tokens (cached ones too, which the response's usage reports as well), the
-//! time to first token, the worker and the outcome.
+//! time to first token, the worker and the outcome; a client that leaves mid-stream is logged as
+//! such.
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -108,4 +110,29 @@ fn every_finished_request_writes_one_access_line() {
         assert!(line.get("error").is_none() && line.get("prefill").is_none(), "{line}");
     }
     assert_eq!(lines[1]["cached_tokens"], cached);
+
+    // A streaming client that leaves after its first chunk: the line says so, with the prompt it
+    // sent and the tokens it got.
+    let body = serde_json::json!({
+        "model": "armature-test", "prompt": "Tell me a long story", "max_tokens": 2000, "stream": true,
+        "ignore_eos": true
+    })
+    .to_string();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        client,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nx-request-id: trace-4\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 512];
+    let n = client.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"));
+    drop(client);
+    assert!(wait_until(Duration::from_secs(10), || access_lines(&serve.log_text()).len() >= 4), "{}", serve.log_text());
+    let gone = &access_lines(&serve.log_text())[3];
+    assert_eq!((&gone["tag"], &gone["outcome"]), (&Value::from("trace-4"), &Value::from("client_gone")), "{gone}");
+    assert_eq!(gone["prompt_tokens"], "Tell me a long story".len());
+    let got = gone["completion_tokens"].as_u64().unwrap();
+    assert!(got < 2000, "{got} tokens: the stream stopped with its client");
 }

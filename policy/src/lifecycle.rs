@@ -447,7 +447,8 @@ impl<W: Clone + PartialEq + fmt::Display> Lifecycle<W> {
             self.current.prompt_tokens.extend(ids);
             if self.current.sampling.max_tokens == 0 {
                 // Every token was delivered; only the end was lost.
-                let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.before, cached_tokens: 0 };
+                let usage =
+                    Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.before, cached_tokens: 0 };
                 self.out.push_back(Output::Deliver(StreamEvent::Finished { reason: FinishReason::Length, usage }));
                 return self.finish();
             }

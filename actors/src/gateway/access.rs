@@ -5,8 +5,9 @@
 //! with their error and not logged here.
 //!
 //! Fields (JSON logs, `telemetry.log_format = "json"`, flatten them into the line's object):
-//! `request`, `tag` (the client's `x-request-id`), `path`, `model`, `key` (the API key's id,
-//! never the key), `prompt_tokens`, `completion_tokens`, `cached_tokens`, `ttft_ms` (absent when
+//! `request`, `tag` (the client's `x-request-id`, or the one the gateway gave it), `path`, `model`, `key` (the API key's id,
+//! never the key), `prompt_tokens`, `completion_tokens` (those delivered, for a request that ended
+//! early), `cached_tokens`, `ttft_ms` (absent when
 //! no token came), `duration_ms`, `worker` (the last one placed on), `prefill` (the prefill worker
 //! of a disaggregated attempt), `workers` (every worker placed on, in order), `attempts`,
 //! `migrations`, `outcome`: `stop`, `length`, `stop_sequence`, `client_gone`, or `failed` with
@@ -55,6 +56,8 @@ pub struct Access {
     pub model: String,
     /// The caller's key id.
     pub key: Option<String>,
+    /// The client's prompt, for a request that ends without usage.
+    pub prompt_tokens: u32,
     pub first_token: Option<Instant>,
     pub usage: Option<Usage>,
     /// Workers placed on, in order, without repeats in a row.
@@ -64,8 +67,9 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(started: Instant, path: String, model: String, key: Option<String>) -> Self {
-        Self { started, path, model, key, first_token: None, usage: None, workers: Vec::new(), prefill: None, outcome: None }
+    pub fn new(started: Instant, path: String, model: String, key: Option<String>, prompt_tokens: u32) -> Self {
+        let (first_token, usage, workers, prefill, outcome) = (None, None, Vec::new(), None, None);
+        Self { started, path, model, key, prompt_tokens, first_token, usage, workers, prefill, outcome }
     }
 
     pub fn placed(&mut self, worker: &WorkerId, prefill: Option<&WorkerId>) {
@@ -82,10 +86,15 @@ impl Access {
         self.outcome.get_or_insert(outcome);
     }
 
-    /// Write the line.
-    pub fn log(&self, id: &RequestId, tag: Option<&str>, attempts: u32, migrations: u32, now: Instant) {
+    /// Write the line; `delivered` tokens reached the client (the completion, for a request that
+    /// ended without usage).
+    pub fn log(&self, id: &RequestId, tag: Option<&str>, attempts: u32, migrations: u32, delivered: u32, now: Instant) {
         let (outcome, error) = self.outcome.unwrap_or(Outcome::ClientGone).label();
-        let usage = self.usage.unwrap_or_default();
+        let usage = self.usage.unwrap_or(Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: delivered,
+            cached_tokens: 0,
+        });
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let workers: Vec<String> = self.workers.iter().map(ToString::to_string).collect();
         tracing::info!(
@@ -120,7 +129,7 @@ mod tests {
     fn outcomes_are_labelled_and_the_first_one_stands() {
         assert_eq!(Outcome::Finished(FinishReason::StopSequence(2)).label(), ("stop_sequence", None));
         assert_eq!(Outcome::of_failure(&Failure::Invalid("x".into())).label(), ("failed", Some("invalid")));
-        let mut a = Access::new(Instant::now(), "/v1/completions".into(), "m".into(), None);
+        let mut a = Access::new(Instant::now(), "/v1/completions".into(), "m".into(), None, 5);
         a.ended(Outcome::Finished(FinishReason::Length));
         a.ended(Outcome::ClientGone);
         assert_eq!(a.outcome, Some(Outcome::Finished(FinishReason::Length)));

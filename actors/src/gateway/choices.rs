@@ -96,7 +96,8 @@ pub async fn collect(mut c: Choice) -> Result<(ChoiceOut, Usage), ApiError> {
 /// The usage of several choices of one prompt: the prompt once (cached as far as every choice
 /// found it cached), every completion.
 fn add(total: &mut Usage, one: Usage) {
-    total.cached_tokens = if total.prompt_tokens == 0 { one.cached_tokens } else { total.cached_tokens.min(one.cached_tokens) };
+    total.cached_tokens =
+        if total.prompt_tokens == 0 { one.cached_tokens } else { total.cached_tokens.min(one.cached_tokens) };
     total.prompt_tokens = one.prompt_tokens;
     total.completion_tokens += one.completion_tokens;
 }

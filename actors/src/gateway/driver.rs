@@ -140,7 +140,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                 }
                 Output::Done => {
                     let tag = life.request().tag.as_deref();
-                    access.log(&id, tag, life.attempt() + 1, life.migrations(), Instant::now());
+                    access.log(&id, tag, life.attempt() + 1, life.migrations(), life.delivered(), Instant::now());
                     return;
                 }
             }
@@ -163,7 +163,14 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
             tracing::error!(request = %id, "request stopped with nothing in flight");
             let _ = tx.send(Update::Error(ApiError::unavailable("The request could not be run; retry later."))).await;
             access.ended(Outcome::Failed("unavailable"));
-            access.log(&id, life.request().tag.as_deref(), life.attempt() + 1, life.migrations(), Instant::now());
+            access.log(
+                &id,
+                life.request().tag.as_deref(),
+                life.attempt() + 1,
+                life.migrations(),
+                life.delivered(),
+                Instant::now(),
+            );
             return;
         };
         let until = deadline.map(|d| epoch + d);

@@ -283,7 +283,8 @@ pub(super) async fn run(
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     let req = GenerateRequest { id: id.clone(), tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
-    let access = super::access::Access::new(started, path, gw.model.name.clone(), caller.as_ref().map(|c| c.id.clone()));
+    let key = caller.as_ref().map(|c| c.id.clone());
+    let access = super::access::Access::new(started, path, gw.model.name.clone(), key, req.prompt_tokens.len() as u32);
     tokio::spawn(driver::drive(gw.clone(), req, tx, access).in_current_span());
     // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
     // its headers and keep-alives; errors before that get their own status.

@@ -80,7 +80,10 @@ fn max_tokens_gives_length_and_usage() {
     let out = drain(&mut e);
     assert_eq!(
         out["a"].1,
-        StreamEvent::Finished { reason: FinishReason::Length, usage: Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 0 } }
+        StreamEvent::Finished {
+            reason: FinishReason::Length,
+            usage: Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 0 }
+        }
     );
 }
 
