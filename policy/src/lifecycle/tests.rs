@@ -146,8 +146,10 @@ fn a_failure_mid_stream_migrates_with_the_tokens_so_far_and_counts_usage_across_
     admit(&mut l, "b", MS * 153);
     l.handle_event(MS * 154, &"b", 1, delta(&[12]));
     assert_eq!(drain(&mut l)[0], Output::FirstToken { attempt: 1 }, "each attempt's first token is told");
-    l.handle_event(MS * 155, &"b", 1, finished(3));
-    let usage = Usage { prompt_tokens: 3, completion_tokens: 5, cached_tokens: 0 };
+    // Worker b found 4 of the continuation's 5 prompt tokens cached: of the client's prompt, 3.
+    let usage = Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 4 };
+    l.handle_event(MS * 155, &"b", 1, StreamEvent::Finished { reason: FinishReason::Length, usage });
+    let usage = Usage { prompt_tokens: 3, completion_tokens: 5, cached_tokens: 3 };
     assert!(drain(&mut l).contains(&Output::Deliver(StreamEvent::Finished { reason: FinishReason::Length, usage })));
     assert_eq!(l.delivered(), 3, "the client got 2 + 1 text tokens (the last attempt's end says 3)");
 }
