@@ -1,6 +1,9 @@
 //! The catalogue of every Prometheus metric family Armature exports: name, kind, labels and help.
 //! `describe` gives each its `# HELP` line; `docs/metrics.md` lists the same table, and the tidy
-//! test checks that every family the code records is here.
+//! test checks that every family the code records is here. `register_zeros` makes the families
+//! exist from the start, at zero: every unlabelled one, and the series of `ZERO_SERIES` (labels
+//! whose values are fixed). Families labelled by a worker, a tier or a supervised child get their
+//! zero series when that one starts.
 
 /// What kind of metric a family is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,6 +466,137 @@ pub const FAMILIES: &[Family] = &[
 ];
 
 /// Give every family its help text (call once the recorder is installed).
+/// A label and every value it takes.
+pub type LabelValues = (&'static str, &'static [&'static str]);
+
+/// Label sets of labelled families whose values are fixed, registered at zero from the start:
+/// (family, its labels with their values, crossed).
+pub const ZERO_SERIES: &[(&str, &[LabelValues])] = &[
+    ("armature_cache_onboard_total", &[("tier", TIERS), ("outcome", &["onboarded", "skipped", "failed"])]),
+    (
+        "armature_control_refused_total",
+        &[(
+            "reason",
+            &[
+                "handshake_slots",
+                "tls",
+                "deadline",
+                "frame_too_large",
+                "not_a_node",
+                "unknown_node",
+                "wrong_address",
+                "certificate_name",
+                "name_in_use",
+                "duplicate",
+                "name_changed",
+            ],
+        )],
+    ),
+    ("armature_disagg_requests_total", &[("outcome", &["transferred", "fallback", "cancelled"])]),
+    (
+        "armature_http_refused_total",
+        &[(
+            "reason",
+            &[
+                "missing_key",
+                "invalid_key",
+                "rate_requests",
+                "rate_tokens",
+                "admin",
+                "header_size",
+                "media_type",
+                "cannot_fit",
+            ],
+        )],
+    ),
+    ("armature_planner_flips_total", &[("to", &["prefill", "decode"])]),
+    ("armature_planner_pool_target", &[("role", &["prefill", "decode"])]),
+    ("armature_prefill_remote_total", &[("outcome", &["sent", "failed"])]),
+    (
+        "armature_router_disagg_decisions_total",
+        &[("outcome", &["remote", "short", "busy", "no_prefill_worker", "aggregated"])],
+    ),
+    ("armature_router_kv_events_total", &[("outcome", &["applied", "stale"])]),
+    ("armature_router_tier_hints_total", &[("tier", TIERS)]),
+    (
+        "armature_transfer_bytes_total",
+        &[("direction", &["in", "out"]), ("path", &["tls", "quic", "shm", "local", "device"])],
+    ),
+    ("armature_transfer_frames_total", &[("direction", &["in", "out"]), ("path", &["tls", "quic", "shm", "local"])]),
+    (
+        "armature_transfer_frames_rejected_total",
+        &[("reason", &["magic", "version", "size", "header", "length", "checksum", "truncated", "trailing", "record"])],
+    ),
+];
+
+/// The cache tiers' `tier` label values.
+const TIERS: &[&str] = &["host", "disk"];
+
+/// The families labelled by a cache tier alone, registered at zero when the tier starts.
+pub const TIER_FAMILIES: &[&str] = &[
+    "armature_cache_blocks",
+    "armature_cache_budget_bytes",
+    "armature_cache_bytes_in_total",
+    "armature_cache_bytes_out_total",
+    "armature_cache_corrupt_blocks_total",
+    "armature_cache_evictions_total",
+    "armature_cache_hit_blocks_total",
+    "armature_cache_lookup_blocks_total",
+    "armature_cache_occupancy_bytes",
+    "armature_cache_onboarded_blocks_total",
+    "armature_cache_refused_total",
+    "armature_cache_write_errors_total",
+];
+
+/// Register `family` at zero under `labels` (a counter or gauge is left as it is if it exists; a
+/// histogram is only registered).
+pub fn register_zero(family: &Family, labels: &[(&'static str, String)]) {
+    let labels: Vec<metrics::Label> = labels.iter().map(|(k, v)| metrics::Label::new(*k, v.clone())).collect();
+    match family.kind {
+        Kind::Counter => metrics::counter!(family.name, labels).increment(0),
+        Kind::Gauge => metrics::gauge!(family.name, labels).increment(0.0),
+        Kind::Histogram => drop(metrics::histogram!(family.name, labels)),
+    }
+}
+
+/// The family called `name`.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
+/// Every unlabelled family and every series of `ZERO_SERIES`, at zero.
+pub fn register_zeros() {
+    for f in FAMILIES.iter().filter(|f| f.labels.is_empty()) {
+        register_zero(f, &[]);
+    }
+    for (name, labels) in ZERO_SERIES {
+        let Some(f) = family(name) else { continue };
+        let mut sets: Vec<Vec<(&'static str, String)>> = vec![Vec::new()];
+        for (label, values) in labels.iter() {
+            sets = sets
+                .into_iter()
+                .flat_map(|set| {
+                    values.iter().map(move |v| {
+                        let mut s = set.clone();
+                        s.push((*label, v.to_string()));
+                        s
+                    })
+                })
+                .collect();
+        }
+        for set in sets {
+            register_zero(f, &set);
+        }
+    }
+}
+
+/// The series of `families` for one worker, tier or child (`label` = `value`), at zero.
+pub fn register_zeros_for(families: &[&str], label: &'static str, value: &str) {
+    for f in families.iter().filter_map(|n| family(n)) {
+        register_zero(f, &[(label, value.to_string())]);
+    }
+}
+
 pub fn describe() {
     for f in FAMILIES {
         match f.kind {
@@ -476,6 +610,18 @@ pub fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_series_name_catalogued_families_by_their_own_labels() {
+        for (name, labels) in ZERO_SERIES {
+            let f = family(name).unwrap_or_else(|| panic!("{name} is not catalogued"));
+            let given: Vec<&str> = labels.iter().map(|(l, _)| *l).collect();
+            assert_eq!(given.join(", "), f.labels, "{name}");
+        }
+        for name in TIER_FAMILIES {
+            assert_eq!(family(name).map(|f| f.labels), Some("tier"), "{name}");
+        }
+    }
 
     #[test]
     fn names_are_unique_and_sorted() {

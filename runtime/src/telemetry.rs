@@ -39,6 +39,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
         // Another recorder may already be installed (tests); then ours only renders what it sees.
         if metrics::set_global_recorder(recorder).is_ok() {
             crate::catalogue::describe();
+            crate::catalogue::register_zeros();
         }
         handle
     })

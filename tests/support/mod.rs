@@ -246,7 +246,7 @@ pub fn metric(port: u16, prefix: &str) -> f64 {
 }
 
 /// Packages the Python side of the tests needs.
-const PY_PACKAGES: [&str; 8] = [
+const PY_PACKAGES: [&str; 9] = [
     "openai>=1.40",
     "anthropic>=0.40",
     "gguf==0.19.0",
@@ -255,6 +255,7 @@ const PY_PACKAGES: [&str; 8] = [
     "transformers==4.57.1",
     "protobuf>=5",
     "jsonschema>=4",
+    "prometheus_client>=0.20",
 ];
 
 /// A Python interpreter with the packages above: `ARMATURE_TEST_PYTHON` if set, else a
@@ -271,7 +272,7 @@ pub fn python_venv() -> PathBuf {
             Command::new(&py)
                 .args([
                     "-c",
-                    "import openai, anthropic, gguf, numpy, sentencepiece, transformers, google.protobuf, jsonschema",
+                    "import openai, anthropic, gguf, numpy, sentencepiece, transformers, google.protobuf, jsonschema, prometheus_client",
                 ])
                 .status()
                 .is_ok_and(|s| s.success())

@@ -68,6 +68,7 @@ impl Actor for CacheTierActor {
             _ => Blocks::Host { data: HashMap::new(), buffers: BufferPool::new(4), store: TierStore::new(args.budget) },
         };
         discovery::join_tier(&args.node, args.kind, myself.get_cell());
+        runtime::catalogue::register_zeros_for(runtime::catalogue::TIER_FAMILIES, "tier", args.kind.name());
         // Ends with the actor (ractor stops an interval whose actor is gone).
         myself.send_interval(crate::protocol::KV_PUBLISH_INTERVAL, || TierMsg::Publish);
         let state = TierState {

@@ -273,6 +273,12 @@ impl Actor for RouterActor {
         args: RouterArgs,
     ) -> Result<RouterState, ActorProcessingErr> {
         Actor::spawn_linked(None, KvListener, myself.clone(), myself.get_cell()).await?;
+        if let Some(f) = runtime::catalogue::family("armature_router_decisions_total") {
+            let policy = args.config.policy.name().to_string();
+            for outcome in ["placed", "no_worker"] {
+                runtime::catalogue::register_zero(f, &[("policy", policy.clone()), ("outcome", outcome.to_string())]);
+            }
+        }
         // Ends with the actor (ractor stops an interval whose actor is gone).
         myself.send_interval(TICK, || RouterMsg::Tick);
         Ok(RouterState {

@@ -401,6 +401,8 @@ fn run(
     name: &str,
 ) -> Result<(), ExecutorError> {
     let mut st = ThreadState { out, kv, sinks: HashMap::new(), buffers: BufferPool::new(16) };
+    // The worker's gauges and counters exist from its start, before its first step.
+    publish(engine, name, kv);
     loop {
         if !engine.has_work() {
             match rx.recv() {

@@ -89,6 +89,11 @@ impl SupervisorState {
     }
 
     async fn start(&mut self, myself: &ActorRef<SupervisorMsg>, name: &str) -> Result<(), SpawnErr> {
+        crate::catalogue::register_zeros_for(
+            &["armature_actor_failures_total", "armature_actor_restarts_total"],
+            "child",
+            name,
+        );
         let spec = self.specs.get(name).expect("restart of a known child").clone();
         let cell = (spec.start)(myself.get_cell()).await?;
         self.running.insert(cell.get_id(), (name.to_string(), cell));
