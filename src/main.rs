@@ -1,6 +1,7 @@
 //! The `armature` binary: serve, node and launch.
 
 mod preflight;
+mod status;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -64,6 +65,22 @@ enum Command {
         /// (only for a topology whose nodes are all on loopback).
         #[arg(long)]
         dev_certs: bool,
+    },
+    /// A running cluster at a glance, from its gateway: workers, roles, KV pools, queues, cache
+    /// tiers, recent placements, request and token rates, TTFT, faults.
+    Status {
+        /// The gateway.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// An admin key, for the router's view when the gateway has keys (or ARMATURE_API_KEY).
+        #[arg(long, env = "ARMATURE_API_KEY", hide_env_values = true)]
+        key: Option<String>,
+        /// Look again every this many seconds, with rates over the interval.
+        #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
+        /// Recent placements to list.
+        #[arg(long, default_value_t = 5)]
+        decisions: usize,
     },
     /// Measure performance.
     Bench {
@@ -633,6 +650,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        Command::Status { url, key, watch, decisions } => {
+            let watch = watch.map(|s| Duration::from_secs_f64(s.max(0.2)));
+            status::run(status::StatusArgs { url, key, watch, decisions }).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Launch { config: path, dev_certs } => {
             let config = match load(Some(&path)) {

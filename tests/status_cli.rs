@@ -1,0 +1,85 @@
+//! `armature status` against a running `armature serve` with keys: with the admin key it shows
+//! the worker, its role, KV pool use and queue, the cache tier, the recent placements and the
+//! requests served with their TTFT; without it, the workers from `/health` and what is missing.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+const USER: &str = "sk-user-0123456789abcdef";
+const ADMIN: &str = "sk-admin-0123456789abcdef";
+
+fn status(port: u16, key: Option<&str>) -> String {
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = Command::new(bin());
+    cmd.args(["status", "--url", &url]).env_remove("ARMATURE_API_KEY");
+    if let Some(key) = key {
+        cmd.args(["--key", key]);
+    }
+    let out = cmd.output().expect("run armature status");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn status_shows_the_cluster_from_its_gateway() {
+    let port = free_port();
+    let dir = temp_dir("status-cli");
+    let keys = dir.join("keys.toml");
+    let admin = format!("[[keys]]\nid = \"ops\"\nkey = \"{ADMIN}\"\nadmin = true\n");
+    std::fs::write(&keys, format!("[[keys]]\nid = \"user\"\nkey = \"{USER}\"\n\n{admin}")).unwrap();
+    let config = format!(
+        r#"
+[cluster]
+name = "status"
+cookie = "c"
+
+[model]
+source = "test"
+
+[gateway]
+api_keys_file = {keys:?}
+
+[[nodes]]
+name = "n0"
+control = "127.0.0.1:{control}"
+gateway = "127.0.0.1:{port}"
+roles = ["gateway", "router"]
+cache = {{ host = "64MiB" }}
+workers = [{{ device = "cpu", kv_blocks = 512 }}]
+"#,
+        control = free_port()
+    );
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let serve = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()], dir.join("serve.log"));
+    assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy: {}", serve.log_text());
+    let body = r#"{"model":"armature-test","prompt":"a prompt that fills a few blocks of the pool","max_tokens":4}"#;
+    let auth = format!("Bearer {USER}");
+    for _ in 0..3 {
+        let (code, _, text) = http_with("POST", port, "/v1/completions", Some(body), &[("Authorization", &auth)]);
+        assert_eq!(code, 200, "{text}");
+    }
+
+    let out = status(port, Some(ADMIN));
+    println!("{out}");
+    assert!(out.contains("cluster: ok; dead nodes: none"), "{out}");
+    let row = out.lines().find(|l| l.starts_with("n0/cpu")).unwrap_or_else(|| panic!("no worker row: {out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "aggregated", "{row}");
+    assert!(cells[2].ends_with("/512"), "KV in use of the 512-block pool: {row}");
+    assert_eq!(cells.last(), Some(&"live"), "{row}");
+    assert!(out.lines().any(|l| l.starts_with("n0/host")), "the host tier: {out}");
+    assert!(out.contains("REQUEST") && out.contains("CANDIDATES"), "recent placements: {out}");
+    assert!(out.contains("since start: 3 requests"), "{out}");
+    let ttft = out.lines().find(|l| l.starts_with("TTFT p50 ")).unwrap();
+    assert!(!ttft.starts_with("TTFT p50 -"), "a TTFT from the requests: {ttft}");
+
+    // Without the admin key: the workers from /health, and why the rest is missing.
+    let out = status(port, None);
+    assert!(out.contains("needs the admin key"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("n0/cpu") && l.ends_with("live")), "{out}");
+}
