@@ -94,10 +94,8 @@ impl Scrape {
 /// The `q` quantile of cumulative `buckets` (minus `before`'s, for an interval), interpolated
 /// within its bucket as Prometheus's `histogram_quantile` does; None without observations.
 fn quantile(q: f64, buckets: &[(f64, f64)], before: &[(f64, f64)]) -> Option<f64> {
-    let counts: Vec<(f64, f64)> = buckets
-        .iter()
-        .map(|&(le, c)| (le, c - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1)))
-        .collect();
+    let counts: Vec<(f64, f64)> =
+        buckets.iter().map(|&(le, c)| (le, c - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
     let total = counts.last()?.1;
     if total <= 0.0 {
         return None;
@@ -197,7 +195,13 @@ fn render_router(out: &mut String, r: &Value, decisions: usize) {
         .flatten()
         .filter_map(|p| Some((p.get(0)?.as_str()?, p.get(1)?.as_str()?)))
         .collect();
-    let live: Vec<&str> = r["live_workers"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    // Worker ids serialize as {"node", "device"}.
+    let live: Vec<String> = r["live_workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| Some(format!("{}/{}", w["node"].as_str()?, w["device"].as_str()?)))
+        .collect();
     let (mut workers, mut tiers) = (Vec::new(), Vec::new());
     for w in r["workers"].as_array().into_iter().flatten() {
         let name = w["worker"].as_str().unwrap_or("?");
@@ -213,7 +217,7 @@ fn render_router(out: &mut String, r: &Value, decisions: usize) {
         };
         let state = if w["silent"].as_bool() == Some(true) {
             "silent"
-        } else if live.contains(&name) {
+        } else if live.iter().any(|l| l == name) {
             "live"
         } else {
             "not live"
@@ -252,7 +256,8 @@ fn render_router(out: &mut String, r: &Value, decisions: usize) {
                 d["request"].as_str().unwrap_or("?").chars().take(12).collect(),
                 format!("{}{prefill}", d["worker"].as_str().unwrap_or("?")),
                 format!("{}/{}", d["overlap_blocks"], d["prompt_blocks"]),
-                d["explanation"].as_str().unwrap_or("").to_string(),
+                // One line: the candidates after the prompt's size.
+                d["explanation"].as_str().unwrap_or("").lines().map(str::trim).collect::<Vec<_>>().join(" "),
             ]
         })
         .collect();
@@ -265,9 +270,11 @@ fn render_router(out: &mut String, r: &Value, decisions: usize) {
 fn render_traffic(out: &mut String, now: &Look, before: Option<&Look>) {
     let m = &now.scrape;
     let delta = |name: &str| m.sum(name) - before.map_or(0.0, |b| b.scrape.sum(name));
-    let (requests, generated) = (delta("armature_request_duration_seconds_count"), delta("armature_generated_tokens_total"));
+    let (requests, generated) =
+        (delta("armature_request_duration_seconds_count"), delta("armature_generated_tokens_total"));
     let (cached, computed) = (delta("armature_prefix_cache_tokens_total"), delta("armature_tokens_computed_total"));
-    let hit = if cached + computed > 0.0 { format!("{:.0}%", 100.0 * cached / (cached + computed)) } else { "-".into() };
+    let hit =
+        if cached + computed > 0.0 { format!("{:.0}%", 100.0 * cached / (cached + computed)) } else { "-".into() };
     let q = |name: &str, p: f64| {
         let earlier = before.map(|b| b.scrape.buckets(name)).unwrap_or_default();
         seconds(quantile(p, &m.buckets(name), &earlier))

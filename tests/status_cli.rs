@@ -71,9 +71,11 @@ workers = [{{ device = "cpu", kv_blocks = 512 }}]
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cells[1], "aggregated", "{row}");
     assert!(cells[2].ends_with("/512"), "KV in use of the 512-block pool: {row}");
-    assert_eq!(cells.last(), Some(&"live"), "{row}");
+    assert!(row.ends_with("  live") && !row.contains("not live"), "{row}");
     assert!(out.lines().any(|l| l.starts_with("n0/host")), "the host tier: {out}");
     assert!(out.contains("REQUEST") && out.contains("CANDIDATES"), "recent placements: {out}");
+    let placed = out.lines().filter(|l| l.contains("prompt of ") && l.contains("* n0/cpu: score")).count();
+    assert_eq!(placed, 3, "each placement on one line, with its candidate: {out}");
     assert!(out.contains("since start: 3 requests"), "{out}");
     let ttft = out.lines().find(|l| l.starts_with("TTFT p50 ")).unwrap();
     assert!(!ttft.starts_with("TTFT p50 -"), "a TTFT from the requests: {ttft}");
