@@ -5,8 +5,7 @@
 //! prints them as tables. With `--watch`, again every interval, with rates and latencies over
 //! that interval instead of since each node started.
 //!
-//! The scrape is read with a few lines of its own (`Scrape`): the text format's samples are
-//! `name{labels} value`, and only sums and histogram buckets are needed here.
+//! The scrape is read with `runtime::scrape`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use runtime::scrape::{Scrape, quantile};
 use serde_json::Value;
 
 /// What `armature status` was asked.
@@ -51,68 +51,6 @@ async fn get(authority: &str, path: &str, key: Option<&str>) -> anyhow::Result<(
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Samples of a Prometheus text scrape, by name: (labels, value).
-#[derive(Default)]
-struct Scrape(BTreeMap<String, Vec<(String, f64)>>);
-
-impl Scrape {
-    fn parse(text: &str) -> Self {
-        let mut out: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let Ok(value) = value.parse::<f64>() else { continue };
-            let (name, labels) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
-            out.entry(name.to_string()).or_default().push((labels.to_string(), value));
-        }
-        Self(out)
-    }
-
-    fn sum(&self, name: &str) -> f64 {
-        self.0.get(name).map_or(0.0, |s| s.iter().map(|(_, v)| v).sum())
-    }
-
-    /// A histogram's cumulative bucket counts summed over its series: (upper bound, count).
-    fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
-        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-        for (labels, v) in self.0.get(&format!("{name}_bucket")).into_iter().flatten() {
-            let le = labels.split(',').find_map(|l| l.strip_prefix("le=\"")).map(|l| l.trim_end_matches('"'));
-            let le = match le {
-                Some("+Inf") => f64::INFINITY,
-                Some(x) => x.parse().unwrap_or(f64::INFINITY),
-                None => continue,
-            };
-            by_le.entry(le.to_bits()).or_insert((le, 0.0)).1 += v;
-        }
-        let mut out: Vec<(f64, f64)> = by_le.into_values().collect();
-        out.sort_by(|a, b| a.0.total_cmp(&b.0));
-        out
-    }
-}
-
-/// The `q` quantile of cumulative `buckets` (minus `before`'s, for an interval), interpolated
-/// within its bucket as Prometheus's `histogram_quantile` does; None without observations.
-fn quantile(q: f64, buckets: &[(f64, f64)], before: &[(f64, f64)]) -> Option<f64> {
-    let counts: Vec<(f64, f64)> =
-        buckets.iter().map(|&(le, c)| (le, c - before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1))).collect();
-    let total = counts.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(le, c) in &counts {
-        if c >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let width = c - below;
-            return Some(if width > 0.0 { lower + (le - lower) * (rank - below) / width } else { le });
-        }
-        (lower, below) = (le, c);
-    }
-    Some(lower)
 }
 
 fn seconds(v: Option<f64>) -> String {
@@ -330,21 +268,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quantiles_interpolate_within_their_bucket_like_prometheus() {
-        let text = "# TYPE x histogram\nx_bucket{le=\"0.1\"} 2\nx_bucket{le=\"0.2\"} 6\nx_bucket{le=\"+Inf\"} 8\nx_sum 1\nx_count 8\n";
-        let s = Scrape::parse(text);
-        let b = s.buckets("x");
-        assert_eq!(b.len(), 3);
-        // Rank 4 of 8 lies halfway through the second bucket's 4 observations.
-        assert!((quantile(0.5, &b, &[]).unwrap() - 0.15).abs() < 1e-9);
-        // Past the last finite bound: that bound.
-        assert_eq!(quantile(0.99, &b, &[]), Some(0.2));
-        // Over an interval: nothing new, no quantile.
-        assert_eq!(quantile(0.5, &b, &b), None);
-        assert_eq!(s.sum("x_count"), 8.0);
-    }
 
     #[test]
     fn only_http_gateways_are_taken() {

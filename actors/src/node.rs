@@ -236,6 +236,7 @@ pub fn children(
             node: state,
             config: config.gateway.clone(),
             hasher: runtime::blocks::BlockHasher::new(config.cluster.block_size as usize),
+            history: Default::default(),
         });
         specs.push(ChildSpec::new("gateway", move |sup| {
             let args = GatewayArgs { addr, gateway: gateway.clone() };

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod launch;
 pub mod lease;
 pub mod node;
+pub mod scrape;
 pub mod supervision;
 pub mod telemetry;
 

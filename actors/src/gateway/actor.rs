@@ -23,6 +23,7 @@ pub struct GatewayActor;
 
 pub struct GatewayState {
     server: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl Actor for GatewayActor {
@@ -39,17 +40,19 @@ impl Actor for GatewayActor {
             .await
             .map_err(|e| format!("gateway cannot listen on {}: {e}", args.addr))?;
         let header_timeout = args.gateway.config.header_timeout.get();
+        let sampler = tokio::spawn(super::dashboard::sampler(args.gateway.history.clone()));
         let app = super::http_router(args.gateway);
         tracing::info!(addr = %args.addr, "gateway listening: http://{}/v1", args.addr);
         let server = tokio::spawn(async move {
             let why = super::serve::serve(listener, app, header_timeout).await.to_string();
             let _ = myself.cast(GatewayMsg::ServerExited(why));
         });
-        Ok(GatewayState { server })
+        Ok(GatewayState { server, sampler })
     }
 
     async fn post_stop(&self, _: ActorRef<GatewayMsg>, state: &mut GatewayState) -> Result<(), ActorProcessingErr> {
         state.server.abort();
+        state.sampler.abort();
         Ok(())
     }
 

@@ -30,7 +30,7 @@ use super::{anthropic, responses, tokenize};
 use crate::protocol::{RouterHandle, WorkerHandle};
 
 /// Longest `/health` and `/debug/router` wait for the router.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often an SSE stream with nothing to say sends a comment (so proxies keep it open).
 /// A streamed response in the making: the events it has ready, whether it is over, and where its
@@ -84,12 +84,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_key));
     let admin = Router::new()
         .route("/debug/router", get(router_status))
+        .route("/debug/status", get(super::dashboard::status))
         .route("/debug/role", post(set_role))
         .route_layer(middleware::from_fn_with_state(gw.clone(), auth::require_admin));
     Router::new()
         .merge(api)
         .merge(admin)
         .route("/health", get(health))
+        .route("/dashboard", get(super::dashboard::page))
         .route("/metrics", get(metrics_text))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -358,8 +360,14 @@ async fn model(State(gw): State<Arc<Gateway>>, axum::extract::Path(id): axum::ex
 }
 
 async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    let (status, body) = health_view(&gw).await;
+    (status, axum::Json(body)).into_response()
+}
+
+/// `/health`'s answer: its status code and body.
+pub(super) async fn health_view(gw: &Gateway) -> (StatusCode, serde_json::Value) {
     if gw.node.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "draining" }))).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "draining" }));
     }
     let workers = match RouterHandle::local() {
         Some(r) => r.status(STATUS_TIMEOUT).await.map(|s| s.live_workers).unwrap_or_default(),
@@ -381,7 +389,7 @@ async fn health(State(gw): State<Arc<Gateway>>) -> Response {
     let body = json!({
         "status": word, "workers": names, "wrong_model": wrong_model, "dead_nodes": gw.node.view.dead_nodes(),
     });
-    (status, axum::Json(body)).into_response()
+    (status, body)
 }
 
 /// What this node's router believes: index size and fingerprint, per-worker blocks and load,

@@ -1,12 +1,13 @@
 //! The gateway role: the OpenAI-compatible HTTP API (chat and text completions, models, SSE),
 //! the Responses API, Anthropic's Messages API, tokenizing, health and metrics, and the access log
-//! (`access`: one line per finished request).
+//! (`access`: one line per finished request), and the live dashboard (`dashboard`).
 
 mod access;
 mod actor;
 mod anthropic;
 mod auth;
 mod choices;
+mod dashboard;
 mod driver;
 mod error;
 mod http;
@@ -41,4 +42,6 @@ pub struct Gateway {
     pub auth: Arc<Auth>,
     /// `model.identity()`: requests go only to workers that announce it.
     pub model_identity: u64,
+    /// The dashboard's history of this process's metrics.
+    pub history: Arc<std::sync::Mutex<dashboard::History>>,
 }
