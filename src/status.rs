@@ -227,9 +227,11 @@ fn render_traffic(out: &mut String, now: &Look, before: Option<&Look>) {
     };
     let _ = writeln!(
         out,
-        "\n{span}; prefix cache hit {hit}\nTTFT p50 {} p90 {}; request duration p50 {} p90 {}",
+        "\n{span}; prefix cache hit {hit}\nTTFT p50 {} p90 {}; between tokens p50 {} p90 {}; request duration p50 {} p90 {}",
         q(ttft, 0.5),
         q(ttft, 0.9),
+        q("armature_inter_token_seconds", 0.5),
+        q("armature_inter_token_seconds", 0.9),
         q(duration, 0.5),
         q(duration, 0.9)
     );

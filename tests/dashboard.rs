@@ -109,6 +109,8 @@ workers = [{{ device = "cpu", kv_blocks = 512 }}]
     let points = ttft.split("points=\"").nth(1).unwrap_or_else(|| panic!("no latency line: {ttft}"));
     let pairs = points.split('"').next().unwrap().split(' ').filter(|p| p.contains(',')).count();
     assert!(pairs >= 2, "a latency plot of at least two points: {ttft}");
+    let itl = element(&dom, "plot-itl", "svg");
+    assert!(itl.contains("<polyline"), "a plot of the time between tokens: {itl}");
     assert!(element(&dom, "tiers", "table").contains("n0/host"));
 
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

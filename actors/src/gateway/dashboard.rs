@@ -7,8 +7,8 @@
 //! The status is the health view, the router's view (workers, roles, KV pools, queues, tiers,
 //! recent placements with their candidates' scores) and this gateway's history: every
 //! `SAMPLE_EVERY` a sampler reads this process's metrics and keeps, for the last `KEEP` samples,
-//! requests and tokens per second, the prefix cache's hit ratio, and TTFT and request duration
-//! p50/p90 over the interval, with events (restarts, planner flips, starts and stops, migrations,
+//! requests and tokens per second, the prefix cache's hit ratio, and TTFT, inter-token latency
+//! and request duration p50/p90 over the interval, with events (restarts, planner flips, starts and stops, migrations,
 //! expired leases) from the counters that moved. In a multi-node cluster the history is of the
 //! gateway node's process: its requests, and the actors it runs.
 
@@ -48,6 +48,9 @@ pub struct Point {
     pub ttft_p90: Option<f64>,
     pub duration_p50: Option<f64>,
     pub duration_p90: Option<f64>,
+    /// Time between tokens of a stream.
+    pub itl_p50: Option<f64>,
+    pub itl_p90: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -97,6 +100,8 @@ impl History {
                 ttft_p90: q(ttft, 0.9),
                 duration_p50: q(duration, 0.5),
                 duration_p90: q(duration, 0.9),
+                itl_p50: q("armature_inter_token_seconds", 0.5),
+                itl_p90: q("armature_inter_token_seconds", 0.9),
             });
             while self.points.len() > KEEP {
                 self.points.pop_front();

@@ -299,7 +299,8 @@ pub(super) async fn run(
             None => return Err(ApiError::unavailable("The request ended without a result.")),
         }
     };
-    let timing = Timing { started, first_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
+    let timing =
+        Timing { started, first_token: None, last_token: None, node: gw.node.clone(), caller, auth: gw.auth.clone() };
     Ok(Running { id, first, rx, timing })
 }
 
@@ -307,6 +308,8 @@ pub(super) struct Timing {
     started: Instant,
     /// When the first token came, after `started`.
     first_token: Option<std::time::Duration>,
+    /// When the latest tokens came.
+    last_token: Option<Instant>,
     /// The planner's window of what this gateway sees.
     node: Arc<crate::protocol::NodeState>,
     /// The caller, whose token limit the completion is counted against.
@@ -318,6 +321,15 @@ impl Timing {
     pub(super) fn saw(&mut self, ev: &StreamEvent) {
         match ev {
             StreamEvent::Delta { tokens, .. } => {
+                let now = Instant::now();
+                if let Some(last) = self.last_token.replace(now)
+                    && *tokens > 0
+                {
+                    let gap = (now - last).as_secs_f64() / f64::from(*tokens);
+                    for _ in 0..*tokens {
+                        metrics::histogram!("armature_inter_token_seconds").record(gap);
+                    }
+                }
                 if self.first_token.is_none() {
                     let ttft = self.started.elapsed();
                     self.first_token = Some(ttft);
