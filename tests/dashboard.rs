@@ -51,37 +51,7 @@ fn the_dashboard_renders_the_cluster_in_a_browser() {
         eprintln!("SKIPPED: no chromium on this machine (apt-get install chromium)");
         return;
     };
-    let port = free_port();
-    let dir = temp_dir("dashboard");
-    let keys = dir.join("keys.toml");
-    let admin = format!("[[keys]]\nid = \"ops\"\nkey = \"{ADMIN}\"\nadmin = true\n");
-    std::fs::write(&keys, format!("[[keys]]\nid = \"user\"\nkey = \"{USER}\"\n\n{admin}")).unwrap();
-    let config = format!(
-        r#"
-[cluster]
-name = "dashboard"
-cookie = "c"
-
-[model]
-source = "test"
-
-[gateway]
-api_keys_file = {keys:?}
-
-[[nodes]]
-name = "n0"
-control = "127.0.0.1:{control}"
-gateway = "127.0.0.1:{port}"
-roles = ["gateway", "router"]
-cache = {{ host = "64MiB" }}
-workers = [{{ device = "cpu", kv_blocks = 512 }}]
-"#,
-        control = free_port()
-    );
-    let config_path = dir.join("cluster.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let serve = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()], dir.join("serve.log"));
-    assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy: {}", serve.log_text());
+    let (_serve, port, dir) = serve_with_keys("dashboard", USER, ADMIN);
 
     // Requests spread over three of the sampler's two-second intervals, so the plots have points.
     let auth = format!("Bearer {USER}");

@@ -5,7 +5,6 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use support::*;
 
@@ -26,37 +25,7 @@ fn status(port: u16, key: Option<&str>) -> String {
 
 #[test]
 fn status_shows_the_cluster_from_its_gateway() {
-    let port = free_port();
-    let dir = temp_dir("status-cli");
-    let keys = dir.join("keys.toml");
-    let admin = format!("[[keys]]\nid = \"ops\"\nkey = \"{ADMIN}\"\nadmin = true\n");
-    std::fs::write(&keys, format!("[[keys]]\nid = \"user\"\nkey = \"{USER}\"\n\n{admin}")).unwrap();
-    let config = format!(
-        r#"
-[cluster]
-name = "status"
-cookie = "c"
-
-[model]
-source = "test"
-
-[gateway]
-api_keys_file = {keys:?}
-
-[[nodes]]
-name = "n0"
-control = "127.0.0.1:{control}"
-gateway = "127.0.0.1:{port}"
-roles = ["gateway", "router"]
-cache = {{ host = "64MiB" }}
-workers = [{{ device = "cpu", kv_blocks = 512 }}]
-"#,
-        control = free_port()
-    );
-    let config_path = dir.join("cluster.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let serve = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()], dir.join("serve.log"));
-    assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy: {}", serve.log_text());
+    let (_serve, port, _dir) = serve_with_keys("status-cli", USER, ADMIN);
     let body = r#"{"model":"armature-test","prompt":"a prompt that fills a few blocks of the pool","max_tokens":4}"#;
     let auth = format!("Bearer {USER}");
     for _ in 0..3 {

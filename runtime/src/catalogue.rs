@@ -177,16 +177,16 @@ pub const FAMILIES: &[Family] = &[
         help: "HTTP calls refused before any work: missing_key, invalid_key, admin, rate_requests, rate_tokens, media_type, header_size, cannot_fit.",
     },
     Family {
-        name: "armature_inter_token_seconds",
-        kind: Kind::Histogram,
-        labels: "",
-        help: "Time between a stream's tokens as the gateway saw them (k tokens arriving together count as k gaps of a k-th each).",
-    },
-    Family {
         name: "armature_http_requests_total",
         kind: Kind::Counter,
         labels: "path, status",
         help: "HTTP requests by route and status.",
+    },
+    Family {
+        name: "armature_inter_token_seconds",
+        kind: Kind::Histogram,
+        labels: "",
+        help: "Time between a stream's tokens as the gateway saw them (k tokens arriving together count as k gaps of a k-th each).",
     },
     Family {
         name: "armature_kv_blocks_active",

@@ -342,3 +342,41 @@ pub fn prompt(seed: usize, blocks: usize) -> String {
     }
     s
 }
+
+/// `armature serve` of the test model with a keys file of a user key and an admin key (ids
+/// `user` and `ops`), a host tier and one CPU worker of 512 blocks, healthy: (the server, its
+/// gateway port, its folder).
+pub fn serve_with_keys(name: &str, user: &str, admin: &str) -> (Proc, u16, TempDir) {
+    let port = free_port();
+    let dir = temp_dir(name);
+    let keys = dir.join("keys.toml");
+    let admin = format!("[[keys]]\nid = \"ops\"\nkey = \"{admin}\"\nadmin = true\n");
+    std::fs::write(&keys, format!("[[keys]]\nid = \"user\"\nkey = \"{user}\"\n\n{admin}")).unwrap();
+    let config = format!(
+        r#"
+[cluster]
+name = "{name}"
+cookie = "c"
+
+[model]
+source = "test"
+
+[gateway]
+api_keys_file = {keys:?}
+
+[[nodes]]
+name = "n0"
+control = "127.0.0.1:{control}"
+gateway = "127.0.0.1:{port}"
+roles = ["gateway", "router"]
+cache = {{ host = "64MiB" }}
+workers = [{{ device = "cpu", kv_blocks = 512 }}]
+"#,
+        control = free_port()
+    );
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let serve = Proc::spawn(&["serve", "--config", config_path.to_str().unwrap()], dir.join("serve.log"));
+    assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy: {}", serve.log_text());
+    (serve, port, dir)
+}
