@@ -1,6 +1,7 @@
 //! `armature status`: a running cluster at a glance, from its gateway. It reads `/health` (the
-//! workers and dead nodes), `/debug/router` (roles, KV pool use, queues, cache tiers and the recent
-//! placements with their candidates' scores; the admin key when the gateway has keys) and
+//! workers and dead nodes), `/debug/status` (the peer nodes' leases and the router's view: roles,
+//! KV pool use, queues, cache tiers and the recent placements with their candidates' scores; the
+//! admin key when the gateway has keys) and
 //! `/metrics` (requests, tokens, the prefix cache's hit ratio, TTFT and request duration), and
 //! prints them as tables. With `--watch`, again every interval, with rates and latencies over
 //! that interval instead of since each node started.
@@ -78,6 +79,7 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
 /// What one look at the cluster found.
 struct Look {
     health: Value,
+    peers: Vec<Value>,
     router: Option<Value>,
     router_error: Option<String>,
     scrape: Scrape,
@@ -87,15 +89,22 @@ struct Look {
 async fn look(authority: &str, key: Option<&str>) -> anyhow::Result<Look> {
     let (_, health) = get(authority, "/health", None).await?;
     let health: Value = serde_json::from_str(&health).context("/health did not answer JSON")?;
-    let (status, router) = get(authority, "/debug/router", key).await?;
-    let (router, router_error) = match (status, serde_json::from_str::<Value>(&router)) {
-        (200, Ok(v)) => (Some(v), None),
-        (401 | 403, _) => (None, Some("the router's view needs the admin key (--key or ARMATURE_API_KEY)".into())),
-        (_, Ok(v)) => (None, Some(v["error"]["message"].as_str().unwrap_or("no router on this node").to_string())),
-        (s, Err(_)) => (None, Some(format!("/debug/router answered {s}"))),
+    let (status, body) = get(authority, "/debug/status", key).await?;
+    let (view, router_error) = match (status, serde_json::from_str::<Value>(&body)) {
+        (200, Ok(v)) => (v, None),
+        (401 | 403, _) => {
+            (Value::Null, Some("the router's view needs the admin key (--key or ARMATURE_API_KEY)".into()))
+        }
+        (_, Ok(v)) => {
+            (Value::Null, Some(v["error"]["message"].as_str().unwrap_or("no status on this node").to_string()))
+        }
+        (s, Err(_)) => (Value::Null, Some(format!("/debug/status answered {s}"))),
     };
+    let router = Some(view["router"].clone()).filter(|r| r.is_object());
+    let router_error = router_error.or_else(|| router.is_none().then(|| "this node runs no router".to_string()));
+    let peers = view["peers"].as_array().cloned().unwrap_or_default();
     let (_, metrics) = get(authority, "/metrics", key).await?;
-    Ok(Look { health, router, router_error, scrape: Scrape::parse(&metrics), at: Instant::now() })
+    Ok(Look { health, peers, router, router_error, scrape: Scrape::parse(&metrics), at: Instant::now() })
 }
 
 /// The status as text; `before` is the previous look, for rates over the interval.
@@ -109,6 +118,23 @@ fn render(url: &str, now: &Look, before: Option<&Look>, decisions: usize) -> Str
         h["status"].as_str().unwrap_or("?"),
         dead.filter(|d| !d.is_empty()).unwrap_or_else(|| "none".into())
     );
+    if !now.peers.is_empty() {
+        let peers: Vec<String> = now
+            .peers
+            .iter()
+            .map(|p| {
+                let secs = |k: &str| p[k].as_f64().unwrap_or(0.0) / 1000.0;
+                let state = if p["alive"].as_bool() == Some(true) { "alive" } else { "DEAD" };
+                format!(
+                    "{} {state} (heard {:.1} s ago, lease {:.1} s)",
+                    p["node"].as_str().unwrap_or("?"),
+                    secs("heard_ms_ago"),
+                    secs("timeout_ms")
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "peer nodes: {}", peers.join("; "));
+    }
     match &now.router {
         Some(r) => render_router(&mut out, r, decisions),
         None => {

@@ -61,13 +61,25 @@ fn two_nodes_serve_survive_sigkill_and_expire_a_silent_node() {
     assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"], "greedy output is the same after the restart");
     assert!(launch.log_text().contains("[launch] node n1 ("), "launch reports the exit");
 
+    // The gateway's node holds a lease on n1, renewed well within its 2 s.
+    let lease = |alive: bool| {
+        let (_, _, body) = http("GET", port, "/debug/status", None);
+        let peers = json(&body)["peers"].clone();
+        peers.as_array().is_some_and(|p| p.iter().any(|l| l["node"] == "n1" && l["alive"] == alive)).then_some(peers)
+    };
+    let peers = lease(true).expect("n1's lease in /debug/status");
+    assert!(peers[0]["heard_ms_ago"].as_u64().unwrap() < 2000 && peers[0]["timeout_ms"] == 2000, "{peers}");
+
     // SIGSTOP the worker node: its TCP session stays open, so only the lease (2 s) notices.
     signal(n1_again, Signal::SIGSTOP);
     let dead = wait_until(Duration::from_secs(10), || {
         let (status, _, body) = http("GET", port, "/health", None);
         status == 503 && json(&body)["dead_nodes"] == serde_json::json!(["n1"])
     });
+    let expired = lease(false);
     signal(n1_again, Signal::SIGCONT);
+    let expired = expired.expect("n1 shown dead in /debug/status");
+    assert!(expired[0]["heard_ms_ago"].as_u64().unwrap() > 2000, "{expired}");
     assert!(dead, "lease did not mark the silent node dead");
     assert!(wait_health(port, 200, Duration::from_secs(10)), "node did not come back after SIGCONT");
     assert_eq!(complete(port, "back").0, 200);

@@ -10,6 +10,16 @@ pub enum PeerChange {
     Down(String),
 }
 
+/// One peer's lease, as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PeerLease {
+    pub node: String,
+    pub alive: bool,
+    /// Since its last heartbeat (or since its session opened, before the first).
+    pub heard_ms_ago: u64,
+    pub timeout_ms: u64,
+}
+
 /// Last-heard times per peer node name.
 #[derive(Debug)]
 pub struct LeaseTable {
@@ -51,6 +61,20 @@ impl LeaseTable {
         self.dead.contains(peer)
     }
 
+    /// Every peer's lease at `now`, by name.
+    pub fn leases(&self, now: Duration) -> Vec<PeerLease> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.last_heard
+            .iter()
+            .map(|(peer, &at)| PeerLease {
+                node: peer.clone(),
+                alive: !self.dead.contains(peer),
+                heard_ms_ago: ms(now.saturating_sub(at)),
+                timeout_ms: ms(self.timeout),
+            })
+            .collect()
+    }
+
     /// Peers currently alive.
     pub fn alive(&self) -> impl Iterator<Item = &str> {
         self.last_heard.keys().filter(|p| !self.dead.contains(*p)).map(String::as_str)
@@ -72,6 +96,8 @@ mod tests {
         assert!(t.is_dead("n1"));
         // Already dead: reported once.
         assert_eq!(t.expire(ms(3000)), vec![]);
+        let lease = PeerLease { node: "n1".into(), alive: false, heard_ms_ago: 2500, timeout_ms: 1000 };
+        assert_eq!(t.leases(ms(3000)), vec![lease]);
         assert_eq!(t.heard("n1", ms(3100)), Some(PeerChange::Up("n1".into())));
         assert_eq!(t.alive().collect::<Vec<_>>(), vec!["n1"]);
     }

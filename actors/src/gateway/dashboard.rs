@@ -4,7 +4,7 @@
 //! debug routes (the page itself holds no data; it sends the key it is given in its URL's
 //! fragment, `#key=...`, which never reaches a server).
 //!
-//! The status is the health view, the router's view (workers, roles, KV pools, queues, tiers,
+//! The status is the health view, this node's leases on its peers, the router's view (workers, roles, KV pools, queues, tiers,
 //! recent placements with their candidates' scores) and this gateway's history: every
 //! `SAMPLE_EVERY` a sampler reads this process's metrics and keeps, for the last `KEEP` samples,
 //! requests and tokens per second, the prefix cache's hit ratio, and TTFT, inter-token latency
@@ -178,6 +178,7 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
     let body = json!({
         "model": gw.model.name,
         "health": health,
+        "peers": gw.node.view.leases(),
         "router": router,
         "totals": totals,
         "sample_seconds": SAMPLE_EVERY.as_secs_f64(),

@@ -15,6 +15,8 @@ use crate::lease::{LeaseTable, PeerChange};
 #[derive(Debug, Default)]
 pub struct ClusterView {
     dead: RwLock<BTreeSet<String>>,
+    /// Every peer's lease as of the agent's last message.
+    leases: RwLock<Vec<crate::lease::PeerLease>>,
 }
 
 impl ClusterView {
@@ -24,6 +26,11 @@ impl ClusterView {
 
     pub fn dead_nodes(&self) -> Vec<String> {
         self.dead.read().expect("cluster view lock").iter().cloned().collect()
+    }
+
+    /// The peers' leases, as the node agent last saw them.
+    pub fn leases(&self) -> Vec<crate::lease::PeerLease> {
+        self.leases.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn apply(&self, change: &PeerChange) {
@@ -120,6 +127,7 @@ impl Actor for NodeAgent {
             state.view.apply(&change);
         }
         metrics::gauge!("armature_peer_nodes_alive").set(state.leases.alive().count() as f64);
+        *state.view.leases.write().unwrap_or_else(|p| p.into_inner()) = state.leases.leases(now);
         Ok(())
     }
 }
