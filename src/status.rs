@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use runtime::scrape::{Scrape, quantile};
+use runtime::scrape::{Scrape, Traffic};
 use serde_json::Value;
 
 /// What `armature status` was asked.
@@ -234,32 +234,24 @@ fn render_router(out: &mut String, r: &Value, decisions: usize) {
 fn render_traffic(out: &mut String, now: &Look, before: Option<&Look>) {
     let m = &now.scrape;
     let delta = |name: &str| m.sum(name) - before.map_or(0.0, |b| b.scrape.sum(name));
-    let (requests, generated) =
-        (delta("armature_request_duration_seconds_count"), delta("armature_generated_tokens_total"));
-    let (cached, computed) = (delta("armature_prefix_cache_tokens_total"), delta("armature_tokens_computed_total"));
-    let hit =
-        if cached + computed > 0.0 { format!("{:.0}%", 100.0 * cached / (cached + computed)) } else { "-".into() };
-    let q = |name: &str, p: f64| {
-        let earlier = before.map(|b| b.scrape.buckets(name)).unwrap_or_default();
-        seconds(quantile(p, &m.buckets(name), &earlier))
-    };
-    let (ttft, duration) = ("armature_time_to_first_token_seconds", "armature_request_duration_seconds");
+    let t = Traffic::between(m, before.map(|b| &b.scrape));
+    let hit = t.hit_ratio.map_or("-".into(), |h| format!("{:.0}%", 100.0 * h));
     let span = match before {
         Some(b) => {
             let secs = (now.at - b.at).as_secs_f64().max(1e-3);
-            format!("last {secs:.0} s: {:.1} requests/s, {:.1} tokens/s", requests / secs, generated / secs)
+            format!("last {secs:.0} s: {:.1} requests/s, {:.1} tokens/s", t.requests / secs, t.tokens / secs)
         }
-        None => format!("since start: {requests} requests, {generated} tokens generated"),
+        None => format!("since start: {} requests, {} tokens generated", t.requests, t.tokens),
     };
     let _ = writeln!(
         out,
         "\n{span}; prefix cache hit {hit}\nTTFT p50 {} p90 {}; between tokens p50 {} p90 {}; request duration p50 {} p90 {}",
-        q(ttft, 0.5),
-        q(ttft, 0.9),
-        q("armature_inter_token_seconds", 0.5),
-        q("armature_inter_token_seconds", 0.9),
-        q(duration, 0.5),
-        q(duration, 0.9)
+        seconds(t.ttft_p50),
+        seconds(t.ttft_p90),
+        seconds(t.itl_p50),
+        seconds(t.itl_p90),
+        seconds(t.duration_p50),
+        seconds(t.duration_p90)
     );
     let faults = [
         ("restarts", "armature_actor_restarts_total"),

@@ -86,6 +86,49 @@ impl Scrape {
     }
 }
 
+/// The gateway's traffic between two scrapes (or since the process started, without `before`):
+/// requests finished, tokens generated, the prefix cache's hit ratio (tokens found in a pool over
+/// tokens needed, found plus computed), and TTFT, inter-token and request-duration quantiles.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Traffic {
+    pub requests: f64,
+    pub tokens: f64,
+    pub hit_ratio: Option<f64>,
+    pub ttft_p50: Option<f64>,
+    pub ttft_p90: Option<f64>,
+    pub itl_p50: Option<f64>,
+    pub itl_p90: Option<f64>,
+    pub duration_p50: Option<f64>,
+    pub duration_p90: Option<f64>,
+}
+
+impl Traffic {
+    pub fn between(now: &Scrape, before: Option<&Scrape>) -> Self {
+        let delta = |name: &str| now.sum(name) - before.map_or(0.0, |b| b.sum(name));
+        let q = |name: &str, p: f64| {
+            let earlier = before.map(|b| b.buckets(name)).unwrap_or_default();
+            quantile(p, &now.buckets(name), &earlier)
+        };
+        let (cached, computed) = (delta("armature_prefix_cache_tokens_total"), delta("armature_tokens_computed_total"));
+        let (ttft, itl, duration) = (
+            "armature_time_to_first_token_seconds",
+            "armature_inter_token_seconds",
+            "armature_request_duration_seconds",
+        );
+        Self {
+            requests: delta("armature_request_duration_seconds_count"),
+            tokens: delta("armature_generated_tokens_total"),
+            hit_ratio: (cached + computed > 0.0).then(|| cached / (cached + computed)),
+            ttft_p50: q(ttft, 0.5),
+            ttft_p90: q(ttft, 0.9),
+            itl_p50: q(itl, 0.5),
+            itl_p90: q(itl, 0.9),
+            duration_p50: q(duration, 0.5),
+            duration_p90: q(duration, 0.9),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use runtime::scrape::{Scrape, quantile};
+use runtime::scrape::{Scrape, Traffic};
 use serde::Serialize;
 use serde_json::json;
 
@@ -42,15 +42,8 @@ pub struct Point {
     pub t: f64,
     pub requests_per_s: f64,
     pub tokens_per_s: f64,
-    /// Tokens found in a pool over tokens needed (found plus computed); None when none were.
-    pub hit_ratio: Option<f64>,
-    pub ttft_p50: Option<f64>,
-    pub ttft_p90: Option<f64>,
-    pub duration_p50: Option<f64>,
-    pub duration_p90: Option<f64>,
-    /// Time between tokens of a stream.
-    pub itl_p50: Option<f64>,
-    pub itl_p90: Option<f64>,
+    #[serde(flatten)]
+    pub traffic: Traffic,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -86,23 +79,9 @@ impl History {
     pub fn sample(&mut self, now: Instant, t: f64, scrape: Scrape) {
         if let Some((then, before)) = &self.last {
             let secs = (now - *then).as_secs_f64().max(1e-3);
-            let delta = |name: &str| scrape.sum(name) - before.sum(name);
-            let (cached, computed) =
-                (delta("armature_prefix_cache_tokens_total"), delta("armature_tokens_computed_total"));
-            let q = |name: &str, p: f64| quantile(p, &scrape.buckets(name), &before.buckets(name));
-            let (ttft, duration) = ("armature_time_to_first_token_seconds", "armature_request_duration_seconds");
-            self.points.push_back(Point {
-                t,
-                requests_per_s: delta("armature_request_duration_seconds_count") / secs,
-                tokens_per_s: delta("armature_generated_tokens_total") / secs,
-                hit_ratio: (cached + computed > 0.0).then(|| cached / (cached + computed)),
-                ttft_p50: q(ttft, 0.5),
-                ttft_p90: q(ttft, 0.9),
-                duration_p50: q(duration, 0.5),
-                duration_p90: q(duration, 0.9),
-                itl_p50: q("armature_inter_token_seconds", 0.5),
-                itl_p90: q("armature_inter_token_seconds", 0.9),
-            });
+            let traffic = Traffic::between(&scrape, Some(before));
+            let (requests_per_s, tokens_per_s) = (traffic.requests / secs, traffic.tokens / secs);
+            self.points.push_back(Point { t, requests_per_s, tokens_per_s, traffic });
             while self.points.len() > KEEP {
                 self.points.pop_front();
             }
@@ -164,17 +143,12 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
         Some(r) => r.status(super::http::STATUS_TIMEOUT).await.ok(),
         None => None,
     };
-    let (points, events) = {
+    // The totals since start are the sampler's latest scrape's (at most `SAMPLE_EVERY` old).
+    let (points, events, totals) = {
         let h = gw.history.lock().unwrap_or_else(|p| p.into_inner());
-        (h.points.iter().cloned().collect::<Vec<_>>(), h.events.iter().cloned().collect::<Vec<_>>())
+        let totals = h.last.as_ref().map(|(_, s)| Traffic::between(s, None)).unwrap_or_default();
+        (h.points.iter().cloned().collect::<Vec<_>>(), h.events.iter().cloned().collect::<Vec<_>>(), totals)
     };
-    let m = Scrape::own();
-    let (cached, computed) = (m.sum("armature_prefix_cache_tokens_total"), m.sum("armature_tokens_computed_total"));
-    let totals = json!({
-        "requests": m.sum("armature_request_duration_seconds_count"),
-        "tokens": m.sum("armature_generated_tokens_total"),
-        "hit_ratio": if cached + computed > 0.0 { Some(cached / (cached + computed)) } else { None },
-    });
     let body = json!({
         "model": gw.model.name,
         "health": health,
@@ -213,12 +187,12 @@ mod tests {
         h.sample(t0 + Duration::from_secs(2), 102.0, scrape(14.0, 14.0, 1.0));
         let p = &h.points[0];
         assert_eq!((p.t, p.requests_per_s, p.tokens_per_s), (102.0, 2.0, 8.0));
-        assert_eq!(p.hit_ratio, None, "no tokens needed in the interval");
+        assert_eq!(p.traffic.hit_ratio, None, "no tokens needed in the interval");
         // Every request of the interval had its first token within 10 ms.
-        assert!(p.ttft_p90.unwrap() <= 0.01);
+        assert!(p.traffic.ttft_p90.unwrap() <= 0.01);
         assert_eq!(h.events, vec![Event { t: 102.0, what: "worker n0/cpu restarted".into() }]);
         h.sample(t0 + Duration::from_secs(4), 104.0, scrape(14.0, 14.0, 1.0));
-        assert_eq!((h.points[1].requests_per_s, h.points[1].ttft_p50), (0.0, None), "an idle interval");
+        assert_eq!((h.points[1].requests_per_s, h.points[1].traffic.ttft_p50), (0.0, None), "an idle interval");
         assert_eq!(h.events.len(), 1);
     }
 }

@@ -225,10 +225,15 @@ async fn receive(
                 got[at..at + k].iter_mut().for_each(|g| *g = true);
                 received += k;
             }
-            changed = async { progress.as_mut().expect("guarded").changed().await }, if progress.is_some() => {
+            changed = async {
+                match progress.as_mut() {
+                    Some(p) => p.changed().await.map(|()| *p.borrow_and_update()),
+                    None => std::future::pending().await,
+                }
+            } => {
                 match changed {
-                    Ok(()) => {
-                        copied = *progress.as_mut().expect("guarded").borrow_and_update();
+                    Ok(n) => {
+                        copied = n;
                         silence.as_mut().reset(tokio::time::Instant::now() + d.transfer_timeout);
                     }
                     // The sink is the offer's: it outlives this loop.

@@ -441,34 +441,48 @@ fn run(
     }
 }
 
+/// Why a prefill's completed blocks could not be sent on.
+#[derive(Debug, thiserror::Error)]
+enum ShipError {
+    #[error("copying them into the other pool: {0}")]
+    Copy(#[from] crate::executor::SinkError),
+    #[error("this engine has no device pool to copy from")]
+    NoPool,
+    #[error("exporting them: {0}")]
+    Export(#[from] ExecutorError),
+}
+
 /// Send on the blocks prefills completed this step: copied into the other worker's pool where
 /// the prefill has a device sink, else exported.
 fn ship_prefilled(engine: &mut Engine, st: &mut ThreadState<'_>) {
     let block_bytes = engine.block_layout().map_or(0, |l| l.block_bytes());
     for p in engine.take_prefilled() {
-        let device = st.sinks.get(&p.id).and_then(|s| s.device.clone());
-        let (data, shipped) = match (&device, engine.device_pool()) {
-            (Some(sink), Some(own)) => {
-                let copied = sink.copy(&*own, p.first, &p.blocks).map_err(|e| e.to_string());
-                if copied.is_ok() {
+        // Nobody waits for a cancelled prefill's blocks: let them go unshipped.
+        let Some(sink) = st.sinks.get(&p.id) else {
+            engine.release_prefilled(&p);
+            continue;
+        };
+        let copied = sink.device.is_some();
+        let (data, shipped) = match (&sink.device, engine.device_pool()) {
+            (Some(device), Some(own)) => {
+                let done = device.copy(&*own, p.first, &p.blocks).map_err(ShipError::from);
+                if done.is_ok() {
                     let bytes = (p.blocks.len() * block_bytes) as u64;
                     metrics::counter!("armature_transfer_bytes_total", "direction" => "out", "path" => "device")
                         .increment(bytes);
                 }
-                (st.buffers.take(0), copied)
+                (st.buffers.take(0), done)
             }
-            (Some(_), None) => (st.buffers.take(0), Err("this engine has no device pool".to_string())),
+            (Some(_), None) => (st.buffers.take(0), Err(ShipError::NoPool)),
             (None, _) => {
                 let mut data = st.buffers.take(p.blocks.len() * block_bytes);
-                let exported = engine.export_blocks(&p.blocks, &mut data).map_err(|e| e.to_string());
+                let exported = engine.export_blocks(&p.blocks, &mut data).map_err(ShipError::from);
                 (data, exported)
             }
         };
         engine.release_prefilled(&p);
-        let Some(sink) = st.sinks.get(&p.id) else { continue };
         match shipped {
             Ok(()) => {
-                let copied = device.is_some();
                 let chunk = PrefillChunk { first: p.first, hashes: p.hashes, data, copied, done: p.done };
                 if sink.chunks.send(chunk).is_err() || p.done {
                     st.sinks.remove(&p.id);
