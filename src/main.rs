@@ -335,22 +335,29 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            runtime::telemetry::init_logging(config.telemetry.log_format);
             let plan = NodePlan::whole(&config, http_port);
-            run_node(config, plan, None, None).await
+            let Some(tracing) = start_telemetry(&config, &plan.name) else {
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            let served = run_node(config, plan, None, None).await;
+            stop_telemetry(tracing).await;
+            served
         }
         Command::Node { name, config: path, http_port, exit_on_stdin_close } => {
             let config = match load(Some(&path)) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            runtime::telemetry::init_logging(config.telemetry.log_format);
             let plan = match NodePlan::node(&config, &name, http_port) {
                 Ok(p) => p,
                 Err(e) => {
+                    runtime::telemetry::init_logging(config.telemetry.log_format);
                     eprintln!("error: {e}");
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
+            };
+            let Some(tracing) = start_telemetry(&config, &plan.name) else {
+                return Ok(ExitCode::from(EXIT_CONFIG));
             };
             let mut stdin_rx = None;
             if exit_on_stdin_close {
@@ -363,7 +370,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     let _ = stdin_tx.blocking_send(());
                 });
             }
-            run_node(config, plan, Some(name), stdin_rx).await
+            let served = run_node(config, plan, Some(name), stdin_rx).await;
+            stop_telemetry(tracing).await;
+            served
         }
         Command::Bench {
             command:
@@ -744,6 +753,27 @@ fn start_data_plane(
 
 /// Start the control plane (for a node of a multi-node topology), then the supervised actors, and
 /// run until a signal, stdin closing, or the supervisor giving up.
+/// Logs, metrics and (with `telemetry.otlp_endpoint`) trace export for node `node`; None, after
+/// saying why, when the exporter cannot start. The inner None: no trace export.
+fn start_telemetry(config: &ClusterConfig, node: &str) -> Option<Option<runtime::trace::Tracing>> {
+    match runtime::telemetry::init(&config.telemetry, node) {
+        Ok(tracing) => Some(tracing),
+        Err(e) => {
+            runtime::telemetry::init_logging(config.telemetry.log_format);
+            eprintln!("error: telemetry.otlp_endpoint: {:#}", anyhow::Error::new(e));
+            None
+        }
+    }
+}
+
+/// Send the spans still buffered before the process ends (off the runtime's threads, which the
+/// exports run on).
+async fn stop_telemetry(tracing: Option<runtime::trace::Tracing>) {
+    if let Some(t) = tracing {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+}
+
 async fn run_node(
     config: ClusterConfig,
     plan: NodePlan,

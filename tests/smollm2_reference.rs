@@ -141,6 +141,7 @@ fn greedy_decoding_continues_with_paris_like_llama_cpp() {
     engine.submit(GenerateRequest {
         id: RequestId("g".into()),
         tag: None,
+        trace: None,
         prompt_tokens: prompt.clone(),
         sampling: SamplingParams { max_tokens: want.len() as u32, ..Default::default() },
     });
@@ -216,6 +217,7 @@ fn run_engine(
         engine.submit(GenerateRequest {
             id: RequestId(i.to_string()),
             tag: None,
+            trace: None,
             prompt_tokens: p.clone(),
             sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
         });

@@ -74,6 +74,7 @@ fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32, constraint: Opti
     GenerateRequest {
         id: RequestId(format!("bench-{id}")),
         tag: None,
+        trace: None,
         prompt_tokens,
         sampling: SamplingParams {
             max_tokens,

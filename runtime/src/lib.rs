@@ -11,6 +11,7 @@ pub mod node;
 pub mod scrape;
 pub mod supervision;
 pub mod telemetry;
+pub mod trace;
 
 // The shared vocabulary lives in `vocab` (no runtime, so the decision cores and the simulator can
 // use it); it is re-exported here so the runtime's users name one crate.

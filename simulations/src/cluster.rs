@@ -221,6 +221,7 @@ pub fn run(config: &ClusterConfig, trace: &[TraceRequest]) -> ClusterRun {
                 let req = GenerateRequest {
                     id: id.clone(),
                     tag: None,
+                    trace: None,
                     prompt_tokens: tokens,
                     sampling: SamplingParams {
                         max_tokens: r.output_tokens.max(1),

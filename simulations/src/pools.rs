@@ -466,6 +466,7 @@ impl Sim<'_> {
             let req = GenerateRequest {
                 id: RequestId(id),
                 tag: None,
+                trace: None,
                 prompt_tokens: r.prompt.clone(),
                 sampling: SamplingParams { max_tokens, ignore_eos: true, ..Default::default() },
             };
@@ -545,6 +546,7 @@ impl Sim<'_> {
         let req = GenerateRequest {
             id: RequestId(format!("d{i}")),
             tag: None,
+            trace: None,
             prompt_tokens: tokens,
             sampling: SamplingParams { max_tokens: r.output - 1, ignore_eos: true, ..Default::default() },
         };

@@ -391,11 +391,17 @@ impl DataPlane {
             None => Vec::new(),
         };
         while conns.len() < self.config.connections.max(1) {
-            let connecting = if peer.addr.ip().is_loopback() {
-                self.endpoint.connect_with(self.loopback_client.clone(), peer.addr, &server_name(&peer.node))
-            } else {
-                self.endpoint.connect(peer.addr, &server_name(&peer.node))
-            };
+            // quinn's connection driver keeps the span current where it starts, for the
+            // connection's life: a root span of the link, not the request that opened it (whose
+            // span would then never close, nor be exported).
+            let link = tracing::info_span!(parent: None, "kv_link", peer = %peer.node);
+            let connecting = link.in_scope(|| {
+                if peer.addr.ip().is_loopback() {
+                    self.endpoint.connect_with(self.loopback_client.clone(), peer.addr, &server_name(&peer.node))
+                } else {
+                    self.endpoint.connect(peer.addr, &server_name(&peer.node))
+                }
+            });
             let connecting = connecting.map_err(|e| TransportError::Connect {
                 peer: format!("{} ({})", peer.node, peer.addr),
                 detail: e.to_string(),

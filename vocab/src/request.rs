@@ -140,8 +140,23 @@ pub struct GenerateRequest {
     /// The client's `x-request-id`, carried for logs on every node the request touches.
     #[serde(default)]
     pub tag: Option<String>,
+    /// The trace it belongs to (W3C trace context), so that the spans of every node it touches
+    /// join the client's trace; None when it is not traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
     pub prompt_tokens: Vec<u32>,
     pub sampling: SamplingParams,
+}
+
+/// A span's W3C trace context (`traceparent` and `tracestate`, as the HTTP headers spell them),
+/// carried in the messages a request's work crosses nodes with. The receiving node parses it
+/// again (`runtime::trace`): one it cannot read starts no parent, as the W3C spec says of a bad
+/// header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracestate: String,
 }
 
 /// A request as the gateway hands it to its decode (or aggregated) worker.
@@ -171,6 +186,9 @@ pub struct PrefillRequest {
     /// What the decode worker runs: blocks move only between equal models and layouts.
     pub model: u64,
     pub layout: crate::kv::BlockLayout,
+    /// The decode worker's transfer span, which the prefill worker's spans join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// How a prefill for another worker ended.

@@ -47,6 +47,10 @@ mod tests {
         let req = GenerateRequest {
             id: RequestId("r1".into()),
             tag: Some("client-7".into()),
+            trace: Some(crate::request::TraceContext {
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: String::new(),
+            }),
             prompt_tokens: vec![1, 2, 3],
             sampling: SamplingParams { stop: vec!["\n".into()], ..Default::default() },
         };

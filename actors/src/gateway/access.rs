@@ -11,7 +11,8 @@
 //! no token came), `duration_ms`, `worker` (the last one placed on), `prefill` (the prefill worker
 //! of a disaggregated attempt), `workers` (every worker placed on, in order), `attempts`,
 //! `migrations`, `outcome`: `stop`, `length`, `stop_sequence`, `client_gone`, or `failed` with
-//! `error` naming the kind (`unavailable`, `queue_timeout`, `overloaded`, `invalid`).
+//! `error` naming the kind (`unavailable`, `queue_timeout`, `overloaded`, `invalid`), and
+//! `trace_id` when the request's spans are exported (`telemetry.otlp_endpoint`).
 
 use std::time::{Duration, Instant};
 
@@ -64,12 +65,22 @@ pub struct Access {
     pub workers: Vec<WorkerId>,
     pub prefill: Option<WorkerId>,
     pub outcome: Option<Outcome>,
+    /// The request's span (`gateway.generate`): the line names its trace, and the span gets the
+    /// line's outcome and counts.
+    pub span: tracing::Span,
 }
 
 impl Access {
     pub fn new(started: Instant, path: String, model: String, key: Option<String>, prompt_tokens: u32) -> Self {
         let (first_token, usage, workers, prefill, outcome) = (None, None, Vec::new(), None, None);
-        Self { started, path, model, key, prompt_tokens, first_token, usage, workers, prefill, outcome }
+        let span = tracing::Span::none();
+        Self { started, path, model, key, prompt_tokens, first_token, usage, workers, prefill, outcome, span }
+    }
+
+    /// The request's span.
+    pub fn traced(mut self, span: tracing::Span) -> Self {
+        self.span = span;
+        self
     }
 
     pub fn placed(&mut self, worker: &WorkerId, prefill: Option<&WorkerId>) {
@@ -116,8 +127,18 @@ impl Access {
             migrations,
             outcome,
             error,
+            trace_id = runtime::trace::trace_id(&self.span),
             "access"
         );
+        let span = &self.span;
+        span.record("completion_tokens", usage.completion_tokens);
+        span.record("cached_tokens", usage.cached_tokens);
+        span.record("attempts", attempts);
+        span.record("migrations", migrations);
+        span.record("outcome", outcome);
+        if error.is_some() {
+            span.record("otel.status_code", "ERROR");
+        }
     }
 }
 

@@ -252,9 +252,7 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let (bytes, incoming) = http::accept(&gw, req).await?;
     let parsed = {
         let gw = gw.clone();
-        tokio::task::spawn_blocking(move || parse(&bytes, &gw.model, false))
-            .await
-            .map_err(|_| ApiError::unavailable("The request could not be read."))??
+        http::off_runtime(move || parse(&bytes, &gw.model, false)).await??
     };
     let stream = parsed.stream;
     let prompt_tokens = parsed.prompt_tokens.len() as u32;
@@ -401,9 +399,7 @@ pub async fn count_tokens(State(gw): State<Arc<Gateway>>, req: Request) -> Respo
     let counted = async {
         let (bytes, _) = http::accept(&gw, req).await?;
         let gw = gw.clone();
-        tokio::task::spawn_blocking(move || parse(&bytes, &gw.model, true))
-            .await
-            .map_err(|_| ApiError::unavailable("The request could not be read."))?
+        http::off_runtime(move || parse(&bytes, &gw.model, true)).await?
     };
     match counted.await {
         Ok(p) => axum::Json(json!({ "input_tokens": p.prompt_tokens.len() })).into_response(),

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use policy::lifecycle::{Failure, Lifecycle, LifecycleConfig, Note, Output};
 use runtime::ids::{RequestId, WorkerId};
 use runtime::request::{GenerateRequest, PollRequest, StreamEvent, Submission};
+use runtime::trace::TARGET;
 use tokio::sync::mpsc;
+use tracing::{Instrument, Span, field};
 
 use super::Gateway;
 use super::access::{Access, Outcome};
@@ -53,6 +55,9 @@ fn api_error(failure: Failure) -> ApiError {
 }
 
 /// Drive `req` to its end, sending events (or one error) to `tx`; the access line at the end.
+/// Its spans (`runtime::trace`) are children of `access.span`: one per placement
+/// (`router.place`), per attempt (`gateway.attempt`, whose context the worker's spans join),
+/// and the stream from the first token on (`gateway.stream`).
 pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut access: Access) {
     let _inflight = gw.node.inflight_guard();
     let epoch = Instant::now();
@@ -63,6 +68,9 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
     let mut placements: HashMap<WorkerId, Placement> = HashMap::new();
     // The worker of the latest attempt, for the logs (the lifecycle has moved on when it notes a failure).
     let mut last_worker: Option<WorkerId> = None;
+    let generate = access.span.clone();
+    // The span of the attempt running now, and of the stream once a token came.
+    let (mut attempt_span, mut stream_span): (Option<Span>, Option<Span>) = (None, None);
     loop {
         while let Some(output) = life.poll() {
             match output {
@@ -71,7 +79,18 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                     // because it trusts no hashes from another node and a migrated prompt
                     // changes (docs/design.md#block-hashes).
                     let hashes = gw.hasher.sequence_hashes(&life.request().prompt_tokens);
-                    let placement = place(&life.request().id, hashes, avoid, gw.model_identity).await;
+                    let span = tracing::info_span!(target: TARGET, parent: &generate, "router.place",
+                        prompt_blocks = hashes.len(), avoid = avoid.len(), worker = field::Empty,
+                        prefill = field::Empty, onboard = field::Empty);
+                    let placement =
+                        place(&life.request().id, hashes, avoid, gw.model_identity).instrument(span.clone()).await;
+                    if let Some(p) = &placement {
+                        span.record("worker", field::display(&p.worker.id));
+                        if let Some(from) = &p.prefill {
+                            span.record("prefill", field::display(from));
+                        }
+                        span.record("onboard", p.onboard.is_some());
+                    }
                     let worker = placement.as_ref().map(|p| p.worker.id.clone());
                     if let Some(p) = placement {
                         placements.insert(p.worker.id.clone(), p);
@@ -88,12 +107,19 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                     // prefill worker or a cache tier would say nothing of its logits.
                     let whole = life.request().sampling.prompt_logprobs.is_some();
                     access.placed(&worker, p.prefill.as_ref().filter(|_| !whole));
+                    let span = tracing::info_span!(target: TARGET, parent: &generate, "gateway.attempt",
+                        otel.kind = "client", worker = %worker, attempt = life.attempt(), admission = field::Empty);
+                    let mut request = life.request().clone();
+                    request.trace = runtime::trace::outgoing(&span, request.trace.as_ref());
                     let submission = Submission {
-                        request: life.request().clone(),
+                        request,
                         prefill_from: p.prefill.clone().filter(|_| !whole),
                         onboard: p.onboard.clone().filter(|_| !whole),
                     };
-                    match p.worker.submit(submission, gw.config.worker_timeout.get()).await {
+                    let submitted = p.worker.submit(submission, gw.config.worker_timeout.get()).await;
+                    span.record("admission", field::debug(&submitted.as_ref().map_err(|_| "no answer")));
+                    attempt_span = Some(span);
+                    match submitted {
                         Ok(admission) => life.handle_admission(now(), admission),
                         Err(e) => life.handle_worker_failed(now(), &worker, format!("submit failed: {e}")),
                     }
@@ -105,6 +131,9 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                 }
                 Output::FirstToken { .. } => {
                     access.first_token.get_or_insert_with(Instant::now);
+                    stream_span.get_or_insert_with(
+                        || tracing::info_span!(target: TARGET, parent: &generate, "gateway.stream"),
+                    );
                     if let Some(r) = RouterHandle::local() {
                         r.first_token(id.clone());
                     }
@@ -124,6 +153,7 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                     }
                 }
                 Output::Ended { .. } => {
+                    attempt_span = None;
                     if let Some(r) = RouterHandle::local() {
                         r.finished(id.clone());
                     }
@@ -135,6 +165,11 @@ pub async fn drive(gw: Arc<Gateway>, req: GenerateRequest, tx: EventTx, mut acce
                 Output::Note(note) => {
                     if matches!(note, Note::ClientGone) {
                         access.ended(Outcome::ClientGone);
+                    }
+                    if let Note::AttemptFailed { why, .. } | Note::Migration { why } = &note {
+                        let on = attempt_span.as_ref().unwrap_or(&generate);
+                        let migrates = matches!(note, Note::Migration { .. });
+                        tracing::warn!(target: TARGET, parent: on, why = %why, migrates, "attempt failed");
                     }
                     record(&id, last_worker.as_ref(), life.migrations(), note);
                 }

@@ -102,6 +102,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// The routes that generate, whose requests are traced (`runtime::trace`).
+const GENERATION_PATHS: [&str; 4] = ["/v1/chat/completions", "/v1/completions", "/v1/messages", "/v1/responses"];
+
 async fn request_id(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -116,7 +119,29 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     }
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("http", request_id = %id, method = %req.method(), path = %path);
-    let mut resp = next.run(req).instrument(span).await;
+    let mut resp = if GENERATION_PATHS.contains(&path.as_str()) {
+        // The request's server span: the root of its trace here, or a child of the client's.
+        let root = tracing::info_span!(
+            target: runtime::trace::TARGET,
+            "gateway.request",
+            otel.name = %format!("{} {path}", req.method()),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method(),
+            http.route = %path,
+            http.response.status_code = tracing::field::Empty,
+            armature.request_id = %id,
+        );
+        runtime::trace::set_parent(&root, runtime::trace::from_headers(req.headers()).as_ref());
+        let resp = next.run(req).instrument(span).instrument(root.clone()).await;
+        root.record("http.response.status_code", resp.status().as_u16());
+        if resp.status().is_server_error() {
+            root.record("otel.status_code", "ERROR");
+        }
+        resp
+    } else {
+        next.run(req).instrument(span).await
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -171,16 +196,13 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    // Tokenizing and templating take a while on long prompts: off the async runtime, so that
-    // health checks and streams on the same threads are not held up.
     let parse = {
         let gw = gw.clone();
-        tokio::task::spawn_blocking(move || openai::parse(endpoint, &bytes, &gw.model))
+        off_runtime(move || openai::parse(endpoint, &bytes, &gw.model))
     };
     let parsed = match parse.await {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return e.into_response(),
-        Err(_) => return ApiError::unavailable("The request could not be read.").into_response(),
+        Ok(Err(e)) | Err(e) => return e.into_response(),
     };
     let (stream, include_usage, n) = (parsed.stream, parsed.include_usage, parsed.n);
     let writer = || {
@@ -229,6 +251,16 @@ async fn complete(gw: Arc<Gateway>, endpoint: Endpoint, req: Request) -> Respons
     } else {
         choices::whole(meta, choices).await
     }
+}
+
+/// Run `read` (parsing a body: templating and tokenizing take a while on long prompts) off the
+/// async runtime, so that health checks and streams on the same threads are not held up; in a
+/// `gateway.parse` span.
+pub(super) async fn off_runtime<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let span = tracing::info_span!(target: runtime::trace::TARGET, "gateway.parse");
+    tokio::task::spawn_blocking(move || span.in_scope(read))
+        .await
+        .map_err(|_| ApiError::unavailable("The request could not be read."))
 }
 
 /// A request's start, before its body is parsed: when it came, its headers and its caller.
@@ -284,10 +316,27 @@ pub(super) async fn run(
     gw.node.latency.arrived(parsed.prompt_tokens.len());
     let (tx, mut rx): (EventTx, EventRx) = mpsc::channel(64);
     let tag = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let req = GenerateRequest { id: id.clone(), tag, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
+    // The client's trace context, carried on as it came when this node exports no spans.
+    let trace = runtime::trace::from_headers(&headers);
+    let req =
+        GenerateRequest { id: id.clone(), tag, trace, prompt_tokens: parsed.prompt_tokens, sampling: parsed.sampling };
     let key = caller.as_ref().map(|c| c.id.clone());
-    let access = super::access::Access::new(started, path, gw.model.name.clone(), key, req.prompt_tokens.len() as u32);
-    tokio::spawn(driver::drive(gw.clone(), req, tx, access).in_current_span());
+    let span = tracing::info_span!(
+        target: runtime::trace::TARGET,
+        "gateway.generate",
+        armature.request = %id,
+        prompt_tokens = req.prompt_tokens.len(),
+        max_tokens = req.sampling.max_tokens,
+        completion_tokens = tracing::field::Empty,
+        cached_tokens = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+        migrations = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let access = super::access::Access::new(started, path, gw.model.name.clone(), key, req.prompt_tokens.len() as u32)
+        .traced(span.clone());
+    tokio::spawn(driver::drive(gw.clone(), req, tx, access).instrument(span).in_current_span());
     // A stream starts as soon as a worker takes the request, so a request waiting in a queue has
     // its headers and keep-alives; errors before that get their own status.
     let first = loop {

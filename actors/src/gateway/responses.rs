@@ -381,9 +381,7 @@ async fn start(gw: Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let (bytes, incoming) = http::accept(&gw, req).await?;
     let (parsed, echo) = {
         let gw = gw.clone();
-        tokio::task::spawn_blocking(move || parse(&bytes, &gw.model))
-            .await
-            .map_err(|_| ApiError::unavailable("The request could not be read."))??
+        http::off_runtime(move || parse(&bytes, &gw.model)).await??
     };
     let stream = parsed.stream;
     let tools = parsed.tools.as_ref().map(Reading::of);

@@ -55,9 +55,7 @@ pub async fn tokenize(State(gw): State<Arc<Gateway>>, req: Request) -> Response 
     let result = async {
         let (bytes, _) = http::accept(&gw, req).await?;
         let gw = gw.clone();
-        tokio::task::spawn_blocking(move || tokens(&gw, &bytes).map(|t| (t, gw.model.context_length)))
-            .await
-            .map_err(|_| ApiError::unavailable("The request could not be read."))?
+        http::off_runtime(move || tokens(&gw, &bytes).map(|t| (t, gw.model.context_length))).await?
     };
     match result.await {
         Ok((t, context)) => {

@@ -18,6 +18,9 @@ use runtime::request::{
 
 use super::disagg::{self, Disagg};
 use super::onboard::{TierAccess, onboard_then_run};
+use runtime::trace::TARGET;
+use tracing::{Instrument, Span};
+
 use crate::protocol::{KvPublisher, WorkerMsg};
 
 /// Longest a poll may wait for output before answering with nothing.
@@ -113,13 +116,22 @@ impl Actor for WorkerActor {
         match msg {
             WorkerMsg::Submit(sub, reply) => {
                 let (id, tag) = (sub.request.id.clone(), sub.request.tag.clone());
-                let admission = state.admit(sub);
+                let span = request_span(&state.id, &sub);
+                let admission = state.admit(sub, &span);
+                span.record("admission", tracing::field::debug(&admission));
                 tracing::debug!(worker = %state.id, request = %id, tag = tag.as_deref().unwrap_or(""), ?admission, "submit");
                 let _ = reply.send(admission);
             }
             WorkerMsg::Prefill(request, reply) => match &state.disagg {
                 Some(d) => {
-                    tokio::spawn(disagg::serve_prefill(state.engine.clone(), d.plane.clone(), request, reply));
+                    let span = tracing::info_span!(target: TARGET, "worker.prefill", otel.kind = "server",
+                        worker = %state.id, armature.request = %request.id, tokens = request.tokens.len(),
+                        skip = request.skip, to = %request.to_node, route = tracing::field::Empty,
+                        blocks = tracing::field::Empty, otel.status_code = tracing::field::Empty,
+                        error = tracing::field::Empty);
+                    runtime::trace::set_parent(&span, request.trace.as_ref());
+                    let serve = disagg::serve_prefill(state.engine.clone(), d.plane.clone(), request, reply);
+                    tokio::spawn(serve.instrument(span));
                 }
                 None => {
                     let _ = reply.send(PrefillReply::Failed(format!("worker {} has no data plane", state.id)));
@@ -165,6 +177,18 @@ impl Actor for WorkerActor {
     }
 }
 
+/// A submitted request's span on this worker (`worker.request`), a child of the span that
+/// submitted it.
+fn request_span(worker: &WorkerId, sub: &Submission) -> Span {
+    let span = tracing::info_span!(target: TARGET, "worker.request", otel.kind = "server", worker = %worker,
+        armature.request = %sub.request.id, prompt_tokens = sub.request.prompt_tokens.len(),
+        prefill = sub.prefill_from.as_ref().map(ToString::to_string), onboard = sub.onboard.is_some(),
+        admission = tracing::field::Empty, finish = tracing::field::Empty, completion_tokens = tracing::field::Empty,
+        cached_tokens = tracing::field::Empty, otel.status_code = tracing::field::Empty, error = tracing::field::Empty);
+    runtime::trace::set_parent(&span, sub.request.trace.as_ref());
+    span
+}
+
 impl WorkerState {
     /// Publish the pool's new KV events, or a heartbeat when there are none for a while.
     fn publish_kv(&mut self) {
@@ -177,7 +201,8 @@ impl WorkerState {
         }
     }
 
-    fn admit(&self, sub: Submission) -> Admission {
+    /// Take `sub` or say why not; an accepted request is traced under `span`.
+    fn admit(&self, sub: Submission, span: &Span) -> Admission {
         let req: GenerateRequest = sub.request;
         if self.draining {
             return Admission::Unavailable(format!("worker {} is draining", self.id));
@@ -197,7 +222,11 @@ impl WorkerState {
             if let Err(reason) = self.engine.open(&req.id) {
                 return Admission::Unavailable(reason.to_string());
             }
-            tokio::spawn(disagg::prefill_remotely(self.engine.clone(), d.clone(), req, from));
+            self.engine.outputs().trace(&req.id, span.clone());
+            let fetch = tracing::info_span!(target: TARGET, parent: span, "kv.fetch", prefill = %from,
+                route = tracing::field::Empty, blocks = tracing::field::Empty, skipped = tracing::field::Empty,
+                outcome = tracing::field::Empty);
+            tokio::spawn(disagg::prefill_remotely(self.engine.clone(), d.clone(), req, from).instrument(fetch));
             return Admission::Accepted;
         }
         if let (Some(hint), Some(t)) = (sub.onboard, &self.tiers)
@@ -206,10 +235,17 @@ impl WorkerState {
             if let Err(reason) = self.engine.open(&req.id) {
                 return Admission::Unavailable(reason.to_string());
             }
-            tokio::spawn(onboard_then_run(self.engine.clone(), t.clone(), req, hint));
+            self.engine.outputs().trace(&req.id, span.clone());
+            let onboard = tracing::info_span!(target: TARGET, parent: span, "tier.onboard", tier = %hint.source,
+                blocks = tracing::field::Empty, outcome = tracing::field::Empty);
+            tokio::spawn(onboard_then_run(self.engine.clone(), t.clone(), req, hint).instrument(onboard));
             return Admission::Accepted;
         }
-        match self.engine.submit(req) {
+        if let Err(reason) = self.engine.open(&req.id) {
+            return Admission::Unavailable(reason.to_string());
+        }
+        self.engine.outputs().trace(&req.id, span.clone());
+        match self.engine.submit_opened(req) {
             Ok(()) => Admission::Accepted,
             Err(reason) => Admission::Unavailable(reason.to_string()),
         }

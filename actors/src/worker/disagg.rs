@@ -22,6 +22,9 @@ use runtime::request::{GenerateRequest, PrefillReply, PrefillRequest};
 use transport::frame::{Frame, FrameHeader};
 use transport::{DataPlane, PeerAddr};
 
+use runtime::trace::TARGET;
+use tracing::Span;
+
 use super::device_route::{self, KvRoute, Offer};
 use crate::protocol::WorkerMsg;
 
@@ -83,8 +86,20 @@ pub struct Disagg {
 /// scratch if the transfer failed). The request's outbox is already open.
 pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: GenerateRequest, from: WorkerId) {
     let started = Instant::now();
-    match fetch(&engine, &d, &req, &from).await {
+    let span = Span::current();
+    let fetched = fetch(&engine, &d, &req, &from).await;
+    span.record(
+        "outcome",
+        match &fetched {
+            Ok(_) => "transferred",
+            Err(_) if !engine.outputs().is_open(&req.id) => "cancelled",
+            Err(_) => "fallback",
+        },
+    );
+    match fetched {
         Ok(Fetched { received, skipped }) => {
+            span.record("blocks", received);
+            span.record("skipped", skipped);
             metrics::counter!("armature_disagg_requests_total", "outcome" => "transferred").increment(1);
             metrics::counter!("armature_kv_transfer_blocks_total").increment(received as u64);
             metrics::counter!("armature_kv_transfer_blocks_skipped_total").increment(skipped as u64);
@@ -96,6 +111,7 @@ pub async fn prefill_remotely(engine: Arc<EngineHandle>, d: Arc<Disagg>, req: Ge
             tracing::debug!(request = %req.id, prefill = %from, "transfer stopped: {why}");
         }
         Err(why) => {
+            tracing::warn!(target: TARGET, error = %why, "remote prefill failed, computing locally");
             metrics::counter!("armature_disagg_requests_total", "outcome" => "fallback").increment(1);
             tracing::warn!(request = %req.id, prefill = %from, "remote prefill failed, computing locally: {why}");
         }
@@ -147,6 +163,7 @@ async fn fetch(
         to_addr: d.plane.local_addr().to_string(),
         model: engine.model_fingerprint(),
         layout,
+        trace: runtime::trace::outgoing(&Span::current(), req.trace.as_ref()),
     };
     let worker = discovery::worker(from).map(ActorRef::<WorkerMsg>::from);
     let Some(worker) = worker else {
@@ -158,6 +175,7 @@ async fn fetch(
         .device_pool()
         .filter(|_| d.device_copies)
         .map(|pool| device_route::offer(transfer, pool.clone(), have, fresh.clone()));
+    Span::current().record("route", if offer.is_some() { "offered device copies" } else { "frames" });
     let expected = Expected { hashes: &hashes, fresh: &fresh, have, layout };
     let received = receive(engine, d, inbox, request, &worker, expected, offer.as_ref()).await;
     // No copy into the reserved blocks runs once the offer is gone: then they may be reused.
@@ -297,12 +315,16 @@ pub async fn serve_prefill(
     let outcome = stream_prefill(&engine, &plane, request).await;
     let label = if outcome.is_ok() { "sent" } else { "failed" };
     metrics::counter!("armature_prefill_remote_total", "outcome" => label).increment(1);
+    let span = Span::current();
     let answer = match outcome {
         Ok(blocks) => {
+            span.record("blocks", blocks);
             metrics::counter!("armature_kv_transfer_blocks_sent_total").increment(u64::from(blocks));
             PrefillReply::Sent { blocks }
         }
         Err(why) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(&why));
             tracing::warn!(request = %id, "prefill for another worker failed: {why}");
             engine.cancel(&id);
             PrefillReply::Failed(why.to_string())
@@ -326,6 +348,7 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
         }
         KvRoute::Frames => None,
     };
+    Span::current().record("route", if device.is_some() { "device" } else { "frames" });
     let mut chunks = engine.prefill(r.id.clone(), r.tokens, r.skip as usize, device);
     let mut sent = 0u32;
     while let Some(chunk) = chunks.recv().await {
@@ -363,6 +386,7 @@ async fn stream_prefill(engine: &EngineHandle, plane: &Arc<DataPlane>, r: Prefil
             }
         }
         sent += n as u32;
+        tracing::info!(target: TARGET, first = chunk.first, blocks = n, copied = chunk.copied, "kv blocks sent");
         if chunk.done {
             return Ok(sent);
         }

@@ -102,7 +102,14 @@ pub async fn onboard_then_run(
     hint: OnboardHint,
 ) {
     let tier = if hint.source.node == access.node { hint.kind.name() } else { "remote" };
-    match onboard(&engine, &access, &req, &hint).await {
+    let onboarded = onboard(&engine, &access, &req, &hint).await;
+    let span = tracing::Span::current();
+    match &onboarded {
+        Ok(0) => span.record("outcome", "skipped"),
+        Ok(n) => span.record("outcome", "onboarded").record("blocks", n),
+        Err(_) => span.record("outcome", "failed"),
+    };
+    match onboarded {
         Ok(0) => {
             metrics::counter!("armature_cache_onboard_total", "tier" => tier, "outcome" => "skipped").increment(1);
         }

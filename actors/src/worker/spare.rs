@@ -170,6 +170,7 @@ mod tests {
         let request = GenerateRequest {
             id: RequestId("boom".into()),
             tag: None,
+            trace: None,
             prompt_tokens: TestTokenizer::default().encode(TEST_PANIC_MARKER),
             sampling: SamplingParams { max_tokens: 2, ..Default::default() },
         };

@@ -364,6 +364,7 @@ fn the_engine_on_cuda_samples_on_the_device_deterministically() {
         engine.submit(runtime::request::GenerateRequest {
             id: runtime::ids::RequestId("r".into()),
             tag: None,
+            trace: None,
             prompt_tokens: prompt,
             sampling,
         });

@@ -25,6 +25,7 @@ fn request(id: &str, prompt: &str) -> GenerateRequest {
     GenerateRequest {
         id: RequestId(id.into()),
         tag: None,
+        trace: None,
         prompt_tokens: TestTokenizer::default().encode(prompt),
         sampling: SamplingParams { max_tokens: 6, temperature: 0.0, ..Default::default() },
     }

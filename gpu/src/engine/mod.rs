@@ -253,7 +253,7 @@ impl Engine {
         if tokens.is_empty() || !tokens.len().is_multiple_of(self.limits.block_size) {
             return Err(RequestError::NotWholeBlocks { block_size: self.limits.block_size });
         }
-        let req = GenerateRequest { id, tag: None, prompt_tokens: tokens, sampling: Default::default() };
+        let req = GenerateRequest { id, tag: None, trace: None, prompt_tokens: tokens, sampling: Default::default() };
         Self::check(&self.limits, &req)?;
         self.check_vocab(&req.prompt_tokens)?;
         let mut seq = Sequence::new(req);

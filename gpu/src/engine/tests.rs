@@ -30,6 +30,7 @@ fn req(id: &str, prompt: &str, sampling: SamplingParams) -> GenerateRequest {
     GenerateRequest {
         id: RequestId(id.into()),
         tag: None,
+        trace: None,
         prompt_tokens: TestTokenizer::default().encode(prompt),
         sampling,
     }
@@ -333,6 +334,7 @@ fn a_constrained_request_resumed_after_its_fifth_token_still_matches() {
         e.submit(GenerateRequest {
             id: RequestId("a".into()),
             tag: None,
+            trace: None,
             prompt_tokens: prompt.clone(),
             sampling: sampling.clone(),
         });
@@ -346,7 +348,13 @@ fn a_constrained_request_resumed_after_its_fifth_token_still_matches() {
             Some(Box::new(Constraint { grammar: Grammar::JsonSchema(SCHEMA.into()), consumed: ids[..5].to_vec() }));
         let mut e = engine(2);
         let resumed = [prompt.clone(), ids[..5].to_vec()].concat();
-        e.submit(GenerateRequest { id: RequestId("b".into()), tag: None, prompt_tokens: resumed, sampling: rest });
+        e.submit(GenerateRequest {
+            id: RequestId("b".into()),
+            tag: None,
+            trace: None,
+            prompt_tokens: resumed,
+            sampling: rest,
+        });
         let (tail, _) = text_and_ids(&events_by_id(&mut e)["b"]);
         let text = TestTokenizer::default().decode(&ids[..5]) + &tail;
         assert!(matches_schema(&text), "seed {seed}: {text:?}");
@@ -595,6 +603,7 @@ fn token_ids_outside_the_vocabulary_are_refused() {
     let bad = GenerateRequest {
         id: RequestId("bad".into()),
         tag: None,
+        trace: None,
         prompt_tokens: vec![5, 100_000],
         sampling: greedy(2),
     };

@@ -12,6 +12,7 @@ use runtime::buffers::{Buffer, BufferPool};
 use runtime::ids::RequestId;
 use runtime::kv::{BlockLayout, KvDump, KvEventRecord, WorkerLoad};
 use runtime::request::{GenerateRequest, StreamEvent, WorkerFailure};
+use runtime::trace::TARGET;
 use tokio::sync::{Notify, mpsc as tmpsc, oneshot};
 
 use super::{Engine, EngineError, Reservation};
@@ -116,6 +117,39 @@ struct Outbox {
     events: Vec<StreamEvent>,
     done: bool,
     notify: Arc<Notify>,
+    /// The request's spans, when it is traced.
+    trace: Option<Box<Traced>>,
+}
+
+/// A traced request's span (`worker.request`, which ends with its last event) and the span of
+/// its phase on the engine: `engine.prefill` from its submission to the engine (its queue and its
+/// uncached prompt) to its first token, then `engine.decode`.
+struct Traced {
+    request: tracing::Span,
+    phase: Option<tracing::Span>,
+    decoding: bool,
+}
+
+impl Traced {
+    /// Follow the request's phases through `event`.
+    fn saw(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Delta { .. } | StreamEvent::Scored { .. } if !self.decoding => {
+                self.decoding = true;
+                self.phase = Some(tracing::info_span!(target: TARGET, parent: &self.request, "engine.decode"));
+            }
+            StreamEvent::Finished { reason, usage } => {
+                self.request.record("finish", tracing::field::debug(reason));
+                self.request.record("completion_tokens", usage.completion_tokens);
+                self.request.record("cached_tokens", usage.cached_tokens);
+            }
+            StreamEvent::Failed(failure) => {
+                self.request.record("otel.status_code", "ERROR");
+                self.request.record("error", tracing::field::display(failure));
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -151,21 +185,52 @@ impl Outputs {
         if let Some(reason) = &inner.closed {
             return Err(EngineError::Stopped(reason.clone()));
         }
-        inner.boxes.insert(id.clone(), Outbox { events: Vec::new(), done: false, notify: Arc::new(Notify::new()) });
+        let notify = Arc::new(Notify::new());
+        inner.boxes.insert(id.clone(), Outbox { events: Vec::new(), done: false, notify, trace: None });
         Ok(())
+    }
+
+    /// Trace an open request under `span` (which closes with its last event); a disabled span
+    /// traces nothing.
+    pub fn trace(&self, id: &RequestId, span: tracing::Span) {
+        if span.is_disabled() {
+            return;
+        }
+        if let Some(b) = self.lock().boxes.get_mut(id) {
+            b.trace = Some(Box::new(Traced { request: span, phase: None, decoding: false }));
+        }
+    }
+
+    /// The request went to the engine: its prefill phase starts.
+    fn submitted(&self, id: &RequestId) {
+        if let Some(t) = self.lock().boxes.get_mut(id).and_then(|b| b.trace.as_mut()) {
+            t.phase = Some(tracing::info_span!(target: TARGET, parent: &t.request, "engine.prefill"));
+        }
     }
 
     fn push(&self, id: &RequestId, event: StreamEvent) {
         let mut inner = self.lock();
         if let Some(b) = inner.boxes.get_mut(id) {
             b.done |= event.is_terminal();
+            if let Some(t) = &mut b.trace {
+                t.saw(&event);
+            }
+            if b.done {
+                b.trace = None;
+            }
             b.events.push(event);
             b.notify.notify_one();
         }
     }
 
     fn remove(&self, id: &RequestId) -> bool {
-        self.lock().boxes.remove(id).is_some()
+        let removed = self.lock().boxes.remove(id);
+        if let Some(t) =
+            removed.as_ref().and_then(|b| b.trace.as_ref()).filter(|_| removed.as_ref().is_some_and(|b| !b.done))
+        {
+            t.request.record("finish", "cancelled");
+        }
+        removed.is_some()
     }
 
     /// Fail every open request and refuse new ones.
@@ -175,7 +240,11 @@ impl Outputs {
         for b in inner.boxes.values_mut() {
             if !b.done {
                 b.done = true;
-                b.events.push(StreamEvent::Failed(WorkerFailure::Crashed(reason.to_string())));
+                let failed = StreamEvent::Failed(WorkerFailure::Crashed(reason.to_string()));
+                if let Some(mut t) = b.trace.take() {
+                    t.saw(&failed);
+                }
+                b.events.push(failed);
                 b.notify.notify_one();
             }
         }
@@ -331,6 +400,7 @@ impl EngineHandle {
     /// Submit a request whose outbox is open.
     pub fn submit_opened(&self, req: GenerateRequest) -> Result<(), EngineError> {
         let id = req.id.clone();
+        self.outputs.submitted(&id);
         self.send_submission(req).map_err(|_| {
             self.outputs.remove(&id);
             EngineError::Gone

@@ -158,6 +158,7 @@ mod tests {
                 e.submit(runtime::request::GenerateRequest {
                     id: runtime::ids::RequestId("t".into()),
                     tag: None,
+                    trace: None,
                     prompt_tokens: ids.clone(),
                     sampling: runtime::request::SamplingParams {
                         max_tokens: 10,

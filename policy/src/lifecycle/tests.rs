@@ -10,6 +10,7 @@ fn request(max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         id: RequestId("r".into()),
         tag: None,
+        trace: None,
         prompt_tokens: vec![1, 2, 3],
         sampling: SamplingParams { max_tokens, ..Default::default() },
     }

@@ -368,7 +368,7 @@ impl Sim<'_> {
         debug_assert_eq!(self.requests.len(), i, "arrivals come in trace order");
         let expected = r.output_tokens.max(1);
         let sampling = SamplingParams { max_tokens: expected, ignore_eos: true, ..Default::default() };
-        let request = GenerateRequest { id: engine_id(i, 0), tag: None, prompt_tokens: prompt, sampling };
+        let request = GenerateRequest { id: engine_id(i, 0), tag: None, trace: None, prompt_tokens: prompt, sampling };
         self.requests.push(Request {
             life: Lifecycle::new(request, self.lifecycle, self.now),
             expected,

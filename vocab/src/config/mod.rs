@@ -1,6 +1,7 @@
 //! The `cluster.toml` schema: typed, unknown keys refused, errors that name the field path and value.
 
 mod keys;
+mod telemetry;
 mod units;
 mod validate;
 mod values;
@@ -13,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use keys::{ApiKey, KeysFile, sha256};
+pub use telemetry::{LogFormat, OtlpEndpoint, SampleRatio, TelemetrySection};
 pub use units::{ByteSize, HumanDuration};
 pub use values::{Device, HostPort, ModelSource, PlannerMode, UnknownName};
 
@@ -707,22 +709,6 @@ impl Default for SupervisionSection {
             restart_window: default_restart_window(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetrySection {
-    /// `text` or `json` (one JSON object per line). `ARMATURE_LOG_FORMAT` overrides it.
-    #[serde(default)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
