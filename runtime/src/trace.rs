@@ -92,7 +92,7 @@ where
         .with_timeout(timeout)
         .build()
         .map_err(|source| TraceError::Exporter { endpoint: url, source })?;
-    let batches = BatchConfigBuilder::default().with_scheduled_delay(section.export_interval()).build();
+    let batches = BatchConfigBuilder::default().with_scheduled_delay(section.otlp_export_interval.get()).build();
     let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batches).build();
     let resource = Resource::builder()
         .with_service_name(section.service_name.clone())

@@ -225,9 +225,8 @@ impl Outputs {
 
     fn remove(&self, id: &RequestId) -> bool {
         let removed = self.lock().boxes.remove(id);
-        if let Some(t) =
-            removed.as_ref().and_then(|b| b.trace.as_ref()).filter(|_| removed.as_ref().is_some_and(|b| !b.done))
-        {
+        // An outbox keeps its trace only until its last event.
+        if let Some(t) = removed.as_ref().and_then(|b| b.trace.as_ref()) {
             t.request.record("finish", "cancelled");
         }
         removed.is_some()

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -66,12 +65,6 @@ impl Default for TelemetrySection {
     }
 }
 
-impl TelemetrySection {
-    pub fn export_interval(&self) -> Duration {
-        self.otlp_export_interval.get()
-    }
-}
-
 /// An OTLP/HTTP receiver's address: `http://host:port`, to which `/v1/traces` is added, or a
 /// full URL with its own path, used as written. Plain `http` only: spans go to a collector on
 /// the node or its network, which forwards them on (over TLS where it must).
@@ -108,9 +101,11 @@ impl FromStr for OtlpEndpoint {
             .strip_prefix("http://")
             .ok_or_else(|| format!("\"{s}\" is not an http URL (e.g. \"http://127.0.0.1:4318\")"))?;
         let authority = rest.split('/').next().unwrap_or("");
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (h, Some(p)),
-            _ => (authority, None),
+        // An IPv6 host is bracketed (`[::1]:4318`): its colons are not the port's.
+        let host_end = if authority.starts_with('[') { authority.find(']').map_or(0, |i| i + 1) } else { 0 };
+        let (host, port) = match authority[host_end..].rfind(':') {
+            Some(i) => (&authority[..host_end + i], Some(&authority[host_end + i + 1..])),
+            None => (authority, None),
         };
         if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '@' || c == '?' || c == '#') {
             return Err(format!("\"{s}\" names no host"));
@@ -174,6 +169,8 @@ impl<'de> Deserialize<'de> for SampleRatio {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -183,6 +180,7 @@ mod tests {
         assert_eq!(e("http://collector:4318/").unwrap(), "http://collector:4318/v1/traces");
         assert_eq!(e("http://collector/otlp/v1/traces").unwrap(), "http://collector/otlp/v1/traces");
         assert_eq!(e("http://[::1]:4318").unwrap(), "http://[::1]:4318/v1/traces");
+        assert_eq!(e("http://[::1]").unwrap(), "http://[::1]/v1/traces");
     }
 
     #[test]
@@ -200,7 +198,7 @@ mod tests {
         let t: TelemetrySection = toml::from_str("otlp_endpoint = \"http://127.0.0.1:4318\"").unwrap();
         assert_eq!(t.service_name, "armature");
         assert_eq!(t.sample_ratio.get(), 1.0);
-        assert_eq!(t.export_interval(), Duration::from_secs(5));
+        assert_eq!(t.otlp_export_interval.get(), Duration::from_secs(5));
         assert!(toml::from_str::<TelemetrySection>("sample_ratio = 1.5").unwrap_err().to_string().contains("[0, 1]"));
         assert!(toml::from_str::<TelemetrySection>("otlp_endpont = \"x\"").is_err());
     }
