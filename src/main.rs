@@ -250,6 +250,12 @@ enum BenchCommand {
         /// ratio to the free runs beside them.
         #[arg(long)]
         json_schema: Option<PathBuf>,
+        /// Every sequence's temperature; 0 decodes greedily.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        /// Every sequence's top-p (with a temperature above 0).
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
     },
     /// KV frames between two data planes on this host, over QUIC and TLS on TCP (both mutual TLS)
     /// and shared memory, beside a plain TCP socket copy and memcpy (GB/s, medians of --repeats).
@@ -385,6 +391,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     prefill_tokens,
                     repeats,
                     json_schema,
+                    temperature,
+                    top_p,
                 },
         } => {
             runtime::telemetry::init_logging(Default::default());
@@ -406,6 +414,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 repeats: repeats.max(1),
                 block_size: 16,
                 constraint,
+                temperature,
+                top_p,
             };
             let mut load = |blocks: usize| {
                 let m = gpu::model::LoadedModel::load(&section, device, gpu::model::KvBudget::Blocks(blocks), 16)?;

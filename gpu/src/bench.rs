@@ -27,6 +27,10 @@ pub struct EngineBench {
     pub block_size: usize,
     /// Decode each concurrency again with this constraint on every sequence.
     pub constraint: Option<Constraint>,
+    /// Every sequence's temperature (0: greedy) and top-p: sampling runs on the engine thread
+    /// between forward passes, so it is part of the decode rate.
+    pub temperature: f32,
+    pub top_p: f32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -70,7 +74,13 @@ fn prompt(tokenizer: &dyn Tokenizer, i: usize, len: usize) -> Vec<u32> {
     ids
 }
 
-fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32, constraint: Option<&Constraint>) -> GenerateRequest {
+fn request(
+    id: usize,
+    prompt_tokens: Vec<u32>,
+    max_tokens: u32,
+    bench: &EngineBench,
+    constraint: Option<&Constraint>,
+) -> GenerateRequest {
     GenerateRequest {
         id: RequestId(format!("bench-{id}")),
         tag: None,
@@ -79,6 +89,9 @@ fn request(id: usize, prompt_tokens: Vec<u32>, max_tokens: u32, constraint: Opti
         sampling: SamplingParams {
             max_tokens,
             ignore_eos: true,
+            temperature: bench.temperature,
+            top_p: bench.top_p,
+            seed: id as u64,
             constraint: constraint.cloned().map(Box::new),
             ..Default::default()
         },
@@ -105,7 +118,7 @@ impl EngineBench {
             let (exec, tok) = load(limits.kv_blocks)?;
             let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
             let mut engine = Engine::new(exec, tok.clone(), limits);
-            engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1, None));
+            engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1, self, None));
             let start = Instant::now();
             while engine.has_work() {
                 engine.step().map_err(|e| ModelError::Metadata(e.to_string()))?;
@@ -157,7 +170,7 @@ impl EngineBench {
         let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
         let mut engine = Engine::new(exec, tok.clone(), limits);
         for i in 0..c {
-            let req = request(i, prompt(&*tok, i + 1, self.prompt_tokens), self.max_tokens, constraint);
+            let req = request(i, prompt(&*tok, i + 1, self.prompt_tokens), self.max_tokens, self, constraint);
             if let Some(StreamEvent::Failed(f)) = engine.submit(req) {
                 return Err(ModelError::Metadata(format!("the benchmark's request was refused: {f}")));
             }

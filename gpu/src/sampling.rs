@@ -61,6 +61,8 @@ pub struct Sampler {
     /// Alternatives to report with each token's log probability.
     logprobs: Option<usize>,
     rng: StdRng,
+    /// The candidates of a draw, reused between steps.
+    candidates: Vec<Candidate>,
 }
 
 impl Sampler {
@@ -83,6 +85,7 @@ impl Sampler {
             adjust,
             logprobs: params.logprobs.map(|k| k.min(20) as usize),
             rng: StdRng::seed_from_u64(params.seed),
+            candidates: Vec::new(),
         }
     }
 
@@ -128,6 +131,11 @@ impl Sampler {
     }
 
     /// The next token. Non-finite logits are never picked; all of them non-finite picks token 0.
+    ///
+    /// The candidates are ordered most likely first (lower ids first on ties) only as far as the
+    /// draw needs: top-k by selection, min-p by a filter, and the nucleus and the draw over a
+    /// prefix sorted on demand. A full sort of a 49k vocabulary cost 2–3 ms a token, serially on
+    /// the engine thread (docs/benchmarks.md#served-speed); the draw is the same.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let logits = match &mut self.adjust {
             Some(a) => a.apply(logits),
@@ -136,49 +144,105 @@ impl Sampler {
         if self.temperature <= 0.0 {
             return argmax(logits);
         }
-        let mut cands: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / self.temperature))
-            .collect();
-        if cands.is_empty() {
+        let t = self.temperature;
+        let max_logit = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let max = max_logit / t;
+        if max_logit == f32::NEG_INFINITY {
             return 0;
         }
-        cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.top_k > 0 {
+        if !max.is_finite() {
+            // A temperature so small that the top logit overflows: greedy in the limit.
+            return argmax(logits);
+        }
+        let cands = &mut self.candidates;
+        cands.clear();
+        let cut = max_logit - NEGLIGIBLE * t;
+        for (i, &l) in logits.iter().enumerate() {
+            if l > cut && l.is_finite() {
+                let scaled = l / t;
+                cands.push(Candidate { id: i as u32, scaled, weight: (scaled - max).exp() });
+            }
+        }
+        let mut sorted = Prefix::default();
+        if self.top_k > 0 && (self.top_k as usize) < cands.len() {
+            sorted.reach(cands, self.top_k as usize);
             cands.truncate(self.top_k as usize);
         }
-        let max = cands[0].1;
-        let mut probs: Vec<f32> = cands.iter().map(|&(_, l)| (l - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
+        let total = cands.iter().map(|c| f64::from(c.weight)).sum::<f64>() as f32;
         if self.min_p > 0.0 {
-            // Sorted: the first is the most likely.
-            let floor = probs[0] * self.min_p;
-            let keep = probs.iter().position(|&p| p < floor).unwrap_or(probs.len());
-            probs.truncate(keep.max(1));
+            // The most likely token's probability is exp(0) / total.
+            let floor = (1.0 / total) * self.min_p;
+            cands.retain(|c| c.weight / total >= floor);
+            sorted = Prefix::default();
         }
+        let mut keep = cands.len();
         if self.top_p < 1.0 {
-            let mut mass = 0.0;
-            let keep = probs
-                .iter()
-                .position(|&p| {
-                    mass += p;
-                    mass >= self.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
+            let mut mass = 0.0f32;
+            let mut i = 0;
+            while i < cands.len() {
+                sorted.reach(cands, i + 1);
+                mass += cands[i].weight / total;
+                if mass >= self.top_p {
+                    break;
+                }
+                i += 1;
+            }
+            keep = (i + 1).min(cands.len());
         }
-        let total: f32 = probs.iter().sum();
-        let mut u = self.rng.random::<f32>() * total;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                return cands[i].0;
+        let kept_mass: f32 = cands[..keep].iter().map(|c| c.weight / total).sum();
+        let mut u = self.rng.random::<f32>() * kept_mass;
+        for i in 0..keep {
+            sorted.reach(cands, i + 1);
+            let p = cands[i].weight / total;
+            if u < p {
+                return cands[i].id;
             }
             u -= p;
         }
-        cands[probs.len() - 1].0
+        sorted.reach(cands, keep);
+        cands[keep - 1].id
+    }
+}
+
+/// A token that may be drawn: its logit over the temperature, and its weight (the exponent of
+/// that less the largest; its probability is the weight over the candidates' total).
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    id: u32,
+    scaled: f32,
+    weight: f32,
+}
+
+/// Candidates more than this many nats below the most likely one (after the temperature) are left
+/// out: each has a probability under e^-40 ≈ 4e-18, which an f32 total of at least 1 cannot hold.
+const NEGLIGIBLE: f32 = 40.0;
+
+/// Most likely first, lower ids first on ties.
+fn likelier(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.scaled.total_cmp(&a.scaled).then(a.id.cmp(&b.id))
+}
+
+/// How much of a candidate list is in order: its first `len` are the most likely, sorted.
+#[derive(Default)]
+struct Prefix {
+    len: usize,
+}
+
+impl Prefix {
+    /// Put the first `n` candidates in order (and a few more, growing geometrically, so that a
+    /// walk down the list sorts O(n log n) in all).
+    fn reach(&mut self, cands: &mut [Candidate], n: usize) {
+        if n <= self.len {
+            return;
+        }
+        let upto = n.max(self.len * 4).max(32).min(cands.len());
+        let rest = &mut cands[self.len..];
+        let take = upto - self.len;
+        if take < rest.len() {
+            rest.select_nth_unstable_by(take - 1, likelier);
+        }
+        rest[..take].sort_unstable_by(likelier);
+        self.len = upto;
     }
 }
 
@@ -341,6 +405,91 @@ mod tests {
         let row = [-1.0f32, -1.2];
         let mut s = Sampler::new(&greedy_with(|p| p.repetition_penalty = 1.5), &[0]);
         assert_eq!(s.sample(&row), 1, "-1.0 * 1.5 = -1.5 falls behind -1.2");
+    }
+
+    /// The sampler as it was before the partial sort: every finite candidate sorted, then
+    /// top-k, min-p and top-p cut from the sorted list.
+    fn full_sort_reference(p: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
+        let mut cands: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, l / p.temperature))
+            .collect();
+        cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 {
+            cands.truncate(p.top_k as usize);
+        }
+        let max = cands[0].1;
+        let mut probs: Vec<f32> = cands.iter().map(|&(_, l)| (l - max).exp()).collect();
+        let total: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|q| *q /= total);
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p;
+            let keep = probs.iter().position(|&q| q < floor).unwrap_or(probs.len());
+            probs.truncate(keep.max(1));
+        }
+        if p.top_p < 1.0 {
+            let mut mass = 0.0;
+            let keep = probs
+                .iter()
+                .position(|&q| {
+                    mass += q;
+                    mass >= p.top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+        }
+        let total: f32 = probs.iter().sum();
+        let mut u = rng.random::<f32>() * total;
+        for (i, q) in probs.iter().enumerate() {
+            if u < *q {
+                return cands[i].0;
+            }
+            u -= q;
+        }
+        cands[probs.len() - 1].0
+    }
+
+    #[test]
+    fn the_partial_sort_draws_what_a_full_sort_draws() {
+        let mut draw = StdRng::seed_from_u64(11);
+        let (mut draws, mut same) = (0, 0);
+        for case in 0..96u64 {
+            // Logits like a model's: a broad bulk, a few far above it, some masked out, ties.
+            let vocab = 3000 + (case as usize % 7) * 500;
+            let mut logits: Vec<f32> = (0..vocab).map(|_| (draw.random::<f32>() * 8.0).round() / 2.0 - 2.0).collect();
+            for _ in 0..20 {
+                let i = draw.random_range(0..vocab);
+                logits[i] = 6.0 + draw.random::<f32>() * 6.0;
+            }
+            for _ in 0..50 {
+                let i = draw.random_range(0..vocab);
+                logits[i] = f32::NEG_INFINITY;
+            }
+            let temperature = [0.3, 0.6, 1.0, 1.7][case as usize % 4];
+            let top_p = [1.0, 0.9, 0.5, 0.99][(case as usize / 4) % 4];
+            let top_k = [0, 0, 1, 40, 200][(case as usize / 16) % 5];
+            let min_p = [0.0, 0.0, 0.05][(case as usize / 3) % 3];
+            let params = SamplingParams { temperature, top_p, top_k, min_p, seed: case, ..Default::default() };
+            let mut fast = Sampler::new(&params, &[]);
+            let mut rng = StdRng::seed_from_u64(case);
+            for _ in 0..40 {
+                draws += 1;
+                let a = fast.sample(&logits);
+                let b = full_sort_reference(&params, &mut rng, &logits);
+                assert!(logits[a as usize].is_finite());
+                // A short nucleus is walked the same way: the same token, always.
+                if top_p <= 0.9 || top_k > 0 {
+                    assert_eq!(a, b, "case {case}: T {temperature}, top-p {top_p}, top-k {top_k}, min-p {min_p}");
+                }
+                same += usize::from(a == b);
+            }
+        }
+        // With the whole vocabulary in play, the draw walks thousands of tail tokens of nearly
+        // equal probability, and a total summed in another order moves where it stops among them.
+        assert!(same * 100 >= draws * 99, "{same} of {draws} draws equal");
+        assert_eq!(draws, 96 * 40);
     }
 
     #[test]

@@ -92,6 +92,10 @@ impl Executor for ModelExecutor {
         Ok(self.pool.run(|| model.forward(batch, kv)))
     }
 
+    fn with_host_threads(&mut self, work: &mut dyn FnMut()) {
+        self.pool.run(work);
+    }
+
     fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
         Some(runtime::kv::BlockLayout {
             layers: self.kv.layers() as u32,

@@ -24,7 +24,7 @@ use runtime::request::{FinishReason, GenerateRequest, StreamEvent, WorkerFailure
 use crate::executor::{Executor, ExecutorError, Pick, SequenceView};
 use crate::pool::{BlockPool, PoolStats};
 use crate::tokenizer::Tokenizer;
-use sequence::{PrefillState, Sequence};
+use sequence::{Drawn, PrefillState, Sequence};
 
 /// Blocks a worker set aside for KV arriving from another worker: the prompt's leading blocks it
 /// already holds (referenced until commit or abort) and blank blocks for the rest, in order.
@@ -376,6 +376,56 @@ impl Engine {
     }
 
     /// One engine iteration: plan, forward the batch, register blocks, sample.
+    /// Draw the next token of every planned sequence that samples from a plain row of logits
+    /// (not a prefill, not a scored prompt), by plan position. Each draw touches only its own
+    /// sequence (sampler, matcher), so a batch's draws run over the executor's host threads: on a
+    /// CPU worker they would otherwise run one after another while its compute threads wait.
+    fn draw_batch(&mut self, plan: &[Planned], outputs: &[Option<StepOutput>]) -> Vec<Option<Drawn>> {
+        struct Draw<'a> {
+            at: usize,
+            seq: &'a mut Sequence,
+            logits: &'a [f32],
+            drawn: Option<Drawn>,
+        }
+        let mut position = vec![usize::MAX; self.running.len()];
+        for (k, p) in plan.iter().enumerate() {
+            position[p.index] = k;
+        }
+        let mut draws: Vec<Draw<'_>> = self
+            .running
+            .iter_mut()
+            .zip(position)
+            .filter_map(|(seq, k)| {
+                let p = plan.get(k)?;
+                let plain = seq.prefill.is_none() && seq.score.is_none() && p.end == seq.tokens.len();
+                match &outputs[k] {
+                    Some(StepOutput::Logits(logits)) if plain && !seq.wants_no_tokens() => {
+                        Some(Draw { at: k, seq, logits, drawn: None })
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let parallel = draws.len() > 1;
+        let mut draw_all = || {
+            crate::cpu::threads::for_each_chunk_mut(&mut draws, 1, |_, chunk| {
+                for d in chunk {
+                    d.drawn = Some(d.seq.draw(d.logits));
+                }
+            })
+        };
+        if parallel {
+            self.executor.with_host_threads(&mut draw_all);
+        } else {
+            draw_all();
+        }
+        let mut drawn = vec![None; plan.len()];
+        for d in draws {
+            drawn[d.at] = d.drawn;
+        }
+        drawn
+    }
+
     pub fn step(&mut self) -> Result<Vec<(RequestId, StreamEvent)>, ExecutorError> {
         let plan = self.plan();
         // Evicted blocks still hold their KV until this step's forward pass overwrites them.
@@ -438,9 +488,10 @@ impl Engine {
         if outputs.len() != plan.len() {
             return Err(ExecutorError::Forward(format!("{} results for a batch of {}", outputs.len(), plan.len())));
         }
+        let mut drawn = self.draw_batch(&plan, &outputs);
         let mut events = Vec::new();
         let mut finished = Vec::new();
-        for (p, row) in plan.iter().zip(outputs) {
+        for (k, (p, row)) in plan.iter().zip(outputs).enumerate() {
             let seq = &mut self.running[p.index];
             let start = seq.computed;
             self.stats.computed_tokens += (p.end - seq.computed) as u64;
@@ -487,10 +538,14 @@ impl Engine {
                 continue;
             }
             let context = self.limits.context_length as usize;
-            let finish = match row {
-                Some(StepOutput::Logits(logits)) => seq.advance(&*self.tokenizer, &logits, context, &mut events),
-                Some(StepOutput::Token(token)) => seq.push_token(&*self.tokenizer, token, context, &mut events),
-                None => return Err(ExecutorError::Forward("no logits for a sequence that needed them".into())),
+            let finish = match (drawn[k].take(), row) {
+                (Some(Drawn::Token(token)), _) => seq.push_token(&*self.tokenizer, token, context, &mut events),
+                (Some(Drawn::Stopped), _) => Some(FinishReason::Stop),
+                (None, row) => match row {
+                    Some(StepOutput::Logits(logits)) => seq.advance(&*self.tokenizer, &logits, context, &mut events),
+                    Some(StepOutput::Token(token)) => seq.push_token(&*self.tokenizer, token, context, &mut events),
+                    None => return Err(ExecutorError::Forward("no logits for a sequence that needed them".into())),
+                },
             };
             if let Some(reason) = finish {
                 events.push((seq.id.clone(), StreamEvent::Finished { reason, usage: seq.usage() }));

@@ -10,6 +10,14 @@ use crate::sampling::Sampler;
 use crate::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
+/// What `Sequence::draw` chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Drawn {
+    Token(u32),
+    /// The constraint could not mask the logits: the sequence stops.
+    Stopped,
+}
+
 pub(super) struct Sequence {
     pub id: RequestId,
     /// Prompt then generated tokens.
@@ -179,12 +187,22 @@ impl Sequence {
         context: usize,
         events: &mut Vec<(RequestId, StreamEvent)>,
     ) -> Option<FinishReason> {
+        match self.draw(logits) {
+            Drawn::Token(token) => self.push_token(tokenizer, token, context, events),
+            Drawn::Stopped => Some(FinishReason::Stop),
+        }
+    }
+
+    /// Choose the next token from `logits` (masked by the constraint, with its log probability
+    /// kept when asked for), touching nothing but this sequence's sampling state: the engine
+    /// draws a batch's sequences in parallel, then pushes their tokens in order.
+    pub fn draw(&mut self, logits: &[f32]) -> Drawn {
         let token = match &mut self.matcher {
             Some(m) => {
                 let mut masked = logits.to_vec();
                 if let Err(e) = m.apply(&mut masked, !self.ignore_eos) {
                     tracing::warn!(request = %self.id, "constrained decoding stopped: {e}");
-                    return Some(FinishReason::Stop);
+                    return Drawn::Stopped;
                 }
                 self.sampler.sample(&masked)
             }
@@ -194,7 +212,7 @@ impl Sequence {
         if let Some(top) = self.sampler.wants_logprobs() {
             self.unreported_logprobs.push(crate::sampling::logprobs(logits, token, top));
         }
-        self.push_token(tokenizer, token, context, events)
+        Drawn::Token(token)
     }
 
     /// Append `token` (sampled here or picked by the executor), emit its text, and say whether

@@ -89,6 +89,13 @@ pub trait Executor: Send {
 
     /// How one KV block is laid out when exported; None when this executor's blocks cannot
     /// move (then prefill is never disaggregated to or from it).
+    /// Run `work` with this executor's host threads at hand: the parallel loops of
+    /// `crate::cpu::threads` inside it spread over them (the CPU backend's compute pool). The
+    /// engine draws a batch's tokens this way. By default `work` runs alone on the calling thread.
+    fn with_host_threads(&mut self, work: &mut dyn FnMut()) {
+        work();
+    }
+
     fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
         None
     }

@@ -180,6 +180,63 @@ mod tests {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+
+    #[test]
+    fn a_batch_drawn_over_the_compute_threads_samples_what_each_sequence_samples_alone() {
+        let (g, dir) = tiny(TinyArch::Llama);
+        let tok = Arc::new(BpeTokenizer::from_gguf(&g).unwrap());
+        let request = |i: u64| runtime::request::GenerateRequest {
+            id: runtime::ids::RequestId(format!("r{i}")),
+            tag: None,
+            trace: None,
+            prompt_tokens: tok.encode(&format!("<|im_start|>the sea {i}")),
+            sampling: runtime::request::SamplingParams {
+                max_tokens: 12,
+                ignore_eos: true,
+                temperature: 1.3,
+                top_p: if i.is_multiple_of(2) { 0.95 } else { 1.0 },
+                top_k: if i == 3 { 5 } else { 0 },
+                logprobs: (i == 1).then_some(2),
+                seed: 100 + i,
+                ..Default::default()
+            },
+        };
+        // Every token of each request, with its log probabilities when asked for.
+        let run = |ids: &[u64]| {
+            let exec = ModelExecutor::from_gguf(&g, "t", 64, 4).unwrap();
+            let limits = EngineLimits {
+                max_batch: 8,
+                max_queue: 8,
+                context_length: 512,
+                block_size: 4,
+                kv_blocks: 64,
+                max_batch_tokens: 512,
+            };
+            let mut e = Engine::new(Box::new(exec), tok.clone(), limits);
+            for &i in ids {
+                e.submit(request(i));
+            }
+            let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            while e.has_work() {
+                for (id, ev) in e.step().unwrap() {
+                    if let runtime::request::StreamEvent::Delta { text, ids, logprobs, .. } = ev {
+                        out.entry(id.0).or_default().push(format!("{text:?} {ids:?} {logprobs:?}"));
+                    }
+                }
+            }
+            out
+        };
+        let together = run(&[0, 1, 2, 3, 4, 5]);
+        assert_eq!(together.len(), 6);
+        for i in 0..6 {
+            let alone = run(&[i]);
+            assert_eq!(alone[&format!("r{i}")], together[&format!("r{i}")], "request {i}");
+        }
+        // The draws are random, not one token over and over.
+        let distinct: std::collections::BTreeSet<&Vec<String>> = together.values().collect();
+        assert_eq!(distinct.len(), 6);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[cfg(test)]
