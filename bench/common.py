@@ -75,3 +75,9 @@ def stop_node(proc):
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def default_model(binary=BIN):
+    """The default model's GGUF path (`armature model fetch`, which downloads it on first use)."""
+    out = subprocess.run([binary, "model", "fetch"], check=True, capture_output=True, text=True, cwd=ROOT)
+    return os.path.join(ROOT, out.stdout.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from common import BIN, ROOT, stop_node, wait_healthy
+from common import BIN, ROOT, default_model, stop_node, wait_healthy
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 PROMPT = "Tell me a long story about a lighthouse keeper, number {i}."
@@ -281,8 +281,7 @@ def main():
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.sampling = {"temperature": args.temperature, "top_p": args.top_p}
     only = set(args.only.split(","))
-    model = args.model or os.path.join(ROOT, subprocess.run([args.bin, "model", "fetch"], check=True, capture_output=True,
-                                                             text=True, cwd=ROOT).stdout.strip().splitlines()[-1])
+    model = args.model or default_model(args.bin)
     model = os.path.abspath(model)
     out_dir = args.out or tempfile.mkdtemp(prefix="armature-bench-serve-")
     os.makedirs(out_dir, exist_ok=True)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 import serve
-from common import BIN, ROOT, stop_node, wait_healthy
+from common import BIN, default_model, stop_node, wait_healthy
 
 # (bucket, test on (thread, symbol)), first match wins; thread names are the product's own.
 BUCKETS = [
@@ -65,8 +65,7 @@ def main():
     ap.add_argument("--top-p", type=float, default=1.0)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
-    model = os.path.join(ROOT, subprocess.run([args.bin, "model", "fetch"], check=True, capture_output=True, text=True,
-                                              cwd=ROOT).stdout.strip().splitlines()[-1])
+    model = default_model(args.bin)
     out = tempfile.mkdtemp(prefix="armature-serve-profile-")
     port = serve.free_port()
     cfg = os.path.join(out, "serve.toml")
