@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The served path against the engine alone and against llama.cpp's own server, in one run on one
 machine: `armature bench engine` (no HTTP), `armature serve` (one node), a two-node `armature
-launch` (a gateway node and a worker node on loopback), and `llama-server` on the same GGUF with the
-same threads, each loaded with the same streamed chat completions (`ignore_eos`, greedy) at each
-concurrency. Per server and concurrency it reports, as medians over --repeats rounds: aggregate
+launch` (a gateway node and a worker node on loopback; once plaintext, once with mutual TLS between
+them), and `llama-server` on the same GGUF with the same threads, each loaded with the same
+streamed chat completions (`ignore_eos`; greedy unless --temperature) at each concurrency. Per server and concurrency it reports, as medians over --repeats rounds: aggregate
 completion tok/s (all tokens over the round's wall time), a stream's decode tok/s (its tokens after
 the first over the time from its first to its last), TTFT p50/p90 and inter-token p50/p90 (gaps
 between content chunks). Standard library only; the load generator is one thread per stream on
@@ -144,8 +144,9 @@ def free_port():
     return random.randint(20000, 60000)
 
 
-def armature_config(model, port, two_nodes, max_batch, threads):
-    """One node with every role, or a gateway node and a worker node."""
+def armature_config(model, port, two_nodes, max_batch, certs=None):
+    """One node with every role, or a gateway node and a worker node (mutual TLS between them with
+    `certs`, a directory `armature cert init` fills)."""
     ports = [free_port() for _ in range(2)]
     worker = (f'workers = [{{ device = "cpu", role = "aggregated", kv_blocks = 2048, '
               f'max_batch = {max_batch}, max_queue = 64 }}]')
@@ -157,7 +158,7 @@ cookie = "bench-serve"
 [model]
 source = "{model}"
 name = "{MODEL_NAME}"
-"""
+""" + (f'\n[transport]\ncerts = "{certs}"\n' if certs else "")
     if not two_nodes:
         return head + f"""
 [[nodes]]
@@ -181,14 +182,18 @@ control = "127.0.0.1:{ports[1]}"
 """
 
 
-def run_armature(label, model, two_nodes, args, out_dir, binary=None):
+def run_armature(label, model, two_nodes, args, out_dir, binary=None, tls=False):
     port = free_port()
     cfg = os.path.join(out_dir, f"{label}.toml")
+    certs = os.path.join(out_dir, f"{label}-certs") if tls else None
     with open(cfg, "w") as f:
-        f.write(armature_config(model, port, two_nodes, args.max_batch, args.threads))
+        f.write(armature_config(model, port, two_nodes, args.max_batch, certs))
+    binary = binary or args.bin
+    if certs:
+        # The CA's key goes beside the directory, inside this run's folder.
+        subprocess.run([binary, "cert", "init", "--config", cfg], check=True, stdout=subprocess.DEVNULL)
     log_name = os.path.join(out_dir, f"{label}.log")
     env = dict(os.environ, ARMATURE_THREADS=str(args.threads), RUST_LOG="warn")
-    binary = binary or args.bin
     cmd = [binary, "launch", "--config", cfg] if two_nodes else [binary, "serve", "--config", cfg]
     with open(log_name, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
@@ -273,8 +278,9 @@ def main():
     ap.add_argument("--top-p", type=float, default=1.0, help="every request's top_p")
     ap.add_argument("--max-batch", type=int, default=16, help="armature's max_batch (llama-server gets as many slots)")
     ap.add_argument("--baseline-bin", help="another armature binary (say, main's) served one-node beside this one")
-    ap.add_argument("--only", default="engine,armature,two-node,llama-server",
-                    help="which of engine, armature, two-node, llama-server to run")
+    ap.add_argument("--only", default="engine,armature,two-node,two-node-tls,llama-server",
+                    help="which of engine, armature, two-node (plaintext control plane), two-node-tls (mutual "
+                         "TLS between the nodes), llama-server to run")
     ap.add_argument("--out", help="a folder for the configs, logs and JSON (default: a temporary one)")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
@@ -295,9 +301,11 @@ def main():
         results["armature"] = run_armature("armature", model, False, args, out_dir)
     if "two-node" in only:
         results["two-node"] = run_armature("two-node", model, True, args, out_dir)
+    if "two-node-tls" in only:
+        results["two-node-tls"] = run_armature("two-node-tls", model, True, args, out_dir, tls=True)
     if "engine" in only:
         # The chat prompt's length as the server counted it, so that both attend over as much.
-        served = results.get("armature") or results.get("two-node") or {}
+        served = results.get("armature") or results.get("two-node") or results.get("two-node-tls") or {}
         prompt = int(next(iter(served.values()))["prompt_tokens"]) if served else 48
         results["engine"] = run_engine(model, args, prompt)
     server = find_llama_server(args.llama_server)
@@ -307,7 +315,7 @@ def main():
         else:
             print("  llama-server: not found (bench/llama_server.sh builds it); left out", flush=True)
 
-    names = [n for n in ("baseline", "armature", "two-node", "llama-server") if n in results]
+    names = [n for n in ("baseline", "armature", "two-node", "two-node-tls", "llama-server") if n in results]
     print()
     print("| streams | server | aggregate tok/s | stream decode tok/s | TTFT p50 / p90 | ITL p50 / p90 | against |")
     print("|---|---|---|---|---|---|---|")
@@ -324,7 +332,7 @@ def main():
                 against.append(f"{f[key] / e[key]:.2f}x engine")
             if n == "armature" and "baseline" in results:
                 against.append(f"{f['aggregate_tok_s'] / results['baseline'][c]['aggregate_tok_s']:.2f}x baseline")
-            if n == "two-node" and "armature" in results:
+            if n.startswith("two-node") and "armature" in results:
                 against.append(f"{f['aggregate_tok_s'] / results['armature'][c]['aggregate_tok_s']:.2f}x one node")
             if n != "llama-server" and "llama-server" in results:
                 against.append(f"{f['aggregate_tok_s'] / results['llama-server'][c]['aggregate_tok_s']:.2f}x llama-server")

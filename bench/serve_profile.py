@@ -70,7 +70,7 @@ def main():
     port = serve.free_port()
     cfg = os.path.join(out, "serve.toml")
     with open(cfg, "w") as f:
-        f.write(serve.armature_config(model, port, False, args.max_batch, args.threads))
+        f.write(serve.armature_config(model, port, False, args.max_batch))
     log_name = os.path.join(out, "serve.log")
     env = dict(os.environ, ARMATURE_THREADS=str(args.threads), RUST_LOG="warn")
     sampling = {"temperature": args.temperature, "top_p": args.top_p}
