@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -141,7 +142,15 @@ def measure(label, port, args):
 
 
 def free_port():
-    return random.randint(20000, 60000)
+    """A port below the kernel's ephemeral range that nothing holds now."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def armature_config(model, port, two_nodes, max_batch, certs=None):
