@@ -181,6 +181,22 @@ mod tests {
         }
     }
 
+    /// The CPU executor with the trait's default `with_host_threads`: draws run one by one.
+    struct SerialDraws(ModelExecutor);
+
+    impl crate::executor::Executor for SerialDraws {
+        fn info(&self) -> crate::executor::ModelInfo {
+            self.0.info()
+        }
+
+        fn forward(
+            &mut self,
+            batch: &[crate::executor::SequenceView<'_>],
+        ) -> Result<Vec<Option<Vec<f32>>>, crate::executor::ExecutorError> {
+            self.0.forward(batch)
+        }
+    }
+
     #[test]
     fn a_batch_drawn_over_the_compute_threads_samples_what_each_sequence_samples_alone() {
         let (g, dir) = tiny(TinyArch::Llama);
@@ -201,9 +217,12 @@ mod tests {
                 ..Default::default()
             },
         };
-        // Every token of each request, with its log probabilities when asked for.
-        let run = |ids: &[u64]| {
+        // Every token of each request, with its log probabilities when asked for; `serial` draws
+        // one sequence after another (the executor's default `with_host_threads`).
+        let run_with = |ids: &[u64], serial: bool| {
             let exec = ModelExecutor::from_gguf(&g, "t", 64, 4).unwrap();
+            let exec: Box<dyn crate::executor::Executor> =
+                if serial { Box::new(SerialDraws(exec)) } else { Box::new(exec) };
             let limits = EngineLimits {
                 max_batch: 8,
                 max_queue: 8,
@@ -212,7 +231,7 @@ mod tests {
                 kv_blocks: 64,
                 max_batch_tokens: 512,
             };
-            let mut e = Engine::new(Box::new(exec), tok.clone(), limits);
+            let mut e = Engine::new(exec, tok.clone(), limits);
             for &i in ids {
                 e.submit(request(i));
             }
@@ -226,8 +245,10 @@ mod tests {
             }
             out
         };
+        let run = |ids: &[u64]| run_with(ids, false);
         let together = run(&[0, 1, 2, 3, 4, 5]);
         assert_eq!(together.len(), 6);
+        assert_eq!(together, run_with(&[0, 1, 2, 3, 4, 5], true), "drawn in parallel and one after another");
         for i in 0..6 {
             let alone = run(&[i]);
             assert_eq!(alone[&format!("r{i}")], together[&format!("r{i}")], "request {i}");
