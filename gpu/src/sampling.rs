@@ -134,8 +134,9 @@ impl Sampler {
     ///
     /// The candidates are ordered most likely first (lower ids first on ties) only as far as the
     /// draw needs: top-k by selection, min-p by a filter, and the nucleus and the draw over a
-    /// prefix sorted on demand. A full sort of a 49k vocabulary cost 2–3 ms a token, serially on
-    /// the engine thread (docs/benchmarks.md#served-speed); the draw is the same.
+    /// prefix sorted on demand. A full sort of a 49k vocabulary took 1.7 ms a token against 0.35 ms
+    /// (`cargo run --release -p gpu --example sampling`; docs/benchmarks.md#served-speed); the
+    /// draw is the same.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let logits = match &mut self.adjust {
             Some(a) => a.apply(logits),
@@ -244,6 +245,53 @@ impl Prefix {
         rest[..take].sort_unstable_by(likelier);
         self.len = upto;
     }
+}
+
+/// The draw as `Sampler::sample` made it before its partial sort (without the logit adjustments):
+/// every finite candidate sorted, then top-k, min-p and top-p cut from the sorted list. Kept as the
+/// baseline that its tests and `cargo run --release -p gpu --example sampling` compare against.
+pub fn sample_by_full_sort(p: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
+    if p.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let mut cands: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, l)| l.is_finite()).map(|(i, &l)| (i as u32, l / p.temperature)).collect();
+    if cands.is_empty() {
+        return 0;
+    }
+    cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cands.truncate(p.top_k as usize);
+    }
+    let max = cands[0].1;
+    let mut probs: Vec<f32> = cands.iter().map(|&(_, l)| (l - max).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|q| *q /= total);
+    if p.min_p > 0.0 {
+        let floor = probs[0] * p.min_p;
+        let keep = probs.iter().position(|&q| q < floor).unwrap_or(probs.len());
+        probs.truncate(keep.max(1));
+    }
+    if p.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = probs
+            .iter()
+            .position(|&q| {
+                mass += q;
+                mass >= p.top_p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+    }
+    let total: f32 = probs.iter().sum();
+    let mut u = rng.random::<f32>() * total;
+    for (i, q) in probs.iter().enumerate() {
+        if u < *q {
+            return cands[i].0;
+        }
+        u -= q;
+    }
+    cands[probs.len() - 1].0
 }
 
 /// The log probability of `token` under the softmax of `logits`, and the `top` most likely tokens
@@ -407,50 +455,6 @@ mod tests {
         assert_eq!(s.sample(&row), 1, "-1.0 * 1.5 = -1.5 falls behind -1.2");
     }
 
-    /// The sampler as it was before the partial sort: every finite candidate sorted, then
-    /// top-k, min-p and top-p cut from the sorted list.
-    fn full_sort_reference(p: &SamplingParams, rng: &mut StdRng, logits: &[f32]) -> u32 {
-        let mut cands: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_finite())
-            .map(|(i, &l)| (i as u32, l / p.temperature))
-            .collect();
-        cands.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            cands.truncate(p.top_k as usize);
-        }
-        let max = cands[0].1;
-        let mut probs: Vec<f32> = cands.iter().map(|&(_, l)| (l - max).exp()).collect();
-        let total: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|q| *q /= total);
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            let keep = probs.iter().position(|&q| q < floor).unwrap_or(probs.len());
-            probs.truncate(keep.max(1));
-        }
-        if p.top_p < 1.0 {
-            let mut mass = 0.0;
-            let keep = probs
-                .iter()
-                .position(|&q| {
-                    mass += q;
-                    mass >= p.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-        }
-        let total: f32 = probs.iter().sum();
-        let mut u = rng.random::<f32>() * total;
-        for (i, q) in probs.iter().enumerate() {
-            if u < *q {
-                return cands[i].0;
-            }
-            u -= q;
-        }
-        cands[probs.len() - 1].0
-    }
-
     #[test]
     fn the_partial_sort_draws_what_a_full_sort_draws() {
         let mut draw = StdRng::seed_from_u64(11);
@@ -477,7 +481,7 @@ mod tests {
             for _ in 0..40 {
                 draws += 1;
                 let a = fast.sample(&logits);
-                let b = full_sort_reference(&params, &mut rng, &logits);
+                let b = sample_by_full_sort(&params, &mut rng, &logits);
                 assert!(logits[a as usize].is_finite());
                 // A short nucleus is walked the same way: the same token, always.
                 if top_p <= 0.9 || top_k > 0 {
