@@ -59,14 +59,7 @@ fn exported_folder_loads_back_with_identical_outputs() {
     let mut b = gpu::cpu::ModelExecutor::from_hf(&dir, 8, 16).unwrap();
     let table: Vec<BlockId> = (0..8).map(BlockId).collect();
     let tokens = from_gguf.tokenizer.encode("The capital of France is");
-    let view = SequenceView {
-        tokens: &tokens,
-        start: 0,
-        prompt_len: tokens.len(),
-        blocks: &table,
-        wants_logits: true,
-        all_logits: false,
-    };
+    let view = SequenceView::whole_prompt(&tokens, &table);
     let la = a.forward(&[view]).unwrap().remove(0).unwrap();
     let lb = b.forward(&[view]).unwrap().remove(0).unwrap();
     let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);

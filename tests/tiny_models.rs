@@ -14,14 +14,7 @@ use support::*;
 
 fn logits(exec: &mut gpu::cpu::ModelExecutor, ids: &[u32]) -> Vec<f32> {
     let table: Vec<BlockId> = (0..16).map(BlockId).collect();
-    let view = SequenceView {
-        tokens: ids,
-        start: 0,
-        prompt_len: ids.len(),
-        blocks: &table,
-        wants_logits: true,
-        all_logits: false,
-    };
+    let view = SequenceView::whole_prompt(ids, &table);
     exec.forward(&[view]).unwrap().remove(0).unwrap()
 }
 

@@ -42,14 +42,7 @@ fn main() {
         .iter()
         .map(|p| {
             let tokens = tokenizer.encode(p);
-            let view = SequenceView {
-                tokens: &tokens,
-                start: 0,
-                prompt_len: tokens.len(),
-                blocks: &table,
-                wants_logits: true,
-                all_logits: false,
-            };
+            let view = SequenceView::whole_prompt(&tokens, &table);
             exec.forward(&[view]).expect("forward").remove(0).expect("logits")
         })
         .collect();

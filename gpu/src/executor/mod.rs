@@ -37,7 +37,12 @@ pub struct SequenceView<'a> {
     pub all_logits: bool,
 }
 
-impl SequenceView<'_> {
+impl<'a> SequenceView<'a> {
+    /// A whole prompt computed from scratch into `blocks`, wanting the next token's logits.
+    pub fn whole_prompt(tokens: &'a [u32], blocks: &'a [crate::pool::BlockId]) -> Self {
+        Self { tokens, start: 0, prompt_len: tokens.len(), blocks, wants_logits: true, all_logits: false }
+    }
+
     /// How many logit rows `forward` returns for this sequence.
     pub fn logit_rows(&self) -> usize {
         if self.all_logits { self.tokens.len() - self.start } else { usize::from(self.wants_logits) }

@@ -107,8 +107,9 @@ mod tests {
     use crate::model::gguf::GgufFile;
     use crate::tokenizer::Tokenizer;
 
-    fn tiny(arch: TinyArch) -> (GgufFile, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("armature-tiny-{arch:?}-{}", std::process::id()));
+    /// The tiny model in a folder of its own for `test` (tests run at once, and each removes its folder).
+    fn tiny(arch: TinyArch, test: &str) -> (GgufFile, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("armature-tiny-{test}-{arch:?}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tiny.gguf");
         write_gguf(&path, arch, 7).unwrap();
@@ -118,7 +119,7 @@ mod tests {
     #[test]
     fn tiny_models_load_tokenize_and_generate_consistently() {
         for arch in [TinyArch::Llama, TinyArch::Qwen2] {
-            let (g, dir) = tiny(arch);
+            let (g, dir) = tiny(arch, "generate");
             let tok = BpeTokenizer::from_gguf(&g).unwrap();
             let ids = tok.encode("<|im_start|>the thin sea");
             assert_eq!(ids[0], 1, "special token");
@@ -129,14 +130,7 @@ mod tests {
             let mut exact = ModelExecutor::with_precision(&g, "t", 16, 4, Precision::Exact).unwrap();
             let mut fast = ModelExecutor::from_gguf(&g, "t", 16, 4).unwrap();
             let table: Vec<crate::pool::BlockId> = (0..16).map(crate::pool::BlockId).collect();
-            let view = crate::executor::SequenceView {
-                tokens: &ids,
-                start: 0,
-                prompt_len: ids.len(),
-                blocks: &table,
-                wants_logits: true,
-                all_logits: false,
-            };
+            let view = crate::executor::SequenceView::whole_prompt(&ids, &table);
             use crate::executor::Executor;
             let (e, f) = (exact.forward(&[view]).unwrap(), fast.forward(&[view]).unwrap());
             let (e, f) = (e[0].as_ref().unwrap(), f[0].as_ref().unwrap());
@@ -199,7 +193,7 @@ mod tests {
 
     #[test]
     fn a_batch_drawn_over_the_compute_threads_samples_what_each_sequence_samples_alone() {
-        let (g, dir) = tiny(TinyArch::Llama);
+        let (g, dir) = tiny(TinyArch::Llama, "batch");
         let tok = Arc::new(BpeTokenizer::from_gguf(&g).unwrap());
         let request = |i: u64| runtime::request::GenerateRequest {
             id: runtime::ids::RequestId(format!("r{i}")),
