@@ -168,27 +168,11 @@ cookie = "bench-serve"
 source = "{model}"
 name = "{MODEL_NAME}"
 """ + (f'\n[transport]\ncerts = "{certs}"\n' if certs else "")
+    gateway = f'\n[[nodes]]\nname = "gw"\ncontrol = "127.0.0.1:{ports[0]}"\ngateway = "127.0.0.1:{port}"\n' \
+              'roles = ["gateway", "router"]\n'
     if not two_nodes:
-        return head + f"""
-[[nodes]]
-name = "n0"
-control = "127.0.0.1:{ports[0]}"
-gateway = "127.0.0.1:{port}"
-roles = ["gateway", "router"]
-{worker}
-"""
-    return head + f"""
-[[nodes]]
-name = "gw"
-control = "127.0.0.1:{ports[0]}"
-gateway = "127.0.0.1:{port}"
-roles = ["gateway", "router"]
-
-[[nodes]]
-name = "w"
-control = "127.0.0.1:{ports[1]}"
-{worker}
-"""
+        return head + gateway + worker + "\n"
+    return head + gateway + f'\n[[nodes]]\nname = "w"\ncontrol = "127.0.0.1:{ports[1]}"\n' + worker + "\n"
 
 
 def run_armature(label, model, two_nodes, args, out_dir, binary=None, tls=False):
