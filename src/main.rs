@@ -790,6 +790,15 @@ async fn run_node(
     control_of: Option<String>,
     mut stdin_closed: Option<mpsc::Receiver<()>>,
 ) -> anyhow::Result<ExitCode> {
+    // A model this node's workers cannot run is one line and exit code 2 here, before anything
+    // starts, not a worker failing in its supervisor (spares load theirs when the planner starts them).
+    if plan.workers.iter().any(|(_, w)| !w.spare)
+        && let Err(e) = gpu::model::check(&config.model)
+    {
+        eprintln!("error: model.source: {}: {e}", config.model.source);
+        let fetch = matches!(e, gpu::ModelError::Fetch(_));
+        return Ok(if fetch { ExitCode::FAILURE } else { ExitCode::from(EXIT_CONFIG) });
+    }
     let identity = match load_identity(&config, &plan.name) {
         Ok(id) => id,
         Err(e) => {

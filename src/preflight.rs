@@ -68,10 +68,9 @@ pub fn check(config: &ClusterConfig, config_path: &Path, dev_certs: bool) -> Res
         ModelSource::Path(path) if !path.exists() => {
             return Err(format!("model.source: {} does not exist", path.display()));
         }
-        ModelSource::Path(path) if path.is_dir() => {}
-        // Fetched here once (the default model), and opened, so that no node finds out alone.
+        // Fetched here once (the default model), and checked, so that no node finds out alone.
         _ => {
-            gpu::model::open_source(&config.model).map_err(|e| format!("model.source: {e}"))?;
+            gpu::model::check(&config.model).map_err(|e| format!("model.source: {}: {e}", config.model.source))?;
         }
     }
     Ok(())

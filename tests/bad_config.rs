@@ -133,3 +133,43 @@ fn wrong_cookie_is_refused() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("nodes[0].control") && lines[0].contains("refused our cookie"), "{lines:?}");
 }
+
+/// A one-node topology on free ports serving `model` on a CPU worker.
+fn serving(model: &std::path::Path) -> String {
+    let (c, g) = (free_port(), free_port());
+    format!(
+        "[cluster]\nname = \"m\"\ncookie = \"m\"\n\n[model]\nsource = \"{}\"\n\n[[nodes]]\nname = \"n0\"\n\
+         control = \"127.0.0.1:{c}\"\ngateway = \"127.0.0.1:{g}\"\nroles = [\"gateway\", \"router\"]\n\
+         workers = [{{ device = \"cpu\" }}]\n",
+        model.display()
+    )
+}
+
+#[test]
+fn a_model_of_an_architecture_we_do_not_run() {
+    use gpu::model::gguf::GgufValue;
+    let dir = temp_dir("badcfg-arch");
+    // A GGUF as llama.cpp writes a Gemma 3 model, as far as the loader reads before it refuses.
+    let gguf = dir.join("gemma3.gguf");
+    let mut w = gpu::model::gguf_write::GgufWriter::default();
+    w.meta("general.architecture", GgufValue::String("gemma3".into()))
+        .meta("gemma3.block_count", GgufValue::U32(1))
+        .tensor("token_embd.weight", &[8, 4], vec![0.0; 32]);
+    w.write(&gguf).unwrap();
+    check("arch-gguf", &serving(&gguf), &gguf.display().to_string(), "general.architecture \"gemma3\"");
+    // A Hugging Face folder of another family.
+    let folder = dir.join("gemma3-hf");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("config.json"),
+        r#"{"architectures": ["Gemma3ForCausalLM"], "hidden_size": 8, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 4, "rms_norm_eps": 1e-6}"#,
+    )
+    .unwrap();
+    check(
+        "arch-hf",
+        &serving(&folder),
+        &folder.display().to_string(),
+        "config.json: architectures \"Gemma3ForCausalLM\"",
+    );
+}

@@ -64,7 +64,9 @@ impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let arch = g.get_str("general.architecture")?.to_string();
         if !matches!(arch.as_str(), "llama" | "qwen2" | "mistral") {
-            return Err(ModelError::Unsupported(format!("architecture \"{arch}\" (llama, qwen2 and mistral are)")));
+            return Err(ModelError::Unsupported(format!(
+                "general.architecture \"{arch}\" (llama, qwen2 and mistral are)"
+            )));
         }
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);

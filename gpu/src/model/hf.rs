@@ -106,12 +106,35 @@ impl std::fmt::Debug for HfModel {
 
 impl HfModel {
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
+        let config = Self::read_config(dir)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| ModelError::Metadata(format!("{}: {e}", dir.display())))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(ModelError::Metadata(format!("{}: no .safetensors files", dir.display())));
+        }
+        let shards = files.iter().map(|f| SafeTensors::open(f)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { dir: dir.to_path_buf(), config, shards })
+    }
+
+    /// The model's shapes and constants from the folder's `config.json` alone.
+    pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
         let c: HfConfig = read_json(&dir.join("config.json"))?;
         let arch = match c.architectures.first().map(String::as_str) {
             Some("LlamaForCausalLM") => "llama",
             Some("MistralForCausalLM") => "mistral",
             Some("Qwen2ForCausalLM") => "qwen2",
-            other => return Err(ModelError::Unsupported(format!("architecture {other:?} in config.json"))),
+            other => {
+                let named = other.map_or("none".to_string(), |a| format!("\"{a}\""));
+                return Err(ModelError::Unsupported(format!(
+                    "config.json: architectures {named} (LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM \
+                     are)"
+                )));
+            }
         };
         let head_dim = c.hidden_size / c.num_attention_heads.max(1);
         let base = c.rope_theta.unwrap_or(10_000.0) as f32;
@@ -146,18 +169,7 @@ impl HfModel {
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(ModelError::Metadata(format!("{heads} heads do not group over {kv_heads} KV heads")));
         }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| ModelError::Metadata(format!("{}: {e}", dir.display())))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(ModelError::Metadata(format!("{}: no .safetensors files", dir.display())));
-        }
-        let shards = files.iter().map(|f| SafeTensors::open(f)).collect::<Result<Vec<_>, _>>()?;
-        let config = LlamaConfig {
+        Ok(LlamaConfig {
             arch: arch.into(),
             layers: c.num_hidden_layers,
             hidden: c.hidden_size,
@@ -171,8 +183,7 @@ impl HfModel {
             rope_style: RopeStyle::Halves,
             context_length: c.max_position_embeddings.unwrap_or(2048),
             rope_freq_factors,
-        };
-        Ok(Self { dir: dir.to_path_buf(), config, shards })
+        })
     }
 
     fn find(&self, gguf: &str) -> Option<(&SafeTensors, String)> {

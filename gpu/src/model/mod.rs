@@ -351,6 +351,27 @@ pub fn tokenizer_from_gguf(g: &gguf::GgufFile) -> Result<Arc<dyn Tokenizer>, Mod
     }
 }
 
+/// Whether `section`'s model can run here, judged from its metadata alone (a GGUF file's
+/// architecture, shapes and tokenizer; a folder's `config.json` and tokenizer files): a node
+/// checks it before it starts any worker, so that a model it cannot run is one line naming the
+/// file and the cause rather than a worker that fails to start. The test executor always can.
+pub fn check(section: &ModelSection) -> Result<(), ModelError> {
+    match &section.source {
+        ModelSource::Test => Ok(()),
+        ModelSource::Path(dir) if dir.is_dir() => {
+            hf::HfModel::read_config(dir)?;
+            hf::HfModel::tokenizer(dir)?;
+            Ok(())
+        }
+        _ => {
+            let g = open_source(section)?;
+            crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+            tokenizer_from_gguf(&g)?;
+            Ok(())
+        }
+    }
+}
+
 /// The GGUF file `section` names, fetching the default model on first use.
 pub fn open_source(section: &ModelSection) -> Result<gguf::GgufFile, ModelError> {
     let path = match &section.source {
