@@ -375,7 +375,6 @@ impl Engine {
         self.pool.dump()
     }
 
-    /// One engine iteration: plan, forward the batch, register blocks, sample.
     /// Draw the next token of every planned sequence that samples from a plain row of logits
     /// (not a prefill, not a scored prompt), by plan position. Each draw touches only its own
     /// sequence (sampler, matcher), so a batch's draws run over the executor's host threads: on a
@@ -426,6 +425,7 @@ impl Engine {
         drawn
     }
 
+    /// One engine iteration: plan, forward the batch, register blocks, sample.
     pub fn step(&mut self) -> Result<Vec<(RequestId, StreamEvent)>, ExecutorError> {
         let plan = self.plan();
         // Evicted blocks still hold their KV until this step's forward pass overwrites them.
@@ -539,13 +539,14 @@ impl Engine {
             }
             let context = self.limits.context_length as usize;
             let finish = match (drawn[k].take(), row) {
-                (Some(Drawn::Token(token)), _) => seq.push_token(&*self.tokenizer, token, context, &mut events),
+                (Some(Drawn::Token(token)), _) | (None, Some(StepOutput::Token(token))) => {
+                    seq.push_token(&*self.tokenizer, token, context, &mut events)
+                }
                 (Some(Drawn::Stopped), _) => Some(FinishReason::Stop),
-                (None, row) => match row {
-                    Some(StepOutput::Logits(logits)) => seq.advance(&*self.tokenizer, &logits, context, &mut events),
-                    Some(StepOutput::Token(token)) => seq.push_token(&*self.tokenizer, token, context, &mut events),
-                    None => return Err(ExecutorError::Forward("no logits for a sequence that needed them".into())),
-                },
+                (None, Some(StepOutput::Logits(logits))) => {
+                    seq.advance(&*self.tokenizer, &logits, context, &mut events)
+                }
+                (None, None) => return Err(ExecutorError::Forward("no logits for a sequence that needed them".into())),
             };
             if let Some(reason) = finish {
                 events.push((seq.id.clone(), StreamEvent::Finished { reason, usage: seq.usage() }));

@@ -92,8 +92,6 @@ pub trait Executor: Send {
         None
     }
 
-    /// How one KV block is laid out when exported; None when this executor's blocks cannot
-    /// move (then prefill is never disaggregated to or from it).
     /// Run `work` with this executor's host threads at hand: the parallel loops of
     /// `crate::cpu::threads` inside it spread over them (the CPU backend's compute pool). The
     /// engine draws a batch's tokens this way. By default `work` runs alone on the calling thread.
@@ -101,6 +99,8 @@ pub trait Executor: Send {
         work();
     }
 
+    /// How one KV block is laid out when exported; None when this executor's blocks cannot
+    /// move (then prefill is never disaggregated to or from it).
     fn block_layout(&self) -> Option<runtime::kv::BlockLayout> {
         None
     }

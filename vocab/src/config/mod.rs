@@ -794,7 +794,8 @@ fn default_kv_blocks() -> u32 {
     2048
 }
 /// 32: at 16 concurrent streams on a 2-core CPU, 8 left half of them queued (TTFT p50 2.1 s) and
-/// gave 0.8x the aggregate tok/s of a batch that holds them all (docs/benchmarks.md#served-speed).
+/// gave 0.8x the aggregate tok/s of a batch that holds them all, in two runs back to back
+/// (docs/benchmarks.md#served-speed).
 fn default_max_batch() -> u32 {
     32
 }
