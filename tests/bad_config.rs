@@ -112,7 +112,8 @@ fn missing_file() {
 
 #[test]
 fn wrong_cookie_is_refused() {
-    let (text, c0, _) = on_free_ports("3s");
+    // Long enough that n0 (which waits for n1 in turn) is still up when a slow-starting n1 dials.
+    let (text, c0, _) = on_free_ports("10s");
     let dir = temp_dir("badcfg-cookie");
     let path = dir.join("cluster.toml");
     std::fs::write(&path, text).unwrap();

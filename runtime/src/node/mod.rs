@@ -114,6 +114,9 @@ impl ControlPlane {
         };
         let start = Instant::now();
         let mut detail = String::from("no answer");
+        // A refusal outranks what later tries see: a peer that refused our cookie may well exit
+        // (its own join failed), and "unreachable" would then hide the cause.
+        let mut refused = false;
         let auth_failures_before = self.gate.failed_auth.load(Ordering::Relaxed);
         loop {
             for seed in seeds {
@@ -127,7 +130,8 @@ impl ControlPlane {
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        detail = if self.gate.failed_auth.load(Ordering::Relaxed) > auth_failures_before {
+                        refused |= self.gate.failed_auth.load(Ordering::Relaxed) > auth_failures_before;
+                        detail = if refused {
                             "the peer closed the session before authentication: it refused our cookie, or its gate refused this node (its log says why)".into()
                         } else {
                             "connected, but no session was established".into()
@@ -141,7 +145,8 @@ impl ControlPlane {
                             detail: e.to_string(),
                         });
                     }
-                    Err(e) => detail = e.to_string(),
+                    Err(e) if !refused => detail = e.to_string(),
+                    Err(_) => {}
                 }
             }
             if start.elapsed() >= timeout {
