@@ -150,20 +150,20 @@ fn serving(model: &std::path::Path) -> String {
 fn a_model_of_an_architecture_we_do_not_run() {
     use gpu::model::gguf::GgufValue;
     let dir = temp_dir("badcfg-arch");
-    // A GGUF as llama.cpp writes a Gemma 3 model, as far as the loader reads before it refuses.
-    let gguf = dir.join("gemma3.gguf");
+    // A GGUF as llama.cpp writes a Mamba model, as far as the loader reads before it refuses.
+    let gguf = dir.join("mamba.gguf");
     let mut w = gpu::model::gguf_write::GgufWriter::default();
-    w.meta("general.architecture", GgufValue::String("gemma3".into()))
-        .meta("gemma3.block_count", GgufValue::U32(1))
+    w.meta("general.architecture", GgufValue::String("mamba".into()))
+        .meta("mamba.block_count", GgufValue::U32(1))
         .tensor("token_embd.weight", &[8, 4], vec![0.0; 32]);
     w.write(&gguf).unwrap();
-    check("arch-gguf", &serving(&gguf), &gguf.display().to_string(), "general.architecture \"gemma3\"");
+    check("arch-gguf", &serving(&gguf), &gguf.display().to_string(), "general.architecture \"mamba\"");
     // A Hugging Face folder of another family.
-    let folder = dir.join("gemma3-hf");
+    let folder = dir.join("mamba-hf");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(
         folder.join("config.json"),
-        r#"{"architectures": ["Gemma3ForCausalLM"], "hidden_size": 8, "num_attention_heads": 2,
+        r#"{"architectures": ["MambaForCausalLM"], "hidden_size": 8, "num_attention_heads": 2,
             "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 4, "rms_norm_eps": 1e-6}"#,
     )
     .unwrap();
@@ -171,6 +171,6 @@ fn a_model_of_an_architecture_we_do_not_run() {
         "arch-hf",
         &serving(&folder),
         &folder.display().to_string(),
-        "config.json: architectures \"Gemma3ForCausalLM\"",
+        "config.json: architectures \"MambaForCausalLM\"",
     );
 }

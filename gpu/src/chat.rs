@@ -26,6 +26,11 @@ impl ChatMessage {
 /// ChatML, the format of the test model (and SmolLM2's own template, less its default system turn).
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+/// Gemma's turn format (Gemma 1, 2 and 3, as their `tokenizer_config.json` templates write it),
+/// for GGUF files that carry no template: `<start_of_turn>user` / `model`, a system message folded
+/// into the first user turn, each turn closed by `<end_of_turn>`.
+pub const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 /// A compiled chat template and the special-token strings it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -105,6 +110,19 @@ mod tests {
 
     fn msgs(pairs: &[(&str, &str)]) -> Vec<ChatMessage> {
         pairs.iter().map(|(r, c)| ChatMessage::new(*r, *c)).collect()
+    }
+
+    #[test]
+    fn gemma_layout_folds_the_system_message_into_the_first_turn() {
+        let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>").unwrap();
+        assert_eq!(
+            t.render(&msgs(&[("system", "Be brief."), ("user", " Hi "), ("assistant", "Hello."), ("user", "Bye")]), true)
+                .unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
+             <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let err = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err();
+        assert!(err.contains("must alternate"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,13 @@
-"""An f32 numpy forward pass of a Llama-family GGUF (llama: interleaved RoPE as llama.cpp lays out
-the weights; qwen2: halves RoPE and q/k/v biases), read with llama.cpp's `gguf` package.
+"""An f32 numpy forward pass of a Llama-family GGUF, read with llama.cpp's `gguf` package, written
+from the published model definitions (Hugging Face's modeling_llama, _qwen2, _qwen3, _gemma,
+_gemma2, _gemma3) and llama.cpp's GGUF conventions:
+
+- llama, mistral: RoPE on interleaved pairs (llama.cpp permutes their q/k rows); others: halves.
+- qwen2: q/k/v biases. qwen3 and gemma3: RMSNorm of each q and k head before RoPE.
+- gemma*: embeddings times sqrt(hidden), GELU (tanh) gating; GGUF norms already hold 1 + w.
+- gemma2, gemma3: norms after attention and MLP outputs; a sliding window on every layer but each
+  2nd (gemma2) or 6th (gemma3); gemma2 soft-caps attention scores and logits; gemma3's windowed
+  layers use RoPE base 10000 and its global layers the file's base and linear scaling.
 
 Usage: python numpy_forward.py MODEL.gguf '[token ids]'   -> prints the last position's logits (JSON)
 """
@@ -16,6 +24,8 @@ class Model:
     def __init__(self, path):
         r = GGUFReader(path)
         field = lambda k: r.fields[k].parts[r.fields[k].data[0]][0]
+        opt = lambda k, default=None: field(k) if k in r.fields else default
+        text = lambda k: bytes(r.fields[k].parts[r.fields[k].data[0]]).decode() if k in r.fields else None
         self.arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
         a = self.arch
         self.W = {
@@ -26,22 +36,35 @@ class Model:
         self.H = int(field(f"{a}.attention.head_count"))
         self.KVH = int(field(f"{a}.attention.head_count_kv"))
         self.D = int(field(f"{a}.embedding_length"))
-        self.HD = self.D // self.H
+        self.HD = int(opt(f"{a}.attention.key_length", self.D // self.H))
         self.EPS = float(field(f"{a}.attention.layer_norm_rms_epsilon"))
-        self.BASE = float(field(f"{a}.rope.freq_base")) if f"{a}.rope.freq_base" in r.fields else 10000.0
+        self.BASE = float(opt(f"{a}.rope.freq_base", 10000.0))
+        self.gemma = a.startswith("gemma")
+        self.ATTN_CAP = opt(f"{a}.attn_logit_softcapping")
+        self.FINAL_CAP = opt(f"{a}.final_logit_softcapping")
+        self.WINDOW = opt(f"{a}.attention.sliding_window")
+        period = {"gemma2": 2, "gemma3": 6}.get(a)
+        self.windowed = [period is not None and i % period < period - 1 for i in range(self.L)]
+        self.LINEAR = float(opt(f"{a}.rope.scaling.factor", 1.0)) if text(f"{a}.rope.scaling.type") == "linear" else 1.0
+        # llama.cpp: the 27B Gemma 2 and 3 scale queries by hidden / heads, the others by head size.
+        scalar = self.D // self.H if (a, self.L) in (("gemma2", 46), ("gemma3", 62)) else self.HD
+        self.SCALE = 1.0 / np.sqrt(scalar)
 
     def rms(self, x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.EPS) * w
 
-    def rope(self, x):  # x: [T, heads, HD]
+    def rope(self, x, local):  # x: [T, heads, HD]
         HD, T = self.HD, x.shape[0]
-        inv = self.BASE ** (-np.arange(0, HD, 2, dtype=np.float64) / HD)
+        base = 10000.0 if (self.arch == "gemma3" and local) else self.BASE
+        inv = base ** (-np.arange(0, HD, 2, dtype=np.float64) / HD)
         if "rope_freqs.weight" in self.W:  # Llama 3.1 frequency scaling, as llama.cpp stores it
             inv = inv / self.W["rope_freqs.weight"].astype(np.float64)
+        if not (self.arch == "gemma3" and local):
+            inv = inv / self.LINEAR
         ang = np.arange(T)[:, None] * inv[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         x = x.astype(np.float64)
-        if self.arch == "qwen2":
+        if self.arch not in ("llama", "mistral"):
             x0, x1 = x[..., : HD // 2], x[..., HD // 2 :]
             out = np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
         else:
@@ -57,31 +80,58 @@ class Model:
             y = y + self.W[name + ".bias"]
         return y
 
+    def act(self, g):
+        if self.gemma:  # gelu_pytorch_tanh
+            return 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
+        return g / (1 + np.exp(-g))
+
     def forward(self, ids):
         W, H, KVH, HD, D = self.W, self.H, self.KVH, self.HD, self.D
         x = W["token_embd.weight"][ids]
+        if self.gemma:
+            x = x * np.float32(np.sqrt(D))
         T = len(ids)
-        mask = np.triu(np.full((T, T), -np.inf, dtype=np.float32), 1)
+        causal = np.triu(np.full((T, T), -np.inf, dtype=np.float32), 1)
+        t = np.arange(T)
         for i in range(self.L):
             p = f"blk.{i}."
+            local = self.windowed[i]
+            mask = causal.copy()
+            if local:  # query t sees key s when t - s < window
+                mask[(t[:, None] - t[None, :]) >= self.WINDOW] = -np.inf
             h = self.rms(x, W[p + "attn_norm.weight"])
-            q = self.rope(self.lin(h, p + "attn_q").reshape(T, H, HD))
-            k = self.rope(self.lin(h, p + "attn_k").reshape(T, KVH, HD))
+            q = self.lin(h, p + "attn_q").reshape(T, H, HD)
+            k = self.lin(h, p + "attn_k").reshape(T, KVH, HD)
+            if p + "attn_q_norm.weight" in W:
+                q = self.rms(q, W[p + "attn_q_norm.weight"])
+                k = self.rms(k, W[p + "attn_k_norm.weight"])
+            q, k = self.rope(q, local), self.rope(k, local)
             v = self.lin(h, p + "attn_v").reshape(T, KVH, HD)
             k = np.repeat(k, H // KVH, axis=1)
             v = np.repeat(v, H // KVH, axis=1)
-            att = np.einsum("thd,shd->hts", q, k) / np.sqrt(HD) + mask
+            att = np.einsum("thd,shd->hts", q, k) * self.SCALE
+            if self.ATTN_CAP is not None:
+                att = self.ATTN_CAP * np.tanh(att / self.ATTN_CAP)
+            att = att + mask
             att = np.exp(att - att.max(-1, keepdims=True))
             att /= att.sum(-1, keepdims=True)
-            o = np.einsum("hts,shd->thd", att, v).reshape(T, D)
-            x = x + o @ W[p + "attn_output.weight"].T
+            o = np.einsum("hts,shd->thd", att, v).reshape(T, H * HD) @ W[p + "attn_output.weight"].T
+            if p + "post_attention_norm.weight" in W:
+                o = self.rms(o, W[p + "post_attention_norm.weight"])
+            x = x + o
             h = self.rms(x, W[p + "ffn_norm.weight"])
             g = h @ W[p + "ffn_gate.weight"].T
             u = h @ W[p + "ffn_up.weight"].T
-            x = x + ((g / (1 + np.exp(-g))) * u) @ W[p + "ffn_down.weight"].T
+            m = (self.act(g) * u) @ W[p + "ffn_down.weight"].T
+            if p + "post_ffw_norm.weight" in W:
+                m = self.rms(m, W[p + "post_ffw_norm.weight"])
+            x = x + m
         x = self.rms(x[-1:], W["output_norm.weight"])
         out = W.get("output.weight", W["token_embd.weight"])
-        return (x @ out.T)[0]
+        logits = (x @ out.T)[0]
+        if self.FINAL_CAP is not None:
+            logits = self.FINAL_CAP * np.tanh(logits / self.FINAL_CAP)
+        return logits
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-//! Attention over the paged KV cache: each new token attends to every position up to its own,
-//! reading K and V straight from the sequence's blocks. Work is split by KV head (the query heads
+//! Attention over the paged KV cache: each new token attends to every position up to its own (or,
+//! in a windowed layer, to the last `window` of them), reading K and V straight from the
+//! sequence's blocks; blocks wholly before every row's window are not read. Work is split by KV head (the query heads
 //! that share one go together) and by tiles of up to `TILE` consecutive tokens of one sequence
 //! (prefill), which share each K and V row they read, over the compute threads.
 
@@ -8,12 +9,18 @@ use super::kv::KvCache;
 use super::threads::{SharedMut, for_each_task};
 use crate::pool::BlockId;
 
-/// The shape of one layer's attention.
+/// The shape of one layer's attention, and how its scores are formed.
 #[derive(Clone, Copy, Debug)]
 pub struct Heads {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// What q·k is multiplied by.
+    pub scale: f32,
+    /// Scores become `cap · tanh(score / cap)` (Gemma 2).
+    pub softcap: Option<f32>,
+    /// Positions a query sees, itself included; None: all before it.
+    pub window: Option<usize>,
 }
 
 /// Most consecutive tokens of one sequence that share a pass over its K and V.
@@ -92,11 +99,16 @@ impl Part<'_> {
         // Row i sees positions 0..=first_pos + i; the last row sees them all.
         let len = self.first_pos + self.rows;
         let (bs, kvw) = (kv.block_size(), kv.kv_width());
+        // Row i sees positions lo(i)..first_pos + i + 1: with a window, the blocks before the
+        // first row's window are skipped.
+        let window = self.shape.window.unwrap_or(usize::MAX);
+        let lo = |i: usize| (self.first_pos + i + 1).saturating_sub(window);
+        let first_block = lo(0) / bs;
         let blocks = &self.table[..len.div_ceil(bs)];
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = self.shape.scale;
         // Ask for every K and V row up front: they are short and spread over blocks, and waiting
         // for each in turn (not bandwidth) is what bounds attention.
-        for (bi, &block) in blocks.iter().enumerate() {
+        for (bi, &block) in blocks.iter().enumerate().skip(first_block) {
             kv.keys(self.layer, block, kvh).prefetch(0, hd * bs);
             let values = kv.values(self.layer, block);
             for j in 0..bs.min(len - bi * bs) {
@@ -108,12 +120,15 @@ impl Part<'_> {
         let stride = group * len;
         let mut scores = vec![0.0f32; self.rows * stride];
         let mut buf = vec![0.0f32; hd * bs];
-        for (bi, &block) in blocks.iter().enumerate() {
+        for (bi, &block) in blocks.iter().enumerate().skip(first_block) {
             let t0 = bi * bs;
             let n = bs.min(len - t0);
             let keys = kv.keys(self.layer, block, kvh).read::<FUSED>(0, &mut buf);
             // Rows before the block's first position see none of it.
             for i in t0.saturating_sub(self.first_pos)..self.rows {
+                if lo(i) >= t0 + n {
+                    continue;
+                }
                 for g in 0..group {
                     let dst = &mut scores[i * stride + g * len + t0..][..n];
                     block_scores::<FUSED>(&q[i][g * hd..(g + 1) * hd], keys, bs, scale, dst);
@@ -123,16 +138,22 @@ impl Part<'_> {
         for i in 0..self.rows {
             let seen = self.first_pos + i + 1;
             for g in 0..group {
-                softmax(&mut scores[i * stride + g * len..][..seen]);
+                let row = &mut scores[i * stride + g * len..][lo(i)..seen];
+                if let Some(cap) = self.shape.softcap {
+                    row.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+                }
+                softmax(row);
             }
             out[i].fill(0.0);
         }
-        for (bi, &block) in blocks.iter().enumerate() {
+        for (bi, &block) in blocks.iter().enumerate().skip(first_block) {
             let values = kv.values(self.layer, block);
             for j in 0..bs.min(len - bi * bs) {
                 let t = bi * bs + j;
                 let v = values.read::<FUSED>(j * kvw + kvh * hd, &mut buf[..hd]);
-                for i in t.saturating_sub(self.first_pos)..self.rows {
+                // The rows that see position t: from the one at t, to the last whose window holds it.
+                let last = (t + window.min(len)).saturating_sub(self.first_pos).min(self.rows);
+                for i in t.saturating_sub(self.first_pos)..last {
                     for g in 0..group {
                         let s = scores[i * stride + g * len + t];
                         for (o, &v) in out[i][g * hd..(g + 1) * hd].iter_mut().zip(v) {

@@ -1,6 +1,6 @@
 //! CPU kernels for the forward pass besides the matrix products (`matrix.rs`): dot, RMSNorm,
 //! RoPE (interleaved pairs as llama.cpp lays out GGUF weights, or halves as Hugging Face does),
-//! SiLU and softmax. Plain loops written so LLVM vectorises them.
+//! SiLU, GELU and softmax. Plain loops written so LLVM vectorises them.
 
 /// `out = x / rms(x) · w`, one row of `w.len()` at a time.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -44,6 +44,12 @@ pub fn rope(head: &mut [f32], rot: &[(f32, f32)], style: RopeStyle) {
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`, Gemma's activation).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 /// Softmax in place.

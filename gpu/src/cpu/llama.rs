@@ -1,126 +1,19 @@
-//! The Llama-family model on CPU: configuration and weights from GGUF (Llama 2/3, SmolLM,
-//! Mistral; Qwen2 with its q/k/v biases), and the forward pass over a batch of sequence chunks
-//! with attention reading K and V from the paged cache.
+//! The Llama-family model on CPU: weights from GGUF or a Hugging Face folder (Llama 2/3, SmolLM,
+//! Mistral; Qwen2 with its q/k/v biases; Qwen3 with q/k norms; Gemma 1/2/3 with scaled
+//! embeddings, GeGLU, post-norms, soft-capping and sliding windows), and the forward pass over a
+//! batch of sequence chunks with attention reading K and V from the paged cache.
 
 use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 
+pub use super::config::LlamaConfig;
 use super::attention::{Heads, attend};
-use super::kernels::{RopeStyle, rms_norm, rope, rotations, silu};
+use super::config::Activation;
+use super::kernels::{gelu_tanh, rms_norm, rope, rotations, silu};
 use super::kv::KvCache;
 use super::matrix::{Matrix, Precision};
 use super::threads::for_each_chunk_mut;
-
-/// Shapes and constants of a model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    pub arch: String,
-    pub layers: usize,
-    pub hidden: usize,
-    pub ffn: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-    pub eps: f32,
-    pub rope_base: f32,
-    pub rope_style: RopeStyle,
-    pub context_length: usize,
-    /// Per-frequency divisors of RoPE (Llama 3.1's frequency scaling), `head_dim / 2` of them.
-    pub rope_freq_factors: Option<Vec<f32>>,
-}
-
-/// Llama 3.1 RoPE scaling: the divisor of each rotary frequency, as Hugging Face computes it
-/// (`rope_type = "llama3"`): long wavelengths are slowed by `factor`, short ones kept, and the
-/// band between interpolated.
-pub fn llama3_rope_factors(
-    head_dim: usize,
-    base: f32,
-    factor: f32,
-    low: f32,
-    high: f32,
-    original_context: f32,
-) -> Vec<f32> {
-    let (low_wavelen, high_wavelen) = (original_context / low, original_context / high);
-    (0..head_dim / 2)
-        .map(|i| {
-            let freq = base.powf(-(2.0 * i as f32) / head_dim as f32);
-            let wavelen = 2.0 * std::f32::consts::PI / freq;
-            let scaled = if wavelen < high_wavelen {
-                freq
-            } else if wavelen > low_wavelen {
-                freq / factor
-            } else {
-                let smooth = (original_context / wavelen - low) / (high - low);
-                (1.0 - smooth) * freq / factor + smooth * freq
-            };
-            freq / scaled
-        })
-        .collect()
-}
-
-impl LlamaConfig {
-    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
-        let arch = g.get_str("general.architecture")?.to_string();
-        if !matches!(arch.as_str(), "llama" | "qwen2" | "mistral") {
-            return Err(ModelError::Unsupported(format!(
-                "general.architecture \"{arch}\" (llama, qwen2 and mistral are)"
-            )));
-        }
-        let key = |k: &str| format!("{arch}.{k}");
-        let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);
-        let heads = u("attention.head_count")?;
-        let hidden = u("embedding_length")?;
-        if heads == 0 || hidden % heads != 0 {
-            return Err(ModelError::Metadata(format!("{hidden} hidden units do not split into {heads} heads")));
-        }
-        let head_dim = hidden / heads;
-        let kv_heads = u("attention.head_count_kv").unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(ModelError::Metadata(format!("{heads} heads do not group over {kv_heads} KV heads")));
-        }
-        if let Ok(rot) = u("rope.dimension_count")
-            && rot != head_dim
-        {
-            return Err(ModelError::Unsupported(format!("partial rotary embeddings ({rot} of {head_dim} dimensions)")));
-        }
-        if let Ok(kind) = g.get_str(&key("rope.scaling.type"))
-            && kind != "none"
-        {
-            return Err(ModelError::Unsupported(format!("RoPE scaling \"{kind}\"")));
-        }
-        // llama.cpp stores Llama 3.1's frequency scaling as divisors in this tensor.
-        let rope_freq_factors = match g.tensor("rope_freqs.weight") {
-            Ok(_) => Some(g.vector("rope_freqs.weight", head_dim / 2)?),
-            Err(_) => None,
-        };
-        let vocab = match g.get("tokenizer.ggml.tokens")? {
-            crate::model::gguf::GgufValue::Array(v) => v.len(),
-            _ => return Err(ModelError::Metadata("tokenizer.ggml.tokens is not an array".into())),
-        };
-        Ok(Self {
-            layers: u("block_count")?,
-            ffn: u("feed_forward_length")?,
-            eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
-            rope_base: g.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0) as f32,
-            // GGUF conversions permute Llama's q/k rows for interleaved rotation; Qwen2 keeps halves.
-            rope_style: if arch == "qwen2" { RopeStyle::Halves } else { RopeStyle::Interleaved },
-            context_length: u("context_length").unwrap_or(2048),
-            rope_freq_factors,
-            arch,
-            hidden,
-            heads,
-            kv_heads,
-            head_dim,
-            vocab,
-        })
-    }
-
-    pub fn kv_width(&self) -> usize {
-        self.kv_heads * self.head_dim
-    }
-}
 
 /// A weight matrix `rows × cols` (kept quantized where a kernel exists) with an optional bias.
 pub struct Linear {
@@ -187,8 +80,14 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// q, k and v fused: each output row is `[q | k | v]`.
     qkv: Linear,
+    /// Per-head RMSNorm weights of q and k (`head_dim` each).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     o: Linear,
+    /// RMSNorm of the attention output before the residual.
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    /// RMSNorm of the MLP output before the residual.
+    post_ffn_norm: Option<Vec<f32>>,
     /// gate and up fused: each output row is `[gate | up]`.
     gate_up: Linear,
     down: Linear,
@@ -201,7 +100,9 @@ pub struct LlamaModel {
     norm: Vec<f32>,
     /// The output projection; None when tied to the embeddings.
     output: Option<Linear>,
+    /// RoPE's inverse frequencies of global and windowed layers.
     inv_freq: Vec<f32>,
+    inv_freq_local: Vec<f32>,
 }
 
 impl LlamaModel {
@@ -211,20 +112,30 @@ impl LlamaModel {
 
     /// Build the model from `config` and tensors named as GGUF names them.
     pub fn load(c: LlamaConfig, g: &dyn WeightSource, precision: Precision) -> Result<Self, ModelError> {
-        let (h, kvw) = (c.hidden, c.kv_width());
+        let (h, kvw, qw, hd) = (c.hidden, c.kv_width(), c.q_width(), c.head_dim);
         let embed = g.matrix("token_embd.weight", c.vocab, h, precision)?;
         let layers = (0..c.layers)
             .map(|i| {
                 let p = format!("blk.{i}");
+                let norm = |name: &str, len: usize, on: bool| -> Result<Option<Vec<f32>>, ModelError> {
+                    on.then(|| g.vector(&format!("{p}.{name}.weight"), len)).transpose()
+                };
+                let qk_norm = match (norm("attn_q_norm", hd, c.qk_norm)?, norm("attn_k_norm", hd, c.qk_norm)?) {
+                    (Some(q), Some(k)) => Some((q, k)),
+                    _ => None,
+                };
                 Ok(Layer {
                     attn_norm: g.vector(&format!("{p}.attn_norm.weight"), h)?,
                     qkv: Linear::stack(vec![
-                        Linear::load(g, &format!("{p}.attn_q"), h, h, precision)?,
+                        Linear::load(g, &format!("{p}.attn_q"), qw, h, precision)?,
                         Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
                         Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
                     ]),
-                    o: Linear::load(g, &format!("{p}.attn_output"), h, h, precision)?,
+                    qk_norm,
+                    o: Linear::load(g, &format!("{p}.attn_output"), h, qw, precision)?,
+                    post_attn_norm: norm("post_attention_norm", h, c.post_norms)?,
                     ffn_norm: g.vector(&format!("{p}.ffn_norm.weight"), h)?,
+                    post_ffn_norm: norm("post_ffw_norm", h, c.post_norms)?,
                     gate_up: Linear::stack(vec![
                         Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
                         Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
@@ -235,21 +146,23 @@ impl LlamaModel {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let output =
             if g.has("output.weight") { Some(Linear::load(g, "output", c.vocab, h, precision)?) } else { None };
-        let half = c.head_dim / 2;
-        let inv_freq = (0..half)
-            .map(|i| {
-                let f = c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32);
-                c.rope_freq_factors.as_ref().map_or(f, |d| f / d[i])
-            })
-            .collect();
-        Ok(Self { embed, layers, norm: g.vector("output_norm.weight", h)?, output, inv_freq, config: c })
+        let (inv_freq, inv_freq_local) = (c.inv_freq(false), c.inv_freq(true));
+        Ok(Self {
+            embed,
+            layers,
+            norm: g.vector("output_norm.weight", h)?,
+            output,
+            inv_freq,
+            inv_freq_local,
+            config: c,
+        })
     }
 
     /// Run each sequence's chunk `tokens[start..]`, writing K and V into `kv` at the sequence's
     /// blocks, and return next-token logits for the sequences that want them.
     pub fn forward(&self, batch: &[SequenceView<'_>], kv: &mut KvCache) -> Vec<Option<Vec<f32>>> {
         let c = &self.config;
-        let (h, kvw, hd) = (c.hidden, c.kv_width(), c.head_dim);
+        let (h, kvw, hd, qw) = (c.hidden, c.kv_width(), c.head_dim, c.q_width());
         // Flatten the batch: one row per new token, remembering its sequence and position.
         let mut rows: Vec<(usize, usize)> = Vec::new();
         for (s, view) in batch.iter().enumerate() {
@@ -261,50 +174,89 @@ impl LlamaModel {
             let tok = batch[s].tokens[p] as usize;
             self.embed.row(tok, &mut x[r * h..(r + 1) * h]);
         }
+        if c.embed_scale {
+            let s = (h as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let mut xn = vec![0.0f32; n * h];
-        let (mut q, mut k, mut v) = (vec![0.0f32; n * h], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
-        let mut attn = vec![0.0f32; n * h];
-        let mut proj = vec![0.0f32; n * h];
+        let (mut q, mut k, mut v) = (vec![0.0f32; n * qw], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
+        let mut attn = vec![0.0f32; n * qw];
+        let (mut proj, mut normed) = (vec![0.0f32; n * h], vec![0.0f32; n * h]);
         let (mut gate, mut gate_up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * 2 * c.ffn]);
-        let mut qkv = vec![0.0f32; n * (h + 2 * kvw)];
-        // Rotation angles per row (the same in every layer and head), and each row's block table.
+        let mut qkv = vec![0.0f32; n * (qw + 2 * kvw)];
+        let mut head_in = vec![0.0f32; hd];
+        // Rotation angles per row (the same in every layer of a kind and every head), and each
+        // row's block table.
         let half = self.inv_freq.len();
-        let rot: Vec<(f32, f32)> = rows.iter().flat_map(|&(_, p)| rotations(p, &self.inv_freq)).collect();
+        let angles = |inv: &[f32]| -> Vec<(f32, f32)> { rows.iter().flat_map(|&(_, p)| rotations(p, inv)).collect() };
+        let rot_global = angles(&self.inv_freq);
+        let rot_local = if self.inv_freq_local == self.inv_freq { None } else { Some(angles(&self.inv_freq_local)) };
         let tables: Vec<_> = rows.iter().map(|&(s, p)| (batch[s].blocks, p)).collect();
-        let shape = Heads { heads: c.heads, kv_heads: c.kv_heads, head_dim: hd };
         let mut scratch = Vec::new();
+        // `x += norm(y)` where the layer has a post-norm, else `x += y`.
+        let residual = |x: &mut [f32], y: &[f32], norm: Option<&Vec<f32>>, normed: &mut [f32]| {
+            let y = match norm {
+                Some(w) => {
+                    rms_norm(y, w, c.eps, normed);
+                    &*normed
+                }
+                None => y,
+            };
+            x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+        };
         for (li, layer) in self.layers.iter().enumerate() {
+            let window = c.window(li);
+            let rot = match (&rot_local, window) {
+                (Some(local), Some(_)) => local,
+                _ => &rot_global,
+            };
             rms_norm(&x, &layer.attn_norm, c.eps, &mut xn);
             layer.qkv.forward(&xn, n, &mut qkv, &mut scratch);
-            let width = h + 2 * kvw;
+            let width = qw + 2 * kvw;
             for (r, row) in qkv.chunks_exact(width).enumerate() {
-                q[r * h..(r + 1) * h].copy_from_slice(&row[..h]);
-                k[r * kvw..(r + 1) * kvw].copy_from_slice(&row[h..h + kvw]);
-                v[r * kvw..(r + 1) * kvw].copy_from_slice(&row[h + kvw..]);
+                q[r * qw..(r + 1) * qw].copy_from_slice(&row[..qw]);
+                k[r * kvw..(r + 1) * kvw].copy_from_slice(&row[qw..qw + kvw]);
+                v[r * kvw..(r + 1) * kvw].copy_from_slice(&row[qw + kvw..]);
             }
             for (r, &(s, p)) in rows.iter().enumerate() {
                 let rot = &rot[r * half..(r + 1) * half];
-                for head in q[r * h..(r + 1) * h].chunks_exact_mut(hd) {
-                    rope(head, rot, c.rope_style);
-                }
-                for head in k[r * kvw..(r + 1) * kvw].chunks_exact_mut(hd) {
-                    rope(head, rot, c.rope_style);
+                let (q_norm, k_norm) = layer.qk_norm.as_ref().map_or((None, None), |(q, k)| (Some(q), Some(k)));
+                for (heads, norm) in [(&mut q[r * qw..(r + 1) * qw], q_norm), (&mut k[r * kvw..(r + 1) * kvw], k_norm)] {
+                    for head in heads.chunks_exact_mut(hd) {
+                        if let Some(w) = norm {
+                            head_in.copy_from_slice(head);
+                            rms_norm(&head_in, w, c.eps, head);
+                        }
+                        rope(head, rot, c.rope_style);
+                    }
                 }
                 kv.write(li, batch[s].blocks, p, &k[r * kvw..(r + 1) * kvw], &v[r * kvw..(r + 1) * kvw]);
             }
+            let shape = Heads {
+                heads: c.heads,
+                kv_heads: c.kv_heads,
+                head_dim: hd,
+                scale: c.attn_scale,
+                softcap: c.attn_softcap,
+                window,
+            };
             attend(shape, li, kv, &q, &tables, &mut attn);
             layer.o.forward(&attn, n, &mut proj, &mut scratch);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            residual(&mut x, &proj, layer.post_attn_norm.as_ref(), &mut normed);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
             layer.gate_up.forward(&xn, n, &mut gate_up, &mut scratch);
+            let act = match c.activation {
+                Activation::Silu => silu,
+                Activation::GeluTanh => gelu_tanh,
+            };
             for_each_chunk_mut(&mut gate, c.ffn, |r, out| {
                 let (g, u) = gate_up[r * 2 * c.ffn..(r + 1) * 2 * c.ffn].split_at(c.ffn);
                 for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                    *o = silu(g) * u;
+                    *o = act(g) * u;
                 }
             });
             layer.down.forward(&gate, n, &mut proj, &mut scratch);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            residual(&mut x, &proj, layer.post_ffn_norm.as_ref(), &mut normed);
         }
         // Logits for the last token of sequences that want them, and for every token of those
         // that score their prompt.
@@ -328,6 +280,9 @@ impl LlamaModel {
         match &self.output {
             Some(o) => o.forward(&last, wanted.len(), &mut logits, &mut scratch),
             None => self.embed.matmul(&last, wanted.len(), None, &mut logits, &mut scratch),
+        }
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
         }
         for (i, &(s, _)) in wanted.iter().enumerate() {
             let row = &logits[i * c.vocab..(i + 1) * c.vocab];

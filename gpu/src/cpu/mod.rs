@@ -2,6 +2,7 @@
 //! in host memory, behind the `Executor` seam.
 
 mod attention;
+pub mod config;
 pub mod kernels;
 pub mod kv;
 pub mod llama;

@@ -173,6 +173,14 @@ impl CudaExecutor {
         block_size: usize,
     ) -> Result<Self, CudaError> {
         super::device(ordinal)?;
+        let variations = config.variations();
+        if !variations.is_empty() {
+            return Err(CudaError::Model(format!(
+                "{:?} needs {} (the CUDA backend runs the Llama block; the CPU backend runs this model)",
+                config.family,
+                variations.join(", ")
+            )));
+        }
         if !config.head_dim.is_multiple_of(2) || config.head_dim > MAX_HEAD_DIM {
             return Err(CudaError::Model(format!(
                 "head size {} (the CUDA attention kernel takes even sizes up to {MAX_HEAD_DIM})",

@@ -1,4 +1,4 @@
-//! Writing GGUF files (version 3): metadata, then F32 tensors, aligned. Used to generate the tiny
+//! Writing GGUF files (version 3): metadata, then tensors (F32, or any type's raw blocks), aligned. Used to generate the tiny
 //! test models.
 
 use std::io::Write;
@@ -12,8 +12,8 @@ const ALIGNMENT: usize = 32;
 #[derive(Debug, Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, GgufValue)>,
-    /// (name, row-major shape, values)
-    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// (name, row-major shape, ggml type id, bytes)
+    tensors: Vec<(String, Vec<usize>, u32, Vec<u8>)>,
 }
 
 fn kind(v: &GgufValue) -> u32 {
@@ -72,7 +72,16 @@ impl GgufWriter {
     /// Add an f32 tensor with a row-major `shape`.
     pub fn tensor(&mut self, name: &str, shape: &[usize], values: Vec<f32>) -> &mut Self {
         assert_eq!(shape.iter().product::<usize>(), values.len(), "{name}");
-        self.tensors.push((name.to_string(), shape.to_vec(), values));
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensors.push((name.to_string(), shape.to_vec(), 0, bytes));
+        self
+    }
+
+    /// Add a tensor of ggml type `dtype` from its raw blocks (quantized test data).
+    pub fn raw_tensor(&mut self, name: &str, shape: &[usize], dtype: super::quant::GgmlType, bytes: Vec<u8>) -> &mut Self {
+        let elements = shape.iter().product::<usize>() as u64;
+        assert_eq!(dtype.byte_size(elements), Some(bytes.len() as u64), "{name}");
+        self.tensors.push((name.to_string(), shape.to_vec(), dtype.id(), bytes));
         self
     }
 
@@ -88,21 +97,21 @@ impl GgufWriter {
             put_value(&mut out, v);
         }
         let mut offset = 0usize;
-        for (name, shape, values) in &self.tensors {
+        for (name, shape, dtype, bytes) in &self.tensors {
             put_str(&mut out, name);
             out.extend((shape.len() as u32).to_le_bytes());
             for d in shape.iter().rev() {
                 out.extend((*d as u64).to_le_bytes());
             }
-            out.extend(0u32.to_le_bytes()); // F32
+            out.extend(dtype.to_le_bytes());
             out.extend((offset as u64).to_le_bytes());
-            offset += (values.len() * 4).div_ceil(ALIGNMENT) * ALIGNMENT;
+            offset += bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT;
         }
         out.resize(out.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
-        for (_, _, values) in &self.tensors {
+        for (_, _, _, bytes) in &self.tensors {
             let start = out.len();
-            out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-            out.resize(start + (values.len() * 4).div_ceil(ALIGNMENT) * ALIGNMENT, 0);
+            out.extend(bytes);
+            out.resize(start + bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
         }
         std::fs::File::create(path)?.write_all(&out)
     }

@@ -13,7 +13,8 @@ use super::bpe::BpeTokenizer;
 use super::gguf::GgufFile;
 use super::safetensors::{SafeTensors, write_f32};
 use crate::cpu::kernels::RopeStyle;
-use crate::cpu::llama::{LlamaConfig, WeightSource, llama3_rope_factors};
+use crate::cpu::config::{Family, LlamaConfig, Shapes, llama3_rope_factors};
+use crate::cpu::llama::WeightSource;
 use crate::cpu::matrix::{Matrix, Precision};
 
 #[derive(Debug, Deserialize)]
@@ -34,6 +35,28 @@ struct HfConfig {
     vocab_size: usize,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
+    /// Qwen3, Gemma: when `heads · head_dim` is not `hidden_size`.
+    #[serde(default)]
+    head_dim: Option<usize>,
+    /// Gemma 2/3: q·k is scaled by its inverse square root.
+    #[serde(default)]
+    query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    final_logit_softcapping: Option<f64>,
+    /// Gemma 2/3's window (other families' `sliding_window`, which llama.cpp does not apply either,
+    /// is ignored).
+    #[serde(default)]
+    sliding_window: Option<usize>,
+    /// `sliding_attention` or `full_attention`, per layer.
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    sliding_window_pattern: Option<usize>,
+    /// Gemma 3's RoPE base of its sliding layers.
+    #[serde(default)]
+    rope_local_base_freq: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,8 +80,9 @@ fn token_text(v: &Option<serde_json::Value>) -> Option<String> {
     }
 }
 
-/// The GGUF tensor name's Hugging Face spelling.
-fn hf_name(gguf: &str) -> Option<String> {
+/// The GGUF tensor name's Hugging Face spelling in a model of `family` (Gemma 2 and 3 name their
+/// four norms differently from Llama's two).
+fn hf_name(gguf: &str, family: Family) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -71,19 +95,31 @@ fn hf_name(gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let (part, kind) = rest.rsplit_once('.')?;
+    let four_norms = matches!(family, Family::Gemma2 | Family::Gemma3);
     let hf = match part {
         "attn_norm" => "input_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "attn_output" => "self_attn.o_proj",
+        "ffn_norm" if four_norms => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" if four_norms => "post_attention_layernorm",
+        "post_ffw_norm" if four_norms => "post_feedforward_layernorm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Whether a GGUF tensor is an RMSNorm gain (stored as an offset from 1 by Gemma's Hugging Face
+/// checkpoints).
+fn is_norm(gguf: &str) -> bool {
+    gguf.ends_with("norm.weight")
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError> {
@@ -124,70 +160,84 @@ impl HfModel {
     /// The model's shapes and constants from the folder's `config.json` alone.
     pub fn read_config(dir: &Path) -> Result<LlamaConfig, ModelError> {
         let c: HfConfig = read_json(&dir.join("config.json"))?;
-        let arch = match c.architectures.first().map(String::as_str) {
-            Some("LlamaForCausalLM") => "llama",
-            Some("MistralForCausalLM") => "mistral",
-            Some("Qwen2ForCausalLM") => "qwen2",
-            other => {
-                let named = other.map_or("none".to_string(), |a| format!("\"{a}\""));
-                return Err(ModelError::Unsupported(format!(
-                    "config.json: architectures {named} (LlamaForCausalLM, MistralForCausalLM and Qwen2ForCausalLM \
-                     are)"
-                )));
-            }
+        let class = c.architectures.first().map(String::as_str);
+        let Some(family) = class.and_then(Family::from_hf_class) else {
+            let named = class.map_or("none".to_string(), |a| format!("\"{a}\""));
+            return Err(ModelError::Unsupported(format!(
+                "config.json: architectures {named} ({} are)",
+                Family::names(Family::hf_class)
+            )));
         };
-        let head_dim = c.hidden_size / c.num_attention_heads.max(1);
+        let shapes = Shapes {
+            layers: c.num_hidden_layers,
+            hidden: c.hidden_size,
+            ffn: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+        };
         let base = c.rope_theta.unwrap_or(10_000.0) as f32;
-        let rope_freq_factors = match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
-            None => None,
-            Some(s) if s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()) == Some("llama3") => {
+        let context = c.max_position_embeddings.unwrap_or(2048);
+        let mut config = LlamaConfig::new(family, shapes, c.rms_norm_eps as f32, base, context)?;
+        config.rope_style = RopeStyle::Halves;
+        let head_dim = config.head_dim;
+        match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            None => {}
+            Some(s) => {
                 let num = |k: &str| {
                     s.get(k)
                         .and_then(|v| v.as_f64())
                         .map(|v| v as f32)
-                        .ok_or_else(|| ModelError::Metadata(format!("rope_scaling.{k} is missing")))
+                        .ok_or_else(|| ModelError::Metadata(format!("config.json: rope_scaling.{k} is missing")))
                 };
-                Some(llama3_rope_factors(
-                    head_dim,
-                    base,
-                    num("factor")?,
-                    num("low_freq_factor")?,
-                    num("high_freq_factor")?,
-                    num("original_max_position_embeddings")?,
-                ))
+                match s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str()) {
+                    Some("llama3") => {
+                        config.rope_freq_factors = Some(llama3_rope_factors(
+                            head_dim,
+                            base,
+                            num("factor")?,
+                            num("low_freq_factor")?,
+                            num("high_freq_factor")?,
+                            num("original_max_position_embeddings")?,
+                        ))
+                    }
+                    Some("linear") => config.rope_linear = Some(num("factor")?).filter(|&f| f != 1.0),
+                    Some("default") => {}
+                    _ => return Err(ModelError::Unsupported(format!("config.json: rope_scaling {s}"))),
+                }
             }
-            Some(other) => return Err(ModelError::Unsupported(format!("rope_scaling {other}"))),
-        };
-        let heads = c.num_attention_heads;
-        if heads == 0 || !c.hidden_size.is_multiple_of(heads) {
-            return Err(ModelError::Metadata(format!(
-                "{} hidden units do not split into {heads} heads",
-                c.hidden_size
-            )));
         }
-        let kv_heads = c.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            return Err(ModelError::Metadata(format!("{heads} heads do not group over {kv_heads} KV heads")));
+        if let Some(q) = c.query_pre_attn_scalar.filter(|_| family.is_gemma()) {
+            config.attn_scale = 1.0 / (q as f32).sqrt();
         }
-        Ok(LlamaConfig {
-            arch: arch.into(),
-            layers: c.num_hidden_layers,
-            hidden: c.hidden_size,
-            ffn: c.intermediate_size,
-            heads,
-            kv_heads,
-            head_dim: c.hidden_size / heads,
-            vocab: c.vocab_size,
-            eps: c.rms_norm_eps as f32,
-            rope_base: base,
-            rope_style: RopeStyle::Halves,
-            context_length: c.max_position_embeddings.unwrap_or(2048),
-            rope_freq_factors,
-        })
+        if family == Family::Gemma2 {
+            config.attn_softcap = c.attn_logit_softcapping.map(|v| v as f32);
+            config.final_softcap = c.final_logit_softcapping.map(|v| v as f32);
+        }
+        if matches!(family, Family::Gemma2 | Family::Gemma3) {
+            if let Some(types) = &c.layer_types {
+                if types.len() != config.layers {
+                    return Err(ModelError::Metadata(format!(
+                        "config.json: layer_types has {} entries for {} layers",
+                        types.len(),
+                        config.layers
+                    )));
+                }
+                config.windowed = types.iter().map(|t| t == "sliding_attention").collect();
+            } else if let Some(n) = c.sliding_window_pattern.filter(|&n| n > 0) {
+                config.windowed = (0..config.layers).map(|l| (l + 1) % n != 0).collect();
+            }
+            config.sliding_window = Some(c.sliding_window.unwrap_or(4096));
+            if family == Family::Gemma3 {
+                config.rope_base_local = Some(c.rope_local_base_freq.unwrap_or(10_000.0) as f32);
+            }
+        }
+        Ok(config)
     }
 
     fn find(&self, gguf: &str) -> Option<(&SafeTensors, String)> {
-        let name = hf_name(gguf)?;
+        let name = hf_name(gguf, self.config.family)?;
         self.shards.iter().find(|s| s.has(&name)).map(|s| (s, name))
     }
 
@@ -215,7 +265,11 @@ impl WeightSource for HfModel {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let (st, hf) = self.find(name).ok_or_else(|| ModelError::Metadata(format!("no tensor for {name}")))?;
-        let v = st.f32(&hf).expect("found above");
+        let mut v = st.f32(&hf).expect("found above");
+        let offset = self.config.family.hf_norm_offset();
+        if offset != 0.0 && is_norm(name) {
+            v.iter_mut().for_each(|w| *w += offset);
+        }
         if v.len() != len {
             return Err(ModelError::Metadata(format!("{hf} has {} values, expected {len}", v.len())));
         }
@@ -256,10 +310,13 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         ));
     }
     for t in &g.tensors {
-        let Some(name) = hf_name(&t.name) else {
+        let Some(name) = hf_name(&t.name, c.family) else {
             return Err(ModelError::Unsupported(format!("exporting tensor `{}`", t.name)));
         };
         let mut data = g.dequantize(&t.name)?;
+        if is_norm(&t.name) {
+            data.iter_mut().for_each(|w| *w -= c.family.hf_norm_offset());
+        }
         let cols = t.dims[0] as usize;
         if c.rope_style == RopeStyle::Interleaved && t.name.ends_with(".attn_q.weight") {
             data = unpermute(&data, c.heads, cols);
@@ -274,20 +331,20 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         tensors.push((name, t.shape(), data));
     }
     write_f32(&dir.join("model.safetensors"), &tensors).map_err(io)?;
-    let arch = match c.arch.as_str() {
-        "qwen2" => "Qwen2ForCausalLM",
-        "mistral" => "MistralForCausalLM",
-        _ => "LlamaForCausalLM",
-    };
     let tokenizer = BpeTokenizer::from_gguf(g)?;
     let text = |key: &str| g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).map(str::to_string);
-    let config = json!({
-        "architectures": [arch],
-        "model_type": if c.arch == "llama" { "llama" } else { c.arch.as_str() },
+    let model_type = match c.family {
+        Family::Gemma3 => "gemma3_text",
+        f => f.gguf_name(),
+    };
+    let mut config = json!({
+        "architectures": [c.family.hf_class()],
+        "model_type": model_type,
         "hidden_size": c.hidden,
         "intermediate_size": c.ffn,
         "num_attention_heads": c.heads,
         "num_key_value_heads": c.kv_heads,
+        "head_dim": c.head_dim,
         "num_hidden_layers": c.layers,
         "rms_norm_eps": c.eps,
         "rope_theta": c.rope_base,
@@ -298,6 +355,25 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         "eos_token_id": g.get_u64("tokenizer.ggml.eos_token_id").ok(),
         "torch_dtype": "float32",
     });
+    let fields = config.as_object_mut().expect("an object");
+    if let Some(f) = c.rope_linear {
+        fields.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": f}));
+    }
+    if c.family.is_gemma() {
+        fields.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        fields.insert("query_pre_attn_scalar".into(), json!(1.0 / (c.attn_scale * c.attn_scale)));
+    }
+    if let Some(w) = c.sliding_window {
+        let types: Vec<&str> =
+            c.windowed.iter().map(|&w| if w { "sliding_attention" } else { "full_attention" }).collect();
+        fields.insert("sliding_window".into(), json!(w));
+        fields.insert("layer_types".into(), json!(types));
+    }
+    if let Some(b) = c.rope_base_local {
+        fields.insert("rope_local_base_freq".into(), json!(b));
+    }
+    fields.insert("attn_logit_softcapping".into(), json!(c.attn_softcap));
+    fields.insert("final_logit_softcapping".into(), json!(c.final_softcap));
     let write = |name: &str, v: String| std::fs::write(dir.join(name), v).map_err(io);
     write("config.json", serde_json::to_string_pretty(&config).expect("json"))?;
     write("tokenizer.json", tokenizer.to_json()?)?;
@@ -339,11 +415,27 @@ mod tests {
 
     #[test]
     fn names_map_both_ways_we_need() {
-        assert_eq!(hf_name("blk.3.attn_q.weight").as_deref(), Some("model.layers.3.self_attn.q_proj.weight"));
-        assert_eq!(hf_name("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
-        assert_eq!(hf_name("blk.0.attn_k.bias").as_deref(), Some("model.layers.0.self_attn.k_proj.bias"));
-        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        let llama = |n: &str| hf_name(n, Family::Llama);
+        assert_eq!(llama("blk.3.attn_q.weight").as_deref(), Some("model.layers.3.self_attn.q_proj.weight"));
+        assert_eq!(llama("blk.0.ffn_down.weight").as_deref(), Some("model.layers.0.mlp.down_proj.weight"));
+        assert_eq!(llama("blk.0.attn_k.bias").as_deref(), Some("model.layers.0.self_attn.k_proj.bias"));
+        assert_eq!(llama("blk.0.ffn_norm.weight").as_deref(), Some("model.layers.0.post_attention_layernorm.weight"));
+        assert_eq!(llama("output.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(llama("rope_freqs.weight"), None);
+        assert_eq!(llama("blk.0.post_ffw_norm.weight"), None, "Llama has no post-norms");
+        // Gemma 2 and 3 name four norms per layer; the one after attention is Llama's name for
+        // the one before the MLP.
+        let gemma3 = |n: &str| hf_name(n, Family::Gemma3);
+        assert_eq!(gemma3("blk.2.ffn_norm.weight").as_deref(), Some("model.layers.2.pre_feedforward_layernorm.weight"));
+        assert_eq!(
+            gemma3("blk.2.post_attention_norm.weight").as_deref(),
+            Some("model.layers.2.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            gemma3("blk.2.post_ffw_norm.weight").as_deref(),
+            Some("model.layers.2.post_feedforward_layernorm.weight")
+        );
+        assert_eq!(gemma3("blk.1.attn_q_norm.weight").as_deref(), Some("model.layers.1.self_attn.q_norm.weight"));
     }
 
     #[test]

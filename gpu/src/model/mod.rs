@@ -183,7 +183,11 @@ impl ModelFrontend {
             g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).unwrap_or("").to_string()
         };
         let (bos, eos) = (text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"));
-        let template = g.get_str("tokenizer.chat_template").unwrap_or(CHATML);
+        // A file without a template gets its family's format where the family has a fixed one.
+        let family = g.get_str("general.architecture").ok().and_then(crate::cpu::config::Family::from_gguf_name);
+        let gemma = family.is_some_and(crate::cpu::config::Family::is_gemma);
+        let fallback = if gemma { crate::chat::GEMMA } else { CHATML };
+        let template = g.get_str("tokenizer.chat_template").unwrap_or(fallback);
         let chat = ChatTemplate::new(template, &bos, &eos).map_err(ModelError::Template)?;
         let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
         Ok(Self {
@@ -283,7 +287,7 @@ impl LoadedModel {
                 let g = open_source(section)?;
                 let source = source.to_string();
                 let tokenizer = tokenizer_from_gguf(&g)?;
-                let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+                let config = crate::cpu::config::LlamaConfig::from_gguf(&g)?;
                 let kv_blocks = budget.blocks(crate::cpu::ModelExecutor::kv_bytes_per_block(
                     &config,
                     block_size,
@@ -318,7 +322,7 @@ fn cuda_model(
         (exec, Arc::new(tok) as Arc<dyn Tokenizer>, blocks)
     } else {
         let g = open_source(section)?;
-        let config = crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+        let config = crate::cpu::config::LlamaConfig::from_gguf(&g)?;
         let blocks = budget.blocks(CudaExecutor::kv_bytes_per_block(&config, block_size))?;
         let exec = CudaExecutor::from_gguf(&g, &section.source.to_string(), ordinal, blocks, block_size)
             .map_err(|e| err(e.to_string()))?;
@@ -365,7 +369,7 @@ pub fn check(section: &ModelSection) -> Result<(), ModelError> {
         }
         _ => {
             let g = open_source(section)?;
-            crate::cpu::llama::LlamaConfig::from_gguf(&g)?;
+            crate::cpu::config::LlamaConfig::from_gguf(&g)?;
             tokenizer_from_gguf(&g)?;
             Ok(())
         }

@@ -1,5 +1,5 @@
 //! ggml tensor types and dequantization of the block formats (F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-//! and the k-quants Q4_K and Q6_K of 256-value super-blocks).
+//! Q5_0, Q5_1, and the k-quants Q4_K, Q5_K and Q6_K of 256-value super-blocks).
 
 use std::fmt;
 
@@ -11,26 +11,52 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
     Q4_K,
+    Q5_K,
     Q6_K,
     BF16,
     /// Any other id (k-quants, i-quants, ...): readable as metadata, not as data.
     Other(u32),
 }
 
+/// Every type this build reads.
+const KNOWN: [GgmlType; 11] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::BF16,
+];
+
 impl GgmlType {
     pub fn from_id(id: u32) -> Self {
-        match id {
-            0 => Self::F32,
-            1 => Self::F16,
-            2 => Self::Q4_0,
-            3 => Self::Q4_1,
-            8 => Self::Q8_0,
-            12 => Self::Q4_K,
-            14 => Self::Q6_K,
-            30 => Self::BF16,
-            other => Self::Other(other),
+        KNOWN.iter().find(|t| t.id() == id).copied().unwrap_or(Self::Other(id))
+    }
+
+    /// The type's id in a GGUF file (ggml's `ggml_type`).
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::BF16 => 30,
+            Self::Other(id) => id,
         }
     }
 
@@ -41,8 +67,11 @@ impl GgmlType {
             Self::F16 | Self::BF16 => Some((1, 2)),
             Self::Q4_0 => Some((32, 18)),
             Self::Q4_1 => Some((32, 20)),
+            Self::Q5_0 => Some((32, 22)),
+            Self::Q5_1 => Some((32, 24)),
             Self::Q8_0 => Some((32, 34)),
             Self::Q4_K => Some((256, 144)),
+            Self::Q5_K => Some((256, 176)),
             Self::Q6_K => Some((256, 210)),
             Self::Other(_) => None,
         }
@@ -122,28 +151,60 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], count: usize) -> Option<Vec<f32
                 out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
             }
         }
+        GgmlType::Q5_0 => bytes.chunks_exact(22).for_each(|b| dequantize_q5(&b[6..22], &b[2..6], f16(b), None, &mut out)),
+        GgmlType::Q5_1 => {
+            bytes.chunks_exact(24).for_each(|b| dequantize_q5(&b[8..24], &b[4..8], f16(b), Some(f16(&b[2..4])), &mut out))
+        }
         GgmlType::Q4_K => bytes.chunks_exact(144).for_each(|b| dequantize_q4_k(b, &mut out)),
+        GgmlType::Q5_K => bytes.chunks_exact(176).for_each(|b| dequantize_q5_k(b, &mut out)),
         GgmlType::Q6_K => bytes.chunks_exact(210).for_each(|b| dequantize_q6_k(b, &mut out)),
         GgmlType::Other(_) => return None,
     }
     Some(out)
 }
 
+/// Q5_0 and Q5_1: 16 bytes of low nibbles and 32 fifth bits (`qh`, little-endian) for 32 values
+/// each: Q5_0's are `d · (q - 16)`, Q5_1's `d · q + min`.
+fn dequantize_q5(qs: &[u8], qh: &[u8], d: f32, min: Option<f32>, out: &mut Vec<f32>) {
+    let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+    let (shift, m) = match min {
+        None => (-16.0, 0.0),
+        Some(m) => (0.0, m),
+    };
+    let fifth = |bit: usize| if (qh >> bit) & 1 == 1 { 16.0 } else { 0.0 };
+    out.extend(qs.iter().enumerate().map(|(j, &q)| (f32::from(q & 0x0f) + fifth(j) + shift) * d + m));
+    out.extend(qs.iter().enumerate().map(|(j, &q)| (f32::from(q >> 4) + fifth(j + 16) + shift) * d + m));
+}
+
+/// The 6-bit scale and minimum of group `j` of a Q4_K or Q5_K super-block (ggml's
+/// `get_scale_min_k4`), scaled by the super-block's `d` and `dmin`.
+fn k4_scale_min(scales: &[u8], j: usize, d: f32, dmin: f32) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        ((scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
+    };
+    (d * f32::from(sc), dmin * f32::from(m))
+}
+
+/// Q5_K: Q4_K's layout with 32 bytes of fifth bits after the scales: bit `2p` of `qh[l]` belongs
+/// to value `l` of pair `p`'s first group, bit `2p + 1` to its second.
+fn dequantize_q5_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin, scales, qh, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..48], &b[48..176]);
+    for (pair, q) in qs.chunks_exact(32).enumerate() {
+        let ((d1, m1), (d2, m2)) = (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
+        let high = |l: usize, bit: usize| if (qh[l] >> bit) & 1 == 1 { 16.0 } else { 0.0 };
+        out.extend(q.iter().enumerate().map(|(l, &v)| d1 * (f32::from(v & 0x0f) + high(l, 2 * pair)) - m1));
+        out.extend(q.iter().enumerate().map(|(l, &v)| d2 * (f32::from(v >> 4) + high(l, 2 * pair + 1)) - m2));
+    }
+}
+
 /// Q4_K: `d`, `dmin` (f16), 12 bytes of 6-bit scales and minimums for eight 32-value groups, and
 /// 128 bytes of nibbles (each 32 bytes: the low nibbles are one group, the high ones the next).
 fn dequantize_q4_k(b: &[u8], out: &mut Vec<f32>) {
     let (d, dmin, scales, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..144]);
-    // Group j's 6-bit scale and minimum (ggml's `get_scale_min_k4`).
-    let scale_min = |j: usize| -> (f32, f32) {
-        let (sc, m) = if j < 4 {
-            (scales[j] & 63, scales[j + 4] & 63)
-        } else {
-            ((scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
-        };
-        (d * f32::from(sc), dmin * f32::from(m))
-    };
     for (pair, q) in qs.chunks_exact(32).enumerate() {
-        let ((d1, m1), (d2, m2)) = (scale_min(2 * pair), scale_min(2 * pair + 1));
+        let ((d1, m1), (d2, m2)) = (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
         out.extend(q.iter().map(|&v| d1 * f32::from(v & 0x0f) - m1));
         out.extend(q.iter().map(|&v| d2 * f32::from(v >> 4) - m2));
     }

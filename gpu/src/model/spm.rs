@@ -19,6 +19,9 @@ const BYTE: i64 = 6;
 
 const SPACE: char = '▁';
 
+/// Control pieces that end a reply besides the file's eos: Llama 2's `</s>`, Gemma's end of turn.
+const END_OF_TURN: [&str; 2] = ["</s>", "<end_of_turn>"];
+
 /// A vocabulary entry: its text, score and GGUF type.
 #[derive(Clone, Debug)]
 pub struct Piece {
@@ -127,7 +130,11 @@ impl SpmTokenizer {
             .collect();
         let mut eos: Vec<u32> = options.eos.into_iter().collect();
         eos.extend(
-            pieces.iter().enumerate().filter(|(_, p)| p.kind == CONTROL && p.text == "</s>").map(|(i, _)| i as u32),
+            pieces
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.kind == CONTROL && END_OF_TURN.contains(&p.text.as_str()))
+                .map(|(i, _)| i as u32),
         );
         eos.sort_unstable();
         eos.dedup();

@@ -1,5 +1,7 @@
-//! Tiny random-weight models for fast tests: a Llama (or Qwen2, with q/k/v biases) of two layers
-//! and 64 hidden units, with a byte-level BPE tokenizer and a ChatML template, written as GGUF
+//! Tiny random-weight models for fast tests: a Llama (or Qwen2 with q/k/v biases, Qwen3 with q/k
+//! norms, Gemma 1/2/3 with their norms, GeGLU, soft-caps and sliding windows) of two layers (six for
+//! Gemma 3, whose sixth is its first global one) and 64 hidden units, with a byte-level BPE
+//! tokenizer and a ChatML template, written as GGUF as llama.cpp's conversion writes each family
 //! (and, through `hf::export`, as a Hugging Face folder). Seeded, so every run writes the same file.
 
 use std::path::Path;
@@ -10,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::gguf::GgufValue;
 use super::gguf_write::GgufWriter;
 use crate::chat::CHATML;
+use crate::cpu::config::Family;
 
 /// Which tiny model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +21,43 @@ pub enum TinyArch {
     /// Llama with Llama 3.1 RoPE frequency scaling (a `rope_freqs.weight` tensor, as llama.cpp writes it).
     Llama3,
     Qwen2,
+    /// Heads of 32 dimensions (q is 128 wide for 64 hidden units), q/k RMSNorm.
+    Qwen3,
+    /// Scaled embeddings and GeGLU.
+    Gemma,
+    /// Gemma with post-norms, soft-capped scores and logits, and a window of 3 on even layers.
+    Gemma2,
+    /// Post-norms, q/k norms, windows on five layers of six with their own RoPE base, and linear
+    /// RoPE scaling on the global one.
+    Gemma3,
+}
+
+impl TinyArch {
+    pub const ALL: [TinyArch; 7] = [
+        TinyArch::Llama,
+        TinyArch::Llama3,
+        TinyArch::Qwen2,
+        TinyArch::Qwen3,
+        TinyArch::Gemma,
+        TinyArch::Gemma2,
+        TinyArch::Gemma3,
+    ];
+
+    fn family(self) -> Family {
+        match self {
+            TinyArch::Llama | TinyArch::Llama3 => Family::Llama,
+            TinyArch::Qwen2 => Family::Qwen2,
+            TinyArch::Qwen3 => Family::Qwen3,
+            TinyArch::Gemma => Family::Gemma,
+            TinyArch::Gemma2 => Family::Gemma2,
+            TinyArch::Gemma3 => Family::Gemma3,
+        }
+    }
+
+    /// Head size where it is not `HIDDEN / HEADS`.
+    fn head_dim(self) -> Option<usize> {
+        matches!(self, TinyArch::Qwen3 | TinyArch::Gemma2 | TinyArch::Gemma3).then_some(32)
+    }
 }
 
 const HIDDEN: usize = 64;
@@ -38,15 +78,16 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
     let vocab = tokens.len();
     let mut types = vec![3i32; SPECIALS.len()];
     types.resize(vocab, 1);
-    let name = match arch {
-        TinyArch::Llama | TinyArch::Llama3 => "llama",
-        TinyArch::Qwen2 => "qwen2",
-    };
+    let name = arch.family().gguf_name();
+    let family = arch.family();
+    let layers = if arch == TinyArch::Gemma3 { 6 } else { LAYERS };
+    let hd = arch.head_dim().unwrap_or(HIDDEN / HEADS);
+    let qw = HEADS * hd;
     let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
     let mut w = GgufWriter::default();
     w.meta("general.architecture", GgufValue::String(name.into()))
         .meta("general.name", GgufValue::String(format!("tiny-{name}")))
-        .meta(&format!("{name}.block_count"), GgufValue::U32(LAYERS as u32))
+        .meta(&format!("{name}.block_count"), GgufValue::U32(layers as u32))
         .meta(&format!("{name}.context_length"), GgufValue::U32(512))
         .meta(&format!("{name}.embedding_length"), GgufValue::U32(HIDDEN as u32))
         .meta(&format!("{name}.feed_forward_length"), GgufValue::U32(FFN as u32))
@@ -62,31 +103,61 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
         .meta("tokenizer.ggml.bos_token_id", GgufValue::U32(0))
         .meta("tokenizer.ggml.eos_token_id", GgufValue::U32(2))
         .meta("tokenizer.chat_template", GgufValue::String(CHATML.into()));
+    if let Some(hd) = arch.head_dim() {
+        w.meta(&format!("{name}.attention.key_length"), GgufValue::U32(hd as u32))
+            .meta(&format!("{name}.attention.value_length"), GgufValue::U32(hd as u32));
+    }
+    match arch {
+        TinyArch::Gemma2 => {
+            w.meta("gemma2.attention.sliding_window", GgufValue::U32(3))
+                .meta("gemma2.attn_logit_softcapping", GgufValue::F32(2.0))
+                .meta("gemma2.final_logit_softcapping", GgufValue::F32(3.0));
+        }
+        TinyArch::Gemma3 => {
+            w.meta("gemma3.attention.sliding_window", GgufValue::U32(3))
+                .meta("gemma3.rope.freq_base", GgufValue::F32(1_000_000.0))
+                .meta("gemma3.rope.scaling.type", GgufValue::String("linear".into()))
+                .meta("gemma3.rope.scaling.factor", GgufValue::F32(4.0));
+        }
+        _ => {}
+    }
     let mut rand =
         |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect() };
-    let kvw = KV_HEADS * HIDDEN / HEADS;
+    let kvw = KV_HEADS * hd;
     w.tensor("token_embd.weight", &[vocab, HIDDEN], rand(vocab * HIDDEN, 0.5));
-    for l in 0..LAYERS {
+    for l in 0..layers {
         let p = format!("blk.{l}");
-        w.tensor(&format!("{p}.attn_norm.weight"), &[HIDDEN], rand(HIDDEN, 0.2).into_iter().map(|v| 1.0 + v).collect());
-        w.tensor(&format!("{p}.attn_q.weight"), &[HIDDEN, HIDDEN], rand(HIDDEN * HIDDEN, 0.2));
+        let gain = |rand: &mut dyn FnMut(usize, f32) -> Vec<f32>, len: usize| -> Vec<f32> {
+            rand(len, 0.2).into_iter().map(|v| 1.0 + v).collect()
+        };
+        w.tensor(&format!("{p}.attn_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
+        w.tensor(&format!("{p}.attn_q.weight"), &[qw, HIDDEN], rand(qw * HIDDEN, 0.2));
         w.tensor(&format!("{p}.attn_k.weight"), &[kvw, HIDDEN], rand(kvw * HIDDEN, 0.2));
         w.tensor(&format!("{p}.attn_v.weight"), &[kvw, HIDDEN], rand(kvw * HIDDEN, 0.2));
         if arch == TinyArch::Qwen2 {
-            w.tensor(&format!("{p}.attn_q.bias"), &[HIDDEN], rand(HIDDEN, 0.1));
+            w.tensor(&format!("{p}.attn_q.bias"), &[qw], rand(qw, 0.1));
             w.tensor(&format!("{p}.attn_k.bias"), &[kvw], rand(kvw, 0.1));
             w.tensor(&format!("{p}.attn_v.bias"), &[kvw], rand(kvw, 0.1));
         }
-        w.tensor(&format!("{p}.attn_output.weight"), &[HIDDEN, HIDDEN], rand(HIDDEN * HIDDEN, 0.2));
-        w.tensor(&format!("{p}.ffn_norm.weight"), &[HIDDEN], rand(HIDDEN, 0.2).into_iter().map(|v| 1.0 + v).collect());
+        w.tensor(&format!("{p}.attn_output.weight"), &[HIDDEN, qw], rand(HIDDEN * qw, 0.2));
+        w.tensor(&format!("{p}.ffn_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
         w.tensor(&format!("{p}.ffn_gate.weight"), &[FFN, HIDDEN], rand(FFN * HIDDEN, 0.2));
         w.tensor(&format!("{p}.ffn_up.weight"), &[FFN, HIDDEN], rand(FFN * HIDDEN, 0.2));
         w.tensor(&format!("{p}.ffn_down.weight"), &[HIDDEN, FFN], rand(HIDDEN * FFN, 0.2));
+        // The other families' tensors come after Llama's, so that Llama's weights stay the same.
+        if matches!(family, Family::Qwen3 | Family::Gemma3) {
+            w.tensor(&format!("{p}.attn_q_norm.weight"), &[hd], gain(&mut rand, hd));
+            w.tensor(&format!("{p}.attn_k_norm.weight"), &[hd], gain(&mut rand, hd));
+        }
+        if matches!(family, Family::Gemma2 | Family::Gemma3) {
+            w.tensor(&format!("{p}.post_attention_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
+            w.tensor(&format!("{p}.post_ffw_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
+        }
     }
     w.tensor("output_norm.weight", &[HIDDEN], vec![1.0; HIDDEN]);
     if arch == TinyArch::Llama3 {
         // A short original context so that every band of the scaling occurs in 16 frequencies.
-        let factors = crate::cpu::llama::llama3_rope_factors(HIDDEN / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
+        let factors = crate::cpu::config::llama3_rope_factors(HIDDEN / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
         w.tensor("rope_freqs.weight", &[factors.len()], factors);
     }
     if arch == TinyArch::Qwen2 {

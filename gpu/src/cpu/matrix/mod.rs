@@ -99,7 +99,7 @@ impl Matrix {
         Self { storage: Storage::F32(w), rows, cols }
     }
 
-    /// From a GGUF tensor's raw bytes. Q4_0 and the k-quants have no kernel of their own: with
+    /// From a GGUF tensor's raw bytes. Q4_0, Q5_0, Q5_1 and the k-quants have no kernel of their own: with
     /// `Precision::Fast` they are requantized to Q8_0 (8 bits for weights that had 4 to 6). F32,
     /// F16 and BF16, row counts that are not a multiple of 8, and everything with
     /// `Precision::Exact`, are dequantized to f32.
@@ -113,7 +113,9 @@ impl Matrix {
             GgmlType::Q8_0 if grouped && bytes.len() == blocks * 34 => {
                 Storage::Q8_0(Q8_0Rows::from_ggml(bytes, rows, cols))
             }
-            GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::Q6_K if grouped => {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+                if grouped =>
+            {
                 let values = crate::model::quant::dequantize(dtype, bytes, rows * cols)?;
                 Storage::Q8_0(Q8_0Rows::from_f32(&values, rows, cols))
             }

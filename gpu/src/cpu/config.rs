@@ -1,0 +1,350 @@
+//! A decoder's shapes and constants: the Llama block (Llama 2/3, SmolLM, Mistral, Qwen2) and the
+//! ways Qwen3 and Gemma 1/2/3 depart from it, read from GGUF metadata (Hugging Face folders are
+//! read in `model::hf`). Both backends load from this; the fingerprint of a model's KV hashes it.
+
+use crate::model::ModelError;
+use crate::model::gguf::GgufFile;
+
+use super::kernels::RopeStyle;
+use super::llama::WeightSource;
+
+/// The model families this build runs, by their GGUF `general.architecture`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma,
+    Gemma2,
+    Gemma3,
+}
+
+impl Family {
+    pub const ALL: [Family; 7] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma,
+        Family::Gemma2,
+        Family::Gemma3,
+    ];
+
+    /// The GGUF `general.architecture` (and metadata key prefix).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3",
+        }
+    }
+
+    /// The Hugging Face `architectures[0]` of a causal language model of this family.
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Family::Llama => "LlamaForCausalLM",
+            Family::Mistral => "MistralForCausalLM",
+            Family::Qwen2 => "Qwen2ForCausalLM",
+            Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Gemma => "GemmaForCausalLM",
+            Family::Gemma2 => "Gemma2ForCausalLM",
+            Family::Gemma3 => "Gemma3ForCausalLM",
+        }
+    }
+
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.gguf_name() == name)
+    }
+
+    pub fn from_hf_class(class: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.hf_class() == class)
+    }
+
+    /// The families by name, for errors that list what is supported.
+    pub fn names(of: fn(Family) -> &'static str) -> String {
+        Self::ALL.map(of).join(", ")
+    }
+
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
+    }
+
+    /// How GGUF conversions lay out a head's dimensions for RoPE: llama.cpp permutes Llama's and
+    /// Mistral's q and k rows for interleaved pairs and leaves the others in Hugging Face's halves.
+    pub fn gguf_rope_style(self) -> RopeStyle {
+        match self {
+            Family::Llama | Family::Mistral => RopeStyle::Interleaved,
+            _ => RopeStyle::Halves,
+        }
+    }
+
+    /// Whether Hugging Face stores this family's RMSNorm weights as offsets from 1 (Gemma's
+    /// `x · (1 + w)`); llama.cpp's conversion adds the 1, so GGUF weights are plain gains.
+    pub fn hf_norm_offset(self) -> f32 {
+        if self.is_gemma() { 1.0 } else { 0.0 }
+    }
+
+    /// The window pattern llama.cpp gives the family: every `n`th layer is global, the others
+    /// slide (Gemma 2: 2, Gemma 3: 6); None where every layer is global.
+    fn swa_period(self) -> Option<usize> {
+        match self {
+            Family::Gemma2 => Some(2),
+            Family::Gemma3 => Some(6),
+            _ => None,
+        }
+    }
+}
+
+/// The activation of the gated MLP: `act(gate) · up`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU): Llama, Qwen.
+    Silu,
+    /// GELU, tanh approximation (GeGLU): Gemma.
+    GeluTanh,
+}
+
+/// Shapes and constants of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub family: Family,
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Dimensions of a head; `heads · head_dim` may differ from `hidden` (Gemma, Qwen3).
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    pub rope_style: RopeStyle,
+    pub context_length: usize,
+    /// Per-frequency divisors of RoPE (Llama 3.1's frequency scaling), `head_dim / 2` of them.
+    pub rope_freq_factors: Option<Vec<f32>>,
+    /// Linear RoPE scaling: positions are divided by this factor (on global layers only where
+    /// the family has windowed ones, as Gemma 3 defines it).
+    pub rope_linear: Option<f32>,
+    /// RMSNorm of each q and k head before RoPE (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Embeddings multiplied by √hidden (Gemma).
+    pub embed_scale: bool,
+    pub activation: Activation,
+    /// RMSNorms of the attention and MLP outputs before they join the residual (Gemma 2 and 3).
+    pub post_norms: bool,
+    /// What q·k is multiplied by: 1/√head_dim, or Gemma's `query_pre_attn_scalar^-½`.
+    pub attn_scale: f32,
+    /// `cap · tanh(score / cap)` of attention scores (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// The same of the final logits (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// Positions a windowed layer's query sees, itself included.
+    pub sliding_window: Option<usize>,
+    /// Which layers are windowed (empty: none).
+    pub windowed: Vec<bool>,
+    /// RoPE base of the windowed layers (Gemma 3's local layers), where it differs.
+    pub rope_base_local: Option<f32>,
+}
+
+/// Llama 3.1 RoPE scaling: the divisor of each rotary frequency, as Hugging Face computes it
+/// (`rope_type = "llama3"`): long wavelengths are slowed by `factor`, short ones kept, and the
+/// band between interpolated.
+pub fn llama3_rope_factors(
+    head_dim: usize,
+    base: f32,
+    factor: f32,
+    low: f32,
+    high: f32,
+    original_context: f32,
+) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (original_context / low, original_context / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = base.powf(-(2.0 * i as f32) / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            let scaled = if wavelen < high_wavelen {
+                freq
+            } else if wavelen > low_wavelen {
+                freq / factor
+            } else {
+                let smooth = (original_context / wavelen - low) / (high - low);
+                (1.0 - smooth) * freq / factor + smooth * freq
+            };
+            freq / scaled
+        })
+        .collect()
+}
+
+/// The shapes every family has, from whichever format.
+#[derive(Clone, Copy, Debug)]
+pub struct Shapes {
+    pub layers: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// None: `hidden / heads`.
+    pub head_dim: Option<usize>,
+    pub vocab: usize,
+}
+
+impl LlamaConfig {
+    /// A config of `family` with the family's own variations (as llama.cpp runs it from GGUF),
+    /// checking that the shapes fit together.
+    pub fn new(family: Family, s: Shapes, eps: f32, rope_base: f32, context_length: usize) -> Result<Self, ModelError> {
+        if s.heads == 0 || (s.head_dim.is_none() && !s.hidden.is_multiple_of(s.heads)) {
+            return Err(ModelError::Metadata(format!("{} hidden units do not split into {} heads", s.hidden, s.heads)));
+        }
+        let head_dim = s.head_dim.unwrap_or(s.hidden / s.heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(ModelError::Metadata(format!("head size {head_dim} is not a positive even number")));
+        }
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+            return Err(ModelError::Metadata(format!("{} heads do not group over {} KV heads", s.heads, s.kv_heads)));
+        }
+        let gemma = family.is_gemma();
+        let windowed = match family.swa_period() {
+            Some(n) => (0..s.layers).map(|l| l % n < n - 1).collect(),
+            None => Vec::new(),
+        };
+        // llama.cpp: the 27B Gemma 2 and 3 scale queries by their hidden size per head, the others
+        // by their head size (Hugging Face's `query_pre_attn_scalar`).
+        let scalar = match (family, s.layers) {
+            (Family::Gemma2, 46) | (Family::Gemma3, 62) => s.hidden / s.heads,
+            _ => head_dim,
+        };
+        Ok(Self {
+            family,
+            layers: s.layers,
+            hidden: s.hidden,
+            ffn: s.ffn,
+            heads: s.heads,
+            kv_heads: s.kv_heads,
+            head_dim,
+            vocab: s.vocab,
+            eps,
+            rope_base,
+            rope_style: family.gguf_rope_style(),
+            context_length,
+            rope_freq_factors: None,
+            rope_linear: None,
+            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            embed_scale: gemma,
+            activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
+            post_norms: matches!(family, Family::Gemma2 | Family::Gemma3),
+            attn_scale: 1.0 / (scalar as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: None,
+            windowed,
+            rope_base_local: (family == Family::Gemma3).then_some(10_000.0),
+        })
+    }
+
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
+        let arch = g.get_str("general.architecture")?;
+        let family = Family::from_gguf_name(arch).ok_or_else(|| {
+            ModelError::Unsupported(format!("general.architecture \"{arch}\" ({} are)", Family::names(Family::gguf_name)))
+        })?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);
+        let f = |k: &str| g.get_f64(&key(k)).ok().map(|v| v as f32);
+        let heads = u("attention.head_count")?;
+        let head_dim = u("attention.key_length").ok();
+        if let (Some(k), Ok(v)) = (head_dim, u("attention.value_length"))
+            && k != v
+        {
+            return Err(ModelError::Unsupported(format!("keys of {k} and values of {v} dimensions")));
+        }
+        let vocab = match g.get("tokenizer.ggml.tokens")? {
+            crate::model::gguf::GgufValue::Array(v) => v.len(),
+            _ => return Err(ModelError::Metadata("tokenizer.ggml.tokens is not an array".into())),
+        };
+        let shapes = Shapes {
+            layers: u("block_count")?,
+            hidden: u("embedding_length")?,
+            ffn: u("feed_forward_length")?,
+            heads,
+            kv_heads: u("attention.head_count_kv").unwrap_or(heads),
+            head_dim,
+            vocab,
+        };
+        let eps = g.get_f64(&key("attention.layer_norm_rms_epsilon"))? as f32;
+        let base = f("rope.freq_base").unwrap_or(10_000.0);
+        let mut c = Self::new(family, shapes, eps, base, u("context_length").unwrap_or(2048))?;
+        if let Ok(rot) = u("rope.dimension_count")
+            && rot != c.head_dim
+        {
+            return Err(ModelError::Unsupported(format!(
+                "partial rotary embeddings ({rot} of {} dimensions)",
+                c.head_dim
+            )));
+        }
+        match g.get_str(&key("rope.scaling.type")) {
+            Err(_) | Ok("none") => {}
+            Ok("linear") => c.rope_linear = f("rope.scaling.factor").filter(|&x| x != 1.0),
+            Ok(kind) => return Err(ModelError::Unsupported(format!("RoPE scaling \"{kind}\""))),
+        }
+        // llama.cpp stores Llama 3.1's frequency scaling as divisors in this tensor.
+        if g.tensor("rope_freqs.weight").is_ok() {
+            c.rope_freq_factors = Some(g.vector("rope_freqs.weight", c.head_dim / 2)?);
+        }
+        c.attn_softcap = f("attn_logit_softcapping");
+        c.final_softcap = f("final_logit_softcapping");
+        if !c.windowed.is_empty() {
+            c.sliding_window = Some(u("attention.sliding_window")?);
+        }
+        Ok(c)
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The width of all query heads side by side.
+    pub fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// The window of layer `layer`, if it has one.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.windowed.get(layer).copied().unwrap_or(false))
+    }
+
+    /// RoPE's inverse frequencies for a windowed (`local`) or global layer.
+    pub fn inv_freq(&self, local: bool) -> Vec<f32> {
+        let base = if local { self.rope_base_local.unwrap_or(self.rope_base) } else { self.rope_base };
+        let linear = if local && self.rope_base_local.is_some() { None } else { self.rope_linear };
+        (0..self.head_dim / 2)
+            .map(|i| {
+                let f = base.powf(-(2.0 * i as f32) / self.head_dim as f32);
+                let f = self.rope_freq_factors.as_ref().map_or(f, |d| f / d[i]);
+                linear.map_or(f, |s| f / s)
+            })
+            .collect()
+    }
+
+    /// What this config asks beyond the Llama block, named (for a backend that runs only that).
+    pub fn variations(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        let plain = 1.0 / (self.head_dim as f32).sqrt();
+        let checks = [
+            (self.q_width() != self.hidden, "a head size other than hidden / heads"),
+            (self.qk_norm, "q/k norms"),
+            (self.embed_scale, "scaled embeddings"),
+            (self.activation != Activation::Silu, "GeGLU"),
+            (self.post_norms, "post-norms"),
+            ((self.attn_scale - plain).abs() > f32::EPSILON * plain, "a query scale other than 1/√head_dim"),
+            (self.attn_softcap.is_some() || self.final_softcap.is_some(), "soft-capping"),
+            (self.sliding_window.is_some(), "sliding-window attention"),
+            (self.rope_linear.is_some() || self.rope_base_local.is_some(), "linear or per-layer RoPE"),
+        ];
+        v.extend(checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name));
+        v
+    }
+}
