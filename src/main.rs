@@ -792,8 +792,9 @@ async fn run_node(
 ) -> anyhow::Result<ExitCode> {
     // A model this node's workers cannot run is one line and exit code 2 here, before anything
     // starts, not a worker failing in its supervisor (spares load theirs when the planner starts them).
-    if plan.workers.iter().any(|(_, w)| !w.spare)
-        && let Err(e) = gpu::model::check(&config.model)
+    let devices: Vec<_> = plan.workers.iter().filter(|(_, w)| !w.spare).map(|(_, w)| w.device).collect();
+    if !devices.is_empty()
+        && let Err(e) = gpu::model::check(&config.model, &devices)
     {
         eprintln!("error: model.source: {}: {e}", config.model.source);
         let fetch = matches!(e, gpu::ModelError::Fetch(_));

@@ -70,7 +70,9 @@ pub fn check(config: &ClusterConfig, config_path: &Path, dev_certs: bool) -> Res
         }
         // Fetched here once (the default model), and checked, so that no node finds out alone.
         _ => {
-            gpu::model::check(&config.model).map_err(|e| format!("model.source: {}: {e}", config.model.source))?;
+            let devices: Vec<_> = config.nodes.iter().flat_map(|n| n.workers.iter().map(|w| w.device)).collect();
+            gpu::model::check(&config.model, &devices)
+                .map_err(|e| format!("model.source: {}: {e}", config.model.source))?;
         }
     }
     Ok(())

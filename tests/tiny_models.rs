@@ -44,6 +44,7 @@ fn tiny_models_match_numpy_and_survive_export() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let reference: Vec<f32> = serde_json::from_slice(&out.stdout).unwrap();
         let d = max_diff(&ours, &reference);
+        println!("{arch:?}: {d:.2e} from numpy");
         assert!(d < 1e-4, "{arch:?}: {d} from numpy");
 
         if arch == TinyArch::Llama3 {

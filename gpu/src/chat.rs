@@ -116,8 +116,11 @@ mod tests {
     fn gemma_layout_folds_the_system_message_into_the_first_turn() {
         let t = ChatTemplate::new(GEMMA, "<bos>", "<eos>").unwrap();
         assert_eq!(
-            t.render(&msgs(&[("system", "Be brief."), ("user", " Hi "), ("assistant", "Hello."), ("user", "Bye")]), true)
-                .unwrap(),
+            t.render(
+                &msgs(&[("system", "Be brief."), ("user", " Hi "), ("assistant", "Hello."), ("user", "Bye")]),
+                true
+            )
+            .unwrap(),
             "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n\
              <start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
         );

@@ -21,15 +21,8 @@ pub enum Family {
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
-        Family::Llama,
-        Family::Mistral,
-        Family::Qwen2,
-        Family::Qwen3,
-        Family::Gemma,
-        Family::Gemma2,
-        Family::Gemma3,
-    ];
+    pub const ALL: [Family; 7] =
+        [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3, Family::Gemma, Family::Gemma2, Family::Gemma3];
 
     /// The GGUF `general.architecture` (and metadata key prefix).
     pub fn gguf_name(self) -> &'static str {
@@ -249,7 +242,10 @@ impl LlamaConfig {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, ModelError> {
         let arch = g.get_str("general.architecture")?;
         let family = Family::from_gguf_name(arch).ok_or_else(|| {
-            ModelError::Unsupported(format!("general.architecture \"{arch}\" ({} are)", Family::names(Family::gguf_name)))
+            ModelError::Unsupported(format!(
+                "general.architecture \"{arch}\" ({} are)",
+                Family::names(Family::gguf_name)
+            ))
         })?;
         let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| g.get_u64(&key(k)).map(|v| v as usize);

@@ -7,9 +7,9 @@ use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 
-pub use super::config::LlamaConfig;
 use super::attention::{Heads, attend};
 use super::config::Activation;
+pub use super::config::LlamaConfig;
 use super::kernels::{gelu_tanh, rms_norm, rope, rotations, silu};
 use super::kv::KvCache;
 use super::matrix::{Matrix, Precision};
@@ -221,7 +221,8 @@ impl LlamaModel {
             for (r, &(s, p)) in rows.iter().enumerate() {
                 let rot = &rot[r * half..(r + 1) * half];
                 let (q_norm, k_norm) = layer.qk_norm.as_ref().map_or((None, None), |(q, k)| (Some(q), Some(k)));
-                for (heads, norm) in [(&mut q[r * qw..(r + 1) * qw], q_norm), (&mut k[r * kvw..(r + 1) * kvw], k_norm)] {
+                for (heads, norm) in [(&mut q[r * qw..(r + 1) * qw], q_norm), (&mut k[r * kvw..(r + 1) * kvw], k_norm)]
+                {
                     for head in heads.chunks_exact_mut(hd) {
                         if let Some(w) = norm {
                             head_in.copy_from_slice(head);

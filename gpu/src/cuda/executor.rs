@@ -172,7 +172,7 @@ impl CudaExecutor {
         kv_blocks: usize,
         block_size: usize,
     ) -> Result<Self, CudaError> {
-        super::device(ordinal)?;
+        // Before the device: a model this backend cannot run is refused the same everywhere.
         let variations = config.variations();
         if !variations.is_empty() {
             return Err(CudaError::Model(format!(
@@ -181,6 +181,7 @@ impl CudaExecutor {
                 variations.join(", ")
             )));
         }
+        super::device(ordinal)?;
         if !config.head_dim.is_multiple_of(2) || config.head_dim > MAX_HEAD_DIM {
             return Err(CudaError::Model(format!(
                 "head size {} (the CUDA attention kernel takes even sizes up to {MAX_HEAD_DIM})",

@@ -387,6 +387,27 @@ fn the_engine_on_cuda_samples_on_the_device_deterministically() {
 }
 
 #[test]
+fn families_beyond_the_llama_block_are_refused_by_name_on_every_machine() {
+    use crate::model::tiny::{TinyArch, write_gguf};
+    let dir = std::env::temp_dir().join(format!("armature-cuda-families-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (arch, needs) in [
+        (TinyArch::Qwen3, "q/k norms"),
+        (TinyArch::Gemma, "GeGLU"),
+        (TinyArch::Gemma2, "soft-capping"),
+        (TinyArch::Gemma3, "sliding-window attention"),
+    ] {
+        let path = dir.join(format!("{arch:?}.gguf"));
+        write_gguf(&path, arch, 1).unwrap();
+        let g = crate::model::gguf::GgufFile::open(&path).unwrap();
+        let err = CudaExecutor::from_gguf(&g, "t", 0, 8, 4).err().expect("refused before any device");
+        let text = err.to_string();
+        assert!(text.contains(needs) && text.contains("the CPU backend runs this model"), "{arch:?}: {text}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_cuda_device_without_a_driver_is_a_clear_error() {
     if driver_present() {
         return; // the GPU tests cover loading on a device

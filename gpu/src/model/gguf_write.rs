@@ -78,7 +78,13 @@ impl GgufWriter {
     }
 
     /// Add a tensor of ggml type `dtype` from its raw blocks (quantized test data).
-    pub fn raw_tensor(&mut self, name: &str, shape: &[usize], dtype: super::quant::GgmlType, bytes: Vec<u8>) -> &mut Self {
+    pub fn raw_tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        dtype: super::quant::GgmlType,
+        bytes: Vec<u8>,
+    ) -> &mut Self {
         let elements = shape.iter().product::<usize>() as u64;
         assert_eq!(dtype.byte_size(elements), Some(bytes.len() as u64), "{name}");
         self.tensors.push((name.to_string(), shape.to_vec(), dtype.id(), bytes));

@@ -12,8 +12,8 @@ use super::ModelError;
 use super::bpe::BpeTokenizer;
 use super::gguf::GgufFile;
 use super::safetensors::{SafeTensors, write_f32};
-use crate::cpu::kernels::RopeStyle;
 use crate::cpu::config::{Family, LlamaConfig, Shapes, llama3_rope_factors};
+use crate::cpu::kernels::RopeStyle;
 use crate::cpu::llama::WeightSource;
 use crate::cpu::matrix::{Matrix, Precision};
 

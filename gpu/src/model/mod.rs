@@ -355,24 +355,37 @@ pub fn tokenizer_from_gguf(g: &gguf::GgufFile) -> Result<Arc<dyn Tokenizer>, Mod
     }
 }
 
-/// Whether `section`'s model can run here, judged from its metadata alone (a GGUF file's
-/// architecture, shapes and tokenizer; a folder's `config.json` and tokenizer files): a node
+/// Whether `section`'s model can run here on `devices`, judged from its metadata alone (a GGUF
+/// file's architecture, shapes and tokenizer; a folder's `config.json` and tokenizer files): a node
 /// checks it before it starts any worker, so that a model it cannot run is one line naming the
-/// file and the cause rather than a worker that fails to start. The test executor always can.
-pub fn check(section: &ModelSection) -> Result<(), ModelError> {
-    match &section.source {
-        ModelSource::Test => Ok(()),
+/// file and the cause rather than a worker that fails to start. A CUDA device must also be able to
+/// run the model's block (`LlamaConfig::variations`). The test executor always can.
+pub fn check(section: &ModelSection, devices: &[Device]) -> Result<(), ModelError> {
+    let config = match &section.source {
+        ModelSource::Test => return Ok(()),
         ModelSource::Path(dir) if dir.is_dir() => {
-            hf::HfModel::read_config(dir)?;
+            let config = hf::HfModel::read_config(dir)?;
             hf::HfModel::tokenizer(dir)?;
-            Ok(())
+            config
         }
         _ => {
             let g = open_source(section)?;
-            crate::cpu::config::LlamaConfig::from_gguf(&g)?;
+            let config = crate::cpu::config::LlamaConfig::from_gguf(&g)?;
             tokenizer_from_gguf(&g)?;
-            Ok(())
+            config
         }
+    };
+    let variations = config.variations();
+    match devices.iter().find(|d| **d != Device::Cpu) {
+        Some(&device) if !variations.is_empty() => Err(ModelError::Device {
+            device,
+            reason: format!(
+                "{:?} needs {}, which the CUDA backend does not run (a \"cpu\" worker does)",
+                config.family,
+                variations.join(", ")
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 

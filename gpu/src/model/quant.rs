@@ -151,10 +151,12 @@ pub fn dequantize(dtype: GgmlType, bytes: &[u8], count: usize) -> Option<Vec<f32
                 out.extend(qs.iter().map(|&q| f32::from(q >> 4) * d + m));
             }
         }
-        GgmlType::Q5_0 => bytes.chunks_exact(22).for_each(|b| dequantize_q5(&b[6..22], &b[2..6], f16(b), None, &mut out)),
-        GgmlType::Q5_1 => {
-            bytes.chunks_exact(24).for_each(|b| dequantize_q5(&b[8..24], &b[4..8], f16(b), Some(f16(&b[2..4])), &mut out))
+        GgmlType::Q5_0 => {
+            bytes.chunks_exact(22).for_each(|b| dequantize_q5(&b[6..22], &b[2..6], f16(b), None, &mut out))
         }
+        GgmlType::Q5_1 => bytes
+            .chunks_exact(24)
+            .for_each(|b| dequantize_q5(&b[8..24], &b[4..8], f16(b), Some(f16(&b[2..4])), &mut out)),
         GgmlType::Q4_K => bytes.chunks_exact(144).for_each(|b| dequantize_q4_k(b, &mut out)),
         GgmlType::Q5_K => bytes.chunks_exact(176).for_each(|b| dequantize_q5_k(b, &mut out)),
         GgmlType::Q6_K => bytes.chunks_exact(210).for_each(|b| dequantize_q6_k(b, &mut out)),
@@ -192,7 +194,8 @@ fn k4_scale_min(scales: &[u8], j: usize, d: f32, dmin: f32) -> (f32, f32) {
 fn dequantize_q5_k(b: &[u8], out: &mut Vec<f32>) {
     let (d, dmin, scales, qh, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..48], &b[48..176]);
     for (pair, q) in qs.chunks_exact(32).enumerate() {
-        let ((d1, m1), (d2, m2)) = (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
+        let ((d1, m1), (d2, m2)) =
+            (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
         let high = |l: usize, bit: usize| if (qh[l] >> bit) & 1 == 1 { 16.0 } else { 0.0 };
         out.extend(q.iter().enumerate().map(|(l, &v)| d1 * (f32::from(v & 0x0f) + high(l, 2 * pair)) - m1));
         out.extend(q.iter().enumerate().map(|(l, &v)| d2 * (f32::from(v >> 4) + high(l, 2 * pair + 1)) - m2));
@@ -204,7 +207,8 @@ fn dequantize_q5_k(b: &[u8], out: &mut Vec<f32>) {
 fn dequantize_q4_k(b: &[u8], out: &mut Vec<f32>) {
     let (d, dmin, scales, qs) = (f16(&b[0..2]), f16(&b[2..4]), &b[4..16], &b[16..144]);
     for (pair, q) in qs.chunks_exact(32).enumerate() {
-        let ((d1, m1), (d2, m2)) = (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
+        let ((d1, m1), (d2, m2)) =
+            (k4_scale_min(scales, 2 * pair, d, dmin), k4_scale_min(scales, 2 * pair + 1, d, dmin));
         out.extend(q.iter().map(|&v| d1 * f32::from(v & 0x0f) - m1));
         out.extend(q.iter().map(|&v| d2 * f32::from(v >> 4) - m2));
     }

@@ -93,7 +93,7 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
         .meta(&format!("{name}.feed_forward_length"), GgufValue::U32(FFN as u32))
         .meta(&format!("{name}.attention.head_count"), GgufValue::U32(HEADS as u32))
         .meta(&format!("{name}.attention.head_count_kv"), GgufValue::U32(KV_HEADS as u32))
-        .meta(&format!("{name}.rope.freq_base"), GgufValue::F32(10_000.0))
+        .meta(&format!("{name}.rope.freq_base"), GgufValue::F32(if arch == TinyArch::Gemma3 { 1e6 } else { 1e4 }))
         .meta(&format!("{name}.attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5))
         .meta("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
         .meta("tokenizer.ggml.pre", GgufValue::String("gpt2".into()))
@@ -115,7 +115,6 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
         }
         TinyArch::Gemma3 => {
             w.meta("gemma3.attention.sliding_window", GgufValue::U32(3))
-                .meta("gemma3.rope.freq_base", GgufValue::F32(1_000_000.0))
                 .meta("gemma3.rope.scaling.type", GgufValue::String("linear".into()))
                 .meta("gemma3.rope.scaling.factor", GgufValue::F32(4.0));
         }
@@ -329,6 +328,26 @@ mod tests {
 mod budget_tests {
     use super::*;
     use crate::model::{KvBudget, LoadedModel};
+
+    #[test]
+    fn a_family_the_cuda_backend_does_not_run_is_refused_for_cuda_workers_only() {
+        use runtime::config::Device;
+        let dir = std::env::temp_dir().join(format!("armature-tiny-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (gemma3, llama) = (dir.join("gemma3.gguf"), dir.join("llama.gguf"));
+        write_gguf(&gemma3, TinyArch::Gemma3, 1).unwrap();
+        write_gguf(&llama, TinyArch::Llama, 1).unwrap();
+        let section = |p: &Path| runtime::config::ModelSection {
+            source: runtime::config::ModelSource::Path(p.to_path_buf()),
+            ..Default::default()
+        };
+        crate::model::check(&section(&gemma3), &[Device::Cpu]).unwrap();
+        crate::model::check(&section(&llama), &[Device::Cpu, Device::Cuda(0)]).unwrap();
+        let err = crate::model::check(&section(&gemma3), &[Device::Cpu, Device::Cuda(1)]).unwrap_err().to_string();
+        assert!(err.starts_with("device \"cuda:1\": Gemma3 needs"), "{err}");
+        assert!(err.contains("q/k norms") && err.contains("sliding-window attention"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn kv_budget_in_bytes_becomes_blocks() {
