@@ -147,13 +147,14 @@ fn gemma3_270m_is_served_and_continues_text_sensibly() {
     assert!(wait_health(port, 200, Duration::from_secs(120)), "the gateway did not become healthy");
     // The file is the pretrained model (google/gemma-3-270m, not the instruction-tuned one): it
     // continues text rather than answering chats, so it is asked for a continuation.
-    let body = r#"{"model": "gemma3", "temperature": 0, "max_tokens": 12, "prompt": "The capital of France is"}"#;
+    let body = r#"{"model": "gemma3", "temperature": 0, "max_tokens": 8,
+        "prompt": "Question: What is the capital of France?\nAnswer:"}"#;
     let (status, _, text) = http("POST", port, "/v1/completions", Some(body));
     assert_eq!(status, 200, "{text}");
     let v = json(&text);
     let answer = v["choices"][0]["text"].as_str().unwrap();
-    println!("gemma3 270m: \"The capital of France is\" + {answer:?}");
-    assert!(answer.contains("Paris"), "{answer:?}");
+    println!("gemma3 270m: {answer:?}");
+    assert!(answer.trim_start().starts_with("Paris"), "{answer:?}");
     // A chat is rendered with Gemma's turns and the reply stops at <end_of_turn> or the limit,
     // never showing the control token.
     let body = r#"{"model": "gemma3", "temperature": 0, "max_tokens": 16,
@@ -164,5 +165,71 @@ fn gemma3_270m_is_served_and_continues_text_sensibly() {
     let reply = v["choices"][0]["message"]["content"].as_str().unwrap();
     println!("gemma3 270m chat: {reply:?} ({})", v["choices"][0]["finish_reason"]);
     assert!(!reply.contains("<end_of_turn>") && !reply.contains("<start_of_turn>"), "{reply:?}");
-    assert_eq!(v["usage"]["prompt_tokens"], 10, "<bos>, the user turn, and the model turn opened: {v}");
+    // <bos>, <start_of_turn> "user" "\n" "Hello" "!" <end_of_turn> "\n", <start_of_turn> "model" "\n".
+    assert_eq!(v["usage"]["prompt_tokens"], 11, "{v}");
+}
+
+const REFERENCE: &str = include_str!("reference/gemma3_270m.json");
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect()
+}
+
+/// llama.cpp's outputs for the same file (`tests/python/gemma3_reference.py`): tokenization,
+/// greedy tokens, and the top 20 logits of four prompts, one of them 600 tokens long so that the
+/// sliding layers' 512-position window is crossed.
+#[test]
+fn gemma3_270m_tokenizes_and_predicts_like_llama_cpp() {
+    let Some(path) = gemma3() else { return };
+    let reference = json(REFERENCE);
+    let g = GgufFile::open(&path).unwrap();
+    let front = ModelFrontend::from_gguf(&g, "gemma3".into(), None, 64).unwrap();
+    for case in reference["tokenize"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(front.tokenizer.encode(text), ids(&case["ids"]), "tokenizing {text:?}");
+    }
+
+    let mut exec = gpu::cpu::ModelExecutor::from_gguf(&g, "gemma3", 64, 16).unwrap();
+    let table: Vec<BlockId> = (0..64).map(BlockId).collect();
+    for case in reference["logits"].as_array().unwrap() {
+        let prompt = ids(&case["ids"]);
+        assert_eq!(front.tokenizer.encode_prompt(case["text"].as_str().unwrap()), prompt);
+        let logits = exec.forward(&[SequenceView::whole_prompt(&prompt, &table)]).unwrap().remove(0).unwrap();
+        let top: Vec<(usize, f32)> = case["last_top20"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
+            .collect();
+        // After removing each side's mean over llama.cpp's top 20 (softmax does not see a shift).
+        let ours_mean = top.iter().map(|&(id, _)| logits[id]).sum::<f32>() / top.len() as f32;
+        let ref_mean = top.iter().map(|&(_, w)| w).sum::<f32>() / top.len() as f32;
+        let centered =
+            top.iter().map(|&(id, w)| ((logits[id] - ours_mean) - (w - ref_mean)).abs()).fold(0.0f32, f32::max);
+        println!("{} tokens: fast vs llama.cpp, top 20 centered: {centered:.3}", prompt.len());
+        // Our exact mode, within 3e-5 of the f32 numpy pass, is itself 0.2 to 0.4 from llama.cpp
+        // here (llama.cpp's 8-bit activations); the fast mode's Q8_0 weights add up to 0.15.
+        assert!(centered < 0.6, "{} tokens: top-20 logits differ from llama.cpp's by up to {centered}", prompt.len());
+        if top[0].1 - top[1].1 > 0.5 {
+            assert_eq!(gpu::sampling::argmax(&logits) as usize, top[0].0, "top-1 of a {}-token prompt", prompt.len());
+        }
+    }
+
+    // Greedy, token by token: identical until a near-tie, where llama.cpp's pick is close to ours.
+    let prompt = ids(&reference["greedy"]["prompt_ids"]);
+    let mut tokens = prompt.clone();
+    let mut agreed = 0;
+    for &theirs in &ids(&reference["greedy"]["tokens"]) {
+        let logits = exec.forward(&[SequenceView::whole_prompt(&tokens, &table)]).unwrap().remove(0).unwrap();
+        let ours = gpu::sampling::argmax(&logits);
+        if ours != theirs {
+            let gap = logits[ours as usize] - logits[theirs as usize];
+            assert!(gap < 0.5, "token {agreed}: we pick {ours}, llama.cpp {theirs}, {gap} apart");
+            break;
+        }
+        agreed += 1;
+        tokens.push(ours);
+    }
+    println!("greedy: {agreed} tokens agree with llama.cpp: {:?}", front.tokenizer.decode(&tokens[prompt.len()..]));
+    assert!(agreed >= 5, "only {agreed} greedy tokens agree with llama.cpp");
 }
