@@ -111,14 +111,7 @@ fn gemma3_270m_matches_the_numpy_forward_pass_in_exact_mode() {
     let table: Vec<BlockId> = (0..16).map(BlockId).collect();
     let ours = exec.forward(&[SequenceView::whole_prompt(&ids, &table)]).unwrap().remove(0).unwrap();
 
-    let out = Command::new(python_venv())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/numpy_forward.py"))
-        .arg(&path)
-        .arg(serde_json::to_string(&ids).unwrap())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference: Vec<f32> = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = numpy_logits(&path, &ids);
     assert_eq!(reference.len(), ours.len());
     let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     println!("gemma3 270m, exact vs numpy f32, all {} logits: {worst:.5}", ours.len());
@@ -195,17 +188,8 @@ fn gemma3_270m_tokenizes_and_predicts_like_llama_cpp() {
         let prompt = ids(&case["ids"]);
         assert_eq!(front.tokenizer.encode_prompt(case["text"].as_str().unwrap()), prompt);
         let logits = exec.forward(&[SequenceView::whole_prompt(&prompt, &table)]).unwrap().remove(0).unwrap();
-        let top: Vec<(usize, f32)> = case["last_top20"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
-            .collect();
-        // After removing each side's mean over llama.cpp's top 20 (softmax does not see a shift).
-        let ours_mean = top.iter().map(|&(id, _)| logits[id]).sum::<f32>() / top.len() as f32;
-        let ref_mean = top.iter().map(|&(_, w)| w).sum::<f32>() / top.len() as f32;
-        let centered =
-            top.iter().map(|&(id, w)| ((logits[id] - ours_mean) - (w - ref_mean)).abs()).fold(0.0f32, f32::max);
+        let top = top_logits(&case["last_top20"]);
+        let centered = centered_gap(&logits, &top);
         println!("{} tokens: fast vs llama.cpp, top 20 centered: {centered:.3}", prompt.len());
         // Our exact mode, within 3e-5 of the f32 numpy pass, is itself 0.2 to 0.4 from llama.cpp
         // here (llama.cpp's 8-bit activations); the fast mode's Q8_0 weights add up to 0.15.

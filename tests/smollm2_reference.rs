@@ -92,17 +92,8 @@ fn fast_precision_matches_llama_cpp() {
     let mut exec = gpu::cpu::ModelExecutor::from_gguf(&g, "smollm2", 64, 16).unwrap();
     for case in reference["logits"].as_array().unwrap() {
         let logits = last_logits(&mut exec, &ids(&case["ids"]));
-        let top: Vec<(usize, f32)> = case["last_top20"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p[0].as_u64().unwrap() as usize, p[1].as_f64().unwrap() as f32))
-            .collect();
-        // Compare after removing each side's mean over the top 20 (softmax does not see a shift).
-        let ours_mean = top.iter().map(|&(id, _)| logits[id]).sum::<f32>() / top.len() as f32;
-        let ref_mean = top.iter().map(|&(_, w)| w).sum::<f32>() / top.len() as f32;
-        let centered =
-            top.iter().map(|&(id, w)| ((logits[id] - ours_mean) - (w - ref_mean)).abs()).fold(0.0f32, f32::max);
+        let top = support::top_logits(&case["last_top20"]);
+        let centered = support::centered_gap(&logits, &top);
         println!("{:?}: fast vs llama.cpp, top 20 centered: {centered:.3}", &case["text"].as_str().unwrap()[..12]);
         assert!(centered < 0.4, "top-20 logits differ from llama.cpp's by up to {centered} (after centering)");
         // The same best token wherever llama.cpp's choice is clear (top-1/top-2 margin above 0.5).

@@ -35,14 +35,7 @@ fn tiny_models_match_numpy_and_survive_export() {
         let mut exec = gpu::cpu::ModelExecutor::with_precision(&g, "tiny", 16, 4, gpu::cpu::Precision::Exact).unwrap();
         let ours = logits(&mut exec, &ids);
 
-        let out = Command::new(python_venv())
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/numpy_forward.py"))
-            .arg(&path)
-            .arg(serde_json::to_string(&ids).unwrap())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let reference: Vec<f32> = serde_json::from_slice(&out.stdout).unwrap();
+        let reference = numpy_logits(&path, &ids);
         let d = max_diff(&ours, &reference);
         println!("{arch:?}: {d:.2e} from numpy");
         assert!(d < 1e-4, "{arch:?}: {d} from numpy");

@@ -16,8 +16,8 @@ import json
 import sys
 
 import llama_cpp
-import numpy as np
 from llama_cpp import Llama
+from llama_cpp_common import greedy, logits_of, top
 
 model_path, out_path = sys.argv[1], sys.argv[2]
 llm = Llama(model_path=model_path, n_ctx=1024, n_threads=2, logits_all=True, verbose=False, seed=0)
@@ -38,17 +38,6 @@ def tokenize(text, bos=False):
     return llm.tokenize(text.encode(), add_bos=bos, special=True)
 
 
-def logits_of(ids):
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def top(row, k=20):
-    idx = np.argsort(-row)[:k]
-    return [[int(i), float(row[i])] for i in idx]
-
-
 out = {
     "model_sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     "llama_cpp_python": llama_cpp.__version__,
@@ -56,12 +45,7 @@ out = {
 }
 
 prompt_ids = tokenize("Question: What is the capital of France?\nAnswer:", bos=True)
-greedy = []
-for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
-    greedy.append(int(tok))
-    if len(greedy) == 16:
-        break
-out["greedy"] = {"prompt_ids": prompt_ids, "tokens": greedy, "text": llm.detokenize(greedy).decode(errors="replace")}
+out["greedy"] = greedy(llm, prompt_ids, 16)
 
 # A long prompt: numbered sentences until it passes 600 tokens.
 long_text, n = "", 0
@@ -77,7 +61,7 @@ for text in [
     long_text,
 ]:
     ids = tokenize(text, bos=True)
-    rows = logits_of(ids)
+    rows = logits_of(llm, ids)
     out["logits"].append({"text": text, "ids": ids, "last_top20": top(rows[-1])})
 
 with open(out_path, "w") as f:

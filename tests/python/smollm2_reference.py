@@ -17,9 +17,9 @@ import sys
 
 import jinja2
 import llama_cpp
-import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import Llama
+from llama_cpp_common import greedy, logits_of, top
 
 model_path, out_path = sys.argv[1], sys.argv[2]
 llm = Llama(model_path=model_path, n_ctx=1024, n_threads=2, logits_all=True, verbose=False, seed=0)
@@ -70,17 +70,6 @@ CHATS = [
 ]
 
 
-def logits_of(ids):
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def top(row, k=20):
-    idx = np.argsort(-row)[:k]
-    return [[int(i), float(row[i])] for i in idx]
-
-
 out = {
     "model_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     "llama_cpp_python": llama_cpp.__version__,
@@ -89,18 +78,12 @@ out = {
 }
 
 prompt_ids = tokenize("The capital of France is")
-llm.reset()
-greedy = []
-for tok in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0, reset=True):
-    greedy.append(int(tok))
-    if len(greedy) == 16:
-        break
-out["greedy"] = {"prompt_ids": prompt_ids, "tokens": greedy, "text": llm.detokenize(greedy).decode(errors="replace")}
+out["greedy"] = greedy(llm, prompt_ids, 16)
 
 out["logits"] = []
 for text in ["The capital of France is", out["chat"][1]["prompt"], "def fibonacci(n):\n    "]:
     ids = tokenize(text)
-    rows = logits_of(ids)
+    rows = logits_of(llm, ids)
     out["logits"].append({"text": text, "ids": ids, "last_top20": top(rows[-1]), "positions_top5": [top(r, 5) for r in rows]})
 
 with open(out_path, "w") as f:

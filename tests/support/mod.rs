@@ -380,3 +380,30 @@ workers = [{{ device = "cpu", kv_blocks = 512 }}]
     assert!(wait_health(port, 200, Duration::from_secs(30)), "not healthy: {}", serve.log_text());
     (serve, port, dir)
 }
+
+/// The last position's logits of `ids` in the f32 numpy forward pass of the GGUF at `model`
+/// (`tests/python/numpy_forward.py`, llama.cpp's `gguf` package reading the file).
+pub fn numpy_logits(model: &Path, ids: &[u32]) -> Vec<f32> {
+    let out = Command::new(python_venv())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/numpy_forward.py"))
+        .arg(model)
+        .arg(serde_json::to_string(ids).expect("json"))
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("logits")
+}
+
+/// A reference's `[[id, logit], ...]` (llama.cpp's top logits).
+pub fn top_logits(v: &serde_json::Value) -> Vec<(usize, f32)> {
+    let pairs = v.as_array().expect("an array of pairs");
+    pairs.iter().map(|p| (p[0].as_u64().expect("id") as usize, p[1].as_f64().expect("logit") as f32)).collect()
+}
+
+/// How far `logits` are from the reference's `top` ones after each side's mean over those ids is
+/// removed (softmax does not see a shift).
+pub fn centered_gap(logits: &[f32], top: &[(usize, f32)]) -> f32 {
+    let ours_mean = top.iter().map(|&(id, _)| logits[id]).sum::<f32>() / top.len() as f32;
+    let ref_mean = top.iter().map(|&(_, w)| w).sum::<f32>() / top.len() as f32;
+    top.iter().map(|&(id, w)| ((logits[id] - ours_mean) - (w - ref_mean)).abs()).fold(0.0f32, f32::max)
+}
