@@ -327,7 +327,6 @@ impl LlamaConfig {
 
     /// What this config asks beyond the Llama block, named (for a backend that runs only that).
     pub fn variations(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
         let plain = 1.0 / (self.head_dim as f32).sqrt();
         let checks = [
             (self.q_width() != self.hidden, "a head size other than hidden / heads"),
@@ -340,7 +339,6 @@ impl LlamaConfig {
             (self.sliding_window.is_some(), "sliding-window attention"),
             (self.rope_linear.is_some() || self.rope_base_local.is_some(), "linear or per-layer RoPE"),
         ];
-        v.extend(checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name));
-        v
+        checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
     }
 }

@@ -80,8 +80,9 @@ struct Layer {
     attn_norm: Vec<f32>,
     /// q, k and v fused: each output row is `[q | k | v]`.
     qkv: Linear,
-    /// Per-head RMSNorm weights of q and k (`head_dim` each).
-    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per-head RMSNorm weights of q and of k (`head_dim` each).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     o: Linear,
     /// RMSNorm of the attention output before the residual.
     post_attn_norm: Option<Vec<f32>>,
@@ -100,9 +101,9 @@ pub struct LlamaModel {
     norm: Vec<f32>,
     /// The output projection; None when tied to the embeddings.
     output: Option<Linear>,
-    /// RoPE's inverse frequencies of global and windowed layers.
+    /// RoPE's inverse frequencies, and those of windowed layers where they differ (Gemma 3).
     inv_freq: Vec<f32>,
-    inv_freq_local: Vec<f32>,
+    inv_freq_local: Option<Vec<f32>>,
 }
 
 impl LlamaModel {
@@ -120,10 +121,6 @@ impl LlamaModel {
                 let norm = |name: &str, len: usize, on: bool| -> Result<Option<Vec<f32>>, ModelError> {
                     on.then(|| g.vector(&format!("{p}.{name}.weight"), len)).transpose()
                 };
-                let qk_norm = match (norm("attn_q_norm", hd, c.qk_norm)?, norm("attn_k_norm", hd, c.qk_norm)?) {
-                    (Some(q), Some(k)) => Some((q, k)),
-                    _ => None,
-                };
                 Ok(Layer {
                     attn_norm: g.vector(&format!("{p}.attn_norm.weight"), h)?,
                     qkv: Linear::stack(vec![
@@ -131,7 +128,8 @@ impl LlamaModel {
                         Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
                         Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
                     ]),
-                    qk_norm,
+                    q_norm: norm("attn_q_norm", hd, c.qk_norm)?,
+                    k_norm: norm("attn_k_norm", hd, c.qk_norm)?,
                     o: Linear::load(g, &format!("{p}.attn_output"), h, qw, precision)?,
                     post_attn_norm: norm("post_attention_norm", h, c.post_norms)?,
                     ffn_norm: g.vector(&format!("{p}.ffn_norm.weight"), h)?,
@@ -146,7 +144,7 @@ impl LlamaModel {
             .collect::<Result<Vec<_>, ModelError>>()?;
         let output =
             if g.has("output.weight") { Some(Linear::load(g, "output", c.vocab, h, precision)?) } else { None };
-        let (inv_freq, inv_freq_local) = (c.inv_freq(false), c.inv_freq(true));
+        let (inv_freq, inv_freq_local) = (c.inv_freq(false), c.rope_base_local.map(|_| c.inv_freq(true)));
         Ok(Self {
             embed,
             layers,
@@ -190,7 +188,7 @@ impl LlamaModel {
         let half = self.inv_freq.len();
         let angles = |inv: &[f32]| -> Vec<(f32, f32)> { rows.iter().flat_map(|&(_, p)| rotations(p, inv)).collect() };
         let rot_global = angles(&self.inv_freq);
-        let rot_local = if self.inv_freq_local == self.inv_freq { None } else { Some(angles(&self.inv_freq_local)) };
+        let rot_local = self.inv_freq_local.as_deref().map(angles);
         let tables: Vec<_> = rows.iter().map(|&(s, p)| (batch[s].blocks, p)).collect();
         let mut scratch = Vec::new();
         // `x += norm(y)` where the layer has a post-norm, else `x += y`.
@@ -220,9 +218,9 @@ impl LlamaModel {
             }
             for (r, &(s, p)) in rows.iter().enumerate() {
                 let rot = &rot[r * half..(r + 1) * half];
-                let (q_norm, k_norm) = layer.qk_norm.as_ref().map_or((None, None), |(q, k)| (Some(q), Some(k)));
-                for (heads, norm) in [(&mut q[r * qw..(r + 1) * qw], q_norm), (&mut k[r * kvw..(r + 1) * kvw], k_norm)]
-                {
+                let q_and_k =
+                    [(&mut q[r * qw..(r + 1) * qw], &layer.q_norm), (&mut k[r * kvw..(r + 1) * kvw], &layer.k_norm)];
+                for (heads, norm) in q_and_k {
                     for head in heads.chunks_exact_mut(hd) {
                         if let Some(w) = norm {
                             head_in.copy_from_slice(head);

@@ -247,14 +247,7 @@ impl CudaExecutor {
         }
         let output = if g.has("output.weight") { Some(matrix(&[("output", c.vocab)], h)?) } else { None };
         let norm = vector("output_norm.weight", h)?;
-        let half = c.head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| {
-                let f = c.rope_base.powf(-(2.0 * i as f32) / c.head_dim as f32);
-                c.rope_freq_factors.as_ref().map_or(f, |d| f / d[i])
-            })
-            .collect();
-        let inv_freq = Buf::upload(&stream, &inv_freq)?;
+        let inv_freq = Buf::upload(&stream, &c.inv_freq(false))?;
         let pool_len = kv_blocks * Self::kv_bytes_per_block(c, block_size) as usize / 2;
         let pool = Buf::zeros(&stream, pool_len)?;
         let block_len = Self::kv_bytes_per_block(c, block_size) as usize / 2;
