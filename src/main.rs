@@ -300,6 +300,25 @@ enum ModelCommand {
         #[arg(long, default_value = "default")]
         model: runtime::config::ModelSource,
     },
+    /// Write a generated random-weight model (the tests' tiny models, or larger ones to benchmark
+    /// an architecture with `bench engine`): llama, llama3, qwen2, qwen3, gemma, gemma2, gemma3,
+    /// mixtral or qwen3moe.
+    Tiny {
+        #[arg(long)]
+        arch: String,
+        /// The GGUF file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        hidden: usize,
+        /// The MLP's width (each expert's, in a mixture; Qwen3-MoE's experts are a quarter of it).
+        #[arg(long, default_value_t = 128)]
+        ffn: usize,
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -646,6 +665,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let g = gpu::model::open_source(&section).map_err(|e| anyhow::anyhow!("{e}"))?;
             gpu::model::hf::export(&g, &hf).map_err(|e| anyhow::anyhow!("exporting to {}: {e}", hf.display()))?;
             println!("{}", hf.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model { command: ModelCommand::Tiny { arch, out, hidden, ffn, layers, seed } } => {
+            use gpu::model::tiny::{TinyArch, TinySize, write_gguf_sized};
+            let Some(arch) = TinyArch::named(&arch) else {
+                eprintln!("error: --arch: no generated model \"{arch}\" ({:?})", TinyArch::ALL);
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            if hidden == 0 || !hidden.is_multiple_of(32) || ffn == 0 || !ffn.is_multiple_of(32) {
+                eprintln!("error: --hidden and --ffn: multiples of 32 are needed (got {hidden} and {ffn})");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
+            write_gguf_sized(&out, arch, seed, TinySize { hidden, ffn, layers })
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { command: ModelCommand::Fetch { cache_dir } } => {

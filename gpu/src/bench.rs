@@ -117,6 +117,13 @@ impl EngineBench {
             let limits = self.limits(1, self.prefill_tokens + 1, 1 << 20);
             let (exec, tok) = load(limits.kv_blocks)?;
             let limits = EngineLimits { context_length: exec.info().context_length, ..limits };
+            // A prompt the engine refuses would finish at once and read as an absurd rate.
+            if self.prefill_tokens + 1 > limits.context_length as usize {
+                return Err(ModelError::Metadata(format!(
+                    "a prefill of {} tokens and one generated does not fit the model's context of {} (--prefill-tokens)",
+                    self.prefill_tokens, limits.context_length
+                )));
+            }
             let mut engine = Engine::new(exec, tok.clone(), limits);
             engine.submit(request(0, prompt(&*tok, 0, self.prefill_tokens), 1, self, None));
             let start = Instant::now();

@@ -5,6 +5,9 @@ _gemma2, _gemma3) and llama.cpp's GGUF conventions:
 - llama, mistral: RoPE on interleaved pairs (llama.cpp permutes their q/k rows); others: halves.
 - qwen2: q/k/v biases. qwen3 and gemma3: RMSNorm of each q and k head before RoPE.
 - gemma*: embeddings times sqrt(hidden), GELU (tanh) gating; GGUF norms already hold 1 + w.
+- mixtures of experts (llama with `expert_count`: Mixtral; qwen3moe): a router's softmax over the
+  experts, the `expert_used_count` best, their weights renormalised to sum to one (llama.cpp and
+  the released models' `norm_topk_prob`), each a SwiGLU MLP stacked in `ffn_*_exps`.
 - gemma2, gemma3: norms after attention and MLP outputs; a sliding window on every layer but each
   2nd (gemma2) or 6th (gemma3); gemma2 soft-caps attention scores and logits; gemma3's windowed
   layers use RoPE base 10000 and its global layers the file's base and linear scaling.
@@ -49,6 +52,7 @@ class Model:
         # llama.cpp: the 27B Gemma 2 and 3 scale queries by hidden / heads, the others by head size.
         scalar = self.D // self.H if (a, self.L) in (("gemma2", 46), ("gemma3", 62)) else self.HD
         self.SCALE = 1.0 / np.sqrt(scalar)
+        self.USED = int(opt(f"{a}.expert_used_count", 0))
 
     def rms(self, x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.EPS) * w
@@ -64,7 +68,7 @@ class Model:
         ang = np.arange(T)[:, None] * inv[None, :]
         cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
         x = x.astype(np.float64)
-        if self.arch not in ("llama", "mistral"):
+        if self.arch not in ("llama", "mistral"):  # Mixtral is `llama`
             x0, x1 = x[..., : HD // 2], x[..., HD // 2 :]
             out = np.concatenate([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
         else:
@@ -84,6 +88,21 @@ class Model:
         if self.gemma:  # gelu_pytorch_tanh
             return 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g**3)))
         return g / (1 + np.exp(-g))
+
+    def experts(self, h, p):
+        W = self.W
+        logits = h @ W[p + "ffn_gate_inp.weight"].T  # [T, experts]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        out = np.zeros_like(h)
+        for t in range(h.shape[0]):
+            chosen = np.argsort(-probs[t], kind="stable")[: self.USED]
+            weights = probs[t, chosen] / probs[t, chosen].sum()
+            for e, w in zip(chosen, weights):
+                g = h[t] @ W[p + "ffn_gate_exps.weight"][e].T
+                u = h[t] @ W[p + "ffn_up_exps.weight"][e].T
+                out[t] += w * ((self.act(g) * u) @ W[p + "ffn_down_exps.weight"][e].T)
+        return out
 
     def forward(self, ids):
         W, H, KVH, HD, D = self.W, self.H, self.KVH, self.HD, self.D
@@ -120,9 +139,12 @@ class Model:
                 o = self.rms(o, W[p + "post_attention_norm.weight"])
             x = x + o
             h = self.rms(x, W[p + "ffn_norm.weight"])
-            g = h @ W[p + "ffn_gate.weight"].T
-            u = h @ W[p + "ffn_up.weight"].T
-            m = (self.act(g) * u) @ W[p + "ffn_down.weight"].T
+            if p + "ffn_gate_inp.weight" in W:
+                m = self.experts(h, p)
+            else:
+                g = h @ W[p + "ffn_gate.weight"].T
+                u = h @ W[p + "ffn_up.weight"].T
+                m = (self.act(g) * u) @ W[p + "ffn_down.weight"].T
             if p + "post_ffw_norm.weight" in W:
                 m = self.rms(m, W[p + "post_ffw_norm.weight"])
             x = x + m

@@ -1,5 +1,5 @@
 //! A decoder's shapes and constants: the Llama block (Llama 2/3, SmolLM, Mistral, Qwen2) and the
-//! ways Qwen3 and Gemma 1/2/3 depart from it, read from GGUF metadata (Hugging Face folders are
+//! ways Qwen3, Gemma 1/2/3 and the mixtures of experts (Mixtral, Qwen3-MoE) depart from it, read from GGUF metadata (Hugging Face folders are
 //! read in `model::hf`). Both backends load from this; the fingerprint of a model's KV hashes it.
 
 use crate::model::ModelError;
@@ -15,22 +15,36 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Qwen3's block with a mixture of experts for its MLP.
+    Qwen3Moe,
+    /// Llama's block with a mixture of experts (GGUF `llama` with `llama.expert_count`).
+    Mixtral,
     Gemma,
     Gemma2,
     Gemma3,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] =
-        [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3, Family::Gemma, Family::Gemma2, Family::Gemma3];
+    pub const ALL: [Family; 9] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Qwen3Moe,
+        Family::Mixtral,
+        Family::Gemma,
+        Family::Gemma2,
+        Family::Gemma3,
+    ];
 
     /// The GGUF `general.architecture` (and metadata key prefix).
     pub fn gguf_name(self) -> &'static str {
         match self {
-            Family::Llama => "llama",
+            Family::Llama | Family::Mixtral => "llama",
             Family::Mistral => "mistral",
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
+            Family::Qwen3Moe => "qwen3moe",
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3",
@@ -44,6 +58,8 @@ impl Family {
             Family::Mistral => "MistralForCausalLM",
             Family::Qwen2 => "Qwen2ForCausalLM",
             Family::Qwen3 => "Qwen3ForCausalLM",
+            Family::Qwen3Moe => "Qwen3MoeForCausalLM",
+            Family::Mixtral => "MixtralForCausalLM",
             Family::Gemma => "GemmaForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
@@ -60,7 +76,13 @@ impl Family {
 
     /// The families by name, for errors that list what is supported.
     pub fn names(of: fn(Family) -> &'static str) -> String {
-        Self::ALL.map(of).join(", ")
+        let mut names: Vec<&str> = Vec::new();
+        for name in Self::ALL.map(of) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.join(", ")
     }
 
     pub fn is_gemma(self) -> bool {
@@ -71,7 +93,7 @@ impl Family {
     /// Mistral's q and k rows for interleaved pairs and leaves the others in Hugging Face's halves.
     pub fn gguf_rope_style(self) -> RopeStyle {
         match self {
-            Family::Llama | Family::Mistral => RopeStyle::Interleaved,
+            Family::Llama | Family::Mistral | Family::Mixtral => RopeStyle::Interleaved,
             _ => RopeStyle::Halves,
         }
     }
@@ -100,6 +122,17 @@ pub enum Activation {
     Silu,
     /// GELU, tanh approximation (GeGLU): Gemma.
     GeluTanh,
+}
+
+/// A mixture of experts in place of the MLP (Mixtral, Qwen3-MoE): a router scores every expert
+/// for each token, the `used` best run (SwiGLU experts of `ffn` units), and their outputs are
+/// summed with the router's softmax weights, renormalised over the chosen ones where `norm_top`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Experts {
+    pub count: usize,
+    pub used: usize,
+    pub ffn: usize,
+    pub norm_top: bool,
 }
 
 /// Shapes and constants of a model.
@@ -142,6 +175,8 @@ pub struct LlamaConfig {
     pub windowed: Vec<bool>,
     /// RoPE base of the windowed layers (Gemma 3's local layers), where it differs.
     pub rope_base_local: Option<f32>,
+    /// The MLP is a mixture of experts.
+    pub experts: Option<Experts>,
 }
 
 /// Llama 3.1 RoPE scaling: the divisor of each rotary frequency, as Hugging Face computes it
@@ -226,7 +261,7 @@ impl LlamaConfig {
             context_length,
             rope_freq_factors: None,
             rope_linear: None,
-            qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+            qk_norm: matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3),
             embed_scale: gemma,
             activation: if gemma { Activation::GeluTanh } else { Activation::Silu },
             post_norms: matches!(family, Family::Gemma2 | Family::Gemma3),
@@ -236,6 +271,7 @@ impl LlamaConfig {
             sliding_window: None,
             windowed,
             rope_base_local: (family == Family::Gemma3).then_some(10_000.0),
+            experts: None,
         })
     }
 
@@ -295,6 +331,23 @@ impl LlamaConfig {
         if !c.windowed.is_empty() {
             c.sliding_window = Some(u("attention.sliding_window")?);
         }
+        // Mixtral is `llama` with experts; Qwen3-MoE gives its experts' width apart. llama.cpp
+        // renormalises the chosen weights for both.
+        if let Ok(count) = u("expert_count")
+            && count > 0
+        {
+            let used = u("expert_used_count")?;
+            if used == 0 || used > count {
+                return Err(ModelError::Metadata(format!("{used} of {count} experts used per token")));
+            }
+            let ffn = u("expert_feed_forward_length").unwrap_or(c.ffn);
+            c.experts = Some(Experts { count, used, ffn, norm_top: true });
+            if family == Family::Llama {
+                c.family = Family::Mixtral;
+            }
+        } else if family == Family::Qwen3Moe {
+            return Err(ModelError::Metadata(format!("{arch}.expert_count is missing")));
+        }
         Ok(c)
     }
 
@@ -338,6 +391,7 @@ impl LlamaConfig {
             (self.attn_softcap.is_some() || self.final_softcap.is_some(), "soft-capping"),
             (self.sliding_window.is_some(), "sliding-window attention"),
             (self.rope_linear.is_some() || self.rope_base_local.is_some(), "linear or per-layer RoPE"),
+            (self.experts.is_some(), "a mixture of experts"),
         ];
         checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
     }

@@ -3,17 +3,18 @@
 //! embeddings, GeGLU, post-norms, soft-capping and sliding windows), and the forward pass over a
 //! batch of sequence chunks with attention reading K and V from the paged cache.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
 
 use super::attention::{Heads, attend};
-use super::config::Activation;
 pub use super::config::LlamaConfig;
-use super::kernels::{gelu_tanh, rms_norm, rope, rotations, silu};
+use super::kernels::{rms_norm, rope, rotations};
 use super::kv::KvCache;
 use super::matrix::{Matrix, Precision};
-use super::threads::for_each_chunk_mut;
+use super::mlp::Mlp;
 
 /// A weight matrix `rows × cols` (kept quantized where a kernel exists) with an optional bias.
 pub struct Linear {
@@ -28,6 +29,9 @@ pub trait WeightSource {
     /// A vector of `len` values.
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError>;
     fn has(&self, name: &str) -> bool;
+    /// Expert `expert`'s `rows × cols` matrix of the experts stacked in `name`
+    /// (`blk.N.ffn_gate_exps.weight`: `count × rows × cols`).
+    fn expert(&self, name: &str, expert: usize, rows: usize, cols: usize, p: Precision) -> Result<Matrix, ModelError>;
 }
 
 impl WeightSource for GgufFile {
@@ -51,10 +55,34 @@ impl WeightSource for GgufFile {
     fn has(&self, name: &str) -> bool {
         self.tensor(name).is_ok()
     }
+
+    fn expert(&self, name: &str, expert: usize, rows: usize, cols: usize, p: Precision) -> Result<Matrix, ModelError> {
+        let t = self.tensor(name)?;
+        let shape = t.shape();
+        if shape.len() != 3 || shape[1..] != [rows, cols] || expert >= shape[0] {
+            return Err(ModelError::Metadata(format!(
+                "{name} has shape {shape:?}, expected [experts > {expert}, {rows}, {cols}]"
+            )));
+        }
+        let per_expert = t
+            .dtype
+            .byte_size((rows * cols) as u64)
+            .ok_or_else(|| ModelError::Unsupported(format!("tensor `{name}` of type {}", t.dtype)))?
+            as usize;
+        let bytes = &self.tensor_bytes(t)?[expert * per_expert..][..per_expert];
+        Matrix::from_ggml(t.dtype, bytes, rows, cols, p)
+            .ok_or_else(|| ModelError::Unsupported(format!("tensor `{name}` of type {}", t.dtype)))
+    }
 }
 
 impl Linear {
-    fn load(g: &dyn WeightSource, name: &str, rows: usize, cols: usize, p: Precision) -> Result<Self, ModelError> {
+    pub(super) fn load(
+        g: &dyn WeightSource,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        p: Precision,
+    ) -> Result<Self, ModelError> {
         let w = g.matrix(&format!("{name}.weight"), rows, cols, p)?;
         let bias_name = format!("{name}.bias");
         let bias = if g.has(&bias_name) { Some(g.vector(&bias_name, rows)?) } else { None };
@@ -62,7 +90,7 @@ impl Linear {
     }
 
     /// Several projections of the same input as one (their outputs side by side in each row).
-    fn stack(parts: Vec<Linear>) -> Self {
+    pub(super) fn stack(parts: Vec<Linear>) -> Self {
         let bias = parts
             .iter()
             .any(|l| l.bias.is_some())
@@ -89,9 +117,7 @@ struct Layer {
     ffn_norm: Vec<f32>,
     /// RMSNorm of the MLP output before the residual.
     post_ffn_norm: Option<Vec<f32>>,
-    /// gate and up fused: each output row is `[gate | up]`.
-    gate_up: Linear,
-    down: Linear,
+    mlp: Mlp,
 }
 
 pub struct LlamaModel {
@@ -104,6 +130,8 @@ pub struct LlamaModel {
     /// RoPE's inverse frequencies, and those of windowed layers where they differ (Gemma 3).
     inv_freq: Vec<f32>,
     inv_freq_local: Option<Vec<f32>>,
+    /// Experts run, over every layer and step (each reads its weights once).
+    expert_passes: AtomicU64,
 }
 
 impl LlamaModel {
@@ -134,11 +162,7 @@ impl LlamaModel {
                     post_attn_norm: norm("post_attention_norm", h, c.post_norms)?,
                     ffn_norm: g.vector(&format!("{p}.ffn_norm.weight"), h)?,
                     post_ffn_norm: norm("post_ffw_norm", h, c.post_norms)?,
-                    gate_up: Linear::stack(vec![
-                        Linear::load(g, &format!("{p}.ffn_gate"), c.ffn, h, precision)?,
-                        Linear::load(g, &format!("{p}.ffn_up"), c.ffn, h, precision)?,
-                    ]),
-                    down: Linear::load(g, &format!("{p}.ffn_down"), h, c.ffn, precision)?,
+                    mlp: Mlp::load(&c, g, i, precision)?,
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
@@ -152,8 +176,15 @@ impl LlamaModel {
             output,
             inv_freq,
             inv_freq_local,
+            expert_passes: AtomicU64::new(0),
             config: c,
         })
+    }
+
+    /// Experts run so far, over every layer and step: a step runs each expert at most once a
+    /// layer, whatever the batch.
+    pub fn expert_passes(&self) -> u64 {
+        self.expert_passes.load(Ordering::Relaxed)
     }
 
     /// Run each sequence's chunk `tokens[start..]`, writing K and V into `kv` at the sequence's
@@ -180,7 +211,6 @@ impl LlamaModel {
         let (mut q, mut k, mut v) = (vec![0.0f32; n * qw], vec![0.0f32; n * kvw], vec![0.0f32; n * kvw]);
         let mut attn = vec![0.0f32; n * qw];
         let (mut proj, mut normed) = (vec![0.0f32; n * h], vec![0.0f32; n * h]);
-        let (mut gate, mut gate_up) = (vec![0.0f32; n * c.ffn], vec![0.0f32; n * 2 * c.ffn]);
         let mut qkv = vec![0.0f32; n * (qw + 2 * kvw)];
         let mut head_in = vec![0.0f32; hd];
         // Rotation angles per row (the same in every layer of a kind and every head), and each
@@ -243,18 +273,7 @@ impl LlamaModel {
             layer.o.forward(&attn, n, &mut proj, &mut scratch);
             residual(&mut x, &proj, layer.post_attn_norm.as_ref(), &mut normed);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            layer.gate_up.forward(&xn, n, &mut gate_up, &mut scratch);
-            let act = match c.activation {
-                Activation::Silu => silu,
-                Activation::GeluTanh => gelu_tanh,
-            };
-            for_each_chunk_mut(&mut gate, c.ffn, |r, out| {
-                let (g, u) = gate_up[r * 2 * c.ffn..(r + 1) * 2 * c.ffn].split_at(c.ffn);
-                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                    *o = act(g) * u;
-                }
-            });
-            layer.down.forward(&gate, n, &mut proj, &mut scratch);
+            layer.mlp.forward(c.activation, &xn, n, &mut proj, &mut scratch, &self.expert_passes);
             residual(&mut x, &proj, layer.post_ffn_norm.as_ref(), &mut normed);
         }
         // Logits for the last token of sequences that want them, and for every token of those

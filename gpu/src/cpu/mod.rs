@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod kv;
 pub mod llama;
 pub mod matrix;
+mod mlp;
 pub mod threads;
 
 use std::path::Path;
@@ -79,6 +80,11 @@ impl ModelExecutor {
 
     pub fn config(&self) -> &llama::LlamaConfig {
         &self.model.config
+    }
+
+    /// Experts run so far (every layer, every step) in a mixture-of-experts model.
+    pub fn expert_passes(&self) -> u64 {
+        self.model.expert_passes()
     }
 }
 

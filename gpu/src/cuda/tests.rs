@@ -396,6 +396,8 @@ fn families_beyond_the_llama_block_are_refused_by_name_on_every_machine() {
         (TinyArch::Gemma, "GeGLU"),
         (TinyArch::Gemma2, "soft-capping"),
         (TinyArch::Gemma3, "sliding-window attention"),
+        (TinyArch::Mixtral, "a mixture of experts"),
+        (TinyArch::Qwen3Moe, "a mixture of experts"),
     ] {
         let path = dir.join(format!("{arch:?}.gguf"));
         write_gguf(&path, arch, 1).unwrap();

@@ -12,7 +12,7 @@ use super::ModelError;
 use super::bpe::BpeTokenizer;
 use super::gguf::GgufFile;
 use super::safetensors::{SafeTensors, write_f32};
-use crate::cpu::config::{Family, LlamaConfig, Shapes, llama3_rope_factors};
+use crate::cpu::config::{Experts, Family, LlamaConfig, Shapes, llama3_rope_factors};
 use crate::cpu::kernels::RopeStyle;
 use crate::cpu::llama::WeightSource;
 use crate::cpu::matrix::{Matrix, Precision};
@@ -57,6 +57,23 @@ struct HfConfig {
     /// Gemma 3's RoPE base of its sliding layers.
     #[serde(default)]
     rope_local_base_freq: Option<f64>,
+    /// Mixtral's experts (each `intermediate_size` wide).
+    #[serde(default)]
+    num_local_experts: Option<usize>,
+    /// Qwen3-MoE's experts (each `moe_intermediate_size` wide).
+    #[serde(default)]
+    num_experts: Option<usize>,
+    #[serde(default)]
+    num_experts_per_tok: Option<usize>,
+    #[serde(default)]
+    moe_intermediate_size: Option<usize>,
+    #[serde(default)]
+    norm_topk_prob: Option<bool>,
+    /// Qwen3-MoE: every how many layers is sparse, and the dense ones; only "all sparse" runs here.
+    #[serde(default)]
+    decoder_sparse_step: Option<usize>,
+    #[serde(default)]
+    mlp_only_layers: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,12 +125,32 @@ fn hf_name(gguf: &str, family: Family) -> Option<String> {
         "ffn_norm" => "post_attention_layernorm",
         "post_attention_norm" if four_norms => "post_attention_layernorm",
         "post_ffw_norm" if four_norms => "post_feedforward_layernorm",
+        "ffn_gate_inp" if family == Family::Mixtral => "block_sparse_moe.gate",
+        "ffn_gate_inp" => "mlp.gate",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// The Hugging Face name of expert `e`'s part of the stacked GGUF tensor `gguf`
+/// (`blk.L.ffn_gate_exps.weight`): Mixtral's `w1`/`w3`/`w2`, Qwen3-MoE's `gate_proj`/`up_proj`/`down_proj`.
+fn hf_expert_name(gguf: &str, e: usize, family: Family) -> Option<String> {
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let part = rest.strip_prefix("ffn_")?.strip_suffix("_exps.weight")?;
+    let hf = match (family, part) {
+        (Family::Mixtral, "gate") => "block_sparse_moe.experts.{e}.w1",
+        (Family::Mixtral, "up") => "block_sparse_moe.experts.{e}.w3",
+        (Family::Mixtral, "down") => "block_sparse_moe.experts.{e}.w2",
+        (_, "gate") => "mlp.experts.{e}.gate_proj",
+        (_, "up") => "mlp.experts.{e}.up_proj",
+        (_, "down") => "mlp.experts.{e}.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{}.weight", hf.replace("{e}", &e.to_string())))
 }
 
 /// Whether a GGUF tensor is an RMSNorm gain (stored as an offset from 1 by Gemma's Hugging Face
@@ -211,6 +248,37 @@ impl HfModel {
         if let Some(q) = c.query_pre_attn_scalar.filter(|_| family.is_gemma()) {
             config.attn_scale = 1.0 / (q as f32).sqrt();
         }
+        config.experts = match family {
+            Family::Mixtral => Some(Experts {
+                count: c.num_local_experts.unwrap_or(8),
+                used: c.num_experts_per_tok.unwrap_or(2),
+                ffn: c.intermediate_size,
+                norm_top: true,
+            }),
+            Family::Qwen3Moe => {
+                if c.decoder_sparse_step.unwrap_or(1) != 1 || c.mlp_only_layers.as_ref().is_some_and(|l| !l.is_empty())
+                {
+                    return Err(ModelError::Unsupported(
+                        "config.json: dense layers among the experts (decoder_sparse_step, mlp_only_layers)".into(),
+                    ));
+                }
+                let ffn = c
+                    .moe_intermediate_size
+                    .ok_or_else(|| ModelError::Metadata("config.json: moe_intermediate_size is missing".into()))?;
+                Some(Experts {
+                    count: c.num_experts.unwrap_or(128),
+                    used: c.num_experts_per_tok.unwrap_or(8),
+                    ffn,
+                    norm_top: c.norm_topk_prob.unwrap_or(false),
+                })
+            }
+            _ => None,
+        };
+        if let Some(e) = config.experts
+            && (e.used == 0 || e.used > e.count)
+        {
+            return Err(ModelError::Metadata(format!("config.json: {} of {} experts used per token", e.used, e.count)));
+        }
         if family == Family::Gemma2 {
             config.attn_softcap = c.attn_logit_softcapping.map(|v| v as f32);
             config.final_softcap = c.final_logit_softcapping.map(|v| v as f32);
@@ -253,19 +321,29 @@ impl HfModel {
     }
 }
 
-impl WeightSource for HfModel {
-    fn matrix(&self, name: &str, rows: usize, cols: usize, _precision: Precision) -> Result<Matrix, ModelError> {
-        // The tied output projection is the embedding matrix; HF folders omit lm_head then.
-        let (st, hf) = self.find(name).ok_or_else(|| ModelError::Metadata(format!("no tensor for {name}")))?;
-        if st.shape(&hf) != Some(&[rows, cols][..]) {
-            return Err(ModelError::Metadata(format!("{hf} has shape {:?}, expected [{rows}, {cols}]", st.shape(&hf))));
+impl HfModel {
+    /// The `rows × cols` tensor `hf` (its Hugging Face name), as f32.
+    fn matrix_named(&self, hf: &str, rows: usize, cols: usize, _p: Precision) -> Result<Matrix, ModelError> {
+        let st =
+            self.shards.iter().find(|s| s.has(hf)).ok_or_else(|| ModelError::Metadata(format!("no tensor {hf}")))?;
+        if st.shape(hf) != Some(&[rows, cols][..]) {
+            return Err(ModelError::Metadata(format!("{hf} has shape {:?}, expected [{rows}, {cols}]", st.shape(hf))));
         }
-        Ok(Matrix::from_f32(st.f32(&hf).expect("found above"), rows, cols))
+        let values = st.f32(hf).ok_or_else(|| ModelError::Metadata(format!("{hf} is not f32, f16 or bf16")))?;
+        Ok(Matrix::from_f32(values, rows, cols))
+    }
+}
+
+impl WeightSource for HfModel {
+    fn matrix(&self, name: &str, rows: usize, cols: usize, p: Precision) -> Result<Matrix, ModelError> {
+        let hf =
+            hf_name(name, self.config.family).ok_or_else(|| ModelError::Metadata(format!("no tensor for {name}")))?;
+        self.matrix_named(&hf, rows, cols, p)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let (st, hf) = self.find(name).ok_or_else(|| ModelError::Metadata(format!("no tensor for {name}")))?;
-        let mut v = st.f32(&hf).expect("found above");
+        let mut v = st.f32(&hf).ok_or_else(|| ModelError::Metadata(format!("{hf} is not f32, f16 or bf16")))?;
         let offset = self.config.family.hf_norm_offset();
         if offset != 0.0 && is_norm(name) {
             v.iter_mut().for_each(|w| *w += offset);
@@ -278,6 +356,12 @@ impl WeightSource for HfModel {
 
     fn has(&self, name: &str) -> bool {
         self.find(name).is_some()
+    }
+
+    fn expert(&self, name: &str, e: usize, rows: usize, cols: usize, p: Precision) -> Result<Matrix, ModelError> {
+        let hf = hf_expert_name(name, e, self.config.family)
+            .ok_or_else(|| ModelError::Metadata(format!("no tensor for expert {e} of {name}")))?;
+        self.matrix_named(&hf, rows, cols, p)
     }
 }
 
@@ -310,6 +394,16 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         ));
     }
     for t in &g.tensors {
+        if let (Some(experts), true) = (c.experts, t.name.ends_with("_exps.weight")) {
+            let data = g.dequantize(&t.name)?;
+            let shape = t.shape()[1..].to_vec();
+            for (e, part) in data.chunks_exact(data.len() / experts.count).enumerate() {
+                let name = hf_expert_name(&t.name, e, c.family)
+                    .ok_or_else(|| ModelError::Unsupported(format!("exporting tensor `{}`", t.name)))?;
+                tensors.push((name, shape.clone(), part.to_vec()));
+            }
+            continue;
+        }
         let Some(name) = hf_name(&t.name, c.family) else {
             return Err(ModelError::Unsupported(format!("exporting tensor `{}`", t.name)));
         };
@@ -371,6 +465,17 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
     }
     if let Some(b) = c.rope_base_local {
         fields.insert("rope_local_base_freq".into(), json!(b));
+    }
+    if let Some(e) = c.experts {
+        let count = if c.family == Family::Mixtral { "num_local_experts" } else { "num_experts" };
+        fields.insert(count.into(), json!(e.count));
+        fields.insert("num_experts_per_tok".into(), json!(e.used));
+        fields.insert("norm_topk_prob".into(), json!(e.norm_top));
+        if c.family == Family::Mixtral {
+            fields.insert("intermediate_size".into(), json!(e.ffn));
+        } else {
+            fields.insert("moe_intermediate_size".into(), json!(e.ffn));
+        }
     }
     fields.insert("attn_logit_softcapping".into(), json!(c.attn_softcap));
     fields.insert("final_logit_softcapping".into(), json!(c.final_softcap));

@@ -1,5 +1,6 @@
 //! Tiny random-weight models for fast tests: a Llama (or Qwen2 with q/k/v biases, Qwen3 with q/k
-//! norms, Gemma 1/2/3 with their norms, GeGLU, soft-caps and sliding windows) of two layers (six for
+//! norms, Gemma 1/2/3 with their norms, GeGLU, soft-caps and sliding windows, Mixtral and Qwen3-MoE
+//! with four experts, two used a token) of two layers (six for
 //! Gemma 3, whose sixth is its first global one) and 64 hidden units, with a byte-level BPE
 //! tokenizer and a ChatML template, written as GGUF as llama.cpp's conversion writes each family
 //! (and, through `hf::export`, as a Hugging Face folder). Seeded, so every run writes the same file.
@@ -30,10 +31,14 @@ pub enum TinyArch {
     /// Post-norms, q/k norms, windows on five layers of six with their own RoPE base, and linear
     /// RoPE scaling on the global one.
     Gemma3,
+    /// Llama with 4 experts of 128 units, 2 used per token.
+    Mixtral,
+    /// Qwen3 with 4 experts of 32 units, 2 used per token.
+    Qwen3Moe,
 }
 
 impl TinyArch {
-    pub const ALL: [TinyArch; 7] = [
+    pub const ALL: [TinyArch; 9] = [
         TinyArch::Llama,
         TinyArch::Llama3,
         TinyArch::Qwen2,
@@ -41,6 +46,8 @@ impl TinyArch {
         TinyArch::Gemma,
         TinyArch::Gemma2,
         TinyArch::Gemma3,
+        TinyArch::Mixtral,
+        TinyArch::Qwen3Moe,
     ];
 
     fn family(self) -> Family {
@@ -51,12 +58,28 @@ impl TinyArch {
             TinyArch::Gemma => Family::Gemma,
             TinyArch::Gemma2 => Family::Gemma2,
             TinyArch::Gemma3 => Family::Gemma3,
+            TinyArch::Mixtral => Family::Mixtral,
+            TinyArch::Qwen3Moe => Family::Qwen3Moe,
         }
+    }
+
+    /// Each expert's width, for the mixtures of experts of MLP width `ffn`.
+    fn expert_ffn(self, ffn: usize) -> Option<usize> {
+        match self {
+            TinyArch::Mixtral => Some(ffn),
+            TinyArch::Qwen3Moe => Some(ffn / 4),
+            _ => None,
+        }
+    }
+
+    /// The arch named `name` (its variant's name, any case).
+    pub fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| format!("{a:?}").eq_ignore_ascii_case(name))
     }
 
     /// Head size where it is not `HIDDEN / HEADS`.
     fn head_dim(self) -> Option<usize> {
-        matches!(self, TinyArch::Qwen3 | TinyArch::Gemma2 | TinyArch::Gemma3).then_some(32)
+        matches!(self, TinyArch::Qwen3 | TinyArch::Gemma2 | TinyArch::Gemma3 | TinyArch::Qwen3Moe).then_some(32)
     }
 }
 
@@ -65,12 +88,35 @@ const FFN: usize = 128;
 const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const LAYERS: usize = 2;
+const EXPERTS: usize = 4;
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const MERGES: [(&str, &str); 8] =
     [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s")];
 
 /// Write the tiny model as GGUF at `path`.
 pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()> {
+    write_gguf_sized(path, arch, seed, TinySize::default())
+}
+
+/// The sizes of a generated model (the tests' tiny ones by default; benchmarks ask for more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TinySize {
+    pub hidden: usize,
+    /// The MLP's width; a mixture's experts are each this wide (Qwen3-MoE's a quarter of it).
+    pub ffn: usize,
+    /// Layers (Gemma 3's tiny default is six, so that its sixth is global).
+    pub layers: Option<usize>,
+}
+
+impl Default for TinySize {
+    fn default() -> Self {
+        Self { hidden: HIDDEN, ffn: FFN, layers: None }
+    }
+}
+
+/// A generated model of `arch` at `size`, as GGUF at `path`.
+pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) -> std::io::Result<()> {
+    let (hidden, ffn) = (size.hidden, size.ffn);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(super::bpe::byte_chars().into_iter().map(String::from));
@@ -80,8 +126,8 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
     types.resize(vocab, 1);
     let name = arch.family().gguf_name();
     let family = arch.family();
-    let layers = if arch == TinyArch::Gemma3 { 6 } else { LAYERS };
-    let hd = arch.head_dim().unwrap_or(HIDDEN / HEADS);
+    let layers = size.layers.unwrap_or(if arch == TinyArch::Gemma3 { 6 } else { LAYERS });
+    let hd = arch.head_dim().unwrap_or(hidden / HEADS);
     let qw = HEADS * hd;
     let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
     let mut w = GgufWriter::default();
@@ -89,8 +135,8 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
         .meta("general.name", GgufValue::String(format!("tiny-{name}")))
         .meta(&format!("{name}.block_count"), GgufValue::U32(layers as u32))
         .meta(&format!("{name}.context_length"), GgufValue::U32(512))
-        .meta(&format!("{name}.embedding_length"), GgufValue::U32(HIDDEN as u32))
-        .meta(&format!("{name}.feed_forward_length"), GgufValue::U32(FFN as u32))
+        .meta(&format!("{name}.embedding_length"), GgufValue::U32(hidden as u32))
+        .meta(&format!("{name}.feed_forward_length"), GgufValue::U32(ffn as u32))
         .meta(&format!("{name}.attention.head_count"), GgufValue::U32(HEADS as u32))
         .meta(&format!("{name}.attention.head_count_kv"), GgufValue::U32(KV_HEADS as u32))
         .meta(&format!("{name}.rope.freq_base"), GgufValue::F32(if arch == TinyArch::Gemma3 { 1e6 } else { 1e4 }))
@@ -118,50 +164,67 @@ pub fn write_gguf(path: &Path, arch: TinyArch, seed: u64) -> std::io::Result<()>
                 .meta("gemma3.rope.scaling.type", GgufValue::String("linear".into()))
                 .meta("gemma3.rope.scaling.factor", GgufValue::F32(4.0));
         }
+        TinyArch::Mixtral => {
+            w.meta("llama.expert_count", GgufValue::U32(EXPERTS as u32))
+                .meta("llama.expert_used_count", GgufValue::U32(2));
+        }
+        TinyArch::Qwen3Moe => {
+            w.meta("qwen3moe.expert_count", GgufValue::U32(EXPERTS as u32))
+                .meta("qwen3moe.expert_used_count", GgufValue::U32(2))
+                .meta("qwen3moe.expert_feed_forward_length", GgufValue::U32((ffn / 4) as u32));
+        }
         _ => {}
     }
     let mut rand =
         |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect() };
     let kvw = KV_HEADS * hd;
-    w.tensor("token_embd.weight", &[vocab, HIDDEN], rand(vocab * HIDDEN, 0.5));
+    w.tensor("token_embd.weight", &[vocab, hidden], rand(vocab * hidden, 0.5));
     for l in 0..layers {
         let p = format!("blk.{l}");
         let gain = |rand: &mut dyn FnMut(usize, f32) -> Vec<f32>, len: usize| -> Vec<f32> {
             rand(len, 0.2).into_iter().map(|v| 1.0 + v).collect()
         };
-        w.tensor(&format!("{p}.attn_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
-        w.tensor(&format!("{p}.attn_q.weight"), &[qw, HIDDEN], rand(qw * HIDDEN, 0.2));
-        w.tensor(&format!("{p}.attn_k.weight"), &[kvw, HIDDEN], rand(kvw * HIDDEN, 0.2));
-        w.tensor(&format!("{p}.attn_v.weight"), &[kvw, HIDDEN], rand(kvw * HIDDEN, 0.2));
+        w.tensor(&format!("{p}.attn_norm.weight"), &[hidden], gain(&mut rand, hidden));
+        w.tensor(&format!("{p}.attn_q.weight"), &[qw, hidden], rand(qw * hidden, 0.2));
+        w.tensor(&format!("{p}.attn_k.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2));
+        w.tensor(&format!("{p}.attn_v.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2));
         if arch == TinyArch::Qwen2 {
             w.tensor(&format!("{p}.attn_q.bias"), &[qw], rand(qw, 0.1));
             w.tensor(&format!("{p}.attn_k.bias"), &[kvw], rand(kvw, 0.1));
             w.tensor(&format!("{p}.attn_v.bias"), &[kvw], rand(kvw, 0.1));
         }
-        w.tensor(&format!("{p}.attn_output.weight"), &[HIDDEN, qw], rand(HIDDEN * qw, 0.2));
-        w.tensor(&format!("{p}.ffn_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
-        w.tensor(&format!("{p}.ffn_gate.weight"), &[FFN, HIDDEN], rand(FFN * HIDDEN, 0.2));
-        w.tensor(&format!("{p}.ffn_up.weight"), &[FFN, HIDDEN], rand(FFN * HIDDEN, 0.2));
-        w.tensor(&format!("{p}.ffn_down.weight"), &[HIDDEN, FFN], rand(HIDDEN * FFN, 0.2));
+        w.tensor(&format!("{p}.attn_output.weight"), &[hidden, qw], rand(hidden * qw, 0.2));
+        w.tensor(&format!("{p}.ffn_norm.weight"), &[hidden], gain(&mut rand, hidden));
+        if let Some(f) = arch.expert_ffn(ffn) {
+            // The router, and the experts stacked as llama.cpp stores them.
+            w.tensor(&format!("{p}.ffn_gate_inp.weight"), &[EXPERTS, hidden], rand(EXPERTS * hidden, 0.5));
+            w.tensor(&format!("{p}.ffn_gate_exps.weight"), &[EXPERTS, f, hidden], rand(EXPERTS * f * hidden, 0.2));
+            w.tensor(&format!("{p}.ffn_up_exps.weight"), &[EXPERTS, f, hidden], rand(EXPERTS * f * hidden, 0.2));
+            w.tensor(&format!("{p}.ffn_down_exps.weight"), &[EXPERTS, hidden, f], rand(EXPERTS * hidden * f, 0.2));
+        } else {
+            w.tensor(&format!("{p}.ffn_gate.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2));
+            w.tensor(&format!("{p}.ffn_up.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2));
+            w.tensor(&format!("{p}.ffn_down.weight"), &[hidden, ffn], rand(hidden * ffn, 0.2));
+        }
         // The other families' tensors come after Llama's, so that Llama's weights stay the same.
-        if matches!(family, Family::Qwen3 | Family::Gemma3) {
+        if matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3) {
             w.tensor(&format!("{p}.attn_q_norm.weight"), &[hd], gain(&mut rand, hd));
             w.tensor(&format!("{p}.attn_k_norm.weight"), &[hd], gain(&mut rand, hd));
         }
         if matches!(family, Family::Gemma2 | Family::Gemma3) {
-            w.tensor(&format!("{p}.post_attention_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
-            w.tensor(&format!("{p}.post_ffw_norm.weight"), &[HIDDEN], gain(&mut rand, HIDDEN));
+            w.tensor(&format!("{p}.post_attention_norm.weight"), &[hidden], gain(&mut rand, hidden));
+            w.tensor(&format!("{p}.post_ffw_norm.weight"), &[hidden], gain(&mut rand, hidden));
         }
     }
-    w.tensor("output_norm.weight", &[HIDDEN], vec![1.0; HIDDEN]);
+    w.tensor("output_norm.weight", &[hidden], vec![1.0; hidden]);
     if arch == TinyArch::Llama3 {
         // A short original context so that every band of the scaling occurs in 16 frequencies.
-        let factors = crate::cpu::config::llama3_rope_factors(HIDDEN / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
+        let factors = crate::cpu::config::llama3_rope_factors(hidden / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
         w.tensor("rope_freqs.weight", &[factors.len()], factors);
     }
     if arch == TinyArch::Qwen2 {
         // Untied output projection, to exercise that path too.
-        w.tensor("output.weight", &[vocab, HIDDEN], rand(vocab * HIDDEN, 0.5));
+        w.tensor("output.weight", &[vocab, hidden], rand(vocab * hidden, 0.5));
     }
     w.write(path)
 }
@@ -241,6 +304,43 @@ mod tests {
                 text
             };
             assert_eq!(run(4), run(512), "{arch:?}");
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    #[test]
+    fn a_mixture_of_experts_batch_runs_each_expert_once_a_layer_and_equals_its_sequences_alone() {
+        for arch in [TinyArch::Mixtral, TinyArch::Qwen3Moe] {
+            let (g, dir) = tiny(arch, "moe-batch");
+            let tok = BpeTokenizer::from_gguf(&g).unwrap();
+            let mut exec = ModelExecutor::with_precision(&g, "t", 64, 4, Precision::Exact).unwrap();
+            let experts = exec.config().experts.unwrap();
+            let layers = exec.config().layers;
+            // 16 prompts of 3 to 6 tokens, each in blocks of its own.
+            let prompts: Vec<Vec<u32>> =
+                (0..16).map(|i| tok.encode(&format!("the sea {i} in{}", "n".repeat(i % 4)))).collect();
+            let tables: Vec<Vec<crate::pool::BlockId>> =
+                (0..16).map(|i| (4 * i..4 * i + 4).map(crate::pool::BlockId).collect()).collect();
+            let views: Vec<_> =
+                prompts.iter().zip(&tables).map(|(p, t)| crate::executor::SequenceView::whole_prompt(p, t)).collect();
+            use crate::executor::Executor;
+            let before = exec.expert_passes();
+            let together = exec.forward(&views).unwrap();
+            let passes = exec.expert_passes() - before;
+            let rows: usize = prompts.iter().map(Vec::len).sum();
+            assert!(rows * experts.used > layers * experts.count, "more routings than experts: {rows} rows");
+            assert!(passes <= (layers * experts.count) as u64, "{arch:?}: {passes} expert passes in one step");
+            assert!(passes >= layers as u64);
+            println!(
+                "{arch:?}: {rows} rows, {} routings a layer, {passes} expert passes over {layers} layers",
+                rows * experts.used
+            );
+            for (i, view) in views.iter().enumerate() {
+                let alone = exec.forward(std::slice::from_ref(view)).unwrap().remove(0).unwrap();
+                let batched = together[i].as_ref().unwrap();
+                let d = alone.iter().zip(batched).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(d < 1e-4, "{arch:?} sequence {i}: {d} between the batch and alone");
+            }
             let _ = std::fs::remove_dir_all(dir);
         }
     }

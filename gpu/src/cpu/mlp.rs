@@ -1,0 +1,177 @@
+//! A layer's MLP on CPU: one gated MLP (SwiGLU or GeGLU), or a mixture of such experts behind a
+//! router (Mixtral, Qwen3-MoE). A batch's tokens are grouped by the experts they chose, so that each
+//! expert runs once per step over all its tokens and its weights are read once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::model::ModelError;
+
+use super::config::{Activation, Experts, LlamaConfig};
+use super::kernels::{gelu_tanh, silu, softmax};
+use super::llama::{Linear, WeightSource};
+use super::matrix::Precision;
+use super::threads::for_each_chunk_mut;
+
+/// A gated MLP: `down(act(gate(x)) · up(x))`, with gate and up fused.
+pub struct Gated {
+    /// Each output row is `[gate | up]`.
+    gate_up: Linear,
+    down: Linear,
+    ffn: usize,
+}
+
+impl Gated {
+    /// `out = down(act(gate(x)) · up(x))` for `n` rows of `x`.
+    fn forward(&self, act: Activation, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+        let ffn = self.ffn;
+        let (mut gate_up, mut gated) = (vec![0.0f32; n * 2 * ffn], vec![0.0f32; n * ffn]);
+        self.gate_up.forward(x, n, &mut gate_up, scratch);
+        let act = match act {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        };
+        for_each_chunk_mut(&mut gated, ffn, |r, out| {
+            let (g, u) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
+            for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                *o = act(g) * u;
+            }
+        });
+        self.down.forward(&gated, n, out, scratch);
+    }
+}
+
+/// The router and the experts of one layer.
+pub struct Mixture {
+    spec: Experts,
+    /// `count × hidden`: each expert's score for a token.
+    router: Linear,
+    experts: Vec<Gated>,
+}
+
+pub enum Mlp {
+    Dense(Gated),
+    Experts(Mixture),
+}
+
+impl Mlp {
+    /// Layer `layer`'s MLP of a model of `c`, from `blk.N.ffn_gate`/`ffn_up`/`ffn_down`, or from
+    /// `ffn_gate_inp` (the router) and the stacked `ffn_gate_exps`/`ffn_up_exps`/`ffn_down_exps`.
+    pub fn load(c: &LlamaConfig, g: &dyn WeightSource, layer: usize, p: Precision) -> Result<Self, ModelError> {
+        let (h, b) = (c.hidden, format!("blk.{layer}"));
+        let Some(spec) = c.experts else {
+            return Ok(Mlp::Dense(Gated {
+                gate_up: Linear::stack(vec![
+                    Linear::load(g, &format!("{b}.ffn_gate"), c.ffn, h, p)?,
+                    Linear::load(g, &format!("{b}.ffn_up"), c.ffn, h, p)?,
+                ]),
+                down: Linear::load(g, &format!("{b}.ffn_down"), h, c.ffn, p)?,
+                ffn: c.ffn,
+            }));
+        };
+        let f = spec.ffn;
+        let expert = |part: &str, e: usize, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            Ok(Linear { w: g.expert(&format!("{b}.ffn_{part}_exps.weight"), e, rows, cols, p)?, bias: None })
+        };
+        let experts = (0..spec.count)
+            .map(|e| {
+                Ok(Gated {
+                    gate_up: Linear::stack(vec![expert("gate", e, f, h)?, expert("up", e, f, h)?]),
+                    down: expert("down", e, h, f)?,
+                    ffn: f,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let router = Linear::load(g, &format!("{b}.ffn_gate_inp"), spec.count, h, Precision::Exact)?;
+        Ok(Mlp::Experts(Mixture { spec, router, experts }))
+    }
+
+    /// `out` = the MLP of `n` rows of `x`; `passes` counts the experts run.
+    pub fn forward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        passes: &AtomicU64,
+    ) {
+        match self {
+            Mlp::Dense(m) => m.forward(act, x, n, out, scratch),
+            Mlp::Experts(m) => m.forward(act, x, n, out, scratch, passes),
+        }
+    }
+}
+
+impl Mixture {
+    /// Each row's chosen experts and their weights: the router's softmax, the `used` best, and
+    /// (with `norm_top`) those weights renormalised to sum to one.
+    fn route(&self, x: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<Vec<(usize, f32)>> {
+        let (count, used) = (self.spec.count, self.spec.used);
+        let mut scores = vec![0.0f32; n * count];
+        self.router.forward(x, n, &mut scores, scratch);
+        scores
+            .chunks_exact_mut(count)
+            .map(|row| {
+                softmax(row);
+                let mut order: Vec<usize> = (0..count).collect();
+                // Highest first; equal scores keep the lower expert first, as a stable top-k does.
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                order.truncate(used);
+                let total: f32 = if self.spec.norm_top { order.iter().map(|&e| row[e]).sum() } else { 1.0 };
+                order.into_iter().map(|e| (e, row[e] / total)).collect()
+            })
+            .collect()
+    }
+
+    fn forward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        passes: &AtomicU64,
+    ) {
+        let h = x.len() / n.max(1);
+        // The rows each expert serves, with their weights: one pass of the expert over all of them.
+        let mut served: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.spec.count];
+        for (r, chosen) in self.route(x, n, scratch).into_iter().enumerate() {
+            for (e, w) in chosen {
+                served[e].push((r, w));
+            }
+        }
+        out.fill(0.0);
+        for (expert, rows) in self.experts.iter().zip(&served).filter(|(_, rows)| !rows.is_empty()) {
+            let m = rows.len();
+            let gathered: Vec<f32> = rows.iter().flat_map(|&(r, _)| x[r * h..(r + 1) * h].iter().copied()).collect();
+            let mut y = vec![0.0f32; m * h];
+            expert.forward(act, &gathered, m, &mut y, scratch);
+            passes.fetch_add(1, Ordering::Relaxed);
+            for (&(r, w), y) in rows.iter().zip(y.chunks_exact(h)) {
+                out[r * h..(r + 1) * h].iter_mut().zip(y).for_each(|(o, &v)| *o += w * v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::matrix::Matrix;
+
+    #[test]
+    fn routing_picks_the_best_experts_and_renormalises_their_weights() {
+        // Three experts scored on a 1-wide input: logits 1, 3, 2 for x = 1.
+        let router = Linear { w: Matrix::from_f32(vec![1.0, 3.0, 2.0], 3, 1), bias: None };
+        let spec = Experts { count: 3, used: 2, ffn: 1, norm_top: true };
+        let m = Mixture { spec, router, experts: Vec::new() };
+        let chosen = m.route(&[1.0], 1, &mut Vec::new());
+        let (e1, e2) = (2f32.exp(), 1f32.exp()); // softmax numerators of experts 1 and 2, over e^1
+        assert_eq!(chosen[0].iter().map(|&(e, _)| e).collect::<Vec<_>>(), [1, 2]);
+        assert!((chosen[0][0].1 - e1 / (e1 + e2)).abs() < 1e-6 && (chosen[0][1].1 - e2 / (e1 + e2)).abs() < 1e-6);
+        let m = Mixture { spec: Experts { norm_top: false, ..spec }, ..m };
+        let chosen = m.route(&[1.0], 1, &mut Vec::new());
+        let all = 1.0 + e1 + e2;
+        assert!((chosen[0][0].1 - e1 / all).abs() < 1e-6, "the softmax over all three, kept as it is");
+    }
+}
