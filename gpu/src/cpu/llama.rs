@@ -3,8 +3,6 @@
 //! embeddings, GeGLU, post-norms, soft-capping and sliding windows), and the forward pass over a
 //! batch of sequence chunks with attention reading K and V from the paged cache.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use crate::executor::SequenceView;
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
@@ -14,7 +12,7 @@ pub use super::config::LlamaConfig;
 use super::kernels::{rms_norm, rope, rotations};
 use super::kv::KvCache;
 use super::matrix::{Matrix, Precision};
-use super::mlp::Mlp;
+use super::mlp::{Mlp, MlpBuffers};
 
 /// A weight matrix `rows × cols` (kept quantized where a kernel exists) with an optional bias.
 pub struct Linear {
@@ -130,8 +128,6 @@ pub struct LlamaModel {
     /// RoPE's inverse frequencies, and those of windowed layers where they differ (Gemma 3).
     inv_freq: Vec<f32>,
     inv_freq_local: Option<Vec<f32>>,
-    /// Experts run, over every layer and step (each reads its weights once).
-    expert_passes: AtomicU64,
 }
 
 impl LlamaModel {
@@ -176,7 +172,6 @@ impl LlamaModel {
             output,
             inv_freq,
             inv_freq_local,
-            expert_passes: AtomicU64::new(0),
             config: c,
         })
     }
@@ -184,7 +179,7 @@ impl LlamaModel {
     /// Experts run so far, over every layer and step: a step runs each expert at most once a
     /// layer, whatever the batch.
     pub fn expert_passes(&self) -> u64 {
-        self.expert_passes.load(Ordering::Relaxed)
+        self.layers.iter().map(|l| l.mlp.expert_passes()).sum()
     }
 
     /// Run each sequence's chunk `tokens[start..]`, writing K and V into `kv` at the sequence's
@@ -220,7 +215,7 @@ impl LlamaModel {
         let rot_global = angles(&self.inv_freq);
         let rot_local = self.inv_freq_local.as_deref().map(angles);
         let tables: Vec<_> = rows.iter().map(|&(s, p)| (batch[s].blocks, p)).collect();
-        let mut scratch = Vec::new();
+        let (mut scratch, mut mlp_bufs) = (Vec::new(), MlpBuffers::default());
         // `x += norm(y)` where the layer has a post-norm, else `x += y`.
         let residual = |x: &mut [f32], y: &[f32], norm: Option<&Vec<f32>>, normed: &mut [f32]| {
             let y = match norm {
@@ -273,7 +268,7 @@ impl LlamaModel {
             layer.o.forward(&attn, n, &mut proj, &mut scratch);
             residual(&mut x, &proj, layer.post_attn_norm.as_ref(), &mut normed);
             rms_norm(&x, &layer.ffn_norm, c.eps, &mut xn);
-            layer.mlp.forward(c.activation, &xn, n, &mut proj, &mut scratch, &self.expert_passes);
+            layer.mlp.forward(c.activation, &xn, n, &mut proj, &mut scratch, &mut mlp_bufs);
             residual(&mut x, &proj, layer.post_ffn_norm.as_ref(), &mut normed);
         }
         // Logits for the last token of sequences that want them, and for every token of those

@@ -12,6 +12,28 @@ use super::llama::{Linear, WeightSource};
 use super::matrix::Precision;
 use super::threads::for_each_chunk_mut;
 
+/// Buffers an MLP reuses across the layers of a forward pass (and a mixture across its experts).
+#[derive(Default)]
+pub struct MlpBuffers {
+    gated: GatedBuffers,
+    /// A mixture's rows gathered for one expert, and that expert's output.
+    gathered: Vec<f32>,
+    expert_out: Vec<f32>,
+}
+
+/// A gated MLP's `[gate | up]` rows and its activations.
+#[derive(Default)]
+struct GatedBuffers {
+    gate_up: Vec<f32>,
+    gated: Vec<f32>,
+}
+
+/// `buf` as `len` values (their contents are overwritten by the caller).
+fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buf.resize(len, 0.0);
+    &mut buf[..len]
+}
+
 /// A gated MLP: `down(act(gate(x)) · up(x))`, with gate and up fused.
 pub struct Gated {
     /// Each output row is `[gate | up]`.
@@ -22,21 +44,30 @@ pub struct Gated {
 
 impl Gated {
     /// `out = down(act(gate(x)) · up(x))` for `n` rows of `x`.
-    fn forward(&self, act: Activation, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
+    fn forward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        bufs: &mut GatedBuffers,
+    ) {
         let ffn = self.ffn;
-        let (mut gate_up, mut gated) = (vec![0.0f32; n * 2 * ffn], vec![0.0f32; n * ffn]);
-        self.gate_up.forward(x, n, &mut gate_up, scratch);
+        let (gate_up, gated) = (sized(&mut bufs.gate_up, n * 2 * ffn), sized(&mut bufs.gated, n * ffn));
+        self.gate_up.forward(x, n, gate_up, scratch);
         let act = match act {
             Activation::Silu => silu,
             Activation::GeluTanh => gelu_tanh,
         };
-        for_each_chunk_mut(&mut gated, ffn, |r, out| {
+        let gate_up = &*gate_up;
+        for_each_chunk_mut(gated, ffn, |r, out| {
             let (g, u) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
             for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
                 *o = act(g) * u;
             }
         });
-        self.down.forward(&gated, n, out, scratch);
+        self.down.forward(gated, n, out, scratch);
     }
 }
 
@@ -46,6 +77,8 @@ pub struct Mixture {
     /// `count × hidden`: each expert's score for a token.
     router: Linear,
     experts: Vec<Gated>,
+    /// Experts run over all steps (each reads its weights once a run).
+    passes: AtomicU64,
 }
 
 pub enum Mlp {
@@ -82,10 +115,10 @@ impl Mlp {
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
         let router = Linear::load(g, &format!("{b}.ffn_gate_inp"), spec.count, h, Precision::Exact)?;
-        Ok(Mlp::Experts(Mixture { spec, router, experts }))
+        Ok(Mlp::Experts(Mixture { spec, router, experts, passes: AtomicU64::new(0) }))
     }
 
-    /// `out` = the MLP of `n` rows of `x`; `passes` counts the experts run.
+    /// `out` = the MLP of `n` rows of `x`.
     pub fn forward(
         &self,
         act: Activation,
@@ -93,11 +126,19 @@ impl Mlp {
         n: usize,
         out: &mut [f32],
         scratch: &mut Vec<f32>,
-        passes: &AtomicU64,
+        bufs: &mut MlpBuffers,
     ) {
         match self {
-            Mlp::Dense(m) => m.forward(act, x, n, out, scratch),
-            Mlp::Experts(m) => m.forward(act, x, n, out, scratch, passes),
+            Mlp::Dense(m) => m.forward(act, x, n, out, scratch, &mut bufs.gated),
+            Mlp::Experts(m) => m.forward(act, x, n, out, scratch, bufs),
+        }
+    }
+
+    /// Experts this layer has run so far (none for a dense MLP).
+    pub fn expert_passes(&self) -> u64 {
+        match self {
+            Mlp::Dense(_) => 0,
+            Mlp::Experts(m) => m.passes.load(Ordering::Relaxed),
         }
     }
 }
@@ -130,7 +171,7 @@ impl Mixture {
         n: usize,
         out: &mut [f32],
         scratch: &mut Vec<f32>,
-        passes: &AtomicU64,
+        bufs: &mut MlpBuffers,
     ) {
         let h = x.len() / n.max(1);
         // The rows each expert serves, with their weights: one pass of the expert over all of them.
@@ -143,10 +184,13 @@ impl Mixture {
         out.fill(0.0);
         for (expert, rows) in self.experts.iter().zip(&served).filter(|(_, rows)| !rows.is_empty()) {
             let m = rows.len();
-            let gathered: Vec<f32> = rows.iter().flat_map(|&(r, _)| x[r * h..(r + 1) * h].iter().copied()).collect();
-            let mut y = vec![0.0f32; m * h];
-            expert.forward(act, &gathered, m, &mut y, scratch);
-            passes.fetch_add(1, Ordering::Relaxed);
+            let gathered = sized(&mut bufs.gathered, m * h);
+            for (dst, &(r, _)) in gathered.chunks_exact_mut(h).zip(rows) {
+                dst.copy_from_slice(&x[r * h..(r + 1) * h]);
+            }
+            let y = sized(&mut bufs.expert_out, m * h);
+            expert.forward(act, gathered, m, y, scratch, &mut bufs.gated);
+            self.passes.fetch_add(1, Ordering::Relaxed);
             for (&(r, w), y) in rows.iter().zip(y.chunks_exact(h)) {
                 out[r * h..(r + 1) * h].iter_mut().zip(y).for_each(|(o, &v)| *o += w * v);
             }
@@ -164,7 +208,7 @@ mod tests {
         // Three experts scored on a 1-wide input: logits 1, 3, 2 for x = 1.
         let router = Linear { w: Matrix::from_f32(vec![1.0, 3.0, 2.0], 3, 1), bias: None };
         let spec = Experts { count: 3, used: 2, ffn: 1, norm_top: true };
-        let m = Mixture { spec, router, experts: Vec::new() };
+        let m = Mixture { spec, router, experts: Vec::new(), passes: AtomicU64::new(0) };
         let chosen = m.route(&[1.0], 1, &mut Vec::new());
         let (e1, e2) = (2f32.exp(), 1f32.exp()); // softmax numerators of experts 1 and 2, over e^1
         assert_eq!(chosen[0].iter().map(|&(e, _)| e).collect::<Vec<_>>(), [1, 2]);
