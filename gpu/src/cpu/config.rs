@@ -378,8 +378,15 @@ impl LlamaConfig {
             .collect()
     }
 
+    /// What a backend that runs only the Llama block cannot run of this model, said in a phrase
+    /// (`Gemma3 needs q/k norms, ...`); None for the Llama block itself.
+    pub fn beyond_the_llama_block(&self) -> Option<String> {
+        let variations = self.variations();
+        (!variations.is_empty()).then(|| format!("{:?} needs {}", self.family, variations.join(", ")))
+    }
+
     /// What this config asks beyond the Llama block, named (for a backend that runs only that).
-    pub fn variations(&self) -> Vec<&'static str> {
+    fn variations(&self) -> Vec<&'static str> {
         let plain = 1.0 / (self.head_dim as f32).sqrt();
         let checks = [
             (self.q_width() != self.hidden, "a head size other than hidden / heads"),

@@ -173,12 +173,9 @@ impl CudaExecutor {
         block_size: usize,
     ) -> Result<Self, CudaError> {
         // Before the device: a model this backend cannot run is refused the same everywhere.
-        let variations = config.variations();
-        if !variations.is_empty() {
+        if let Some(needs) = config.beyond_the_llama_block() {
             return Err(CudaError::Model(format!(
-                "{:?} needs {} (the CUDA backend runs the Llama block; the CPU backend runs this model)",
-                config.family,
-                variations.join(", ")
+                "{needs} (the CUDA backend runs the Llama block; the CPU backend runs this model)"
             )));
         }
         super::device(ordinal)?;

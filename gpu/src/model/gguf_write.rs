@@ -1,5 +1,5 @@
-//! Writing GGUF files (version 3): metadata, then tensors (F32, or any type's raw blocks), aligned. Used to generate the tiny
-//! test models.
+//! Writing GGUF files (version 3): metadata, then tensors (F32, or any type's raw blocks),
+//! aligned. Used to generate the tiny test models.
 
 use std::io::Write;
 use std::path::Path;

@@ -183,13 +183,14 @@ impl ModelFrontend {
             g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).unwrap_or("").to_string()
         };
         let (bos, eos) = (text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"));
+        let arch = g.get_str("general.architecture").ok();
         // A file without a template gets its family's format where the family has a fixed one.
-        let family = g.get_str("general.architecture").ok().and_then(crate::cpu::config::Family::from_gguf_name);
+        let family = arch.and_then(crate::cpu::config::Family::from_gguf_name);
         let gemma = family.is_some_and(crate::cpu::config::Family::is_gemma);
         let fallback = if gemma { crate::chat::GEMMA } else { CHATML };
         let template = g.get_str("tokenizer.chat_template").unwrap_or(fallback);
         let chat = ChatTemplate::new(template, &bos, &eos).map_err(ModelError::Template)?;
-        let native = g.get_str("general.architecture").and_then(|a| g.get_u64(&format!("{a}.context_length"))).ok();
+        let native = arch.and_then(|a| g.get_u64(&format!("{a}.context_length")).ok());
         Ok(Self {
             name,
             sampling: SamplingDefaults::default(),
@@ -375,15 +376,10 @@ pub fn check(section: &ModelSection, devices: &[Device]) -> Result<(), ModelErro
             config
         }
     };
-    let variations = config.variations();
-    match devices.iter().find(|d| **d != Device::Cpu) {
-        Some(&device) if !variations.is_empty() => Err(ModelError::Device {
+    match (devices.iter().find(|d| **d != Device::Cpu), config.beyond_the_llama_block()) {
+        (Some(&device), Some(needs)) => Err(ModelError::Device {
             device,
-            reason: format!(
-                "{:?} needs {}, which the CUDA backend does not run (a \"cpu\" worker does)",
-                config.family,
-                variations.join(", ")
-            ),
+            reason: format!("{needs}, which the CUDA backend does not run (a \"cpu\" worker does)"),
         }),
         _ => Ok(()),
     }
