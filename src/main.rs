@@ -318,6 +318,10 @@ enum ModelCommand {
         layers: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Store the weight matrices in k-quants, mixed as llama.cpp's Q4_K_M mixes them (Q4_K, with
+        /// v, down and the embeddings in Q6_K; Q8_0 where rows are not multiples of 256 long).
+        #[arg(long)]
+        k_quants: bool,
     },
 }
 
@@ -667,8 +671,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", hf.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Model { command: ModelCommand::Tiny { arch, out, hidden, ffn, layers, seed } } => {
-            use gpu::model::tiny::{TinyArch, TinySize, write_gguf_sized};
+        Command::Model { command: ModelCommand::Tiny { arch, out, hidden, ffn, layers, seed, k_quants } } => {
+            use gpu::model::tiny::{TinyArch, TinySize, TinyWeights, write_gguf_sized};
             let Some(arch) = TinyArch::named(&arch) else {
                 eprintln!("error: --arch: no generated model \"{arch}\" ({:?})", TinyArch::ALL);
                 return Ok(ExitCode::from(EXIT_CONFIG));
@@ -677,7 +681,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("error: --hidden and --ffn: multiples of 32 are needed (got {hidden} and {ffn})");
                 return Ok(ExitCode::from(EXIT_CONFIG));
             }
-            write_gguf_sized(&out, arch, seed, TinySize { hidden, ffn, layers })
+            let weights = if k_quants { TinyWeights::KQuants } else { TinyWeights::F32 };
+            write_gguf_sized(&out, arch, seed, TinySize { hidden, ffn, layers, weights })
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("{}", out.display());
             Ok(ExitCode::SUCCESS)

@@ -96,6 +96,11 @@ impl Linear {
         Self { w: Matrix::stack(parts.into_iter().map(|l| l.w).collect()), bias }
     }
 
+    /// Bytes the weights and bias take in memory.
+    pub fn bytes(&self) -> usize {
+        self.w.bytes() + self.bias.as_ref().map_or(0, |b| 4 * b.len())
+    }
+
     /// `out = x · Wᵀ (+ b)` for `n` input rows.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
         self.w.matmul(x, n, self.bias.as_deref(), out, scratch);
@@ -130,7 +135,25 @@ pub struct LlamaModel {
     inv_freq_local: Option<Vec<f32>>,
 }
 
+impl Layer {
+    fn bytes(&self) -> usize {
+        let vectors = [Some(&self.attn_norm), self.q_norm.as_ref(), self.k_norm.as_ref(), self.post_attn_norm.as_ref()]
+            .into_iter()
+            .chain([Some(&self.ffn_norm), self.post_ffn_norm.as_ref()])
+            .flatten()
+            .map(|v| 4 * v.len())
+            .sum::<usize>();
+        self.qkv.bytes() + self.o.bytes() + self.mlp.bytes() + vectors
+    }
+}
+
 impl LlamaModel {
+    /// Bytes the weights take in memory, as the chosen precision stores them.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self.layers.iter().map(Layer::bytes).sum();
+        self.embed.bytes() + layers + 4 * self.norm.len() + self.output.as_ref().map_or(0, Linear::bytes)
+    }
+
     pub fn from_gguf(g: &GgufFile, precision: Precision) -> Result<Self, ModelError> {
         Self::load(LlamaConfig::from_gguf(g)?, g, precision)
     }

@@ -43,6 +43,10 @@ pub struct Gated {
 }
 
 impl Gated {
+    fn bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
+
     /// `out = down(act(gate(x)) · up(x))` for `n` rows of `x`.
     fn forward(
         &self,
@@ -87,6 +91,14 @@ pub enum Mlp {
 }
 
 impl Mlp {
+    /// Bytes the weights take in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Mlp::Dense(g) => g.bytes(),
+            Mlp::Experts(m) => m.router.bytes() + m.experts.iter().map(Gated::bytes).sum::<usize>(),
+        }
+    }
+
     /// Layer `layer`'s MLP of a model of `c`, from `blk.N.ffn_gate`/`ffn_up`/`ffn_down`, or from
     /// `ffn_gate_inp` (the router) and the stacked `ffn_gate_exps`/`ffn_up_exps`/`ffn_down_exps`.
     pub fn load(c: &LlamaConfig, g: &dyn WeightSource, layer: usize, p: Precision) -> Result<Self, ModelError> {

@@ -73,6 +73,11 @@ impl ModelExecutor {
         KvCache::bytes_per_block(config.layers, block_size, config.kv_width(), p.into()) as u64
     }
 
+    /// Bytes the model's weights take in memory (the KV cache aside).
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
     /// Serve at most `tokens` of context (less than the model's own, to bound the KV cache).
     pub fn limit_context(&mut self, tokens: usize) {
         self.model.config.context_length = self.model.config.context_length.min(tokens);

@@ -105,7 +105,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
         "smollm" | "starcoder" | "refact" | "codeshell" => {
             Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
         }
-        "gpt2" | "default" => byte_level.into(),
+        "gpt-2" | "gpt2" | "default" => byte_level.into(),
         "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" => split(LLAMA3_SPLIT)?,
         "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT)?,
         other => return Err(ModelError::Unsupported(format!("tokenizer pre-tokenizer \"{other}\""))),

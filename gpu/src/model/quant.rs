@@ -93,7 +93,7 @@ impl fmt::Display for GgmlType {
     }
 }
 
-fn f16(b: &[u8]) -> f32 {
+pub(crate) fn f16(b: &[u8]) -> f32 {
     half_to_f32(u16::from_le_bytes([b[0], b[1]]))
 }
 
@@ -179,13 +179,18 @@ fn dequantize_q5(qs: &[u8], qh: &[u8], d: f32, min: Option<f32>, out: &mut Vec<f
 }
 
 /// The 6-bit scale and minimum of group `j` of a Q4_K or Q5_K super-block (ggml's
-/// `get_scale_min_k4`), scaled by the super-block's `d` and `dmin`.
-fn k4_scale_min(scales: &[u8], j: usize, d: f32, dmin: f32) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
+/// `get_scale_min_k4`), from its 12 bytes of packed scales.
+pub(crate) fn k4_scale_min_bits(scales: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
     } else {
         ((scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
-    };
+    }
+}
+
+/// `k4_scale_min_bits` scaled by the super-block's `d` and `dmin`.
+fn k4_scale_min(scales: &[u8], j: usize, d: f32, dmin: f32) -> (f32, f32) {
+    let (sc, m) = k4_scale_min_bits(scales, j);
     (d * f32::from(sc), dmin * f32::from(m))
 }
 
@@ -239,9 +244,112 @@ fn dequantize_q6_k(b: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Quantize to Q8_0 (`values.len()` a multiple of 32) as llama.cpp does: `d = max|x| / 127`.
+pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 32 * 34);
+    for b in values.chunks_exact(32) {
+        let d = b.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0;
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|&v| if d > 0.0 { (v / d).round() as i8 as u8 } else { 0 }));
+    }
+    out
+}
+
+/// Quantize to Q4_K (`values.len()` a multiple of 256), for generated test models: each 32-value
+/// block's range sets its scale and minimum, without llama.cpp's search for the best ones.
+pub fn quantize_q4_k(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 256 * 144);
+    for sb in values.chunks_exact(256) {
+        // Per block: w ≈ scale·q − min with q in 0..16 and min ≥ 0.
+        let (scale, min): (Vec<f32>, Vec<f32>) = sb
+            .chunks_exact(32)
+            .map(|b| {
+                let lo = b.iter().copied().fold(0.0f32, f32::min);
+                let hi = b.iter().copied().fold(lo, f32::max);
+                ((hi - lo) / 15.0, -lo)
+            })
+            .unzip();
+        let d = half::f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / 63.0);
+        let dmin = half::f16::from_f32(min.iter().copied().fold(0.0, f32::max) / 63.0);
+        let bits =
+            |v: f32, unit: half::f16| if unit.to_f32() > 0.0 { (v / unit.to_f32()).round().min(63.0) as u8 } else { 0 };
+        let sc: Vec<u8> = scale.iter().map(|&v| bits(v, d)).collect();
+        let m: Vec<u8> = min.iter().map(|&v| bits(v, dmin)).collect();
+        let mut block = [0u8; 144];
+        block[0..2].copy_from_slice(&d.to_le_bytes());
+        block[2..4].copy_from_slice(&dmin.to_le_bytes());
+        // The inverse of `k4_scale_min_bits`.
+        for j in 0..4 {
+            block[4 + j] = sc[j] | (sc[j + 4] >> 4) << 6;
+            block[8 + j] = m[j] | (m[j + 4] >> 4) << 6;
+            block[12 + j] = (sc[j + 4] & 15) | (m[j + 4] & 15) << 4;
+        }
+        for (j, b) in sb.chunks_exact(32).enumerate() {
+            let (step, low) = (d.to_f32() * f32::from(sc[j]), dmin.to_f32() * f32::from(m[j]));
+            for (l, &v) in b.iter().enumerate() {
+                let q = if step > 0.0 { ((v + low) / step).round().clamp(0.0, 15.0) as u8 } else { 0 };
+                block[16 + 32 * (j / 2) + l] |= q << (4 * (j % 2));
+            }
+        }
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+/// Quantize to Q6_K (`values.len()` a multiple of 256), for generated test models: each 16-value
+/// sub-block's largest magnitude sets its scale.
+pub fn quantize_q6_k(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 256 * 210);
+    for sb in values.chunks_exact(256) {
+        let scale: Vec<f32> =
+            sb.chunks_exact(16).map(|b| b.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 31.0).collect();
+        let d = half::f16::from_f32(scale.iter().copied().fold(0.0, f32::max) / 127.0);
+        let sc: Vec<i8> = scale
+            .iter()
+            .map(|&v| if d.to_f32() > 0.0 { (v / d.to_f32()).round().min(127.0) as i8 } else { 0 })
+            .collect();
+        let mut block = [0u8; 210];
+        for (i, &v) in sb.iter().enumerate() {
+            let step = d.to_f32() * f32::from(sc[i / 16]);
+            let q = if step > 0.0 { ((v / step).round() + 32.0).clamp(0.0, 63.0) as u8 } else { 32 };
+            // The inverse of `dequantize_q6_k`'s unpacking.
+            let (half, k, l) = (i / 128, i % 128 / 32, i % 32);
+            block[64 * half + l + 32 * (k % 2)] |= (q & 15) << (4 * (k / 2));
+            block[128 + 32 * half + l] |= (q >> 4) << (2 * k);
+        }
+        for (s, &v) in sc.iter().enumerate() {
+            block[192 + s] = v as u8;
+        }
+        block[208..210].copy_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn k_quantizers_round_trip_within_their_steps() {
+        let values: Vec<f32> =
+            (0..1024).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01 + (i as f32 * 0.1).sin() * 0.3).collect();
+        for (dtype, bytes, tol) in [
+            (GgmlType::Q4_K, quantize_q4_k(&values), 0.06),
+            (GgmlType::Q6_K, quantize_q6_k(&values), 0.02),
+            (GgmlType::Q8_0, quantize_q8_0(&values), 0.004),
+        ] {
+            let back = dequantize(dtype, &bytes, values.len()).unwrap();
+            let per = GgmlType::block(dtype).unwrap();
+            assert_eq!(bytes.len() as u64, values.len() as u64 / per.0 * per.1);
+            let worst = values.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < tol, "{dtype}: off by up to {worst}");
+        }
+        // All zeros stay zeros.
+        let zeros = vec![0.0; 256];
+        assert_eq!(dequantize(GgmlType::Q4_K, &quantize_q4_k(&zeros), 256).unwrap(), zeros);
+        assert_eq!(dequantize(GgmlType::Q6_K, &quantize_q6_k(&zeros), 256).unwrap(), zeros);
+    }
 
     #[test]
     fn half_conversion_covers_the_edges() {

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::gguf::GgufValue;
 use super::gguf_write::GgufWriter;
+use super::quant::{GgmlType, quantize_q4_k, quantize_q6_k, quantize_q8_0};
 use crate::chat::CHATML;
 use crate::cpu::config::Family;
 
@@ -106,17 +107,31 @@ pub struct TinySize {
     pub ffn: usize,
     /// Layers (Gemma 3's tiny default is six, so that its sixth is global).
     pub layers: Option<usize>,
+    /// How the weight matrices are stored.
+    pub weights: TinyWeights,
 }
 
 impl Default for TinySize {
     fn default() -> Self {
-        Self { hidden: HIDDEN, ffn: FFN, layers: None }
+        Self { hidden: HIDDEN, ffn: FFN, layers: None, weights: TinyWeights::F32 }
     }
+}
+
+/// How a generated model's weight matrices are stored (norms stay f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TinyWeights {
+    #[default]
+    F32,
+    /// The k-quants as llama.cpp's Q4_K_M mixes them: Q4_K, with v, the MLP's down projections
+    /// and the embeddings in Q6_K; and, as llama.cpp does, Q8_0 for matrices whose rows are not
+    /// whole 256-value super-blocks.
+    KQuants,
 }
 
 /// A generated model of `arch` at `size`, as GGUF at `path`.
 pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) -> std::io::Result<()> {
     let (hidden, ffn) = (size.hidden, size.ffn);
+    let quantized = size.weights == TinyWeights::KQuants;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(super::bpe::byte_chars().into_iter().map(String::from));
@@ -142,7 +157,7 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
         .meta(&format!("{name}.rope.freq_base"), GgufValue::F32(if arch == TinyArch::Gemma3 { 1e6 } else { 1e4 }))
         .meta(&format!("{name}.attention.layer_norm_rms_epsilon"), GgufValue::F32(1e-5))
         .meta("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
-        .meta("tokenizer.ggml.pre", GgufValue::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", GgufValue::String("gpt-2".into()))
         .meta("tokenizer.ggml.tokens", strings(tokens))
         .meta("tokenizer.ggml.token_type", GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()))
         .meta("tokenizer.ggml.merges", strings(MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect()))
@@ -178,33 +193,45 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
     let mut rand =
         |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect() };
     let kvw = KV_HEADS * hd;
-    w.tensor("token_embd.weight", &[vocab, hidden], rand(vocab * hidden, 0.5));
+    // A weight matrix: f32, or the k-quant `wide` (Q6_K) or not (Q4_K) picks.
+    let matrix = |w: &mut GgufWriter, name: &str, shape: &[usize], values: Vec<f32>, wide: bool| {
+        let cols = shape[shape.len() - 1];
+        match quantized {
+            false => w.tensor(name, shape, values),
+            true if !cols.is_multiple_of(256) => w.raw_tensor(name, shape, GgmlType::Q8_0, quantize_q8_0(&values)),
+            true if wide => w.raw_tensor(name, shape, GgmlType::Q6_K, quantize_q6_k(&values)),
+            true => w.raw_tensor(name, shape, GgmlType::Q4_K, quantize_q4_k(&values)),
+        };
+    };
+    matrix(&mut w, "token_embd.weight", &[vocab, hidden], rand(vocab * hidden, 0.5), true);
     for l in 0..layers {
         let p = format!("blk.{l}");
         let gain = |rand: &mut dyn FnMut(usize, f32) -> Vec<f32>, len: usize| -> Vec<f32> {
             rand(len, 0.2).into_iter().map(|v| 1.0 + v).collect()
         };
         w.tensor(&format!("{p}.attn_norm.weight"), &[hidden], gain(&mut rand, hidden));
-        w.tensor(&format!("{p}.attn_q.weight"), &[qw, hidden], rand(qw * hidden, 0.2));
-        w.tensor(&format!("{p}.attn_k.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2));
-        w.tensor(&format!("{p}.attn_v.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2));
+        matrix(&mut w, &format!("{p}.attn_q.weight"), &[qw, hidden], rand(qw * hidden, 0.2), false);
+        matrix(&mut w, &format!("{p}.attn_k.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), false);
+        matrix(&mut w, &format!("{p}.attn_v.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), true);
         if arch == TinyArch::Qwen2 {
             w.tensor(&format!("{p}.attn_q.bias"), &[qw], rand(qw, 0.1));
             w.tensor(&format!("{p}.attn_k.bias"), &[kvw], rand(kvw, 0.1));
             w.tensor(&format!("{p}.attn_v.bias"), &[kvw], rand(kvw, 0.1));
         }
-        w.tensor(&format!("{p}.attn_output.weight"), &[hidden, qw], rand(hidden * qw, 0.2));
+        matrix(&mut w, &format!("{p}.attn_output.weight"), &[hidden, qw], rand(hidden * qw, 0.2), false);
         w.tensor(&format!("{p}.ffn_norm.weight"), &[hidden], gain(&mut rand, hidden));
         if let Some(f) = arch.expert_ffn(ffn) {
             // The router, and the experts stacked as llama.cpp stores them.
             w.tensor(&format!("{p}.ffn_gate_inp.weight"), &[EXPERTS, hidden], rand(EXPERTS * hidden, 0.5));
-            w.tensor(&format!("{p}.ffn_gate_exps.weight"), &[EXPERTS, f, hidden], rand(EXPERTS * f * hidden, 0.2));
-            w.tensor(&format!("{p}.ffn_up_exps.weight"), &[EXPERTS, f, hidden], rand(EXPERTS * f * hidden, 0.2));
-            w.tensor(&format!("{p}.ffn_down_exps.weight"), &[EXPERTS, hidden, f], rand(EXPERTS * hidden * f, 0.2));
+            let (gate, up, down) =
+                (rand(EXPERTS * f * hidden, 0.2), rand(EXPERTS * f * hidden, 0.2), rand(EXPERTS * hidden * f, 0.2));
+            matrix(&mut w, &format!("{p}.ffn_gate_exps.weight"), &[EXPERTS, f, hidden], gate, false);
+            matrix(&mut w, &format!("{p}.ffn_up_exps.weight"), &[EXPERTS, f, hidden], up, false);
+            matrix(&mut w, &format!("{p}.ffn_down_exps.weight"), &[EXPERTS, hidden, f], down, true);
         } else {
-            w.tensor(&format!("{p}.ffn_gate.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2));
-            w.tensor(&format!("{p}.ffn_up.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2));
-            w.tensor(&format!("{p}.ffn_down.weight"), &[hidden, ffn], rand(hidden * ffn, 0.2));
+            matrix(&mut w, &format!("{p}.ffn_gate.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2), false);
+            matrix(&mut w, &format!("{p}.ffn_up.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2), false);
+            matrix(&mut w, &format!("{p}.ffn_down.weight"), &[hidden, ffn], rand(hidden * ffn, 0.2), true);
         }
         // The other families' tensors come after Llama's, so that Llama's weights stay the same.
         if matches!(family, Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3) {
@@ -224,7 +251,7 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
     }
     if arch == TinyArch::Qwen2 {
         // Untied output projection, to exercise that path too.
-        w.tensor("output.weight", &[vocab, hidden], rand(vocab * hidden, 0.5));
+        matrix(&mut w, "output.weight", &[vocab, hidden], rand(vocab * hidden, 0.5), true);
     }
     w.write(path)
 }

@@ -3,16 +3,12 @@
 //! sums side by side (no horizontal sums); and the activations quantized to 8 bits per block.
 
 use crate::cpu::threads::for_each_chunk_mut;
-use crate::model::quant::half_to_f32;
+use crate::model::quant::f16 as half;
 
 /// Values per quantization block.
 pub const QK: usize = 32;
 /// Rows per interleaved group (the lanes of a 256-bit vector of i32/f32).
 pub const LANES: usize = 8;
-
-fn half(b: &[u8]) -> f32 {
-    half_to_f32(u16::from_le_bytes([b[0], b[1]]))
-}
 
 /// Q4_1 weights (`w = d·q + m`, `q` in 0..16). Entry `g·nb + b` holds block `b` of the eight rows
 /// of group `g`: their scales and minimums, and four 32-byte chunks where chunk `c` has, for row
@@ -139,12 +135,15 @@ impl Q8_0Rows {
     }
 }
 
-/// 32 activations as 8-bit integers: `x ≈ d·q`, `s = d·Σq` (for Q4_1's minimum term), and `u`,
-/// the same integers offset by 128 (unsigned, for the kernels that multiply unsigned by signed).
+/// 32 activations as 8-bit integers: `x ≈ d·q`, `s = d·Σq` (for the minimum terms of Q4_1 and
+/// Q4_K), `h`, the sums of `q` over each half (for Q6_K's offset of 32 on 16-value sub-blocks),
+/// and `u`, the same integers offset by 128 (unsigned, for the kernels that multiply unsigned by
+/// signed).
 #[derive(Clone, Copy, Debug)]
 pub struct Q8Block {
     pub d: f32,
     pub s: f32,
+    pub h: [i32; 2],
     pub q: [i8; QK],
     pub u: [u8; QK],
 }
@@ -155,15 +154,15 @@ impl Q8Block {
         let d = amax / 127.0;
         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
         let (mut q, mut u) = ([0i8; QK], [0u8; QK]);
-        let mut sum = 0i32;
-        for ((o, ou), &v) in q.iter_mut().zip(&mut u).zip(c) {
+        let mut h = [0i32; 2];
+        for (e, ((o, ou), &v)) in q.iter_mut().zip(&mut u).zip(c).enumerate() {
             // Round half away from zero without calling libm's `roundf`.
             let r = v * inv;
             *o = (r + 0.5f32.copysign(r)) as i8;
             *ou = (*o as u8) ^ 0x80;
-            sum += i32::from(*o);
+            h[e / 16] += i32::from(*o);
         }
-        Self { d, s: d * sum as f32, q, u }
+        Self { d, s: d * (h[0] + h[1]) as f32, h, q, u }
     }
 }
 
@@ -174,7 +173,7 @@ pub fn quantize_rows(x: &[f32], n: usize) -> Vec<Q8Block> {
         return Vec::new();
     }
     let per_row = x.len() / n / QK;
-    let mut out = vec![Q8Block { d: 0.0, s: 0.0, q: [0; QK], u: [0; QK] }; n * per_row];
+    let mut out = vec![Q8Block { d: 0.0, s: 0.0, h: [0; 2], q: [0; QK], u: [0; QK] }; n * per_row];
     #[cfg(target_arch = "x86_64")]
     let fast = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
     for_each_chunk_mut(&mut out, per_row, |t, blocks| {

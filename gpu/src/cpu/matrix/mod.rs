@@ -1,10 +1,11 @@
-//! Weight matrices kept in their quantized form (Q4_1, Q8_0) or as f32. As llama.cpp does, the
-//! activations are quantized to 8 bits per 32-value block for the quantized products, which then
-//! run on integers. Quantized rows are regrouped eight at a time at load (`layout`) so the
-//! x86 kernels (`x86`: AVX-VNNI, AVX-512 VNNI or AVX2, chosen at run time) produce eight rows per
-//! instruction; a portable loop computes the same integer sums elsewhere. Groups of rows are
-//! split over the compute threads (`threads`).
+//! Weight matrices kept in their quantized form (Q4_1, Q8_0, and the k-quants Q4_K and Q6_K) or
+//! as f32. As llama.cpp does, the activations are quantized to 8 bits per 32-value block for the
+//! quantized products, which then run on integers. Quantized rows are regrouped eight at a time
+//! at load (`layout`, `kquant`) so the x86 kernels (`x86`: AVX-VNNI, AVX-512 VNNI or AVX2, chosen
+//! at run time) produce eight rows per instruction; a portable loop computes the same integer sums
+//! elsewhere. Groups of rows are split over the compute threads (`threads`).
 
+mod kquant;
 mod layout;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -13,6 +14,7 @@ use std::sync::OnceLock;
 
 use super::threads::{SharedMut, for_each_chunk_mut, for_each_task, threads};
 use crate::model::quant::GgmlType;
+use kquant::{KRows, Q4KBlock, Q6KBlock, QK_K, q4_k_portable, q6_k_portable};
 use layout::{LANES, Q4_1Rows, Q8_0Rows, Q8Block, QK, quantize_rows};
 
 /// How matrix products are computed.
@@ -32,6 +34,11 @@ enum Storage {
     F32(Vec<f32>),
     Q4_1(Q4_1Rows),
     Q8_0(Q8_0Rows),
+    Q4K(KRows<Q4KBlock>),
+    Q6K(KRows<Q6KBlock>),
+    /// Matrices of different storage, their rows one after the other (a fused projection whose
+    /// parts were quantized differently, as Q4_K_M files do with q, k and v).
+    Stacked(Vec<Matrix>),
 }
 
 #[derive(Debug)]
@@ -93,25 +100,57 @@ impl Isa {
     }
 }
 
+/// Run a tile through the kernel for its size and the chosen instruction set.
+macro_rules! dispatch {
+    ($isa:expr, $tile:expr, $kernel:ident, $portable:ident, ($($w:expr),*)) => {
+        match $tile {
+            Tile::One(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
+            Tile::Two(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
+            Tile::Three(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
+            Tile::Four(x) => dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x),
+        }
+    };
+    (@isa $isa:expr, $kernel:ident, $portable:ident, ($($w:expr),*), $x:ident) => {
+        match $isa {
+            // SAFETY: `Isa::detect` and `Isa::available` name an instruction set only where the
+            // CPU reports it.
+            #[cfg(target_arch = "x86_64")]
+            Isa::AvxVnni => unsafe { x86::avxvnni::$kernel($($w),*, $x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { x86::avx512vnni::$kernel($($w),*, $x) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::avx2::$kernel($($w),*, $x) },
+            _ => $x.map(|x| $portable($($w),*, x)),
+        }
+    };
+}
+
 impl Matrix {
     pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols);
         Self { storage: Storage::F32(w), rows, cols }
     }
 
-    /// From a GGUF tensor's raw bytes. Q4_0, Q5_0, Q5_1 and the k-quants have no kernel of their own: with
-    /// `Precision::Fast` they are requantized to Q8_0 (8 bits for weights that had 4 to 6). F32,
-    /// F16 and BF16, row counts that are not a multiple of 8, and everything with
-    /// `Precision::Exact`, are dequantized to f32.
+    /// From a GGUF tensor's raw bytes. With `Precision::Fast`, Q4_1, Q8_0, Q4_K and Q6_K keep
+    /// kernels of their own; Q4_0, Q5_0, Q5_1 and Q5_K have none and are requantized to Q8_0 (8
+    /// bits for weights that had 4 to 5). F32, F16 and BF16, row counts that are not a multiple of
+    /// 8, and everything with `Precision::Exact`, are dequantized to f32.
     pub fn from_ggml(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize, precision: Precision) -> Option<Self> {
         let blocks = rows * cols / QK;
         let grouped = precision == Precision::Fast && cols.is_multiple_of(QK) && rows.is_multiple_of(LANES);
+        let super_blocks = cols.is_multiple_of(QK_K).then_some(rows * cols / QK_K);
         let storage = match dtype {
             GgmlType::Q4_1 if grouped && bytes.len() == blocks * 20 => {
                 Storage::Q4_1(Q4_1Rows::from_ggml(bytes, rows, cols))
             }
             GgmlType::Q8_0 if grouped && bytes.len() == blocks * 34 => {
                 Storage::Q8_0(Q8_0Rows::from_ggml(bytes, rows, cols))
+            }
+            GgmlType::Q4_K if grouped && super_blocks.map(|n| n * 144) == Some(bytes.len()) => {
+                Storage::Q4K(KRows::from_q4_k(bytes, rows, cols))
+            }
+            GgmlType::Q6_K if grouped && super_blocks.map(|n| n * 210) == Some(bytes.len()) => {
+                Storage::Q6K(KRows::from_q6_k(bytes, rows, cols))
             }
             GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
                 if grouped =>
@@ -125,44 +164,29 @@ impl Matrix {
     }
 
     /// The rows of several matrices with the same column count, one after the other (fused
-    /// projections: one pass over the input for q, k and v). Mixed storage falls back to f32.
+    /// projections: one pass over the input for q, k and v). Parts of one quantized storage are
+    /// joined into it; parts of different storage keep theirs, side by side.
     pub fn stack(parts: Vec<Matrix>) -> Matrix {
         let cols = parts[0].cols;
         assert!(parts.iter().all(|m| m.cols == cols), "stacked matrices share their column count");
         let rows = parts.iter().map(|m| m.rows).sum();
         let kind = std::mem::discriminant(&parts[0].storage);
         let same = parts.iter().all(|m| std::mem::discriminant(&m.storage) == kind);
-        let storage = match &parts[0].storage {
-            Storage::Q4_1(_) if same => {
-                let mut all = Q4_1Rows::default();
-                for m in parts {
-                    if let Storage::Q4_1(r) = m.storage {
-                        all.append(r);
-                    }
-                }
-                Storage::Q4_1(all)
+        if !same || matches!(parts[0].storage, Storage::Stacked(_)) {
+            return Matrix { storage: Storage::Stacked(parts), rows, cols };
+        }
+        let mut parts = parts.into_iter().map(|m| m.storage);
+        let mut storage = parts.next().expect("at least one part");
+        for part in parts {
+            match (&mut storage, part) {
+                (Storage::F32(all), Storage::F32(w)) => all.extend(w),
+                (Storage::Q4_1(all), Storage::Q4_1(r)) => all.append(r),
+                (Storage::Q8_0(all), Storage::Q8_0(r)) => all.append(r),
+                (Storage::Q4K(all), Storage::Q4K(r)) => all.append(r),
+                (Storage::Q6K(all), Storage::Q6K(r)) => all.append(r),
+                _ => unreachable!("the parts share one storage"),
             }
-            Storage::Q8_0(_) if same => {
-                let mut all = Q8_0Rows::default();
-                for m in parts {
-                    if let Storage::Q8_0(r) = m.storage {
-                        all.append(r);
-                    }
-                }
-                Storage::Q8_0(all)
-            }
-            _ => {
-                let mut w = vec![0.0f32; rows * cols];
-                let mut at = 0;
-                for m in &parts {
-                    for r in 0..m.rows {
-                        m.row(r, &mut w[at * cols..(at + 1) * cols]);
-                        at += 1;
-                    }
-                }
-                Storage::F32(w)
-            }
-        };
+        }
         Matrix { storage, rows, cols }
     }
 
@@ -172,7 +196,44 @@ impl Matrix {
             Storage::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
             Storage::Q4_1(q) => q.row(r, out),
             Storage::Q8_0(q) => q.row(r, out),
+            Storage::Q4K(q) => q.row(r, out),
+            Storage::Q6K(q) => q.row(r, out),
+            Storage::Stacked(parts) => {
+                let mut r = r;
+                for p in parts {
+                    if r < p.rows {
+                        return p.row(r, out);
+                    }
+                    r -= p.rows;
+                }
+                panic!("row out of range");
+            }
         }
+    }
+
+    /// Bytes the weights take in memory.
+    pub fn bytes(&self) -> usize {
+        match &self.storage {
+            Storage::F32(w) => w.len() * 4,
+            Storage::Q4_1(q) => q.d.len() * (2 * size_of::<[f32; LANES]>() + size_of::<[u8; 128]>()),
+            Storage::Q8_0(q) => q.d.len() * (size_of::<[f32; LANES]>() + size_of::<[i32; LANES]>() + 256),
+            Storage::Q4K(q) => q.bytes(),
+            Storage::Q6K(q) => q.bytes(),
+            Storage::Stacked(parts) => parts.iter().map(Matrix::bytes).sum(),
+        }
+    }
+
+    /// The same rows requantized to Q8_0, the form k-quants ran in before they had kernels of
+    /// their own (the baseline of `benches/kquant.rs`). `None` where the shape has no Q8_0 form.
+    pub fn requantized_q8_0(&self) -> Option<Matrix> {
+        if !self.rows.is_multiple_of(LANES) || !self.cols.is_multiple_of(QK) {
+            return None;
+        }
+        let mut values = vec![0.0; self.rows * self.cols];
+        for (r, row) in values.chunks_exact_mut(self.cols).enumerate() {
+            self.row(r, row);
+        }
+        Some(Matrix { storage: Storage::Q8_0(Q8_0Rows::from_f32(&values, self.rows, self.cols)), ..*self })
     }
 
     /// `out[t][o] = x[t] · row(o) (+ bias[o])` for the `n` rows of `x`. `scratch` is reused
@@ -238,6 +299,27 @@ impl Matrix {
                 let r = g * nb..(g + 1) * nb;
                 [q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile), [[0.0; LANES]; 4]]
             }),
+            Storage::Q4K(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
+                let nsb = nb * QK / QK_K;
+                [dispatch!(isa, tile, q4_k, q4_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
+            }),
+            Storage::Q6K(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
+                let nsb = nb * QK / QK_K;
+                [dispatch!(isa, tile, q6_k, q6_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
+            }),
+            Storage::Stacked(parts) => {
+                // Each part into its own buffer, then into its columns of `out`.
+                let mut at = 0;
+                let mut part_out = Vec::new();
+                for p in parts {
+                    part_out.resize(n * p.rows, 0.0);
+                    p.matmul_with(isa, x, n, bias.map(|b| &b[at..at + p.rows]), &mut part_out, scratch);
+                    for (dst, src) in out.chunks_exact_mut(rows).zip(part_out.chunks_exact(p.rows)) {
+                        dst[at..at + p.rows].copy_from_slice(src);
+                    }
+                    at += p.rows;
+                }
+            }
         }
     }
 }
@@ -310,31 +392,6 @@ fn pad<const N: usize>(r: [[f32; LANES]; N]) -> [[f32; LANES]; 4] {
     let mut out = [[0.0; LANES]; 4];
     out[..N].copy_from_slice(&r);
     out
-}
-
-/// Run a tile through the kernel for its size and the chosen instruction set.
-macro_rules! dispatch {
-    ($isa:expr, $tile:expr, $kernel:ident, $portable:ident, ($($w:expr),*)) => {
-        match $tile {
-            Tile::One(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
-            Tile::Two(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
-            Tile::Three(x) => pad(dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x)),
-            Tile::Four(x) => dispatch!(@isa $isa, $kernel, $portable, ($($w),*), x),
-        }
-    };
-    (@isa $isa:expr, $kernel:ident, $portable:ident, ($($w:expr),*), $x:ident) => {
-        match $isa {
-            // SAFETY: `Isa::detect` and `Isa::available` name an instruction set only where the
-            // CPU reports it.
-            #[cfg(target_arch = "x86_64")]
-            Isa::AvxVnni => unsafe { x86::avxvnni::$kernel($($w),*, $x) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { x86::avx512vnni::$kernel($($w),*, $x) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::avx2::$kernel($($w),*, $x) },
-            _ => $x.map(|x| $portable($($w),*, x)),
-        }
-    };
 }
 
 fn q4_1_group(isa: Isa, d: &[[f32; LANES]], m: &[[f32; LANES]], qs: &[[u8; 128]], tile: Tile<'_>) -> [[f32; LANES]; 4] {

@@ -36,6 +36,43 @@ fn q_bytes(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Every kernel this CPU has against the f32 product of the decoded rows (within `tol` of the
+/// output's scale, for 8-bit activations), against the portable loop (the same integer sums), and
+/// each row alone against the batch (bit-identical).
+fn check_kernels(m: &Matrix, x: &[f32], n: usize, tol: f32, what: &str) {
+    let (rows, cols) = (m.rows, m.cols);
+    let exact = reference(m, x, n);
+    let scale = exact.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+    assert!(scale > 0.0);
+    let mut portable = vec![0.0; n * rows];
+    m.matmul_with(Isa::Portable, x, n, None, &mut portable, &mut Vec::new());
+    for isa in Isa::available() {
+        let mut out = vec![0.0; n * rows];
+        m.matmul_with(isa, x, n, None, &mut out, &mut Vec::new());
+        for (i, (a, b)) in out.iter().zip(&exact).enumerate() {
+            assert!((a - b).abs() <= tol * scale, "{what} {isa:?} [{i}]: {a} vs {b}");
+        }
+        for (a, b) in out.iter().zip(&portable) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{what} {isa:?}: {a} vs portable {b}");
+        }
+        for t in 0..n {
+            let mut one = vec![0.0; rows];
+            m.matmul_with(isa, &x[t * cols..(t + 1) * cols], 1, None, &mut one, &mut Vec::new());
+            assert_eq!(one, out[t * rows..(t + 1) * rows], "{what} {isa:?}: row {t} of {n}");
+        }
+    }
+}
+
+/// Rows decode exactly as the shared dequantizer says.
+fn check_rows(m: &Matrix, bytes: &[u8], dtype: GgmlType) {
+    let deq = crate::model::quant::dequantize(dtype, bytes, m.rows * m.cols).unwrap();
+    let mut row = vec![0.0; m.cols];
+    for r in 0..m.rows {
+        m.row(r, &mut row);
+        assert_eq!(row, deq[r * m.cols..(r + 1) * m.cols], "{dtype} row {r}");
+    }
+}
+
 #[test]
 fn quantized_products_match_dequantized_ones() {
     let (rows, cols, n) = (40, 96, 7);
@@ -44,35 +81,8 @@ fn quantized_products_match_dequantized_ones() {
         let bytes = q_bytes(dtype, rows, cols);
         let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
         assert!(!matches!(m.storage, Storage::F32(_)), "{dtype} stays quantized");
-        // Rows decode as the shared dequantizer says.
-        let deq = crate::model::quant::dequantize(dtype, &bytes, rows * cols).unwrap();
-        let mut row = vec![0.0; cols];
-        for r in [0, 7, 13, rows - 1] {
-            m.row(r, &mut row);
-            assert_eq!(row, deq[r * cols..(r + 1) * cols], "{dtype} row {r}");
-        }
-        // 8-bit activations: within 1% of the scale of the f32 product, for every kernel.
-        let exact = reference(&m, &x, n);
-        let scale = exact.iter().fold(0.0f32, |a, b| a.max(b.abs()));
-        let mut portable = vec![0.0; n * rows];
-        m.matmul_with(Isa::Portable, &x, n, None, &mut portable, &mut Vec::new());
-        for isa in Isa::available() {
-            let mut out = vec![0.0; n * rows];
-            m.matmul_with(isa, &x, n, None, &mut out, &mut Vec::new());
-            for (i, (a, b)) in out.iter().zip(&exact).enumerate() {
-                assert!((a - b).abs() <= 1e-2 * scale, "{dtype} {isa:?} [{i}]: {a} vs {b}");
-            }
-            // The same integer sums as the portable loop: only float rounding differs.
-            for (a, b) in out.iter().zip(&portable) {
-                assert!((a - b).abs() <= 1e-5 * scale, "{dtype} {isa:?}: {a} vs portable {b}");
-            }
-            // Each row alone gives bit-identical results to the batch (batch-invariant output).
-            for t in 0..n {
-                let mut one = vec![0.0; rows];
-                m.matmul_with(isa, &x[t * cols..(t + 1) * cols], 1, None, &mut one, &mut Vec::new());
-                assert_eq!(one, out[t * rows..(t + 1) * rows], "{dtype} {isa:?}: row {t} of {n}");
-            }
-        }
+        check_rows(&m, &bytes, dtype);
+        check_kernels(&m, &x, n, 1e-2, &format!("{dtype}"));
     }
 }
 
@@ -138,39 +148,95 @@ fn vector_quantization_matches_the_portable_one() {
         ];
         for c in &blocks {
             let (p, v) = (layout::Q8Block::quantize(c), unsafe { x86::quantize_block(c) });
-            assert_eq!((p.d, p.s, p.q, p.u), (v.d, v.s, v.q, v.u), "{c:?}");
+            assert_eq!((p.d, p.s, p.h, p.q, p.u), (v.d, v.s, v.h, v.q, v.u), "{c:?}");
         }
     }
 }
 
-#[test]
-fn k_quants_run_requantized_to_8_bits() {
-    let (rows, cols, n) = (16, 512, 3);
-    // Random Q4_K and Q6_K blocks with small scales (bytes 0..4 of Q4_K, 208..210 of Q6_K).
-    let mut seed = 7u64;
+/// Random GGUF k-quant bytes with small super-block scales (bytes `scales` of each block set to
+/// f16 2^-7 and 0).
+fn k_bytes(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let (size, scales) = match dtype {
+        GgmlType::Q4_K => (144, 0..4),
+        GgmlType::Q6_K => (210, 208..210),
+        other => panic!("{other} is not a k-quant"),
+    };
+    let mut seed = 7u64 + size as u64;
     let mut byte = || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (seed >> 33) as u8
     };
-    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
-    for (dtype, size, scales) in [(GgmlType::Q4_K, 144, 0..4), (GgmlType::Q6_K, 210, 208..210)] {
-        let mut bytes: Vec<u8> = (0..rows * cols / 256 * size).map(|_| byte()).collect();
-        for block in bytes.chunks_exact_mut(size) {
-            for (i, at) in scales.clone().enumerate() {
-                block[at] = if i.is_multiple_of(2) { 0x00 } else { 0x20 }; // f16 0x2000 = 2^-7
-            }
-        }
-        let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
-        assert!(matches!(m.storage, Storage::Q8_0(_)), "{dtype} runs on the 8-bit kernels");
-        let exact = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Exact).unwrap();
-        assert!(matches!(exact.storage, Storage::F32(_)));
-        let want = reference(&exact, &x, n);
-        let mut got = vec![0.0; n * rows];
-        m.matmul(&x, n, None, &mut got, &mut Vec::new());
-        let scale = want.iter().fold(0.0f32, |a, b| a.max(b.abs()));
-        assert!(scale > 0.0);
-        for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() <= 2e-2 * scale, "{dtype}: {a} vs {b}");
+    let mut bytes: Vec<u8> = (0..rows * cols / 256 * size).map(|_| byte()).collect();
+    for block in bytes.chunks_exact_mut(size) {
+        for (i, at) in scales.clone().enumerate() {
+            block[at] = if i.is_multiple_of(2) { 0x00 } else { 0x20 }; // f16 0x2000 = 2^-7
         }
     }
+    bytes
+}
+
+#[test]
+fn k_quants_keep_their_width() {
+    let (rows, cols, n) = (24, 512, 7);
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1 + (i as f32 * 0.01).sin()).collect();
+    for (dtype, bits) in [(GgmlType::Q4_K, 4.75), (GgmlType::Q6_K, 6.625)] {
+        let bytes = k_bytes(dtype, rows, cols);
+        let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
+        assert!(matches!(m.storage, Storage::Q4K(_) | Storage::Q6K(_)), "{dtype} keeps its own kernel");
+        assert_eq!(m.bytes() as f64 * 8.0 / (rows * cols) as f64, bits, "{dtype} bits per weight");
+        let old = m.requantized_q8_0().unwrap();
+        assert_eq!(old.bytes() as f64 * 8.0 / (rows * cols) as f64, 10.0, "Q8_0 bits per weight");
+        check_rows(&m, &bytes, dtype);
+        check_kernels(&m, &x, n, 1e-2, &format!("{dtype}"));
+        // Exact mode reads the same values.
+        let exact = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Exact).unwrap();
+        assert!(matches!(exact.storage, Storage::F32(_)));
+        assert_eq!(reference(&exact, &x, n), reference(&m, &x, n));
+    }
+    // Columns that are not whole super-blocks (no such GGUF exists) and rows not a multiple of
+    // 8 fall back as before.
+    let bytes = k_bytes(GgmlType::Q6_K, 12, 256);
+    let m = Matrix::from_ggml(GgmlType::Q6_K, &bytes, 12, 256, Precision::Fast).unwrap();
+    assert!(matches!(m.storage, Storage::F32(_)));
+    check_rows(&m, &bytes, GgmlType::Q6_K);
+}
+
+#[test]
+fn mixed_parts_stack_side_by_side() {
+    let (cols, n) = (256, 5);
+    let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    let parts = || {
+        vec![
+            Matrix::from_ggml(GgmlType::Q4_K, &k_bytes(GgmlType::Q4_K, 16, cols), 16, cols, Precision::Fast).unwrap(),
+            Matrix::from_ggml(GgmlType::Q6_K, &k_bytes(GgmlType::Q6_K, 8, cols), 8, cols, Precision::Fast).unwrap(),
+            Matrix::from_ggml(GgmlType::Q8_0, &q_bytes(GgmlType::Q8_0, 8, cols), 8, cols, Precision::Fast).unwrap(),
+        ]
+    };
+    let bias: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let alone: Vec<Vec<f32>> = parts()
+        .iter()
+        .scan(0, |at, p| {
+            let mut o = vec![0.0; n * p.rows];
+            p.matmul(&x, n, Some(&bias[*at..*at + p.rows]), &mut o, &mut Vec::new());
+            *at += p.rows;
+            Some(o)
+        })
+        .collect();
+    let s = Matrix::stack(parts());
+    assert!(matches!(&s.storage, Storage::Stacked(p) if p.len() == 3), "each part keeps its storage");
+    assert_eq!(s.bytes(), parts().iter().map(Matrix::bytes).sum::<usize>());
+    let mut out = vec![0.0; n * 32];
+    s.matmul(&x, n, Some(&bias), &mut out, &mut Vec::new());
+    for t in 0..n {
+        let got = &out[t * 32..(t + 1) * 32];
+        let want: Vec<f32> =
+            [(0, 16), (1, 8), (2, 8)].iter().flat_map(|&(p, r)| alone[p][t * r..(t + 1) * r].to_vec()).collect();
+        assert_eq!(got, want, "row {t}");
+    }
+    let mut row = vec![0.0; cols];
+    s.row(20, &mut row);
+    let mut want = vec![0.0; cols];
+    parts()[1].row(4, &mut want);
+    assert_eq!(row, want);
+    check_kernels(&s, &x, n, 1e-2, "stacked");
 }

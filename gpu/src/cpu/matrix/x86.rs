@@ -29,10 +29,12 @@ pub fn quantize_block(c: &[f32]) -> Q8Block {
         // r + copysign(0.5, r), truncated: |r| <= 127 so no saturation is needed.
         _mm256_cvttps_epi32(_mm256_add_ps(r, _mm256_or_ps(half, _mm256_and_ps(sign, r))))
     });
-    let total = _mm256_add_epi32(_mm256_add_epi32(ints[0], ints[1]), _mm256_add_epi32(ints[2], ints[3]));
-    let t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-    let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
-    let sum = _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01)));
+    let hsum = |v: __m256i| {
+        let t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+        let t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0b01_00_11_10));
+        _mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0b10_11_00_01)))
+    };
+    let h = [hsum(_mm256_add_epi32(ints[0], ints[1])), hsum(_mm256_add_epi32(ints[2], ints[3]))];
     // Pack 32 × i32 to 32 × i8; the packs work per 128-bit lane, so restore the order after.
     let w16 = _mm256_packs_epi16(_mm256_packs_epi32(ints[0], ints[1]), _mm256_packs_epi32(ints[2], ints[3]));
     let q8 = _mm256_permutevar8x32_epi32(w16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -43,7 +45,7 @@ pub fn quantize_block(c: &[f32]) -> Q8Block {
         _mm256_storeu_si256(q.as_mut_ptr().cast(), q8);
         _mm256_storeu_si256(u.as_mut_ptr().cast(), u8s);
     }
-    Q8Block { d, s: d * sum as f32, q, u }
+    Q8Block { d, s: d * (h[0] + h[1]) as f32, h, q, u }
 }
 
 /// How far ahead the kernels prefetch quantized weights, in bytes (scales follow the same
@@ -69,10 +71,11 @@ fn bytes4<T: Copy>(q: &[T; 32], at: usize) -> i32 {
 }
 
 macro_rules! isa {
-    ($name:ident, $features:literal, $dp_u4:ident, $dp_s8:ident, $offset_x:literal) => {
+    ($name:ident, $features:literal, $dp_uw:ident, $dp_s8:ident, $offset_x:literal) => {
         pub mod $name {
             use std::arch::x86_64::*;
 
+            use super::super::kquant::{Q4KBlock, Q6KBlock};
             use super::super::layout::{LANES, Q8Block};
             use super::*;
 
@@ -128,8 +131,8 @@ macro_rules! isa {
                             let (xl, xh) =
                                 (_mm256_set1_epi32(bytes4(&xb.q, 4 * c)), _mm256_set1_epi32(bytes4(&xb.q, 16 + 4 * c)));
                             for gi in 0..G {
-                                s0[gi] = $dp_u4(s0[gi], lo[gi][c], xl);
-                                s1[gi] = $dp_u4(s1[gi], hi[gi][c], xh);
+                                s0[gi] = $dp_uw(s0[gi], lo[gi][c], xl);
+                                s1[gi] = $dp_uw(s1[gi], hi[gi][c], xh);
                             }
                         }
                         let (xd, xs) = (_mm256_set1_ps(xb.d), _mm256_set1_ps(xb.s));
@@ -149,6 +152,98 @@ macro_rules! isa {
                     }
                 }
                 out
+            }
+
+            /// Q4_K group × up to four rows of activations: Q4_1's sums, with each block's scale
+            /// and minimum made from the super-block's `d`, `dmin` and its 6-bit integers.
+            #[target_feature(enable = $features)]
+            pub fn q4_k<const N: usize>(w: &[Q4KBlock], x: [&[Q8Block]; N]) -> [[f32; LANES]; N] {
+                let mask = _mm256_set1_epi8(0x0f);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (sb, blk) in w.iter().enumerate() {
+                    prefetch(std::ptr::from_ref(blk), PREFETCH_BYTES, size_of::<Q4KBlock>());
+                    // SAFETY: 8 f32 each; the loads are unaligned.
+                    let (d, dmin) = unsafe { (_mm256_loadu_ps(blk.d.as_ptr()), _mm256_loadu_ps(blk.dmin.as_ptr())) };
+                    for j in 0..8 {
+                        let (dsc, dm) = (
+                            _mm256_mul_ps(d, bytes8::<false>(&blk.sc[j])),
+                            _mm256_mul_ps(dmin, bytes8::<false>(&blk.m[j])),
+                        );
+                        let (mut lo, mut hi) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+                        for c in 0..4 {
+                            // SAFETY: chunk `c` is bytes 32c..32c+32 of 128.
+                            let raw = unsafe { _mm256_loadu_si256(blk.qs[j].as_ptr().add(32 * c).cast()) };
+                            lo[c] = _mm256_and_si256(raw, mask);
+                            hi[c] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                        }
+                        for k in 0..N {
+                            let xb = &x[k][8 * sb + j];
+                            let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                            for c in 0..4 {
+                                s0 = $dp_uw(s0, lo[c], _mm256_set1_epi32(bytes4(&xb.q, 4 * c)));
+                                s1 = $dp_uw(s1, hi[c], _mm256_set1_epi32(bytes4(&xb.q, 16 + 4 * c)));
+                            }
+                            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1));
+                            acc[k] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dsc, _mm256_set1_ps(xb.d)), acc[k]);
+                            acc[k] = _mm256_fnmadd_ps(dm, _mm256_set1_ps(xb.s), acc[k]);
+                        }
+                    }
+                }
+                store(acc)
+            }
+
+            /// Q6_K group × up to four rows of activations: per 16-value half `h` of each block,
+            /// `d·sc·dx·(Σq·qx − 32·Σqx)`, the 6-bit `q` unpacked from its two planes.
+            #[target_feature(enable = $features)]
+            pub fn q6_k<const N: usize>(w: &[Q6KBlock], x: [&[Q8Block]; N]) -> [[f32; LANES]; N] {
+                let (low4, top2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (sb, blk) in w.iter().enumerate() {
+                    prefetch(std::ptr::from_ref(blk), PREFETCH_BYTES, size_of::<Q6KBlock>());
+                    // SAFETY: 8 f32; the load is unaligned.
+                    let d = unsafe { _mm256_loadu_ps(blk.d.as_ptr()) };
+                    for j in 0..8 {
+                        let dsc = [
+                            _mm256_mul_ps(d, bytes8::<true>(&blk.sc[2 * j])),
+                            _mm256_mul_ps(d, bytes8::<true>(&blk.sc[2 * j + 1])),
+                        ];
+                        // SAFETY: four 32-byte chunks of 128 and two of 64; the loads are unaligned.
+                        let ql: [__m256i; 4] = std::array::from_fn(|c| unsafe {
+                            _mm256_loadu_si256(blk.ql[j].as_ptr().add(32 * c).cast())
+                        });
+                        let qh: [__m256i; 2] = std::array::from_fn(|h| unsafe {
+                            _mm256_loadu_si256(blk.qh[j].as_ptr().add(32 * h).cast())
+                        });
+                        let mut q = [_mm256_setzero_si256(); 8];
+                        for h in 0..2 {
+                            // The top bits of chunk 4h + c sit at bits 2c..2c+2: moved to bits 4..6.
+                            let top = [
+                                _mm256_slli_epi16(qh[h], 4),
+                                _mm256_slli_epi16(qh[h], 2),
+                                qh[h],
+                                _mm256_srli_epi16(qh[h], 2),
+                            ];
+                            for c in 0..4 {
+                                let low = if h == 0 { ql[c] } else { _mm256_srli_epi16(ql[c], 4) };
+                                q[4 * h + c] =
+                                    _mm256_or_si256(_mm256_and_si256(low, low4), _mm256_and_si256(top[c], top2));
+                            }
+                        }
+                        for k in 0..N {
+                            let xb = &x[k][8 * sb + j];
+                            let mut s = [_mm256_setzero_si256(); 2];
+                            for c in 0..8 {
+                                s[c / 4] = $dp_uw(s[c / 4], q[c], _mm256_set1_epi32(bytes4(&xb.q, 4 * c)));
+                            }
+                            let xd = _mm256_set1_ps(xb.d);
+                            for h in 0..2 {
+                                let isum = _mm256_sub_epi32(s[h], _mm256_set1_epi32(32 * xb.h[h]));
+                                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dsc[h], xd), acc[k]);
+                            }
+                        }
+                    }
+                }
+                store(acc)
             }
 
             /// Q8_0 group × up to four rows of activations: `[k][r] = Σ_b d·dx·Σq·qx`.
@@ -188,6 +283,12 @@ macro_rules! isa {
                         acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[k]);
                     }
                 }
+                store(acc)
+            }
+
+            /// The accumulators as arrays.
+            #[target_feature(enable = $features)]
+            fn store<const N: usize>(acc: [__m256; N]) -> [[f32; LANES]; N] {
                 let mut out = [[0.0; LANES]; N];
                 for k in 0..N {
                     // SAFETY: `out[k]` holds 8 f32.
@@ -195,24 +296,32 @@ macro_rules! isa {
                 }
                 out
             }
+
+            /// Eight bytes (signed with `SIGNED`) as eight f32.
+            #[target_feature(enable = $features)]
+            fn bytes8<const SIGNED: bool>(b: &[impl Copy; LANES]) -> __m256 {
+                // SAFETY: eight one-byte values; the load is unaligned.
+                let v = unsafe { _mm_loadl_epi64(b.as_ptr().cast()) };
+                _mm256_cvtepi32_ps(if SIGNED { _mm256_cvtepi8_epi32(v) } else { _mm256_cvtepu8_epi32(v) })
+            }
         }
     };
 }
 
-// `acc + Σ₄ w·x` per 32-bit lane, for unsigned 4-bit weights and signed activations.
+// `acc + Σ₄ w·x` per 32-bit lane, for unsigned weights of up to 6 bits and signed activations.
 #[target_feature(enable = "avx2,fma,avxvnni")]
-fn dp_u4_avxvnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+fn dp_uw_avxvnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(acc, w, x)
 }
 
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-fn dp_u4_avx512vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+fn dp_uw_avx512vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, w, x)
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn dp_u4_avx2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-    // 15·127·2 fits in i16: no saturation.
+fn dp_uw_avx2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    // 63·127·2 fits in i16: no saturation.
     _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)))
 }
 
@@ -234,6 +343,6 @@ fn dp_s8_avx2(acc: __m256i, w: __m256i, xq: __m256i, _xu: __m256i) -> __m256i {
     _mm256_add_epi32(acc, _mm256_madd_epi16(prod, _mm256_set1_epi16(1)))
 }
 
-isa!(avxvnni, "avx2,fma,avxvnni", dp_u4_avxvnni, dp_s8_avxvnni, true);
-isa!(avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dp_u4_avx512vnni, dp_s8_avx512vnni, true);
-isa!(avx2, "avx2,fma", dp_u4_avx2, dp_s8_avx2, false);
+isa!(avxvnni, "avx2,fma,avxvnni", dp_uw_avxvnni, dp_s8_avxvnni, true);
+isa!(avx512vnni, "avx2,fma,avx512f,avx512vl,avx512vnni", dp_uw_avx512vnni, dp_s8_avx512vnni, true);
+isa!(avx2, "avx2,fma", dp_uw_avx2, dp_s8_avx2, false);
