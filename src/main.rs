@@ -302,7 +302,7 @@ enum ModelCommand {
     },
     /// Write a generated random-weight model (the tests' tiny models, or larger ones to benchmark
     /// an architecture with `bench engine`): llama, llama3, qwen2, qwen3, gemma, gemma2, gemma3,
-    /// mixtral or qwen3moe.
+    /// mixtral, qwen3moe or phi3.
     Tiny {
         #[arg(long)]
         arch: String,

@@ -54,6 +54,21 @@ fn tiny_models_match_numpy_and_survive_export() {
     }
 }
 
+/// A Phi-3 GGUF without a chat template gets Phi-3's turns, and `<|end|>` ends a reply.
+#[test]
+fn phi3_gets_its_turns_and_ends_a_reply_at_end() {
+    let dir = temp_dir("phi3-chat");
+    let path = dir.join("phi3.gguf");
+    write_gguf(&path, TinyArch::Phi3, 3).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    let front = gpu::model::ModelFrontend::from_gguf(&g, "phi3".into(), None, 64).unwrap();
+    let prompt = front.render_chat(&[gpu::chat::ChatMessage::new("user", "Hi")]).unwrap();
+    assert_eq!(prompt, "<|user|>\nHi<|end|>\n<|assistant|>\n");
+    let end = front.tokenizer.encode("<|end|>");
+    assert_eq!(end.len(), 1, "<|end|> is one token");
+    assert!(front.tokenizer.eos_tokens().contains(&end[0]), "<|end|> ends a reply");
+}
+
 /// Random blocks of each quantized format this build reads, with finite f16 scales where each
 /// format keeps them, dequantized by us and by llama.cpp's `gguf` package.
 #[test]

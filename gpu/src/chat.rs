@@ -31,6 +31,10 @@ pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + messa
 /// into the first user turn, each turn closed by `<end_of_turn>`.
 pub const GEMMA: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
 
+/// Phi-3's turn format (its `tokenizer_config.json` template), for GGUF files that carry none: each
+/// message as `<|role|>\n` content `<|end|>\n`, the reply opened by `<|assistant|>\n`.
+pub const PHI3: &str = "{% for message in messages %}{% if message['role'] in ['system', 'user', 'assistant'] %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
+
 /// A compiled chat template and the special-token strings it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -126,6 +130,18 @@ mod tests {
         );
         let err = t.render(&msgs(&[("user", "a"), ("user", "b")]), true).unwrap_err();
         assert!(err.contains("must alternate"), "{err}");
+    }
+
+    #[test]
+    fn phi3_layout() {
+        let t = ChatTemplate::new(PHI3, "<s>", "<|endoftext|>").unwrap();
+        assert_eq!(
+            t.render(&msgs(&[("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."), ("user", "Bye")]), true)
+                .unwrap(),
+            "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello.<|end|>\n<|user|>\nBye<|end|>\n\
+             <|assistant|>\n"
+        );
+        assert!(t.render(&msgs(&[("user", "Hi")]), false).unwrap().ends_with("<|end|>\n<|endoftext|>"));
     }
 
     #[test]

@@ -11,6 +11,11 @@ _gemma2, _gemma3) and llama.cpp's GGUF conventions:
 - gemma2, gemma3: norms after attention and MLP outputs; a sliding window on every layer but each
   2nd (gemma2) or 6th (gemma3); gemma2 soft-caps attention scores and logits; gemma3's windowed
   layers use RoPE base 10000 and its global layers the file's base and linear scaling.
+- phi3 (modeling_phi3): q/k/v fused in `attn_qkv` and gate/up in `ffn_up` (gate first); LongRoPE:
+  frequencies divided by `rope_factors_long` where the context exceeds
+  `rope.scaling.original_context_length` (else `rope_factors_short`), cos and sin times
+  `rope.scaling.attn_factor`. Its `attention.sliding_window` (Phi-3 mini 4K's) is ignored, as
+  llama.cpp ignores it.
 
 Usage: python numpy_forward.py MODEL.gguf '[token ids]'   -> prints the last position's logits (JSON)
 """
@@ -48,6 +53,9 @@ class Model:
         self.WINDOW = opt(f"{a}.attention.sliding_window")
         period = {"gemma2": 2, "gemma3": 6}.get(a)
         self.windowed = [period is not None and i % period < period - 1 for i in range(self.L)]
+        self.CONTEXT = int(field(f"{a}.context_length"))
+        self.ORIGINAL = opt(f"{a}.rope.scaling.original_context_length")
+        self.MSCALE = float(opt(f"{a}.rope.scaling.attn_factor", 1.0))
         self.LINEAR = float(opt(f"{a}.rope.scaling.factor", 1.0)) if text(f"{a}.rope.scaling.type") == "linear" else 1.0
         # llama.cpp: the 27B Gemma 2 and 3 scale queries by hidden / heads, the others by head size.
         scalar = self.D // self.H if (a, self.L) in (("gemma2", 46), ("gemma3", 62)) else self.HD
@@ -63,10 +71,13 @@ class Model:
         inv = base ** (-np.arange(0, HD, 2, dtype=np.float64) / HD)
         if "rope_freqs.weight" in self.W:  # Llama 3.1 frequency scaling, as llama.cpp stores it
             inv = inv / self.W["rope_freqs.weight"].astype(np.float64)
+        if "rope_factors_long.weight" in self.W:  # Phi-3's LongRoPE
+            which = "long" if self.CONTEXT > int(self.ORIGINAL) else "short"
+            inv = inv / self.W[f"rope_factors_{which}.weight"].astype(np.float64)
         if not (self.arch == "gemma3" and local):
             inv = inv / self.LINEAR
         ang = np.arange(T)[:, None] * inv[None, :]
-        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        cos, sin = np.cos(ang)[:, None, :] * self.MSCALE, np.sin(ang)[:, None, :] * self.MSCALE
         x = x.astype(np.float64)
         if self.arch not in ("llama", "mistral"):  # Mixtral is `llama`
             x0, x1 = x[..., : HD // 2], x[..., HD // 2 :]
@@ -119,13 +130,18 @@ class Model:
             if local:  # query t sees key s when t - s < window
                 mask[(t[:, None] - t[None, :]) >= self.WINDOW] = -np.inf
             h = self.rms(x, W[p + "attn_norm.weight"])
-            q = self.lin(h, p + "attn_q").reshape(T, H, HD)
-            k = self.lin(h, p + "attn_k").reshape(T, KVH, HD)
+            if p + "attn_qkv.weight" in W:
+                qkv = self.lin(h, p + "attn_qkv")
+                q_, k_, v_ = np.split(qkv, [H * HD, (H + KVH) * HD], axis=-1)
+            else:
+                q_, k_, v_ = self.lin(h, p + "attn_q"), self.lin(h, p + "attn_k"), self.lin(h, p + "attn_v")
+            q = q_.reshape(T, H, HD)
+            k = k_.reshape(T, KVH, HD)
             if p + "attn_q_norm.weight" in W:
                 q = self.rms(q, W[p + "attn_q_norm.weight"])
                 k = self.rms(k, W[p + "attn_k_norm.weight"])
             q, k = self.rope(q, local), self.rope(k, local)
-            v = self.lin(h, p + "attn_v").reshape(T, KVH, HD)
+            v = v_.reshape(T, KVH, HD)
             k = np.repeat(k, H // KVH, axis=1)
             v = np.repeat(v, H // KVH, axis=1)
             att = np.einsum("thd,shd->hts", q, k) * self.SCALE
@@ -141,6 +157,9 @@ class Model:
             h = self.rms(x, W[p + "ffn_norm.weight"])
             if p + "ffn_gate_inp.weight" in W:
                 m = self.experts(h, p)
+            elif p + "ffn_gate.weight" not in W:
+                g, u = np.split(h @ W[p + "ffn_up.weight"].T, 2, axis=-1)
+                m = (self.act(g) * u) @ W[p + "ffn_down.weight"].T
             else:
                 g = h @ W[p + "ffn_gate.weight"].T
                 u = h @ W[p + "ffn_up.weight"].T

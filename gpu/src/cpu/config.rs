@@ -1,6 +1,6 @@
 //! A decoder's shapes and constants: the Llama block (Llama 2/3, SmolLM, Mistral, Qwen2) and the
-//! ways Qwen3, Gemma 1/2/3 and the mixtures of experts (Mixtral, Qwen3-MoE) depart from it, read from GGUF metadata (Hugging Face folders are
-//! read in `model::hf`). Both backends load from this; the fingerprint of a model's KV hashes it.
+//! ways Qwen3, Gemma 1/2/3, Phi-3/4 and the mixtures of experts (Mixtral, Qwen3-MoE) depart from
+//! it, read from GGUF metadata (Hugging Face folders are read in `model::hf`). Both backends load from this; the fingerprint of a model's KV hashes it.
 
 use crate::model::ModelError;
 use crate::model::gguf::GgufFile;
@@ -22,10 +22,12 @@ pub enum Family {
     Gemma,
     Gemma2,
     Gemma3,
+    /// Phi-3 and Phi-4: Llama's block with q/k/v and gate/up stored fused, and LongRoPE.
+    Phi3,
 }
 
 impl Family {
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Llama,
         Family::Mistral,
         Family::Qwen2,
@@ -35,6 +37,7 @@ impl Family {
         Family::Gemma,
         Family::Gemma2,
         Family::Gemma3,
+        Family::Phi3,
     ];
 
     /// The GGUF `general.architecture` (and metadata key prefix).
@@ -48,6 +51,7 @@ impl Family {
             Family::Gemma => "gemma",
             Family::Gemma2 => "gemma2",
             Family::Gemma3 => "gemma3",
+            Family::Phi3 => "phi3",
         }
     }
 
@@ -63,6 +67,7 @@ impl Family {
             Family::Gemma => "GemmaForCausalLM",
             Family::Gemma2 => "Gemma2ForCausalLM",
             Family::Gemma3 => "Gemma3ForCausalLM",
+            Family::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -177,6 +182,35 @@ pub struct LlamaConfig {
     pub rope_base_local: Option<f32>,
     /// The MLP is a mixture of experts.
     pub experts: Option<Experts>,
+    /// Phi-3's LongRoPE: per-frequency divisors for short and long contexts, and the factor that
+    /// scales every rotation.
+    pub long_rope: Option<LongRope>,
+}
+
+/// LongRoPE (Phi-3's `rope_scaling` of type `longrope`): RoPE's frequencies divided by `short`
+/// factors, or by `long` ones where the served context exceeds `original_context` (as llama.cpp
+/// chooses, once for the whole context: keys in the cache were rotated with one set), and every
+/// rotation scaled by `attn_factor` (Hugging Face's attention factor, `√(1 + ln s / ln n)` for a
+/// context `s` times the original `n`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    pub short: Vec<f32>,
+    pub long: Vec<f32>,
+    pub original_context: usize,
+    pub attn_factor: f32,
+}
+
+impl LongRope {
+    /// Hugging Face's attention factor for a context `context` against the original one.
+    pub fn default_attn_factor(context: usize, original_context: usize) -> f32 {
+        let scale = context as f64 / original_context as f64;
+        if scale <= 1.0 { 1.0 } else { (1.0 + scale.ln() / (original_context as f64).ln()).sqrt() as f32 }
+    }
+
+    /// The divisors for a served context of `context` positions.
+    pub fn factors(&self, context: usize) -> &[f32] {
+        if context > self.original_context { &self.long } else { &self.short }
+    }
 }
 
 /// Llama 3.1 RoPE scaling: the divisor of each rotary frequency, as Hugging Face computes it
@@ -272,6 +306,7 @@ impl LlamaConfig {
             windowed,
             rope_base_local: (family == Family::Gemma3).then_some(10_000.0),
             experts: None,
+            long_rope: None,
         })
     }
 
@@ -326,8 +361,20 @@ impl LlamaConfig {
         if g.tensor("rope_freqs.weight").is_ok() {
             c.rope_freq_factors = Some(g.vector("rope_freqs.weight", c.head_dim / 2)?);
         }
+        // Phi-3's LongRoPE, as llama.cpp's conversion stores it.
+        if g.tensor("rope_factors_long.weight").is_ok() {
+            let half = c.head_dim / 2;
+            c.long_rope = Some(LongRope {
+                short: g.vector("rope_factors_short.weight", half)?,
+                long: g.vector("rope_factors_long.weight", half)?,
+                original_context: u("rope.scaling.original_context_length")?,
+                attn_factor: f("rope.scaling.attn_factor").unwrap_or(1.0),
+            });
+        }
         c.attn_softcap = f("attn_logit_softcapping");
         c.final_softcap = f("final_logit_softcapping");
+        // Phi-3 mini 4K's `attention.sliding_window` (2047 positions) is ignored, as llama.cpp
+        // ignores it ("Phi SWA is currently disabled").
         if !c.windowed.is_empty() {
             c.sliding_window = Some(u("attention.sliding_window")?);
         }
@@ -369,13 +416,20 @@ impl LlamaConfig {
     pub fn inv_freq(&self, local: bool) -> Vec<f32> {
         let base = if local { self.rope_base_local.unwrap_or(self.rope_base) } else { self.rope_base };
         let linear = if local && self.rope_base_local.is_some() { None } else { self.rope_linear };
+        let long = self.long_rope.as_ref().map(|l| l.factors(self.context_length));
         (0..self.head_dim / 2)
             .map(|i| {
                 let f = base.powf(-(2.0 * i as f32) / self.head_dim as f32);
                 let f = self.rope_freq_factors.as_ref().map_or(f, |d| f / d[i]);
+                let f = long.map_or(f, |d| f / d[i]);
                 linear.map_or(f, |s| f / s)
             })
             .collect()
+    }
+
+    /// What every RoPE rotation is scaled by (LongRoPE's attention factor; 1 otherwise).
+    pub fn rope_scale(&self) -> f32 {
+        self.long_rope.as_ref().map_or(1.0, |l| l.attn_factor)
     }
 
     /// What a backend that runs only the Llama block cannot run of this model, said in a phrase
@@ -399,6 +453,8 @@ impl LlamaConfig {
             (self.sliding_window.is_some(), "sliding-window attention"),
             (self.rope_linear.is_some() || self.rope_base_local.is_some(), "linear or per-layer RoPE"),
             (self.experts.is_some(), "a mixture of experts"),
+            (self.family == Family::Phi3, "fused q/k/v and gate/up tensors"),
+            (self.long_rope.is_some(), "LongRoPE"),
         ];
         checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
     }

@@ -23,9 +23,16 @@ pub enum RopeStyle {
     Halves,
 }
 
-/// The `(sin, cos)` of each rotation angle at `pos`, from precomputed inverse frequencies.
-pub fn rotations(pos: usize, inv_freq: &[f32]) -> Vec<(f32, f32)> {
-    inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).collect()
+/// The `(sin, cos)` of each rotation angle at `pos`, from precomputed inverse frequencies, both
+/// times `scale` (LongRoPE's attention factor; 1 for plain RoPE).
+pub fn rotations(pos: usize, inv_freq: &[f32], scale: f32) -> Vec<(f32, f32)> {
+    inv_freq
+        .iter()
+        .map(|&f| {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            (sin * scale, cos * scale)
+        })
+        .collect()
 }
 
 /// Rotate one head vector in place by the angles of `rotations`.
@@ -84,16 +91,16 @@ mod tests {
     fn rope_styles_rotate_the_same_pairs_differently_laid_out() {
         let inv = [1.0f32, 0.01];
         let mut a = [1.0, 0.0, 1.0, 0.0];
-        rope(&mut a, &rotations(1, &inv), RopeStyle::Interleaved);
+        rope(&mut a, &rotations(1, &inv, 1.0), RopeStyle::Interleaved);
         // Halves layout of the same logical pairs: (x0, x2) and (x1, x3).
         let mut b = [1.0, 1.0, 0.0, 0.0];
-        rope(&mut b, &rotations(1, &inv), RopeStyle::Halves);
+        rope(&mut b, &rotations(1, &inv, 1.0), RopeStyle::Halves);
         assert!((a[0] - b[0]).abs() < 1e-6 && (a[1] - b[2]).abs() < 1e-6);
         assert!((a[2] - b[1]).abs() < 1e-6 && (a[3] - b[3]).abs() < 1e-6);
         assert!((a[0] - 1f32.cos()).abs() < 1e-6 && (a[1] - 1f32.sin()).abs() < 1e-6);
         // Position 0 is the identity.
         let mut c = [0.3, -0.2, 0.5, 0.9];
-        rope(&mut c, &rotations(0, &inv), RopeStyle::Interleaved);
+        rope(&mut c, &rotations(0, &inv, 1.0), RopeStyle::Interleaved);
         assert_eq!(c, [0.3, -0.2, 0.5, 0.9]);
     }
 }

@@ -170,11 +170,16 @@ impl LlamaModel {
                 };
                 Ok(Layer {
                     attn_norm: g.vector(&format!("{p}.attn_norm.weight"), h)?,
-                    qkv: Linear::stack(vec![
-                        Linear::load(g, &format!("{p}.attn_q"), qw, h, precision)?,
-                        Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
-                        Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
-                    ]),
+                    // Phi-3 stores q, k and v fused, in our layout already.
+                    qkv: if g.has(&format!("{p}.attn_qkv.weight")) {
+                        Linear::load(g, &format!("{p}.attn_qkv"), qw + 2 * kvw, h, precision)?
+                    } else {
+                        Linear::stack(vec![
+                            Linear::load(g, &format!("{p}.attn_q"), qw, h, precision)?,
+                            Linear::load(g, &format!("{p}.attn_k"), kvw, h, precision)?,
+                            Linear::load(g, &format!("{p}.attn_v"), kvw, h, precision)?,
+                        ])
+                    },
                     q_norm: norm("attn_q_norm", hd, c.qk_norm)?,
                     k_norm: norm("attn_k_norm", hd, c.qk_norm)?,
                     o: Linear::load(g, &format!("{p}.attn_output"), h, qw, precision)?,
@@ -197,6 +202,15 @@ impl LlamaModel {
             inv_freq_local,
             config: c,
         })
+    }
+
+    /// Serve at most `tokens` of context. LongRoPE's frequencies depend on the served context, so
+    /// they are chosen again.
+    pub fn limit_context(&mut self, tokens: usize) {
+        self.config.context_length = self.config.context_length.min(tokens);
+        if self.config.long_rope.is_some() {
+            self.inv_freq = self.config.inv_freq(false);
+        }
     }
 
     /// Experts run so far, over every layer and step: a step runs each expert at most once a
@@ -234,7 +248,9 @@ impl LlamaModel {
         // Rotation angles per row (the same in every layer of a kind and every head), and each
         // row's block table.
         let half = self.inv_freq.len();
-        let angles = |inv: &[f32]| -> Vec<(f32, f32)> { rows.iter().flat_map(|&(_, p)| rotations(p, inv)).collect() };
+        let scale = c.rope_scale();
+        let angles =
+            |inv: &[f32]| -> Vec<(f32, f32)> { rows.iter().flat_map(|&(_, p)| rotations(p, inv, scale)).collect() };
         let rot_global = angles(&self.inv_freq);
         let rot_local = self.inv_freq_local.as_deref().map(angles);
         let tables: Vec<_> = rows.iter().map(|&(s, p)| (batch[s].blocks, p)).collect();

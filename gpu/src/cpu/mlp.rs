@@ -99,16 +99,23 @@ impl Mlp {
         }
     }
 
-    /// Layer `layer`'s MLP of a model of `c`, from `blk.N.ffn_gate`/`ffn_up`/`ffn_down`, or from
+    /// Layer `layer`'s MLP of a model of `c`, from `blk.N.ffn_gate`/`ffn_up`/`ffn_down` (or a
+    /// fused `ffn_up` of gate and up, Phi-3's), or from
     /// `ffn_gate_inp` (the router) and the stacked `ffn_gate_exps`/`ffn_up_exps`/`ffn_down_exps`.
     pub fn load(c: &LlamaConfig, g: &dyn WeightSource, layer: usize, p: Precision) -> Result<Self, ModelError> {
         let (h, b) = (c.hidden, format!("blk.{layer}"));
         let Some(spec) = c.experts else {
-            return Ok(Mlp::Dense(Gated {
-                gate_up: Linear::stack(vec![
+            // Phi-3 stores gate and up fused in `ffn_up`, gate first: our layout already.
+            let gate_up = if g.has(&format!("{b}.ffn_gate.weight")) {
+                Linear::stack(vec![
                     Linear::load(g, &format!("{b}.ffn_gate"), c.ffn, h, p)?,
                     Linear::load(g, &format!("{b}.ffn_up"), c.ffn, h, p)?,
-                ]),
+                ])
+            } else {
+                Linear::load(g, &format!("{b}.ffn_up"), 2 * c.ffn, h, p)?
+            };
+            return Ok(Mlp::Dense(Gated {
+                gate_up,
                 down: Linear::load(g, &format!("{b}.ffn_down"), h, c.ffn, p)?,
                 ffn: c.ffn,
             }));

@@ -80,7 +80,7 @@ impl ModelExecutor {
 
     /// Serve at most `tokens` of context (less than the model's own, to bound the KV cache).
     pub fn limit_context(&mut self, tokens: usize) {
-        self.model.config.context_length = self.model.config.context_length.min(tokens);
+        self.model.limit_context(tokens);
     }
 
     pub fn config(&self) -> &llama::LlamaConfig {

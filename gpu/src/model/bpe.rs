@@ -19,7 +19,7 @@ const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 
 /// Texts of tokens that end a turn, besides the declared end-of-sequence token.
-const END_OF_TURN: [&str; 4] = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>"];
+const END_OF_TURN: [&str; 5] = ["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>"];
 
 /// How a vocabulary spells the bytes of its pieces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use super::ModelError;
 use super::bpe::BpeTokenizer;
 use super::gguf::GgufFile;
 use super::safetensors::{SafeTensors, write_f32};
-use crate::cpu::config::{Experts, Family, LlamaConfig, Shapes, llama3_rope_factors};
+use crate::cpu::config::{Experts, Family, LlamaConfig, LongRope, Shapes, llama3_rope_factors};
 use crate::cpu::kernels::RopeStyle;
 use crate::cpu::llama::WeightSource;
 use crate::cpu::matrix::{Matrix, Precision};
@@ -32,6 +32,12 @@ struct HfConfig {
     rope_theta: Option<f64>,
     #[serde(default)]
     max_position_embeddings: Option<usize>,
+    /// Phi-4 mini rotates only part of each head; refused (as the GGUF's `rope.dimension_count`).
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    /// Phi-3's LongRoPE: the context its short factors were trained for.
+    #[serde(default)]
+    original_max_position_embeddings: Option<usize>,
     vocab_size: usize,
     #[serde(default)]
     rope_scaling: Option<serde_json::Value>,
@@ -45,8 +51,8 @@ struct HfConfig {
     attn_logit_softcapping: Option<f64>,
     #[serde(default)]
     final_logit_softcapping: Option<f64>,
-    /// Gemma 2/3's window (other families' `sliding_window`, which llama.cpp does not apply either,
-    /// is ignored).
+    /// Gemma 2/3's window (other families' `sliding_window`, Mistral's and Phi-3's, which llama.cpp
+    /// does not apply either, is ignored).
     #[serde(default)]
     sliding_window: Option<usize>,
     /// `sliding_attention` or `full_attention`, per layer.
@@ -115,6 +121,7 @@ fn hf_name(gguf: &str, family: Family) -> Option<String> {
     let four_norms = matches!(family, Family::Gemma2 | Family::Gemma3);
     let hf = match part {
         "attn_norm" => "input_layernorm",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
@@ -128,6 +135,7 @@ fn hf_name(gguf: &str, family: Family) -> Option<String> {
         "ffn_gate_inp" if family == Family::Mixtral => "block_sparse_moe.gate",
         "ffn_gate_inp" => "mlp.gate",
         "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if family == Family::Phi3 => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
         _ => return None,
@@ -219,6 +227,11 @@ impl HfModel {
         let mut config = LlamaConfig::new(family, shapes, c.rms_norm_eps as f32, base, context)?;
         config.rope_style = RopeStyle::Halves;
         let head_dim = config.head_dim;
+        if let Some(p) = c.partial_rotary_factor.filter(|&p| p != 1.0) {
+            return Err(ModelError::Unsupported(format!(
+                "config.json: partial rotary embeddings (partial_rotary_factor {p})"
+            )));
+        }
         match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             None => {}
             Some(s) => {
@@ -240,6 +253,34 @@ impl HfModel {
                         ))
                     }
                     Some("linear") => config.rope_linear = Some(num("factor")?).filter(|&f| f != 1.0),
+                    Some("longrope" | "su") => {
+                        let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
+                            let v: Vec<f32> =
+                                s.get(k).and_then(|v| serde_json::from_value(v.clone()).ok()).ok_or_else(|| {
+                                    ModelError::Metadata(format!("config.json: rope_scaling.{k} is missing"))
+                                })?;
+                            if v.len() != head_dim / 2 {
+                                return Err(ModelError::Metadata(format!(
+                                    "config.json: rope_scaling.{k} has {} factors for heads of {head_dim}",
+                                    v.len()
+                                )));
+                            }
+                            Ok(v)
+                        };
+                        let original = c.original_max_position_embeddings.ok_or_else(|| {
+                            ModelError::Metadata("config.json: original_max_position_embeddings is missing".into())
+                        })?;
+                        let attn_factor = s
+                            .get("attention_factor")
+                            .and_then(|v| v.as_f64())
+                            .map_or_else(|| LongRope::default_attn_factor(context, original), |v| v as f32);
+                        config.long_rope = Some(LongRope {
+                            short: factors("short_factor")?,
+                            long: factors("long_factor")?,
+                            original_context: original,
+                            attn_factor,
+                        });
+                    }
                     Some("default") => {}
                     _ => return Err(ModelError::Unsupported(format!("config.json: rope_scaling {s}"))),
                 }
@@ -394,6 +435,10 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         ));
     }
     for t in &g.tensors {
+        // LongRoPE's factors go into config.json.
+        if t.name.starts_with("rope_factors_") && c.long_rope.is_some() {
+            continue;
+        }
         if let (Some(experts), true) = (c.experts, t.name.ends_with("_exps.weight")) {
             let data = g.dequantize(&t.name)?;
             let shape = t.shape()[1..].to_vec();
@@ -452,6 +497,16 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
     let fields = config.as_object_mut().expect("an object");
     if let Some(f) = c.rope_linear {
         fields.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": f}));
+    }
+    if let Some(l) = &c.long_rope {
+        let scaling = json!({
+            "type": "longrope",
+            "short_factor": l.short,
+            "long_factor": l.long,
+            "attention_factor": l.attn_factor,
+        });
+        fields.insert("rope_scaling".into(), scaling);
+        fields.insert("original_max_position_embeddings".into(), json!(l.original_context));
     }
     if c.family.is_gemma() {
         fields.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
@@ -541,6 +596,49 @@ mod tests {
             Some("model.layers.2.post_feedforward_layernorm.weight")
         );
         assert_eq!(gemma3("blk.1.attn_q_norm.weight").as_deref(), Some("model.layers.1.self_attn.q_norm.weight"));
+    }
+
+    #[test]
+    fn phi3_configs_read_long_rope_and_refuse_partial_rotation() {
+        let dir = std::env::temp_dir().join(format!("armature-phi3-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |extra: &str| {
+            let config = format!(
+                r#"{{"architectures": ["Phi3ForCausalLM"], "hidden_size": 64, "intermediate_size": 128,
+                "num_attention_heads": 4, "num_hidden_layers": 2, "rms_norm_eps": 1e-5, "vocab_size": 300,
+                "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+                "sliding_window": 262144{extra}}}"#
+            );
+            std::fs::write(dir.join("config.json"), config).unwrap();
+            HfModel::read_config(&dir)
+        };
+        let factors = |n: usize, v: f32| format!("{:?}", vec![v; n]);
+        let scaling = |n: usize| {
+            format!(
+                r#", "rope_scaling": {{"type": "longrope", "short_factor": {}, "long_factor": {}}}"#,
+                factors(n, 1.0),
+                factors(n, 4.0)
+            )
+        };
+        let c = write(&scaling(8)).unwrap();
+        let l = c.long_rope.as_ref().expect("LongRoPE");
+        assert_eq!((l.short.len(), l.long[0], l.original_context), (8, 4.0, 4096));
+        // Hugging Face's attention factor for 32 times the original context.
+        let want = (1.0 + 32f32.ln() / 4096f32.ln()).sqrt();
+        assert!((l.attn_factor - want).abs() < 1e-6, "{} vs {want}", l.attn_factor);
+        assert_eq!(c.sliding_window, None, "Phi-3's window is ignored, as llama.cpp ignores it");
+        // A served context of 4096 or less takes the short factors.
+        let mut short = c.clone();
+        short.context_length = 4096;
+        assert_eq!(short.inv_freq(false)[1], c.inv_freq(false)[1] * 4.0);
+        let err = write(&scaling(6)).unwrap_err().to_string();
+        assert!(err.contains("short_factor has 6 factors for heads of 16"), "{err}");
+        let err = write(r#", "partial_rotary_factor": 0.75"#).unwrap_err().to_string();
+        assert!(err.contains("partial_rotary_factor 0.75"), "{err}");
+        let phi3 = |n: &str| hf_name(n, Family::Phi3);
+        assert_eq!(phi3("blk.1.attn_qkv.weight").as_deref(), Some("model.layers.1.self_attn.qkv_proj.weight"));
+        assert_eq!(phi3("blk.1.ffn_up.weight").as_deref(), Some("model.layers.1.mlp.gate_up_proj.weight"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -186,8 +186,11 @@ impl ModelFrontend {
         let arch = g.get_str("general.architecture").ok();
         // A file without a template gets its family's format where the family has a fixed one.
         let family = arch.and_then(crate::cpu::config::Family::from_gguf_name);
-        let gemma = family.is_some_and(crate::cpu::config::Family::is_gemma);
-        let fallback = if gemma { crate::chat::GEMMA } else { CHATML };
+        let fallback = match family {
+            Some(f) if f.is_gemma() => crate::chat::GEMMA,
+            Some(crate::cpu::config::Family::Phi3) => crate::chat::PHI3,
+            _ => CHATML,
+        };
         let template = g.get_str("tokenizer.chat_template").unwrap_or(fallback);
         let chat = ChatTemplate::new(template, &bos, &eos).map_err(ModelError::Template)?;
         let native = arch.and_then(|a| g.get_u64(&format!("{a}.context_length")).ok());

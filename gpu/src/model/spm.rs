@@ -19,8 +19,9 @@ const BYTE: i64 = 6;
 
 const SPACE: char = '▁';
 
-/// Control pieces that end a reply besides the file's eos: Llama 2's `</s>`, Gemma's end of turn.
-const END_OF_TURN: [&str; 2] = ["</s>", "<end_of_turn>"];
+/// Control pieces that end a reply besides the file's eos: Llama 2's `</s>`, Gemma's and Phi-3's
+/// ends of turn.
+const END_OF_TURN: [&str; 3] = ["</s>", "<end_of_turn>", "<|end|>"];
 
 /// A vocabulary entry: its text, score and GGUF type.
 #[derive(Clone, Debug)]
@@ -133,7 +134,7 @@ impl SpmTokenizer {
             pieces
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.kind == CONTROL && END_OF_TURN.contains(&p.text.as_str()))
+                .filter(|(_, p)| matches!(p.kind, CONTROL | USER_DEFINED) && END_OF_TURN.contains(&p.text.as_str()))
                 .map(|(i, _)| i as u32),
         );
         eos.sort_unstable();

@@ -36,10 +36,14 @@ pub enum TinyArch {
     Mixtral,
     /// Qwen3 with 4 experts of 32 units, 2 used per token.
     Qwen3Moe,
+    /// Fused q/k/v and gate/up, an untied output, LongRoPE (an original context of 64, so the
+    /// long factors apply), `<|end|>`, and a sliding window in its metadata that is ignored (as
+    /// llama.cpp ignores Phi-3 mini 4K's).
+    Phi3,
 }
 
 impl TinyArch {
-    pub const ALL: [TinyArch; 9] = [
+    pub const ALL: [TinyArch; 10] = [
         TinyArch::Llama,
         TinyArch::Llama3,
         TinyArch::Qwen2,
@@ -49,6 +53,7 @@ impl TinyArch {
         TinyArch::Gemma3,
         TinyArch::Mixtral,
         TinyArch::Qwen3Moe,
+        TinyArch::Phi3,
     ];
 
     fn family(self) -> Family {
@@ -61,6 +66,7 @@ impl TinyArch {
             TinyArch::Gemma3 => Family::Gemma3,
             TinyArch::Mixtral => Family::Mixtral,
             TinyArch::Qwen3Moe => Family::Qwen3Moe,
+            TinyArch::Phi3 => Family::Phi3,
         }
     }
 
@@ -90,6 +96,8 @@ const HEADS: usize = 4;
 const KV_HEADS: usize = 2;
 const LAYERS: usize = 2;
 const EXPERTS: usize = 4;
+/// The tiny Phi-3's LongRoPE original context (its served one is 512).
+const PHI3_ORIGINAL_CONTEXT: usize = 64;
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 const MERGES: [(&str, &str); 8] =
     [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s")];
@@ -136,9 +144,14 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| s.to_string()).collect();
     tokens.extend(super::bpe::byte_chars().into_iter().map(String::from));
     tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
-    let vocab = tokens.len();
     let mut types = vec![3i32; SPECIALS.len()];
-    types.resize(vocab, 1);
+    types.resize(tokens.len(), 1);
+    if arch == TinyArch::Phi3 {
+        // Phi-3's end of turn (llama.cpp's loader looks for it in a `phi3` vocabulary).
+        tokens.push("<|end|>".into());
+        types.push(3);
+    }
+    let vocab = tokens.len();
     let name = arch.family().gguf_name();
     let family = arch.family();
     let layers = size.layers.unwrap_or(if arch == TinyArch::Gemma3 { 6 } else { LAYERS });
@@ -162,8 +175,11 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
         .meta("tokenizer.ggml.token_type", GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()))
         .meta("tokenizer.ggml.merges", strings(MERGES.iter().map(|(a, b)| format!("{a} {b}")).collect()))
         .meta("tokenizer.ggml.bos_token_id", GgufValue::U32(0))
-        .meta("tokenizer.ggml.eos_token_id", GgufValue::U32(2))
-        .meta("tokenizer.chat_template", GgufValue::String(CHATML.into()));
+        .meta("tokenizer.ggml.eos_token_id", GgufValue::U32(2));
+    // The Phi-3 carries no template, so that it gets its family's own.
+    if arch != TinyArch::Phi3 {
+        w.meta("tokenizer.chat_template", GgufValue::String(CHATML.into()));
+    }
     if let Some(hd) = arch.head_dim() {
         w.meta(&format!("{name}.attention.key_length"), GgufValue::U32(hd as u32))
             .meta(&format!("{name}.attention.value_length"), GgufValue::U32(hd as u32));
@@ -188,6 +204,13 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
                 .meta("qwen3moe.expert_used_count", GgufValue::U32(2))
                 .meta("qwen3moe.expert_feed_forward_length", GgufValue::U32((ffn / 4) as u32));
         }
+        TinyArch::Phi3 => {
+            let factor = crate::cpu::config::LongRope::default_attn_factor(512, PHI3_ORIGINAL_CONTEXT);
+            // Phi-3 mini 4K's window, which llama.cpp and we ignore.
+            w.meta("phi3.rope.scaling.original_context_length", GgufValue::U32(PHI3_ORIGINAL_CONTEXT as u32))
+                .meta("phi3.rope.scaling.attn_factor", GgufValue::F32(factor))
+                .meta("phi3.attention.sliding_window", GgufValue::U32(5));
+        }
         _ => {}
     }
     let mut rand =
@@ -210,9 +233,14 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
             rand(len, 0.2).into_iter().map(|v| 1.0 + v).collect()
         };
         w.tensor(&format!("{p}.attn_norm.weight"), &[hidden], gain(&mut rand, hidden));
-        matrix(&mut w, &format!("{p}.attn_q.weight"), &[qw, hidden], rand(qw * hidden, 0.2), false);
-        matrix(&mut w, &format!("{p}.attn_k.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), false);
-        matrix(&mut w, &format!("{p}.attn_v.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), true);
+        if arch == TinyArch::Phi3 {
+            let rows = qw + 2 * kvw;
+            matrix(&mut w, &format!("{p}.attn_qkv.weight"), &[rows, hidden], rand(rows * hidden, 0.2), false);
+        } else {
+            matrix(&mut w, &format!("{p}.attn_q.weight"), &[qw, hidden], rand(qw * hidden, 0.2), false);
+            matrix(&mut w, &format!("{p}.attn_k.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), false);
+            matrix(&mut w, &format!("{p}.attn_v.weight"), &[kvw, hidden], rand(kvw * hidden, 0.2), true);
+        }
         if arch == TinyArch::Qwen2 {
             w.tensor(&format!("{p}.attn_q.bias"), &[qw], rand(qw, 0.1));
             w.tensor(&format!("{p}.attn_k.bias"), &[kvw], rand(kvw, 0.1));
@@ -228,6 +256,10 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
             matrix(&mut w, &format!("{p}.ffn_gate_exps.weight"), &[EXPERTS, f, hidden], gate, false);
             matrix(&mut w, &format!("{p}.ffn_up_exps.weight"), &[EXPERTS, f, hidden], up, false);
             matrix(&mut w, &format!("{p}.ffn_down_exps.weight"), &[EXPERTS, hidden, f], down, true);
+        } else if arch == TinyArch::Phi3 {
+            // Gate and up fused, gate first.
+            matrix(&mut w, &format!("{p}.ffn_up.weight"), &[2 * ffn, hidden], rand(2 * ffn * hidden, 0.2), false);
+            matrix(&mut w, &format!("{p}.ffn_down.weight"), &[hidden, ffn], rand(hidden * ffn, 0.2), true);
         } else {
             matrix(&mut w, &format!("{p}.ffn_gate.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2), false);
             matrix(&mut w, &format!("{p}.ffn_up.weight"), &[ffn, hidden], rand(ffn * hidden, 0.2), false);
@@ -249,7 +281,13 @@ pub fn write_gguf_sized(path: &Path, arch: TinyArch, seed: u64, size: TinySize) 
         let factors = crate::cpu::config::llama3_rope_factors(hidden / HEADS, 10_000.0, 8.0, 1.0, 4.0, 64.0);
         w.tensor("rope_freqs.weight", &[factors.len()], factors);
     }
-    if arch == TinyArch::Qwen2 {
+    if arch == TinyArch::Phi3 {
+        // LongRoPE's divisors: near 1 for short contexts, growing towards long wavelengths for long.
+        let half = hd / 2;
+        w.tensor("rope_factors_short.weight", &[half], (0..half).map(|i| 1.0 + 0.05 * i as f32).collect());
+        w.tensor("rope_factors_long.weight", &[half], (0..half).map(|i| 1.0 + 0.9 * i as f32).collect());
+    }
+    if matches!(arch, TinyArch::Qwen2 | TinyArch::Phi3) {
         // Untied output projection, to exercise that path too.
         matrix(&mut w, "output.weight", &[vocab, hidden], rand(vocab * hidden, 0.5), true);
     }
