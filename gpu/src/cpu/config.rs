@@ -432,30 +432,9 @@ impl LlamaConfig {
         self.long_rope.as_ref().map_or(1.0, |l| l.attn_factor)
     }
 
-    /// What a backend that runs only the Llama block cannot run of this model, said in a phrase
-    /// (`Gemma3 needs q/k norms, ...`); None for the Llama block itself.
-    pub fn beyond_the_llama_block(&self) -> Option<String> {
-        let variations = self.variations();
-        (!variations.is_empty()).then(|| format!("{:?} needs {}", self.family, variations.join(", ")))
-    }
-
-    /// What this config asks beyond the Llama block, named (for a backend that runs only that).
-    fn variations(&self) -> Vec<&'static str> {
-        let plain = 1.0 / (self.head_dim as f32).sqrt();
-        let checks = [
-            (self.q_width() != self.hidden, "a head size other than hidden / heads"),
-            (self.qk_norm, "q/k norms"),
-            (self.embed_scale, "scaled embeddings"),
-            (self.activation != Activation::Silu, "GeGLU"),
-            (self.post_norms, "post-norms"),
-            ((self.attn_scale - plain).abs() > f32::EPSILON * plain, "a query scale other than 1/√head_dim"),
-            (self.attn_softcap.is_some() || self.final_softcap.is_some(), "soft-capping"),
-            (self.sliding_window.is_some(), "sliding-window attention"),
-            (self.rope_linear.is_some() || self.rope_base_local.is_some(), "linear or per-layer RoPE"),
-            (self.experts.is_some(), "a mixture of experts"),
-            (self.family == Family::Phi3, "fused q/k/v and gate/up tensors"),
-            (self.long_rope.is_some(), "LongRoPE"),
-        ];
-        checks.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
+    /// What the CUDA backend cannot run of this model, said in a phrase (`Mixtral needs a mixture
+    /// of experts`); None where it runs the whole model (every dense family).
+    pub fn beyond_the_cuda_backend(&self) -> Option<String> {
+        self.experts.is_some().then(|| format!("{:?} needs a mixture of experts", self.family))
     }
 }

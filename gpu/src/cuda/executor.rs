@@ -11,6 +11,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 
 use super::CudaError;
 use super::kernels::{ATTENTION_WARPS, Kernels, MAX_HEAD_DIM, MAX_TILED_HEAD_DIM, TILE_POS, TILE_ROWS};
+use crate::cpu::config::Activation;
 use crate::cpu::kernels::RopeStyle;
 use crate::cpu::llama::{LlamaConfig, WeightSource};
 use crate::executor::{Executor, ExecutorError, ModelInfo, Pick, SequenceView};
@@ -70,11 +71,17 @@ struct Layer {
     attn_norm: Buf<f32>,
     /// q, k and v stacked: output rows `[q | k | v]`.
     qkv: Linear,
+    /// Per-head RMSNorm weights of q and of k (Qwen3, Gemma 3).
+    qk_norm: Option<(Buf<f32>, Buf<f32>)>,
     o: Linear,
+    /// RMSNorm of the attention output before the residual (Gemma 2 and 3).
+    post_attn_norm: Option<Buf<f32>>,
     ffn_norm: Buf<f32>,
     /// gate and up stacked: output rows `[gate | up]`.
     gate_up: Linear,
     down: Linear,
+    /// RMSNorm of the MLP output before the residual.
+    post_ffn_norm: Option<Buf<f32>>,
 }
 
 /// Activation buffers for up to `rows` tokens and `outputs` logits rows per step.
@@ -83,6 +90,8 @@ struct Scratch {
     outputs: usize,
     x: Buf<f32>,
     xn: Buf<u16>,
+    /// A projection's output on its way through a post-norm into `x`.
+    proj: Buf<f32>,
     qkv: Buf<f32>,
     attn: Buf<u16>,
     gate_up: Buf<f32>,
@@ -108,6 +117,8 @@ pub struct CudaExecutor {
     /// None when tied to the embeddings.
     output: Option<Linear>,
     inv_freq: Buf<f32>,
+    /// RoPE's inverse frequencies of windowed layers where they differ (Gemma 3's local base).
+    inv_freq_local: Option<Buf<f32>>,
     pool: Buf<u16>,
     blocks: usize,
     block_size: usize,
@@ -173,9 +184,9 @@ impl CudaExecutor {
         block_size: usize,
     ) -> Result<Self, CudaError> {
         // Before the device: a model this backend cannot run is refused the same everywhere.
-        if let Some(needs) = config.beyond_the_llama_block() {
+        if let Some(needs) = config.beyond_the_cuda_backend() {
             return Err(CudaError::Model(format!(
-                "{needs} (the CUDA backend runs the Llama block; the CPU backend runs this model)"
+                "{needs} (the CUDA backend runs dense models; the CPU backend runs this model)"
             )));
         }
         super::device(ordinal)?;
@@ -208,7 +219,7 @@ impl CudaExecutor {
         .result()?;
         let k = Kernels::load(&ctx)?;
         let c = &config;
-        let (h, kvw) = (c.hidden, c.kv_width());
+        let (h, kvw, qw, hd) = (c.hidden, c.kv_width(), c.q_width(), c.head_dim);
         let model = |e: crate::model::ModelError| CudaError::Model(e.to_string());
         let vector = |name: &str, len: usize| -> Result<Buf<f32>, CudaError> {
             Buf::upload(&stream, &g.vector(name, len).map_err(model)?)
@@ -233,18 +244,41 @@ impl CudaExecutor {
         let mut layers = Vec::with_capacity(c.layers);
         for i in 0..c.layers {
             let p = |s: &str| format!("blk.{i}.{s}");
+            let optional = |name: &str, len: usize, on: bool| on.then(|| vector(&p(name), len)).transpose();
+            // Phi-3 stores q/k/v and gate/up fused, in these layouts already.
+            let qkv = if g.has(&p("attn_qkv.weight")) {
+                matrix(&[(&p("attn_qkv"), qw + 2 * kvw)], h)?
+            } else {
+                matrix(&[(&p("attn_q"), qw), (&p("attn_k"), kvw), (&p("attn_v"), kvw)], h)?
+            };
+            let gate_up = if g.has(&p("ffn_gate.weight")) {
+                matrix(&[(&p("ffn_gate"), c.ffn), (&p("ffn_up"), c.ffn)], h)?
+            } else {
+                matrix(&[(&p("ffn_up"), 2 * c.ffn)], h)?
+            };
+            let qk_norm = match (
+                optional("attn_q_norm.weight", hd, c.qk_norm)?,
+                optional("attn_k_norm.weight", hd, c.qk_norm)?,
+            ) {
+                (Some(q), Some(k)) => Some((q, k)),
+                _ => None,
+            };
             layers.push(Layer {
                 attn_norm: vector(&p("attn_norm.weight"), h)?,
-                qkv: matrix(&[(&p("attn_q"), h), (&p("attn_k"), kvw), (&p("attn_v"), kvw)], h)?,
-                o: matrix(&[(&p("attn_output"), h)], h)?,
+                qkv,
+                qk_norm,
+                o: matrix(&[(&p("attn_output"), h)], qw)?,
+                post_attn_norm: optional("post_attention_norm.weight", h, c.post_norms)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), h)?,
-                gate_up: matrix(&[(&p("ffn_gate"), c.ffn), (&p("ffn_up"), c.ffn)], h)?,
+                gate_up,
                 down: matrix(&[(&p("ffn_down"), h)], c.ffn)?,
+                post_ffn_norm: optional("post_ffw_norm.weight", h, c.post_norms)?,
             });
         }
         let output = if g.has("output.weight") { Some(matrix(&[("output", c.vocab)], h)?) } else { None };
         let norm = vector("output_norm.weight", h)?;
         let inv_freq = Buf::upload(&stream, &c.inv_freq(false))?;
+        let inv_freq_local = c.rope_base_local.map(|_| Buf::upload(&stream, &c.inv_freq(true))).transpose()?;
         let pool_len = kv_blocks * Self::kv_bytes_per_block(c, block_size) as usize / 2;
         let pool = Buf::zeros(&stream, pool_len)?;
         let block_len = Self::kv_bytes_per_block(c, block_size) as usize / 2;
@@ -268,6 +302,7 @@ impl CudaExecutor {
             norm,
             output,
             inv_freq,
+            inv_freq_local,
             pool,
             blocks: kv_blocks,
             block_size,
@@ -286,9 +321,15 @@ impl CudaExecutor {
         &self.config
     }
 
-    /// Serve at most `tokens` of context.
-    pub fn limit_context(&mut self, tokens: usize) {
+    /// Serve at most `tokens` of context. LongRoPE's frequencies depend on the served context, so
+    /// they are chosen again.
+    pub fn limit_context(&mut self, tokens: usize) -> Result<(), CudaError> {
         self.config.context_length = self.config.context_length.min(tokens);
+        if self.config.long_rope.is_some() {
+            self.stream.memcpy_htod(&self.config.inv_freq(false), &mut self.inv_freq.mem)?;
+            self.stream.synchronize()?;
+        }
+        Ok(())
     }
 
     /// The CUDA device this executor runs on.
@@ -309,14 +350,15 @@ impl CudaExecutor {
             // Graphs hold the old buffers' addresses.
             self.graphs.ready.clear();
             let c = &self.config;
-            let (h, kvw, s) = (c.hidden, c.kv_width(), &self.stream);
+            let (h, kvw, qw, s) = (c.hidden, c.kv_width(), c.q_width(), &self.stream);
             self.scratch = Some(Scratch {
                 rows,
                 outputs,
                 x: Buf::zeros(s, rows * h)?,
                 xn: Buf::zeros(s, rows * h)?,
-                qkv: Buf::zeros(s, rows * (h + 2 * kvw))?,
-                attn: Buf::zeros(s, rows * h)?,
+                proj: Buf::zeros(s, if c.post_norms { rows * h } else { 1 })?,
+                qkv: Buf::zeros(s, rows * (qw + 2 * kvw))?,
+                attn: Buf::zeros(s, rows * qw)?,
                 gate_up: Buf::zeros(s, rows * 2 * c.ffn)?,
                 act: Buf::zeros(s, rows * c.ffn)?,
                 last: Buf::zeros(s, outputs * h)?,
@@ -460,7 +502,8 @@ impl CudaExecutor {
         let s = self.scratch.as_ref().expect("allocated by run");
         let (k, st) = (&self.k, &self.stream);
         let rows = rows_config(n, 256);
-        launch!(st, &k.embed, rows; t = self.embed.ptr, tok = p.tokens, x = s.x.ptr, h = h as i32)?;
+        let embed_scale = if c.embed_scale { (h as f32).sqrt() } else { 1.0 };
+        launch!(st, &k.embed, rows; t = self.embed.ptr, tok = p.tokens, x = s.x.ptr, h = h as i32, sc = embed_scale)?;
         let attn_cfg = LaunchConfig {
             grid_dim: (n as u32, c.heads as u32, 1),
             block_dim: (32 * ATTENTION_WARPS, 1, 1),
@@ -472,38 +515,61 @@ impl CudaExecutor {
             shared_mem_bytes: ((TILE_ROWS + 2 * TILE_POS) * hd * 4) as u32,
         };
         let halves = i32::from(c.rope_style == RopeStyle::Halves);
+        let (rope_scale, softcap) = (c.rope_scale(), c.attn_softcap.unwrap_or(0.0));
+        let gelu = i32::from(c.activation == Activation::GeluTanh);
+        // `x += l(input)`, through the post-norm `norm` where the layer has one.
+        let residual = |l: &Linear, input: u64, norm: &Option<Buf<f32>>| -> Result<(), CudaError> {
+            match norm {
+                Some(w) => {
+                    self.linear(l, input, s.proj.ptr, n, false)?;
+                    launch!(st, &k.add_rms_norm, rows;
+                        x = s.x.ptr, y = s.proj.ptr, w = w.ptr, h = h as i32, e = c.eps)?;
+                    Ok(())
+                }
+                None => self.linear(l, input, s.x.ptr, n, true),
+            }
+        };
         for (li, layer) in self.layers.iter().enumerate() {
+            let window = c.window(li);
+            let inv = match (&self.inv_freq_local, window) {
+                (Some(local), Some(_)) => local.ptr,
+                _ => self.inv_freq.ptr,
+            };
+            let window = window.map_or(0, |w| w as i32);
             launch!(st, &k.rms_norm, rows;
                 x = s.x.ptr, r = 0u64, w = layer.attn_norm.ptr, o = s.xn.ptr, h = h as i32, e = c.eps)?;
             self.linear(&layer.qkv, s.xn.ptr, s.qkv.ptr, n, false)?;
+            if let Some((qn, kn)) = &layer.qk_norm {
+                launch!(st, &k.head_norm, rows;
+                    qkv = s.qkv.ptr, qn = qn.ptr, kn = kn.ptr, heads = c.heads as i32, kv_heads = c.kv_heads as i32,
+                    hd = hd as i32, e = c.eps)?;
+            }
             launch!(st, &k.rope_cache, rows;
                 qkv = s.qkv.ptr, pos = p.pos, seq = p.seq, off = p.table_off, tables = p.tables,
-                inv = self.inv_freq.ptr, pool = self.pool.ptr, layer = li as i32, layers = c.layers as i32,
+                inv = inv, pool = self.pool.ptr, layer = li as i32, layers = c.layers as i32,
                 heads = c.heads as i32, kv_heads = c.kv_heads as i32, hd = hd as i32, bs = bs as i32,
-                halves = halves)?;
-            let scale = 1.0 / (hd as f32).sqrt();
+                halves = halves, rope_scale = rope_scale)?;
             if tiles > 0 {
                 launch!(st, &k.attention_tiles, tile_cfg;
                     qkv = s.qkv.ptr, pos = p.pos, seq = p.seq, off = p.table_off, tables = p.tables,
                     tiles = p.tiles, pool = self.pool.ptr, out = s.attn.ptr, layer = li as i32,
                     layers = c.layers as i32, heads = c.heads as i32, kv_heads = c.kv_heads as i32, hd = hd as i32,
-                    bs = bs as i32, scale = scale)?;
+                    bs = bs as i32, scale = c.attn_scale, softcap = softcap, window = window)?;
             } else {
                 launch!(st, &k.attention, attn_cfg;
                     qkv = s.qkv.ptr, pos = p.pos, seq = p.seq, off = p.table_off, tables = p.tables,
                     pool = self.pool.ptr, out = s.attn.ptr, layer = li as i32, layers = c.layers as i32,
                     heads = c.heads as i32, kv_heads = c.kv_heads as i32, hd = hd as i32, bs = bs as i32,
-                    scale = scale)?;
+                    scale = c.attn_scale, softcap = softcap, window = window)?;
             }
-            self.linear(&layer.o, s.attn.ptr, s.x.ptr, n, true)?;
+            residual(&layer.o, s.attn.ptr, &layer.post_attn_norm)?;
             launch!(st, &k.rms_norm, rows;
                 x = s.x.ptr, r = 0u64, w = layer.ffn_norm.ptr, o = s.xn.ptr, h = h as i32, e = c.eps)?;
             self.linear(&layer.gate_up, s.xn.ptr, s.gate_up.ptr, n, false)?;
-            let total = (n * c.ffn) as u32;
-            let cfg =
-                LaunchConfig { grid_dim: (total.div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-            launch!(st, &k.silu_mul, cfg; gu = s.gate_up.ptr, o = s.act.ptr, f = c.ffn as i32, n = n as i32)?;
-            self.linear(&layer.down, s.act.ptr, s.x.ptr, n, true)?;
+            let cfg = elements_config(n * c.ffn);
+            launch!(st, &k.gated_act, cfg;
+                gu = s.gate_up.ptr, o = s.act.ptr, f = c.ffn as i32, n = n as i32, gelu = gelu)?;
+            residual(&layer.down, s.act.ptr, &layer.post_ffn_norm)?;
         }
         if m > 0 {
             launch!(st, &k.rms_norm, rows_config(m, 256);
@@ -511,6 +577,10 @@ impl CudaExecutor {
             match &self.output {
                 Some(o) => self.linear(o, s.last.ptr, s.logits.ptr, m, false)?,
                 None => self.matmul(self.embed.ptr, None, c.vocab, h, s.last.ptr, s.logits.ptr, m, false)?,
+            }
+            if let Some(cap) = c.final_softcap {
+                let (len, cfg) = (m * c.vocab, elements_config(m * c.vocab));
+                launch!(st, &k.softcap, cfg; x = s.logits.ptr, len = len as i32, cap = cap)?;
             }
         }
         Ok(())
@@ -657,6 +727,11 @@ fn metadata(batch: &[SequenceView<'_>], table_cap: usize, tiled: bool) -> (Vec<i
 
 fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One thread per value of `len`, in blocks of 256.
+fn elements_config(len: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((len as u32).div_ceil(256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
 impl Executor for CudaExecutor {

@@ -62,11 +62,11 @@ __device__ float block_max(float v, float* shared) {
     return m;
 }
 
-// x[r] = table[tokens[r]] (one block per row).
-extern "C" __global__ void embed(const h16* table, const int* tokens, float* x, int hidden) {
+// x[r] = table[tokens[r]] * scale (one block per row; Gemma scales by sqrt(hidden)).
+extern "C" __global__ void embed(const h16* table, const int* tokens, float* x, int hidden, float scale) {
     int r = blockIdx.x;
     const h16* src = table + (size_t)tokens[r] * hidden;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[(size_t)r * hidden + i] = h2f(src[i]);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[(size_t)r * hidden + i] = h2f(src[i]) * scale;
 }
 
 // out[r] = x[rows ? rows[r] : r] / rms * w, written as f16 (one block per row).
@@ -82,17 +82,56 @@ extern "C" __global__ void rms_norm(const float* x, const int* rows, const float
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[(size_t)r * hidden + i] = f2h(xr[i] * scale * w[i]);
 }
 
+// x[r] += y[r] / rms(y[r]) * w: a norm after the attention or MLP output, before the residual
+// (Gemma 2 and 3; one block per row).
+extern "C" __global__ void add_rms_norm(float* x, const float* y, const float* w, int hidden, float eps) {
+    __shared__ float shared[32];
+    int r = blockIdx.x;
+    const float* yr = y + (size_t)r * hidden;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) ss += yr[i] * yr[i];
+    ss = block_sum(ss, shared);
+    float scale = 1.0f / sqrtf(ss / hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) x[(size_t)r * hidden + i] += yr[i] * scale * w[i];
+}
+
+// RMSNorm of each q head (weights qn) and k head (weights kn) of each row of qkv, in place, before
+// RoPE (Qwen3, Gemma 3; one block per row, one warp per head at a time).
+extern "C" __global__ void head_norm(float* qkv, const float* qn, const float* kn, int heads, int kv_heads,
+                                     int head_dim, float eps) {
+    int r = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    int qw = heads * head_dim, kvw = kv_heads * head_dim;
+    float* row = qkv + (size_t)r * (qw + 2 * kvw);
+    for (int head = warp; head < heads + kv_heads; head += warps) {
+        float* v = row + head * head_dim;  // k's heads follow q's
+        const float* w = head < heads ? qn : kn;
+        float ss = 0.0f;
+        for (int i = lane; i < head_dim; i += 32) ss += v[i] * v[i];
+        ss = warp_sum(ss);
+        float scale = 1.0f / sqrtf(ss / head_dim + eps);
+        for (int i = lane; i < head_dim; i += 32) v[i] = v[i] * scale * w[i];
+    }
+}
+
+// x = cap * tanh(x / cap) over n values (Gemma 2's final logits).
+extern "C" __global__ void softcap(float* x, int n, float cap) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = cap * tanhf(x[i] / cap);
+}
+
 // y[r] += b (one block per row of `width`).
 extern "C" __global__ void add_bias(float* y, const float* b, int width) {
     float* row = y + (size_t)blockIdx.x * width;
     for (int i = threadIdx.x; i < width; i += blockDim.x) row[i] += b[i];
 }
 
-// Rotate the q and k heads of each row of qkv ([q | k | v], f32) by the row's position, then store
-// k and v into the pool at the row's slot (one block per row).
+// Rotate the q and k heads of each row of qkv ([q | k | v], f32) by the row's position (cos and sin
+// times `scale`: LongRoPE's attention factor, else 1), then store k and v into the pool at the
+// row's slot (one block per row).
 extern "C" __global__ void rope_cache(float* qkv, const int* pos, const int* seq, const int* table_off,
                                       const int* tables, const float* inv_freq, h16* pool, int layer, int layers,
-                                      int heads, int kv_heads, int head_dim, int block_size, int halves) {
+                                      int heads, int kv_heads, int head_dim, int block_size, int halves,
+                                      float scale) {
     int r = blockIdx.x;
     int h = heads * head_dim, kvw = kv_heads * head_dim;
     float* row = qkv + (size_t)r * (h + 2 * kvw);
@@ -103,6 +142,8 @@ extern "C" __global__ void rope_cache(float* qkv, const int* pos, const int* seq
         int a = halves ? j : 2 * j, b = halves ? j + half : 2 * j + 1;
         float s, c;
         sincosf((float)p * inv_freq[j], &s, &c);
+        s *= scale;
+        c *= scale;
         float x0 = v[a], x1 = v[b];
         v[a] = x0 * c - x1 * s;
         v[b] = x0 * s + x1 * c;
@@ -119,13 +160,25 @@ extern "C" __global__ void rope_cache(float* qkv, const int* pos, const int* seq
 #define ATT_WARPS 4
 #define MAX_DIMS_PER_LANE 8
 
-// Causal attention of one row's query head over its sequence's positions 0..=pos[r], reading K
-// and V through the sequence's block table; one block of ATT_WARPS warps per (row, head). Each
-// warp takes chunks of 32 positions (one per lane for the scores), keeps an online softmax, and
-// the warps are merged at the end. Output is f16 [rows, heads * head_dim].
+// A score after soft-capping (`cap * tanh(s / cap)`, Gemma 2; none where cap is 0).
+__device__ __forceinline__ float capped(float s, float cap) {
+    return cap > 0.0f ? cap * tanhf(s / cap) : s;
+}
+
+// The first position a query at p sees: p - window + 1 with a sliding window, else 0.
+__device__ __forceinline__ int window_start(int p, int window) {
+    return window > 0 ? max(0, p - window + 1) : 0;
+}
+
+// Causal attention of one row's query head over its sequence's positions window_start..=pos[r],
+// reading K and V through the sequence's block table; one block of ATT_WARPS warps per (row,
+// head). Each warp takes chunks of 32 positions (one per lane for the scores), keeps an online
+// softmax, and the warps are merged at the end. Scores are q.k times `scale`, soft-capped by
+// `softcap` where it is not 0. Output is f16 [rows, heads * head_dim].
 extern "C" __global__ void attention(const float* qkv, const int* pos, const int* seq, const int* table_off,
                                      const int* tables, const h16* pool, h16* out, int layer, int layers, int heads,
-                                     int kv_heads, int head_dim, int block_size, float scale) {
+                                     int kv_heads, int head_dim, int block_size, float scale, float softcap,
+                                     int window) {
     extern __shared__ float smem[];
     int r = blockIdx.x, head = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -135,7 +188,7 @@ extern "C" __global__ void attention(const float* qkv, const int* pos, const int
     const float* q = qkv + (size_t)r * (h + 2 * kvw) + head * head_dim;
     for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = q[i] * scale;
     __syncthreads();
-    int p = pos[r];
+    int p = pos[r], lo = window_start(p, window);
     const int* table = tables + table_off[seq[r]];
     size_t layer_stride = 2 * (size_t)kvw * block_size;
     size_t block_stride = layer_stride * layers;
@@ -144,19 +197,22 @@ extern "C" __global__ void attention(const float* qkv, const int* pos, const int
     float m = -INFINITY, l = 0.0f, acc[MAX_DIMS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < MAX_DIMS_PER_LANE; i++) acc[i] = 0.0f;
-    for (int t0 = warp * 32; t0 <= p; t0 += ATT_WARPS * 32) {
+    // Chunks start at the window's first position rounded down to 32: warp 0's first chunk holds
+    // a visible position, and no chunk lies wholly before the window.
+    for (int t0 = (lo & ~31) + warp * 32; t0 <= p; t0 += ATT_WARPS * 32) {
         int t = t0 + lane;
+        bool seen = t >= lo && t <= p;
         float s = -INFINITY;
-        if (t <= p) {
+        if (seen) {
             const h16* k = layer_base + (size_t)table[t / block_size] * block_stride +
                            (size_t)g * head_dim * block_size + t % block_size;
             float d = 0.0f;
             for (int e = 0; e < head_dim; e++) d += qs[e] * h2f(k[(size_t)e * block_size]);
-            s = d;
+            s = capped(d, softcap);
         }
         float mn = fmaxf(m, warp_max(s));
         float corr = expf(m - mn);
-        float pr = (t <= p) ? expf(s - mn) : 0.0f;
+        float pr = seen ? expf(s - mn) : 0.0f;
         l = l * corr + warp_sum(pr);
 #pragma unroll
         for (int i = 0; i < MAX_DIMS_PER_LANE; i++) acc[i] *= corr;
@@ -206,11 +262,12 @@ extern "C" __global__ void attention(const float* qkv, const int* pos, const int
 // row count; rows in increasing positions). K and V are staged in shared memory TILE_POS
 // positions at a time and used by every row of the tile; each warp keeps an online softmax for
 // ROWS_PER_WARP rows, one position per lane for the scores. head_dim at most 32 * TILE_MAX_DIMS.
-// Shared memory: (TILE_ROWS + 2 * TILE_POS) * head_dim floats.
+// Scores are soft-capped and windowed as `attention` does. Shared memory: (TILE_ROWS + 2 *
+// TILE_POS) * head_dim floats.
 extern "C" __global__ void attention_tiles(const float* qkv, const int* pos, const int* seq, const int* table_off,
                                            const int* tables, const int* tiles, const h16* pool, h16* out,
                                            int layer, int layers, int heads, int kv_heads, int head_dim,
-                                           int block_size, float scale) {
+                                           int block_size, float scale, float softcap, int window) {
     extern __shared__ float smem[];
     int tile = blockIdx.x, head = blockIdx.y;
     int first = tiles[2 * tile], count = tiles[2 * tile + 1];
@@ -241,7 +298,8 @@ extern "C" __global__ void attention_tiles(const float* qkv, const int* pos, con
 #pragma unroll
         for (int d = 0; d < TILE_MAX_DIMS; d++) acc[i][d] = 0.0f;
     }
-    for (int t0 = 0; t0 <= last_pos; t0 += TILE_POS) {
+    // From the chunk of the first row's window start (rows are in increasing positions).
+    for (int t0 = window_start(pos[first], window) / TILE_POS * TILE_POS; t0 <= last_pos; t0 += TILE_POS) {
         __syncthreads();  // every warp is done with the previous chunk (and qs is written)
         for (int i = threadIdx.x; i < TILE_POS * head_dim; i += blockDim.x) {
             int j = i / head_dim, e = i % head_dim, t = t0 + j;
@@ -262,19 +320,20 @@ extern "C" __global__ void attention_tiles(const float* qkv, const int* pos, con
         __syncthreads();
 #pragma unroll
         for (int i = 0; i < ROWS_PER_WARP; i++) {
-            int p = my_pos[i];
-            if (p < t0) continue;  // the same for the whole warp
+            int p = my_pos[i], lo = window_start(p, window);
+            if (p < t0 || t0 + TILE_POS <= lo) continue;  // the same for the whole warp
             const float* q = qs + (warp * ROWS_PER_WARP + i) * head_dim;
             int t = t0 + lane;
+            bool seen = t >= lo && t <= p;
             float s = -INFINITY;
-            if (t <= p) {
+            if (seen) {
                 float d = 0.0f;
                 for (int e = 0; e < head_dim; e++) d += q[e] * ks[e * TILE_POS + lane];
-                s = d;
+                s = capped(d, softcap);
             }
             float mn = fmaxf(m[i], warp_max(s));
             float corr = expf(m[i] - mn);
-            float pr = (t <= p) ? expf(s - mn) : 0.0f;
+            float pr = seen ? expf(s - mn) : 0.0f;
             l[i] = l[i] * corr + warp_sum(pr);
 #pragma unroll
             for (int d = 0; d < TILE_MAX_DIMS; d++) acc[i][d] *= corr;
@@ -299,13 +358,15 @@ extern "C" __global__ void attention_tiles(const float* qkv, const int* pos, con
     }
 }
 
-// out[r] = silu(gate) * up from gate_up rows [gate | up] (f32), as f16.
-extern "C" __global__ void silu_mul(const float* gate_up, h16* out, int ffn, int rows) {
+// out[r] = act(gate) * up from gate_up rows [gate | up] (f32), as f16: act is SiLU, or GELU with
+// the tanh approximation where `gelu` (Gemma's GeGLU).
+extern "C" __global__ void gated_act(const float* gate_up, h16* out, int ffn, int rows, int gelu) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * ffn) return;
     size_t r = i / ffn, c = i % ffn;
     float g = gate_up[r * 2 * ffn + c], u = gate_up[r * 2 * ffn + ffn + c];
-    out[i] = f2h(g / (1.0f + expf(-g)) * u);
+    float a = gelu ? 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) : g / (1.0f + expf(-g));
+    out[i] = f2h(a * u);
 }
 
 // out[r] = the index of row r's largest logit, the lowest index on ties (one block per row).

@@ -73,7 +73,10 @@ pub struct Kernels {
     pub rope_cache: CudaFunction,
     pub attention: CudaFunction,
     pub attention_tiles: CudaFunction,
-    pub silu_mul: CudaFunction,
+    pub gated_act: CudaFunction,
+    pub add_rms_norm: CudaFunction,
+    pub head_norm: CudaFunction,
+    pub softcap: CudaFunction,
     pub argmax_rows: CudaFunction,
     pub sample_top_p: CudaFunction,
 }
@@ -91,7 +94,10 @@ impl Kernels {
             rope_cache: f("rope_cache")?,
             attention: f("attention")?,
             attention_tiles: f("attention_tiles")?,
-            silu_mul: f("silu_mul")?,
+            gated_act: f("gated_act")?,
+            add_rms_norm: f("add_rms_norm")?,
+            head_norm: f("head_norm")?,
+            softcap: f("softcap")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
         })

@@ -42,14 +42,17 @@ fn discovery_matches_the_machine() {
 }
 
 /// Every kernel's entry point, as `kernels.cu` names it.
-const ENTRY_POINTS: [&str; 9] = [
+const ENTRY_POINTS: [&str; 12] = [
     "embed",
     "rms_norm",
+    "add_rms_norm",
+    "head_norm",
+    "softcap",
     "add_bias",
     "rope_cache",
     "attention",
     "attention_tiles",
-    "silu_mul",
+    "gated_act",
     "argmax_rows",
     "sample_top_p",
 ];
@@ -387,24 +390,25 @@ fn the_engine_on_cuda_samples_on_the_device_deterministically() {
 }
 
 #[test]
-fn families_beyond_the_llama_block_are_refused_by_name_on_every_machine() {
+fn mixtures_of_experts_are_refused_by_name_on_every_machine() {
     use crate::model::tiny::{TinyArch, write_gguf};
     let dir = std::env::temp_dir().join(format!("armature-cuda-families-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (arch, needs) in [
-        (TinyArch::Qwen3, "q/k norms"),
-        (TinyArch::Gemma, "GeGLU"),
-        (TinyArch::Gemma2, "soft-capping"),
-        (TinyArch::Gemma3, "sliding-window attention"),
-        (TinyArch::Mixtral, "a mixture of experts"),
-        (TinyArch::Qwen3Moe, "a mixture of experts"),
-    ] {
+    for arch in TinyArch::ALL {
         let path = dir.join(format!("{arch:?}.gguf"));
         write_gguf(&path, arch, 1).unwrap();
         let g = crate::model::gguf::GgufFile::open(&path).unwrap();
+        let config = crate::cpu::config::LlamaConfig::from_gguf(&g).unwrap();
+        if config.experts.is_none() {
+            assert_eq!(config.beyond_the_cuda_backend(), None, "{arch:?} is dense: the CUDA backend runs it");
+            continue;
+        }
         let err = CudaExecutor::from_gguf(&g, "t", 0, 8, 4).err().expect("refused before any device");
         let text = err.to_string();
-        assert!(text.contains(needs) && text.contains("the CPU backend runs this model"), "{arch:?}: {text}");
+        assert!(
+            text.contains("a mixture of experts") && text.contains("the CPU backend runs this model"),
+            "{arch:?}: {text}"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -490,29 +494,59 @@ fn a_hugging_face_folder_runs_on_the_device_like_its_gguf() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Every dense family's tiny model on the device against the CPU backend's exact mode: a
+/// 37-token prefill (the tiled attention kernel) and a decode step after it (the row kernel), from
+/// the GGUF and from its Hugging Face export. The windows of Gemma 2 and 3 (3 positions) are
+/// crossed by both; Phi-3's LongRoPE takes its long factors, and its short ones once the served
+/// context is limited to its original 64.
 #[test]
-fn tiny_llama_llama3_and_qwen2_models_match_the_cpu_backend() {
+fn tiny_models_of_every_dense_family_match_the_cpu_backend() {
     if !gpu_machine() {
         return;
     }
     use crate::model::tiny::{TinyArch, write_gguf};
     let dir = std::env::temp_dir().join(format!("armature-cuda-tiny-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    // Head size 16, q/k/v biases (Qwen2), halves RoPE (Qwen2), frequency factors (Llama 3).
-    for arch in [TinyArch::Llama, TinyArch::Llama3, TinyArch::Qwen2] {
+    let tokens: Vec<u32> = (0..38).map(|i| (i * 7 % 250) as u32 + 3).collect();
+    let table: Vec<BlockId> = (0..16).map(BlockId).collect();
+    // The prefill's last-row logits, then the decode step's.
+    let run = |exec: &mut dyn Executor| -> [Vec<f32>; 2] {
+        let prefill = exec.forward(&[view(&tokens[..37], 0, &table)]).unwrap().remove(0).unwrap();
+        let decode = exec.forward(&[view(&tokens, 37, &table)]).unwrap().remove(0).unwrap();
+        [prefill, decode]
+    };
+    let dense = TinyArch::ALL.into_iter().filter(|a| !matches!(a, TinyArch::Mixtral | TinyArch::Qwen3Moe));
+    for arch in dense {
         let path = dir.join(format!("{arch:?}.gguf"));
         write_gguf(&path, arch, 5).unwrap();
         let g = crate::model::gguf::GgufFile::open(&path).unwrap();
         let mut cpu = crate::cpu::ModelExecutor::with_precision(&g, "t", 16, 4, crate::cpu::Precision::Exact).unwrap();
         let mut gpu = CudaExecutor::from_gguf(&g, "t", 0, 16, 4).unwrap();
-        let tokens: Vec<u32> = (0..37).map(|i| (i * 7 % 250) as u32 + 3).collect();
-        let table: Vec<BlockId> = (0..16).map(BlockId).collect();
-        let a = cpu.forward(&[view(&tokens, 0, &table)]).unwrap().remove(0).unwrap();
-        let b = gpu.forward(&[view(&tokens, 0, &table)]).unwrap().remove(0).unwrap();
-        let (max, _) = diff(&a, &b);
-        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        println!("tiny {arch:?}: max |cuda - cpu| {max:.5} (logits up to {scale:.3})");
-        assert!(max <= 0.02 * scale.max(1.0), "{arch:?}: {max}");
+        let want = run(&mut cpu);
+        let check = |got: [Vec<f32>; 2], what: &str| {
+            for (step, (a, b)) in ["prefill", "decode"].iter().zip(want.iter().zip(&got)) {
+                let (max, _) = diff(a, b);
+                let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                println!("tiny {arch:?} {what} {step}: max |cuda - cpu| {max:.5} (logits up to {scale:.3})");
+                assert!(max <= 0.02 * scale.max(1.0), "{arch:?} {what} {step}: {max}");
+            }
+        };
+        check(run(&mut gpu), "gguf");
+        if arch != TinyArch::Llama3 {
+            let hf = dir.join(format!("{arch:?}-hf"));
+            crate::model::hf::export(&g, &hf).unwrap();
+            let folder = crate::model::hf::HfModel::open(&hf).unwrap();
+            check(run(&mut CudaExecutor::from_hf(&folder, 0, 16, 4).unwrap()), "hf");
+        }
+        if arch == TinyArch::Phi3 {
+            cpu.limit_context(64);
+            gpu.limit_context(64).unwrap();
+            let (a, b) = (run(&mut cpu), run(&mut gpu));
+            let (max, _) = diff(&a[0], &b[0]);
+            println!("tiny Phi3, short factors: max |cuda - cpu| {max:.5}");
+            assert!(max <= 0.02 * a[0].iter().fold(1.0f32, |m, v| m.max(v.abs())), "{max}");
+            assert!(diff(&a[0], &want[0]).0 > 0.01, "the short factors change the logits");
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }

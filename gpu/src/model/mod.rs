@@ -333,7 +333,7 @@ fn cuda_model(
         (exec, tokenizer_from_gguf(&g)?, blocks)
     };
     if let Some(limit) = section.context_length {
-        exec.limit_context(limit as usize);
+        exec.limit_context(limit as usize).map_err(|e| err(e.to_string()))?;
     }
     Ok(LoadedModel { executor: Box::new(exec), tokenizer, kv_blocks })
 }
@@ -379,7 +379,7 @@ pub fn check(section: &ModelSection, devices: &[Device]) -> Result<(), ModelErro
             config
         }
     };
-    match (devices.iter().find(|d| **d != Device::Cpu), config.beyond_the_llama_block()) {
+    match (devices.iter().find(|d| **d != Device::Cpu), config.beyond_the_cuda_backend()) {
         (Some(&device), Some(needs)) => Err(ModelError::Device {
             device,
             reason: format!("{needs}, which the CUDA backend does not run (a \"cpu\" worker does)"),
