@@ -187,6 +187,9 @@ pub struct LlamaConfig {
     pub long_rope: Option<LongRope>,
 }
 
+/// The largest head the CUDA attention kernel takes (`MAX_DIMS_PER_LANE` × 32 in `kernels.cu`).
+pub const CUDA_MAX_HEAD_DIM: usize = 256;
+
 /// LongRoPE (Phi-3's `rope_scaling` of type `longrope`): RoPE's frequencies divided by `short`
 /// factors, or by `long` ones where the served context exceeds `original_context` (as llama.cpp
 /// chooses, once for the whole context: keys in the cache were rotated with one set), and every
@@ -432,9 +435,27 @@ impl LlamaConfig {
         self.long_rope.as_ref().map_or(1.0, |l| l.attn_factor)
     }
 
-    /// What the CUDA backend cannot run of this model, said in a phrase (`Mixtral needs a mixture
-    /// of experts`); None where it runs the whole model (every dense family).
+    /// What the CUDA backend cannot run of this model, said in a phrase; None where it runs it
+    /// (every family, with heads of an even size up to `CUDA_MAX_HEAD_DIM`).
     pub fn beyond_the_cuda_backend(&self) -> Option<String> {
-        self.experts.is_some().then(|| format!("{:?} needs a mixture of experts", self.family))
+        let hd = self.head_dim;
+        (!hd.is_multiple_of(2) || hd > CUDA_MAX_HEAD_DIM).then(|| {
+            format!("heads of {hd} dimensions (the CUDA attention kernel takes even sizes up to {CUDA_MAX_HEAD_DIM})")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_beyond_the_cuda_kernel_are_named() {
+        let shapes = |head_dim| Shapes { layers: 1, hidden: 64, ffn: 64, heads: 2, kv_heads: 1, head_dim, vocab: 10 };
+        let fits = LlamaConfig::new(Family::Qwen3, shapes(Some(256)), 1e-6, 1e4, 64).unwrap();
+        assert_eq!(fits.beyond_the_cuda_backend(), None);
+        let wide = LlamaConfig::new(Family::Qwen3, shapes(Some(512)), 1e-6, 1e4, 64).unwrap();
+        let said = wide.beyond_the_cuda_backend().expect("too wide");
+        assert_eq!(said, "heads of 512 dimensions (the CUDA attention kernel takes even sizes up to 256)");
     }
 }

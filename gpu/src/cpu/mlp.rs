@@ -162,25 +162,42 @@ impl Mlp {
     }
 }
 
+/// Each row's chosen experts and their weights, from the router's scores (`count` a row; turned
+/// into probabilities in place): the softmax, the `used` best, and (with `norm_top`) those weights
+/// renormalised to sum to one. Both backends route with this.
+pub fn route(scores: &mut [f32], spec: &Experts) -> Vec<Vec<(usize, f32)>> {
+    scores
+        .chunks_exact_mut(spec.count)
+        .map(|row| {
+            softmax(row);
+            let mut order: Vec<usize> = (0..spec.count).collect();
+            // Highest first; equal scores keep the lower expert first, as a stable top-k does.
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            order.truncate(spec.used);
+            let total: f32 = if spec.norm_top { order.iter().map(|&e| row[e]).sum() } else { 1.0 };
+            order.into_iter().map(|e| (e, row[e] / total)).collect()
+        })
+        .collect()
+}
+
+/// The rows each of `count` experts serves, with their weights, from each row's choices: one
+/// pass of an expert over all of its rows.
+pub fn rows_by_expert(routes: Vec<Vec<(usize, f32)>>, count: usize) -> Vec<Vec<(usize, f32)>> {
+    let mut served: Vec<Vec<(usize, f32)>> = vec![Vec::new(); count];
+    for (r, chosen) in routes.into_iter().enumerate() {
+        for (e, w) in chosen {
+            served[e].push((r, w));
+        }
+    }
+    served
+}
+
 impl Mixture {
-    /// Each row's chosen experts and their weights: the router's softmax, the `used` best, and
-    /// (with `norm_top`) those weights renormalised to sum to one.
+    /// Each row's chosen experts and their weights (`route` of the router's scores).
     fn route(&self, x: &[f32], n: usize, scratch: &mut Vec<f32>) -> Vec<Vec<(usize, f32)>> {
-        let (count, used) = (self.spec.count, self.spec.used);
-        let mut scores = vec![0.0f32; n * count];
+        let mut scores = vec![0.0f32; n * self.spec.count];
         self.router.forward(x, n, &mut scores, scratch);
-        scores
-            .chunks_exact_mut(count)
-            .map(|row| {
-                softmax(row);
-                let mut order: Vec<usize> = (0..count).collect();
-                // Highest first; equal scores keep the lower expert first, as a stable top-k does.
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                order.truncate(used);
-                let total: f32 = if self.spec.norm_top { order.iter().map(|&e| row[e]).sum() } else { 1.0 };
-                order.into_iter().map(|e| (e, row[e] / total)).collect()
-            })
-            .collect()
+        route(&mut scores, &self.spec)
     }
 
     fn forward(
@@ -193,13 +210,7 @@ impl Mixture {
         bufs: &mut MlpBuffers,
     ) {
         let h = x.len() / n.max(1);
-        // The rows each expert serves, with their weights: one pass of the expert over all of them.
-        let mut served: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.spec.count];
-        for (r, chosen) in self.route(x, n, scratch).into_iter().enumerate() {
-            for (e, w) in chosen {
-                served[e].push((r, w));
-            }
-        }
+        let served = rows_by_expert(self.route(x, n, scratch), self.spec.count);
         out.fill(0.0);
         for (expert, rows) in self.experts.iter().zip(&served).filter(|(_, rows)| !rows.is_empty()) {
             let m = rows.len();

@@ -7,7 +7,7 @@ pub mod kernels;
 pub mod kv;
 pub mod llama;
 pub mod matrix;
-mod mlp;
+pub(crate) mod mlp;
 pub mod threads;
 
 use std::path::Path;

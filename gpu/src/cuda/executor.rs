@@ -10,7 +10,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
 use super::CudaError;
-use super::kernels::{ATTENTION_WARPS, Kernels, MAX_HEAD_DIM, MAX_TILED_HEAD_DIM, TILE_POS, TILE_ROWS};
+use super::kernels::{ATTENTION_WARPS, Kernels, MAX_TILED_HEAD_DIM, TILE_POS, TILE_ROWS};
 use crate::cpu::config::Activation;
 use crate::cpu::kernels::RopeStyle;
 use crate::cpu::llama::{LlamaConfig, WeightSource};
@@ -30,6 +30,8 @@ macro_rules! launch {
         unsafe { b.launch($cfg) }.map(|_| ())
     }};
 }
+
+mod mixture;
 
 /// A device allocation and its address.
 struct Buf<T> {
@@ -77,11 +79,18 @@ struct Layer {
     /// RMSNorm of the attention output before the residual (Gemma 2 and 3).
     post_attn_norm: Option<Buf<f32>>,
     ffn_norm: Buf<f32>,
-    /// gate and up stacked: output rows `[gate | up]`.
-    gate_up: Linear,
-    down: Linear,
+    mlp: Mlp,
     /// RMSNorm of the MLP output before the residual.
     post_ffn_norm: Option<Buf<f32>>,
+}
+
+enum Mlp {
+    /// gate and up stacked (output rows `[gate | up]`), and down.
+    Dense {
+        gate_up: Linear,
+        down: Linear,
+    },
+    Experts(mixture::Mixture),
 }
 
 /// Activation buffers for up to `rows` tokens and `outputs` logits rows per step.
@@ -90,8 +99,14 @@ struct Scratch {
     outputs: usize,
     x: Buf<f32>,
     xn: Buf<u16>,
-    /// A projection's output on its way through a post-norm into `x`.
+    /// A projection's output on its way through a post-norm into `x`, or an expert's.
     proj: Buf<f32>,
+    /// A mixture's router scores, the rows an expert serves (gathered), and every expert's row
+    /// indices and weights.
+    router: Buf<f32>,
+    gathered: Buf<u16>,
+    moe_idx: Buf<i32>,
+    moe_w: Buf<f32>,
     qkv: Buf<f32>,
     attn: Buf<u16>,
     gate_up: Buf<f32>,
@@ -185,17 +200,12 @@ impl CudaExecutor {
     ) -> Result<Self, CudaError> {
         // Before the device: a model this backend cannot run is refused the same everywhere.
         if let Some(needs) = config.beyond_the_cuda_backend() {
-            return Err(CudaError::Model(format!(
-                "{needs} (the CUDA backend runs dense models; the CPU backend runs this model)"
-            )));
+            return Err(CudaError::Model(format!("{needs}; the CPU backend runs this model")));
+        }
+        if config.experts.is_some() && config.post_norms {
+            return Err(CudaError::Model("norms after a mixture of experts".into()));
         }
         super::device(ordinal)?;
-        if !config.head_dim.is_multiple_of(2) || config.head_dim > MAX_HEAD_DIM {
-            return Err(CudaError::Model(format!(
-                "head size {} (the CUDA attention kernel takes even sizes up to {MAX_HEAD_DIM})",
-                config.head_dim
-            )));
-        }
         // SAFETY: only tries to dlopen libcublas (cudarc panics on first use when it is missing).
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(CudaError::NoCublas);
@@ -251,10 +261,16 @@ impl CudaExecutor {
             } else {
                 matrix(&[(&p("attn_q"), qw), (&p("attn_k"), kvw), (&p("attn_v"), kvw)], h)?
             };
-            let gate_up = if g.has(&p("ffn_gate.weight")) {
-                matrix(&[(&p("ffn_gate"), c.ffn), (&p("ffn_up"), c.ffn)], h)?
-            } else {
-                matrix(&[(&p("ffn_up"), 2 * c.ffn)], h)?
+            let mlp = match c.experts {
+                Some(spec) => Mlp::Experts(mixture::Mixture::load(c, spec, g, i, &stream)?),
+                None if g.has(&p("ffn_gate.weight")) => Mlp::Dense {
+                    gate_up: matrix(&[(&p("ffn_gate"), c.ffn), (&p("ffn_up"), c.ffn)], h)?,
+                    down: matrix(&[(&p("ffn_down"), h)], c.ffn)?,
+                },
+                None => Mlp::Dense {
+                    gate_up: matrix(&[(&p("ffn_up"), 2 * c.ffn)], h)?,
+                    down: matrix(&[(&p("ffn_down"), h)], c.ffn)?,
+                },
             };
             let qk_norm = match (
                 optional("attn_q_norm.weight", hd, c.qk_norm)?,
@@ -270,8 +286,7 @@ impl CudaExecutor {
                 o: matrix(&[(&p("attn_output"), h)], qw)?,
                 post_attn_norm: optional("post_attention_norm.weight", h, c.post_norms)?,
                 ffn_norm: vector(&p("ffn_norm.weight"), h)?,
-                gate_up,
-                down: matrix(&[(&p("ffn_down"), h)], c.ffn)?,
+                mlp,
                 post_ffn_norm: optional("post_ffw_norm.weight", h, c.post_norms)?,
             });
         }
@@ -286,6 +301,7 @@ impl CudaExecutor {
         let staging = unsafe { ctx.alloc_pinned_with_flags::<u16>(block_len, 0)? };
         stream.synchronize()?;
         let block_bytes = 2 * block_len;
+        let dense = c.experts.is_none();
         let device_pool =
             super::peer::CudaPool::new(ordinal, ctx.clone(), stream.clone(), pool.ptr, kv_blocks, block_bytes);
         Ok(Self {
@@ -307,8 +323,9 @@ impl CudaExecutor {
             blocks: kv_blocks,
             block_size,
             scratch: None,
+            // A mixture of experts syncs with the host once a layer, which a graph cannot hold.
             graphs: Graphs {
-                enabled: std::env::var("ARMATURE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+                enabled: dense && std::env::var("ARMATURE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
                 ..Default::default()
             },
             staging: std::sync::Mutex::new(staging),
@@ -351,16 +368,24 @@ impl CudaExecutor {
             self.graphs.ready.clear();
             let c = &self.config;
             let (h, kvw, qw, s) = (c.hidden, c.kv_width(), c.q_width(), &self.stream);
+            // A mixture's buffers, where the model has one.
+            let moe = |per_row: usize| if c.experts.is_some() { rows * per_row } else { 1 };
+            let (count, used) = c.experts.map_or((0, 0), |e| (e.count, e.used));
+            let ffn = c.experts.map_or(c.ffn, |e| e.ffn.max(c.ffn));
             self.scratch = Some(Scratch {
                 rows,
                 outputs,
                 x: Buf::zeros(s, rows * h)?,
                 xn: Buf::zeros(s, rows * h)?,
-                proj: Buf::zeros(s, if c.post_norms { rows * h } else { 1 })?,
+                proj: Buf::zeros(s, if c.post_norms || c.experts.is_some() { rows * h } else { 1 })?,
+                router: Buf::zeros(s, moe(count))?,
+                gathered: Buf::zeros(s, moe(h))?,
+                moe_idx: Buf::zeros(s, moe(used))?,
+                moe_w: Buf::zeros(s, moe(used))?,
                 qkv: Buf::zeros(s, rows * (qw + 2 * kvw))?,
                 attn: Buf::zeros(s, rows * qw)?,
-                gate_up: Buf::zeros(s, rows * 2 * c.ffn)?,
-                act: Buf::zeros(s, rows * c.ffn)?,
+                gate_up: Buf::zeros(s, rows * 2 * ffn)?,
+                act: Buf::zeros(s, rows * ffn)?,
                 last: Buf::zeros(s, outputs * h)?,
                 logits: Buf::zeros(s, outputs * c.vocab)?,
                 picked: Buf::zeros(s, outputs)?,
@@ -565,11 +590,16 @@ impl CudaExecutor {
             residual(&layer.o, s.attn.ptr, &layer.post_attn_norm)?;
             launch!(st, &k.rms_norm, rows;
                 x = s.x.ptr, r = 0u64, w = layer.ffn_norm.ptr, o = s.xn.ptr, h = h as i32, e = c.eps)?;
-            self.linear(&layer.gate_up, s.xn.ptr, s.gate_up.ptr, n, false)?;
-            let cfg = elements_config(n * c.ffn);
-            launch!(st, &k.gated_act, cfg;
-                gu = s.gate_up.ptr, o = s.act.ptr, f = c.ffn as i32, n = n as i32, gelu = gelu)?;
-            residual(&layer.down, s.act.ptr, &layer.post_ffn_norm)?;
+            match &layer.mlp {
+                Mlp::Dense { gate_up, down } => {
+                    self.linear(gate_up, s.xn.ptr, s.gate_up.ptr, n, false)?;
+                    let cfg = elements_config(n * c.ffn);
+                    launch!(st, &k.gated_act, cfg;
+                        gu = s.gate_up.ptr, o = s.act.ptr, f = c.ffn as i32, n = n as i32, gelu = gelu)?;
+                    residual(down, s.act.ptr, &layer.post_ffn_norm)?;
+                }
+                Mlp::Experts(mix) => self.mixture(mix, s, n, gelu)?,
+            }
         }
         if m > 0 {
             launch!(st, &k.rms_norm, rows_config(m, 256);

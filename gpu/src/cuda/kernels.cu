@@ -119,6 +119,24 @@ extern "C" __global__ void softcap(float* x, int n, float cap) {
     if (i < n) x[i] = cap * tanhf(x[i] / cap);
 }
 
+// dst[i] = src[idx[i]] for the rows of idx (one block per row of `width` f16 values): the rows an
+// expert serves, gathered.
+extern "C" __global__ void gather_rows(const h16* src, const int* idx, h16* dst, int width) {
+    int i = blockIdx.x;
+    const h16* row = src + (size_t)idx[i] * width;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) dst[(size_t)i * width + c] = row[c];
+}
+
+// x[idx[i]] += w[i] * y[i] (one block per row of `width`; an index appears once per launch): an
+// expert's outputs added into the residual, weighted by the router.
+extern "C" __global__ void scatter_add(float* x, const float* y, const int* idx, const float* w, int width) {
+    int i = blockIdx.x;
+    float* dst = x + (size_t)idx[i] * width;
+    const float* src = y + (size_t)i * width;
+    float wi = w[i];
+    for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] += wi * src[c];
+}
+
 // y[r] += b (one block per row of `width`).
 extern "C" __global__ void add_bias(float* y, const float* b, int width) {
     float* row = y + (size_t)blockIdx.x * width;

@@ -15,7 +15,7 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 pub const ATTENTION_WARPS: u32 = 4;
 
 /// Largest head size the attention kernel handles (`MAX_DIMS_PER_LANE` × 32).
-pub const MAX_HEAD_DIM: usize = 256;
+pub const MAX_HEAD_DIM: usize = crate::cpu::config::CUDA_MAX_HEAD_DIM;
 
 /// Rows per prefill attention tile and positions staged at a time (`TILE_ROWS`, `TILE_POS`).
 pub const TILE_ROWS: usize = 32;
@@ -77,6 +77,8 @@ pub struct Kernels {
     pub add_rms_norm: CudaFunction,
     pub head_norm: CudaFunction,
     pub softcap: CudaFunction,
+    pub gather_rows: CudaFunction,
+    pub scatter_add: CudaFunction,
     pub argmax_rows: CudaFunction,
     pub sample_top_p: CudaFunction,
 }
@@ -98,6 +100,8 @@ impl Kernels {
             add_rms_norm: f("add_rms_norm")?,
             head_norm: f("head_norm")?,
             softcap: f("softcap")?,
+            gather_rows: f("gather_rows")?,
+            scatter_add: f("scatter_add")?,
             argmax_rows: f("argmax_rows")?,
             sample_top_p: f("sample_top_p")?,
         })

@@ -42,7 +42,7 @@ fn discovery_matches_the_machine() {
 }
 
 /// Every kernel's entry point, as `kernels.cu` names it.
-const ENTRY_POINTS: [&str; 12] = [
+const ENTRY_POINTS: [&str; 14] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -53,6 +53,8 @@ const ENTRY_POINTS: [&str; 12] = [
     "attention",
     "attention_tiles",
     "gated_act",
+    "gather_rows",
+    "scatter_add",
     "argmax_rows",
     "sample_top_p",
 ];
@@ -390,26 +392,19 @@ fn the_engine_on_cuda_samples_on_the_device_deterministically() {
 }
 
 #[test]
-fn mixtures_of_experts_are_refused_by_name_on_every_machine() {
+fn heads_wider_than_the_attention_kernel_are_refused_by_name_on_every_machine() {
+    use crate::cpu::config::{Family, LlamaConfig, Shapes};
     use crate::model::tiny::{TinyArch, write_gguf};
-    let dir = std::env::temp_dir().join(format!("armature-cuda-families-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("armature-cuda-heads-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for arch in TinyArch::ALL {
-        let path = dir.join(format!("{arch:?}.gguf"));
-        write_gguf(&path, arch, 1).unwrap();
-        let g = crate::model::gguf::GgufFile::open(&path).unwrap();
-        let config = crate::cpu::config::LlamaConfig::from_gguf(&g).unwrap();
-        if config.experts.is_none() {
-            assert_eq!(config.beyond_the_cuda_backend(), None, "{arch:?} is dense: the CUDA backend runs it");
-            continue;
-        }
-        let err = CudaExecutor::from_gguf(&g, "t", 0, 8, 4).err().expect("refused before any device");
-        let text = err.to_string();
-        assert!(
-            text.contains("a mixture of experts") && text.contains("the CPU backend runs this model"),
-            "{arch:?}: {text}"
-        );
-    }
+    let path = dir.join("tiny.gguf");
+    write_gguf(&path, TinyArch::Qwen3, 1).unwrap();
+    let g = crate::model::gguf::GgufFile::open(&path).unwrap();
+    let shapes = Shapes { layers: 1, hidden: 64, ffn: 64, heads: 2, kv_heads: 1, head_dim: Some(512), vocab: 10 };
+    let config = LlamaConfig::new(Family::Qwen3, shapes, 1e-6, 1e4, 64).unwrap();
+    let err = CudaExecutor::load(config, &g, "t", 0, 8, 4).err().expect("refused before any device");
+    let text = err.to_string();
+    assert!(text.contains("heads of 512 dimensions") && text.contains("the CPU backend runs this model"), "{text}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -494,13 +489,13 @@ fn a_hugging_face_folder_runs_on_the_device_like_its_gguf() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Every dense family's tiny model on the device against the CPU backend's exact mode: a
-/// 37-token prefill (the tiled attention kernel) and a decode step after it (the row kernel), from
-/// the GGUF and from its Hugging Face export. The windows of Gemma 2 and 3 (3 positions) are
-/// crossed by both; Phi-3's LongRoPE takes its long factors, and its short ones once the served
-/// context is limited to its original 64.
+/// Every family's tiny model on the device against the CPU backend's exact mode: a 37-token
+/// prefill (the tiled attention kernel) and a decode step after it (the row kernel), from the GGUF
+/// and from its Hugging Face export. The windows of Gemma 2 and 3 (3 positions) are crossed by
+/// both; Phi-3's LongRoPE takes its long factors, and its short ones once the served context is
+/// limited to its original 64; the mixtures route on the host with the CPU backend's `route`.
 #[test]
-fn tiny_models_of_every_dense_family_match_the_cpu_backend() {
+fn tiny_models_of_every_family_match_the_cpu_backend() {
     if !gpu_machine() {
         return;
     }
@@ -515,8 +510,7 @@ fn tiny_models_of_every_dense_family_match_the_cpu_backend() {
         let decode = exec.forward(&[view(&tokens, 37, &table)]).unwrap().remove(0).unwrap();
         [prefill, decode]
     };
-    let dense = TinyArch::ALL.into_iter().filter(|a| !matches!(a, TinyArch::Mixtral | TinyArch::Qwen3Moe));
-    for arch in dense {
+    for arch in TinyArch::ALL {
         let path = dir.join(format!("{arch:?}.gguf"));
         write_gguf(&path, arch, 5).unwrap();
         let g = crate::model::gguf::GgufFile::open(&path).unwrap();

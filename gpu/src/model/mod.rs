@@ -363,7 +363,7 @@ pub fn tokenizer_from_gguf(g: &gguf::GgufFile) -> Result<Arc<dyn Tokenizer>, Mod
 /// file's architecture, shapes and tokenizer; a folder's `config.json` and tokenizer files): a node
 /// checks it before it starts any worker, so that a model it cannot run is one line naming the
 /// file and the cause rather than a worker that fails to start. A CUDA device must also be able to
-/// run the model's block (`LlamaConfig::variations`). The test executor always can.
+/// run it (`LlamaConfig::beyond_the_cuda_backend`). The test executor always can.
 pub fn check(section: &ModelSection, devices: &[Device]) -> Result<(), ModelError> {
     let config = match &section.source {
         ModelSource::Test => return Ok(()),
