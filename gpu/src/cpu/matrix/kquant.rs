@@ -63,6 +63,19 @@ impl<B> KRows<B> {
     pub fn bytes(&self) -> usize {
         self.blocks.len() * size_of::<B>()
     }
+
+    /// Decode row `r` into `out`, one 32-value block at a time: `block(blk, lane, j, out)` writes
+    /// block `j` of super-block `blk`, where the row is lane `lane`.
+    fn decode_row(&self, r: usize, out: &mut [f32], block: impl Fn(&B, usize, usize, &mut [f32])) {
+        let nsb = out.len() / QK_K;
+        let (g, lane) = (r / LANES, r % LANES);
+        for (s, o) in out.chunks_exact_mut(QK_K).enumerate() {
+            let blk = &self.blocks[g * nsb + s];
+            for (j, o) in o.chunks_exact_mut(QK).enumerate() {
+                block(blk, lane, j, o);
+            }
+        }
+    }
 }
 
 /// Regroup `rows` rows (a multiple of 8) of `size`-byte GGUF super-blocks, `group` building one
@@ -121,22 +134,17 @@ impl KRows<Q4KBlock> {
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let nsb = out.len() / QK_K;
-        let (g, lane) = (r / LANES, r % LANES);
-        for (s, o) in out.chunks_exact_mut(QK_K).enumerate() {
-            let blk = &self.blocks[g * nsb + s];
-            for (j, o) in o.chunks_exact_mut(QK).enumerate() {
-                let d = blk.d[lane] * f32::from(blk.sc[j][lane]);
-                let m = blk.dmin[lane] * f32::from(blk.m[j][lane]);
-                for c in 0..4 {
-                    for t in 0..4 {
-                        let byte = blk.qs[j][32 * c + 4 * lane + t];
-                        o[4 * c + t] = d * f32::from(byte & 15) - m;
-                        o[16 + 4 * c + t] = d * f32::from(byte >> 4) - m;
-                    }
+        self.decode_row(r, out, |blk, lane, j, o| {
+            let d = blk.d[lane] * f32::from(blk.sc[j][lane]);
+            let m = blk.dmin[lane] * f32::from(blk.m[j][lane]);
+            for c in 0..4 {
+                for t in 0..4 {
+                    let byte = blk.qs[j][32 * c + 4 * lane + t];
+                    o[4 * c + t] = d * f32::from(byte & 15) - m;
+                    o[16 + 4 * c + t] = d * f32::from(byte >> 4) - m;
                 }
             }
-        }
+        });
     }
 }
 
@@ -181,18 +189,13 @@ impl KRows<Q6KBlock> {
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let nsb = out.len() / QK_K;
-        let (g, lane) = (r / LANES, r % LANES);
-        for (s, o) in out.chunks_exact_mut(QK_K).enumerate() {
-            let blk = &self.blocks[g * nsb + s];
-            for (j, o) in o.chunks_exact_mut(QK).enumerate() {
-                for (e, o) in o.iter_mut().enumerate() {
-                    let q = Self::value(blk, j, lane, e / 4, e % 4);
-                    let sc = blk.sc[2 * j + e / 16][lane];
-                    *o = blk.d[lane] * f32::from(sc) * f32::from(q as i8 - 32);
-                }
+        self.decode_row(r, out, |blk, lane, j, o| {
+            for (e, o) in o.iter_mut().enumerate() {
+                let q = Self::value(blk, j, lane, e / 4, e % 4);
+                let sc = blk.sc[2 * j + e / 16][lane];
+                *o = blk.d[lane] * f32::from(sc) * f32::from(q as i8 - 32);
             }
-        }
+        });
     }
 }
 
