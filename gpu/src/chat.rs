@@ -154,6 +154,38 @@ mod tests {
         assert_eq!(t.render(&msgs(&[("user", "Hi")]), false).unwrap(), "<|im_start|>user\nHi<|im_end|>\n");
     }
 
+    /// The constructs Qwen3's template leans on (its own text is not copied here): a namespace
+    /// changed inside a loop, a reversed slice, `loop.index0`, string tests and methods, and the
+    /// reasoning cut at `</think>`.
+    #[test]
+    fn qwen3_template_idioms_work() {
+        let src = "{%- set ns = namespace(first_user=true, last_query=messages|length - 1) %}\
+            {%- for m in messages[::-1] %}{%- set i = (messages|length - 1) - loop.index0 %}\
+            {%- if ns.first_user and m.role == 'user' and m.content is string \
+                and not (m.content.startswith('<tool_response>') and m.content.endswith('</tool_response>')) %}\
+            {%- set ns.first_user = false %}{%- set ns.last_query = i %}{%- endif %}{%- endfor %}\
+            {%- for m in messages %}{%- if m.role == 'assistant' and '</think>' in m.content %}\
+            {{- '<|im_start|>assistant\\n' + m.content.split('</think>')[-1].lstrip('\\n') + '<|im_end|>\\n' }}\
+            {%- else %}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}\
+            {{- ns.last_query }}";
+        let t = ChatTemplate::new(src, "", "<|im_end|>").unwrap();
+        let out = t
+            .render(
+                &msgs(&[
+                    ("user", "Hi"),
+                    ("assistant", "<think>\nweighing\n</think>\n\nHello."),
+                    ("user", "<tool_response>42</tool_response>"),
+                ]),
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello.<|im_end|>\n\
+             <|im_start|>user\n<tool_response>42</tool_response><|im_end|>\n0"
+        );
+    }
+
     #[test]
     fn hugging_face_idioms_work() {
         let src = "{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}[{{ m['content'].strip() | upper }}]{% if loop.last %}{{ messages | length | tojson }}{% endif %}{% endfor %}";
