@@ -1,6 +1,6 @@
-//! Matrix products of Q4_K and Q6_K weights kept at their own width (4.75 and 6.625 bits a
-//! weight) against the same weights requantized to Q8_0 (10 bits a weight with its scales and
-//! offsets), the form they ran in before: at Llama 3.2 1B's shapes (2048 × 2048 attention, 8192 ×
+//! Matrix products of Q4_K, Q6_K and Q5_0 weights kept at their own width (4.75, 6.625 and 6
+//! bits a weight) against the same weights requantized to Q8_0 (10 bits a weight with its scales
+//! and offsets), the form they ran in before: at Llama 3.2 1B's shapes (2048 × 2048 attention, 8192 ×
 //! 2048 MLP), for 1, 16 and 128 rows of activations, on the CPU backend's compute threads.
 //!
 //! As in a forward pass, each iteration runs through copies of the matrix (layers) that together
@@ -17,7 +17,7 @@ use criterion::{Criterion, Throughput};
 use gpu::cpu::Precision;
 use gpu::cpu::matrix::Matrix;
 use gpu::cpu::threads::{ComputePool, threads};
-use gpu::model::quant::{GgmlType, quantize_q4_k, quantize_q6_k};
+use gpu::model::quant::{GgmlType, quantize_q4_k, quantize_q5_0, quantize_q6_k};
 
 const SHAPES: [(usize, usize); 2] = [(2048, 2048), (8192, 2048)];
 const ROWS: [usize; 3] = [1, 16, 128];
@@ -39,9 +39,10 @@ fn layers(dtype: GgmlType, rows: usize, cols: usize) -> (Vec<Matrix>, Vec<Matrix
         .collect();
     let bytes = match dtype {
         GgmlType::Q4_K => quantize_q4_k(&values),
+        GgmlType::Q5_0 => quantize_q5_0(&values),
         _ => quantize_q6_k(&values),
     };
-    let kept = || Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).expect("a k-quant matrix");
+    let kept = || Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).expect("a quantized matrix");
     let copies = RESIDENT.div_ceil(kept().bytes());
     let old = kept().requantized_q8_0().expect("a Q8_0 form");
     let old = (0..copies).map(|_| old.requantized_q8_0().expect("a Q8_0 form")).collect();
@@ -73,7 +74,7 @@ fn main() {
         .configure_from_args();
     let mut pool = ComputePool::new(threads()).expect("compute threads");
     let mut summary = Vec::new();
-    for dtype in [GgmlType::Q4_K, GgmlType::Q6_K] {
+    for dtype in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_0] {
         for (rows, cols) in SHAPES {
             let (kept, old) = layers(dtype, rows, cols);
             let bits = |m: &[Matrix]| m[0].bytes() as f64 * 8.0 / (rows * cols) as f64;

@@ -255,6 +255,23 @@ pub fn quantize_q8_0(values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// Quantize to Q5_0 (`values.len()` a multiple of 32) as llama.cpp does: the value of largest
+/// magnitude, `m`, sets `d = m / -16`, so that it lands on the end of the range that fits it.
+pub fn quantize_q5_0(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() / 32 * 22);
+    for b in values.chunks_exact(32) {
+        let m = b.iter().copied().fold(0.0f32, |m, v| if v.abs() > m.abs() { v } else { m });
+        let d = half::f16::from_f32(m / -16.0);
+        let inv = if d.to_f32() != 0.0 { 1.0 / d.to_f32() } else { 0.0 };
+        let q: Vec<u8> = b.iter().map(|&v| (v * inv + 16.5).clamp(0.0, 31.0) as u8).collect();
+        let fifth: u32 = q.iter().enumerate().map(|(j, &v)| u32::from(v >> 4) << j).sum();
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&fifth.to_le_bytes());
+        out.extend((0..16).map(|j| (q[j] & 15) | (q[j + 16] & 15) << 4));
+    }
+    out
+}
+
 /// Quantize to Q4_K (`values.len()` a multiple of 256), for generated test models: each 32-value
 /// block's range sets its scale and minimum, without llama.cpp's search for the best ones.
 pub fn quantize_q4_k(values: &[f32]) -> Vec<u8> {
@@ -338,6 +355,8 @@ mod tests {
             (GgmlType::Q4_K, quantize_q4_k(&values), 0.06),
             (GgmlType::Q6_K, quantize_q6_k(&values), 0.02),
             (GgmlType::Q8_0, quantize_q8_0(&values), 0.004),
+            // Q5_0 spans -16..15 steps of |m| / 16: the side opposite m may clip by one step.
+            (GgmlType::Q5_0, quantize_q5_0(&values), 0.06),
         ] {
             let back = dequantize(dtype, &bytes, values.len()).unwrap();
             let per = GgmlType::block(dtype).unwrap();

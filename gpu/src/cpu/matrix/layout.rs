@@ -31,6 +31,69 @@ pub struct Q8_0Rows {
     pub qs: Vec<[i8; 8 * 32]>,
 }
 
+/// Q5_0 weights (`w = d·(q − 16)`, `q` in 0..32). Entry `g·nb + b`: scales, `qs` laid out as
+/// `Q4_1Rows::qs` (the low four bits), and `qh`, whose byte `4r + t` holds in bit `c` the fifth bit
+/// of row `r`'s value `4c + t` (chunk `c`'s value `t`, chunks counted as Q8_0's are).
+#[derive(Debug, Default)]
+pub struct Q5_0Rows {
+    pub d: Vec<[f32; LANES]>,
+    pub qs: Vec<[u8; 4 * 32]>,
+    pub qh: Vec<[u8; 32]>,
+}
+
+impl Q5_0Rows {
+    /// From GGUF bytes (22 per block: `d`, 32 fifth bits, 16 bytes of nibbles); `rows` is a
+    /// multiple of 8.
+    pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {
+        let nb = cols / QK;
+        let mut out = Self::default();
+        for g in 0..rows / LANES {
+            for b in 0..nb {
+                let (mut d, mut qs, mut qh) = ([0.0; LANES], [0u8; 128], [0u8; 32]);
+                for r in 0..LANES {
+                    let blk = &bytes[((g * LANES + r) * nb + b) * 22..][..22];
+                    d[r] = half(&blk[0..2]);
+                    let fifth = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    for c in 0..4 {
+                        qs[32 * c + 4 * r..32 * c + 4 * r + 4].copy_from_slice(&blk[6 + 4 * c..10 + 4 * c]);
+                    }
+                    for t in 0..4 {
+                        qh[4 * r + t] = (0..8).map(|c| (((fifth >> (4 * c + t)) & 1) as u8) << c).sum();
+                    }
+                }
+                out.d.push(d);
+                out.qs.push(qs);
+                out.qh.push(qh);
+            }
+        }
+        out
+    }
+
+    /// Row `lane`'s 5-bit value `e` (0..32) in entry `i`.
+    pub fn value(&self, i: usize, lane: usize, e: usize) -> u8 {
+        let (c, t) = (e % 16 / 4, e % 4);
+        let nibble = self.qs[i][32 * c + 4 * lane + t] >> (4 * (e / 16)) & 15;
+        nibble | ((self.qh[i][4 * lane + t] >> (e / 4)) & 1) << 4
+    }
+
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let nb = out.len() / QK;
+        let (g, lane) = (r / LANES, r % LANES);
+        for b in 0..nb {
+            let i = g * nb + b;
+            for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
+                *o = (f32::from(self.value(i, lane, e)) - 16.0) * self.d[i][lane];
+            }
+        }
+    }
+
+    pub fn append(&mut self, other: Self) {
+        self.d.extend(other.d);
+        self.qs.extend(other.qs);
+        self.qh.extend(other.qh);
+    }
+}
+
 impl Q4_1Rows {
     /// From GGUF bytes (20 per block, rows one after the other); `rows` is a multiple of 8.
     pub fn from_ggml(bytes: &[u8], rows: usize, cols: usize) -> Self {

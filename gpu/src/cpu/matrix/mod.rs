@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use super::threads::{SharedMut, for_each_chunk_mut, for_each_task, threads};
 use crate::model::quant::GgmlType;
 use kquant::{KRows, Q4KBlock, Q6KBlock, QK_K, q4_k_portable, q6_k_portable};
-use layout::{LANES, Q4_1Rows, Q8_0Rows, Q8Block, QK, quantize_rows};
+use layout::{LANES, Q4_1Rows, Q5_0Rows, Q8_0Rows, Q8Block, QK, quantize_rows};
 
 /// How matrix products are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -34,6 +34,7 @@ enum Storage {
     F32(Vec<f32>),
     Q4_1(Q4_1Rows),
     Q8_0(Q8_0Rows),
+    Q5_0(Q5_0Rows),
     Q4K(KRows<Q4KBlock>),
     Q6K(KRows<Q6KBlock>),
     /// Matrices of different storage, their rows one after the other (a fused projection whose
@@ -131,8 +132,8 @@ impl Matrix {
         Self { storage: Storage::F32(w), rows, cols }
     }
 
-    /// From a GGUF tensor's raw bytes. With `Precision::Fast`, Q4_1, Q8_0, Q4_K and Q6_K keep
-    /// kernels of their own; Q4_0, Q5_0, Q5_1 and Q5_K have none and are requantized to Q8_0 (8
+    /// From a GGUF tensor's raw bytes. With `Precision::Fast`, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K
+    /// keep kernels of their own; Q4_0, Q5_1 and Q5_K have none and are requantized to Q8_0 (8
     /// bits for weights that had 4 to 5). F32, F16 and BF16, row counts that are not a multiple of
     /// 8, and everything with `Precision::Exact`, are dequantized to f32.
     pub fn from_ggml(dtype: GgmlType, bytes: &[u8], rows: usize, cols: usize, precision: Precision) -> Option<Self> {
@@ -145,6 +146,9 @@ impl Matrix {
             }
             GgmlType::Q8_0 if grouped && bytes.len() == blocks * 34 => {
                 Storage::Q8_0(Q8_0Rows::from_ggml(bytes, rows, cols))
+            }
+            GgmlType::Q5_0 if grouped && bytes.len() == blocks * 22 => {
+                Storage::Q5_0(Q5_0Rows::from_ggml(bytes, rows, cols))
             }
             GgmlType::Q4_K if grouped && super_blocks.map(|n| n * 144) == Some(bytes.len()) => {
                 Storage::Q4K(KRows::from_q4_k(bytes, rows, cols))
@@ -182,6 +186,7 @@ impl Matrix {
                 (Storage::F32(all), Storage::F32(w)) => all.extend(w),
                 (Storage::Q4_1(all), Storage::Q4_1(r)) => all.append(r),
                 (Storage::Q8_0(all), Storage::Q8_0(r)) => all.append(r),
+                (Storage::Q5_0(all), Storage::Q5_0(r)) => all.append(r),
                 (Storage::Q4K(all), Storage::Q4K(r)) => all.append(r),
                 (Storage::Q6K(all), Storage::Q6K(r)) => all.append(r),
                 _ => unreachable!("the parts share one storage"),
@@ -196,6 +201,7 @@ impl Matrix {
             Storage::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
             Storage::Q4_1(q) => q.row(r, out),
             Storage::Q8_0(q) => q.row(r, out),
+            Storage::Q5_0(q) => q.row(r, out),
             Storage::Q4K(q) => q.row(r, out),
             Storage::Q6K(q) => q.row(r, out),
             Storage::Stacked(parts) => {
@@ -217,6 +223,7 @@ impl Matrix {
             Storage::F32(w) => w.len() * 4,
             Storage::Q4_1(q) => q.d.len() * (2 * size_of::<[f32; LANES]>() + size_of::<[u8; 128]>()),
             Storage::Q8_0(q) => q.d.len() * (size_of::<[f32; LANES]>() + size_of::<[i32; LANES]>() + 256),
+            Storage::Q5_0(q) => q.d.len() * (size_of::<[f32; LANES]>() + 128 + 32),
             Storage::Q4K(q) => q.bytes(),
             Storage::Q6K(q) => q.bytes(),
             Storage::Stacked(parts) => parts.iter().map(Matrix::bytes).sum(),
@@ -298,6 +305,11 @@ impl Matrix {
             Storage::Q8_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
                 let r = g * nb..(g + 1) * nb;
                 [q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile), [[0.0; LANES]; 4]]
+            }),
+            Storage::Q5_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
+                let r = g * nb..(g + 1) * nb;
+                let (d, qs, qh) = (&w.d[r.clone()], &w.qs[r.clone()], &w.qh[r]);
+                [dispatch!(isa, tile, q5_0, q5_0_portable, (d, qs, qh)), [[0.0; LANES]; 4]]
             }),
             Storage::Q4K(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
                 let nsb = nb * QK / QK_K;
@@ -444,6 +456,23 @@ fn q4_1_portable(d: &[[f32; LANES]], m: &[[f32; LANES]], qs: &[[u8; 128]], x: &[
                 }
             }
             *a += isum as f32 * (d[b][r] * xb.d) + m[b][r] * xb.s;
+        }
+    }
+    acc
+}
+
+/// The Q5_0 kernel as a plain loop: the 5-bit values (nibble and fifth bit) offset by 16.
+fn q5_0_portable(d: &[[f32; LANES]], qs: &[[u8; 128]], qh: &[[u8; 32]], x: &[Q8Block]) -> [f32; LANES] {
+    let mut acc = [0.0f32; LANES];
+    for (b, xb) in x.iter().enumerate() {
+        for (r, a) in acc.iter_mut().enumerate() {
+            let mut isum = -16 * (xb.h[0] + xb.h[1]);
+            for e in 0..QK {
+                let nibble = qs[b][32 * (e % 16 / 4) + 4 * r + e % 4] >> (4 * (e / 16)) & 15;
+                let q = nibble | ((qh[b][4 * r + e % 4] >> (e / 4)) & 1) << 4;
+                isum += i32::from(q) * i32::from(xb.q[e]);
+            }
+            *a += isum as f32 * (d[b][r] * xb.d);
         }
     }
     acc

@@ -17,7 +17,11 @@ fn reference(m: &Matrix, x: &[f32], n: usize) -> Vec<f32> {
 
 /// GGUF bytes of a `rows × cols` matrix with a different scale per row and varied quants.
 fn q_bytes(dtype: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
-    let per = if dtype == GgmlType::Q4_1 { 20 } else { 34 };
+    let per = match dtype {
+        GgmlType::Q4_1 => 20,
+        GgmlType::Q5_0 => 22,
+        _ => 34,
+    };
     (0..rows * cols / QK)
         .flat_map(|b| {
             let mut block = vec![0u8; per];
@@ -77,10 +81,13 @@ fn check_rows(m: &Matrix, bytes: &[u8], dtype: GgmlType) {
 fn quantized_products_match_dequantized_ones() {
     let (rows, cols, n) = (40, 96, 7);
     let x: Vec<f32> = (0..n * cols).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.1).collect();
-    for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
+    for dtype in [GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0] {
         let bytes = q_bytes(dtype, rows, cols);
         let m = Matrix::from_ggml(dtype, &bytes, rows, cols, Precision::Fast).unwrap();
-        assert!(!matches!(m.storage, Storage::F32(_)), "{dtype} stays quantized");
+        assert!(
+            !matches!(m.storage, Storage::F32(_) | Storage::Q8_0(_)) || dtype == GgmlType::Q8_0,
+            "{dtype} keeps its kernel"
+        );
         check_rows(&m, &bytes, dtype);
         check_kernels(&m, &x, n, 1e-2, &format!("{dtype}"));
     }

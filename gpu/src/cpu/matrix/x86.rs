@@ -154,6 +154,58 @@ macro_rules! isa {
                 out
             }
 
+            /// Q5_0 group × up to four rows of activations: `[k][r] = Σ_b d·dx·(Σq·qx − 16·Σqx)`,
+            /// the fifth bits moved from `qh` onto the nibbles.
+            #[target_feature(enable = $features)]
+            pub fn q5_0<const N: usize>(
+                d: &[[f32; LANES]],
+                qs: &[[u8; 128]],
+                qh: &[[u8; 32]],
+                x: [&[Q8Block]; N],
+            ) -> [[f32; LANES]; N] {
+                let (low4, bit4) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x10));
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (b, ((d, q), h)) in d.iter().zip(qs).zip(qh).enumerate() {
+                    const AHEAD: usize = PREFETCH_BYTES / 128;
+                    prefetch(q.as_ptr(), AHEAD * 128, 128);
+                    prefetch(h.as_ptr(), AHEAD * 32, 32);
+                    prefetch(d.as_ptr(), AHEAD * 32, 32);
+                    // SAFETY: 8 f32 and 32 bytes; the loads are unaligned.
+                    let (dv, h) = unsafe { (_mm256_loadu_ps(d.as_ptr()), _mm256_loadu_si256(h.as_ptr().cast())) };
+                    // Bit c of each byte moved to bit 4, for chunk c.
+                    let fifth = [
+                        _mm256_slli_epi16(h, 4),
+                        _mm256_slli_epi16(h, 3),
+                        _mm256_slli_epi16(h, 2),
+                        _mm256_slli_epi16(h, 1),
+                        h,
+                        _mm256_srli_epi16(h, 1),
+                        _mm256_srli_epi16(h, 2),
+                        _mm256_srli_epi16(h, 3),
+                    ];
+                    let mut w = [_mm256_setzero_si256(); 8];
+                    for c in 0..4 {
+                        // SAFETY: chunk `c` is bytes 32c..32c+32 of 128.
+                        let raw = unsafe { _mm256_loadu_si256(q.as_ptr().add(32 * c).cast()) };
+                        w[c] = _mm256_or_si256(_mm256_and_si256(raw, low4), _mm256_and_si256(fifth[c], bit4));
+                        let high = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                        w[c + 4] = _mm256_or_si256(high, _mm256_and_si256(fifth[c + 4], bit4));
+                    }
+                    for k in 0..N {
+                        let xb = &x[k][b];
+                        let mut s = [_mm256_setzero_si256(); 2];
+                        for c in 0..8 {
+                            s[c % 2] = $dp_uw(s[c % 2], w[c], _mm256_set1_epi32(bytes4(&xb.q, 4 * c)));
+                        }
+                        let offset = _mm256_set1_epi32(16 * (xb.h[0] + xb.h[1]));
+                        let isum = _mm256_sub_epi32(_mm256_add_epi32(s[0], s[1]), offset);
+                        acc[k] =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dv, _mm256_set1_ps(xb.d)), acc[k]);
+                    }
+                }
+                store(acc)
+            }
+
             /// Q4_K group × up to four rows of activations: Q4_1's sums, with each block's scale
             /// and minimum made from the super-block's `d`, `dmin` and its 6-bit integers.
             #[target_feature(enable = $features)]
