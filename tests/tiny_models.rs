@@ -20,6 +20,19 @@ fn logits(exec: &mut gpu::cpu::ModelExecutor, ids: &[u32]) -> Vec<f32> {
     exec.forward(&[view]).unwrap().remove(0).unwrap()
 }
 
+/// The GGUF architecture of a tiny model that is not a mixture (its Hugging Face model type too).
+fn gguf_names(arch: TinyArch) -> &'static str {
+    match arch {
+        TinyArch::Llama | TinyArch::Llama3 => "llama",
+        TinyArch::Qwen2 => "qwen2",
+        TinyArch::Qwen3 => "qwen3",
+        TinyArch::Gemma => "gemma",
+        TinyArch::Gemma2 => "gemma2",
+        TinyArch::Phi3 => "phi3",
+        other => panic!("{other:?} has a model type of its own"),
+    }
+}
+
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -48,6 +61,18 @@ fn tiny_models_match_numpy_and_survive_export() {
         }
         let hf = dir.join(format!("{arch:?}-hf"));
         gpu::model::hf::export(&g, &hf).unwrap();
+        // The model types Transformers picks its classes by (`tests/python/transformers_check.py`
+        // ran these folders through Transformers 5.25).
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+        let model_type = match arch {
+            TinyArch::Gemma3 => "gemma3_text",
+            TinyArch::Mixtral => "mixtral",
+            TinyArch::Qwen3Moe => "qwen3_moe",
+            other => gguf_names(other),
+        };
+        assert_eq!(config["model_type"], model_type, "{arch:?}");
+        assert!(config["query_pre_attn_scalar"].is_null() || config["query_pre_attn_scalar"].is_u64(), "{arch:?}");
         let mut back = gpu::cpu::ModelExecutor::from_hf(&hf, 16, 4).unwrap();
         let d = max_diff(&ours, &logits(&mut back, &ids));
         assert!(d < 1e-4, "{arch:?}: {d} after export");

@@ -71,6 +71,17 @@ impl Family {
         }
     }
 
+    /// The Hugging Face `model_type` of a causal language model of this family (which
+    /// Transformers picks the model class by).
+    pub fn hf_model_type(self) -> &'static str {
+        match self {
+            Family::Mixtral => "mixtral",
+            Family::Qwen3Moe => "qwen3_moe",
+            Family::Gemma3 => "gemma3_text",
+            f => f.gguf_name(),
+        }
+    }
+
     pub fn from_gguf_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.gguf_name() == name)
     }

@@ -472,13 +472,9 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
     write_f32(&dir.join("model.safetensors"), &tensors).map_err(io)?;
     let tokenizer = BpeTokenizer::from_gguf(g)?;
     let text = |key: &str| g.get_u64(key).ok().and_then(|id| tokenizer.token_text(id as u32)).map(str::to_string);
-    let model_type = match c.family {
-        Family::Gemma3 => "gemma3_text",
-        f => f.gguf_name(),
-    };
     let mut config = json!({
         "architectures": [c.family.hf_class()],
-        "model_type": model_type,
+        "model_type": c.family.hf_model_type(),
         "hidden_size": c.hidden,
         "intermediate_size": c.ffn,
         "num_attention_heads": c.heads,
@@ -492,6 +488,8 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
         "tie_word_embeddings": !g.has("output.weight"),
         "bos_token_id": g.get_u64("tokenizer.ggml.bos_token_id").ok(),
         "eos_token_id": g.get_u64("tokenizer.ggml.eos_token_id").ok(),
+        // Written out: Phi-3's class defaults it to 32000, outside smaller vocabularies.
+        "pad_token_id": g.get_u64("tokenizer.ggml.padding_token_id").ok(),
         "torch_dtype": "float32",
     });
     let fields = config.as_object_mut().expect("an object");
@@ -510,7 +508,8 @@ pub fn export(g: &GgufFile, dir: &Path) -> Result<(), ModelError> {
     }
     if c.family.is_gemma() {
         fields.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
-        fields.insert("query_pre_attn_scalar".into(), json!(1.0 / (c.attn_scale * c.attn_scale)));
+        // An integer in Hugging Face's configs (Transformers 5 refuses a float).
+        fields.insert("query_pre_attn_scalar".into(), json!((1.0 / (c.attn_scale * c.attn_scale)).round() as u64));
     }
     if let Some(w) = c.sliding_window {
         let types: Vec<&str> =
