@@ -31,6 +31,18 @@ pub struct Q8_0Rows {
     pub qs: Vec<[i8; 8 * 32]>,
 }
 
+/// Decode row `r` of a matrix whose entry `g·nb + b` holds block `b` of the eight rows of group
+/// `g`: `value(i, lane, e)` is value `e` of entry `i` in row `lane` of its group.
+fn decode_row(r: usize, out: &mut [f32], value: impl Fn(usize, usize, usize) -> f32) {
+    let nb = out.len() / QK;
+    let (g, lane) = (r / LANES, r % LANES);
+    for b in 0..nb {
+        for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
+            *o = value(g * nb + b, lane, e);
+        }
+    }
+}
+
 /// Q5_0 weights (`w = d·(q − 16)`, `q` in 0..32). Entry `g·nb + b`: scales, `qs` laid out as
 /// `Q4_1Rows::qs` (the low four bits), and `qh`, whose byte `4r + t` holds in bit `c` the fifth bit
 /// of row `r`'s value `4c + t` (chunk `c`'s value `t`, chunks counted as Q8_0's are).
@@ -77,14 +89,7 @@ impl Q5_0Rows {
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let nb = out.len() / QK;
-        let (g, lane) = (r / LANES, r % LANES);
-        for b in 0..nb {
-            let i = g * nb + b;
-            for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
-                *o = (f32::from(self.value(i, lane, e)) - 16.0) * self.d[i][lane];
-            }
-        }
+        decode_row(r, out, |i, lane, e| (f32::from(self.value(i, lane, e)) - 16.0) * self.d[i][lane]);
     }
 
     pub fn append(&mut self, other: Self) {
@@ -118,19 +123,11 @@ impl Q4_1Rows {
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let nb = out.len() / QK;
-        let (g, lane) = (r / LANES, r % LANES);
-        for b in 0..nb {
-            let i = g * nb + b;
-            let (d, m, o) = (self.d[i][lane], self.m[i][lane], &mut out[b * QK..(b + 1) * QK]);
-            for c in 0..4 {
-                for j in 0..4 {
-                    let byte = self.qs[i][32 * c + 4 * lane + j];
-                    o[4 * c + j] = f32::from(byte & 15) * d + m;
-                    o[16 + 4 * c + j] = f32::from(byte >> 4) * d + m;
-                }
-            }
-        }
+        decode_row(r, out, |i, lane, e| {
+            // Values 0..16 are the low nibbles of bytes 0..16, values 16..32 their high ones.
+            let byte = self.qs[i][32 * (e % 16 / 4) + 4 * lane + e % 4];
+            f32::from(byte >> (4 * (e / 16)) & 15) * self.d[i][lane] + self.m[i][lane]
+        });
     }
 
     pub fn append(&mut self, other: Self) {
@@ -181,14 +178,7 @@ impl Q8_0Rows {
     }
 
     pub fn row(&self, r: usize, out: &mut [f32]) {
-        let nb = out.len() / QK;
-        let (g, lane) = (r / LANES, r % LANES);
-        for b in 0..nb {
-            let i = g * nb + b;
-            for (e, o) in out[b * QK..(b + 1) * QK].iter_mut().enumerate() {
-                *o = f32::from(self.qs[i][32 * (e / 4) + 4 * lane + e % 4]) * self.d[i][lane];
-            }
-        }
+        decode_row(r, out, |i, lane, e| f32::from(self.qs[i][32 * (e / 4) + 4 * lane + e % 4]) * self.d[i][lane]);
     }
 
     pub fn append(&mut self, other: Self) {
