@@ -106,7 +106,6 @@ fn fast_precision_matches_llama_cpp() {
 #[test]
 fn greedy_decoding_continues_with_paris_like_llama_cpp() {
     use gpu::engine::{Engine, EngineLimits};
-    use gpu::executor::{Executor, SequenceView};
     use gpu::pool::BlockId;
     use runtime::ids::RequestId;
     use runtime::request::{GenerateRequest, SamplingParams, StreamEvent};
@@ -151,33 +150,11 @@ fn greedy_decoding_continues_with_paris_like_llama_cpp() {
     // about that much; see logits_match_llama_cpp).
     let mut exec = gpu::cpu::ModelExecutor::from_gguf(&g, "smollm2", 64, 16).unwrap();
     let table: Vec<BlockId> = (0..64).map(BlockId).collect();
-    let mut tokens = prompt.clone();
-    let mut agreed = 0;
-    for (i, &theirs) in want.iter().enumerate() {
-        let start = if i == 0 { 0 } else { tokens.len() - 1 };
-        let view = SequenceView {
-            tokens: &tokens,
-            start,
-            prompt_len: prompt.len(),
-            blocks: &table,
-            wants_logits: true,
-            all_logits: false,
-        };
-        let logits = exec.forward(&[view]).unwrap().remove(0).unwrap();
-        let ours = gpu::sampling::argmax(&logits);
-        if ours != theirs {
-            let gap = logits[ours as usize] - logits[theirs as usize];
-            assert!(gap < 0.4, "token {i}: we pick {ours}, llama.cpp {theirs}, {gap} apart");
-            break;
-        }
-        agreed += 1;
-        tokens.push(ours);
-    }
+    let agreed = support::greedy_agreement(&mut exec, &prompt, &want, &table, 0.4);
+    let text_agreed = front.tokenizer.decode(&agreed);
+    let agreed = agreed.len();
     assert!(agreed >= 5, "only {agreed} greedy tokens agree with llama.cpp");
-    assert_eq!(
-        front.tokenizer.decode(&tokens[prompt.len()..]),
-        text[..front.tokenizer.decode(&tokens[prompt.len()..]).len()]
-    );
+    assert_eq!(text_agreed, text[..text_agreed.len()]);
 }
 
 /// Greedy completions (text) of `prompts` on an engine with the given pool and batch limits.

@@ -17,21 +17,12 @@ import sys
 
 import llama_cpp
 from llama_cpp import Llama
-from llama_cpp_common import greedy, logits_of, top
+from llama_cpp_common import greedy, logits_of, tokenize_texts, top
 
 model_path, out_path = sys.argv[1], sys.argv[2]
 llm = Llama(model_path=model_path, n_ctx=1024, n_threads=2, logits_all=True, verbose=False, seed=0)
 
-TEXTS = [
-    "The capital of France is",
-    "Hello, world!",
-    "12345 and 3.14159",
-    "  leading and   inner   spaces\n\n\ttabs",
-    "héllo wörld — 日本語 🙂",
-    "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n",
-    "don't won't it's I'M",
-    "",
-]
+TEXTS = tokenize_texts("<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n")
 
 
 def tokenize(text, bos=False):

@@ -4,6 +4,22 @@ greedy tokens, from a llama-cpp-python `Llama` made with `logits_all=True`."""
 import numpy as np
 
 
+def tokenize_texts(chat_turn):
+    """The texts whose token ids a reference records: words, numbers, whitespace runs, accents, CJK
+    and an emoji, contractions, the empty text, and `chat_turn` (a user turn in the model's own
+    markers, then the opening of the reply)."""
+    return [
+        "The capital of France is",
+        "Hello, world!",
+        "12345 and 3.14159",
+        "  leading and   inner   spaces\n\n\ttabs",
+        "héllo wörld — 日本語 🙂",
+        chat_turn,
+        "don't won't it's I'M",
+        "",
+    ]
+
+
 def logits_of(llm, ids):
     llm.reset()
     llm.eval(ids)

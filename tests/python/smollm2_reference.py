@@ -19,22 +19,13 @@ import jinja2
 import llama_cpp
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llama_cpp import Llama
-from llama_cpp_common import greedy, logits_of, top
+from llama_cpp_common import greedy, logits_of, tokenize_texts, top
 
 model_path, out_path = sys.argv[1], sys.argv[2]
 llm = Llama(model_path=model_path, n_ctx=1024, n_threads=2, logits_all=True, verbose=False, seed=0)
 meta = llm.metadata
 
-TEXTS = [
-    "The capital of France is",
-    "Hello, world!",
-    "12345 and 3.14159",
-    "  leading and   inner   spaces\n\n\ttabs",
-    "héllo wörld — 日本語 🙂",
-    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
-    "don't won't it's I'M",
-    "",
-]
+TEXTS = tokenize_texts("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def tokenize(text):

@@ -394,6 +394,40 @@ pub fn numpy_logits(model: &Path, ids: &[u32]) -> Vec<f32> {
     serde_json::from_slice(&out.stdout).expect("logits")
 }
 
+/// Greedy decoding after `prompt`, token by token (each step decodes the last token over the KV
+/// of the earlier ones, in the blocks of `table`), against llama.cpp's greedy `theirs`: the tokens
+/// agreed before the first difference, which must be a near-tie (llama.cpp's pick within
+/// `max_gap` of our best logit).
+pub fn greedy_agreement(
+    exec: &mut dyn gpu::executor::Executor,
+    prompt: &[u32],
+    theirs: &[u32],
+    table: &[gpu::pool::BlockId],
+    max_gap: f32,
+) -> Vec<u32> {
+    let mut tokens = prompt.to_vec();
+    for (i, &their) in theirs.iter().enumerate() {
+        let start = if i == 0 { 0 } else { tokens.len() - 1 };
+        let view = gpu::executor::SequenceView {
+            tokens: &tokens,
+            start,
+            prompt_len: prompt.len(),
+            blocks: table,
+            wants_logits: true,
+            all_logits: false,
+        };
+        let logits = exec.forward(&[view]).unwrap().remove(0).unwrap();
+        let ours = gpu::sampling::argmax(&logits);
+        if ours != their {
+            let gap = logits[ours as usize] - logits[their as usize];
+            assert!(gap < max_gap, "token {i}: we pick {ours}, llama.cpp {their}, {gap} apart");
+            break;
+        }
+        tokens.push(ours);
+    }
+    tokens.split_off(prompt.len())
+}
+
 /// A reference's `[[id, logit], ...]` (llama.cpp's top logits).
 pub fn top_logits(v: &serde_json::Value) -> Vec<(usize, f32)> {
     let pairs = v.as_array().expect("an array of pairs");

@@ -215,6 +215,34 @@ pub struct LongRope {
 }
 
 impl LongRope {
+    /// LongRoPE for heads of `head_dim`, its factors checked: `head_dim / 2` of each, and an
+    /// original context above 1. Without `attn_factor` it is Hugging Face's for a model of
+    /// `context` positions.
+    pub fn new(
+        short: Vec<f32>,
+        long: Vec<f32>,
+        original_context: usize,
+        attn_factor: Option<f32>,
+        head_dim: usize,
+        context: usize,
+    ) -> Result<Self, ModelError> {
+        for (name, v) in [("short", &short), ("long", &long)] {
+            if v.len() != head_dim / 2 {
+                return Err(ModelError::Metadata(format!(
+                    "rope_scaling.{name}_factor has {} factors for heads of {head_dim}",
+                    v.len()
+                )));
+            }
+        }
+        if original_context < 2 {
+            return Err(ModelError::Metadata(format!(
+                "LongRoPE's original context of {original_context} positions (it must be above 1)"
+            )));
+        }
+        let attn_factor = attn_factor.unwrap_or_else(|| Self::default_attn_factor(context, original_context));
+        Ok(Self { short, long, original_context, attn_factor })
+    }
+
     /// Hugging Face's attention factor for a context `context` against the original one.
     pub fn default_attn_factor(context: usize, original_context: usize) -> f32 {
         let scale = context as f64 / original_context as f64;
@@ -378,12 +406,14 @@ impl LlamaConfig {
         // Phi-3's LongRoPE, as llama.cpp's conversion stores it.
         if g.tensor("rope_factors_long.weight").is_ok() {
             let half = c.head_dim / 2;
-            c.long_rope = Some(LongRope {
-                short: g.vector("rope_factors_short.weight", half)?,
-                long: g.vector("rope_factors_long.weight", half)?,
-                original_context: u("rope.scaling.original_context_length")?,
-                attn_factor: f("rope.scaling.attn_factor").unwrap_or(1.0),
-            });
+            c.long_rope = Some(LongRope::new(
+                g.vector("rope_factors_short.weight", half)?,
+                g.vector("rope_factors_long.weight", half)?,
+                u("rope.scaling.original_context_length")?,
+                Some(f("rope.scaling.attn_factor").unwrap_or(1.0)),
+                c.head_dim,
+                c.context_length,
+            )?);
         }
         c.attn_softcap = f("attn_logit_softcapping");
         c.final_softcap = f("final_logit_softcapping");

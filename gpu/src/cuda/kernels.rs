@@ -14,9 +14,6 @@ pub const SOURCE: &str = include_str!("kernels.cu");
 /// Warps per attention block (`ATT_WARPS` in the source).
 pub const ATTENTION_WARPS: u32 = 4;
 
-/// Largest head size the attention kernel handles (`MAX_DIMS_PER_LANE` × 32).
-pub const MAX_HEAD_DIM: usize = crate::cpu::config::CUDA_MAX_HEAD_DIM;
-
 /// Rows per prefill attention tile and positions staged at a time (`TILE_ROWS`, `TILE_POS`).
 pub const TILE_ROWS: usize = 32;
 pub const TILE_POS: usize = 32;

@@ -255,31 +255,22 @@ impl HfModel {
                     Some("linear") => config.rope_linear = Some(num("factor")?).filter(|&f| f != 1.0),
                     Some("longrope" | "su") => {
                         let factors = |k: &str| -> Result<Vec<f32>, ModelError> {
-                            let v: Vec<f32> =
-                                s.get(k).and_then(|v| serde_json::from_value(v.clone()).ok()).ok_or_else(|| {
-                                    ModelError::Metadata(format!("config.json: rope_scaling.{k} is missing"))
-                                })?;
-                            if v.len() != head_dim / 2 {
-                                return Err(ModelError::Metadata(format!(
-                                    "config.json: rope_scaling.{k} has {} factors for heads of {head_dim}",
-                                    v.len()
-                                )));
-                            }
-                            Ok(v)
+                            s.get(k).and_then(|v| serde_json::from_value(v.clone()).ok()).ok_or_else(|| {
+                                ModelError::Metadata(format!("config.json: rope_scaling.{k} is missing"))
+                            })
                         };
                         let original = c.original_max_position_embeddings.ok_or_else(|| {
                             ModelError::Metadata("config.json: original_max_position_embeddings is missing".into())
                         })?;
-                        let attn_factor = s
-                            .get("attention_factor")
-                            .and_then(|v| v.as_f64())
-                            .map_or_else(|| LongRope::default_attn_factor(context, original), |v| v as f32);
-                        config.long_rope = Some(LongRope {
-                            short: factors("short_factor")?,
-                            long: factors("long_factor")?,
-                            original_context: original,
-                            attn_factor,
-                        });
+                        let attn_factor = s.get("attention_factor").and_then(|v| v.as_f64()).map(|v| v as f32);
+                        let (short, long) = (factors("short_factor")?, factors("long_factor")?);
+                        config.long_rope =
+                            Some(LongRope::new(short, long, original, attn_factor, head_dim, context).map_err(
+                                |e| match e {
+                                    ModelError::Metadata(m) => ModelError::Metadata(format!("config.json: {m}")),
+                                    other => other,
+                                },
+                            )?);
                     }
                     Some("default") => {}
                     _ => return Err(ModelError::Unsupported(format!("config.json: rope_scaling {s}"))),
@@ -632,6 +623,7 @@ mod tests {
         assert_eq!(short.inv_freq(false)[1], c.inv_freq(false)[1] * 4.0);
         let err = write(&scaling(6)).unwrap_err().to_string();
         assert!(err.contains("short_factor has 6 factors for heads of 16"), "{err}");
+        assert_eq!(err.matches("model metadata").count(), 1, "{err}");
         let err = write(r#", "partial_rotary_factor": 0.75"#).unwrap_err().to_string();
         assert!(err.contains("partial_rotary_factor 0.75"), "{err}");
         let phi3 = |n: &str| hf_name(n, Family::Phi3);

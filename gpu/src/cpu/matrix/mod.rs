@@ -10,6 +10,7 @@ mod layout;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use super::threads::{SharedMut, for_each_chunk_mut, for_each_task, threads};
@@ -258,6 +259,22 @@ impl Matrix {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
+        self.product(isa, x, &OnceCell::new(), n, bias, out, scratch)
+    }
+
+    /// `matmul_with`, the activations quantized once into `qx` for every quantized part of the
+    /// matrix (the parts of a stacked one share them).
+    #[allow(clippy::too_many_arguments)]
+    fn product(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        qx: &OnceCell<Vec<Q8Block>>,
+        n: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
         let rows = self.rows;
         assert_eq!(x.len(), n * self.cols, "matmul input");
         assert_eq!(out.len(), n * rows, "matmul output");
@@ -292,7 +309,7 @@ impl Matrix {
                 // With 32 vector registers, two groups share each activation broadcast.
                 let pairs = isa == Isa::Avx512Vnni;
                 let per_task = if pairs { per_task.next_multiple_of(2) } else { per_task };
-                grouped(n, nb, &quantize_rows(x, n), per_task, pairs, bias, out, |tile, g, count| {
+                grouped(n, nb, qx.get_or_init(|| quantize_rows(x, n)), per_task, pairs, bias, out, |tile, g, count| {
                     let r = |g: usize| g * nb..(g + 1) * nb;
                     let one = |g: usize| (&w.d[r(g)], &w.m[r(g)], &w.qs[r(g)]);
                     if count == 2 {
@@ -302,30 +319,39 @@ impl Matrix {
                     [q4_1_group(isa, d, m, qs, tile), [[0.0; LANES]; 4]]
                 })
             }
-            Storage::Q8_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
-                let r = g * nb..(g + 1) * nb;
-                [q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile), [[0.0; LANES]; 4]]
-            }),
-            Storage::Q5_0(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
-                let r = g * nb..(g + 1) * nb;
-                let (d, qs, qh) = (&w.d[r.clone()], &w.qs[r.clone()], &w.qh[r]);
-                [dispatch!(isa, tile, q5_0, q5_0_portable, (d, qs, qh)), [[0.0; LANES]; 4]]
-            }),
-            Storage::Q4K(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
-                let nsb = nb * QK / QK_K;
-                [dispatch!(isa, tile, q4_k, q4_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
-            }),
-            Storage::Q6K(w) => grouped(n, nb, &quantize_rows(x, n), per_task, false, bias, out, |tile, g, _| {
-                let nsb = nb * QK / QK_K;
-                [dispatch!(isa, tile, q6_k, q6_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
-            }),
+            Storage::Q8_0(w) => {
+                grouped(n, nb, qx.get_or_init(|| quantize_rows(x, n)), per_task, false, bias, out, |tile, g, _| {
+                    let r = g * nb..(g + 1) * nb;
+                    [q8_0_group(isa, &w.d[r.clone()], &w.offset[r.clone()], &w.qs[r], tile), [[0.0; LANES]; 4]]
+                })
+            }
+            Storage::Q5_0(w) => {
+                grouped(n, nb, qx.get_or_init(|| quantize_rows(x, n)), per_task, false, bias, out, |tile, g, _| {
+                    let r = g * nb..(g + 1) * nb;
+                    let (d, qs, qh) = (&w.d[r.clone()], &w.qs[r.clone()], &w.qh[r]);
+                    [dispatch!(isa, tile, q5_0, q5_0_portable, (d, qs, qh)), [[0.0; LANES]; 4]]
+                })
+            }
+            Storage::Q4K(w) => {
+                grouped(n, nb, qx.get_or_init(|| quantize_rows(x, n)), per_task, false, bias, out, |tile, g, _| {
+                    let nsb = nb * QK / QK_K;
+                    [dispatch!(isa, tile, q4_k, q4_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
+                })
+            }
+            Storage::Q6K(w) => {
+                grouped(n, nb, qx.get_or_init(|| quantize_rows(x, n)), per_task, false, bias, out, |tile, g, _| {
+                    let nsb = nb * QK / QK_K;
+                    [dispatch!(isa, tile, q6_k, q6_k_portable, (&w.blocks[g * nsb..(g + 1) * nsb])), [[0.0; LANES]; 4]]
+                })
+            }
             Storage::Stacked(parts) => {
-                // Each part into its own buffer, then into its columns of `out`.
+                // Each part into its own buffer, then into its columns of `out`; the activations
+                // are quantized once for all of them.
                 let mut at = 0;
                 let mut part_out = Vec::new();
                 for p in parts {
                     part_out.resize(n * p.rows, 0.0);
-                    p.matmul_with(isa, x, n, bias.map(|b| &b[at..at + p.rows]), &mut part_out, scratch);
+                    p.product(isa, x, qx, n, bias.map(|b| &b[at..at + p.rows]), &mut part_out, scratch);
                     for (dst, src) in out.chunks_exact_mut(rows).zip(part_out.chunks_exact(p.rows)) {
                         dst[at..at + p.rows].copy_from_slice(src);
                     }
