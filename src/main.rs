@@ -793,6 +793,7 @@ fn start_data_plane(
         connections: t.connections.max(1) as usize,
         network: t.network,
         network_by_peer: t.network_by_peer.clone(),
+        crypto_library: t.crypto_library,
         ..transport::PlaneConfig::new(&config.cluster.name, &plan.name)
     };
     let plane = transport::DataPlane::bind(addr, identity, plane_config)

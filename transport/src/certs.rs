@@ -18,6 +18,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
+use crate::aead::AeadLibrary;
+
 /// The ALPN protocol of the KV data plane.
 pub const ALPN: &[u8] = b"armature-kv/1";
 
@@ -126,15 +128,6 @@ fn read_pem<T: PemObject>(path: &Path, what: &'static str) -> Result<T, CertErro
     T::from_pem_slice(&bytes).map_err(|e| CertError::Pem { path: path.into(), what, detail: e.to_string() })
 }
 
-/// The crypto of the data plane's paths (QUIC, and the handshake of TLS on TCP): aws-lc-rs, whose
-/// AES-GCM uses AVX-512 where the CPU has it (twice ring's speed here, see `tls_records`), with
-/// AES-128-GCM first (the default order starts with AES-256-GCM): fewer rounds for bulk data.
-fn bulk_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    Arc::new(provider)
-}
-
 impl Identity {
     /// Load `node`'s pair and the CA from `dir` (as `init` wrote them).
     pub fn load(dir: &Path, node: &str) -> Result<Self, CertError> {
@@ -165,21 +158,21 @@ impl Identity {
         Ok(Arc::new(roots))
     }
 
-    /// rustls server settings of the data plane: this node's certificate, client certificates
-    /// required and checked against the CA.
-    pub fn server_tls(&self) -> Result<rustls::ServerConfig, CertError> {
-        self.server_tls_with(ALPN, bulk_provider())
+    /// rustls server settings of the data plane's QUIC path, its crypto from `library`: this
+    /// node's certificate, client certificates required and checked against the CA.
+    pub fn server_tls(&self, library: AeadLibrary) -> Result<rustls::ServerConfig, CertError> {
+        self.server_tls_with(ALPN, Arc::new(library.rustls_provider()))
     }
 
-    /// rustls client settings of the data plane: servers checked against the CA; this node's
-    /// certificate offered.
-    pub fn client_tls(&self) -> Result<rustls::ClientConfig, CertError> {
-        self.client_tls_with(ALPN, bulk_provider())
+    /// rustls client settings of the data plane's QUIC path, its crypto from `library`: servers
+    /// checked against the CA; this node's certificate offered.
+    pub fn client_tls(&self, library: AeadLibrary) -> Result<rustls::ClientConfig, CertError> {
+        self.client_tls_with(ALPN, Arc::new(library.rustls_provider()))
     }
 
     /// The same pair for the data plane's TLS-over-TCP path.
-    pub fn tcp_tls(&self) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
-        let provider = bulk_provider();
+    pub fn tcp_tls(&self, library: AeadLibrary) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
+        let provider = Arc::new(library.rustls_provider());
         let (mut server, mut client) =
             (self.server_tls_with(TCP_ALPN, provider.clone())?, self.client_tls_with(TCP_ALPN, provider)?);
         // No tickets: only application data may follow the handshake (`tls_records`).
@@ -268,10 +261,10 @@ mod tests {
         assert_eq!(mode("n0.pem") & 0o600, 0o600, "certificates stay readable");
         for n in ["n0", "n_1"] {
             let id = Identity::load(&dir, n).unwrap();
-            id.server_tls().unwrap();
-            id.client_tls().unwrap();
+            id.server_tls(AeadLibrary::Ring).unwrap();
+            id.client_tls(AeadLibrary::AwsLc).unwrap();
             id.control_tls().unwrap();
-            id.tcp_tls().unwrap();
+            id.tcp_tls(AeadLibrary::fastest()).unwrap();
         }
         assert!(matches!(init(&dir, &nodes), Err(CertError::Exists { .. })), "never overwrites a CA");
         let err = Identity::load(&dir, "n9").unwrap_err().to_string();

@@ -27,6 +27,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, EndpointConfig, TokioRuntime};
 use tokio::sync::mpsc;
 
+use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, encode_head, read_frame};
 use crate::shm::{ShmReceiver, ShmSender, ring_path};
@@ -51,6 +52,8 @@ pub struct PlaneConfig {
     pub shm_slot_size: usize,
     /// UDP socket buffers.
     pub socket_buffer: usize,
+    /// The library behind both network paths' encryption.
+    pub crypto_library: CryptoLibrary,
 }
 
 impl PlaneConfig {
@@ -65,6 +68,7 @@ impl PlaneConfig {
             shm_slots: 16,
             shm_slot_size: 4 << 20,
             socket_buffer: 4 << 20,
+            crypto_library: CryptoLibrary::default(),
         }
     }
 
@@ -189,12 +193,13 @@ impl DataPlane {
     /// the TCP port of the same number.
     pub fn bind(addr: SocketAddr, identity: &Identity, config: PlaneConfig) -> Result<Arc<Self>, TransportError> {
         let transport = Arc::new(transport_config());
-        let server_tls = QuicServerConfig::try_from(identity.server_tls()?)
+        let library = AeadLibrary::resolve(config.crypto_library);
+        let server_tls = QuicServerConfig::try_from(identity.server_tls(library)?)
             .map_err(|e| CertError::Tls(format!("QUIC server: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
         server.transport_config(transport.clone());
         let client_tls = Arc::new(
-            QuicClientConfig::try_from(identity.client_tls()?)
+            QuicClientConfig::try_from(identity.client_tls(library)?)
                 .map_err(|e| CertError::Tls(format!("QUIC client: {e}")))?,
         );
         let mut client = quinn::ClientConfig::new(client_tls.clone());
@@ -204,7 +209,7 @@ impl DataPlane {
         let bind = |source| TransportError::Bind { addr, source };
         let (socket, listener) = bind_both(addr, config.socket_buffer).map_err(bind)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
-        let tcp_path = TcpPath::new(identity, config.connections, config.socket_buffer)?;
+        let tcp_path = TcpPath::new(identity, library, config.connections, config.socket_buffer)?;
         let acceptor = tcp_path.acceptor();
         let mut endpoint_config = EndpointConfig::default();
         endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
@@ -225,7 +230,11 @@ impl DataPlane {
         });
         tokio::spawn(accept_loop(plane.clone()));
         tokio::spawn(tcp::accept_loop(listener, Arc::downgrade(&plane), acceptor));
-        tracing::info!(addr = %local, "KV data plane listening (QUIC and TLS over TCP, mutual TLS)");
+        tracing::info!(
+            addr = %local,
+            crypto = library.label(),
+            "KV data plane listening (QUIC and TLS over TCP, mutual TLS)"
+        );
         Ok(plane)
     }
 

@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::aead::AeadLibrary;
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, FrameError, PREFIX_LEN};
 use crate::plane::{DataPlane, PeerAddr, TransportError};
@@ -41,6 +42,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Both ends of the TLS-over-TCP path of one node.
 pub(crate) struct TcpPath {
     acceptor: TlsAcceptor,
+    /// Seals and opens this node's records, whichever library the peer uses.
+    library: AeadLibrary,
     connector: TlsConnector,
     /// Connections per peer.
     connections: usize,
@@ -61,10 +64,16 @@ struct PeerLinks {
 }
 
 impl TcpPath {
-    pub(crate) fn new(identity: &Identity, connections: usize, socket_buffer: usize) -> Result<Self, CertError> {
-        let (server, client) = identity.tcp_tls()?;
+    pub(crate) fn new(
+        identity: &Identity,
+        library: AeadLibrary,
+        connections: usize,
+        socket_buffer: usize,
+    ) -> Result<Self, CertError> {
+        let (server, client) = identity.tcp_tls(library)?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
+            library,
             connector: TlsConnector::from(Arc::new(client)),
             connections: connections.max(1),
             socket_buffer,
@@ -72,8 +81,8 @@ impl TcpPath {
         })
     }
 
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
+    pub(crate) fn acceptor(&self) -> (TlsAcceptor, AeadLibrary) {
+        (self.acceptor.clone(), self.library)
     }
 
     fn peer(&self, peer: &PeerAddr) -> Arc<PeerLinks> {
@@ -148,14 +157,15 @@ impl TcpPath {
             let tls = self.connector.connect(name, tcp).await?;
             let (mut tcp, conn) = tls.into_inner();
             let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-            let mut reader = RecordReader::with_read_size(RecordKey::new(secrets.rx.0, secrets.rx.1)?, 64);
+            let rx = RecordKey::new(self.library, secrets.rx.0, secrets.rx.1)?;
+            let mut reader = RecordReader::with_read_size(rx, 64);
             let mut ready = [0u8; READY.len()];
             if !reader.read_exact(&mut tcp, &mut ready, None).await? || &ready != READY {
                 return Err(std::io::Error::other("the peer did not confirm the connection"));
             }
             Ok::<_, std::io::Error>(Sender {
                 tcp,
-                records: RecordWriter::new(RecordKey::new(secrets.tx.0, secrets.tx.1)?),
+                records: RecordWriter::new(RecordKey::new(self.library, secrets.tx.0, secrets.tx.1)?),
             })
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
@@ -184,7 +194,11 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Accept peers until the plane is dropped.
-pub(crate) async fn accept_loop(listener: TcpListener, plane: Weak<DataPlane>, acceptor: TlsAcceptor) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    plane: Weak<DataPlane>,
+    (acceptor, library): (TlsAcceptor, AeadLibrary),
+) {
     loop {
         let Ok((tcp, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -196,7 +210,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, plane: Weak<DataPlane>, a
         let (plane, acceptor) = (plane.clone(), acceptor.clone());
         tokio::spawn(async move {
             let from = from.to_string();
-            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &acceptor))
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(tcp, &acceptor, library))
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
             match accepted {
@@ -212,13 +226,17 @@ pub(crate) async fn accept_loop(listener: TcpListener, plane: Weak<DataPlane>, a
 }
 
 /// The handshake, the keys taken over from rustls, and `READY` sent.
-async fn accept(tcp: TcpStream, acceptor: &TlsAcceptor) -> std::io::Result<(TcpStream, RecordReader)> {
+async fn accept(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+    library: AeadLibrary,
+) -> std::io::Result<(TcpStream, RecordReader)> {
     let tls = acceptor.accept(tcp).await?;
     let (mut tcp, conn) = tls.into_inner();
     let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-    let mut writer = RecordWriter::new(RecordKey::new(secrets.tx.0, secrets.tx.1)?);
+    let mut writer = RecordWriter::new(RecordKey::new(library, secrets.tx.0, secrets.tx.1)?);
     writer.write_all(&mut tcp, &[READY]).await?;
-    Ok((tcp, RecordReader::new(RecordKey::new(secrets.rx.0, secrets.rx.1)?)))
+    Ok((tcp, RecordReader::new(RecordKey::new(library, secrets.rx.0, secrets.rx.1)?)))
 }
 
 /// Read frames from one connection until it ends or a frame cannot be trusted to end where
@@ -312,7 +330,8 @@ mod tests {
         let config = PlaneConfig { network: KvNetwork::Tls, shared_memory: false, ..PlaneConfig::new("t", "b") };
         let b = DataPlane::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), &Identity::load(&dir, "b").unwrap(), config)
             .unwrap();
-        let sender = TcpPath::new(&Identity::load(&dir, "a").unwrap(), 1, 1 << 20).unwrap();
+        // The sender seals with ring and the receiver measures its own: either may face either.
+        let sender = TcpPath::new(&Identity::load(&dir, "a").unwrap(), AeadLibrary::Ring, 1, 1 << 20).unwrap();
         let peer = PeerAddr { node: "b".into(), addr: b.local_addr() };
         let mut inbox = b.expect(1);
         let (head, body) = frame(40, 3);
@@ -335,7 +354,7 @@ mod tests {
         assert_eq!(&got.body[..], &body[..]);
         // A member of another cluster is refused at the handshake.
         let other = certs("corrupt-other");
-        let stranger = TcpPath::new(&Identity::load(&other, "a").unwrap(), 1, 1 << 20).unwrap();
+        let stranger = TcpPath::new(&Identity::load(&other, "a").unwrap(), AeadLibrary::AwsLc, 1, 1 << 20).unwrap();
         let err = stranger.send(&peer, &head, &body).await.unwrap_err();
         assert!(err.to_string().contains("connecting to b"), "{err}");
         wait_for(|| b.stats().refused_peers.load(Ordering::Relaxed) >= 1).await;

@@ -1,9 +1,7 @@
 //! TLS 1.3 application-data records (RFC 8446 §5.2–5.3) on a connection whose handshake rustls
 //! did. rustls hands the traffic keys over with `dangerous_extract_secrets`, the step it offers
 //! for kernel TLS; this machine's kernel has no TLS module, so the records are sealed and opened
-//! here, in place, with aws-lc-rs's AEAD. aws-lc's AES-GCM uses AVX-512 with VAES where the CPU has
-//! it, ring 0.17's at most AVX2: on the AMD EPYC of docs/benchmarks.md it seals 16 KiB records
-//! 1.8–2.1x as fast (`cargo run --release -p transport --example aead_speed`).
+//! here, in place, with ring's or aws-lc-rs's AEAD, whichever is faster on the CPU (`aead`).
 //!
 //! Why not rustls's own record layer: rustls 0.23 reads 4 KiB at a time, copies every decrypted
 //! record into a buffer of its own and then into the reader's, and allocates a buffer for every
@@ -20,16 +18,16 @@
 
 use std::ops::Range;
 
-use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use runtime::buffers::Buffer;
 use rustls::ConnectionTrafficSecrets;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::aead::{AeadKey, AeadLibrary, Algorithm, NONCE_LEN, TAG_LEN};
+
 /// The outer type of every TLS 1.3 record after the handshake, and the inner type of data.
 const APPLICATION_DATA: u8 = 23;
 const HEADER_LEN: usize = 5;
-const TAG_LEN: usize = 16;
 /// The largest plaintext of one record (RFC 8446 §5.1).
 pub(crate) const MAX_PLAINTEXT: usize = 1 << 14;
 /// The largest ciphertext a peer may send (RFC 8446 §5.2).
@@ -70,26 +68,27 @@ impl From<RecordError> for std::io::Error {
 
 /// One direction's key, IV and record sequence number.
 pub(crate) struct RecordKey {
-    key: LessSafeKey,
+    key: AeadKey,
     iv: [u8; NONCE_LEN],
     seq: u64,
 }
 
 impl RecordKey {
-    pub(crate) fn new(seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Self, RecordError> {
+    /// `secrets` from rustls, at record number `seq`, sealed and opened by `library`.
+    pub(crate) fn new(library: AeadLibrary, seq: u64, secrets: ConnectionTrafficSecrets) -> Result<Self, RecordError> {
         let (alg, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Algorithm::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Algorithm::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Algorithm::Chacha20Poly1305, key, iv),
             _ => return Err(RecordError::Cipher),
         };
-        let key = UnboundKey::new(alg, key.as_ref()).map_err(|_| RecordError::Cipher)?;
+        let key = AeadKey::new(library, alg, key.as_ref()).map_err(|_| RecordError::Cipher)?;
         let iv: [u8; NONCE_LEN] = iv.as_ref().try_into().map_err(|_| RecordError::Cipher)?;
-        Ok(Self { key: LessSafeKey::new(key), iv, seq })
+        Ok(Self { key, iv, seq })
     }
 
     /// The next record's nonce: the IV with the sequence number XORed into its last 8 bytes.
-    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+    fn next_nonce(&mut self) -> Result<[u8; NONCE_LEN], RecordError> {
         if self.seq >= RECORD_LIMIT {
             return Err(RecordError::Exhausted);
         }
@@ -98,7 +97,7 @@ impl RecordKey {
             *n ^= s;
         }
         self.seq += 1;
-        Ok(Nonce::assume_unique_for_key(nonce))
+        Ok(nonce)
     }
 }
 
@@ -162,12 +161,8 @@ impl RecordWriter {
             let record = &mut self.out[self.len..self.len + HEADER_LEN + chunk.len() + 1 + TAG_LEN];
             let (head_out, sealed) = record.split_at_mut(HEADER_LEN);
             head_out.copy_from_slice(&head);
-            let (ciphertext, type_and_tag) = sealed.split_at_mut(chunk.len());
             let nonce = self.key.next_nonce()?;
-            self.key
-                .key
-                .seal_out_of_place_scatter(nonce, Aad::from(head), chunk, ciphertext, &[APPLICATION_DATA], type_and_tag)
-                .map_err(|_| RecordError::Open)?;
+            self.key.key.seal_into(nonce, head, chunk, &[APPLICATION_DATA], sealed).map_err(|_| RecordError::Open)?;
             self.len += record.len();
         }
         Ok(())
@@ -351,11 +346,7 @@ impl RecordReader {
         let next = start + HEADER_LEN + len;
         let nonce = self.key.next_nonce()?;
         let shift = start + HEADER_LEN - to;
-        let opened = self
-            .key
-            .key
-            .open_within(nonce, Aad::from(head), &mut buf[to..next], shift..)
-            .map_err(|_| RecordError::Open)?;
+        let opened = self.key.key.open_within(nonce, head, &mut buf[to..next], shift).map_err(|_| RecordError::Open)?;
         let plain_len = inner_len(opened)?;
         Ok(Some((plain_len, next)))
     }
@@ -365,11 +356,8 @@ impl RecordReader {
         let Some((head, len)) = record_len(&self.buf[self.start..self.end])? else { return Ok(false) };
         let body = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
         let nonce = self.key.next_nonce()?;
-        let opened = self
-            .key
-            .key
-            .open_in_place(nonce, Aad::from(head), &mut self.buf[body.clone()])
-            .map_err(|_| RecordError::Open)?;
+        let opened =
+            self.key.key.open_within(nonce, head, &mut self.buf[body.clone()], 0).map_err(|_| RecordError::Open)?;
         self.plain = body.start..body.start + inner_len(opened)?;
         self.start = body.end;
         Ok(true)
@@ -394,27 +382,41 @@ impl RecordReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::crypto::cipher::{AeadKey, Iv};
+    use rustls::crypto::cipher::{AeadKey as SecretKey, Iv};
 
-    fn key(seed: u8) -> RecordKey {
-        let secrets = ConnectionTrafficSecrets::Aes256Gcm { key: AeadKey::from([seed; 32]), iv: Iv::new([seed; 12]) };
-        RecordKey::new(0, secrets).unwrap()
+    fn key_of(library: AeadLibrary, seed: u8) -> RecordKey {
+        let secrets = ConnectionTrafficSecrets::Aes256Gcm { key: SecretKey::from([seed; 32]), iv: Iv::new([seed; 12]) };
+        RecordKey::new(library, 0, secrets).unwrap()
     }
 
-    async fn sealed(parts: &[&[u8]]) -> Vec<u8> {
+    fn key(seed: u8) -> RecordKey {
+        key_of(AeadLibrary::fastest(), seed)
+    }
+
+    async fn sealed_by(library: AeadLibrary, parts: &[&[u8]]) -> Vec<u8> {
         let mut wire = Vec::new();
-        RecordWriter::new(key(1)).write_all(&mut wire, parts).await.unwrap();
+        RecordWriter::new(key_of(library, 1)).write_all(&mut wire, parts).await.unwrap();
         wire
     }
 
+    async fn sealed(parts: &[&[u8]]) -> Vec<u8> {
+        sealed_by(AeadLibrary::fastest(), parts).await
+    }
+
+    /// Whichever library seals and whichever opens: the peers of a connection measure their own.
     #[tokio::test]
-    async fn records_open_to_what_was_sealed_whatever_the_read_sizes() {
+    async fn records_open_to_what_was_sealed_whatever_the_read_sizes_and_libraries() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let wire = sealed(&[b"head", &data]).await;
-        // Records of at most 16 KiB of plaintext, each with its header, type byte and tag.
-        assert_eq!(wire.len(), 4 + data.len() + (1 + 19) * (HEADER_LEN + 1 + TAG_LEN));
-        let mut reader = RecordReader::new(key(1));
-        let mut src = &wire[..];
+        for (sealer, opener) in AeadLibrary::ALL.into_iter().flat_map(|a| AeadLibrary::ALL.map(|b| (a, b))) {
+            let wire = sealed_by(sealer, &[b"head", &data]).await;
+            // Records of at most 16 KiB of plaintext, each with its header, type byte and tag.
+            assert_eq!(wire.len(), 4 + data.len() + (1 + 19) * (HEADER_LEN + 1 + TAG_LEN));
+            read_back(RecordReader::new(key_of(opener, 1)), &wire, &data).await;
+        }
+    }
+
+    async fn read_back(mut reader: RecordReader, wire: &[u8], data: &[u8]) {
+        let mut src = wire;
         let mut head = [0u8; 4];
         assert!(reader.read_exact(&mut src, &mut head, None).await.unwrap());
         assert_eq!(&head, b"head");
@@ -488,11 +490,10 @@ mod tests {
         // An alert sealed as a TLS 1.3 record: inner type 21.
         let mut k = key(1);
         let mut rec = header(2 + 1 + TAG_LEN).to_vec();
-        rec.extend_from_slice(&[1, 0, 21]);
         let head: [u8; HEADER_LEN] = rec[..HEADER_LEN].try_into().unwrap();
         let nonce = k.next_nonce().unwrap();
-        let tag = k.key.seal_in_place_separate_tag(nonce, Aad::from(head), &mut rec[HEADER_LEN..]).unwrap();
-        rec.extend_from_slice(tag.as_ref());
+        rec.resize(HEADER_LEN + 2 + 1 + TAG_LEN, 0);
+        k.key.seal_into(nonce, head, &[1, 0], &[21], &mut rec[HEADER_LEN..]).unwrap();
         let err = RecordReader::new(key(1)).read_exact(&mut &rec[..], &mut [0u8; 2], None).await.unwrap_err();
         assert!(matches!(err, RecordError::NotData(21)), "{err}");
     }

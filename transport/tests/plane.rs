@@ -206,7 +206,7 @@ async fn shared_memory_lends_bodies_while_half_the_ring_is_free() {
 async fn raw_client(identity: Option<&Identity>, ca: &std::path::Path, to: SocketAddr) -> Option<quinn::Connection> {
     use rustls::pki_types::pem::PemObject;
     let tls = match identity {
-        Some(id) => id.client_tls().unwrap(),
+        Some(id) => id.client_tls(transport::AeadLibrary::Ring).unwrap(),
         None => {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).unwrap()).unwrap();
@@ -235,7 +235,7 @@ async fn corrupt_frames_are_refused_and_the_connection_stays_healthy() {
     let b = plane(&dir, "b", Path::Quic);
     let a_id = Identity::load(&dir, "a").unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let tls = QuicClientConfig::try_from(a_id.client_tls().unwrap()).unwrap();
+    let tls = QuicClientConfig::try_from(a_id.client_tls(transport::AeadLibrary::AwsLc).unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(tls)));
     let conn = ep.connect(b.local_addr(), &transport::certs::server_name("b")).unwrap().await.unwrap();
     let mut inbox = b.expect(1);

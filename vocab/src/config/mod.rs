@@ -250,6 +250,10 @@ pub struct TransportSection {
     /// Per-peer exceptions to `network`, by node name.
     #[serde(default)]
     pub network_by_peer: BTreeMap<String, KvNetwork>,
+    /// Which library encrypts the data plane (QUIC packets, TLS records): by default the one
+    /// that seals and opens faster on this CPU, measured when the node starts.
+    #[serde(default)]
+    pub crypto_library: CryptoLibrary,
     /// A transfer that makes no progress this long is abandoned (the decode worker computes the
     /// prompt itself).
     #[serde(default = "default_transfer_timeout")]
@@ -272,6 +276,7 @@ impl Default for TransportSection {
             connections: default_connections(),
             network: KvNetwork::default(),
             network_by_peer: BTreeMap::new(),
+            crypto_library: CryptoLibrary::default(),
             transfer_timeout: default_transfer_timeout(),
         }
     }
@@ -287,6 +292,19 @@ pub enum KvNetwork {
     Tls,
     /// QUIC (quinn): one stream per frame, so a bad frame costs only its stream.
     Quic,
+}
+
+/// The library behind the data plane's AEAD. Which is faster depends on the CPU: aws-lc-rs where
+/// AES-GCM can use AVX-512, ring where there is AVX2 with VAES but no AVX-512
+/// (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CryptoLibrary {
+    /// Whichever seals and opens 16 KiB records faster here, measured once per process.
+    #[default]
+    Fastest,
+    Ring,
+    AwsLc,
 }
 
 impl KvNetwork {

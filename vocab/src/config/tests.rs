@@ -202,6 +202,19 @@ fn the_kv_network_is_tls_unless_told_quic_and_exceptions_name_nodes() {
 }
 
 #[test]
+fn the_crypto_library_is_measured_unless_named() {
+    let c = ClusterConfig::parse(TWO_NODES, "t").unwrap();
+    assert_eq!(c.transport.crypto_library, CryptoLibrary::Fastest);
+    for (text, library) in [("ring", CryptoLibrary::Ring), ("aws-lc", CryptoLibrary::AwsLc)] {
+        let c = ClusterConfig::parse(&format!("{TWO_NODES}\n[transport]\ncrypto_library = \"{text}\"\n"), "t").unwrap();
+        assert_eq!(c.transport.crypto_library, library);
+    }
+    let e = err(&format!("{TWO_NODES}\n[transport]\ncrypto_library = \"openssl\"\n"));
+    assert_eq!(e.path, "transport.crypto_library");
+    assert!(e.message.contains("openssl") && e.message.contains("aws-lc"), "{e}");
+}
+
+#[test]
 fn cuda_devices_need_the_backend_unless_the_test_executor_stands_in() {
     let gpus = TWO_NODES.replace("{ device = \"cpu\"", "{ device = \"cuda:0\"");
     if cfg!(feature = "cuda") {
