@@ -78,6 +78,15 @@ impl PlaneConfig {
     }
 }
 
+/// A frame's body handed to quinn without a copy (`Bytes::from_owner`).
+struct SentBody(Buffer);
+
+impl AsRef<[u8]> for SentBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A peer's data-plane address and node name (its certificate's identity).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr {
@@ -365,9 +374,9 @@ impl DataPlane {
         };
         let mut stream = conn.open_uni().await.map_err(|e| fail(e.to_string()))?;
         // The body's buffer goes to quinn as is (no copy into its send buffer); it returns to
-        // the pool once sent.
+        // the pool once quinn has sent and dropped it.
         stream.write_all(&head).await.map_err(|e| fail(e.to_string()))?;
-        stream.write_all(&frame.body).await.map_err(|e| fail(e.to_string()))?;
+        stream.write_chunk(bytes::Bytes::from_owner(SentBody(frame.body))).await.map_err(|e| fail(e.to_string()))?;
         stream.finish().map_err(|e| fail(e.to_string()))?;
         Ok("quic")
     }
