@@ -278,7 +278,28 @@ enum BenchCommand {
         /// Only these paths (memcpy, tcp, quic, tls, shm), for profiling one; the others read 0.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// The AEAD library of both network paths: fastest (measured here), ring or aws-lc.
+        #[arg(long, default_value = "fastest")]
+        crypto: CryptoArg,
     },
+}
+
+/// `--crypto`'s values, as `transport.crypto_library` spells them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CryptoArg {
+    Fastest,
+    Ring,
+    AwsLc,
+}
+
+impl From<CryptoArg> for transport::CryptoLibrary {
+    fn from(arg: CryptoArg) -> Self {
+        match arg {
+            CryptoArg::Fastest => Self::Fastest,
+            CryptoArg::Ring => Self::Ring,
+            CryptoArg::AwsLc => Self::AwsLc,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -462,13 +483,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only },
+            command: BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only, crypto },
         } => {
             runtime::telemetry::init_logging(Default::default());
-            let bench = transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only };
+            let crypto = crypto.into();
+            let bench = transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only, crypto };
             let r = bench.run().await.map_err(|e| anyhow::anyhow!("transfer benchmark: {e}"))?;
             let c = &r.copies_per_frame;
-            println!("frames of {} bytes, {} per run, {} connections", r.frame_bytes, r.frames, r.connections);
+            println!(
+                "frames of {} bytes, {} per run, {} connections, AEAD from {}",
+                r.frame_bytes, r.frames, r.connections, r.crypto_library
+            );
             println!("memcpy        {:6.2} GB/s", r.memcpy_gb_s);
             println!("tcp           {:6.2} GB/s", r.tcp_gb_s);
             let of_tcp = |v: f64| 100.0 * v / r.tcp_gb_s;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::frame::{Frame, FrameHeader};
 use crate::plane::{DataPlane, KvNetwork, PeerAddr, PlaneConfig};
+use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::{Identity, certs};
 
 /// Frames in flight per sender.
@@ -33,6 +34,8 @@ pub struct TransferBench {
     pub sweep: bool,
     /// Only these paths (`memcpy`, `tcp`, `quic`, `tls`, `shm`); all when empty. For profiling one.
     pub only: Vec<String>,
+    /// The AEAD library of both network paths (measured fastest, unless named).
+    pub crypto: CryptoLibrary,
 }
 
 /// GB/s (10^9 bytes per second), median of the repeats, per path.
@@ -41,6 +44,8 @@ pub struct TransferReport {
     pub frame_bytes: usize,
     pub frames: usize,
     pub connections: usize,
+    /// The AEAD library the network paths used (`AeadLibrary::label`).
+    pub crypto_library: &'static str,
     pub memcpy_gb_s: f64,
     pub tcp_gb_s: f64,
     pub quic_gb_s: f64,
@@ -112,10 +117,22 @@ impl Certs {
         Ok(Self(dir))
     }
 
-    fn pair(&self, shared_memory: bool, network: KvNetwork, connections: usize) -> Result<Pair, String> {
+    fn pair(
+        &self,
+        shared_memory: bool,
+        network: KvNetwork,
+        connections: usize,
+        crypto_library: CryptoLibrary,
+    ) -> Result<Pair, String> {
         let plane = |node: &str| {
             let id = Identity::load(&self.0, node).map_err(|e| e.to_string())?;
-            let cfg = PlaneConfig { shared_memory, network, connections, ..PlaneConfig::new("bench", node) };
+            let cfg = PlaneConfig {
+                shared_memory,
+                network,
+                connections,
+                crypto_library,
+                ..PlaneConfig::new("bench", node)
+            };
             DataPlane::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), &id, cfg).map_err(|e| e.to_string())
         };
         Ok(Pair { a: plane("a")?, b: plane("b")? })
@@ -138,9 +155,9 @@ impl TransferBench {
         let certs = Certs::new()?;
         let layout = layout(self.frame_bytes);
         let n = layout.block_bytes();
-        let quic = certs.pair(false, KvNetwork::Quic, self.connections)?;
-        let tls = certs.pair(false, KvNetwork::Tls, self.connections)?;
-        let shm = certs.pair(true, KvNetwork::Quic, self.connections)?;
+        let quic = certs.pair(false, KvNetwork::Quic, self.connections, self.crypto)?;
+        let tls = certs.pair(false, KvNetwork::Tls, self.connections, self.crypto)?;
+        let shm = certs.pair(true, KvNetwork::Quic, self.connections, self.crypto)?;
         let frames = self.frames_of(n);
         let body = body(n);
         let mut runs = Vec::new();
@@ -171,6 +188,7 @@ impl TransferBench {
             frame_bytes: n,
             frames,
             connections: self.connections,
+            crypto_library: AeadLibrary::resolve(self.crypto).label(),
             memcpy_gb_s: col(0),
             tcp_gb_s: col(1),
             quic_gb_s: col(2),
@@ -211,8 +229,8 @@ impl TransferBench {
         let layout = layout(frame_bytes);
         let n = layout.block_bytes();
         let frames = self.frames_of(n);
-        let quic = certs.pair(false, KvNetwork::Quic, connections)?;
-        let tls = certs.pair(false, KvNetwork::Tls, connections)?;
+        let quic = certs.pair(false, KvNetwork::Quic, connections, self.crypto)?;
+        let tls = certs.pair(false, KvNetwork::Tls, connections, self.crypto)?;
         let body = body(n);
         let mut runs = Vec::new();
         for r in 0..self.repeats.max(1) {
