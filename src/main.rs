@@ -487,7 +487,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             runtime::telemetry::init_logging(Default::default());
             let crypto = crypto.into();
-            let bench = transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only, crypto };
+            let bench =
+                transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only, crypto };
             let r = bench.run().await.map_err(|e| anyhow::anyhow!("transfer benchmark: {e}"))?;
             let c = &r.copies_per_frame;
             println!(

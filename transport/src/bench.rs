@@ -12,9 +12,9 @@ use runtime::kv::BlockLayout;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::frame::{Frame, FrameHeader};
 use crate::plane::{DataPlane, KvNetwork, PeerAddr, PlaneConfig};
-use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::{Identity, certs};
 
 /// Frames in flight per sender.
@@ -126,13 +126,8 @@ impl Certs {
     ) -> Result<Pair, String> {
         let plane = |node: &str| {
             let id = Identity::load(&self.0, node).map_err(|e| e.to_string())?;
-            let cfg = PlaneConfig {
-                shared_memory,
-                network,
-                connections,
-                crypto_library,
-                ..PlaneConfig::new("bench", node)
-            };
+            let cfg =
+                PlaneConfig { shared_memory, network, connections, crypto_library, ..PlaneConfig::new("bench", node) };
             DataPlane::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), &id, cfg).map_err(|e| e.to_string())
         };
         Ok(Pair { a: plane("a")?, b: plane("b")? })

@@ -13,7 +13,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use runtime::kv::BlockLayout;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use xxhash_rust::xxh3::xxh3_64;
+use twox_hash::XxHash3_64;
 
 use runtime::buffers::{Buffer, BufferPool};
 
@@ -86,7 +86,7 @@ impl FrameHeader {
             first_block,
             hashes,
             last,
-            checksum: xxh3_64(body),
+            checksum: XxHash3_64::oneshot(body),
         }
     }
 }
@@ -209,7 +209,7 @@ pub(crate) fn parse_header(bytes: &AlignedVec, body_len: u64) -> Result<FrameHea
 }
 
 fn check_body(header: &FrameHeader, body: &[u8]) -> Result<(), FrameError> {
-    check_checksum(header, xxh3_64(body))
+    check_checksum(header, XxHash3_64::oneshot(body))
 }
 
 /// Compare the body's XXH3-64, computed as it arrived, with the header's.

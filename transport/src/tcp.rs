@@ -14,6 +14,7 @@
 //! record that does not open, closes the connection, since nothing after it can be trusted, and
 //! the sender opens a new one for its next frame.
 
+use std::hash::Hasher as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -24,7 +25,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_64;
 
 use crate::aead::AeadLibrary;
 use crate::certs::{CertError, Identity, server_name};
@@ -284,9 +285,9 @@ async fn read_frame(
     let header = frame::parse_header(&head, body_len)?;
     let len = body_len as usize;
     let mut body = pool.take(body_room(len));
-    let mut hash = Xxh3::new();
+    let mut hash = XxHash3_64::new();
     let copied = reader.read_body(tcp, &mut body, len, &mut hash).await.map_err(records)?;
-    frame::check_checksum(&header, hash.digest())?;
+    frame::check_checksum(&header, hash.finish())?;
     Ok(Some((Frame { header, body }, copied as u64)))
 }
 

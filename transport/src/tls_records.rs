@@ -16,12 +16,13 @@
 //! alert, a key update, a ticket) fails the connection, which the sender replaces. Keys are never
 //! updated: a writer stops before the AEAD's record limit and the connection is replaced.
 
+use std::hash::Hasher as _;
 use std::ops::Range;
 
 use runtime::buffers::Buffer;
 use rustls::ConnectionTrafficSecrets;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_64;
 
 use crate::aead::{AeadKey, AeadLibrary, Algorithm, NONCE_LEN, TAG_LEN};
 
@@ -223,7 +224,7 @@ impl RecordReader {
         &mut self,
         r: &mut R,
         out: &mut [u8],
-        mut hash: Option<&mut Xxh3>,
+        mut hash: Option<&mut XxHash3_64>,
     ) -> Result<bool, RecordError> {
         let mut filled = 0;
         while filled < out.len() {
@@ -232,7 +233,7 @@ impl RecordReader {
                 let piece = &mut out[filled..filled + n];
                 piece.copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
                 if let Some(h) = hash.as_deref_mut() {
-                    h.update(piece);
+                    h.write(piece);
                 }
                 self.plain.start += n;
                 filled += n;
@@ -262,7 +263,7 @@ impl RecordReader {
         r: &mut R,
         body: &mut Buffer,
         len: usize,
-        hash: &mut Xxh3,
+        hash: &mut XxHash3_64,
     ) -> Result<usize, RecordError> {
         assert!(body.len() >= body_room(len), "a body buffer without room for its records");
         let room = body.len();
@@ -272,7 +273,7 @@ impl RecordReader {
             if !self.plain.is_empty() {
                 let n = self.plain.len().min(len - out);
                 body[out..out + n].copy_from_slice(&self.buf[self.plain.start..self.plain.start + n]);
-                hash.update(&body[out..out + n]);
+                hash.write(&body[out..out + n]);
                 self.plain.start += n;
                 out += n;
             }
@@ -295,7 +296,7 @@ impl RecordReader {
             match self.open_within(&mut body[..], raw_start, raw_end, out)? {
                 Some((plain_len, next)) => {
                     let take = plain_len.min(len - out);
-                    hash.update(&body[out..out + take]);
+                    hash.write(&body[out..out + take]);
                     if take < plain_len {
                         // A record that runs past the body: keep the rest for the next read.
                         self.buf[..plain_len - take].copy_from_slice(&body[out + take..out + plain_len]);
@@ -421,11 +422,11 @@ mod tests {
         assert!(reader.read_exact(&mut src, &mut head, None).await.unwrap());
         assert_eq!(&head, b"head");
         let mut got = vec![0u8; data.len()];
-        let mut hash = Xxh3::new();
+        let mut hash = XxHash3_64::new();
         assert!(reader.read_exact(&mut src, &mut got[..1000], Some(&mut hash)).await.unwrap());
         assert!(reader.read_exact(&mut src, &mut got[1000..], Some(&mut hash)).await.unwrap());
         assert_eq!(got, data);
-        assert_eq!(hash.digest(), xxhash_rust::xxh3::xxh3_64(&data), "the hash saw every byte once, in order");
+        assert_eq!(hash.finish(), XxHash3_64::oneshot(&data), "the hash saw every byte once, in order");
         assert!(!reader.read_exact(&mut src, &mut head, None).await.unwrap(), "a clean end between records");
     }
 
@@ -451,10 +452,10 @@ mod tests {
             assert!(reader.read_exact(&mut src, &mut len, None).await.unwrap());
             let len = u32::from_le_bytes(len) as usize;
             let mut body = pool.take(body_room(len));
-            let mut hash = Xxh3::new();
+            let mut hash = XxHash3_64::new();
             let copied = reader.read_body(&mut src, &mut body, len, &mut hash).await.unwrap();
             assert_eq!(&body[..], &b[..]);
-            assert_eq!(hash.digest(), xxhash_rust::xxh3::xxh3_64(b));
+            assert_eq!(hash.finish(), XxHash3_64::oneshot(b));
             // At most what one read of the header took beyond it: two records.
             assert!(copied <= READ_SIZE, "{copied} of {len} bytes copied");
         }

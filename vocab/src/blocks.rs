@@ -4,7 +4,7 @@
 //! blocks are hashed. A salt (model fingerprint, LoRA, tenant) changes the seed so that different
 //! models never share blocks.
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use twox_hash::XxHash3_64;
 
 /// The seed of the unsalted scheme.
 pub const BLOCK_HASH_SEED: u64 = 1337;
@@ -25,7 +25,7 @@ impl BlockHasher {
 
     /// A salted scheme: the seed is XXH3-64(1337, le(salt)).
     pub fn salted(block_size: usize, salt: u64) -> Self {
-        Self { seed: xxh3_64_with_seed(&salt.to_le_bytes(), BLOCK_HASH_SEED), ..Self::new(block_size) }
+        Self { seed: XxHash3_64::oneshot_with_seed(BLOCK_HASH_SEED, &salt.to_le_bytes()), ..Self::new(block_size) }
     }
 
     pub fn block_size(&self) -> usize {
@@ -52,7 +52,7 @@ impl BlockHasher {
     /// The local hash of one block's tokens.
     pub fn local_hash(&self, block: &[u32]) -> u64 {
         let bytes: Vec<u8> = block.iter().flat_map(|t| t.to_le_bytes()).collect();
-        xxh3_64_with_seed(&bytes, self.seed)
+        XxHash3_64::oneshot_with_seed(self.seed, &bytes)
     }
 
     /// The sequence hash of a block given its parent's sequence hash (None for the first block).
@@ -63,7 +63,7 @@ impl BlockHasher {
                 let mut buf = [0u8; 16];
                 buf[..8].copy_from_slice(&p.to_le_bytes());
                 buf[8..].copy_from_slice(&local.to_le_bytes());
-                xxh3_64_with_seed(&buf, self.seed)
+                XxHash3_64::oneshot_with_seed(self.seed, &buf)
             }
         }
     }

@@ -138,7 +138,7 @@ impl Executor for ModelExecutor {
 /// workers that load the same file agree, whatever their backend.
 pub fn fingerprint(name: &str, config: &llama::LlamaConfig) -> u64 {
     let text = format!("{name}|{config:?}");
-    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    twox_hash::XxHash3_64::oneshot(text.as_bytes())
 }
 
 impl ModelExecutor {

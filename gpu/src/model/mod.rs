@@ -86,19 +86,20 @@ pub fn generation_config(dir: &Path) -> SamplingDefaults {
 /// whole vocabulary (every token's bytes, the end tokens, the prompt's first token). A gateway
 /// places requests only on workers that announce the same identity.
 pub fn identity(name: &str, tokenizer: &dyn Tokenizer) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(name.as_bytes());
-    h.update(&(tokenizer.vocab_size() as u64).to_le_bytes());
+    use std::hash::Hasher as _;
+    let mut h = twox_hash::XxHash3_64::new();
+    h.write(name.as_bytes());
+    h.write(&(tokenizer.vocab_size() as u64).to_le_bytes());
     for id in 0..tokenizer.vocab_size() as u32 {
         let bytes = tokenizer.token_bytes(id);
-        h.update(&(bytes.len() as u32).to_le_bytes());
-        h.update(bytes);
+        h.write(&(bytes.len() as u32).to_le_bytes());
+        h.write(bytes);
     }
     for eos in tokenizer.eos_tokens() {
-        h.update(&eos.to_le_bytes());
+        h.write(&eos.to_le_bytes());
     }
-    h.update(&tokenizer.prompt_bos().map_or(u64::MAX, u64::from).to_le_bytes());
-    h.digest()
+    h.write(&tokenizer.prompt_bos().map_or(u64::MAX, u64::from).to_le_bytes());
+    h.finish()
 }
 
 impl ModelFrontend {
