@@ -10,7 +10,10 @@ const ROUNDS: usize = 20_000;
 
 /// GB/s of `copy` from the page-aligned source plus `src_off` to the page-aligned destination
 /// plus `dst_off`.
-fn rate(src_off: usize, dst_off: usize, copy: fn(&mut [u8], &[u8])) -> f64 {
+/// A way to copy `src` into `dst`.
+type Copy = fn(&mut [u8], &[u8]);
+
+fn rate(src_off: usize, dst_off: usize, copy: Copy) -> f64 {
     let src_buf = vec![5u8; LEN + 8192];
     let mut dst_buf = vec![0u8; LEN + 8192];
     let align = |p: *const u8| (4096 - p as usize % 4096) % 4096;
@@ -24,7 +27,7 @@ fn rate(src_off: usize, dst_off: usize, copy: fn(&mut [u8], &[u8])) -> f64 {
 }
 
 fn main() {
-    let copies: [(&str, fn(&mut [u8], &[u8])); 3] = [
+    let copies: [(&str, Copy); 3] = [
         ("memcpy", |d, s| d.copy_from_slice(s)),
         ("vector copy", transport::aead::copy_by_vectors),
         ("chosen", transport::aead::copy_plaintext),
