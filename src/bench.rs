@@ -61,27 +61,14 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// The AEAD library of both network paths: fastest (measured here), ring or aws-lc.
-        #[arg(long, default_value = "fastest")]
-        crypto: CryptoArg,
+        #[arg(long, default_value = "fastest", value_parser = crypto_library)]
+        crypto: transport::CryptoLibrary,
     },
 }
 
-/// `--crypto`'s values, as `transport.crypto_library` spells them.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum CryptoArg {
-    Fastest,
-    Ring,
-    AwsLc,
-}
-
-impl From<CryptoArg> for transport::CryptoLibrary {
-    fn from(arg: CryptoArg) -> Self {
-        match arg {
-            CryptoArg::Fastest => Self::Fastest,
-            CryptoArg::Ring => Self::Ring,
-            CryptoArg::AwsLc => Self::AwsLc,
-        }
-    }
+/// `--crypto`: a name as `transport.crypto_library` takes it in the topology file.
+fn crypto_library(name: &str) -> Result<transport::CryptoLibrary, serde_json::Error> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
 }
 
 /// Run one benchmark and print its report (a JSON line last).
@@ -144,7 +131,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only, crypto } => {
             runtime::telemetry::init_logging(Default::default());
-            let crypto = crypto.into();
             let bench =
                 transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only, crypto };
             let r = bench.run().await.map_err(|e| anyhow::anyhow!("transfer benchmark: {e}"))?;

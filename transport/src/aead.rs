@@ -138,11 +138,11 @@ impl AeadKey {
 }
 
 /// `dst.copy_from_slice(src)`, around a trap of glibc's `memcpy`: it copies 16 KiB with `rep
-/// movsb`, which on the AMD EPYC of family 25 here ran at 1.8–2.9 GB/s instead of 35–90 GB/s
+/// movsb`, which on the AMD EPYC of family 25 here ran at 1.8–3.0 GB/s instead of 35–94 GB/s
 /// when the destination lay 1 to 31 bytes past the source's offset in a 4 KiB page (`cargo run
 /// --release -p transport --example memcpy_offsets`; `perf` put 37% of `AeadLibrary::measure`'s
 /// time in it). Records sealed one after another in the writer's buffer shift by 22 bytes each and
-/// meet that case in turn. There the bytes move in 32-byte moves instead (14–30 GB/s), elsewhere
+/// meet that case in turn. There the bytes move in 32-byte moves instead (12–16 GB/s), elsewhere
 /// through `memcpy`.
 #[doc(hidden)]
 pub fn copy_plaintext(dst: &mut [u8], src: &[u8]) {
