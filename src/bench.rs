@@ -61,13 +61,17 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// The AEAD library of both network paths: fastest (measured here), ring or aws-lc.
-        #[arg(long, default_value = "fastest", value_parser = crypto_library)]
+        #[arg(long, default_value = "fastest", value_parser = config_name::<transport::CryptoLibrary>)]
         crypto: transport::CryptoLibrary,
+        /// The TLS-over-TCP path's records: aegis-128x2 or tls (TLS 1.3's own).
+        #[arg(long, default_value = "aegis-128x2", value_parser = config_name::<transport::BulkCipher>)]
+        bulk_cipher: transport::BulkCipher,
     },
 }
 
-/// `--crypto`: a name as `transport.crypto_library` takes it in the topology file.
-fn crypto_library(name: &str) -> Result<transport::CryptoLibrary, serde_json::Error> {
+/// `--crypto` and `--bulk-cipher`: a name as `transport.crypto_library` and
+/// `transport.bulk_cipher` take it in the topology file.
+fn config_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, serde_json::Error> {
     serde_json::from_value(serde_json::Value::String(name.into()))
 }
 
@@ -129,15 +133,23 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only, crypto } => {
+        BenchCommand::Transfer { frames, repeats, connections, frame_bytes, sweep, only, crypto, bulk_cipher } => {
             runtime::telemetry::init_logging(Default::default());
-            let bench =
-                transport::bench::TransferBench { frames, repeats, connections, frame_bytes, sweep, only, crypto };
+            let bench = transport::bench::TransferBench {
+                frames,
+                repeats,
+                connections,
+                frame_bytes,
+                sweep,
+                only,
+                crypto,
+                bulk_cipher,
+            };
             let r = bench.run().await.map_err(|e| anyhow::anyhow!("transfer benchmark: {e}"))?;
             let c = &r.copies_per_frame;
             println!(
-                "frames of {} bytes, {} per run, {} connections, AEAD from {}",
-                r.frame_bytes, r.frames, r.connections, r.crypto_library
+                "frames of {} bytes, {} per run, {} connections, AEAD from {}, {} records on tcp",
+                r.frame_bytes, r.frames, r.connections, r.crypto_library, r.bulk_cipher
             );
             println!("memcpy        {:6.2} GB/s", r.memcpy_gb_s);
             println!("tcp           {:6.2} GB/s", r.tcp_gb_s);

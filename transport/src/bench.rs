@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::frame::{Frame, FrameHeader};
 use crate::plane::{DataPlane, KvNetwork, PeerAddr, PlaneConfig};
+use crate::records::BulkCipher;
 use crate::{Identity, certs};
 
 /// Frames in flight per sender.
@@ -36,6 +37,8 @@ pub struct TransferBench {
     pub only: Vec<String>,
     /// The AEAD library of both network paths (measured fastest, unless named).
     pub crypto: CryptoLibrary,
+    /// The TLS-over-TCP path's records (both planes configured alike).
+    pub bulk_cipher: BulkCipher,
 }
 
 /// GB/s (10^9 bytes per second), median of the repeats, per path.
@@ -46,6 +49,8 @@ pub struct TransferReport {
     pub connections: usize,
     /// The AEAD library the network paths used (`AeadLibrary::label`).
     pub crypto_library: &'static str,
+    /// The TLS-over-TCP path's records (`BulkCipher::label`).
+    pub bulk_cipher: &'static str,
     pub memcpy_gb_s: f64,
     pub tcp_gb_s: f64,
     pub quic_gb_s: f64,
@@ -123,11 +128,18 @@ impl Certs {
         network: KvNetwork,
         connections: usize,
         crypto_library: CryptoLibrary,
+        bulk_cipher: BulkCipher,
     ) -> Result<Pair, String> {
         let plane = |node: &str| {
             let id = Identity::load(&self.0, node).map_err(|e| e.to_string())?;
-            let cfg =
-                PlaneConfig { shared_memory, network, connections, crypto_library, ..PlaneConfig::new("bench", node) };
+            let cfg = PlaneConfig {
+                shared_memory,
+                network,
+                connections,
+                crypto_library,
+                bulk_cipher,
+                ..PlaneConfig::new("bench", node)
+            };
             DataPlane::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), &id, cfg).map_err(|e| e.to_string())
         };
         Ok(Pair { a: plane("a")?, b: plane("b")? })
@@ -150,9 +162,9 @@ impl TransferBench {
         let certs = Certs::new()?;
         let layout = layout(self.frame_bytes);
         let n = layout.block_bytes();
-        let quic = certs.pair(false, KvNetwork::Quic, self.connections, self.crypto)?;
-        let tls = certs.pair(false, KvNetwork::Tls, self.connections, self.crypto)?;
-        let shm = certs.pair(true, KvNetwork::Quic, self.connections, self.crypto)?;
+        let pair = |shm, network| certs.pair(shm, network, self.connections, self.crypto, self.bulk_cipher);
+        let (quic, tls, shm) =
+            (pair(false, KvNetwork::Quic)?, pair(false, KvNetwork::Tls)?, pair(true, KvNetwork::Quic)?);
         let frames = self.frames_of(n);
         let body = body(n);
         let mut runs = Vec::new();
@@ -184,6 +196,7 @@ impl TransferBench {
             frames,
             connections: self.connections,
             crypto_library: AeadLibrary::resolve(self.crypto).label(),
+            bulk_cipher: self.bulk_cipher.label(),
             memcpy_gb_s: col(0),
             tcp_gb_s: col(1),
             quic_gb_s: col(2),
@@ -224,8 +237,8 @@ impl TransferBench {
         let layout = layout(frame_bytes);
         let n = layout.block_bytes();
         let frames = self.frames_of(n);
-        let quic = certs.pair(false, KvNetwork::Quic, connections, self.crypto)?;
-        let tls = certs.pair(false, KvNetwork::Tls, connections, self.crypto)?;
+        let quic = certs.pair(false, KvNetwork::Quic, connections, self.crypto, self.bulk_cipher)?;
+        let tls = certs.pair(false, KvNetwork::Tls, connections, self.crypto, self.bulk_cipher)?;
         let body = body(n);
         let mut runs = Vec::new();
         for r in 0..self.repeats.max(1) {

@@ -19,12 +19,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 use crate::aead::AeadLibrary;
+use crate::records::BulkCipher;
 
 /// The ALPN protocol of the KV data plane.
 pub const ALPN: &[u8] = b"armature-kv/1";
 
 /// The ALPN protocol of the KV data plane's TLS-over-TCP path.
 pub const TCP_ALPN: &[u8] = b"armature-kv-tcp/1";
+
+/// The same path with AEGIS-128X2 records after the handshake (`aegis_records`), offered first
+/// by a node whose `transport.bulk_cipher` names it.
+pub const TCP_AEGIS_ALPN: &[u8] = b"armature-kv-tcp-aegis/1";
 
 /// The ALPN protocol of the control plane (ractor_cluster over TLS), so that neither plane's
 /// connection can be taken for the other's.
@@ -161,21 +166,31 @@ impl Identity {
     /// rustls server settings of the data plane's QUIC path, its crypto from `library`: this
     /// node's certificate, client certificates required and checked against the CA.
     pub fn server_tls(&self, library: AeadLibrary) -> Result<rustls::ServerConfig, CertError> {
-        self.server_tls_with(ALPN, Arc::new(library.rustls_provider()))
+        self.server_tls_with(&[ALPN], Arc::new(library.rustls_provider()))
     }
 
     /// rustls client settings of the data plane's QUIC path, its crypto from `library`: servers
     /// checked against the CA; this node's certificate offered.
     pub fn client_tls(&self, library: AeadLibrary) -> Result<rustls::ClientConfig, CertError> {
-        self.client_tls_with(ALPN, Arc::new(library.rustls_provider()))
+        self.client_tls_with(&[ALPN], Arc::new(library.rustls_provider()))
     }
 
-    /// The same pair for the data plane's TLS-over-TCP path.
-    pub fn tcp_tls(&self, library: AeadLibrary) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
+    /// The same pair for the data plane's TLS-over-TCP path: with `cipher` AEGIS-128X2, both
+    /// record layers are offered and accepted, AEGIS first (a server picks the first of its own
+    /// protocols that the client offers); with TLS, only TLS records.
+    pub fn tcp_tls(
+        &self,
+        library: AeadLibrary,
+        cipher: BulkCipher,
+    ) -> Result<(rustls::ServerConfig, rustls::ClientConfig), CertError> {
         let provider = Arc::new(library.rustls_provider());
+        let protocols: &[&[u8]] = match cipher {
+            BulkCipher::Aegis128X2 => &[TCP_AEGIS_ALPN, TCP_ALPN],
+            BulkCipher::Tls => &[TCP_ALPN],
+        };
         let (mut server, mut client) =
-            (self.server_tls_with(TCP_ALPN, provider.clone())?, self.client_tls_with(TCP_ALPN, provider)?);
-        // No tickets: only application data may follow the handshake (`tls_records`).
+            (self.server_tls_with(protocols, provider.clone())?, self.client_tls_with(protocols, provider)?);
+        // No tickets: only application data may follow the handshake (`records`).
         server.send_tls13_tickets = 0;
         // The record layer takes the traffic keys over after the handshake.
         server.enable_secret_extraction = true;
@@ -189,12 +204,12 @@ impl Identity {
     }
 
     fn server_tls_for(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, CertError> {
-        self.server_tls_with(alpn, Arc::new(rustls::crypto::ring::default_provider()))
+        self.server_tls_with(&[alpn], Arc::new(rustls::crypto::ring::default_provider()))
     }
 
     fn server_tls_with(
         &self,
-        alpn: &[u8],
+        alpn: &[&[u8]],
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<rustls::ServerConfig, CertError> {
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
@@ -206,17 +221,17 @@ impl Identity {
             .with_client_cert_verifier(verifier)
             .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(|e| CertError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![alpn.to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(tls)
     }
 
     fn client_tls_for(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, CertError> {
-        self.client_tls_with(alpn, Arc::new(rustls::crypto::ring::default_provider()))
+        self.client_tls_with(&[alpn], Arc::new(rustls::crypto::ring::default_provider()))
     }
 
     fn client_tls_with(
         &self,
-        alpn: &[u8],
+        alpn: &[&[u8]],
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<rustls::ClientConfig, CertError> {
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -225,7 +240,7 @@ impl Identity {
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(|e| CertError::Tls(e.to_string()))?;
-        tls.alpn_protocols = vec![alpn.to_vec()];
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(tls)
     }
 }
@@ -264,7 +279,7 @@ mod tests {
             id.server_tls(AeadLibrary::Ring).unwrap();
             id.client_tls(AeadLibrary::AwsLc).unwrap();
             id.control_tls().unwrap();
-            id.tcp_tls(AeadLibrary::fastest()).unwrap();
+            id.tcp_tls(AeadLibrary::fastest(), BulkCipher::Aegis128X2).unwrap();
         }
         assert!(matches!(init(&dir, &nodes), Err(CertError::Exists { .. })), "never overwrites a CA");
         let err = Identity::load(&dir, "n9").unwrap_err().to_string();

@@ -11,10 +11,10 @@
 //! Copies of a received body, counted in bytes in `PlaneStats::body_bytes_copied_in` (the
 //! kernel's copy out of the socket is not among them): none in-process; none from shared memory
 //! while the body is lent from its slot (one when it is copied out); one over QUIC (from quinn's
-//! decrypted datagrams into the body's buffer); over TLS only the few records read ahead with the
-//! frame's header (at most two of 16 KiB: the rest of the body is read into its own buffer and
-//! decrypted there). The engine's import then writes the body into its KV pool: one more, on
-//! every path.
+//! decrypted datagrams into the body's buffer); over TLS only what was read ahead with the
+//! frame's header: with AEGIS records at most 4 KiB, with TLS records at most two records of
+//! 16 KiB (the rest of the body is read into its own buffer and decrypted there). The engine's
+//! import then writes the body into its KV pool: one more, on every path.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::aead::{AeadLibrary, CryptoLibrary};
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, encode_head, read_frame};
+use crate::records::BulkCipher;
 use crate::shm::{ShmReceiver, ShmSender, ring_path};
 use crate::tcp::{self, TcpPath};
 use runtime::buffers::{Buffer, BufferPool};
@@ -54,6 +55,8 @@ pub struct PlaneConfig {
     pub socket_buffer: usize,
     /// The library behind both network paths' encryption.
     pub crypto_library: CryptoLibrary,
+    /// The TLS-over-TCP path's records after the handshake (AEGIS-128X2 where the peer offers it).
+    pub bulk_cipher: BulkCipher,
 }
 
 impl PlaneConfig {
@@ -69,6 +72,7 @@ impl PlaneConfig {
             shm_slot_size: 4 << 20,
             socket_buffer: 4 << 20,
             crypto_library: CryptoLibrary::default(),
+            bulk_cipher: BulkCipher::default(),
         }
     }
 
@@ -114,6 +118,9 @@ pub struct PlaneStats {
     pub frames_in_shm: AtomicU64,
     /// Of `frames_in`, those that came over TLS on TCP.
     pub frames_in_tls: AtomicU64,
+    /// TLS-over-TCP connections accepted, and of those, the ones with AEGIS-128X2 records.
+    pub tls_connections_in: AtomicU64,
+    pub tls_connections_in_aegis: AtomicU64,
     /// Bytes of received bodies copied between the socket (or ring) and delivery; see the
     /// module. Divided by `bytes_in`: copies of a body.
     pub body_bytes_copied_in: AtomicU64,
@@ -218,7 +225,7 @@ impl DataPlane {
         let bind = |source| TransportError::Bind { addr, source };
         let (socket, listener) = bind_both(addr, config.socket_buffer).map_err(bind)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(bind)?;
-        let tcp_path = TcpPath::new(identity, library, config.connections, config.socket_buffer)?;
+        let tcp_path = TcpPath::new(identity, library, config.bulk_cipher, config.connections, config.socket_buffer)?;
         let acceptor = tcp_path.acceptor();
         let mut endpoint_config = EndpointConfig::default();
         endpoint_config.max_udp_payload_size(MAX_UDP_PAYLOAD).expect("within quinn's bounds");
@@ -254,6 +261,14 @@ impl DataPlane {
     /// Buffers that received bodies land in.
     pub(crate) fn receive_pool(&self) -> BufferPool {
         self.pool.clone()
+    }
+
+    /// A TLS-over-TCP connection accepted, with `cipher`'s records.
+    pub(crate) fn connected_tls(&self, cipher: BulkCipher) {
+        self.stats.tls_connections_in.fetch_add(1, Ordering::Relaxed);
+        if cipher == BulkCipher::Aegis128X2 {
+            self.stats.tls_connections_in_aegis.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A peer whose handshake failed (no certificate from the cluster CA, say).

@@ -2,8 +2,9 @@
 //! the cluster CA (its own ALPN, `armature-kv-tcp/1`), the same frames and the same validation as
 //! over QUIC. The listener shares the QUIC socket's port number (TCP and UDP ports are separate),
 //! so a peer's one data address serves both paths. rustls does the handshake; the records after
-//! it are sealed and opened by `tls_records`, which copies each body once from the socket's bytes
-//! and hashes it as it goes.
+//! it are sealed and opened by `records`: AEGIS-128X2 records where both ends offer them
+//! (`transport.bulk_cipher`), TLS 1.3 records otherwise. Either reads a body's records from the
+//! socket into the body's buffer, opens them there and hashes them as it goes.
 //!
 //! A connection carries frames one way, from the node that opened it; the accepting side sends
 //! one record after the handshake (`READY`), so the opener knows its keys are in use on both
@@ -31,7 +32,8 @@ use crate::aead::AeadLibrary;
 use crate::certs::{CertError, Identity, server_name};
 use crate::frame::{self, Frame, FrameError, PREFIX_LEN};
 use crate::plane::{DataPlane, PeerAddr, TransportError};
-use crate::tls_records::{RecordError, RecordKey, RecordReader, RecordWriter, body_room};
+use crate::records::{self, BulkCipher, BulkReader, BulkWriter};
+use crate::tls_records::RecordError;
 use runtime::buffers::BufferPool;
 
 /// The accepting side's first record: its keys are installed.
@@ -43,7 +45,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Both ends of the TLS-over-TCP path of one node.
 pub(crate) struct TcpPath {
     acceptor: TlsAcceptor,
-    /// Seals and opens this node's records, whichever library the peer uses.
+    /// Seals and opens this node's TLS records, whichever library the peer uses.
     library: AeadLibrary,
     connector: TlsConnector,
     /// Connections per peer.
@@ -55,7 +57,7 @@ pub(crate) struct TcpPath {
 /// An open connection's sending half.
 struct Sender {
     tcp: TcpStream,
-    records: RecordWriter,
+    records: BulkWriter,
 }
 
 /// The connections to one peer; `None` until a frame needs one (or after one failed).
@@ -68,10 +70,11 @@ impl TcpPath {
     pub(crate) fn new(
         identity: &Identity,
         library: AeadLibrary,
+        cipher: BulkCipher,
         connections: usize,
         socket_buffer: usize,
     ) -> Result<Self, CertError> {
-        let (server, client) = identity.tcp_tls(library)?;
+        let (server, client) = identity.tcp_tls(library, cipher)?;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             library,
@@ -157,17 +160,13 @@ impl TcpPath {
         let opened = async {
             let tls = self.connector.connect(name, tcp).await?;
             let (mut tcp, conn) = tls.into_inner();
-            let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-            let rx = RecordKey::new(self.library, secrets.rx.0, secrets.rx.1)?;
-            let mut reader = RecordReader::with_read_size(rx, 64);
+            let (cipher, records, mut reader) = records::take_over(conn.into(), self.library)?;
             let mut ready = [0u8; READY.len()];
-            if !reader.read_exact(&mut tcp, &mut ready, None).await? || &ready != READY {
+            if !reader.read_exact(&mut tcp, &mut ready).await? || &ready != READY {
                 return Err(std::io::Error::other("the peer did not confirm the connection"));
             }
-            Ok::<_, std::io::Error>(Sender {
-                tcp,
-                records: RecordWriter::new(RecordKey::new(self.library, secrets.tx.0, secrets.tx.1)?),
-            })
+            count_connection("out", cipher);
+            Ok::<_, std::io::Error>(Sender { tcp, records })
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, opened)
             .await
@@ -215,7 +214,13 @@ pub(crate) async fn accept_loop(
                 .await
                 .unwrap_or_else(|_| Err(std::io::Error::other("TLS handshake timed out")));
             match accepted {
-                Ok((tcp, reader)) => serve(tcp, reader, plane, from).await,
+                Ok((tcp, cipher, reader)) => {
+                    if let Some(p) = plane.upgrade() {
+                        p.connected_tls(cipher);
+                    }
+                    count_connection("in", cipher);
+                    serve(tcp, reader, plane, from).await
+                }
                 Err(e) => {
                     if let Some(p) = plane.upgrade() {
                         p.refused(&from, &e.to_string());
@@ -226,23 +231,28 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// The handshake, the keys taken over from rustls, and `READY` sent.
+/// The handshake, the connection's records taken over from rustls, and `READY` sent.
 async fn accept(
     tcp: TcpStream,
     acceptor: &TlsAcceptor,
     library: AeadLibrary,
-) -> std::io::Result<(TcpStream, RecordReader)> {
+) -> std::io::Result<(TcpStream, BulkCipher, BulkReader)> {
     let tls = acceptor.accept(tcp).await?;
     let (mut tcp, conn) = tls.into_inner();
-    let secrets = conn.dangerous_extract_secrets().map_err(std::io::Error::other)?;
-    let mut writer = RecordWriter::new(RecordKey::new(library, secrets.tx.0, secrets.tx.1)?);
+    let (cipher, mut writer, reader) = records::take_over(conn.into(), library)?;
     writer.write_all(&mut tcp, &[READY]).await?;
-    Ok((tcp, RecordReader::new(RecordKey::new(library, secrets.rx.0, secrets.rx.1)?)))
+    Ok((tcp, cipher, reader))
+}
+
+/// A TLS-over-TCP connection opened (`direction` out) or accepted (in), by its record layer.
+fn count_connection(direction: &'static str, cipher: BulkCipher) {
+    metrics::counter!("armature_transfer_connections_total", "path" => "tls", "direction" => direction, "records" => cipher.label())
+        .increment(1);
 }
 
 /// Read frames from one connection until it ends or a frame cannot be trusted to end where
 /// the next begins.
-async fn serve(mut tcp: TcpStream, mut reader: RecordReader, plane: Weak<DataPlane>, from: String) {
+async fn serve(mut tcp: TcpStream, mut reader: BulkReader, plane: Weak<DataPlane>, from: String) {
     let Some(pool) = plane.upgrade().map(|p| p.receive_pool()) else { return };
     loop {
         let read = read_frame(&mut reader, &mut tcp, &pool).await;
@@ -261,10 +271,10 @@ async fn serve(mut tcp: TcpStream, mut reader: RecordReader, plane: Weak<DataPla
 }
 
 /// The next frame on the connection, validated, and the bytes of its body that were copied (the
-/// rest were opened in place, see `RecordReader::read_body`); the body is hashed as it is opened.
+/// rest were opened in place, see `BulkReader::read_body`); the body is hashed as it is opened.
 /// `None` where the connection ended cleanly between frames.
 async fn read_frame(
-    reader: &mut RecordReader,
+    reader: &mut BulkReader,
     tcp: &mut TcpStream,
     pool: &BufferPool,
 ) -> Result<Option<(Frame, u64)>, FrameError> {
@@ -273,7 +283,7 @@ async fn read_frame(
         other => FrameError::Record(other.into()),
     };
     let mut prefix = [0u8; PREFIX_LEN];
-    if !reader.read_exact(tcp, &mut prefix, None).await.map_err(records)? {
+    if !reader.read_exact(tcp, &mut prefix).await.map_err(records)? {
         return Ok(None);
     }
     let (header_len, body_len) = frame::parse_prefix(&prefix)?;
@@ -281,10 +291,10 @@ async fn read_frame(
     head.resize(header_len, 0);
     let whole =
         |more: bool| if more { Ok(()) } else { Err(FrameError::Truncated(std::io::ErrorKind::UnexpectedEof.into())) };
-    whole(reader.read_exact(tcp, &mut head, None).await.map_err(records)?)?;
+    whole(reader.read_exact(tcp, &mut head).await.map_err(records)?)?;
     let header = frame::parse_header(&head, body_len)?;
     let len = body_len as usize;
-    let mut body = pool.take(body_room(len));
+    let mut body = pool.take(reader.body_room(len));
     let mut hash = XxHash3_64::new();
     let copied = reader.read_body(tcp, &mut body, len, &mut hash).await.map_err(records)?;
     frame::check_checksum(&header, hash.finish())?;
@@ -327,12 +337,27 @@ mod tests {
 
     #[tokio::test]
     async fn corrupt_frames_are_refused_and_a_stream_that_cannot_be_trusted_is_replaced() {
-        let dir = certs("corrupt");
-        let config = PlaneConfig { network: KvNetwork::Tls, shared_memory: false, ..PlaneConfig::new("t", "b") };
+        use BulkCipher::{Aegis128X2, Tls};
+        for (sender, receiver) in [(Aegis128X2, Aegis128X2), (Tls, Aegis128X2), (Aegis128X2, Tls)] {
+            corrupt_frames_over(sender, receiver).await;
+        }
+    }
+
+    /// The same, with the sender's and the receiver's `transport.bulk_cipher`: AEGIS records only
+    /// where both offer them.
+    async fn corrupt_frames_over(cipher: BulkCipher, receiver: BulkCipher) {
+        let dir = certs(&format!("corrupt-{}-{}", cipher.label(), receiver.label()));
+        let config = PlaneConfig {
+            network: KvNetwork::Tls,
+            shared_memory: false,
+            bulk_cipher: receiver,
+            ..PlaneConfig::new("t", "b")
+        };
         let b = DataPlane::bind((std::net::Ipv4Addr::LOCALHOST, 0).into(), &Identity::load(&dir, "b").unwrap(), config)
             .unwrap();
-        // The sender seals with ring and the receiver measures its own: either may face either.
-        let sender = TcpPath::new(&Identity::load(&dir, "a").unwrap(), AeadLibrary::Ring, 1, 1 << 20).unwrap();
+        // The sender seals TLS records with ring and the receiver measures its own: either may
+        // face either.
+        let sender = TcpPath::new(&Identity::load(&dir, "a").unwrap(), AeadLibrary::Ring, cipher, 1, 1 << 20).unwrap();
         let peer = PeerAddr { node: "b".into(), addr: b.local_addr() };
         let mut inbox = b.expect(1);
         let (head, body) = frame(40, 3);
@@ -353,9 +378,13 @@ mod tests {
         sender.send(&peer, &head, &body).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv()).await.unwrap().unwrap();
         assert_eq!(&got.body[..], &body[..]);
+        let both = cipher == BulkCipher::Aegis128X2 && receiver == BulkCipher::Aegis128X2;
+        assert_eq!(b.stats().tls_connections_in.load(Ordering::Relaxed), 2);
+        assert_eq!(b.stats().tls_connections_in_aegis.load(Ordering::Relaxed), if both { 2 } else { 0 });
         // A member of another cluster is refused at the handshake.
-        let other = certs("corrupt-other");
-        let stranger = TcpPath::new(&Identity::load(&other, "a").unwrap(), AeadLibrary::AwsLc, 1, 1 << 20).unwrap();
+        let other = certs(&format!("corrupt-other-{}-{}", cipher.label(), receiver.label()));
+        let stranger =
+            TcpPath::new(&Identity::load(&other, "a").unwrap(), AeadLibrary::AwsLc, cipher, 1, 1 << 20).unwrap();
         let err = stranger.send(&peer, &head, &body).await.unwrap_err();
         assert!(err.to_string().contains("connecting to b"), "{err}");
         wait_for(|| b.stats().refused_peers.load(Ordering::Relaxed) >= 1).await;

@@ -54,6 +54,10 @@ pub(crate) enum RecordError {
     NotData(u8),
     #[error("the key sealed its last record; the connection must be replaced")]
     Exhausted,
+    #[error("an AEGIS record of {0} bytes (1 to 262,144 are sent)")]
+    Length(usize),
+    #[error("taking the record keys over from the TLS handshake")]
+    Handshake(#[source] rustls::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -254,6 +254,10 @@ pub struct TransportSection {
     /// that seals and opens faster on this CPU, measured when the node starts.
     #[serde(default)]
     pub crypto_library: CryptoLibrary,
+    /// The cipher of the TLS-over-TCP path's records after its handshake. Both ends must offer
+    /// AEGIS-128X2 for it to be used; otherwise the connection keeps TLS 1.3's own records.
+    #[serde(default)]
+    pub bulk_cipher: BulkCipher,
     /// A transfer that makes no progress this long is abandoned (the decode worker computes the
     /// prompt itself).
     #[serde(default = "default_transfer_timeout")]
@@ -277,6 +281,7 @@ impl Default for TransportSection {
             network: KvNetwork::default(),
             network_by_peer: BTreeMap::new(),
             crypto_library: CryptoLibrary::default(),
+            bulk_cipher: BulkCipher::default(),
             transfer_timeout: default_transfer_timeout(),
         }
     }
@@ -305,6 +310,30 @@ pub enum CryptoLibrary {
     Fastest,
     Ring,
     AwsLc,
+}
+
+/// What seals the TLS-over-TCP path's frames once mutual TLS 1.3 has authenticated the peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BulkCipher {
+    /// AEGIS-128X2 (RFC 10032) records, keyed from the handshake's exporter: three to four times
+    /// AES-GCM's speed on CPUs with AES instructions (docs/benchmarks.md). Offered first; a peer
+    /// that does not offer it gets TLS records.
+    #[default]
+    #[serde(rename = "aegis-128x2")]
+    Aegis128X2,
+    /// TLS 1.3's own records, with the cipher suite the handshake agreed (AES-128-GCM first).
+    Tls,
+}
+
+impl BulkCipher {
+    /// The name the configuration takes.
+    pub fn label(self) -> &'static str {
+        match self {
+            BulkCipher::Aegis128X2 => "aegis-128x2",
+            BulkCipher::Tls => "tls",
+        }
+    }
 }
 
 impl KvNetwork {

@@ -215,6 +215,19 @@ fn the_crypto_library_is_measured_unless_named() {
 }
 
 #[test]
+fn the_bulk_cipher_is_aegis_unless_tls_is_named() {
+    let c = ClusterConfig::parse(TWO_NODES, "t").unwrap();
+    assert_eq!(c.transport.bulk_cipher, BulkCipher::Aegis128X2);
+    for cipher in [BulkCipher::Aegis128X2, BulkCipher::Tls] {
+        let text = format!("{TWO_NODES}\n[transport]\nbulk_cipher = \"{}\"\n", cipher.label());
+        assert_eq!(ClusterConfig::parse(&text, "t").unwrap().transport.bulk_cipher, cipher);
+    }
+    let e = err(&format!("{TWO_NODES}\n[transport]\nbulk_cipher = \"aes-gcm\"\n"));
+    assert_eq!(e.path, "transport.bulk_cipher");
+    assert!(e.message.contains("aes-gcm") && e.message.contains("aegis-128x2"), "{e}");
+}
+
+#[test]
 fn cuda_devices_need_the_backend_unless_the_test_executor_stands_in() {
     let gpus = TWO_NODES.replace("{ device = \"cpu\"", "{ device = \"cuda:0\"");
     if cfg!(feature = "cuda") {
