@@ -345,6 +345,29 @@ mod tests {
         (0..n).map(|i| ((i * 13 + k) % 251) as u8).collect()
     }
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// RFC 10032's AEGIS-128X2 test vector 2, through the incremental encryptor records use.
+    #[test]
+    fn the_cipher_is_rfc_10032_aegis_128x2() {
+        let key: [u8; 16] = hex("000102030405060708090a0b0c0d0e0f").try_into().unwrap();
+        let nonce: [u8; 16] = hex("101112131415161718191a1b1c1d1e1f").try_into().unwrap();
+        let msg = hex(&"04050607".repeat(30));
+        let mut ct = vec![0u8; msg.len()];
+        let mut encryptor = Cipher::new(&key, &nonce).encryptor(&hex("0102030401020304"));
+        encryptor.update(&msg[..7], &mut ct[..7]);
+        encryptor.update(&msg[7..], &mut ct[7..]);
+        assert_eq!(encryptor.finalize().to_vec(), hex("1aebc200804f405cab637f2adebb6d77"));
+        let expected = concat!(
+            "5795544301997f93621b278809d6331b3bfa6f18e90db12c4aa35965b5e98c5fc6fb4e54bcb61118",
+            "42c20637252eff747cb3a8f85b37de80919a589fe0f24872bc926360696739e05520647e390989e1",
+            "eb5fd42f99678a0276a498f8c454761c9d6aacb647ad56be62b29c22cd4b5761b38f43d5a5ee062f",
+        );
+        assert_eq!(ct, hex(expected));
+    }
+
     #[tokio::test]
     async fn records_open_to_what_was_sealed_whatever_the_read_sizes() {
         let body = data(600_000, 0);
