@@ -434,6 +434,12 @@ pub const FAMILIES: &[Family] = &[
         help: "KV bytes by direction and path: frames over tls, quic, shm or local (in-process), or device (copied between two workers' pools, no frame).",
     },
     Family {
+        name: "armature_transfer_connections_total",
+        kind: Kind::Counter,
+        labels: "path, direction, records",
+        help: "TLS-over-TCP data-plane connections opened (out) and accepted (in), by their records after the handshake (aegis-128x2 or tls).",
+    },
+    Family {
         name: "armature_transfer_frames_rejected_total",
         kind: Kind::Counter,
         labels: "reason",
@@ -527,6 +533,10 @@ pub const ZERO_SERIES: &[(&str, &[LabelValues])] = &[
     (
         "armature_transfer_bytes_total",
         &[("direction", &["in", "out"]), ("path", &["tls", "quic", "shm", "local", "device"])],
+    ),
+    (
+        "armature_transfer_connections_total",
+        &[("path", &["tls"]), ("direction", &["in", "out"]), ("records", &["aegis-128x2", "tls"])],
     ),
     ("armature_transfer_frames_total", &[("direction", &["in", "out"]), ("path", &["tls", "quic", "shm", "local"])]),
     (
