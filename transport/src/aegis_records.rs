@@ -20,9 +20,10 @@ use std::ops::Range;
 
 use aegis::aegis128x2::Aegis128X2;
 use runtime::buffers::Buffer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use twox_hash::XxHash3_64;
 
+use crate::records::{Pending, Seal};
 use crate::tls_records::RecordError;
 
 /// The exporter label both ends derive the record keys under.
@@ -39,8 +40,6 @@ const RECORD_LIMIT: u64 = 1 << 48;
 /// Bytes a reader asks the socket for outside `read_body`: enough for a frame's prefix and
 /// header in one read, little of the body's first record beyond them.
 const READ_AHEAD: usize = 4 << 10;
-/// Sealed bytes a writer gathers before it writes.
-const WRITE_BATCH: usize = 256 << 10;
 
 type Cipher = Aegis128X2<TAG_LEN>;
 
@@ -98,51 +97,46 @@ pub(crate) fn body_room(len: usize) -> usize {
 /// Seals plaintext into records and writes them.
 pub(crate) struct AegisWriter {
     key: AegisKey,
-    /// Sealed records waiting to be written: `out[..len]`.
-    out: Box<[u8]>,
-    len: usize,
+    out: Pending,
 }
 
 impl AegisWriter {
     pub(crate) fn new(key: AegisKey) -> Self {
-        let room = WRITE_BATCH + HEADER_LEN + MAX_RECORD + TAG_LEN;
-        Self { key, out: vec![0; room].into_boxed_slice(), len: 0 }
+        // What is pending (under a batch) and one more record.
+        let room = 2 * (HEADER_LEN + MAX_RECORD + TAG_LEN);
+        Self { key, out: Pending::new(room) }
     }
 
-    /// Append `data` (at most `MAX_RECORD` bytes, at least one) as one record.
+    /// Seal and write `parts`, one after another (`records::write_all`).
+    #[cfg(test)]
+    async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        parts: &[&[u8]],
+    ) -> Result<(), RecordError> {
+        crate::records::write_all(self, w, parts).await
+    }
+}
+
+impl Seal for AegisWriter {
+    const PIECE: usize = MAX_RECORD;
+
+    /// Append `data` as one record.
     fn seal(&mut self, data: &[u8]) -> Result<(), RecordError> {
         let head = (data.len() as u32).to_be_bytes();
-        let record = &mut self.out[self.len..self.len + HEADER_LEN + data.len() + TAG_LEN];
+        let record = self.out.next(HEADER_LEN + data.len() + TAG_LEN);
         let (head_out, rest) = record.split_at_mut(HEADER_LEN);
         head_out.copy_from_slice(&head);
         let (sealed, tag) = rest.split_at_mut(data.len());
         let mut encryptor = self.key.next()?.encryptor(&head);
         encryptor.update(data, sealed);
         tag.copy_from_slice(&encryptor.finalize());
-        self.len += record.len();
+        self.out.push(HEADER_LEN + data.len() + TAG_LEN);
         Ok(())
     }
 
-    /// Seal and write `parts`, one after another; small parts share a write with what follows.
-    pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
-        &mut self,
-        w: &mut W,
-        parts: &[&[u8]],
-    ) -> Result<(), RecordError> {
-        for part in parts {
-            for chunk in part.chunks(MAX_RECORD) {
-                self.seal(chunk)?;
-                if self.len >= WRITE_BATCH {
-                    w.write_all(&self.out[..self.len]).await?;
-                    self.len = 0;
-                }
-            }
-        }
-        if self.len > 0 {
-            w.write_all(&self.out[..self.len]).await?;
-            self.len = 0;
-        }
-        Ok(())
+    fn pending(&mut self) -> &mut Pending {
+        &mut self.out
     }
 }
 
@@ -401,52 +395,48 @@ mod tests {
         }
         for read_size in [100_000, 1 << 22] {
             let mut src = tokio::io::BufReader::with_capacity(read_size, &wire[..]);
-            let mut reader = AegisReader::new(key(1));
-            let pool = runtime::buffers::BufferPool::new(4);
-            for b in &bodies {
-                let mut len = [0u8; 4];
-                assert!(reader.read_exact(&mut src, &mut len).await.unwrap());
-                let len = u32::from_le_bytes(len) as usize;
-                let mut body = pool.take(body_room(len));
-                let mut hash = XxHash3_64::new();
-                let copied = reader.read_body(&mut src, &mut body, len, &mut hash).await.unwrap();
-                assert_eq!(&body[..], &b[..]);
-                assert_eq!(hash.finish(), XxHash3_64::oneshot(b), "the hash saw every byte once, in order");
+            for copied in read_frames(&mut src, &bodies).await {
                 // At most what the read of the length took beyond it.
-                assert!(copied <= READ_AHEAD, "{copied} of {len} bytes copied, reading {read_size} at a time");
+                assert!(copied <= READ_AHEAD, "{copied} bytes copied, reading {read_size} at a time");
             }
-            assert!(!reader.read_exact(&mut src, &mut [0u8; 1]).await.unwrap());
         }
+    }
+
+    /// Read `bodies` back as the data plane does (a 4-byte length, then the body), checking each
+    /// and its hash, then a clean end; the bytes of each body that were copied.
+    async fn read_frames<R: AsyncRead + Unpin>(src: &mut R, bodies: &[Vec<u8>]) -> Vec<usize> {
+        let mut reader = AegisReader::new(key(1));
+        let pool = runtime::buffers::BufferPool::new(4);
+        let mut copied = Vec::new();
+        for b in bodies {
+            let mut len = [0u8; 4];
+            assert!(reader.read_exact(src, &mut len).await.unwrap());
+            let len = u32::from_le_bytes(len) as usize;
+            let mut body = pool.take(body_room(len));
+            let mut hash = XxHash3_64::new();
+            copied.push(reader.read_body(src, &mut body, len, &mut hash).await.unwrap());
+            assert_eq!(&body[..], &b[..]);
+            assert_eq!(hash.finish(), XxHash3_64::oneshot(b), "the hash saw every byte once, in order");
+        }
+        assert!(!reader.read_exact(src, &mut [0u8; 1]).await.unwrap(), "a clean end between records");
+        copied
     }
 
     /// A peer that seals frames into records of its own sizes, across body boundaries: the
     /// records that run past a body are opened in the buffer and the rest copied after it.
     #[tokio::test]
     async fn records_that_straddle_bodies_are_opened_and_copied() {
-        let bodies = [data(300_000, 1), data(5_000, 2), data(70_000, 3)];
+        let bodies = vec![data(300_000, 1), data(5_000, 2), data(70_000, 3)];
         let mut stream = Vec::new();
         for b in &bodies {
             stream.extend_from_slice(&(b.len() as u32).to_le_bytes());
             stream.extend_from_slice(b);
         }
         let wire = sealed(&[&stream]).await;
-        let mut src = &wire[..];
-        let mut reader = AegisReader::new(key(1));
-        let pool = runtime::buffers::BufferPool::new(4);
-        let mut all_copied = 0;
-        for b in &bodies {
-            let mut len = [0u8; 4];
-            assert!(reader.read_exact(&mut src, &mut len).await.unwrap());
-            let len = u32::from_le_bytes(len) as usize;
-            let mut body = pool.take(body_room(len));
-            let mut hash = XxHash3_64::new();
-            all_copied += reader.read_body(&mut src, &mut body, len, &mut hash).await.unwrap();
-            assert_eq!(&body[..], &b[..]);
-            assert_eq!(hash.finish(), XxHash3_64::oneshot(b));
-        }
+        let copied = read_frames(&mut &wire[..], &bodies).await;
         // The first record holds the first length and most of the first body, the second runs on
         // from it into the next two bodies: each is opened in the buffer, so every byte is copied.
-        assert_eq!(all_copied, bodies.iter().map(Vec::len).sum::<usize>());
+        assert_eq!(copied, bodies.iter().map(Vec::len).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! done; rustls's own record layer is never used on this path.
 
 use runtime::buffers::Buffer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use twox_hash::XxHash3_64;
 
 use crate::aead::AeadLibrary;
@@ -12,6 +12,70 @@ use crate::aegis_records::{self, AegisKey, AegisReader, AegisWriter, EXPORTER_LA
 use crate::certs::TCP_AEGIS_ALPN;
 use crate::tls_records::{self, RecordError, RecordKey, RecordReader, RecordWriter};
 pub use vocab::config::BulkCipher;
+
+/// Sealed bytes a writer gathers before it writes.
+const WRITE_BATCH: usize = 256 << 10;
+
+/// A record layer's writer: seals plaintext into records it keeps until they are written.
+pub(crate) trait Seal {
+    /// The most plaintext one `seal` takes.
+    const PIECE: usize;
+    /// Append `data` (1 to `PIECE` bytes) to the pending output, sealed.
+    fn seal(&mut self, data: &[u8]) -> Result<(), RecordError>;
+    /// The sealed records not yet written.
+    fn pending(&mut self) -> &mut Pending;
+}
+
+/// Sealed records waiting to be written, in a buffer allocated (and zeroed) once.
+pub(crate) struct Pending {
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl Pending {
+    pub(crate) fn new(room: usize) -> Self {
+        Self { buf: vec![0; room].into_boxed_slice(), len: 0 }
+    }
+
+    /// The `n` bytes after what is pending, to seal a record into; `push(n)` then keeps them.
+    pub(crate) fn next(&mut self, n: usize) -> &mut [u8] {
+        &mut self.buf[self.len..self.len + n]
+    }
+
+    pub(crate) fn push(&mut self, n: usize) {
+        self.len += n;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Seal `parts`, one after another, and write them in batches of about `WRITE_BATCH` bytes:
+/// small parts share a write with what follows them.
+pub(crate) async fn write_all<S: Seal, W: AsyncWrite + Unpin>(
+    sealer: &mut S,
+    w: &mut W,
+    parts: &[&[u8]],
+) -> Result<(), RecordError> {
+    for part in parts {
+        for piece in part.chunks(S::PIECE) {
+            sealer.seal(piece)?;
+            if sealer.pending().len >= WRITE_BATCH {
+                flush(sealer.pending(), w).await?;
+            }
+        }
+    }
+    flush(sealer.pending(), w).await
+}
+
+async fn flush<W: AsyncWrite + Unpin>(pending: &mut Pending, w: &mut W) -> Result<(), RecordError> {
+    if pending.len > 0 {
+        w.write_all(pending.bytes()).await?;
+        pending.len = 0;
+    }
+    Ok(())
+}
 
 /// Seals what one end sends.
 pub(crate) enum BulkWriter {
@@ -62,8 +126,8 @@ impl BulkWriter {
         parts: &[&[u8]],
     ) -> Result<(), RecordError> {
         match self {
-            BulkWriter::Tls(t) => t.write_all(w, parts).await,
-            BulkWriter::Aegis(a) => a.write_all(w, parts).await,
+            BulkWriter::Tls(t) => write_all(t, w, parts).await,
+            BulkWriter::Aegis(a) => write_all(a, w, parts).await,
         }
     }
 }

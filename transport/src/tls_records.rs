@@ -21,10 +21,11 @@ use std::ops::Range;
 
 use runtime::buffers::Buffer;
 use rustls::ConnectionTrafficSecrets;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use twox_hash::XxHash3_64;
 
 use crate::aead::{AeadKey, AeadLibrary, Algorithm, NONCE_LEN, TAG_LEN};
+use crate::records::{Pending, Seal};
 
 /// The outer type of every TLS 1.3 record after the handshake, and the inner type of data.
 const APPLICATION_DATA: u8 = 23;
@@ -39,7 +40,7 @@ const RECORD_LIMIT: u64 = 1 << 24;
 /// Bytes a reader asks the socket for at once outside `read_body`: two records, so that what a
 /// read takes beyond a frame's header is little (the body's records are read into the body).
 const READ_SIZE: usize = 2 * (HEADER_LEN + MAX_CIPHERTEXT);
-/// Plaintext a writer seals before it writes.
+/// Plaintext a writer seals at once (`Seal::PIECE`).
 const WRITE_BATCH: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,10 +146,9 @@ fn header(ciphertext_len: usize) -> [u8; HEADER_LEN] {
 /// Seals plaintext into records and writes them.
 pub(crate) struct RecordWriter {
     key: RecordKey,
-    /// Sealed records waiting to be written: `out[..len]`. Allocated (and zeroed) once; each
-    /// record is encrypted from the caller's bytes straight into it, with no copy first.
-    out: Box<[u8]>,
-    len: usize,
+    /// Sealed records waiting to be written; each record is encrypted from the caller's bytes
+    /// straight into it.
+    out: Pending,
 }
 
 /// Room for what is pending (under `WRITE_BATCH`) and one more sealed batch.
@@ -156,43 +156,39 @@ const WRITE_ROOM: usize = 2 * WRITE_BATCH + (2 * WRITE_BATCH / MAX_PLAINTEXT + 2
 
 impl RecordWriter {
     pub(crate) fn new(key: RecordKey) -> Self {
-        Self { key, out: vec![0; WRITE_ROOM].into_boxed_slice(), len: 0 }
+        Self { key, out: Pending::new(WRITE_ROOM) }
     }
 
-    /// Append `data` (at most `WRITE_BATCH` bytes) to the pending output as records.
-    fn seal(&mut self, data: &[u8]) -> Result<(), RecordError> {
-        for chunk in data.chunks(MAX_PLAINTEXT) {
-            let head = header(chunk.len() + 1 + TAG_LEN);
-            let record = &mut self.out[self.len..self.len + HEADER_LEN + chunk.len() + 1 + TAG_LEN];
-            let (head_out, sealed) = record.split_at_mut(HEADER_LEN);
-            head_out.copy_from_slice(&head);
-            let nonce = self.key.next_nonce()?;
-            self.key.key.seal_into(nonce, head, chunk, &[APPLICATION_DATA], sealed).map_err(|_| RecordError::Open)?;
-            self.len += record.len();
-        }
-        Ok(())
-    }
-
-    /// Seal and write `parts`, one after another, in batches.
-    pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
+    /// Seal and write `parts`, one after another (`records::write_all`).
+    #[cfg(test)]
+    pub(crate) async fn write_all<W: tokio::io::AsyncWrite + Unpin>(
         &mut self,
         w: &mut W,
         parts: &[&[u8]],
     ) -> Result<(), RecordError> {
-        for part in parts {
-            for batch in part.chunks(WRITE_BATCH) {
-                self.seal(batch)?;
-                if self.len >= WRITE_BATCH {
-                    w.write_all(&self.out[..self.len]).await?;
-                    self.len = 0;
-                }
-            }
-        }
-        if self.len > 0 {
-            w.write_all(&self.out[..self.len]).await?;
-            self.len = 0;
+        crate::records::write_all(self, w, parts).await
+    }
+}
+
+impl Seal for RecordWriter {
+    const PIECE: usize = WRITE_BATCH;
+
+    /// Append `data` to the pending output as records of up to 16 KiB.
+    fn seal(&mut self, data: &[u8]) -> Result<(), RecordError> {
+        for chunk in data.chunks(MAX_PLAINTEXT) {
+            let head = header(chunk.len() + 1 + TAG_LEN);
+            let record = self.out.next(HEADER_LEN + chunk.len() + 1 + TAG_LEN);
+            let (head_out, sealed) = record.split_at_mut(HEADER_LEN);
+            head_out.copy_from_slice(&head);
+            let nonce = self.key.next_nonce()?;
+            self.key.key.seal_into(nonce, head, chunk, &[APPLICATION_DATA], sealed).map_err(|_| RecordError::Open)?;
+            self.out.push(HEADER_LEN + chunk.len() + 1 + TAG_LEN);
         }
         Ok(())
+    }
+
+    fn pending(&mut self) -> &mut Pending {
+        &mut self.out
     }
 }
 
