@@ -422,6 +422,44 @@ mod tests {
         copied
     }
 
+    /// A socket that gives bytes in reads of 1 to 70,000 bytes, as chosen by a fixed sequence.
+    struct Chunked<'a> {
+        wire: &'a [u8],
+        state: u64,
+    }
+
+    impl AsyncRead for Chunked<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = ((self.state >> 33) as usize % 70_000 + 1).min(buf.remaining()).min(self.wire.len());
+            let (now, rest) = self.wire.split_at(n);
+            buf.put_slice(now);
+            self.wire = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Frames of many sizes, the socket's reads cut anywhere: every body comes back whole, and
+    /// no more than a read-ahead of any is copied.
+    #[tokio::test]
+    async fn bodies_come_back_whatever_the_socket_cuts() {
+        let sizes = [1, 3, 4 << 10, 70_001, MAX_RECORD - 1, MAX_RECORD, MAX_RECORD + 1, 600_000, 17, 1 << 20];
+        let bodies: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(k, &n)| data(n, k)).collect();
+        let mut wire = Vec::new();
+        let mut writer = AegisWriter::new(key(1));
+        for b in &bodies {
+            writer.write_all(&mut wire, &[&(b.len() as u32).to_le_bytes(), b]).await.unwrap();
+        }
+        for seed in 0..8 {
+            let copied = read_frames(&mut Chunked { wire: &wire, state: seed }, &bodies).await;
+            assert!(copied.iter().all(|&c| c <= READ_AHEAD), "seed {seed}: {copied:?}");
+        }
+    }
+
     /// A peer that seals frames into records of its own sizes, across body boundaries: the
     /// records that run past a body are opened in the buffer and the rest copied after it.
     #[tokio::test]
