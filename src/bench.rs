@@ -155,10 +155,12 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             println!("tcp           {:6.2} GB/s", r.tcp_gb_s);
             let of_tcp = |v: f64| 100.0 * v / r.tcp_gb_s;
             println!(
-                "quic (mTLS)   {:6.2} GB/s  ({:.0}% of tcp, {:.2} copies a body)",
+                "quic (mTLS)   {:6.2} GB/s  ({:.0}% of tcp, {:.2} copies a body; smallest datagram {}, {} black holes)",
                 r.quic_gb_s,
                 of_tcp(r.quic_gb_s),
-                c.quic
+                c.quic,
+                r.quic_mtu.iter().map(|m| m.0).min().unwrap_or(0),
+                r.quic_mtu.last().map_or(0, |m| m.1),
             );
             println!(
                 "tls over tcp  {:6.2} GB/s  ({:.0}% of tcp, {:.2} copies a body)",

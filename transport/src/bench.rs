@@ -61,6 +61,9 @@ pub struct TransferReport {
     pub copies_per_frame: CopiesPerFrame,
     /// Every repeat, for the spread: memcpy, tcp, quic, tls, shm.
     pub runs: Vec<[f64; 5]>,
+    /// After each repeat, the smallest datagram the QUIC connections sent (MTU discovery), and
+    /// the black holes they had detected in all.
+    pub quic_mtu: Vec<(u16, u64)>,
     pub sweep: Vec<SweepPoint>,
 }
 
@@ -102,6 +105,11 @@ struct Pair {
 }
 
 impl Pair {
+    /// Plane b, as a peer of plane a.
+    fn to_b(&self) -> PeerAddr {
+        PeerAddr { node: "b".into(), addr: self.b.local_addr() }
+    }
+
     fn copies_per_frame(&self) -> f64 {
         let s = self.b.stats();
         s.body_bytes_copied_in.load(Ordering::Relaxed) as f64 / s.bytes_in.load(Ordering::Relaxed).max(1) as f64
@@ -167,7 +175,7 @@ impl TransferBench {
             (pair(false, KvNetwork::Quic)?, pair(false, KvNetwork::Tls)?, pair(true, KvNetwork::Quic)?);
         let frames = self.frames_of(n);
         let body = body(n);
-        let mut runs = Vec::new();
+        let (mut runs, mut quic_mtu) = (Vec::new(), Vec::new());
         for r in 0..self.repeats.max(1) {
             let m = if self.wants("memcpy") { memcpy(&body, frames) } else { 0.0 };
             let t = if self.wants("tcp") { tcp(&body, frames).await? } else { 0.0 };
@@ -177,6 +185,9 @@ impl TransferBench {
             let sh = self.measure("shm", &shm, layout, &body, frames, transfer + 2).await?;
             tracing::debug!(repeat = r, memcpy = m, tcp = t, quic = q, tls = l, shm = sh, "transfer benchmark repeat");
             runs.push([m, t, q, l, sh]);
+            if let Some(mtu) = quic.a.quic_mtu(&quic.to_b()).await {
+                quic_mtu.push((mtu.smallest, mtu.black_holes));
+            }
         }
         let col = |i: usize| median(runs.iter().map(|r| r[i]).collect());
         let copies_per_frame =
@@ -204,6 +215,7 @@ impl TransferBench {
             shm_gb_s: col(4),
             copies_per_frame,
             runs,
+            quic_mtu,
             sweep,
         })
     }
@@ -303,7 +315,7 @@ async fn planes_run(
     transfer: u64,
 ) -> Result<f64, String> {
     let (a, b) = (&pair.a, &pair.b);
-    let to = PeerAddr { node: "b".into(), addr: b.local_addr() };
+    let to = pair.to_b();
     let header = FrameHeader::for_body(transfer, 1, layout, 0, vec![7], false, body);
     let mut inbox = b.expect(transfer);
     // Warm the connections (and the ring) outside the timing.

@@ -20,6 +20,6 @@ mod tls_records;
 pub use aead::{AeadLibrary, CryptoLibrary};
 pub use certs::Identity;
 pub use frame::{Frame, FrameError, FrameHeader};
-pub use plane::{DataPlane, Inbox, KvNetwork, PeerAddr, PlaneConfig, TransportError};
+pub use plane::{DataPlane, Inbox, KvNetwork, PeerAddr, PlaneConfig, QuicMtu, TransportError};
 pub use records::BulkCipher;
 pub use runtime::buffers::{Buffer, BufferPool};

@@ -82,6 +82,13 @@ impl PlaneConfig {
     }
 }
 
+/// What `DataPlane::quic_mtu` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuicMtu {
+    pub smallest: u16,
+    pub black_holes: u64,
+}
+
 /// A frame's body handed to quinn without a copy (`Bytes::from_owner`).
 struct SentBody(Buffer);
 
@@ -190,10 +197,16 @@ fn transport_config() -> quinn::TransportConfig {
 /// payload, and no segmentation offload. Measured with `armature bench transfer` on loopback:
 /// about 2 GB/s, against 0.8 with the defaults (1,452-byte datagrams, GSO) and 0.7 with large
 /// datagrams and GSO together. Peers elsewhere keep quinn's defaults (not measured here).
+///
+/// Datagrams the receiver's socket drops when it falls behind can look like a black hole to
+/// MTU discovery, which then sends 1,200-byte datagrams (a quarter of the throughput) until it
+/// probes again: after a minute by default, after a second here, where the path is known to
+/// carry large ones (docs/benchmarks.md, `quic_mtu` in `armature bench transfer`'s report).
 fn loopback_transport_config() -> quinn::TransportConfig {
     let mut t = transport_config();
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
+    mtu.black_hole_cooldown(Duration::from_secs(1));
     t.mtu_discovery_config(Some(mtu));
     t.enable_segmentation_offload(false);
     t
@@ -396,11 +409,17 @@ impl DataPlane {
         Ok("quic")
     }
 
-    /// The largest datagram the connections to `peer` have found they can send (MTU discovery);
-    /// None before any connection.
-    pub async fn path_mtu(&self, peer: &PeerAddr) -> Option<u16> {
+    /// MTU discovery on the QUIC connections to `peer`: the smallest datagram size they send now,
+    /// and the black holes they detected since they opened (losses taken for a path that stopped
+    /// carrying large datagrams, after which a connection sends 1,200-byte datagrams until it
+    /// probes again). None before any connection.
+    pub async fn quic_mtu(&self, peer: &PeerAddr) -> Option<QuicMtu> {
         let links = self.links.lock().await;
-        links.get(peer)?.conns.iter().map(|c| c.stats().path.current_mtu).max()
+        let paths: Vec<_> = links.get(peer)?.conns.iter().map(|c| c.stats().path).collect();
+        Some(QuicMtu {
+            smallest: paths.iter().map(|p| p.current_mtu).min()?,
+            black_holes: paths.iter().map(|p| p.black_holes_detected).sum(),
+        })
     }
 
     /// A connection to `peer` (round robin over several) and its shared-memory ring if any.
