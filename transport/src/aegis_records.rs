@@ -213,7 +213,7 @@ impl AegisReader {
                     return Err(eof());
                 }
             }
-            let head: [u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN].try_into().expect("4 bytes");
+            let head = first::<HEADER_LEN>(&self.buf[self.start..self.end])?;
             let record = record_len(head)?;
             if record > len - out {
                 // Runs past the body: read it whole into the buffer, open it there and copy.
@@ -227,8 +227,8 @@ impl AegisReader {
             body[out..out + ahead].copy_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
             copied += ahead.min(record);
             (self.start, self.end) = (0, 0);
-            let next_head = self.read_record_into(r, &mut body[out..], record, ahead).await?;
-            let tag: [u8; TAG_LEN] = body[out + record..out + record + TAG_LEN].try_into().expect("16 bytes");
+            let next_head = read_record_into(r, &mut body[out..], record, ahead).await?;
+            let tag = first::<TAG_LEN>(&body[out + record..])?;
             self.key
                 .next()?
                 .decrypt_in_place(&mut body[out..out + record], &tag, &head)
@@ -242,27 +242,6 @@ impl AegisReader {
         }
         body.truncate(len);
         Ok(copied)
-    }
-
-    /// Read the rest of a `record`-byte record into `room` (which holds `have` bytes of it), with
-    /// its tag behind it and at most the next record's header after that; the range of `room`
-    /// those header bytes took.
-    async fn read_record_into<R: AsyncRead + Unpin>(
-        &mut self,
-        r: &mut R,
-        room: &mut [u8],
-        record: usize,
-        mut have: usize,
-    ) -> Result<Range<usize>, RecordError> {
-        let whole = record + TAG_LEN;
-        while have < whole {
-            let n = r.read(&mut room[have..whole + HEADER_LEN]).await?;
-            if n == 0 {
-                return Err(eof());
-            }
-            have += n;
-        }
-        Ok(whole..have)
     }
 
     /// Copy pending plaintext into `out` (as much as fits), hashing it; the bytes copied.
@@ -284,7 +263,7 @@ impl AegisReader {
             return Ok(false);
         }
         let text = self.start + HEADER_LEN..self.start + HEADER_LEN + len;
-        let tag: [u8; TAG_LEN] = self.buf[text.end..text.end + TAG_LEN].try_into().expect("16 bytes");
+        let tag = first::<TAG_LEN>(&self.buf[text.end..])?;
         self.key.next()?.decrypt_in_place(&mut self.buf[text.clone()], &tag, &head).map_err(|_| RecordError::Open)?;
         self.start = text.end + TAG_LEN;
         self.plain = text;
@@ -310,6 +289,32 @@ impl AegisReader {
         self.end += n;
         Ok(n > 0)
     }
+}
+
+/// Read the rest of a `record`-byte record into `room` (which holds `have` bytes of it), with
+/// its tag behind it and at most the next record's header after that; the range of `room`
+/// those header bytes took.
+async fn read_record_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    room: &mut [u8],
+    record: usize,
+    mut have: usize,
+) -> Result<Range<usize>, RecordError> {
+    let whole = record + TAG_LEN;
+    while have < whole {
+        let n = r.read(&mut room[have..whole + HEADER_LEN]).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        have += n;
+    }
+    Ok(whole..have)
+}
+
+/// The first `N` bytes of `bytes`; a record cut short where the caller has checked that they are
+/// there is a broken invariant, reported as a record that does not open rather than a panic.
+fn first<const N: usize>(bytes: &[u8]) -> Result<[u8; N], RecordError> {
+    bytes.first_chunk::<N>().copied().ok_or(RecordError::Open)
 }
 
 fn eof() -> RecordError {

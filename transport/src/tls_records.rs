@@ -196,8 +196,6 @@ impl Seal for RecordWriter {
 pub(crate) struct RecordReader {
     key: RecordKey,
     buf: Vec<u8>,
-    /// The most bytes one read asks for.
-    read_size: usize,
     /// Received bytes not yet opened: `buf[start..end]`.
     start: usize,
     end: usize,
@@ -206,15 +204,9 @@ pub(crate) struct RecordReader {
 }
 
 impl RecordReader {
-    /// A reader that asks the socket for up to two records at a time.
+    /// A reader that asks the socket for up to two records at a time (`READ_SIZE`).
     pub(crate) fn new(key: RecordKey) -> Self {
-        Self::with_read_size(key, READ_SIZE)
-    }
-
-    /// A reader that asks for up to `read_size` bytes at a time (at least a record's worth).
-    pub(crate) fn with_read_size(key: RecordKey, read_size: usize) -> Self {
-        let read_size = read_size.max(HEADER_LEN + MAX_CIPHERTEXT);
-        Self { key, buf: vec![0; read_size + HEADER_LEN + MAX_CIPHERTEXT], read_size, start: 0, end: 0, plain: 0..0 }
+        Self { key, buf: vec![0; READ_SIZE + HEADER_LEN + MAX_CIPHERTEXT], start: 0, end: 0, plain: 0..0 }
     }
 
     /// Fill `out` with the next plaintext bytes, feeding each piece to `hash` as it is copied.
@@ -373,7 +365,7 @@ impl RecordReader {
             self.buf.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
         }
-        let until = (self.end + self.read_size).min(self.buf.len());
+        let until = (self.end + READ_SIZE).min(self.buf.len());
         let n = r.read(&mut self.buf[self.end..until]).await?;
         self.end += n;
         Ok(n > 0)
